@@ -1,0 +1,68 @@
+"""gmmjax: Gaussian mixture models fitted by EM, in JAX.
+
+Pure functions on immutable parameter pytrees (``init_params``, ``e_step``,
+``m_step``, ``fit``, ...) that compose with ``jit``, ``vmap`` and ``grad``, and
+a scikit-learn-style estimator, :class:`GaussianMixture`.
+"""
+
+from gmmjax._src.covariance import COVARIANCE_TYPES
+from gmmjax._src.em import (
+    aic,
+    bic,
+    e_step,
+    log_likelihood,
+    log_prob,
+    m_step,
+    n_parameters,
+    predict,
+    predict_proba,
+    sample,
+)
+from gmmjax._src.estimator import GaussianMixture
+from gmmjax._src.fit import FitResult, em_step, fit
+from gmmjax._src.init import INIT_METHODS, init_params, kmeans, kmeans_plusplus
+from gmmjax._src.params import GMMParams, make_params
+from gmmjax._src.restarts import best_restart, fit_restarts
+from gmmjax._src.stats import (
+    SuffStats,
+    add_stats,
+    e_step_stats,
+    params_from_stats,
+    stats_from_resp,
+)
+from gmmjax._src.validation import ConvergenceWarning, NotFittedError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COVARIANCE_TYPES",
+    "INIT_METHODS",
+    "ConvergenceWarning",
+    "FitResult",
+    "GMMParams",
+    "GaussianMixture",
+    "NotFittedError",
+    "SuffStats",
+    "add_stats",
+    "aic",
+    "best_restart",
+    "bic",
+    "e_step",
+    "e_step_stats",
+    "em_step",
+    "fit",
+    "fit_restarts",
+    "init_params",
+    "kmeans",
+    "kmeans_plusplus",
+    "log_likelihood",
+    "log_prob",
+    "m_step",
+    "make_params",
+    "n_parameters",
+    "params_from_stats",
+    "predict",
+    "predict_proba",
+    "sample",
+    "stats_from_resp",
+]

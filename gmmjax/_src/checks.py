@@ -1,0 +1,73 @@
+"""Trace-time checks of shapes and dtypes (no value checks: those need data).
+
+Each raises ``ValueError`` with a message that says what was wrong, so it
+works the same under ``jit`` and ``vmap`` and fails before XLA compiles.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from gmmjax._src.params import GMMParams, check_covariance_type
+
+
+def float_dtype(x):
+  """The floating dtype to compute in for input ``x``."""
+  dtype = jnp.asarray(x).dtype
+  if jnp.issubdtype(dtype, jnp.floating):
+    return dtype
+  return jnp.result_type(float)
+
+
+def as_data(X, name: str = "X"):
+  """``X`` as a floating ``(N, D)`` array; a 1-D array is refused."""
+  X = jnp.asarray(X)
+  if X.ndim != 2:
+    raise ValueError(
+        f"{name} should be a 2-D array of shape (n_samples, n_features), got "
+        f"shape {X.shape}. Reshape your data with X.reshape(-1, 1) if it has "
+        "a single feature, or X.reshape(1, -1) if it is a single sample.")
+  return X.astype(float_dtype(X))
+
+
+def check_params_data(params: GMMParams, X) -> None:
+  """``X`` has as many features as ``params`` has."""
+  if not isinstance(params, GMMParams):
+    raise TypeError(f"params should be a GMMParams, got {type(params)}.")
+  check_covariance_type(params.covariance_type)
+  if params.means.ndim != 2:
+    raise ValueError(
+        f"params.means should have shape (n_components, n_features), got "
+        f"{params.means.shape}; for a batch of params use jax.vmap.")
+  if X.shape[1] != params.means.shape[1]:
+    raise ValueError(
+        f"X has {X.shape[1]} features, but the mixture has "
+        f"{params.means.shape[1]}.")
+
+
+def as_params(params: GMMParams, dtype) -> GMMParams:
+  """``params`` with every leaf cast to ``dtype``."""
+  return params.replace(
+      weights=jnp.asarray(params.weights, dtype),
+      means=jnp.asarray(params.means, dtype),
+      covariances=jnp.asarray(params.covariances, dtype),
+      precisions_cholesky=jnp.asarray(params.precisions_cholesky, dtype))
+
+
+def as_sample_weight(sample_weight, n_samples: int, dtype):
+  """``sample_weight`` as an ``(N,)`` array of ``dtype`` (``None`` stays)."""
+  if sample_weight is None:
+    return None
+  w = jnp.asarray(sample_weight)
+  if w.shape != (n_samples,):
+    raise ValueError(f"sample_weight should have shape ({n_samples},), got "
+                     f"{w.shape}.")
+  return w.astype(dtype)
+
+
+def prepare(params: GMMParams, X, sample_weight=None):
+  """Common entry of the core functions: checked, dtype-consistent inputs."""
+  X = as_data(X)
+  check_params_data(params, X)
+  params = as_params(params, X.dtype)
+  return params, X, as_sample_weight(sample_weight, X.shape[0], X.dtype)

@@ -1,0 +1,193 @@
+"""E-step, M-step, densities and model criteria: pure functions on GMMParams.
+
+All functions are ``jit``/``vmap``/``grad``-safe. Shapes are checked when
+traced; values are not (the estimator checks those before compiling).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gmmjax._src import checks
+from gmmjax._src import covariance as cov_ops
+from gmmjax._src import stats as stats_lib
+from gmmjax._src.params import GMMParams, check_covariance_type
+
+
+def e_step(params: GMMParams, X, sample_weight=None, *, temperature=None):
+  """Expectation step: log-responsibilities and mean log-likelihood.
+
+  ``log r_ik = log w_k + log N(x_i | mu_k, Sigma_k) - log p(x_i)``.
+
+  Args:
+    params: mixture parameters.
+    X: ``(N, D)`` samples.
+    sample_weight: optional ``(N,)`` weights for the mean log-likelihood.
+    temperature: optional positive scalar: ``log_resp`` becomes
+      ``log_softmax(log(w_k N(x_i|k)) / temperature)`` (annealed/soft EM;
+      ``None`` or 1 is plain EM). The log-likelihood is not tempered.
+
+  Returns:
+    ``(log_resp, mean_log_likelihood)``: ``(N, K)`` and a scalar (the
+    weighted mean of ``log p(x_i)``).
+
+  Example:
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> p = gx.make_params(jnp.array([0.5, 0.5]), jnp.array([[-1.0], [1.0]]),
+    ...                    jnp.array([1.0, 1.0]), covariance_type="spherical")
+    >>> log_resp, ll = gx.e_step(p, jnp.array([[0.0], [2.0]]))
+    >>> jnp.exp(log_resp).sum(axis=1).tolist()
+    [1.0, 1.0]
+  """
+  params, X, w = checks.prepare(params, X, sample_weight)
+  wlp = stats_lib.weighted_log_prob(params, X)
+  log_norm = jax.nn.logsumexp(wlp, axis=1)
+  if temperature is None:
+    log_resp = wlp - log_norm[:, None]
+  else:
+    log_resp = jax.nn.log_softmax(wlp / temperature, axis=1)
+  return log_resp, _weighted_mean(log_norm, w)
+
+
+def _weighted_mean(values, w):
+  if w is None:
+    return jnp.mean(values)
+  return jnp.sum(w * values) / jnp.sum(w)
+
+
+def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
+           sample_weight=None) -> GMMParams:
+  """Maximisation step: closed-form parameters from responsibilities.
+
+  ``N_k = sum_i w_i r_ik``, ``w_k = N_k / sum_k N_k``,
+  ``mu_k = sum_i w_i r_ik x_i / N_k`` and the covariance of the type
+  (full: ``sum_i w_i r_ik (x_i - mu_k)(x_i - mu_k)^T / N_k + reg I``; tied:
+  the ``N_k``-weighted average of those; diag: their diagonals; spherical:
+  the mean of the diagonal), as scikit-learn defines them.
+
+  Args:
+    X: ``(N, D)`` samples.
+    log_resp: ``(N, K)`` log-responsibilities (from :func:`e_step`).
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    reg_covar: non-negative scalar added to the covariance diagonals.
+    sample_weight: optional ``(N,)`` non-negative weights; integer weights
+      give the same parameters as repeating rows.
+
+  Returns:
+    :class:`GMMParams`.
+
+  Example:
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> X = jnp.array([[0.0], [2.0], [10.0]])
+    >>> log_resp = jnp.log(jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    >>> p = gx.m_step(X, log_resp, covariance_type="diag", reg_covar=0.0)
+    >>> p.means.ravel().tolist(), p.covariances.ravel().tolist()
+    ([1.0, 10.0], [1.0, 0.0])
+  """
+  check_covariance_type(covariance_type)
+  X = checks.as_data(X)
+  log_resp = jnp.asarray(log_resp, X.dtype)
+  if log_resp.ndim != 2 or log_resp.shape[0] != X.shape[0]:
+    raise ValueError(f"log_resp should have shape ({X.shape[0]}, "
+                     f"n_components), got {log_resp.shape}.")
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  resp = jnp.exp(log_resp)
+  ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
+  shift = jax.lax.stop_gradient(ww @ X / jnp.sum(ww))
+  stats = stats_lib.stats_from_resp(X, resp, w, shift, covariance_type)
+  return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
+
+
+def log_prob(params: GMMParams, X):
+  """Per-sample log density ``log p(x_i)``, shape ``(N,)``.
+
+  Example:
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> p = gx.make_params(jnp.array([1.0]), jnp.array([[0.0]]),
+    ...                    jnp.array([1.0]), covariance_type="spherical")
+    >>> round(float(gx.log_prob(p, jnp.array([[0.0]]))[0]), 6)
+    -0.918939
+  """
+  params, X, _ = checks.prepare(params, X)
+  return jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+
+
+def log_likelihood(params: GMMParams, X, sample_weight=None):
+  """Mean (weighted) per-sample log-likelihood, a scalar."""
+  params, X, w = checks.prepare(params, X, sample_weight)
+  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+  return _weighted_mean(logp, w)
+
+
+def predict_proba(params: GMMParams, X):
+  """Responsibilities ``p(k | x_i)``, shape ``(N, K)``; rows sum to 1."""
+  return jnp.exp(e_step(params, X)[0])
+
+
+def predict(params: GMMParams, X):
+  """Most probable component of each sample, shape ``(N,)`` (int32)."""
+  params, X, _ = checks.prepare(params, X)
+  wlp = stats_lib.weighted_log_prob(params, X)
+  return jnp.argmax(wlp, axis=1).astype(jnp.int32)
+
+
+def sample(key, params: GMMParams, n_samples: int):
+  """Draws ``n_samples`` points from the mixture.
+
+  Args:
+    key: a ``jax.random.key`` or legacy ``PRNGKey``.
+    params: mixture parameters.
+    n_samples: static number of samples.
+
+  Returns:
+    ``(X, labels)``: ``(n_samples, D)`` samples and ``(n_samples,)`` int32
+    component labels.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, gmmjax as gx
+    >>> p = gx.make_params(jnp.array([0.3, 0.7]), jnp.zeros((2, 2)),
+    ...                    jnp.ones((2, 2)), covariance_type="diag")
+    >>> X, y = gx.sample(jax.random.key(0), p, 5)
+    >>> X.shape, y.shape
+    ((5, 2), (5,))
+  """
+  key_labels, key_noise = jax.random.split(key)
+  dtype = params.means.dtype
+  labels = jax.random.categorical(key_labels, jnp.log(params.weights),
+                                  shape=(n_samples,)).astype(jnp.int32)
+  noise = cov_ops.sample_noise(key_noise, params.precisions_cholesky,
+                               params.covariances, labels,
+                               params.covariance_type, params.n_features,
+                               dtype)
+  return params.means[labels] + noise, labels
+
+
+def n_parameters(params: GMMParams) -> int:
+  """Number of free parameters of the mixture (for BIC/AIC)."""
+  return cov_ops.n_parameters(params.covariance_type, params.n_components,
+                              params.n_features)
+
+
+def _total_log_likelihood(params, X, sample_weight):
+  params, X, w = checks.prepare(params, X, sample_weight)
+  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+  if w is None:
+    return jnp.sum(logp), jnp.asarray(X.shape[0], X.dtype)
+  return jnp.sum(w * logp), jnp.sum(w)
+
+
+def bic(params: GMMParams, X, sample_weight=None):
+  """Bayesian information criterion ``-2 log L + p log n`` (lower is better).
+
+  With ``sample_weight``, ``log L`` is the weighted sum and ``n`` the sum of
+  the weights (integer weights equal repeated rows).
+  """
+  total, n = _total_log_likelihood(params, X, sample_weight)
+  return -2.0 * total + n_parameters(params) * jnp.log(n)
+
+
+def aic(params: GMMParams, X, sample_weight=None):
+  """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
+  total, _ = _total_log_likelihood(params, X, sample_weight)
+  return -2.0 * total + 2.0 * n_parameters(params)

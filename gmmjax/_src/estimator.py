@@ -1,0 +1,365 @@
+"""``GaussianMixture``: a scikit-learn-style estimator over the functional core.
+
+It converts and validates NumPy input, runs the compiled core and stores
+NumPy results. scikit-learn is not needed: ``get_params``/``set_params``
+follow its conventions, so ``clone``, ``Pipeline`` and ``GridSearchCV`` work.
+
+Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
+
+* ``n_init`` restarts run as one vmapped compiled program, not a Python loop;
+  the best restart is the one with the highest final log-likelihood.
+* ``fit``, ``fit_predict``, ``score``, ``score_samples``, ``bic`` and ``aic``
+  take ``sample_weight``.
+* Computation is float32 unless the input is float64 *and* JAX's x64 mode is
+  on (``jax.config.update("jax_enable_x64", True)``); fitted attributes have
+  the compute dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax._src import em, restarts
+from gmmjax._src import fit as fit_lib
+from gmmjax._src import init as init_lib
+from gmmjax._src import validation as val
+from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
+
+
+def key_from_random_state(random_state):
+  """A JAX key from scikit-learn's ``random_state`` (None, int, RandomState)."""
+  if random_state is None:
+    seed = np.random.randint(np.iinfo(np.int32).max)
+  elif isinstance(random_state, (int, np.integer)) and not isinstance(
+      random_state, bool):
+    seed = int(random_state)
+  elif isinstance(random_state, np.random.RandomState):
+    seed = random_state.randint(np.iinfo(np.int32).max)
+  elif isinstance(random_state, np.random.Generator):
+    seed = int(random_state.integers(np.iinfo(np.int32).max))
+  else:
+    raise ValueError(f"{random_state!r} cannot be used to seed a random "
+                     "number generator: use None, an int or a "
+                     "numpy.random.RandomState.")
+  return jax.random.key(seed % (2**32))
+
+
+@functools.cache
+def _progress_printer(verbose: int, interval: int):
+  """A host callback printing progress lines; cached so jit sees one object."""
+  start = [time.perf_counter()]
+
+  def callback(n_iter, log_likelihood, change):
+    n_iter = int(n_iter)
+    if n_iter == 1:
+      start[0] = time.perf_counter()
+    if n_iter % interval:
+      return
+    if verbose >= 2:
+      lapse = time.perf_counter() - start[0]
+      print(f"  Iteration {n_iter}\t time lapse {lapse:.5f}s\t "
+            f"log-likelihood {float(log_likelihood):.5f}\t ll change "
+            f"{float(change):.5f}", flush=True)
+    else:
+      print(f"  Iteration {n_iter}", flush=True)
+
+  return callback
+
+
+class GaussianMixture:
+  """Gaussian mixture fitted by EM, with scikit-learn's interface.
+
+  Parameters, defaults and fitted attributes are those of
+  ``sklearn.mixture.GaussianMixture``; see that class for their meaning.
+
+  Args:
+    n_components: number of mixture components.
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    tol: convergence threshold on the change of the mean log-likelihood.
+    reg_covar: non-negative regulariser added to covariance diagonals.
+    max_iter: EM iterations per restart.
+    n_init: restarts (run together, vmapped); the best is kept.
+    init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or
+      ``"random_from_data"``.
+    weights_init, means_init, precisions_init: user-given initial values.
+    random_state: None, an int or a ``numpy.random.RandomState``.
+    warm_start: continue from the fitted parameters on the next ``fit``.
+    verbose: 0 silent, 1 iteration numbers, 2 also log-likelihood and timing.
+    verbose_interval: iterations between progress lines.
+
+  Example:
+    >>> import numpy as np, gmmjax as gx
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(-5, 1, (100, 2)),
+    ...                     rng.normal(5, 1, (100, 2))])
+    >>> gm = gx.GaussianMixture(2, random_state=0).fit(X)
+    >>> np.sort(gm.means_[:, 0]).round(0).tolist()
+    [-5.0, 5.0]
+  """
+
+  def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3,
+               reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
+               weights_init=None, means_init=None, precisions_init=None,
+               random_state=None, warm_start=False, verbose=0,
+               verbose_interval=10):
+    self.n_components = n_components
+    self.covariance_type = covariance_type
+    self.tol = tol
+    self.reg_covar = reg_covar
+    self.max_iter = max_iter
+    self.n_init = n_init
+    self.init_params = init_params
+    self.weights_init = weights_init
+    self.means_init = means_init
+    self.precisions_init = precisions_init
+    self.random_state = random_state
+    self.warm_start = warm_start
+    self.verbose = verbose
+    self.verbose_interval = verbose_interval
+
+  # -- scikit-learn's parameter protocol -----------------------------------
+
+  @classmethod
+  def _get_param_names(cls):
+    sig = inspect.signature(cls.__init__)
+    return sorted(p.name for p in sig.parameters.values()
+                  if p.name != "self" and p.kind != p.VAR_KEYWORD)
+
+  def get_params(self, deep=True):
+    """Constructor parameters as a dict (scikit-learn's protocol)."""
+    del deep  # no nested estimators
+    return {name: getattr(self, name) for name in self._get_param_names()}
+
+  def set_params(self, **params):
+    """Sets constructor parameters; returns ``self``."""
+    valid = self._get_param_names()
+    for name, value in params.items():
+      if name not in valid:
+        raise ValueError(f"Invalid parameter {name!r} for estimator {self}. "
+                         f"Valid parameters are: {valid!r}.")
+      setattr(self, name, value)
+    return self
+
+  def __repr__(self):
+    defaults = {name: p.default for name, p in
+                inspect.signature(type(self).__init__).parameters.items()}
+    changed = []
+    for name in self._get_param_names():
+      value = getattr(self, name)
+      default = defaults.get(name)
+      if isinstance(value, np.ndarray) or value is not default and (
+          value != default):
+        changed.append(f"{name}={value!r}")
+    return f"{type(self).__name__}({', '.join(changed)})"
+
+  def __sklearn_is_fitted__(self):
+    return hasattr(self, "means_")
+
+  # -- validation -----------------------------------------------------------
+
+  def _check_parameters(self):
+    val.check_param("n_components", self.n_components, "int", low=1)
+    val.check_param("covariance_type", self.covariance_type, "str",
+                    options=COVARIANCE_TYPES)
+    val.check_param("tol", self.tol, "float", low=0.0)
+    val.check_param("reg_covar", self.reg_covar, "float", low=0.0)
+    val.check_param("max_iter", self.max_iter, "int", low=0)
+    val.check_param("n_init", self.n_init, "int", low=1)
+    val.check_param("init_params", self.init_params, "str",
+                    options=init_lib.INIT_METHODS)
+    val.check_param("verbose", self.verbose, "int", low=0)
+    val.check_param("verbose_interval", self.verbose_interval, "int", low=1)
+
+  def _check_is_fitted(self):
+    if not hasattr(self, "means_"):
+      raise val.NotFittedError(
+          f"This {type(self).__name__} instance is not fitted yet. Call "
+          "'fit' with appropriate arguments before using this estimator.")
+
+  def _validate_X(self, X, *, reset: bool):
+    ensure = 2 if reset else 1
+    X = val.check_array(X, ensure_min_samples=ensure)
+    if reset:
+      self.n_features_in_ = X.shape[1]
+    elif X.shape[1] != self.n_features_in_:
+      raise ValueError(
+          f"X has {X.shape[1]} features, but {type(self).__name__} is "
+          f"expecting {self.n_features_in_} features as input.")
+    dtype = (self._dtype if not reset and hasattr(self, "_dtype")
+             else val.compute_dtype(X))
+    return jnp.asarray(X.astype(dtype, copy=False))
+
+  # -- fitting --------------------------------------------------------------
+
+  def _params(self) -> GMMParams:
+    return GMMParams(jnp.asarray(self.weights_), jnp.asarray(self.means_),
+                     jnp.asarray(self.covariances_),
+                     jnp.asarray(self.precisions_cholesky_),
+                     self.covariance_type)
+
+  def _set_fitted(self, params: GMMParams):
+    self.weights_ = np.asarray(params.weights)
+    self.means_ = np.asarray(params.means)
+    self.covariances_ = np.asarray(params.covariances)
+    self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
+    self.precisions_ = np.asarray(params.precisions)
+
+  def _initial_overrides(self, n_features):
+    k, ctype = self.n_components, self.covariance_type
+    return dict(
+        weights=None if self.weights_init is None else
+        val.check_weights_init(self.weights_init, k),
+        means=None if self.means_init is None else
+        val.check_means_init(self.means_init, k, n_features),
+        precisions=None if self.precisions_init is None else
+        val.check_precisions_init(self.precisions_init, ctype, k, n_features))
+
+  def fit(self, X, y=None, sample_weight=None):
+    """Fits the mixture to ``X`` ``(n_samples, n_features)``; returns self."""
+    self.fit_predict(X, y, sample_weight=sample_weight)
+    return self
+
+  def fit_predict(self, X, y=None, sample_weight=None):
+    """Fits and returns the component of each sample (after a final E-step)."""
+    del y
+    self._check_parameters()
+    warm = bool(self.warm_start and hasattr(self, "converged_"))
+    if warm:
+      X = self._validate_X(X, reset=False)
+    else:
+      X = self._validate_X(X, reset=True)
+    n_samples, n_features = X.shape
+    if n_samples < self.n_components:
+      raise ValueError(
+          "Expected n_samples >= n_components but got n_components = "
+          f"{self.n_components}, n_samples = {n_samples}")
+    w = val.check_sample_weight(sample_weight, n_samples)
+    w = None if w is None else jnp.asarray(w, X.dtype)
+    overrides = self._initial_overrides(n_features)
+    callback = (_progress_printer(int(self.verbose),
+                                  int(self.verbose_interval))
+                if self.verbose else None)
+    kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
+                  tol=float(self.tol), reg_covar=float(self.reg_covar),
+                  callback=callback)
+    start = time.perf_counter()
+
+    if warm:
+      prev = (self.lower_bound_ if np.isfinite(self.lower_bound_)
+              else -np.inf)
+      results = fit_lib.fit(X, self._params(), prev_log_likelihood=prev,
+                            **kwargs)
+      results = jax.tree.map(lambda a: a[None], results)
+      best = 0
+    elif not any(v is not None for v in overrides.values()):
+      _, results = restarts.fit_restarts(
+          key_from_random_state(self.random_state), X, int(self.n_components),
+          n_init=int(self.n_init), covariance_type=self.covariance_type,
+          method=self.init_params, **kwargs)
+      best = int(restarts.best_restart(results))
+    else:
+      keys = jax.random.split(key_from_random_state(self.random_state),
+                              int(self.n_init))
+      params0 = jax.vmap(lambda k: restarts.params_with_overrides(
+          init_lib.init_params(k, X, int(self.n_components),
+                               covariance_type=self.covariance_type,
+                               method=self.init_params,
+                               reg_covar=float(self.reg_covar),
+                               sample_weight=w), **overrides))(keys)
+      results = jax.vmap(lambda p: fit_lib.fit(X, p, **kwargs))(params0)
+      best = int(restarts.best_restart(results))
+
+    results = jax.device_get(results)
+    result = restarts.take(results, best)
+    if self.verbose:
+      lapse = time.perf_counter() - start
+      for i in range(results.n_iter.shape[0]):
+        state = "converged" if results.converged[i] else "did not converge"
+        print(f"Initialization {i} {state} after {int(results.n_iter[i])} "
+              f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
+              f"{float(results.lower_bound[i]):.5f}", flush=True)
+
+    if bool(result.failed):
+      warnings.warn(
+          "Fitting stopped early because an EM step produced non-finite "
+          "parameters (ill-defined empirical covariance); the last finite "
+          "parameters are kept. Try to increase reg_covar, or scale the input "
+          "data.", val.ConvergenceWarning, stacklevel=2)
+    elif not bool(result.converged) and self.max_iter > 0:
+      warnings.warn(
+          "Best performing initialization did not converge. Try different "
+          "init parameters, or increase max_iter, tol, or check for "
+          "degenerate data.", val.ConvergenceWarning, stacklevel=2)
+
+    self._dtype = np.dtype(X.dtype)
+    self._set_fitted(result.params)
+    self.converged_ = bool(result.converged)
+    self.n_iter_ = int(result.n_iter)
+    self.lower_bound_ = float(result.lower_bound)
+    self.lower_bounds_ = [float(v) for v in
+                          np.asarray(result.history)[:self.n_iter_]]
+    return np.asarray(em.predict(result.params, X))
+
+  # -- inference ------------------------------------------------------------
+
+  def predict(self, X):
+    """Component labels ``(n_samples,)``."""
+    self._check_is_fitted()
+    return np.asarray(em.predict(self._params(),
+                                 self._validate_X(X, reset=False)))
+
+  def predict_proba(self, X):
+    """Responsibilities ``(n_samples, n_components)``."""
+    self._check_is_fitted()
+    return np.asarray(em.predict_proba(self._params(),
+                                       self._validate_X(X, reset=False)))
+
+  def score_samples(self, X):
+    """Per-sample log density ``(n_samples,)``."""
+    self._check_is_fitted()
+    return np.asarray(em.log_prob(self._params(),
+                                  self._validate_X(X, reset=False)))
+
+  def score(self, X, y=None, sample_weight=None):
+    """Mean (weighted) per-sample log-likelihood of ``X``."""
+    del y
+    logp = self.score_samples(X)
+    w = val.check_sample_weight(sample_weight, logp.shape[0])
+    return float(np.average(logp, weights=w))
+
+  def bic(self, X, sample_weight=None):
+    """Bayesian information criterion on ``X`` (lower is better)."""
+    logp = self.score_samples(X)
+    w = val.check_sample_weight(sample_weight, logp.shape[0])
+    n = logp.shape[0] if w is None else float(np.sum(w))
+    total = float(np.sum(logp if w is None else w * logp))
+    return -2.0 * total + self._n_parameters() * np.log(n)
+
+  def aic(self, X, sample_weight=None):
+    """Akaike information criterion on ``X`` (lower is better)."""
+    logp = self.score_samples(X)
+    w = val.check_sample_weight(sample_weight, logp.shape[0])
+    total = float(np.sum(logp if w is None else w * logp))
+    return -2.0 * total + 2.0 * self._n_parameters()
+
+  def _n_parameters(self):
+    return em.n_parameters(self._params())
+
+  def sample(self, n_samples=1):
+    """Draws ``(X, y)``: samples grouped by component, and their labels."""
+    self._check_is_fitted()
+    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+      raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The "
+                       "sampling requires at least one sample.")
+    key = key_from_random_state(self.random_state)
+    X, y = em.sample(key, self._params(), int(n_samples))
+    X, y = np.asarray(X), np.asarray(y)
+    order = np.argsort(y, kind="stable")
+    return X[order], y[order]

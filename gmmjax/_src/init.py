@@ -1,0 +1,188 @@
+"""Initial parameters: k-means, k-means++, random and random-from-data.
+
+As in scikit-learn, each method produces initial responsibilities that one
+M-step turns into parameters. Everything is JAX: it runs under ``jit`` (with
+``n_components``, ``covariance_type`` and ``method`` static) and under
+``vmap`` over keys, which is how restarts are built.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from gmmjax._src import checks
+from gmmjax._src import stats as stats_lib
+from gmmjax._src.params import GMMParams, check_covariance_type
+
+INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+
+
+def _sq_distances(X, centers):
+  """Squared Euclidean distances ``(N, C)`` (clamped at zero)."""
+  d = (jnp.sum(X * X, axis=1)[:, None] - 2.0 * X @ centers.T
+       + jnp.sum(centers * centers, axis=1)[None, :])
+  return jnp.maximum(d, 0.0)
+
+
+def kmeans_plusplus(key, X, n_clusters: int, sample_weight=None):
+  """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
+
+  Each new centre is the best of ``2 + log(k)`` candidates drawn with
+  probability proportional to ``w_i D(x_i)^2``.
+
+  Args:
+    key: PRNG key.
+    X: ``(N, D)`` samples (best centred: distances are computed expanded).
+    n_clusters: static number of centres.
+    sample_weight: optional ``(N,)`` weights.
+
+  Returns:
+    ``(centers, indices)``: ``(n_clusters, D)`` and ``(n_clusters,)`` int32.
+  """
+  n = X.shape[0]
+  w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
+  n_trials = 2 + int(math.log(n_clusters))
+  key_first, key_rest = jax.random.split(key)
+  first = jax.random.choice(key_first, n, p=w / jnp.sum(w))
+  closest = _sq_distances(X, X[first][None])[:, 0]
+  indices = jnp.zeros(n_clusters, jnp.int32).at[0].set(first.astype(jnp.int32))
+
+  def body(c, carry):
+    indices, closest = carry
+    weighted = w * closest
+    cum = jnp.cumsum(weighted)
+    u = jax.random.uniform(jax.random.fold_in(key_rest, c), (n_trials,),
+                           X.dtype) * cum[-1]
+    cand = jnp.clip(jnp.searchsorted(cum, u), 0, n - 1)
+    dist = jnp.minimum(closest[None, :], _sq_distances(X, X[cand]).T)
+    best = jnp.argmin(dist @ w)
+    return indices.at[c].set(cand[best].astype(jnp.int32)), dist[best]
+
+  indices, _ = lax.fori_loop(1, n_clusters, body, (indices, closest))
+  return X[indices], indices
+
+
+def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
+           tol=1e-4):
+  """Lloyd's k-means from a k-means++ seeding, in one ``while_loop``.
+
+  Stops when the squared centre shift falls below ``tol * mean(var(X))``
+  (scikit-learn's rule) or after ``max_iter`` iterations. A cluster that
+  empties keeps its previous centre.
+
+  Returns:
+    ``(centers, labels)``: ``(n_clusters, D)`` and ``(N,)`` int32.
+  """
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  centers, _ = kmeans_plusplus(key, X, n_clusters, w)
+  threshold = tol * jnp.mean(jnp.var(X, axis=0))
+
+  def assign(centers):
+    return jnp.argmin(_sq_distances(X, centers), axis=1)
+
+  def cond(carry):
+    i, _, shift = carry
+    return (i < max_iter) & (shift > threshold)
+
+  def body(carry):
+    i, centers, _ = carry
+    onehot = jax.nn.one_hot(assign(centers), n_clusters, dtype=X.dtype)
+    onehot = onehot * w[:, None]
+    counts = jnp.sum(onehot, axis=0)
+    sums = onehot.T @ X
+    new = jnp.where(counts[:, None] > 0,
+                    sums / jnp.maximum(counts, 1e-30)[:, None], centers)
+    return i + 1, new, jnp.sum((new - centers) ** 2)
+
+  _, centers, _ = lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), centers,
+                   jnp.asarray(jnp.inf, X.dtype)))
+  return centers, assign(centers).astype(jnp.int32)
+
+
+def initial_responsibilities(key, X, n_components: int, method: str,
+                             sample_weight=None):
+  """Initial responsibilities ``(N, K)`` of scikit-learn's init methods."""
+  n = X.shape[0]
+  if method == "kmeans":
+    _, labels = kmeans(key, X, n_components, sample_weight)
+    return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
+  if method == "random":
+    resp = jax.random.uniform(key, (n, n_components), X.dtype)
+    return resp / jnp.sum(resp, axis=1, keepdims=True)
+  if method == "k-means++":
+    _, indices = kmeans_plusplus(key, X, n_components, sample_weight)
+  else:  # random_from_data
+    p = None if sample_weight is None else sample_weight / jnp.sum(
+        sample_weight)
+    indices = jax.random.choice(key, n, (n_components,), replace=False, p=p)
+  return jnp.zeros((n, n_components), X.dtype).at[
+      indices, jnp.arange(n_components)].set(1.0)
+
+
+@functools.partial(jax.jit, static_argnames=("n_components",
+                                             "covariance_type", "method"))
+def _init_params(key, X, sample_weight, reg_covar, n_components,
+                 covariance_type, method):
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  shift = w @ X / jnp.sum(w)
+  xc = X - shift  # centred: k-means distances are computed expanded
+  resp = initial_responsibilities(key, xc, n_components, method, sample_weight)
+  stats = stats_lib.stats_from_resp(X, resp, sample_weight, shift,
+                                    covariance_type)
+  return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
+
+
+def init_params(key, X, n_components: int, *, covariance_type: str = "full",
+                method: str = "k-means++", reg_covar=1e-6,
+                sample_weight=None) -> GMMParams:
+  """Initial mixture parameters by one of scikit-learn's methods.
+
+  ``"kmeans"`` runs Lloyd's algorithm (in JAX) and uses its hard labels;
+  ``"k-means++"`` and ``"random_from_data"`` put each component on one chosen
+  sample (its covariance starts at ``reg_covar``, as in scikit-learn);
+  ``"random"`` uses uniform random responsibilities. One M-step turns the
+  responsibilities into parameters.
+
+  Args:
+    key: ``jax.random.key`` or legacy ``PRNGKey``.
+    X: ``(N, D)`` samples.
+    n_components: number of components ``K`` (static).
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    method: ``"kmeans"``, ``"k-means++"``, ``"random"`` or
+      ``"random_from_data"``.
+    reg_covar: regulariser added to covariance diagonals.
+    sample_weight: optional ``(N,)`` non-negative weights.
+
+  Returns:
+    :class:`GMMParams` in ``X``'s floating dtype.
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (100, 3))
+    >>> keys = jax.random.split(jax.random.key(1), 4)
+    >>> batch = jax.vmap(lambda k: gx.init_params(k, X, 2))(keys)
+    >>> batch.means.shape
+    (4, 2, 3)
+  """
+  check_covariance_type(covariance_type)
+  if method not in INIT_METHODS:
+    raise ValueError(f"Invalid value for 'method' (init_params): {method!r}. "
+                     f"It should be in {list(INIT_METHODS)}.")
+  if not isinstance(n_components, int) or n_components < 1:
+    raise ValueError(
+        f"n_components should be a positive int, got {n_components!r}.")
+  X = checks.as_data(X)
+  if X.shape[0] < n_components:
+    raise ValueError(f"Expected n_samples >= n_components but got "
+                     f"n_components = {n_components}, n_samples = "
+                     f"{X.shape[0]}")
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  return _init_params(key, X, w, jnp.asarray(reg_covar, X.dtype),
+                      n_components=n_components,
+                      covariance_type=covariance_type, method=method)

@@ -1,0 +1,146 @@
+"""Mixture parameters as an immutable pytree."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from gmmjax._src import covariance as cov_ops
+
+COVARIANCE_TYPES = cov_ops.COVARIANCE_TYPES
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["weights", "means", "covariances", "precisions_cholesky"],
+    meta_fields=["covariance_type"])
+@dataclasses.dataclass(frozen=True)
+class GMMParams:
+  """Parameters of a Gaussian mixture: a pytree with a static covariance type.
+
+  Array leaves (scikit-learn's shapes and conventions)::
+
+    weights              (K,)        mixture weights, summing to 1
+    means                (K, D)      component means
+    covariances          full (K, D, D) | tied (D, D) | diag (K, D) | spherical (K,)
+    precisions_cholesky  same shape as ``covariances``: a factor ``P`` with
+                         ``P @ P.T == inv(covariance)`` (full/tied), or
+                         ``1 / sqrt(variance)`` (diag/spherical)
+
+  ``covariance_type`` is auxiliary data, not a leaf, so ``jit`` treats it as
+  static and a batch of parameters (one leading axis on every leaf, as made by
+  ``jax.vmap(gx.init_params)``) is the same pytree type.
+
+  Build it with :func:`make_params` (which computes the precision factors) or
+  get it from :func:`gmmjax.init_params`, :func:`gmmjax.m_step`,
+  :func:`gmmjax.fit`.
+  """
+
+  weights: Any
+  means: Any
+  covariances: Any
+  precisions_cholesky: Any
+  covariance_type: str = "full"
+
+  def replace(self, **kwargs) -> GMMParams:
+    """Returns a copy with the given fields replaced."""
+    return dataclasses.replace(self, **kwargs)
+
+  @property
+  def n_components(self) -> int:
+    return self.means.shape[-2]
+
+  @property
+  def n_features(self) -> int:
+    return self.means.shape[-1]
+
+  @property
+  def dtype(self):
+    return self.means.dtype
+
+  @property
+  def precisions(self):
+    """Precision matrices (inverse covariances) in scikit-learn's shapes."""
+    return cov_ops.precisions_from_cholesky(self.precisions_cholesky,
+                                            self.covariance_type)
+
+  def __repr__(self) -> str:
+    def shape(a):
+      return getattr(a, "shape", None)
+    return (f"GMMParams(covariance_type={self.covariance_type!r}, "
+            f"weights={shape(self.weights)}, means={shape(self.means)}, "
+            f"covariances={shape(self.covariances)})")
+
+
+def check_covariance_type(covariance_type: str) -> None:
+  if covariance_type not in COVARIANCE_TYPES:
+    raise ValueError(
+        f"Invalid value for 'covariance_type': {covariance_type!r}. "
+        f"'covariance_type' should be in {list(COVARIANCE_TYPES)}.")
+
+
+def make_params(weights, means, covariances=None, covariance_type: str = "full",
+                *, precisions=None, dtype=None) -> GMMParams:
+  """Builds :class:`GMMParams` from weights, means and covariances.
+
+  Exactly one of ``covariances`` and ``precisions`` (inverse covariances, in
+  the same shapes) is given. The precision Cholesky factors are computed here
+  once, by Cholesky decomposition, never by an explicit inverse.
+
+  Args:
+    weights: ``(K,)`` mixture weights.
+    means: ``(K, D)`` component means.
+    covariances: full ``(K, D, D)``, tied ``(D, D)``, diag ``(K, D)`` or
+      spherical ``(K,)``.
+    covariance_type: one of ``"full"``, ``"tied"``, ``"diag"``,
+      ``"spherical"``.
+    precisions: alternative to ``covariances``, same shapes.
+    dtype: floating dtype of the leaves; defaults to that of ``means`` (or
+      JAX's default float for integer input).
+
+  Returns:
+    A :class:`GMMParams`.
+
+  Example:
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> p = gx.make_params(jnp.array([0.5, 0.5]), jnp.array([[0.0], [3.0]]),
+    ...                    jnp.array([1.0, 4.0]), covariance_type="spherical")
+    >>> p.precisions_cholesky.tolist()
+    [1.0, 0.5]
+  """
+  check_covariance_type(covariance_type)
+  if (covariances is None) == (precisions is None):
+    raise ValueError("make_params needs exactly one of `covariances` and "
+                     "`precisions`.")
+  means = jnp.asarray(means)
+  if dtype is None:
+    dtype = means.dtype if jnp.issubdtype(means.dtype, jnp.floating) else (
+        jnp.result_type(float))
+  means = means.astype(dtype)
+  weights = jnp.asarray(weights, dtype)
+  if means.ndim != 2:
+    raise ValueError(f"`means` should have shape (n_components, n_features), "
+                     f"got {means.shape}.")
+  n_components, n_features = means.shape
+  if weights.shape != (n_components,):
+    raise ValueError(f"`weights` should have shape ({n_components},), got "
+                     f"{weights.shape}.")
+  given = covariances if precisions is None else precisions
+  given = jnp.asarray(given, dtype)
+  expected = cov_ops.covariance_shape(covariance_type, n_components, n_features)
+  if given.shape != expected:
+    name = "covariances" if precisions is None else "precisions"
+    raise ValueError(f"`{name}` for covariance_type={covariance_type!r} should "
+                     f"have shape {expected}, got {given.shape}.")
+  if precisions is None:
+    covariances = given
+    prec_chol = cov_ops.precision_cholesky(covariances, covariance_type)
+  else:
+    prec_chol = cov_ops.precision_cholesky_from_precisions(given,
+                                                           covariance_type)
+    covariances = cov_ops.covariances_from_cholesky(prec_chol, covariance_type)
+  return GMMParams(weights, means, covariances, prec_chol, covariance_type)

@@ -1,0 +1,180 @@
+"""Value checks for the NumPy-facing shell, run before anything compiles.
+
+Messages follow scikit-learn's wording where scikit-learn has one, so users
+coming from it recognise them, and say what to do.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import numpy as np
+
+
+class NotFittedError(ValueError, AttributeError):
+  """Raised when a method needs a fitted estimator (as scikit-learn's)."""
+
+
+class ConvergenceWarning(UserWarning):
+  """The best restart did not converge (as scikit-learn's)."""
+
+
+def compute_dtype(X: np.ndarray) -> np.dtype:
+  """float64 when the input is float64 and JAX's x64 mode is on, else float32."""
+  if X.dtype == np.float64 and jax.config.read("jax_enable_x64"):
+    return np.dtype(np.float64)
+  return np.dtype(np.float32)
+
+
+def check_array(X, *, estimator: str = "GaussianMixture",
+                ensure_min_samples: int = 1, name: str = "X") -> np.ndarray:
+  """A finite, numeric, 2-D NumPy array, or a ``ValueError`` that says why."""
+  if hasattr(X, "toarray") and hasattr(X, "nnz"):
+    raise TypeError(f"{estimator} does not accept sparse input; convert it "
+                    "with X.toarray().")
+  try:
+    arr = np.asarray(X)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{name} could not be converted to a numeric array: "
+                     f"{e}") from e
+  if np.iscomplexobj(arr):
+    raise ValueError("Complex data not supported\n" + repr(arr))
+  if arr.dtype.kind not in "biuf":
+    try:
+      arr = arr.astype(np.float64)
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{name} should contain numbers; could not convert "
+                       f"it to float: {e}") from e
+  if arr.ndim == 0:
+    raise ValueError(
+        f"Expected 2D array, got scalar array instead:\narray={arr!r}.\n"
+        "Reshape your data either using array.reshape(-1, 1) if your data has"
+        " a single feature or array.reshape(1, -1) if it contains a single "
+        "sample.")
+  if arr.ndim == 1:
+    raise ValueError(
+        f"Expected 2D array, got 1D array instead:\narray={arr!r}.\n"
+        "Reshape your data either using array.reshape(-1, 1) if your data has"
+        " a single feature or array.reshape(1, -1) if it contains a single "
+        "sample.")
+  if arr.ndim > 2:
+    raise ValueError(f"Found array with dim {arr.ndim}. {estimator} expected "
+                     "<= 2.")
+  if arr.dtype.kind in "biu":
+    arr = arr.astype(np.float64)
+  if arr.shape[0] < ensure_min_samples:
+    raise ValueError(
+        f"Found array with {arr.shape[0]} sample(s) (shape={arr.shape}) while "
+        f"a minimum of {ensure_min_samples} is required by {estimator}.")
+  if arr.shape[1] < 1:
+    raise ValueError(
+        f"Found array with 0 feature(s) (shape={arr.shape}) while a minimum "
+        f"of 1 is required by {estimator}.")
+  if not np.all(np.isfinite(arr)):
+    if np.any(np.isnan(arr)):
+      raise ValueError(
+          f"Input {name} contains NaN.\n{estimator} does not accept missing "
+          "values encoded as NaN natively. Remove or impute the rows with "
+          "missing values (e.g. sklearn.impute.SimpleImputer) first.")
+    raise ValueError(f"Input {name} contains infinity or a value too large "
+                     f"for dtype({arr.dtype.name!r}).")
+  return arr
+
+
+def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
+  """Non-negative, finite, not-all-zero weights of shape ``(n_samples,)``."""
+  if sample_weight is None:
+    return None
+  w = np.asarray(sample_weight)
+  if w.dtype.kind not in "biuf":
+    raise ValueError("sample_weight should contain numbers, got dtype "
+                     f"{w.dtype}.")
+  w = w.astype(np.float64)
+  if w.ndim == 0:
+    w = np.full(n_samples, float(w))
+  if w.shape != (n_samples,):
+    raise ValueError(f"sample_weight.shape == {w.shape}, expected "
+                     f"({n_samples},)!")
+  if not np.all(np.isfinite(w)):
+    raise ValueError("sample_weight contains NaN or infinity.")
+  if np.any(w < 0):
+    raise ValueError("Negative values in data passed to sample_weight: "
+                     "weights must be non-negative.")
+  if not np.any(w > 0):
+    raise ValueError("sample_weight is zero for every sample: at least one "
+                     "sample needs a positive weight.")
+  return w
+
+
+def check_param(name: str, value, kind: str, low=None, high=None,
+                options=None, estimator: str = "GaussianMixture") -> None:
+  """scikit-learn-style check of one constructor parameter."""
+  if options is not None:
+    if value not in options:
+      raise ValueError(
+          f"The {name!r} parameter of {estimator} must be a str among "
+          f"{set(options)}. Got {value!r} instead.")
+    return
+  ok_type = (isinstance(value, numbers.Integral) if kind == "int" else
+             isinstance(value, numbers.Real)) and not isinstance(value, bool)
+  ok_range = ok_type and (low is None or value >= low) and (
+      high is None or value <= high)
+  if not ok_range:
+    lo = "-inf" if low is None else low
+    hi = "inf" if high is None else high
+    close = "]" if high is not None else ")"
+    raise ValueError(
+        f"The {name!r} parameter of {estimator} must be "
+        f"{'an int' if kind == 'int' else 'a float'} in the range [{lo}, "
+        f"{hi}{close}. Got {value!r} instead.")
+
+
+def check_weights_init(weights, n_components: int) -> np.ndarray:
+  w = np.asarray(weights, dtype=np.float64)
+  if w.shape != (n_components,):
+    raise ValueError(f"The parameter 'weights' should have the shape of "
+                     f"({n_components},), but got {w.shape}")
+  if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
+    raise ValueError("The parameter 'weights' should be in the range [0, 1], "
+                     f"but got max value {np.max(w):.5f}, min value "
+                     f"{np.min(w):.5f}")
+  if not np.allclose(np.abs(1.0 - np.sum(w)), 0.0):
+    raise ValueError("The parameter 'weights' should be normalized, but got "
+                     f"sum(weights) = {np.sum(w):.5f}")
+  return w
+
+
+def check_means_init(means, n_components: int, n_features: int) -> np.ndarray:
+  m = np.asarray(means, dtype=np.float64)
+  if m.shape != (n_components, n_features):
+    raise ValueError(f"The parameter 'means' should have the shape of "
+                     f"({n_components}, {n_features}), but got {m.shape}")
+  if not np.all(np.isfinite(m)):
+    raise ValueError("The parameter 'means' contains NaN or infinity.")
+  return m
+
+
+def check_precisions_init(precisions, covariance_type: str, n_components: int,
+                          n_features: int) -> np.ndarray:
+  p = np.asarray(precisions, dtype=np.float64)
+  shape = {"full": (n_components, n_features, n_features),
+           "tied": (n_features, n_features),
+           "diag": (n_components, n_features),
+           "spherical": (n_components,)}[covariance_type]
+  if p.shape != shape:
+    raise ValueError(f"The parameter '{covariance_type} precision' should "
+                     f"have the shape of {shape}, but got {p.shape}")
+  if not np.all(np.isfinite(p)):
+    raise ValueError(f"'{covariance_type} precision' contains NaN or "
+                     "infinity.")
+  if covariance_type in ("diag", "spherical"):
+    if np.any(p <= 0.0):
+      raise ValueError(f"'{covariance_type} precision' should be positive")
+    return p
+  mats = p[None] if covariance_type == "tied" else p
+  for mat in mats:
+    if not (np.allclose(mat, mat.T) and np.all(np.linalg.eigvalsh(mat) > 0.0)):
+      raise ValueError(f"'{covariance_type} precision' should be symmetric, "
+                       "positive-definite")
+  return p
