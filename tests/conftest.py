@@ -4,9 +4,6 @@ import jax
 import numpy as np
 import pytest
 
-# Catch silent broadcasting over (N, K, D) axes.
-jax.config.update("jax_numpy_rank_promotion", "raise")
-
 
 @pytest.fixture
 def x64():

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from gmmjax._src import checks
-from gmmjax._src import stats as stats_lib
+from gmmjax._src import covariance as cov_ops
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -44,6 +44,7 @@ def kmeans_plusplus(key, X, n_clusters: int, sample_weight=None):
   Returns:
     ``(centers, indices)``: ``(n_clusters, D)`` and ``(n_clusters,)`` int32.
   """
+  X = checks.as_data(X)
   n = X.shape[0]
   w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
   n_trials = 2 + int(math.log(n_clusters))
@@ -78,6 +79,7 @@ def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
   Returns:
     ``(centers, labels)``: ``(n_clusters, D)`` and ``(N,)`` int32.
   """
+  X = checks.as_data(X)
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   centers, _ = kmeans_plusplus(key, X, n_clusters, w)
   threshold = tol * jnp.mean(jnp.var(X, axis=0))
@@ -125,17 +127,51 @@ def initial_responsibilities(key, X, n_components: int, method: str,
       indices, jnp.arange(n_components)].set(1.0)
 
 
+def params_from_resp(X, resp, sample_weight, covariance_type: str,
+                     reg_covar) -> GMMParams:
+  """An M-step that centres every component on its own new mean (two passes).
+
+  Initial responsibilities are often hard (one sample per component for
+  k-means++), where the one-pass shifted statistics would subtract two large
+  nearly equal numbers; here each component's scatter is summed around its
+  own mean, one component at a time (``lax.map``), so memory stays
+  ``O(N D)`` and a one-point component gets exactly ``reg_covar``.
+  """
+  dtype = X.dtype
+  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
+  rw = resp * w[:, None]
+  nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
+  center = w @ X / jnp.sum(w)
+  xc = X - center[None, :]
+  diff = (rw.T @ xc) / nk[:, None]
+
+  def scatter(args):
+    r, m = args
+    d = xc - m[None, :]
+    if covariance_type in ("full", "tied"):
+      return (d * r[:, None]).T @ d
+    if covariance_type == "diag":
+      return r @ (d * d)
+    return r @ jnp.sum(d * d, axis=1)
+
+  sxx = lax.map(scatter, (rw.T, diff))
+  if covariance_type == "tied":
+    sxx = jnp.sum(sxx, axis=0)
+  covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
+                                             covariance_type, reg_covar)
+  return GMMParams(nk / jnp.sum(nk), center[None, :] + diff, covariances,
+                   cov_ops.precision_cholesky(covariances, covariance_type),
+                   covariance_type)
+
+
 @functools.partial(jax.jit, static_argnames=("n_components",
                                              "covariance_type", "method"))
 def _init_params(key, X, sample_weight, reg_covar, n_components,
                  covariance_type, method):
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  shift = w @ X / jnp.sum(w)
-  xc = X - shift  # centred: k-means distances are computed expanded
+  xc = X - (w @ X / jnp.sum(w))[None, :]  # k-means distances are expanded
   resp = initial_responsibilities(key, xc, n_components, method, sample_weight)
-  stats = stats_lib.stats_from_resp(X, resp, sample_weight, shift,
-                                    covariance_type)
-  return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
+  return params_from_resp(X, resp, sample_weight, covariance_type, reg_covar)
 
 
 def init_params(key, X, n_components: int, *, covariance_type: str = "full",

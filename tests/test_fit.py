@@ -1,0 +1,152 @@
+"""The EM loop: invariants, vmap/jit, compile-once, failure reporting."""
+
+import jax
+import numpy as np
+import pytest
+
+import gmmjax as gx
+from gmmjax._src import fit as fit_lib
+from tests.conftest import make_blobs
+
+COV_TYPES = ["full", "tied", "diag", "spherical"]
+
+
+@pytest.fixture(scope="module")
+def X():
+  return make_blobs(4, 60, [[0, 0], [3, 1], [1, 4]])
+
+
+@pytest.mark.parametrize("cov_type", COV_TYPES)
+def test_history_never_decreases_and_result_is_consistent(X, cov_type, x64):
+  p0 = gx.init_params(jax.random.key(1), X, 3, covariance_type=cov_type,
+                      method="random")
+  res = gx.fit(X, p0, max_iter=200, tol=1e-10)
+  n = int(res.n_iter)
+  hist = np.asarray(res.history)
+  assert res.history.shape == (200,)
+  assert np.all(np.isfinite(hist[:n])) and np.all(np.isnan(hist[n:]))
+  assert np.all(np.diff(hist[:n]) >= -1e-12)
+  # log_likelihood is that of the returned params, >= the last E-step value.
+  np.testing.assert_allclose(float(res.log_likelihood),
+                             float(gx.log_likelihood(res.params, X)),
+                             rtol=1e-12)
+  assert float(res.log_likelihood) >= hist[n - 1] - 1e-12
+  assert float(res.lower_bound) == hist[n - 1]
+  # params are exactly n_iter EM iterations from p0.
+  p = p0
+  for _ in range(n):
+    p, _ = gx.em_step(p, X, None, 1e-6)
+  for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(res.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9,
+                               atol=1e-12)
+
+
+def test_convergence_rule_is_sklearns(X, x64):
+  p0 = gx.init_params(jax.random.key(2), X, 3, method="random")
+  res = gx.fit(X, p0, max_iter=500, tol=1e-3)
+  hist = np.asarray(res.history)
+  n = int(res.n_iter)
+  assert bool(res.converged)
+  changes = np.diff(np.concatenate([[-np.inf], hist[:n]]))
+  assert abs(changes[-1]) < 1e-3
+  assert np.all(np.abs(changes[:-1]) >= 1e-3)
+  # max_iter bounds the loop and reports non-convergence.
+  short = gx.fit(X, p0, max_iter=2, tol=0.0)
+  assert int(short.n_iter) == 2 and not bool(short.converged)
+
+
+def test_vmap_over_initial_params_equals_separate_fits(X, x64):
+  keys = jax.random.split(jax.random.key(3), 8)
+  batch = jax.vmap(lambda k: gx.init_params(k, X, 3, method="random"))(keys)
+  results = jax.vmap(lambda p: gx.fit(X, p, max_iter=100, tol=1e-6))(batch)
+  assert results.params.means.shape == (8, 3, 2)
+  n_iters = set()
+  for i in range(8):
+    p_i = jax.tree.map(lambda a, i=i: a[i], batch)
+    single = gx.fit(X, p_i, max_iter=100, tol=1e-6)
+    n_iters.add(int(single.n_iter))
+    assert int(results.n_iter[i]) == int(single.n_iter)
+    assert bool(results.converged[i]) == bool(single.converged)
+    np.testing.assert_allclose(np.asarray(results.params.means[i]),
+                               np.asarray(single.params.means), rtol=1e-9,
+                               atol=1e-12)
+    np.testing.assert_allclose(np.asarray(results.history[i]),
+                               np.asarray(single.history), rtol=1e-9)
+  assert len(n_iters) > 1  # members really stopped at different iterations
+
+
+def test_jit_and_compile_once_per_shape(X):
+  p0 = gx.init_params(jax.random.key(0), X, 3)
+  fit_lib._fit.clear_cache()
+  for tol, reg in [(1e-3, 1e-6), (1e-4, 1e-5), (1e-2, 1e-3)]:
+    gx.fit(X, p0, tol=tol, reg_covar=reg, max_iter=20)
+  gx.fit(X + 1.0, p0, max_iter=20)
+  assert fit_lib._fit._cache_size() == 1
+  gx.fit(X[:50], p0, max_iter=20)  # a new shape compiles once more
+  assert fit_lib._fit._cache_size() == 2
+  # Works inside a user's jit.
+  f = jax.jit(lambda X, p: gx.fit(X, p, max_iter=20).log_likelihood)
+  np.testing.assert_allclose(float(f(X, p0)),
+                             float(gx.fit(X, p0, max_iter=20).log_likelihood),
+                             rtol=1e-6)
+
+
+def test_warm_start_previous_log_likelihood(X, x64):
+  p0 = gx.init_params(jax.random.key(0), X, 3)
+  first = gx.fit(X, p0, max_iter=500, tol=1e-6)
+  again = gx.fit(X, first.params, tol=1e-3,
+                 prev_log_likelihood=first.lower_bound)
+  assert bool(again.converged) and int(again.n_iter) == 1
+
+
+def test_degenerate_cluster_default_reg_is_finite(x64):
+  rng = np.random.default_rng(0)
+  X = np.concatenate([np.tile([[3.0, -2.0]], (30, 1)),
+                      rng.normal(size=(60, 2))])
+  for cov_type in COV_TYPES:
+    p0 = gx.init_params(jax.random.key(0), X, 2, covariance_type=cov_type,
+                        method="kmeans")
+    res = gx.fit(X, p0, max_iter=100)
+    assert not bool(res.failed)
+    assert all(np.all(np.isfinite(np.asarray(a)))
+               for a in jax.tree.leaves(res.params))
+    assert np.isfinite(float(res.log_likelihood))
+
+
+def test_numerical_failure_is_flagged_not_nan(x64):
+  """reg_covar=0 on a collapsed cluster: the fit stops and says so."""
+  rng = np.random.default_rng(0)
+  X = np.concatenate([np.tile([[3.0, -2.0]], (30, 1)),
+                      rng.normal(size=(60, 2))])
+  p0 = gx.make_params(np.array([0.5, 0.5]), np.array([[3.0, -2.0],
+                                                      [0.0, 0.0]]),
+                      np.stack([np.eye(2) * 0.1, np.eye(2)]))
+  res = gx.fit(X, p0, max_iter=50, reg_covar=0.0)
+  assert bool(res.failed) and not bool(res.converged)
+  assert all(np.all(np.isfinite(np.asarray(a)))
+             for a in jax.tree.leaves(res.params))
+  assert np.isfinite(float(res.log_likelihood))
+  n = int(res.n_iter)
+  assert np.all(np.isnan(np.asarray(res.history)[n:]))
+
+
+def test_callback_reports_every_iteration(X):
+  seen = []
+  p0 = gx.init_params(jax.random.key(0), X, 3)
+  res = gx.fit(X, p0, max_iter=30, tol=1e-4,
+               callback=lambda i, ll, ch: seen.append((int(i), float(ll))))
+  jax.effects_barrier()
+  assert [i for i, _ in seen] == list(range(1, int(res.n_iter) + 1))
+  np.testing.assert_allclose([ll for _, ll in seen],
+                             np.asarray(res.history)[:int(res.n_iter)],
+                             rtol=1e-6)
+
+
+def test_fit_restarts_picks_the_best(X, x64):
+  best, runs = gx.fit_restarts(jax.random.key(0), X, 3, n_init=6,
+                               method="random", tol=1e-6)
+  assert runs.log_likelihood.shape == (6,)
+  assert float(best.log_likelihood) == float(np.max(runs.log_likelihood))
+  # Restarts from typed and legacy keys both work.
+  best2, _ = gx.fit_restarts(jax.random.PRNGKey(0), X, 3, n_init=2)
+  assert np.isfinite(float(best2.log_likelihood))

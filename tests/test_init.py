@@ -1,0 +1,101 @@
+"""Initialisation methods: k-means (JAX Lloyd), k-means++, random, from data."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gmmjax as gx
+from tests.conftest import make_blobs
+
+CENTERS = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+
+
+@pytest.fixture(scope="module")
+def X():
+  return make_blobs(0, 50, CENTERS, stretch=False)
+
+
+@pytest.mark.parametrize("method", gx.INIT_METHODS)
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_methods_give_valid_params_under_vmap(X, method, cov_type):
+  keys = jax.random.split(jax.random.key(0), 3)
+  batch = jax.vmap(lambda k: gx.init_params(
+      k, X, 4, covariance_type=cov_type, method=method))(keys)
+  assert batch.means.shape == (3, 4, 2)
+  assert batch.weights.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(batch.weights).sum(1), 1.0, rtol=1e-5)
+  for leaf in jax.tree.leaves(batch):
+    assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_kmeans_recovers_separated_centers(X):
+  centers, labels = gx.kmeans(jax.random.key(1), jnp.asarray(X, jnp.float32),
+                              4)
+  dist = np.linalg.norm(np.asarray(centers)[:, None] - CENTERS[None], axis=-1)
+  assert sorted(dist.argmin(1).tolist()) == [0, 1, 2, 3]
+  assert np.all(dist.min(1) < 0.5)
+  assert labels.shape == (200,)
+
+
+def test_kmeans_inertia_close_to_sklearn(x64):
+  from sklearn.cluster import KMeans
+  Xo = make_blobs(5, 80, [[0, 0, 0], [3, 1, 0], [1, 3, 1], [-2, 2, 2],
+                          [2, -2, 1]])
+  km = KMeans(5, n_init=1, random_state=0).fit(Xo)
+  centers, labels = gx.kmeans(jax.random.key(0), Xo, 5)
+  d = ((Xo[:, None, :] - np.asarray(centers)[None]) ** 2).sum(-1)
+  ours = d[np.arange(len(Xo)), np.asarray(labels)].sum()
+  assert np.all(np.asarray(labels) == d.argmin(1))  # labels are nearest
+  assert ours <= 1.05 * km.inertia_
+
+
+def test_kmeans_plusplus_picks_distinct_data_points(X):
+  Xj = jnp.asarray(X, jnp.float32)
+  centers, idx = gx.kmeans_plusplus(jax.random.key(0), Xj, 4)
+  idx = np.asarray(idx)
+  assert len(set(idx.tolist())) == 4
+  np.testing.assert_array_equal(np.asarray(centers), X[idx].astype(np.float32))
+  # One seed lands in each well-separated blob (D^2 sampling).
+  assert sorted((idx // 50).tolist()) == [0, 1, 2, 3]
+  # Zero-weight samples are never chosen.
+  w = np.ones(200, np.float32)
+  w[:50] = 0
+  _, idx_w = gx.kmeans_plusplus(jax.random.key(0), Xj, 3, jnp.asarray(w))
+  assert np.all(np.asarray(idx_w) >= 50)
+
+
+def test_kmeans_plusplus_init_matches_sklearn_semantics(X, x64):
+  """Means are the chosen samples and covariances start at reg_covar."""
+  p = gx.init_params(jax.random.key(0), X, 4, covariance_type="diag",
+                     method="k-means++", reg_covar=1e-6)
+  means = np.asarray(p.means)
+  assert all(np.any(np.all(np.isclose(X, m), axis=1)) for m in means)
+  np.testing.assert_allclose(np.asarray(p.covariances), 1e-6, rtol=1e-6)
+
+
+def test_random_methods_differ_by_key(X):
+  a = gx.init_params(jax.random.key(0), X, 4, method="random_from_data")
+  b = gx.init_params(jax.random.key(1), X, 4, method="random_from_data")
+  assert not np.allclose(np.asarray(a.means), np.asarray(b.means))
+  r = gx.init_params(jax.random.key(0), X, 4, method="random")
+  np.testing.assert_allclose(np.asarray(r.weights), 0.25, atol=0.08)
+
+
+def test_init_params_under_jit_with_static_config(X):
+  f = jax.jit(gx.init_params, static_argnames=("n_components",
+                                               "covariance_type", "method"))
+  p = f(jax.random.key(0), X, n_components=4, covariance_type="tied",
+        method="kmeans")
+  assert p.covariances.shape == (2, 2)
+  assert p.covariance_type == "tied"
+
+
+def test_bad_arguments():
+  X = np.zeros((3, 2))
+  with pytest.raises(ValueError, match="n_samples >= n_components"):
+    gx.init_params(jax.random.key(0), X, 4)
+  with pytest.raises(ValueError, match="method"):
+    gx.init_params(jax.random.key(0), X, 2, method="bogus")
+  with pytest.raises(ValueError, match="covariance_type"):
+    gx.init_params(jax.random.key(0), X, 2, covariance_type="bogus")
