@@ -21,8 +21,10 @@ from gmmjax._src.em import (
 from gmmjax._src.estimator import GaussianMixture
 from gmmjax._src.fit import FitResult, em_step, fit
 from gmmjax._src.init import INIT_METHODS, init_params, kmeans, kmeans_plusplus
+from gmmjax._src.io import load, save
 from gmmjax._src.params import GMMParams, make_params
 from gmmjax._src.restarts import best_restart, fit_restarts
+from gmmjax._src.select import SelectionResult, select_n_components
 from gmmjax._src.stats import (
     SuffStats,
     add_stats,
@@ -42,6 +44,7 @@ __all__ = [
     "GMMParams",
     "GaussianMixture",
     "NotFittedError",
+    "SelectionResult",
     "SuffStats",
     "add_stats",
     "aic",
@@ -55,6 +58,7 @@ __all__ = [
     "init_params",
     "kmeans",
     "kmeans_plusplus",
+    "load",
     "log_likelihood",
     "log_prob",
     "m_step",
@@ -64,5 +68,7 @@ __all__ = [
     "predict",
     "predict_proba",
     "sample",
+    "save",
+    "select_n_components",
     "stats_from_resp",
 ]

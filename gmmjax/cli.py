@@ -1,9 +1,422 @@
-"""The ``gmmjax`` command line."""
+"""The ``gmmjax`` command line.
+
+Subcommands::
+
+  gmmjax fit DATA --n-components K [--covariance-type T] [--n-init N]
+             [--max-iter N] [--tol T] [--reg-covar R] [--init-params M]
+             [--seed S] [--verbose] --out MODEL
+  gmmjax predict MODEL DATA [--proba] [--out FILE]
+  gmmjax score MODEL DATA
+  gmmjax sample MODEL -n N [--seed S] --out FILE
+  gmmjax select DATA --k-min 1 --k-max 20 [--criterion bic|aic]
+             [--plot PNG] [--out MODEL]
+  gmmjax demo [--out PNG]
+
+DATA is ``.npy``, ``.npz`` (one array, or the one named ``X``), ``.csv``
+(comma separated, header optional) or ``.parquet`` (needs pyarrow), with one
+row per sample. MODEL is a file written by ``gmmjax fit`` or
+``gmmjax.save``. Mistakes in the input (a missing file, an unknown format,
+NaN in the data, a model/data feature mismatch) print ``gmmjax: error: ...``
+and exit with status 1; no traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+
+DATA_FORMATS = (".npy", ".npz", ".csv", ".parquet")
+OUTPUT_FORMATS = (".npy", ".csv", ".npz")
+
+
+class UserError(Exception):
+  """A mistake in the command's input: reported as one line, exit status 1."""
+
+
+# -- reading and writing data -------------------------------------------------
+
+
+def _read_csv(path):
+  import numpy as np
+  with open(path, encoding="utf-8") as f:
+    first = f.readline()
+  skip = 0
+  try:
+    [float(v) for v in first.strip().split(",")]
+  except ValueError:
+    skip = 1  # a header row
+  try:
+    return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2,
+                      dtype=np.float64)
+  except ValueError as e:
+    raise UserError(f"could not parse {path} as numeric CSV: {e}") from e
+
+
+def _read_parquet(path):
+  import numpy as np
+  try:
+    import pyarrow.parquet as pq
+  except ImportError as e:
+    raise UserError(f"reading {path} needs pyarrow: pip install pyarrow") from e
+  try:
+    table = pq.read_table(path)
+  except Exception as e:  # pyarrow raises its own error types
+    raise UserError(f"could not read {path} as parquet: {e}") from e
+  try:
+    cols = [np.asarray(c.to_numpy(), dtype=np.float64) for c in table.columns]
+  except (TypeError, ValueError) as e:
+    raise UserError(f"{path} has non-numeric columns: {e}") from e
+  return np.column_stack(cols)
+
+
+def read_data(path):
+  """A 2-D float64 NumPy array from a data file, or a :class:`UserError`."""
+  import numpy as np
+  if not os.path.exists(path):
+    raise UserError(f"data file {path!r} does not exist")
+  if os.path.isdir(path):
+    raise UserError(f"{path!r} is a directory, not a data file")
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in DATA_FORMATS:
+    raise UserError(f"unsupported data format {ext or '(none)'!r} for "
+                    f"{path}: use one of {', '.join(DATA_FORMATS)}")
+  if ext == ".csv":
+    X = _read_csv(path)
+  elif ext == ".parquet":
+    X = _read_parquet(path)
+  else:
+    try:
+      loaded = np.load(path, allow_pickle=False)
+    except ValueError as e:
+      raise UserError(f"could not read {path}: it holds Python objects "
+                      f"(pickle), which gmmjax does not load ({e})") from e
+    except Exception as e:  # zip/format errors of a corrupt file
+      raise UserError(f"could not read {path} as {ext}: {e}") from e
+    if ext == ".npz":
+      with loaded:
+        names = list(loaded.files)
+        if len(names) == 1:
+          X = loaded[names[0]]
+        elif "X" in names:
+          X = loaded["X"]
+        else:
+          raise UserError(f"{path} holds several arrays {names}: name the "
+                          "data array 'X'")
+    else:
+      X = loaded
+  X = np.asarray(X)
+  if X.dtype.kind not in "biuf":
+    raise UserError(f"{path} does not hold numbers (dtype {X.dtype})")
+  if X.ndim == 1:
+    X = X[:, None]  # a file of one column: one feature per row
+  if X.ndim != 2:
+    raise UserError(f"{path} holds an array of shape {X.shape}; expected "
+                    "(n_samples, n_features)")
+  if X.shape[0] == 0:
+    raise UserError(f"{path} holds no samples")
+  if np.isnan(X).any():
+    rows = np.unique(np.nonzero(np.isnan(X))[0])
+    raise UserError(f"{path} contains NaN (missing values) in {len(rows)} "
+                    f"row(s), the first at row index {rows[0]} (0-based): "
+                    "remove or impute them")
+  if not np.isfinite(X).all():
+    raise UserError(f"{path} contains infinite values")
+  return X.astype(np.float64, copy=False)
+
+
+def write_array(path, A, fmt="%.9g"):
+  """Writes ``A`` to ``.npy``, ``.npz`` (as ``X``) or ``.csv``."""
+  import numpy as np
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in OUTPUT_FORMATS:
+    raise UserError(f"unsupported output format {ext or '(none)'!r} for "
+                    f"{path}: use one of {', '.join(OUTPUT_FORMATS)}")
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise UserError(f"output directory {directory!r} does not exist")
+  A = np.asarray(A)
+  if ext == ".npy":
+    np.save(path, A, allow_pickle=False)
+  elif ext == ".npz":
+    with open(path, "wb") as f:
+      np.savez(f, X=A)
+  else:
+    np.savetxt(path, A if A.ndim == 2 else A[:, None], delimiter=",",
+               fmt="%d" if A.dtype.kind in "iub" else fmt)
+
+
+def load_model(path):
+  """A fitted estimator from a model file (params are wrapped)."""
+  from gmmjax._src import io
+  if not os.path.exists(path):
+    raise UserError(f"model file {path!r} does not exist")
+  try:
+    model = io.load(path)
+  except ValueError as e:
+    raise UserError(str(e)) from e
+  from gmmjax._src.params import GMMParams
+  if isinstance(model, GMMParams):
+    return estimator_from_params(model)
+  return model
+
+
+def estimator_from_params(params, **kwargs):
+  """A fitted :class:`GaussianMixture` holding ``params``."""
+  import numpy as np
+
+  from gmmjax._src.estimator import GaussianMixture
+  gm = GaussianMixture(params.n_components,
+                       covariance_type=params.covariance_type, **kwargs)
+  gm._set_fitted(params)
+  gm.n_features_in_ = int(params.n_features)
+  gm.converged_ = True
+  gm.n_iter_ = 0
+  gm.lower_bound_ = -np.inf
+  gm.lower_bounds_ = []
+  gm._dtype = np.dtype(gm.means_.dtype)
+  return gm
+
+
+def _check_features(model, X, data_path):
+  if X.shape[1] != model.n_features_in_:
+    raise UserError(
+        f"the model has {model.n_features_in_} feature(s) but {data_path} has "
+        f"{X.shape[1]} column(s): use data with the model's features")
+
+
+def _check_out(path, formats):
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in formats:
+    raise UserError(f"unsupported output format {ext or '(none)'!r} for "
+                    f"{path}: use one of {', '.join(formats)}")
+  directory = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    raise UserError(f"output directory {directory!r} does not exist")
+
+
+# -- progress -----------------------------------------------------------------
+
+
+class ProgressBar:
+  """A one-line text bar over EM iterations, updated by the host callback.
+
+  The compiled loop calls it after every iteration (under ``vmap``, once per
+  restart); it redraws at most every ``min_interval`` seconds and shows the
+  furthest iteration reached, the latest log-likelihood and change.
+  """
+
+  def __init__(self, total: int, label: str = "EM", stream=None,
+               width: int = 30, min_interval: float = 0.1):
+    self.total = max(int(total), 1)
+    self.label = label
+    self.stream = sys.stderr if stream is None else stream
+    self.width = width
+    self.min_interval = min_interval
+    self.n = 0
+    self.last = None
+    self.last_draw = 0.0
+    self.drawn = False
+
+  def __call__(self, n_iter, log_likelihood, change):
+    n = int(n_iter)
+    self.n = max(self.n, n)
+    self.last = (float(log_likelihood), float(change))
+    now = time.perf_counter()
+    if now - self.last_draw < self.min_interval and self.n < self.total:
+      return
+    self.last_draw = now
+    self._draw()
+
+  def _draw(self):
+    log_likelihood, change = self.last
+    filled = int(self.width * min(self.n, self.total) / self.total)
+    bar = "#" * filled + "-" * (self.width - filled)
+    self.stream.write(f"\r{self.label} [{bar}] {self.n}/{self.total} iter  "
+                      f"ll {float(log_likelihood):.5f}  change "
+                      f"{float(change):.2e}   ")
+    self.stream.flush()
+    self.drawn = True
+
+  def close(self):
+    """Draws the final state and ends the line."""
+    if self.last is not None:
+      self._draw()
+    if self.drawn:
+      self.stream.write("\n")
+      self.stream.flush()
+
+
+def _estimator_class():
+  from gmmjax._src.estimator import GaussianMixture
+
+  class _CLIMixture(GaussianMixture):
+    """The estimator with the command line's progress bar."""
+
+    bar = None
+
+    def _progress_callback(self):
+      if self.verbose or self.bar is None:
+        return super()._progress_callback()
+      return self.bar
+
+  return _CLIMixture
+
+
+def _want_progress(args) -> bool:
+  if args.progress is not None:
+    return args.progress
+  return sys.stderr.isatty()
+
+
+# -- subcommands ----------------------------------------------------------------
+
+
+def fit(args) -> int:
+  import warnings
+
+  import numpy as np
+
+  from gmmjax._src import io
+  X = read_data(args.data)
+  _check_out(args.out, (".npz",))
+  if X.shape[0] < args.n_components:
+    raise UserError(f"{args.data} has {X.shape[0]} samples, fewer than "
+                    f"--n-components {args.n_components}")
+  gm = _estimator_class()(
+      args.n_components, covariance_type=args.covariance_type,
+      n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
+      reg_covar=args.reg_covar, init_params=args.init_params,
+      random_state=args.seed, verbose=2 if args.verbose else 0,
+      verbose_interval=args.verbose_interval)
+  bar = ProgressBar(args.max_iter) if _want_progress(args) else None
+  gm.bar = bar
+  start = time.perf_counter()
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    try:
+      gm.fit(X)
+    finally:
+      if bar is not None:
+        bar.close()
+  for w in caught:
+    print(f"gmmjax: warning: {w.message}", file=sys.stderr)
+  lapse = time.perf_counter() - start
+  io.save(args.out, gm)  # stored as a plain GaussianMixture
+  np.set_printoptions(precision=4, suppress=True)
+  print(f"fitted {args.n_components} {args.covariance_type} components to "
+        f"{X.shape[0]} samples x {X.shape[1]} features in {lapse:.2f}s")
+  print(f"converged:      {gm.converged_} after {gm.n_iter_} iterations")
+  print(f"log-likelihood: {gm.score(X):.5f} (mean per sample)")
+  print(f"BIC:            {gm.bic(X):.3f}")
+  print(f"AIC:            {gm.aic(X):.3f}")
+  print(f"weights:        {gm.weights_}")
+  print(f"model saved to {args.out}")
+  return 0
+
+
+def predict(args) -> int:
+  import numpy as np
+  model = load_model(args.model)
+  X = read_data(args.data)
+  _check_features(model, X, args.data)
+  if args.out:
+    _check_out(args.out, OUTPUT_FORMATS)
+  out = model.predict_proba(X) if args.proba else model.predict(X)
+  if args.out:
+    write_array(args.out, out)
+    what = "probabilities" if args.proba else "labels"
+    print(f"{what} of {X.shape[0]} samples saved to {args.out}")
+  else:
+    np.savetxt(sys.stdout, out if out.ndim == 2 else out[:, None],
+               delimiter=",", fmt="%.6g" if args.proba else "%d")
+  return 0
+
+
+def score(args) -> int:
+  model = load_model(args.model)
+  X = read_data(args.data)
+  _check_features(model, X, args.data)
+  print(f"log-likelihood: {model.score(X):.6f} (mean per sample, "
+        f"{X.shape[0]} samples)")
+  print(f"BIC:            {model.bic(X):.3f}")
+  print(f"AIC:            {model.aic(X):.3f}")
+  return 0
+
+
+def sample(args) -> int:
+  import jax
+
+  from gmmjax._src import em
+  model = load_model(args.model)
+  if args.n < 1:
+    raise UserError(f"-n should be a positive number of samples, got {args.n}")
+  _check_out(args.out, OUTPUT_FORMATS)
+  X, y = em.sample(jax.random.key(args.seed), model._params(), int(args.n))
+  write_array(args.out, jax.device_get(X))
+  if args.labels:
+    _check_out(args.labels, OUTPUT_FORMATS)
+    write_array(args.labels, jax.device_get(y))
+  print(f"{args.n} samples saved to {args.out}")
+  return 0
+
+
+def select(args) -> int:
+  import jax
+
+  from gmmjax._src import io
+  from gmmjax._src import select as select_lib
+  X = read_data(args.data)
+  if args.k_min < 1 or args.k_max < args.k_min:
+    raise UserError(f"need 1 <= --k-min <= --k-max, got --k-min {args.k_min} "
+                    f"--k-max {args.k_max}")
+  if args.k_max > X.shape[0]:
+    raise UserError(f"--k-max {args.k_max} exceeds the {X.shape[0]} samples "
+                    f"of {args.data}")
+  if args.out:
+    _check_out(args.out, (".npz",))
+  if args.plot:
+    _check_out(args.plot, (".png", ".pdf", ".svg"))
+  ks = list(range(args.k_min, args.k_max + 1))
+  bar = (ProgressBar(args.max_iter, label=f"EM over k={ks[0]}..{ks[-1]}")
+         if _want_progress(args) else None)
+  start = time.perf_counter()
+  try:
+    result = select_lib.select_n_components(
+        X, ks, args.criterion, covariance_type=args.covariance_type,
+        n_init=args.n_init, init_params=args.init_params,
+        max_iter=args.max_iter, tol=args.tol, reg_covar=args.reg_covar,
+        key=jax.random.key(args.seed), callback=bar)
+  finally:
+    if bar is not None:
+      bar.close()
+  lapse = time.perf_counter() - start
+  print(f"{len(ks)} {args.covariance_type} mixtures (k = {ks[0]}..{ks[-1]}, "
+        f"{args.n_init} restart(s) each) fitted to {X.shape[0]} samples x "
+        f"{X.shape[1]} features in one compiled sweep, {lapse:.2f}s")
+  print(select_lib.format_table(result))
+  print(f"best k by {args.criterion.upper()}: {result.best_k}")
+  if args.out:
+    io.save(args.out, result.best_params)
+    print(f"best model saved to {args.out}")
+  if args.plot:
+    try:
+      import matplotlib
+      matplotlib.use("Agg")
+      import matplotlib.pyplot as plt
+    except ImportError:
+      print("matplotlib is not installed: no plot (pip install "
+            "'gmmjax[plot]')")
+      return 0
+    from gmmjax import plot
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot.plot_criterion(result, ax=ax)
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=110)
+    plt.close(fig)
+    print(f"plot saved to {args.plot}")
+  return 0
 
 
 def demo(args) -> int:
@@ -47,10 +460,91 @@ def demo(args) -> int:
   return 0
 
 
+# -- parser ---------------------------------------------------------------------
+
+
+def _add_fit_options(p, *, n_components: bool):
+  if n_components:
+    p.add_argument("--n-components", "-k", type=int, required=True,
+                   help="number of mixture components")
+  p.add_argument("--covariance-type", default="full",
+                 choices=("full", "tied", "diag", "spherical"))
+  p.add_argument("--n-init", type=int, default=1,
+                 help="restarts (run together in one compiled program)")
+  p.add_argument("--init-params", default="kmeans",
+                 choices=("kmeans", "k-means++", "random",
+                          "random_from_data"))
+  p.add_argument("--max-iter", type=int, default=100)
+  p.add_argument("--tol", type=float, default=1e-3)
+  p.add_argument("--reg-covar", type=float, default=1e-6)
+  p.add_argument("--seed", type=int, default=0)
+  progress = p.add_mutually_exclusive_group()
+  progress.add_argument("--progress", dest="progress", action="store_true",
+                        default=None, help="show a progress bar (default: "
+                        "when stderr is a terminal)")
+  progress.add_argument("--no-progress", dest="progress",
+                        action="store_false")
+
+
+def _positive_int(text):
+  try:
+    value = int(text)
+  except ValueError as e:
+    raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from e
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+  return value
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="gmmjax", description="Gaussian mixture models fitted by EM in JAX.")
   sub = parser.add_subparsers(dest="command", required=True)
+
+  p = sub.add_parser("fit", help="fit a mixture to a data file, save the "
+                     "model")
+  p.add_argument("data", help="data file: .npy, .npz, .csv or .parquet")
+  _add_fit_options(p, n_components=True)
+  p.add_argument("--verbose", "-v", action="store_true",
+                 help="print iteration, log-likelihood and change")
+  p.add_argument("--verbose-interval", type=_positive_int, default=10)
+  p.add_argument("--out", "-o", required=True, help="model file (.npz)")
+  p.set_defaults(func=fit)
+
+  p = sub.add_parser("predict", help="component labels (or probabilities) "
+                     "of samples")
+  p.add_argument("model", help="model file from 'gmmjax fit'")
+  p.add_argument("data", help="data file")
+  p.add_argument("--proba", action="store_true",
+                 help="write responsibilities (n_samples, n_components)")
+  p.add_argument("--out", "-o", help=".npy, .npz or .csv (default: print)")
+  p.set_defaults(func=predict)
+
+  p = sub.add_parser("score", help="mean log-likelihood, BIC and AIC of data")
+  p.add_argument("model")
+  p.add_argument("data")
+  p.set_defaults(func=score)
+
+  p = sub.add_parser("sample", help="draw samples from a model")
+  p.add_argument("model")
+  p.add_argument("-n", type=int, required=True, help="number of samples")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", "-o", required=True, help=".npy, .npz or .csv")
+  p.add_argument("--labels", help="also write the component labels here")
+  p.set_defaults(func=sample)
+
+  p = sub.add_parser("select", help="choose the number of components by "
+                     "BIC or AIC")
+  p.add_argument("data")
+  p.add_argument("--k-min", type=int, default=1)
+  p.add_argument("--k-max", type=int, default=10)
+  p.add_argument("--criterion", default="bic", choices=("bic", "aic"))
+  _add_fit_options(p, n_components=False)
+  p.add_argument("--plot", default="gmmjax_select.png",
+                 help="criterion curve (PNG/PDF/SVG); '' for none")
+  p.add_argument("--out", "-o", help="save the best model here (.npz)")
+  p.set_defaults(func=select)
+
   p = sub.add_parser("demo", help="fit built-in data, print a summary, save a "
                      "plot")
   p.add_argument("--out", default="gmmjax_demo.png", help="PNG path")
@@ -61,7 +555,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  return args.func(args)
+  try:
+    return args.func(args)
+  except UserError as e:
+    print(f"gmmjax: error: {e}", file=sys.stderr)
+    return 1
+  except (ValueError, FileNotFoundError, IsADirectoryError,
+          PermissionError) as e:
+    # The library's own checks (e.g. a parameter out of range) are the
+    # user's mistakes too: one line, no traceback (GMMJAX_DEBUG=1 shows it).
+    if os.environ.get("GMMJAX_DEBUG"):
+      raise
+    print(f"gmmjax: error: {e}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -1,7 +1,19 @@
 """Plots of mixtures and fits (matplotlib is an optional extra).
 
 Install it with ``pip install "gmmjax[plot]"``. Every function draws on a
-given ``ax`` (or a new figure's) and returns the axes.
+given ``ax`` (or a new figure's) and returns the axes. Where a function takes
+``params``, a :class:`gmmjax.GMMParams` or a fitted
+:class:`gmmjax.GaussianMixture` will do.
+
+* :func:`plot_ellipses`: component ellipses (1, 2, 3 sigma) over the data,
+  for any two features.
+* :func:`plot_pairs`: ellipses for every pair of features, densities on the
+  diagonal.
+* :func:`plot_density_1d`: the mixture density and its weighted components
+  along one feature, over a histogram of the data.
+* :func:`plot_log_likelihood`: the log-likelihood per EM iteration of a fit.
+* :func:`plot_criterion`: BIC/AIC against the number of components, from
+  :func:`gmmjax.select_n_components`.
 """
 
 from __future__ import annotations
@@ -26,8 +38,19 @@ def _axes(ax):
   return ax
 
 
+def _as_params(model):
+  """``GMMParams`` from params or a fitted estimator."""
+  if hasattr(model, "_params") and hasattr(model, "means_"):
+    return model._params()
+  if not hasattr(model, "covariance_type"):
+    raise TypeError(f"expected GMMParams or a fitted GaussianMixture, got "
+                    f"{type(model).__name__}")
+  return model
+
+
 def _covariance_matrices(params) -> np.ndarray:
   """Covariances as ``(K, D, D)`` matrices whatever the type."""
+  params = _as_params(params)
   cov = np.asarray(params.covariances)
   k, d = np.asarray(params.means).shape
   ctype = params.covariance_type
@@ -44,20 +67,49 @@ def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
                   n_std=(1, 2, 3), ax=None):
   """Component ellipses at ``n_std`` standard deviations over the data.
 
+  Each ellipse is the contour of the component's marginal Gaussian over the
+  two chosen features at Mahalanobis radius ``s``: axes ``2 s sqrt(lambda)``
+  along the eigenvectors of the 2 x 2 marginal covariance.
+
   Args:
-    params: fitted :class:`gmmjax.GMMParams` (D >= 2).
+    params: fitted :class:`gmmjax.GMMParams` or ``GaussianMixture`` (D >= 2).
     X: optional ``(N, D)`` data to scatter.
     labels: optional ``(N,)`` labels to colour the points.
-    features: the two feature indices to show.
+    features: the two feature indices to show (any pair of ``range(D)``).
     n_std: radii of the ellipses in standard deviations.
     ax: matplotlib axes.
+
+  Returns:
+    The axes.
+
+  Example:
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> from gmmjax.plot import plot_ellipses
+    >>> p = gx.make_params(jnp.array([0.5, 0.5]), jnp.array([[0., 0, 0],
+    ...                    [3, 3, 3]]), jnp.ones((2, 3)),
+    ...                    covariance_type="diag")
+    >>> ax = plot_ellipses(p, features=(0, 2))
+    >>> len(ax.patches)  # 2 components x 3 radii
+    6
   """
   from matplotlib.patches import Ellipse
   ax = _axes(ax)
-  i, j = features
+  params = _as_params(params)
+  n_features = int(np.asarray(params.means).shape[1])
+  if n_features < 2:
+    raise ValueError("plot_ellipses needs at least 2 features; for 1-D data "
+                     "use plot_density_1d.")
+  i, j = (int(f) for f in features)
+  if i == j or not (0 <= i < n_features and 0 <= j < n_features):
+    raise ValueError(f"features should be two different indices in "
+                     f"range({n_features}), got {tuple(features)}.")
   if X is not None:
     X = np.asarray(X)
-    ax.scatter(X[:, i], X[:, j], c=labels, s=6, cmap="viridis", alpha=0.6)
+    if labels is None:
+      ax.scatter(X[:, i], X[:, j], s=6, color="gray", alpha=0.5)
+    else:
+      ax.scatter(X[:, i], X[:, j], c=labels, s=6, cmap="viridis", alpha=0.6)
   means = np.asarray(params.means)
   covs = _covariance_matrices(params)
   weights = np.asarray(params.weights)
@@ -82,8 +134,34 @@ def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
 
 
 def plot_density_1d(params, X=None, *, feature=0, grid=None, ax=None):
-  """Mixture density and weighted component densities along one feature."""
+  """Mixture density and weighted component densities along one feature.
+
+  Draws ``w_k N(x | mu_k, sigma_k^2)`` for each component (dashed), their sum
+  (the marginal mixture density, solid black) and, given ``X``, a density
+  histogram of the data.
+
+  Args:
+    params: :class:`gmmjax.GMMParams` or a fitted ``GaussianMixture``.
+    X: optional ``(N, D)`` data for the histogram.
+    feature: the feature index to show.
+    grid: optional 1-D array of points to evaluate the densities at.
+    ax: matplotlib axes.
+
+  Returns:
+    The axes.
+
+  Example:
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> from gmmjax.plot import plot_density_1d
+    >>> p = gx.make_params(jnp.array([0.3, 0.7]), jnp.array([[-2.0], [2.0]]),
+    ...                    jnp.array([1.0, 0.5]), covariance_type="spherical")
+    >>> ax = plot_density_1d(p)
+    >>> [line.get_label() for line in ax.get_lines()]
+    ['component 0', 'component 1', 'mixture']
+  """
   ax = _axes(ax)
+  params = _as_params(params)
   means = np.asarray(params.means)[:, feature]
   var = np.array([c[feature, feature] for c in _covariance_matrices(params)])
   weights = np.asarray(params.weights)
@@ -110,7 +188,24 @@ def plot_density_1d(params, X=None, *, feature=0, grid=None, ax=None):
 
 
 def plot_log_likelihood(history, *, ax=None, label=None):
-  """Mean log-likelihood per EM iteration (``FitResult.history`` or a list)."""
+  """Mean log-likelihood per EM iteration (``FitResult.history`` or a list).
+
+  Args:
+    history: a :class:`gmmjax.FitResult`, its ``history`` (NaN padding is
+      dropped) or a list such as ``GaussianMixture.lower_bounds_``.
+    ax: matplotlib axes.
+    label: legend label.
+
+  Returns:
+    The axes.
+
+  Example:
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> from gmmjax.plot import plot_log_likelihood
+    >>> ax = plot_log_likelihood([-3.0, -2.5, -2.4, float("nan")])
+    >>> ax.get_lines()[0].get_xdata().tolist()
+    [1, 2, 3]
+  """
   ax = _axes(ax)
   history = np.asarray(getattr(history, "history", history), dtype=float)
   history = history[np.isfinite(history)]
@@ -120,3 +215,94 @@ def plot_log_likelihood(history, *, ax=None, label=None):
   if label is not None:
     ax.legend()
   return ax
+
+
+def plot_criterion(selection, *, criteria=("bic", "aic"), ax=None):
+  """BIC/AIC against the number of components, the best ``k`` marked.
+
+  Args:
+    selection: a :class:`SelectionResult` from
+      :func:`gmmjax.select_n_components`, or its ``table`` (a mapping with
+      a ``"k"`` column and one column per criterion).
+    criteria: the columns to draw.
+    ax: matplotlib axes.
+
+  Returns:
+    The axes.
+
+  Example:
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> from gmmjax.plot import plot_criterion
+    >>> table = {"k": [1, 2, 3], "bic": [30.0, 10.0, 12.0],
+    ...          "aic": [28.0, 7.0, 6.0]}
+    >>> ax = plot_criterion(table)
+    >>> ax.get_lines()[0].get_ydata().tolist()
+    [30.0, 10.0, 12.0]
+  """
+  ax = _axes(ax)
+  table = getattr(selection, "table", selection)
+  chosen = getattr(selection, "criterion", None)
+  k = np.asarray(table["k"])
+  order = np.argsort(k)
+  for name in criteria:
+    values = np.asarray(table[name], dtype=float)[order]
+    line, = ax.plot(k[order], values, "o-", ms=4, label=name.upper())
+    finite = np.isfinite(values)
+    if finite.any():
+      best = int(np.argmin(np.where(finite, values, np.inf)))
+      ax.plot(k[order][best], values[best], "*", ms=14,
+              color=line.get_color(), mec="k",
+              label=f"best {name.upper()}: k={int(k[order][best])}"
+              + (" (chosen)" if name == chosen else ""))
+  ax.set_xlabel("number of components k")
+  ax.set_ylabel("criterion (lower is better)")
+  ax.set_xticks(k[order])
+  ax.legend(fontsize=8)
+  return ax
+
+
+def plot_pairs(params, X=None, labels=None, *, features=None, n_std=(1, 2, 3),
+               fig=None):
+  """Ellipses for every pair of features, 1-D densities on the diagonal.
+
+  Args:
+    params: :class:`gmmjax.GMMParams` or a fitted ``GaussianMixture``.
+    X: optional ``(N, D)`` data.
+    labels: optional ``(N,)`` labels to colour the points.
+    features: the feature indices to show (default: all, at most 6 are
+      sensible).
+    n_std: radii of the ellipses in standard deviations.
+    fig: optional matplotlib figure to draw in.
+
+  Returns:
+    A ``(F, F)`` NumPy array of axes, ``F = len(features)``.
+
+  Example:
+    >>> import matplotlib; matplotlib.use("Agg")
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> from gmmjax.plot import plot_pairs
+    >>> p = gx.make_params(jnp.array([1.0]), jnp.zeros((1, 3)),
+    ...                    jnp.ones((1, 3)), covariance_type="diag")
+    >>> plot_pairs(p).shape
+    (3, 3)
+  """
+  plt = _plt()
+  params = _as_params(params)
+  n_features = int(np.asarray(params.means).shape[1])
+  features = list(range(n_features)) if features is None else [
+      int(f) for f in features]
+  f = len(features)
+  if fig is None:
+    fig = plt.figure(figsize=(2.6 * f, 2.6 * f))
+  axes = np.asarray(fig.subplots(f, f, squeeze=False))
+  for r, i in enumerate(features):
+    for c, j in enumerate(features):
+      ax = axes[r, c]
+      if i == j:
+        plot_density_1d(params, X, feature=i, ax=ax)
+        legend = ax.get_legend()
+        if legend is not None:
+          legend.remove()
+      else:
+        plot_ellipses(params, X, labels, features=(j, i), n_std=n_std, ax=ax)
+  return axes

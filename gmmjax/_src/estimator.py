@@ -2,7 +2,9 @@
 
 It converts and validates NumPy input, runs the compiled core and stores
 NumPy results. scikit-learn is not needed: ``get_params``/``set_params``
-follow its conventions, so ``clone``, ``Pipeline`` and ``GridSearchCV`` work.
+follow its conventions, so ``clone``, ``Pipeline`` and ``GridSearchCV`` work,
+and ``sklearn.utils.estimator_checks.check_estimator`` passes (its tags come
+from ``__sklearn_tags__``, which imports scikit-learn only when asked).
 
 Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import time
 import warnings
 
@@ -71,6 +74,25 @@ def _progress_printer(verbose: int, interval: int):
       print(f"  Iteration {n_iter}", flush=True)
 
   return callback
+
+
+@functools.cache
+def _combined_not_fitted_error(sk_error):
+  return type("NotFittedError", (val.NotFittedError, sk_error), {
+      "__module__": val.NotFittedError.__module__})
+
+
+def _not_fitted_error_class():
+  """gmmjax's NotFittedError, also scikit-learn's when that is imported.
+
+  scikit-learn's own checks (``check_estimator``, ``check_is_fitted`` users)
+  catch ``sklearn.exceptions.NotFittedError``; anyone catching that has
+  imported scikit-learn, so we only subclass it then and never import it.
+  """
+  if "sklearn.exceptions" in sys.modules:
+    return _combined_not_fitted_error(
+        sys.modules["sklearn.exceptions"].NotFittedError)
+  return val.NotFittedError
 
 
 class GaussianMixture:
@@ -162,6 +184,16 @@ class GaussianMixture:
   def __sklearn_is_fitted__(self):
     return hasattr(self, "means_")
 
+  def __sklearn_tags__(self):
+    """scikit-learn's estimator tags (needs scikit-learn, imported lazily).
+
+    A density estimator that takes 2-D float input, no NaN, no sparse data
+    and no ``y``, like ``sklearn.mixture.GaussianMixture``.
+    """
+    from sklearn.utils import Tags, TargetTags
+    return Tags(estimator_type="density_estimator",
+                target_tags=TargetTags(required=False))
+
   # -- validation -----------------------------------------------------------
 
   def _check_parameters(self):
@@ -179,12 +211,16 @@ class GaussianMixture:
 
   def _check_is_fitted(self):
     if not hasattr(self, "means_"):
-      raise val.NotFittedError(
+      raise _not_fitted_error_class()(
           f"This {type(self).__name__} instance is not fitted yet. Call "
           "'fit' with appropriate arguments before using this estimator.")
 
   def _validate_X(self, X, *, reset: bool):
     ensure = 2 if reset else 1
+    if isinstance(X, np.ndarray) and X.dtype == object:
+      # Numbers stored as objects are accepted (scikit-learn's rule); any
+      # other object is a TypeError, as NumPy and scikit-learn raise it.
+      X = X.astype(np.float64)
     X = val.check_array(X, ensure_min_samples=ensure)
     if reset:
       self.n_features_in_ = X.shape[1]
@@ -221,6 +257,17 @@ class GaussianMixture:
         precisions=None if self.precisions_init is None else
         val.check_precisions_init(self.precisions_init, ctype, k, n_features))
 
+  def _progress_callback(self):
+    """The host callback the compiled loop calls each iteration, or None.
+
+    ``None`` when ``verbose == 0``: then no callback is compiled at all, so
+    progress costs nothing. Subclasses (the command line's progress bar)
+    override this.
+    """
+    if not self.verbose:
+      return None
+    return _progress_printer(int(self.verbose), int(self.verbose_interval))
+
   def fit(self, X, y=None, sample_weight=None):
     """Fits the mixture to ``X`` ``(n_samples, n_features)``; returns self."""
     self.fit_predict(X, y, sample_weight=sample_weight)
@@ -243,9 +290,7 @@ class GaussianMixture:
     w = val.check_sample_weight(sample_weight, n_samples)
     w = None if w is None else jnp.asarray(w, X.dtype)
     overrides = self._initial_overrides(n_features)
-    callback = (_progress_printer(int(self.verbose),
-                                  int(self.verbose_interval))
-                if self.verbose else None)
+    callback = self._progress_callback()
     kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
                   tol=float(self.tol), reg_covar=float(self.reg_covar),
                   callback=callback)

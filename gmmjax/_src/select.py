@@ -1,0 +1,386 @@
+"""Choosing the number of components: one compiled sweep over ``k``.
+
+Every candidate ``k`` is fitted with ``K = max(k_range)`` component slots of
+which the first ``k`` are active. An inactive slot has weight exactly 0, so
+its log-weight is ``-inf``, its responsibilities are exactly 0 and its
+statistics are exactly 0: it never wakes up, and the active components follow
+the same EM iterations as an unpadded ``k``-component fit. All ``k`` and all
+restarts then share one shape and run as one vmapped ``while_loop``: one
+compile for the whole sweep instead of one per ``k``.
+
+The loop reuses the sufficient-statistics spine
+(:func:`gmmjax.e_step_stats`, :func:`gmmjax.params_from_stats`); the mask
+is applied after each M-step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gmmjax._src import checks
+from gmmjax._src import covariance as cov_ops
+from gmmjax._src import init as init_lib
+from gmmjax._src import stats as stats_lib
+from gmmjax._src.params import GMMParams, check_covariance_type
+
+CRITERIA = ("bic", "aic")
+
+
+class SelectionResult(NamedTuple):
+  """What :func:`select_n_components` returns.
+
+  ``table`` maps column names to NumPy arrays with one row per candidate
+  ``k`` (in the order given): ``k``, ``bic``, ``aic``, ``log_likelihood``
+  (mean per sample), ``n_parameters``, ``n_iter``, ``converged``.
+  ``pandas.DataFrame(result.table)`` turns it into a data frame.
+  """
+
+  table: dict  # column name -> (n_k,) NumPy array
+  best_k: int  # the k with the lowest criterion
+  best_params: GMMParams  # that fit, with exactly best_k components
+  criterion: str  # "bic" or "aic"
+  params: GMMParams  # every k's best restart, padded to max(k) slots:
+  # leaves have a leading (n_k,) axis; slots >= k have weight 0
+
+  def params_for(self, k: int) -> GMMParams:
+    """The fitted parameters for candidate ``k``, unpadded."""
+    ks = [int(v) for v in self.table["k"]]
+    if k not in ks:
+      raise ValueError(f"k={k} was not in the sweep {ks}.")
+    return _unpad(jax.tree.map(lambda a: a[ks.index(k)], self.params), k)
+
+
+def _unpad(params: GMMParams, k: int) -> GMMParams:
+  """The first ``k`` components (the tied covariance is shared: kept)."""
+  tied = params.covariance_type == "tied"
+  return params.replace(
+      weights=params.weights[:k], means=params.means[:k],
+      covariances=params.covariances if tied else params.covariances[:k],
+      precisions_cholesky=(params.precisions_cholesky if tied
+                           else params.precisions_cholesky[:k]))
+
+
+def _masked(params: GMMParams, nk, mask) -> GMMParams:
+  """Zero weight and a harmless unit covariance for the inactive slots.
+
+  ``nk`` are the M-step's component masses (the active ones are the same
+  masses, floor included, that an unpadded fit would see), so the active
+  weights equal the unpadded fit's weights.
+  """
+  ctype = params.covariance_type
+  dtype = params.means.dtype
+  nk = nk + 10 * jnp.finfo(dtype).eps  # params_from_stats' floor
+  nk = jnp.where(mask, nk, 0.0)
+  weights = nk / jnp.sum(nk)
+  cov = params.covariances
+  if ctype == "full":
+    eye = jnp.eye(params.means.shape[-1], dtype=dtype)
+    cov = jnp.where(mask[:, None, None], cov, eye[None])
+  elif ctype in ("diag", "spherical"):
+    cov = jnp.where(mask.reshape((-1,) + (1,) * (cov.ndim - 1)), cov, 1.0)
+  # Tied: one shared covariance; inactive slots add exactly 0 to it.
+  prec_chol = params.precisions_cholesky
+  if ctype != "tied":
+    prec_chol = cov_ops.precision_cholesky(cov, ctype)
+  return params.replace(weights=weights, covariances=cov,
+                        precisions_cholesky=prec_chol)
+
+
+def _masked_em_step(params, mask, X, sample_weight, reg_covar):
+  """One EM iteration on padded params; returns (new params, mean ll)."""
+  shift = stats_lib.mixture_mean(params)
+  stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
+  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
+                                    reg_covar)
+  return _masked(new, stats.nk, mask), stats.log_likelihood / stats.count
+
+
+def _masked_kmeans(key, X, n_slots, k, mask, sample_weight, max_iter=300,
+                   tol=1e-4):
+  """Lloyd's k-means with only the first ``k`` of ``n_slots`` centres.
+
+  The seeding is greedy k-means++ for ``n_slots`` centres, of which the first
+  ``k`` are kept: each centre depends only on the ones before it, so they are
+  a k-means++ seeding of ``k`` centres (with the ``2 + log(n_slots)``
+  candidates per step of the larger seeding). Then Lloyd's iterations run
+  with the inactive centres masked out, as :func:`gmmjax.kmeans` would with
+  ``n_clusters=k``, in a shape shared by every ``k``.
+  """
+  del k
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  centers, _ = init_lib.kmeans_plusplus(key, X, n_slots, w)
+  threshold = tol * jnp.mean(jnp.var(X, axis=0))
+
+  def assign(centers):
+    d = init_lib._sq_distances(X, centers)
+    return jnp.argmin(jnp.where(mask[None, :], d, jnp.inf), axis=1)
+
+  def cond(carry):
+    i, _, shift = carry
+    return (i < max_iter) & (shift > threshold)
+
+  def body(carry):
+    i, centers, _ = carry
+    onehot = jax.nn.one_hot(assign(centers), n_slots, dtype=X.dtype)
+    onehot = onehot * w[:, None]
+    counts = jnp.sum(onehot, axis=0)
+    sums = onehot.T @ X
+    new = jnp.where(counts[:, None] > 0,
+                    sums / jnp.maximum(counts, 1e-30)[:, None], centers)
+    moved = jnp.where(mask, jnp.sum((new - centers) ** 2, axis=1), 0.0)
+    return i + 1, new, jnp.sum(moved)
+
+  _, centers, _ = lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), centers,
+                   jnp.asarray(jnp.inf, X.dtype)))
+  return jax.nn.one_hot(assign(centers), n_slots, dtype=X.dtype)
+
+
+def _masked_resp(key, xc, n_slots, k, mask, method, sample_weight):
+  """Initial responsibilities ``(N, n_slots)`` with zero inactive columns."""
+  n = xc.shape[0]
+  if method == "kmeans":
+    return _masked_kmeans(key, xc, n_slots, k, mask, sample_weight)
+  if method == "random":
+    resp = jax.random.uniform(key, (n, n_slots), xc.dtype) * mask
+    return resp / jnp.sum(resp, axis=1, keepdims=True)
+  if method == "k-means++":
+    _, indices = init_lib.kmeans_plusplus(key, xc, n_slots, sample_weight)
+  else:  # random_from_data: the first k of n_slots draws without replacement
+    p = None if sample_weight is None else sample_weight / jnp.sum(
+        sample_weight)
+    indices = jax.random.choice(key, n, (n_slots,), replace=False, p=p)
+  resp = jnp.zeros((n, n_slots), xc.dtype).at[
+      indices, jnp.arange(n_slots)].set(1.0)
+  return resp * mask[None, :]
+
+
+def _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
+                 covariance_type, method):
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  shift = w @ X / jnp.sum(w)
+  resp = _masked_resp(key, X - shift, n_slots, k, mask, method, sample_weight)
+  stats = stats_lib.stats_from_resp(X, resp, sample_weight, shift,
+                                    covariance_type)
+  params = stats_lib.params_from_stats(stats, shift, covariance_type,
+                                       reg_covar)
+  return _masked(params, stats.nk, mask)
+
+
+class _Carry(NamedTuple):
+  params: GMMParams
+  prev_ll: jax.Array
+  n_iter: jax.Array
+  converged: jax.Array
+  failed: jax.Array
+
+
+def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
+                callback):
+  """The EM loop of ``fit``, on padded params with a component mask."""
+
+  def cond(c):
+    return (c.n_iter < max_iter) & ~c.converged & ~c.failed
+
+  def body(c):
+    new, ll = _masked_em_step(c.params, mask, X, sample_weight, reg_covar)
+    leaves = jax.tree.leaves(new) + [ll]
+    ok = functools.reduce(jnp.logical_and,
+                          [jnp.all(jnp.isfinite(a)) for a in leaves])
+    change = ll - c.prev_ll
+    if callback is not None:
+      jax.debug.callback(callback, c.n_iter + 1, ll, change, ordered=False)
+    return _Carry(
+        params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
+        prev_ll=jnp.where(ok, ll, c.prev_ll),
+        n_iter=c.n_iter + ok.astype(jnp.int32),
+        converged=ok & (jnp.abs(change) < tol),
+        failed=~ok)
+
+  init = _Carry(params, jnp.asarray(-jnp.inf, X.dtype),
+                jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+                jnp.zeros((), bool))
+  out = lax.while_loop(cond, body, init)
+  final = stats_lib.e_step_stats(out.params, X, sample_weight)
+  total_ll = final.log_likelihood
+  failed = out.failed | ~jnp.isfinite(total_ll)
+  return out.params, total_ll, final.count, out.n_iter, (
+      out.converged & ~failed), failed
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "n_slots", "n_init", "covariance_type", "method", "max_iter", "callback"))
+def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
+           covariance_type, method, max_iter, callback):
+  # The same restart keys for every k (common random numbers): the k-means++
+  # seeding for k is then a prefix of the one for k + 1, so the candidates
+  # differ by their number of components, not by the luck of their seeding.
+  keys = jax.random.split(key, n_init)
+
+  def one(k, key):
+    mask = jnp.arange(n_slots) < k
+    p0 = _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
+                      covariance_type, method)
+    return _masked_fit(X, p0, mask, sample_weight, tol, reg_covar, max_iter,
+                       callback)
+
+  per_k = jax.vmap(lambda k: jax.vmap(lambda kk: one(k, kk))(keys))
+  params, total_ll, count, n_iter, converged, failed = per_k(ks)
+  # Best restart per k: highest final log-likelihood, failed fits last,
+  # ties to the first (scikit-learn's strict '>').
+  score = jnp.where(failed | ~jnp.isfinite(total_ll), -jnp.inf, total_ll)
+  best = jnp.argmax(score, axis=1)
+
+  def pick(a):
+    return jnp.take_along_axis(
+        a, best.reshape((-1,) + (1,) * (a.ndim - 1)), axis=1)[:, 0]
+
+  return jax.tree.map(pick, (params, total_ll, count, n_iter, converged,
+                             failed))
+
+
+def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
+                        *, covariance_type: str = "full", n_init: int = 1,
+                        init_params: str = "kmeans", max_iter: int = 100,
+                        tol=1e-3, reg_covar=1e-6, sample_weight=None,
+                        key=None, callback: Callable | None = None
+                        ) -> SelectionResult:
+  """Fits a mixture for every ``k`` in ``k_range`` and picks the best by BIC/AIC.
+
+  The whole sweep (every ``k``, every restart) is one compiled program: each
+  fit uses ``max(k_range)`` component slots, the slots beyond its ``k``
+  masked to weight exactly 0 (see the module docstring). The active
+  components then follow exactly the iterations of an unpadded fit from the
+  same initialisation.
+
+  ``BIC = -2 log L + p log n`` and ``AIC = -2 log L + 2 p``, with ``log L``
+  the total (weighted) log-likelihood, ``n`` the number (total weight) of
+  samples and ``p`` the number of free parameters; lower is better.
+
+  Args:
+    X: ``(N, D)`` samples (NumPy or JAX; float64 is kept only under x64).
+    k_range: candidate numbers of components (positive ints, e.g.
+      ``range(1, 11)``), each at most ``N``.
+    criterion: ``"bic"`` or ``"aic"``.
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    n_init: restarts per ``k`` (the best log-likelihood is kept).
+    init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or
+      ``"random_from_data"``, as in :func:`gmmjax.init_params`.
+    max_iter, tol, reg_covar: as in :func:`gmmjax.fit`.
+    sample_weight: optional ``(N,)`` non-negative weights.
+    key: a ``jax.random`` key (default ``jax.random.key(0)``).
+    callback: optional host function ``callback(n_iter, log_likelihood,
+      change)`` called by every fit after every iteration (progress).
+
+  Returns:
+    A :class:`SelectionResult`: the table, ``best_k``, ``best_params`` and
+    all padded params.
+
+  Example:
+    >>> import numpy as np, gmmjax as gx
+    >>> from gmmjax._src.select import select_n_components
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(m, 0.5, (100, 2)) for m in (-4, 0, 4)])
+    >>> res = select_n_components(X, range(1, 6), covariance_type="diag")
+    >>> res.best_k, res.table["k"].tolist()
+    (3, [1, 2, 3, 4, 5])
+  """
+  if criterion not in CRITERIA:
+    raise ValueError(f"criterion should be one of {list(CRITERIA)}, got "
+                     f"{criterion!r}.")
+  check_covariance_type(covariance_type)
+  if init_params not in init_lib.INIT_METHODS:
+    raise ValueError(f"init_params should be one of "
+                     f"{list(init_lib.INIT_METHODS)}, got {init_params!r}.")
+  ks = [k for k in k_range]
+  if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(
+      k, bool) and k >= 1 for k in ks):
+    raise ValueError(f"k_range should be a non-empty sequence of positive "
+                     f"ints, got {k_range!r}.")
+  ks = [int(k) for k in ks]
+  if len(set(ks)) != len(ks):
+    raise ValueError(f"k_range has repeated values: {ks}.")
+  if not isinstance(n_init, int) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  if not isinstance(max_iter, int) or max_iter < 0:
+    raise ValueError(f"max_iter should be a non-negative int, got "
+                     f"{max_iter!r}.")
+  X = checks.as_data(X)
+  n_samples, n_features = X.shape
+  if max(ks) > n_samples:
+    raise ValueError(f"Expected n_samples >= n_components but got "
+                     f"n_components = {max(ks)}, n_samples = {n_samples}")
+  w = checks.as_sample_weight(sample_weight, n_samples, X.dtype)
+  if key is None:
+    key = jax.random.key(0)
+  out = _sweep(key, X, w, jnp.asarray(ks, jnp.int32),
+               jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
+               n_slots=max(ks), n_init=n_init,
+               covariance_type=covariance_type, method=init_params,
+               max_iter=max_iter, callback=callback)
+  params, total_ll, count, n_iter, converged, failed = jax.device_get(out)
+  total_ll = np.asarray(total_ll, np.float64)
+  count = np.asarray(count, np.float64)
+  n_par = np.array([cov_ops.n_parameters(covariance_type, k, n_features)
+                    for k in ks], np.float64)
+  failed = np.asarray(failed)
+  bic = np.where(failed, np.inf, -2.0 * total_ll + n_par * np.log(count))
+  aic = np.where(failed, np.inf, -2.0 * total_ll + 2.0 * n_par)
+  table = {
+      "k": np.asarray(ks),
+      "bic": bic,
+      "aic": aic,
+      "log_likelihood": total_ll / count,
+      "n_parameters": n_par.astype(int),
+      "n_iter": np.asarray(n_iter),
+      "converged": np.asarray(converged),
+  }
+  scores = table[criterion]
+  if not np.any(np.isfinite(scores)):
+    raise ValueError("Every fit of the sweep failed (non-finite parameters): "
+                     "increase reg_covar, or scale the input data.")
+  best = int(np.argmin(scores))  # ties: the first, i.e. in k_range's order
+  params = jax.tree.map(jnp.asarray, params)
+  best_params = _unpad(jax.tree.map(lambda a: a[best], params), ks[best])
+  return SelectionResult(table=table, best_k=ks[best],
+                         best_params=best_params, criterion=criterion,
+                         params=params)
+
+
+def format_table(result: SelectionResult) -> str:
+  """The selection table as aligned text, the best row marked with ``*``.
+
+  Args:
+    result: a :class:`SelectionResult`.
+
+  Returns:
+    One header line and one line per candidate ``k``.
+
+  Example:
+    >>> import numpy as np
+    >>> from gmmjax._src.select import select_n_components, format_table
+    >>> rng = np.random.default_rng(0)
+    >>> X = np.concatenate([rng.normal(m, 0.5, (100, 2)) for m in (-4, 0, 4)])
+    >>> table = format_table(select_n_components(X, range(1, 6),
+    ...                                          covariance_type="diag"))
+    >>> print(table.splitlines()[0])
+        k           bic           aic  log-likelihood  n_iter  converged
+    >>> table.splitlines()[3].endswith("*")  # k = 3
+    True
+  """
+  t = result.table
+  lines = [f"{'k':>5} {'bic':>13} {'aic':>13} {'log-likelihood':>15} "
+           f"{'n_iter':>7} {'converged':>10}"]
+  for i, k in enumerate(t["k"]):
+    mark = " *" if int(k) == result.best_k else ""
+    lines.append(f"{int(k):>5} {t['bic'][i]:>13.3f} {t['aic'][i]:>13.3f} "
+                 f"{t['log_likelihood'][i]:>15.5f} {int(t['n_iter'][i]):>7} "
+                 f"{bool(t['converged'][i])!s:>10}{mark}")
+  return "\n".join(lines)

@@ -1,0 +1,167 @@
+"""Plots: PNG files with content, and geometry checked against NumPy/SciPy."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.image as mpimg  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.patches import Ellipse  # noqa: E402
+from scipy.stats import norm  # noqa: E402
+
+import gmmjax as gx  # noqa: E402
+from gmmjax import plot  # noqa: E402
+from gmmjax._src.select import SelectionResult  # noqa: E402
+
+K, D = 2, 3
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+  yield
+  plt.close("all")
+
+
+def full_covs(ctype, cov):
+  """Independent (K, D, D) covariance matrices of each type."""
+  cov = np.asarray(cov, np.float64)
+  if ctype == "full":
+    return cov
+  if ctype == "tied":
+    return np.stack([cov] * K)
+  if ctype == "diag":
+    return np.stack([np.diag(c) for c in cov])
+  return np.stack([c * np.eye(D) for c in cov])
+
+
+def make(ctype):
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(K, D, D))
+  full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(D)
+  cov = {"full": full, "tied": full[0], "diag": rng.uniform(0.5, 2, (K, D)),
+         "spherical": np.array([0.5, 2.0])}[ctype]
+  means = np.array([[0.0, 1.0, 2.0], [4.0, -1.0, 3.0]])
+  return gx.make_params(np.array([0.3, 0.7], np.float32),
+                        means.astype(np.float32),
+                        np.asarray(cov, np.float32), covariance_type=ctype)
+
+
+def save_and_check_png(fig, path):
+  fig.savefig(path, dpi=60)
+  assert path.stat().st_size > 3000
+  img = mpimg.imread(path)[..., :3]
+  non_white = np.any(img < 0.95, axis=-1).mean()
+  assert 0.01 < non_white < 0.9  # drawn on, not blank, not a solid fill
+  assert len(np.unique(img.reshape(-1, 3), axis=0)) > 10  # several colours
+
+
+@pytest.mark.parametrize("ctype", gx.COVARIANCE_TYPES)
+def test_ellipses_geometry_any_two_features(ctype, tmp_path):
+  p = make(ctype)
+  X = np.random.default_rng(1).normal(size=(50, D))
+  fig, ax = plt.subplots()
+  plot.plot_ellipses(p, X, np.arange(50) % 2, features=(2, 0), ax=ax)
+  ellipses = [e for e in ax.patches if isinstance(e, Ellipse)]
+  assert len(ellipses) == K * 3
+  covs = full_covs(ctype, p.covariances)
+  for k in range(K):
+    sub = covs[k][np.ix_([2, 0], [2, 0])]
+    lam, vec = np.linalg.eigh(sub)
+    for s, e in zip((1, 2, 3), ellipses[3 * k:3 * k + 3], strict=True):
+      np.testing.assert_allclose(e.center, np.asarray(p.means)[k, [2, 0]],
+                                 rtol=1e-6)
+      np.testing.assert_allclose(e.width, 2 * s * np.sqrt(lam[1]), rtol=1e-5)
+      np.testing.assert_allclose(e.height, 2 * s * np.sqrt(lam[0]),
+                                 rtol=1e-5)
+      # The major axis points along the leading eigenvector (up to sign).
+      t = np.radians(e.angle)
+      assert abs(abs(np.dot([np.cos(t), np.sin(t)], vec[:, 1])) - 1) < 1e-5
+  assert ax.get_xlabel() == "feature 2" and ax.get_ylabel() == "feature 0"
+  save_and_check_png(fig, tmp_path / f"ellipses_{ctype}.png")
+
+
+def test_ellipses_bad_arguments():
+  p1 = gx.make_params(np.ones(1), np.zeros((1, 1)), np.ones(1),
+                      covariance_type="spherical")
+  with pytest.raises(ValueError, match="plot_density_1d"):
+    plot.plot_ellipses(p1)
+  with pytest.raises(ValueError, match="two different indices"):
+    plot.plot_ellipses(make("diag"), features=(1, 1))
+  with pytest.raises(ValueError, match="range"):
+    plot.plot_ellipses(make("diag"), features=(0, 3))
+
+
+@pytest.mark.parametrize("ctype", ["full", "spherical"])
+def test_density_1d_is_the_marginal_mixture(ctype, tmp_path):
+  p = make(ctype)
+  X = np.random.default_rng(2).normal(size=(300, D)) + 2
+  fig, ax = plt.subplots()
+  plot.plot_density_1d(p, X, feature=1, ax=ax)
+  lines = {ln.get_label(): ln for ln in ax.get_lines()}
+  covs = full_covs(ctype, p.covariances)
+  grid = lines["mixture"].get_xdata()
+  means = np.asarray(p.means, np.float64)
+  w = np.asarray(p.weights, np.float64)
+  comps = [w[k] * norm(means[k, 1], np.sqrt(covs[k][1, 1])).pdf(grid)
+           for k in range(K)]
+  np.testing.assert_allclose(lines["mixture"].get_ydata(), sum(comps),
+                             rtol=1e-5, atol=1e-12)
+  for k in range(K):
+    np.testing.assert_allclose(lines[f"component {k}"].get_ydata(), comps[k],
+                               rtol=1e-5, atol=1e-12)
+  # The grid covers the data.
+  assert grid.min() <= X[:, 1].min() and grid.max() >= X[:, 1].max()
+  save_and_check_png(fig, tmp_path / "density.png")
+
+
+def test_log_likelihood_curve_from_fit_result(tmp_path):
+  X = np.random.default_rng(3).normal(size=(60, 2))
+  gm = gx.GaussianMixture(2, covariance_type="spherical", random_state=0,
+                          max_iter=500).fit(X)
+  fig, ax = plt.subplots()
+  plot.plot_log_likelihood(gm.lower_bounds_, ax=ax, label="fit")
+  line = ax.get_lines()[0]
+  np.testing.assert_array_equal(line.get_xdata(),
+                                np.arange(1, gm.n_iter_ + 1))
+  np.testing.assert_array_equal(line.get_ydata(), gm.lower_bounds_)
+  # NaN padding of FitResult.history is dropped.
+  padded = np.r_[gm.lower_bounds_, np.full(5, np.nan)]
+  ax2 = plot.plot_log_likelihood(padded)
+  assert len(ax2.get_lines()[0].get_xdata()) == gm.n_iter_
+  save_and_check_png(fig, tmp_path / "ll.png")
+  # An estimator is accepted wherever params are.
+  ax3 = plot.plot_ellipses(gm, X)
+  assert len(ax3.patches) == 6
+
+
+def test_criterion_curve(tmp_path):
+  table = {"k": np.array([3, 1, 2, 4]),
+           "bic": np.array([90.0, 120.0, 95.0, 99.0]),
+           "aic": np.array([80.0, 118.0, 90.0, 79.0])}
+  sel = SelectionResult(table=table, best_k=3, best_params=None,
+                        criterion="bic", params=None)
+  fig, ax = plt.subplots()
+  plot.plot_criterion(sel, ax=ax)
+  lines = {ln.get_label(): ln for ln in ax.get_lines()}
+  np.testing.assert_array_equal(lines["BIC"].get_xdata(), [1, 2, 3, 4])
+  np.testing.assert_array_equal(lines["BIC"].get_ydata(),
+                                [120.0, 95.0, 90.0, 99.0])
+  star = lines["best BIC: k=3 (chosen)"]
+  assert star.get_xdata()[0] == 3 and star.get_ydata()[0] == 90.0
+  assert lines["best AIC: k=4"].get_xdata()[0] == 4
+  save_and_check_png(fig, tmp_path / "criterion.png")
+
+
+def test_pairs_grid(tmp_path):
+  p = make("full")
+  X = np.random.default_rng(4).normal(size=(80, D))
+  fig = plt.figure(figsize=(6, 6))
+  axes = plot.plot_pairs(p, X, features=[0, 2], fig=fig)
+  assert axes.shape == (2, 2)
+  assert len(axes[0, 1].patches) == K * 3  # ellipses off the diagonal
+  assert axes[0, 0].get_xlabel() == "feature 0"  # densities on it
+  assert axes[1, 0].get_xlabel() == "feature 0"
+  assert axes[1, 0].get_ylabel() == "feature 2"
+  save_and_check_png(fig, tmp_path / "pairs.png")

@@ -1,0 +1,148 @@
+"""select_n_components: the masked sweep, its table, and recovering K."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+import gmmjax as gx
+from gmmjax._src import select
+
+
+def four_component_data(seed=0, n_per=120):
+  """A known 4-component mixture with distinct full covariances."""
+  rng = np.random.default_rng(seed)
+  centers = np.array([[0.0, 0.0], [7.0, 0.0], [0.0, 7.0], [7.0, 7.0]])
+  covs = [np.array([[1.0, 0.6], [0.6, 1.0]]), np.array([[0.5, 0.0], [0.0, 2.0]]),
+          np.array([[2.0, -0.8], [-0.8, 1.0]]), np.eye(2) * 0.7]
+  return np.concatenate([rng.multivariate_normal(c, s, n_per)
+                         for c, s in zip(centers, covs, strict=True)])
+
+
+@pytest.fixture(scope="module")
+def sweep():
+  X = four_component_data()
+  before = select._sweep._cache_size()
+  result = select.select_n_components(X, range(1, 8), "bic", n_init=2,
+                                      key=jax.random.key(0))
+  compiles = select._sweep._cache_size() - before
+  return X, result, compiles
+
+
+def test_recovers_true_k_by_bic(sweep):
+  _, result, _ = sweep
+  assert result.best_k == 4
+  assert result.table["k"].tolist() == list(range(1, 8))
+  assert int(np.argmin(result.table["bic"])) == 3
+  assert result.best_params.weights.shape == (4,)
+  np.testing.assert_allclose(np.sort(np.asarray(result.best_params.weights)),
+                             0.25, atol=0.02)
+
+
+def test_whole_sweep_is_one_program(sweep):
+  X, _, compiles = sweep
+  assert compiles == 1
+  # Other k values of the same count and maximum reuse that program.
+  before = select._sweep._cache_size()
+  select.select_n_components(X, [7, 1, 3, 4, 5, 6, 2], n_init=2,
+                             key=jax.random.key(1))
+  assert select._sweep._cache_size() == before
+
+
+def test_padded_slots_have_exactly_zero_weight(sweep):
+  _, result, _ = sweep
+  w = np.asarray(result.params.weights)
+  for row, k in enumerate(result.table["k"]):
+    assert np.all(w[row, k:] == 0.0)
+    assert np.all(w[row, :k] > 0.0)
+    np.testing.assert_allclose(w[row].sum(), 1.0, rtol=1e-5)
+  assert np.all(np.isfinite(np.asarray(result.params.precisions_cholesky)))
+
+
+def test_table_matches_independent_formulas(sweep):
+  X, result, _ = sweep
+  n, d = X.shape
+  for i, k in enumerate(result.table["k"]):
+    p = result.params_for(int(k))
+    dens = sum(float(w) * multivariate_normal(np.asarray(m, np.float64),
+                                              np.asarray(c, np.float64)).pdf(X)
+               for w, m, c in zip(p.weights, p.means, p.covariances,
+                                  strict=True))
+    total = np.sum(np.log(dens))
+    n_par = k * d * (d + 1) / 2 + k * d + k - 1
+    np.testing.assert_allclose(result.table["log_likelihood"][i], total / n,
+                               rtol=1e-5)
+    np.testing.assert_allclose(result.table["bic"][i],
+                               -2 * total + n_par * np.log(n), rtol=1e-5)
+    np.testing.assert_allclose(result.table["aic"][i],
+                               -2 * total + 2 * n_par, rtol=1e-5)
+    assert result.table["n_parameters"][i] == n_par
+  text = select.format_table(result)
+  assert text.splitlines()[4].endswith("*")  # k = 4 is marked
+
+
+def pad(params, n_slots):
+  """Appends inactive components (weight 0, unit covariance)."""
+  k, d = params.means.shape
+  extra = n_slots - k
+  ct = params.covariance_type
+  cov, pc = params.covariances, params.precisions_cholesky
+  if ct == "full":
+    eye = jnp.broadcast_to(jnp.eye(d, dtype=cov.dtype), (extra, d, d))
+    cov, pc = jnp.concatenate([cov, eye]), jnp.concatenate([pc, eye])
+  elif ct == "diag":
+    cov = jnp.concatenate([cov, jnp.ones((extra, d), cov.dtype)])
+    pc = jnp.concatenate([pc, jnp.ones((extra, d), pc.dtype)])
+  elif ct == "spherical":
+    cov = jnp.concatenate([cov, jnp.ones(extra, cov.dtype)])
+    pc = jnp.concatenate([pc, jnp.ones(extra, pc.dtype)])
+  return params.replace(
+      weights=jnp.concatenate([params.weights,
+                               jnp.zeros(extra, params.weights.dtype)]),
+      means=jnp.concatenate([params.means,
+                             jnp.zeros((extra, d), params.means.dtype)]),
+      covariances=cov, precisions_cholesky=pc)
+
+
+@pytest.mark.parametrize("ctype", gx.COVARIANCE_TYPES)
+def test_masked_loop_equals_unpadded_fit(ctype, x64, blobs3):
+  """The padded, masked EM iterates exactly as an unpadded fit."""
+  X = jnp.asarray(blobs3[::2, :2])
+  k, slots = 2, 4
+  p0 = gx.init_params(jax.random.key(0), X, k, covariance_type=ctype,
+                      method="random_from_data")
+  ref = gx.fit(X, p0, max_iter=15, tol=1e-8, reg_covar=1e-4)
+  mask = jnp.arange(slots) < k
+  run = jax.jit(lambda p: select._masked_fit(X, p, mask, None, 1e-8, 1e-4,
+                                             15, None))
+  params, total_ll, count, n_iter, converged, failed = run(pad(p0, slots))
+  assert int(n_iter) == int(ref.n_iter)
+  assert not bool(failed)
+  assert bool(converged) == bool(ref.converged)
+  np.testing.assert_allclose(float(total_ll / count),
+                             float(ref.log_likelihood), rtol=1e-10)
+  got = select._unpad(params, k)
+  # Tied differs by the 10*eps floors of the 2 empty slots in sum(N_k).
+  rtol = 1e-9 if ctype == "tied" else 1e-10
+  for name in ("weights", "means", "covariances"):
+    np.testing.assert_allclose(np.asarray(getattr(got, name)),
+                               np.asarray(getattr(ref.params, name)),
+                               rtol=rtol, atol=1e-12, err_msg=name)
+  assert np.all(np.asarray(params.weights)[k:] == 0.0)
+
+
+def test_bad_arguments():
+  X = np.random.default_rng(0).normal(size=(10, 2))
+  with pytest.raises(ValueError, match="criterion"):
+    select.select_n_components(X, [1, 2], "icl")
+  with pytest.raises(ValueError, match="non-empty sequence of positive"):
+    select.select_n_components(X, [])
+  with pytest.raises(ValueError, match="positive ints"):
+    select.select_n_components(X, [0, 1])
+  with pytest.raises(ValueError, match="repeated"):
+    select.select_n_components(X, [2, 2])
+  with pytest.raises(ValueError, match="n_samples >= n_components"):
+    select.select_n_components(X, [1, 11])
+  with pytest.raises(ValueError, match="2-D array"):
+    select.select_n_components(X[:, 0], [1, 2])
