@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import em, restarts
+from gmmjax._src import em, restarts, scale_online
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
@@ -277,6 +277,7 @@ class GaussianMixture:
     """Fits and returns the component of each sample (after a final E-step)."""
     del y
     self._check_parameters()
+    self.__dict__.pop("_online_state", None)  # partial_fit restarts here
     warm = bool(self.warm_start and hasattr(self, "converged_"))
     if warm:
       X = self._validate_X(X, reset=False)
@@ -396,6 +397,51 @@ class GaussianMixture:
 
   def _n_parameters(self):
     return em.n_parameters(self._params())
+
+  def partial_fit(self, X, y=None, sample_weight=None):
+    """One online-EM (stepwise EM) update with the batch ``X``; returns self.
+
+    The first call initialises from ``X`` (``init_params``, ``random_state``,
+    ``weights_init``/``means_init``/``precisions_init``) or continues from a
+    previous ``fit``; each later call is one update with step size
+    ``(t + 2) ** -0.6`` (Cappé & Moulines, 2009). Memory does not grow with
+    the number of calls.
+    """
+    del y
+    self._check_parameters()
+    state = getattr(self, "_online_state", None)
+    fitted = hasattr(self, "means_")
+    X = self._validate_X(X, reset=not fitted)
+    w = val.check_sample_weight(sample_weight, X.shape[0])
+    w = None if w is None else jnp.asarray(w, X.dtype)
+    if state is None:
+      if fitted:  # continue a batch fit online
+        params = self._params()
+      else:
+        if X.shape[0] < self.n_components:
+          raise ValueError(
+              "Expected n_samples >= n_components in the first partial_fit "
+              f"batch but got n_components = {self.n_components}, n_samples = "
+              f"{X.shape[0]}")
+        params = restarts.params_with_overrides(
+            init_lib.init_params(
+                key_from_random_state(self.random_state), X,
+                int(self.n_components), covariance_type=self.covariance_type,
+                method=self.init_params, reg_covar=float(self.reg_covar),
+                sample_weight=w),
+            **self._initial_overrides(X.shape[1]))
+        self._dtype = np.dtype(X.dtype)
+      state = scale_online.online_init(X, params, sample_weight=w,
+                                       reg_covar=float(self.reg_covar))
+    else:
+      state = scale_online.online_update(state, X, sample_weight=w,
+                                         reg_covar=float(self.reg_covar))
+    self._online_state = state
+    self._set_fitted(state.params)
+    self.converged_ = False
+    self.n_iter_ = int(state.step) + 1
+    self.lower_bound_ = float(state.log_likelihood)
+    return self
 
   def sample(self, n_samples=1):
     """Draws ``(X, y)``: samples grouped by component, and their labels."""

@@ -1,0 +1,740 @@
+"""EM at scale: over chunks, over sharded devices, over several processes.
+
+Every variant here is the EM of :func:`gmmjax.fit` with the E-step's
+sufficient statistics summed in a different way (see ``stats.py``):
+
+* :func:`fit_chunked` streams chunks of a NumPy array, a ``np.memmap`` or any
+  re-iterable source through one compiled statistics kernel and adds the
+  statistics on the device; the EM loop runs on the host, one pass over the
+  data per iteration.
+* :func:`fit_sharded` runs the whole compiled loop inside ``jax.shard_map``:
+  each device reduces its own rows, ``lax.psum`` adds the statistics, and the
+  parameters stay replicated. It also runs across processes (after
+  ``jax.distributed.initialize``) on the global array built by
+  :func:`global_data`, and over a batch of initial params (restarts
+  vmapped, data sharded; :func:`fit_restarts_sharded`).
+* :func:`process_sum` adds statistics across processes, so that
+  :func:`fit_chunked` with ``reduce=process_sum`` is one exact EM over the
+  union of every process's own chunks.
+
+Within an iteration, statistics of different batches are computed around one
+shift (the mixture mean of the current parameters), so they add exactly;
+the results equal :func:`gmmjax.fit`'s up to the order of the floating-point
+sums.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gmmjax._src import checks
+from gmmjax._src import init as init_lib
+from gmmjax._src import stats as stats_lib
+from gmmjax._src.fit import FitResult
+from gmmjax._src.params import GMMParams
+from gmmjax._src.stats import SuffStats
+
+DEFAULT_CHUNK_SIZE = 65536
+
+# ---------------------------------------------------------------------------
+# Shared pieces of the EM loop.
+
+
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return functools.reduce(jnp.logical_and, leaves)
+
+
+@jax.jit
+def _m_step(stats: SuffStats, params: GMMParams, shift, reg_covar):
+  """M-step from summed statistics, plus the E-step's mean log-likelihood."""
+  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
+                                    reg_covar)
+  ll = stats.log_likelihood / stats.count
+  return new, ll, _all_finite(new) & jnp.isfinite(ll)
+
+
+# ---------------------------------------------------------------------------
+# Chunked EM.
+
+
+def _is_array_like(data) -> bool:
+  return (hasattr(data, "shape") and hasattr(data, "dtype")
+          and hasattr(data, "__getitem__") and len(data.shape) == 2)
+
+
+def _as_pair(item):
+  if isinstance(item, tuple):
+    if len(item) != 2:
+      raise ValueError("A chunk should be an (n, n_features) array or a pair "
+                       f"(X_chunk, sample_weight_chunk); got {len(item)} items.")
+    return item
+  return item, None
+
+
+def _balanced_rows(n: int, chunk_size: int | None) -> int:
+  """Rows per chunk: at most ``chunk_size``, as even as possible.
+
+  ``N`` rows in ``ceil(N / chunk_size)`` equal chunks leave less than one
+  row per chunk of padding, instead of up to a whole chunk.
+  """
+  size = int(chunk_size or DEFAULT_CHUNK_SIZE)
+  if size < 1:
+    raise ValueError(f"chunk_size should be a positive int, got {size}.")
+  n_chunks = max(-(-n // size), 1)
+  return max(-(-n // n_chunks), 1)
+
+
+def chunk_source(data, sample_weight=None, chunk_size: int | None = None
+                 ) -> Callable[[], Iterator[tuple[Any, Any]]]:
+  """A function that returns a fresh iterator of ``(X_chunk, w_chunk)``.
+
+  Exact EM reads the data once per iteration, so the source must be
+  re-readable:
+
+  * a 2-D array-like with ``shape``, ``dtype`` and slicing (``np.ndarray``,
+    ``np.memmap``, ``jax.Array``, an HDF5 or zarr dataset) is cut into
+    ``chunk_size`` rows, with ``sample_weight`` ``(N,)`` cut alongside;
+  * a function of no arguments returning an iterable of chunks;
+  * a re-iterable object (a list of arrays, or a class whose ``__iter__``
+    starts over).
+
+  A chunk is an ``(n, D)`` array or a pair ``(X_chunk, w_chunk)``. A one-shot
+  iterator (a generator object) is refused: wrap the generator function
+  instead (``lambda: gen()``), or use :func:`fit_online`.
+
+  Example:
+    >>> import numpy as np
+    >>> source = chunk_source(np.zeros((10, 2)), chunk_size=4)
+    >>> [x.shape[0] for x, _ in source()]
+    [4, 4, 2]
+  """
+  if _is_array_like(data):
+    n = data.shape[0]
+    size = _balanced_rows(n, chunk_size)
+    if sample_weight is not None and np.shape(sample_weight) != (n,):
+      raise ValueError(f"sample_weight should have shape ({n},), got "
+                       f"{np.shape(sample_weight)}.")
+
+    def array_chunks():
+      for start in range(0, n, size):
+        stop = min(start + size, n)
+        yield (data[start:stop],
+               None if sample_weight is None else sample_weight[start:stop])
+    return array_chunks
+
+  if sample_weight is not None:
+    raise ValueError("sample_weight goes with array data; a chunk source "
+                     "yields (X_chunk, w_chunk) pairs instead.")
+  if callable(data):
+    return lambda: (_as_pair(item) for item in data())
+  if isinstance(data, Iterator):
+    raise TypeError(
+        "Exact EM reads the data once per iteration, but a one-shot iterator "
+        "(e.g. a generator object) can be read only once. Pass a function "
+        "that returns a new iterator (e.g. `lambda: my_generator()`), a "
+        "re-iterable object, or an array; for a stream seen once, use online "
+        "EM (fit_online).")
+  if isinstance(data, Iterable):
+    return lambda: (_as_pair(item) for item in data)
+  raise TypeError(f"Cannot read chunks from {type(data).__name__}: pass an "
+                  "array, a np.memmap, a re-iterable of chunks or a function "
+                  "returning an iterator of chunks.")
+
+
+class _Pad:
+  """Host-side chunk preparation: dtype, padding to one static shape."""
+
+  def __init__(self, rows: int, n_features: int, dtype):
+    self.rows, self.n_features, self.dtype = rows, n_features, np.dtype(dtype)
+
+  def __call__(self, X, w):
+    # Copying here reads a memmap inside the prefetch thread (not lazily
+    # during the compiled kernel) and gives the device a buffer of its own.
+    X = np.array(X, dtype=self.dtype, copy=True)
+    if X.ndim != 2 or X.shape[1] != self.n_features:
+      raise ValueError(f"Every chunk should have shape (n, "
+                       f"{self.n_features}); got {X.shape}.")
+    n = X.shape[0]
+    w = (np.ones(n, self.dtype) if w is None
+         else np.asarray(w, self.dtype).reshape(n))
+    for start in range(0, max(n, 1), self.rows):
+      part, wpart = X[start:start + self.rows], w[start:start + self.rows]
+      m = part.shape[0]
+      if m == 0:
+        continue
+      if m < self.rows:
+        # Zero-weight copies of a real row: same compiled shape, no effect on
+        # any sum, and finite log-densities (0 * -inf would be NaN).
+        fill = self.rows - m
+        part = np.concatenate([part, np.broadcast_to(part[-1:], (fill,
+                                                                 part.shape[1]))])
+        wpart = np.concatenate([wpart, np.zeros(fill, self.dtype)])
+      yield part, wpart
+
+
+_END = object()
+
+
+class _Failure:
+  def __init__(self, error):
+    self.error = error
+
+
+def _prefetch(make_iter: Callable[[], Iterator], depth: int, device):
+  """Iterates ``make_iter()`` on the device, reading ``depth`` chunks ahead.
+
+  A background thread reads the source (disk, decoding, padding) while the
+  device computes; ``device_put`` starts the host-to-device copy without
+  waiting for it. The transfer is made on the calling thread because JAX's
+  configuration contexts (``jax.enable_x64``) are thread-local.
+  """
+  if depth <= 0:
+    for X, w in make_iter():
+      yield jax.device_put(X, device), jax.device_put(w, device)
+    return
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  stop = threading.Event()
+
+  def put(item):
+    while not stop.is_set():
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def worker():
+    try:
+      for item in make_iter():
+        if not put(item):
+          return
+      put(_END)
+    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+      put(_Failure(e))
+
+  thread = threading.Thread(target=worker, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is _END:
+        break
+      if isinstance(item, _Failure):
+        raise item.error
+      X, w = item
+      yield jax.device_put(X, device), jax.device_put(w, device)
+  finally:
+    stop.set()
+    thread.join()
+
+
+@jax.jit
+def _accumulate(acc: SuffStats, params: GMMParams, X, w, shift) -> SuffStats:
+  return stats_lib.add_stats(acc, stats_lib.e_step_stats(params, X, w, shift))
+
+
+@jax.jit
+def _accumulate_ll(acc, params: GMMParams, X, w):
+  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+  return acc[0] + jnp.sum(w * logp), acc[1] + jnp.sum(w)
+
+
+def _zero_stats(params: GMMParams, rows: int, dtype) -> SuffStats:
+  shapes = jax.eval_shape(
+      stats_lib.e_step_stats, params,
+      jax.ShapeDtypeStruct((rows, params.n_features), dtype),
+      jax.ShapeDtypeStruct((rows,), dtype),
+      jax.ShapeDtypeStruct((params.n_features,), dtype))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _stream(pad: _Pad, source, prefetch, device, max_in_flight, step, acc):
+  """Folds ``step`` over all chunks, bounding the work queued on the device.
+
+  JAX dispatches asynchronously: without a bound, the host would enqueue
+  every chunk (and hold every chunk's buffer) before the device finished the
+  first. Waiting on the result ``max_in_flight`` chunks back keeps memory
+  flat and the device busy.
+  """
+  def chunks():
+    for X, w in source():
+      yield from pad(X, w)
+
+  pending = []
+  for X, w in _prefetch(chunks, prefetch, device):
+    acc = step(acc, X, w)
+    pending.append(acc)
+    if len(pending) > max_in_flight:
+      jax.block_until_ready(pending.pop(0))
+  return acc
+
+
+def _peek(source):
+  """The first chunk's row count and an empty array of its dtype and width."""
+  for X, _ in source():
+    X = np.asarray(X)
+    return X.shape[0], X[:0]
+  raise ValueError("The chunk source is empty.")
+
+
+def fit_chunked(data, params: GMMParams, *, sample_weight=None,
+                chunk_size: int | None = None, max_iter: int = 100, tol=1e-3,
+                reg_covar=1e-6, prev_log_likelihood=-np.inf,
+                callback: Callable | None = None,
+                reduce: Callable[[SuffStats], SuffStats] | None = None,
+                prefetch: int = 2, device=None) -> FitResult:
+  """Exact EM over data streamed in chunks; the same result as :func:`fit`.
+
+  Every EM iteration streams all chunks through one compiled kernel that adds
+  each chunk's sufficient statistics (computed around the mixture mean of the
+  current parameters) to a running sum on the device; the M-step then reads
+  the sum. Only ``prefetch + 2`` chunks are in memory at a time, so the data
+  may be far larger than host or device memory (a ``np.memmap``). Reading
+  the next chunks and their host-to-device copies run in a background thread
+  while the device computes.
+
+  Semantics are those of :func:`gmmjax.fit`: scikit-learn's convergence rule
+  (``|change| < tol`` of the mean log-likelihood), ``n_iter`` iterations from
+  ``params``, ``history``, ``failed``, and ``log_likelihood`` of the returned
+  params (one more pass over the data, log-densities only).
+
+  Every chunk is padded to one static shape (zero-weight rows), so the kernel
+  compiles once. The compute dtype follows the data (float64 only with JAX's
+  x64 mode on); chunks are cast on the host, before the transfer.
+
+  Args:
+    data: a 2-D array (``np.ndarray``, ``np.memmap``, ...), a re-iterable
+      of chunks or a function returning an iterator of chunks; see
+      :func:`chunk_source`.
+    params: initial :class:`GMMParams`.
+    sample_weight: optional ``(N,)`` weights for array ``data``.
+    chunk_size: at most this many rows per chunk for array data (default
+      65536; the chunks are made even); for other sources, the row count of
+      the compiled kernel (default: the first chunk's), larger chunks being
+      split and smaller ones padded.
+    max_iter, tol, reg_covar, prev_log_likelihood, callback: as in
+      :func:`gmmjax.fit` (``callback(n_iter, log_likelihood, change)`` runs
+      on the host after every iteration).
+    reduce: optional function of a pytree applied to each pass's sums (the
+      :class:`SuffStats`, and a ``(total, count)`` log-likelihood pair for
+      the final pass), e.g. :func:`process_sum` to add every process's.
+    prefetch: chunks read and transferred ahead (0: no background thread).
+    device: device to compute on (default: this process's first device).
+
+  Returns:
+    A :class:`FitResult` (parameters on ``device``).
+
+  Example:
+    >>> import jax, numpy as np, gmmjax as gx
+    >>> from gmmjax._src.scale import fit_chunked
+    >>> X = np.random.default_rng(0).normal(size=(1000, 2)).astype("float32")
+    >>> p0 = gx.init_params(jax.random.key(0), X, 2, covariance_type="diag")
+    >>> a = fit_chunked(X, p0, chunk_size=256)
+    >>> b = gx.fit(X, p0)
+    >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-4), int(a.n_iter) == int(b.n_iter)
+    (True, True)
+  """
+  if not isinstance(max_iter, int) or max_iter < 0:
+    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  source = chunk_source(data, sample_weight, chunk_size)
+  if _is_array_like(data):
+    sample = np.zeros((0, data.shape[1]), data.dtype)
+    rows = _balanced_rows(data.shape[0], chunk_size)
+  else:
+    first_rows, sample = _peek(source)
+    rows = int(chunk_size or max(first_rows, 1))
+  if sample.ndim != 2:
+    raise ValueError(f"Chunks should be 2-D (n, n_features), got shape "
+                     f"{sample.shape}.")
+  dtype = checks.float_dtype(sample[:0])
+  checks.check_params_data(params, jnp.zeros((0, sample.shape[1]), dtype))
+  device = device or jax.local_devices()[0]
+  params = jax.device_put(checks.as_params(params, dtype), device)
+  pad = _Pad(rows, sample.shape[1], dtype)
+  reg = jnp.asarray(reg_covar, dtype)
+  tol = np.asarray(tol, dtype)
+  in_flight = max(int(prefetch), 1)
+  zero = jax.device_put(_zero_stats(params, rows, dtype), device)
+
+  def stats_pass(p):
+    shift = stats_lib.mixture_mean(p)
+    acc = _stream(pad, source, prefetch, device, in_flight,
+                  lambda a, X, w: _accumulate(a, p, X, w, shift), zero)
+    if reduce is not None:
+      acc = reduce(acc)
+    return acc, shift
+
+  prev_ll = np.asarray(prev_log_likelihood, dtype)
+  history = np.full((max_iter,), np.nan, dtype)
+  n_iter, converged, failed = 0, False, False
+  while n_iter < max_iter and not converged and not failed:
+    stats, shift = stats_pass(params)
+    new, ll, ok = _m_step(stats, params, shift, reg)
+    ll, ok = np.asarray(ll, dtype), bool(ok)
+    change = np.asarray(ll - prev_ll, dtype)
+    if callback is not None:
+      callback(n_iter + 1, ll, change)
+    if ok:
+      params, prev_ll = new, ll
+      history[n_iter] = ll
+      n_iter += 1
+    converged = ok and bool(np.abs(change) < tol)
+    failed = not ok
+
+  zero_ll = (jnp.zeros((), dtype), jnp.zeros((), dtype))
+  total, count = _stream(pad, source, prefetch, device, in_flight,
+                         lambda a, X, w: _accumulate_ll(a, params, X, w),
+                         jax.device_put(zero_ll, device))
+  if reduce is not None:
+    total, count = reduce((total, count))
+  final_ll = np.asarray(total / count, dtype)
+  failed = failed or not np.isfinite(final_ll)
+  return FitResult(params=params, log_likelihood=jnp.asarray(final_ll),
+                   n_iter=jnp.asarray(n_iter, jnp.int32),
+                   converged=jnp.asarray(converged and not failed),
+                   history=jnp.asarray(history),
+                   failed=jnp.asarray(failed))
+
+
+# ---------------------------------------------------------------------------
+# Several processes.
+
+
+def process_sum(tree):
+  """Sums a pytree of (small) arrays over all JAX processes.
+
+  Every process receives the same sum, added in the same order, so every
+  process makes the same M-step and the same convergence decision. Use it as
+  ``fit_chunked(..., reduce=process_sum)`` after
+  ``jax.distributed.initialize``, each process streaming its own data.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> process_sum({"a": jnp.ones(2)})["a"].tolist()  # one process
+    [1.0, 1.0]
+  """
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils
+  gathered = multihost_utils.process_allgather(tree)
+  return jax.tree.map(
+      lambda a, ref: jnp.asarray(np.sum(np.asarray(a), axis=0), ref.dtype),
+      gathered, tree)
+
+
+def data_mesh(axis_name: str = "data", devices=None) -> Mesh:
+  """A 1-D mesh over all devices (of every process), for sample sharding.
+
+  Axes are ``Auto`` so that plain ``jit``-ed code (and :func:`gmmjax.fit`)
+  can also run on arrays sharded over it.
+  """
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (axis_name,),
+              axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def global_data(X_local, sample_weight_local=None, *, mesh: Mesh | None = None,
+                axis_name: str = "data"):
+  """Global sample-sharded arrays from each process's own rows.
+
+  Every process calls it with its own rows (any number; even zero). The rows
+  are padded with zero-weight copies so that every process contributes the
+  same number, divisible by its local device count, then assembled with
+  ``host_local_array_to_global_array``. The sample weights (ones for real
+  rows unless given) must be passed to :func:`fit_sharded` with the data.
+
+  Args:
+    X_local: ``(n_local, D)`` rows held by this process.
+    sample_weight_local: optional ``(n_local,)`` weights.
+    mesh: a mesh whose ``axis_name`` axis spans all devices (default:
+      :func:`data_mesh`).
+    axis_name: the mesh axis to shard samples along.
+
+  Returns:
+    ``(X, sample_weight)``: global ``jax.Array`` s of shapes ``(N', D)`` and
+    ``(N',)`` sharded along samples (``N'`` the padded total).
+
+  Example:
+    >>> import numpy as np
+    >>> X, w = global_data(np.ones((5, 2)))  # one process, one device
+    >>> X.shape, float(w.sum())
+    ((5, 2), 5.0)
+  """
+  mesh = data_mesh(axis_name) if mesh is None else mesh
+  X_local = np.asarray(X_local)
+  dtype = np.dtype(checks.float_dtype(X_local[:0]))
+  X_local = X_local.astype(dtype, copy=False)
+  if X_local.ndim != 2:
+    raise ValueError(f"X_local should be 2-D, got shape {X_local.shape}.")
+  n = X_local.shape[0]
+  w = (np.ones(n, dtype) if sample_weight_local is None
+       else np.asarray(sample_weight_local, dtype).reshape(n))
+  counts = np.asarray([n])
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    counts = np.asarray(multihost_utils.process_allgather(counts)).ravel()
+  local_devices = sum(d.process_index == jax.process_index()
+                      for d in mesh.devices.flat)
+  rows = int(-(-max(int(counts.max()), 1) // local_devices) * local_devices)
+  fill = rows - n
+  if fill:
+    row = X_local[-1:] if n else np.zeros((1, X_local.shape[1]), dtype)
+    X_local = np.concatenate([X_local, np.repeat(row, fill, axis=0)])
+    w = np.concatenate([w, np.zeros(fill, dtype)])
+  if jax.process_count() == 1:
+    sharding = NamedSharding(mesh, P(axis_name))
+    return jax.device_put(X_local, sharding), jax.device_put(w, sharding)
+  from jax.experimental import multihost_utils
+  return multihost_utils.host_local_array_to_global_array(
+      (X_local, w), mesh, (P(axis_name), P(axis_name)))
+
+
+def local_copy(tree):
+  """NumPy copies of a pytree of replicated arrays, on any process.
+
+  Outputs of :func:`fit_sharded` are replicated over all devices; across
+  processes they are not fully addressable, so ``np.asarray`` refuses them.
+  Every device holds the whole value, so this process's first shard is it.
+  """
+  def one(a):
+    if isinstance(a, jax.Array) and not a.is_fully_addressable:
+      return np.asarray(a.addressable_data(0))
+    return np.asarray(a)
+  return jax.tree.map(one, tree)
+
+
+# ---------------------------------------------------------------------------
+# Sharded EM: the compiled loop inside shard_map, statistics psum-ed.
+
+
+def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
+             max_iter: int) -> FitResult:
+  """:func:`gmmjax.fit`'s loop with the statistics from ``stats_fn``.
+
+  ``stats_fn(params, shift)`` returns the statistics of the whole data (e.g.
+  a ``psum`` of per-device statistics).
+  """
+  dtype = params.means.dtype
+
+  def cond(c):
+    params, prev_ll, n_iter, history, converged, failed = c
+    del params, prev_ll, history
+    return (n_iter < max_iter) & ~converged & ~failed
+
+  def body(c):
+    params, prev_ll, n_iter, history, _, _ = c
+    shift = stats_lib.mixture_mean(params)
+    stats = stats_fn(params, shift)
+    new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
+                                      reg_covar)
+    ll = stats.log_likelihood / stats.count
+    ok = _all_finite(new) & jnp.isfinite(ll)
+    change = ll - prev_ll
+    return (jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
+            jnp.where(ok, ll, prev_ll),
+            n_iter + ok.astype(jnp.int32),
+            jnp.where(ok, history.at[n_iter].set(ll), history),
+            ok & (jnp.abs(change) < tol),
+            ~ok)
+
+  init = (params, jnp.asarray(prev_ll, dtype), jnp.zeros((), jnp.int32),
+          jnp.full((max_iter,), jnp.nan, dtype), jnp.zeros((), bool),
+          jnp.zeros((), bool))
+  params, _, n_iter, history, converged, failed = lax.while_loop(
+      cond, body, init)
+  final = stats_fn(params, stats_lib.mixture_mean(params))
+  final_ll = final.log_likelihood / final.count
+  failed = failed | ~jnp.isfinite(final_ll)
+  return FitResult(params=params, log_likelihood=final_ll, n_iter=n_iter,
+                   converged=converged & ~failed, history=history,
+                   failed=failed)
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
+                    weighted: bool, batched: bool):
+  axis = axes if len(axes) > 1 else axes[0]
+
+  def local_fit(X, w, params, tol, reg_covar, prev_ll):
+    def stats_fn(p, shift):
+      return lax.psum(stats_lib.e_step_stats(p, X, w, shift), axis)
+
+    def one(p):
+      return _em_loop(stats_fn, p, tol, reg_covar, prev_ll, max_iter)
+    return jax.vmap(one)(params) if batched else one(params)
+
+  data_spec = P(axis)
+  w_spec = data_spec if weighted else P()
+  mapped = jax.shard_map(
+      local_fit, mesh=mesh,
+      in_specs=(data_spec, w_spec, P(), P(), P(), P()), out_specs=P())
+  return jax.jit(mapped)
+
+
+def _data_axes(X, mesh, axis_name):
+  if mesh is None and isinstance(getattr(X, "sharding", None), NamedSharding):
+    mesh = X.sharding.mesh
+    if axis_name is None:
+      spec = X.sharding.spec
+      first = spec[0] if len(spec) else None
+      if first is not None:
+        axis_name = first
+  if mesh is None:
+    mesh = data_mesh()
+  if axis_name is None:
+    axis_name = tuple(mesh.axis_names)
+  axes = (axis_name,) if isinstance(axis_name, str) else tuple(axis_name)
+  n_shards = int(np.prod([mesh.shape[a] for a in axes]))
+  return mesh, axes, n_shards
+
+
+@functools.partial(jax.jit, static_argnames=("fill", "sharding"))
+def _pad_rows(X, w, fill: int, sharding):
+  X = jnp.concatenate([X, jnp.broadcast_to(X[-1:], (fill, X.shape[1]))])
+  w = jnp.concatenate([w, jnp.zeros((fill,), w.dtype)])
+  return (jax.lax.with_sharding_constraint(X, sharding),
+          jax.lax.with_sharding_constraint(w, sharding))
+
+
+def fit_sharded(X, params: GMMParams, *, sample_weight=None,
+                mesh: Mesh | None = None, axis_name=None, max_iter: int = 100,
+                tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-np.inf
+                ) -> FitResult:
+  """EM on samples sharded over devices: local statistics, ``psum``, M-step.
+
+  The whole loop of :func:`gmmjax.fit` runs in one compiled program under
+  ``jax.shard_map``: each device computes the statistics of its rows, a
+  ``lax.psum`` adds them (K x D x D numbers per iteration, whatever N), and
+  every device makes the same M-step, so parameters stay replicated. The
+  result equals :func:`gmmjax.fit` on one device up to summation order.
+
+  ``params`` may carry a leading restart axis (as made by
+  ``jax.vmap(gx.init_params)``): the restarts are vmapped inside every
+  device's program, and each one's result equals its own sharded fit.
+
+  With several processes (after ``jax.distributed.initialize``), pass the
+  global arrays from :func:`global_data`; the program is the same.
+
+  Args:
+    X: ``(N, D)`` samples, ideally a ``jax.Array`` with a ``NamedSharding``
+      along samples (its mesh and axis are used); other arrays are placed
+      on ``mesh`` (default: all devices). Rows are padded with zero-weight
+      copies if ``N`` is not a multiple of the number of shards.
+    params: initial :class:`GMMParams`, optionally batched.
+    sample_weight: optional ``(N,)`` weights, sharded like ``X``.
+    mesh: the device mesh (default: that of ``X``, else :func:`data_mesh`).
+    axis_name: mesh axis name(s) the samples are split over (default: ``X``'s
+      sharding, else every mesh axis).
+    max_iter, tol, reg_covar, prev_log_likelihood: as in :func:`gmmjax.fit`.
+
+  Returns:
+    A :class:`FitResult`, replicated on the mesh (leading restart axis if
+    ``params`` had one). Use :func:`local_copy` to read it on any process.
+
+  Example:
+    >>> import jax, numpy as np, gmmjax as gx
+    >>> from gmmjax._src.scale import fit_sharded
+    >>> X = np.random.default_rng(0).normal(size=(1000, 2)).astype("float32")
+    >>> p0 = gx.init_params(jax.random.key(0), X, 2, covariance_type="diag")
+    >>> a, b = fit_sharded(X, p0), gx.fit(X, p0)
+    >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-4)
+    True
+  """
+  if not isinstance(max_iter, int) or max_iter < 0:
+    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  mesh, axes, n_shards = _data_axes(X, mesh, axis_name)
+  if not isinstance(X, jax.Array):
+    X = checks.as_data(np.asarray(X))
+  elif X.ndim != 2:
+    X = checks.as_data(X)  # raises the usual message
+  dtype = checks.float_dtype(X) if not isinstance(X, jax.Array) else (
+      X.dtype if jnp.issubdtype(X.dtype, jnp.floating)
+      else jnp.result_type(float))
+  batched = params.means.ndim == 3
+  ref = jax.tree.map(lambda a: a[0], params) if batched else params
+  checks.check_params_data(ref, jax.ShapeDtypeStruct((0, X.shape[1]), dtype))
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+  X = X.astype(dtype) if X.dtype != dtype else X
+  sharding = NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
+  n = X.shape[0]
+  w = sample_weight
+  if w is not None:
+    if tuple(w.shape) != (n,):
+      raise ValueError(f"sample_weight should have shape ({n},), got "
+                       f"{tuple(w.shape)}.")
+    w = w.astype(dtype) if isinstance(w, jax.Array) else jnp.asarray(w, dtype)
+  fill = (-n) % n_shards
+  if fill:
+    if w is None:
+      w = jnp.ones((n,), dtype)
+    X, w = _pad_rows(X, w, fill, sharding)
+  scalars = [np.asarray(v, dtype) for v in (tol, reg_covar,
+                                            prev_log_likelihood)]
+  if jax.process_count() > 1:
+    # Across processes every input must be global: host values (the same on
+    # every process) are taken as replicated.
+    params = jax.tree.map(np.asarray, params)
+  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched)
+  return fn(X, w, params, *scalars)
+
+
+@functools.partial(jax.jit, static_argnames=("n_components", "n_init",
+                                             "covariance_type", "method"))
+def _init_restarts(key, X, sample_weight, reg_covar, n_components, n_init,
+                   covariance_type, method):
+  # The same keys and initialisations as gmmjax.fit_restarts.
+  keys = jax.random.split(key, n_init)
+  return jax.vmap(lambda k: init_lib.init_params(
+      k, X, n_components, covariance_type=covariance_type, method=method,
+      reg_covar=reg_covar, sample_weight=sample_weight))(keys)
+
+
+def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
+                         covariance_type: str = "full", method: str = "kmeans",
+                         sample_weight=None, mesh: Mesh | None = None,
+                         axis_name=None, max_iter: int = 100, tol=1e-3,
+                         reg_covar=1e-6) -> tuple[FitResult, FitResult]:
+  """:func:`gmmjax.fit_restarts` on sharded data: restarts x shards.
+
+  The ``n_init`` initialisations run vmapped on the global (sharded) array,
+  as :func:`gmmjax.fit_restarts` draws them (same key, same inits), then
+  :func:`fit_sharded` fits all of them in one program: restarts vmapped on
+  every device, each device's rows reduced with one ``psum`` per iteration.
+
+  Returns:
+    ``(best, all_results)`` as :func:`gmmjax.fit_restarts`.
+  """
+  from gmmjax._src.restarts import best_restart, take
+
+  if not isinstance(n_init, int) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  mesh, axes, _ = _data_axes(X, mesh, axis_name)
+  init_X = X
+  if isinstance(X, jax.Array) and any(
+      t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    # Initialisation is ordinary jit code; on an Explicit mesh its sums over
+    # sharded samples would need out_sharding annotations, so it reads the
+    # same shards through an Auto view of the mesh.
+    auto = Mesh(mesh.devices, mesh.axis_names,
+                axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+    init_X = jax.device_put(X, NamedSharding(auto, X.sharding.spec))
+  params0 = _init_restarts(key, init_X, sample_weight, reg_covar,
+                           n_components=n_components, n_init=n_init,
+                           covariance_type=covariance_type, method=method)
+  results = fit_sharded(X, params0, sample_weight=sample_weight, mesh=mesh,
+                        axis_name=axes, max_iter=max_iter, tol=tol,
+                        reg_covar=reg_covar)
+  return take(results, best_restart(results)), results

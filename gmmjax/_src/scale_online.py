@@ -1,0 +1,220 @@
+"""Online (stepwise) EM: a running average of sufficient statistics.
+
+Cappé & Moulines (2009), "On-line expectation-maximization algorithm for
+latent data models", JRSS B 71(3): after the E-step statistics ``s_bar`` of
+a new batch under the current parameters (per-sample averages),
+
+    s_{t+1} = (1 - gamma_t) s_t + gamma_t s_bar(batch_t; theta_t),
+    theta_{t+1} = M-step(s_{t+1}),   gamma_t = (t + 2) ** -alpha,
+
+with ``alpha`` in ``(0.5, 1]`` (the Robbins-Monro conditions; smaller
+``alpha`` forgets faster, ``alpha = 1`` weighs every batch equally, as
+incremental EM would). The state has a fixed size, whatever the length of
+the stream.
+
+The statistics are kept around one shift for the whole stream (the weighted
+mean of the first batch), so averages of different batches add exactly and
+float32 keeps its digits on data far from the origin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from gmmjax._src import checks
+from gmmjax._src import init as init_lib
+from gmmjax._src import stats as stats_lib
+from gmmjax._src.params import GMMParams
+from gmmjax._src.stats import SuffStats
+
+
+class OnlineState(NamedTuple):
+  """State of stepwise EM: parameters and averaged statistics.
+
+  Every leaf has a fixed shape: memory does not grow with the stream.
+  """
+
+  params: GMMParams  # current parameters, M-step of `stats`
+  stats: SuffStats  # running average of per-sample statistics (count ~ 1)
+  shift: jax.Array  # shape=(D,), centre of the second moments
+  step: jax.Array  # shape=(), int32, updates done after the initial batch
+  n_seen: jax.Array  # shape=(), total sample weight seen
+  log_likelihood: jax.Array  # shape=(), mean log-likelihood of the last
+  # batch under the parameters before its update (a progress signal)
+  failed: jax.Array  # shape=(), bool, the last update went non-finite and
+  # was skipped
+
+
+def _check_alpha(alpha):
+  if isinstance(alpha, (int, float)) and not 0.5 < alpha <= 1.0:
+    raise ValueError(f"alpha should be in (0.5, 1], got {alpha!r}: the step "
+                     "sizes (t + 2) ** -alpha must sum to infinity with "
+                     "finite sum of squares.")
+
+
+def _batch_stats(params, X, w, shift):
+  s = stats_lib.e_step_stats(params, X, w, shift)
+  return jax.tree.map(lambda a: a / s.count, s), s.count
+
+
+def _finite(tree):
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
+                              for x in jax.tree.leaves(tree)]))
+
+
+@jax.jit
+def _online_init(X, params, w, reg_covar):
+  ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
+  shift = lax.stop_gradient(ww @ X / jnp.sum(ww))
+  stats, count = _batch_stats(params, X, w, shift)
+  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
+                                    reg_covar)
+  ok = _finite(new)
+  return OnlineState(
+      params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
+      stats=stats, shift=shift, step=jnp.zeros((), jnp.int32), n_seen=count,
+      log_likelihood=stats.log_likelihood, failed=~ok)
+
+
+def online_init(X, params: GMMParams, *, sample_weight=None,
+                reg_covar=1e-6) -> OnlineState:
+  """Starts stepwise EM on the first batch.
+
+  The shift is the batch's (weighted) mean; the first statistics are the
+  batch's E-step statistics under ``params`` and the state's parameters their
+  M-step (one EM iteration on the batch).
+
+  Args:
+    X: ``(n, D)`` first batch.
+    params: initial :class:`GMMParams`, typically ``gx.init_params(key, X,
+      K)`` on the same batch, or a previous batch fit.
+    sample_weight: optional ``(n,)`` weights.
+    reg_covar: regulariser added to covariance diagonals.
+
+  Returns:
+    An :class:`OnlineState` with ``step == 0``.
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> from gmmjax._src.scale_online import online_init, online_update
+    >>> X0 = jax.random.normal(jax.random.key(0), (500, 2))
+    >>> state = online_init(X0, gx.init_params(jax.random.key(1), X0, 2))
+    >>> X1 = jax.random.normal(jax.random.key(2), (500, 2))
+    >>> state = online_update(state, X1, alpha=0.7)
+    >>> int(state.step), state.params.means.shape
+    (1, (2, 2))
+  """
+  params, X, w = checks.prepare(params, X, sample_weight)
+  return _online_init(X, params, w, jnp.asarray(reg_covar, X.dtype))
+
+
+@jax.jit
+def _online_update(state: OnlineState, X, w, alpha, reg_covar):
+  params = state.params
+  batch, count = _batch_stats(params, X, w, state.shift)
+  gamma = (state.step + 2).astype(X.dtype) ** -alpha
+  stats = jax.tree.map(lambda s, b: (1 - gamma) * s + gamma * b,
+                       state.stats, batch)
+  new = stats_lib.params_from_stats(stats, state.shift,
+                                    params.covariance_type, reg_covar)
+  ok = _finite(new) & jnp.isfinite(batch.log_likelihood)
+
+  def keep(a, b):
+    return jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
+  return OnlineState(
+      params=keep(new, params), stats=keep(stats, state.stats),
+      shift=state.shift, step=state.step + ok.astype(jnp.int32),
+      n_seen=state.n_seen + jnp.where(ok, count, 0),
+      log_likelihood=batch.log_likelihood, failed=~ok)
+
+
+def online_update(state: OnlineState, X, *, sample_weight=None, alpha=0.6,
+                  reg_covar=1e-6) -> OnlineState:
+  """One stepwise-EM update with a new batch.
+
+  ``s <- (1 - gamma) s + gamma s_bar(X; theta)``, ``theta <- M(s)`` with
+  ``gamma = (step + 2) ** -alpha``. A batch whose update would give
+  non-finite parameters is skipped (``failed`` set, ``step`` unchanged).
+  Compiles once per batch shape; ``alpha`` and ``reg_covar`` are traced.
+
+  Args:
+    state: from :func:`online_init` or a previous update.
+    X: ``(n, D)`` batch.
+    sample_weight: optional ``(n,)`` weights.
+    alpha: step-size exponent in ``(0.5, 1]``.
+    reg_covar: regulariser added to covariance diagonals.
+
+  Returns:
+    The new :class:`OnlineState`.
+  """
+  _check_alpha(alpha)
+  params, X, w = checks.prepare(state.params, X, sample_weight)
+  state = state._replace(params=params)
+  return _online_update(state, X, w, jnp.asarray(alpha, X.dtype),
+                        jnp.asarray(reg_covar, X.dtype))
+
+
+def fit_online(batches: Iterable, *, params: GMMParams | None = None,
+               key=None, n_components: int | None = None,
+               covariance_type: str = "full", method: str = "kmeans",
+               alpha=0.6, reg_covar=1e-6,
+               callback: Callable[[OnlineState], None] | None = None
+               ) -> OnlineState:
+  """Stepwise EM over a stream of batches, each seen once.
+
+  The first batch initialises: ``params`` if given, else
+  ``gx.init_params(key, first_batch, n_components, ...)``, then
+  :func:`online_init`; every later batch is one :func:`online_update`. A
+  batch is an ``(n, D)`` array or a pair ``(X, sample_weight)``. Batches of
+  one size compile once (a shorter last batch compiles once more).
+
+  Args:
+    batches: an iterable (a generator is fine) of batches.
+    params: initial parameters; or give ``key`` and ``n_components``.
+    key: PRNG key for :func:`gmmjax.init_params` on the first batch.
+    n_components: number of components for that initialisation.
+    covariance_type, method: as in :func:`gmmjax.init_params`.
+    alpha: step-size exponent in ``(0.5, 1]``.
+    reg_covar: regulariser added to covariance diagonals.
+    callback: optional ``callback(state)`` after every batch (progress).
+
+  Returns:
+    The final :class:`OnlineState`; ``state.params`` is the model.
+
+  Example:
+    >>> import jax, numpy as np
+    >>> from gmmjax._src.scale_online import fit_online
+    >>> rng = np.random.default_rng(0)
+    >>> stream = (rng.normal(size=(1000, 2)) for _ in range(5))
+    >>> state = fit_online(stream, key=jax.random.key(0), n_components=2,
+    ...                    covariance_type="diag")
+    >>> int(state.step), float(state.n_seen)
+    (4, 5000.0)
+  """
+  _check_alpha(alpha)
+  if (params is None) == (key is None or n_components is None):
+    raise ValueError("fit_online needs either `params`, or `key` and "
+                     "`n_components` to initialise on the first batch.")
+  state = None
+  for item in batches:
+    X, w = item if isinstance(item, tuple) else (item, None)
+    if state is None:
+      if params is None:
+        Xj = checks.as_data(X)
+        params = init_lib.init_params(
+            key, Xj, n_components, covariance_type=covariance_type,
+            method=method, reg_covar=reg_covar, sample_weight=w)
+      state = online_init(X, params, sample_weight=w, reg_covar=reg_covar)
+    else:
+      state = online_update(state, X, sample_weight=w, alpha=alpha,
+                            reg_covar=reg_covar)
+    if callback is not None:
+      callback(state)
+  if state is None:
+    raise ValueError("fit_online got an empty stream.")
+  return state

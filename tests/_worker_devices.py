@@ -1,0 +1,78 @@
+"""Subprocess for tests/test_scale.py: sharded fits on 4 forced CPU devices.
+
+Run as ``python _worker_devices.py IN.npz OUT.npz`` with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4`` in the environment
+(set by the test, so the parent process keeps its single device). It writes
+every fit's results; the parent compares them to single-device fits.
+"""
+
+import sys
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import gmmjax as gx  # noqa: E402
+from gmmjax._src import scale  # noqa: E402
+
+
+def flat(prefix, result, out):
+  p = result.params
+  for name, value in [("weights", p.weights), ("means", p.means),
+                      ("covariances", p.covariances),
+                      ("log_likelihood", result.log_likelihood),
+                      ("n_iter", result.n_iter),
+                      ("converged", result.converged),
+                      ("history", result.history),
+                      ("failed", result.failed)]:
+    out[f"{prefix}/{name}"] = np.asarray(value)
+
+
+def params_from(data, ctype):
+  return gx.make_params(data[f"p0_{ctype}/weights"], data[f"p0_{ctype}/means"],
+                        data[f"p0_{ctype}/covariances"], covariance_type=ctype)
+
+
+def main(src, dst):
+  data = dict(np.load(src))
+  X, X_odd, w = data["X"], data["X_odd"], data["w"]
+  kw = dict(tol=float(data["tol"]), max_iter=int(data["max_iter"]))
+  out = {"n_devices": np.asarray(jax.device_count())}
+  auto = scale.data_mesh("data")
+  explicit = jax.make_mesh((4,), ("data",))  # Explicit axes by default
+  out["explicit_mesh"] = np.asarray(
+      explicit.axis_types[0] == jax.sharding.AxisType.Explicit)
+  X_auto = jax.device_put(X, NamedSharding(auto, P("data")))
+  X_explicit = jax.device_put(X, NamedSharding(explicit, P("data")))
+  out["shards"] = np.asarray(len(X_auto.addressable_shards))
+  for ctype in ("full", "diag"):
+    p0 = params_from(data, ctype)
+    # Plain gx.fit on a sharded array: XLA partitions the sums (Auto mesh).
+    flat(f"plain/{ctype}", gx.fit(X_auto, p0, **kw), out)
+    flat(f"sharded/{ctype}", scale.fit_sharded(X_auto, p0, **kw), out)
+  p0 = params_from(data, "full")
+  try:  # recorded, not asserted: gx.fit is not this module's
+    gx.fit(X_explicit, p0, **kw)
+    out["plain_explicit_ok"] = np.asarray(True)
+  except Exception:  # noqa: BLE001
+    out["plain_explicit_ok"] = np.asarray(False)
+  flat("explicit/full", scale.fit_sharded(X_explicit, p0, **kw), out)
+  flat("weighted/full", scale.fit_sharded(X_auto, p0, sample_weight=w, **kw),
+       out)
+  # N not divisible by 4: padded with zero-weight rows.
+  flat("odd/diag", scale.fit_sharded(X_odd, params_from(data, "diag"), **kw),
+       out)
+  best, runs = scale.fit_restarts_sharded(
+      jax.random.key(int(data["seed"])), X_explicit, 3, n_init=2,
+      covariance_type="full", method="kmeans", **kw)
+  flat("restarts_best", best, out)
+  flat("restarts_all", runs, out)
+  np.savez(dst, **out)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2])
