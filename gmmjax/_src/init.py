@@ -49,7 +49,10 @@ def kmeans_plusplus(key, X, n_clusters: int, sample_weight=None):
   w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
   n_trials = 2 + int(math.log(n_clusters))
   key_first, key_rest = jax.random.split(key)
-  first = jax.random.choice(key_first, n, p=w / jnp.sum(w))
+  if sample_weight is None:  # a constant `p` would be cumsum'd at compile time
+    first = jax.random.randint(key_first, (), 0, n)
+  else:
+    first = jax.random.choice(key_first, n, p=w / jnp.sum(w))
   closest = _sq_distances(X, X[first][None])[:, 0]
   indices = jnp.zeros(n_clusters, jnp.int32).at[0].set(first.astype(jnp.int32))
 
@@ -81,7 +84,7 @@ def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
   """
   X = checks.as_data(X)
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = kmeans_plusplus(key, X, n_clusters, w)
+  centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight)
   threshold = tol * jnp.mean(jnp.var(X, axis=0))
 
   def assign(centers):
