@@ -7,6 +7,7 @@ a scikit-learn-style estimator, :class:`GaussianMixture`.
 
 from gmmjax._src.covariance import COVARIANCE_TYPES
 from gmmjax._src.em import (
+    Q,
     aic,
     bic,
     e_step,
@@ -19,10 +20,23 @@ from gmmjax._src.em import (
     sample,
 )
 from gmmjax._src.estimator import GaussianMixture
-from gmmjax._src.fit import FitResult, em_step, fit
+from gmmjax._src.fit import DIFFERENTIATION_MODES, FitResult, em_step, fit
+from gmmjax._src.gradfit import (
+    GradFitResult,
+    em_then_gradient,
+    fit_gradient,
+    negative_log_likelihood,
+)
+from gmmjax._src.implicit import ImplicitSolver, fixed_point_jvp
 from gmmjax._src.init import INIT_METHODS, init_params, kmeans, kmeans_plusplus
 from gmmjax._src.io import load, save
 from gmmjax._src.params import GMMParams, make_params
+from gmmjax._src.priors import (
+    ConjugatePrior,
+    log_prior,
+    make_prior,
+    map_params_from_stats,
+)
 from gmmjax._src.restarts import best_restart, fit_restarts
 from gmmjax._src.scale import (
     chunk_source,
@@ -48,21 +62,32 @@ from gmmjax._src.stats import (
     params_from_stats,
     stats_from_resp,
 )
+from gmmjax._src.unconstrained import (
+    UnconstrainedParams,
+    from_unconstrained,
+    to_unconstrained,
+)
 from gmmjax._src.validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "COVARIANCE_TYPES",
+    "ConjugatePrior",
     "ConvergenceWarning",
+    "DIFFERENTIATION_MODES",
     "FitResult",
     "GMMParams",
     "GaussianMixture",
+    "GradFitResult",
     "INIT_METHODS",
+    "ImplicitSolver",
     "NotFittedError",
     "OnlineState",
+    "Q",
     "SelectionResult",
     "SuffStats",
+    "UnconstrainedParams",
     "add_stats",
     "aic",
     "best_restart",
@@ -72,12 +97,16 @@ __all__ = [
     "e_step",
     "e_step_stats",
     "em_step",
+    "em_then_gradient",
     "fit",
     "fit_chunked",
+    "fit_gradient",
     "fit_online",
     "fit_restarts",
     "fit_restarts_sharded",
     "fit_sharded",
+    "fixed_point_jvp",
+    "from_unconstrained",
     "global_data",
     "init_params",
     "kmeans",
@@ -85,10 +114,14 @@ __all__ = [
     "load",
     "local_copy",
     "log_likelihood",
+    "log_prior",
     "log_prob",
     "m_step",
     "make_params",
+    "make_prior",
+    "map_params_from_stats",
     "n_parameters",
+    "negative_log_likelihood",
     "online_init",
     "online_update",
     "params_from_stats",
@@ -99,4 +132,5 @@ __all__ = [
     "save",
     "select_n_components",
     "stats_from_resp",
+    "to_unconstrained",
 ]

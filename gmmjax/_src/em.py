@@ -99,6 +99,50 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
   return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
 
 
+def Q(params: GMMParams, X, log_resp, sample_weight=None):
+  """EM auxiliary function: expected complete-data log-likelihood per sample.
+
+  ``Q = sum_i w_i sum_k r_ik [log w_k + log N(x_i | mu_k, Sigma_k)] / sum_i w_i``
+
+  with the responsibilities ``r = exp(log_resp)`` taken as given (pass
+  ``jax.lax.stop_gradient`` of :func:`e_step`'s output to hold them fixed).
+  The M-step maximises it over ``params``; at the responsibilities of
+  ``params`` its gradient equals that of :func:`log_likelihood` (Fisher's
+  identity), and ``Q + H(r)`` with ``H`` the entropy of the responsibilities
+  equals the log-likelihood. Differentiable in ``params``, ``X``,
+  ``log_resp`` and ``sample_weight``.
+
+  Args:
+    params: mixture parameters.
+    X: ``(N, D)`` samples.
+    log_resp: ``(N, K)`` log-responsibilities.
+    sample_weight: optional ``(N,)`` non-negative weights.
+
+  Returns:
+    A scalar.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, gmmjax as gx
+    >>> from gmmjax._src.em import Q
+    >>> X = jax.random.normal(jax.random.key(0), (50, 2))
+    >>> p = gx.init_params(jax.random.key(1), X, 2, covariance_type="diag")
+    >>> log_resp, ll = gx.e_step(p, X)
+    >>> entropy = -jnp.sum(jnp.exp(log_resp) * log_resp) / 50
+    >>> bool(jnp.allclose(Q(p, X, log_resp) + entropy, ll, rtol=1e-5))
+    True
+  """
+  params, X, w = checks.prepare(params, X, sample_weight)
+  log_resp = jnp.asarray(log_resp, X.dtype)
+  if log_resp.shape != (X.shape[0], params.n_components):
+    raise ValueError(f"log_resp should have shape ({X.shape[0]}, "
+                     f"{params.n_components}), got {log_resp.shape}.")
+  wlp = stats_lib.weighted_log_prob(params, X)
+  # exp(log_resp) * wlp with r = 0 and wlp = -inf is 0 (an empty cell).
+  per_sample = jnp.sum(jnp.where(log_resp > -jnp.inf,
+                                 jnp.exp(log_resp) * wlp, 0.0), axis=1)
+  return _weighted_mean(per_sample, w)
+
+
 def log_prob(params: GMMParams, X):
   """Per-sample log density ``log p(x_i)``, shape ``(N,)``.
 

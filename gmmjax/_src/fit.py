@@ -8,11 +8,16 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from gmmjax._src import checks
+from gmmjax._src import implicit as implicit_lib
+from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams
+
+DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
 
 
 class FitResult(NamedTuple):
@@ -44,18 +49,33 @@ class _Carry(NamedTuple):
   failed: jax.Array
 
 
-def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6):
+def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
+            prior=None):
   """One EM iteration (E then M) through the sufficient statistics.
 
+  Args:
+    params: current parameters.
+    X: ``(N, D)`` samples.
+    sample_weight: optional ``(N,)`` non-negative weights.
+    reg_covar: non-negative regulariser added to covariance diagonals.
+    prior: optional :class:`ConjugatePrior`: MAP-EM (the M-step is the
+      posterior mode, :func:`map_params_from_stats`).
+
   Returns:
-    ``(new_params, mean_log_likelihood)``, the log-likelihood being that of
-    the input ``params`` (computed by the E-step).
+    ``(new_params, objective)``: the objective is that of the input
+    ``params`` (computed by the E-step): the mean log-likelihood, plus
+    ``log_prior(params) / sum(sample_weight)`` with a prior.
   """
   shift = stats_lib.mixture_mean(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
-  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
-                                    reg_covar)
-  return new, stats.log_likelihood / stats.count
+  if prior is None:
+    new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
+                                      reg_covar)
+    return new, stats.log_likelihood / stats.count
+  new = priors_lib.map_params_from_stats(stats, shift, params.covariance_type,
+                                         reg_covar, prior)
+  objective = stats.log_likelihood + priors_lib.log_prior(params, prior)
+  return new, objective / stats.count
 
 
 def _all_finite(tree) -> jax.Array:
@@ -64,20 +84,33 @@ def _all_finite(tree) -> jax.Array:
                           [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
+def _active_callback(callback):
+  def call(active, *args):
+    if active:
+      callback(*args)
+  return call
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("max_iter", "callback", "unrolled"))
 def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-         max_iter: int, callback: Callable | None):
+         prior, max_iter: int, callback: Callable | None,
+         unrolled: bool = False):
   dtype = X.dtype
 
   def cond(c: _Carry):
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
-  def body(c: _Carry):
-    new, ll = em_step(c.params, X, sample_weight, reg_covar)
+  def body(c: _Carry, active=None):
+    new, ll = em_step(c.params, X, sample_weight, reg_covar, prior)
     ok = _all_finite(new) & jnp.isfinite(ll)
     change = ll - c.prev_ll
     if callback is not None:
-      jax.debug.callback(callback, c.n_iter + 1, ll, change, ordered=False)
+      if active is None:
+        jax.debug.callback(callback, c.n_iter + 1, ll, change, ordered=False)
+      else:
+        jax.debug.callback(_active_callback(callback), active, c.n_iter + 1,
+                           ll, change, ordered=False)
     return _Carry(
         params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
         prev_ll=jnp.where(ok, ll, c.prev_ll),
@@ -93,7 +126,16 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       history=jnp.full((max_iter,), jnp.nan, dtype),
       converged=jnp.zeros((), bool),
       failed=jnp.zeros((), bool))
-  out = lax.while_loop(cond, body, init)
+  if unrolled:
+    # Same iterations as the while_loop, as a fixed-length scan that reverse
+    # mode can differentiate: steps after the stop are masked out.
+    def scan_step(c, _):
+      active = cond(c)
+      new = body(c, active)
+      return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c), None
+    out, _ = lax.scan(scan_step, init, None, length=max_iter)
+  else:
+    out = lax.while_loop(cond, body, init)
   final = stats_lib.e_step_stats(out.params, X, sample_weight)
   final_ll = final.log_likelihood / final.count
   failed = out.failed | ~jnp.isfinite(final_ll)
@@ -102,9 +144,72 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
                    history=out.history, failed=failed)
 
 
+class _Static(NamedTuple):
+  max_iter: int
+  callback: Callable | None
+  solver: implicit_lib.ImplicitSolver
+
+
+def _mean_log_likelihood(params: GMMParams, X, sample_weight):
+  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+  if sample_weight is None:
+    return jnp.mean(logp)
+  return jnp.sum(sample_weight * logp) / jnp.sum(sample_weight)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _fit_implicit(static: _Static, X, params, sample_weight, tol, reg_covar,
+                  prev_log_likelihood, prior):
+  return _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
+              prior, max_iter=static.max_iter, callback=static.callback)
+
+
+@_fit_implicit.defjvp
+def _fit_implicit_jvp(static: _Static, primals, tangents):
+  X, params, sample_weight, tol, reg_covar, prev_ll, prior = primals
+  dX, _, dw, _, dreg, _, dprior = tangents
+  out = _fit_implicit(static, *primals)
+  ctype = params.covariance_type
+  inputs = (X, sample_weight, reg_covar, prior)
+  d_inputs = (dX, dw, dreg, dprior)
+
+  def step(theta, inp):
+    x, w, reg, pri = inp
+    new, _ = em_step(implicit_lib.params_from_theta(theta, ctype), x, w, reg,
+                     pri)
+    return implicit_lib.theta_from_params(new)
+
+  theta = implicit_lib.theta_from_params(out.params)
+  # The initial params, tol and prev_log_likelihood do not move the fixed
+  # point: their tangents are dropped, so gradients w.r.t. them are zero.
+  d_theta = implicit_lib.fixed_point_jvp(step, theta, inputs, d_inputs,
+                                         static.solver)
+
+  def outputs(th, inp):
+    x, w, _, _ = inp
+    p = implicit_lib.params_from_theta(th, ctype)
+    return p, _mean_log_likelihood(p, x, w)
+
+  _, (d_params, d_ll) = jax.jvp(outputs, (theta, inputs), (d_theta, d_inputs))
+  d_out = FitResult(
+      params=d_params,
+      log_likelihood=d_ll.astype(out.log_likelihood.dtype),
+      n_iter=_float0_zeros(out.n_iter),
+      converged=_float0_zeros(out.converged),
+      history=jnp.zeros_like(out.history),
+      failed=_float0_zeros(out.failed))
+  return out, d_out
+
+
+def _float0_zeros(x):
+  return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+
+
 def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
         tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-jnp.inf,
-        callback: Callable | None = None) -> FitResult:
+        callback: Callable | None = None, prior=None,
+        differentiation: str = "implicit",
+        solver: implicit_lib.ImplicitSolver | None = None) -> FitResult:
   """Fits a Gaussian mixture by EM from initial parameters.
 
   The whole loop is one compiled ``lax.while_loop``: iterate E-step and
@@ -120,12 +225,29 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   not positive definite with ``reg_covar=0``), the loop stops, the last
   finite parameters are returned and ``failed`` is set.
 
+  Differentiation (``differentiation``; the fitted values are the same in
+  every mode, only the derivatives differ):
+
+  - ``"implicit"`` (default): ``jax.grad``/``jax.vjp``/``jax.jvp`` with
+    respect to ``X``, ``sample_weight``, ``reg_covar`` and ``prior`` by
+    implicit differentiation at the EM fixed point (a matrix-free Krylov
+    solve, see :func:`fixed_point_jvp`); no unrolling, memory independent of
+    the number of iterations. Derivatives with respect to the initial
+    ``params`` are zero by construction (the fixed point does not depend on
+    them). Exact only at a converged fit: use a small ``tol``.
+  - ``"unrolled"``: the same iterations as a ``lax.scan`` of ``max_iter``
+    steps (steps after the stop are masked), differentiated step by step:
+    gradients flow to the initial params too (EM as a fixed-step layer; with
+    ``tol=0`` exactly ``max_iter`` steps). Memory grows with ``max_iter``.
+  - ``"none"``: all inputs are gradient-stopped; derivatives are zero.
+
   Args:
     X: ``(N, D)`` samples. Float64 input is computed in float64 when JAX's
       x64 mode is on; results follow the input's dtype.
     params: initial :class:`GMMParams` (from :func:`init_params`,
       :func:`make_params` or a previous fit).
-    sample_weight: optional ``(N,)`` non-negative weights.
+    sample_weight: optional ``(N,)`` non-negative weights (zero-weight rows
+      change neither the fit nor its gradients: pad to a fixed shape).
     max_iter: maximum number of EM iterations (static).
     tol: convergence threshold on the change of the mean log-likelihood.
     reg_covar: non-negative regulariser added to covariance diagonals.
@@ -134,6 +256,12 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     callback: optional host function ``callback(n_iter, log_likelihood,
       change)`` called after every iteration (progress reports); ``None``
       compiles no callback at all.
+    prior: optional :class:`ConjugatePrior` for MAP-EM. The M-step is then
+      the posterior mode and ``history`` (and the stopping rule) hold the
+      MAP objective ``mean log-likelihood + log_prior / sum(weights)``;
+      ``log_likelihood`` stays the plain mean log-likelihood.
+    differentiation: ``"implicit"``, ``"unrolled"`` or ``"none"`` (static).
+    solver: :class:`ImplicitSolver` settings for the implicit mode.
 
   Returns:
     A :class:`FitResult`.
@@ -145,10 +273,30 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     >>> result = gx.fit(X, p0, tol=1e-4)
     >>> bool(result.converged), result.history.shape
     (True, (100,))
+    >>> loss = lambda X: gx.fit(X, p0, tol=1e-6).log_likelihood
+    >>> jax.grad(loss)(X).shape
+    (200, 2)
   """
   params, X, w = checks.prepare(params, X, sample_weight)
   if not isinstance(max_iter, int) or max_iter < 0:
     raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
-  return _fit(X, params, w, jnp.asarray(tol, X.dtype),
-              jnp.asarray(reg_covar, X.dtype),
-              prev_log_likelihood, max_iter=max_iter, callback=callback)
+  if differentiation not in DIFFERENTIATION_MODES:
+    raise ValueError(f"differentiation should be one of "
+                     f"{list(DIFFERENTIATION_MODES)}, got {differentiation!r}.")
+  if prior is not None:
+    prior = priors_lib.as_prior(prior, X.dtype, params.n_components,
+                                params.n_features)
+  tol = jnp.asarray(tol, X.dtype)
+  reg_covar = jnp.asarray(reg_covar, X.dtype)
+  if differentiation == "implicit":
+    static = _Static(max_iter, callback,
+                     implicit_lib.ImplicitSolver() if solver is None
+                     else solver)
+    return _fit_implicit(static, X, params, w, tol, reg_covar,
+                         jnp.asarray(prev_log_likelihood, X.dtype), prior)
+  if differentiation == "none":
+    X, params, w, tol, reg_covar, prior = lax.stop_gradient(
+        (X, params, w, tol, reg_covar, prior))
+  return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
+              max_iter=max_iter, callback=callback,
+              unrolled=differentiation == "unrolled")

@@ -1,0 +1,161 @@
+"""Implicit differentiation at a fixed point, solved matrix-free by Krylov.
+
+A converged EM fit satisfies ``theta* = T(theta*, inputs)`` where ``T`` is
+one EM step and ``inputs`` are the data, sample weights, ``reg_covar`` and
+prior hyper-parameters. Differentiating both sides gives the tangent
+equation::
+
+  (I - dT/dtheta) t = dT/dinputs . dinputs
+
+It is solved with ``lax.custom_linear_solve`` and a Krylov method (BiCGSTAB
+by default, or GMRES) for both the solve and its transpose, so the rule is a
+``custom_jvp`` that forward mode uses directly and reverse mode transposes:
+``jax.jvp``, ``jax.grad`` and ``jax.vjp`` all work, under ``jit`` and
+``vmap``. Iterating ``t <- J t + b`` instead would need ``~1 / (1 - rho)``
+matrix products, hundreds when clusters overlap and the EM map's spectral
+radius ``rho`` is close to 1; a Krylov method needs far fewer.
+
+The fixed point is defined on a minimal parameterisation, ``theta =
+(weights, means, covariances)`` (the precision factors are derived). The
+weights live on the simplex and full covariances are symmetric; ``T``'s
+outputs always are, so in the ambient coordinates ``dT/dtheta`` is block
+triangular with a zero block on the off-simplex and antisymmetric
+directions: ``I - dT/dtheta`` has eigenvalue 1 there and is non-singular
+exactly when EM's own Jacobian on the constrained manifold has no eigenvalue
+1 (a strict local maximum of the likelihood). Right-hand sides from ``T``
+lie in the constrained directions, and so do the solutions.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.sparse import linalg as sparse_linalg
+
+from gmmjax._src import covariance as cov_ops
+from gmmjax._src.params import GMMParams
+
+
+class ImplicitSolver(NamedTuple):
+  """Settings of the Krylov solve in implicit differentiation (static).
+
+  Attributes:
+    method: ``"bicgstab"`` (default) or ``"gmres"``. At a strict local
+      maximum the EM Jacobian ``J = I - I_complete^-1 I_observed`` has real
+      eigenvalues in ``[0, 1)``, so ``I - J`` (and its transpose) has a real
+      positive spectrum, where BiCGSTAB converges well; it compiles to a
+      smaller program than GMRES. GMRES (monotone residual) is the fallback.
+    tol: relative residual tolerance; ``None`` picks ``1e-10`` in float64 and
+      ``1e-5`` in float32.
+    restart: GMRES Krylov subspace size before a restart (capped at the
+      number of unknowns).
+    maxiter: maximum outer iterations (GMRES restarts; BiCGSTAB steps);
+      ``None`` is 20 for GMRES and 1000 for BiCGSTAB.
+  """
+
+  method: str = "bicgstab"
+  tol: float | None = None
+  restart: int = 40
+  maxiter: int | None = None
+
+
+class Theta(NamedTuple):
+  """Minimal parameterisation of a mixture: the fixed point's coordinates."""
+
+  weights: jax.Array  # (K,)
+  means: jax.Array  # (K, D)
+  covariances: jax.Array  # scikit-learn's shape for the type
+
+
+def theta_from_params(params: GMMParams) -> Theta:
+  """The minimal coordinates of ``params`` (drops the precision factors)."""
+  return Theta(params.weights, params.means, params.covariances)
+
+
+def params_from_theta(theta: Theta, covariance_type: str) -> GMMParams:
+  """:class:`GMMParams` from minimal coordinates (computes the factors)."""
+  prec_chol = cov_ops.precision_cholesky(theta.covariances, covariance_type)
+  return GMMParams(theta.weights, theta.means, theta.covariances, prec_chol,
+                   covariance_type)
+
+
+def _tree_size(tree) -> int:
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def krylov_solve(solver: ImplicitSolver, dtype, size: int):
+  """A ``solve(matvec, b)`` function for ``lax.custom_linear_solve``."""
+  tol = solver.tol
+  if tol is None:
+    tol = 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-5
+  if solver.method == "gmres":
+    restart = max(1, min(solver.restart, size))
+    maxiter = 20 if solver.maxiter is None else solver.maxiter
+
+    def solve(matvec, b):
+      return sparse_linalg.gmres(matvec, b, tol=tol, restart=restart,
+                                 maxiter=maxiter)[0]
+  elif solver.method == "bicgstab":
+    maxiter = 1000 if solver.maxiter is None else solver.maxiter
+
+    def solve(matvec, b):
+      return sparse_linalg.bicgstab(matvec, b, tol=tol, maxiter=maxiter)[0]
+  else:
+    raise ValueError(f"Unknown implicit solver method {solver.method!r}; "
+                     "use 'gmres' or 'bicgstab'.")
+  return solve
+
+
+def fixed_point_jvp(step, theta, inputs, d_inputs,
+                    solver: ImplicitSolver | None = None):
+  """Tangent ``t`` of the fixed point ``theta = step(theta, inputs)``.
+
+  Solves ``(I - d step / d theta) t = d step / d inputs . d_inputs``
+  matrix-free. Linear in ``d_inputs`` and transposable (the transposed
+  system is solved by the same Krylov method), so it can sit inside a
+  ``custom_jvp`` rule that reverse mode differentiates.
+
+  Args:
+    step: ``step(theta, inputs) -> theta``, e.g. one EM iteration.
+    theta: the fixed point (a pytree).
+    inputs: pytree of the inputs the fixed point depends on.
+    d_inputs: their tangents (same structure).
+    solver: :class:`ImplicitSolver` settings (``None``: the defaults).
+
+  Returns:
+    The tangent of ``theta``, a pytree like ``theta``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from gmmjax._src.implicit import fixed_point_jvp
+    >>> step = lambda x, a: 0.5 * x + a  # fixed point x = 2 a
+    >>> t = fixed_point_jvp(step, jnp.array(2.0), jnp.array(1.0),
+    ...                     jnp.array(1.0))
+    >>> round(float(t), 6)
+    2.0
+  """
+  _, rhs = jax.jvp(lambda inp: step(theta, inp), (inputs,), (d_inputs,))
+  # Reverse mode transposes the solve, which needs every leaf of the
+  # right-hand side to be linear in the input tangents; a leaf the tangents
+  # do not reach (e.g. the weights, when only a covariance hyper-parameter is
+  # differentiated) would be a known zero. Tie each leaf to the tangents.
+  floats = [x for x in jax.tree.leaves(d_inputs)
+            if jnp.dtype(getattr(x, "dtype", float)) != jax.dtypes.float0
+            and jnp.issubdtype(getattr(x, "dtype", float), jnp.inexact)]
+  if floats:
+    tie = 0.0 * sum(jnp.sum(x) for x in floats)
+    rhs = jax.tree.map(lambda r: r + tie.astype(r.dtype), rhs)
+  _, jac = jax.linearize(lambda th: step(th, inputs), theta)
+
+  def matvec(t):
+    return jax.tree.map(jnp.subtract, t, jac(t))
+
+  if solver is None:
+    solver = ImplicitSolver()
+  dtype = jax.tree.leaves(theta)[0].dtype
+  solve = krylov_solve(solver, dtype, _tree_size(theta))
+  return lax.custom_linear_solve(matvec, rhs, solve=solve,
+                                 transpose_solve=solve)

@@ -1,0 +1,103 @@
+"""An unconstrained parameterisation of a mixture, for gradient-based fits.
+
+Every covariance type maps to free real arrays, with exact round trips:
+
+  weights    -> logits ``log w`` (``softmax`` back)
+  full       -> per component, the lower Cholesky factor ``L`` of the
+                covariance with its diagonal replaced by ``log diag L``
+                (``K, D, D``; the strict upper triangle is ignored)
+  tied       -> the same for the shared covariance (``D, D``)
+  diag       -> log-variances (``K, D``)
+  spherical  -> log-variances (``K,``)
+
+Means are unconstrained already. The precision factors are derived by one
+triangular solve (full/tied) or an exponential (diag/spherical), no
+covariance is inverted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from gmmjax._src.params import GMMParams
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["logits", "means", "scale"],
+    meta_fields=["covariance_type"])
+@dataclasses.dataclass(frozen=True)
+class UnconstrainedParams:
+  """Free coordinates of a mixture (a pytree; ``covariance_type`` static).
+
+  Attributes:
+    logits: ``(K,)`` mixture logits (``softmax`` gives the weights).
+    means: ``(K, D)`` means.
+    scale: full ``(K, D, D)`` / tied ``(D, D)`` Cholesky factors with log
+      diagonal; diag ``(K, D)`` / spherical ``(K,)`` log-variances.
+    covariance_type: the type (static).
+  """
+
+  logits: Any
+  means: Any
+  scale: Any
+  covariance_type: str = "full"
+
+
+def _is_matrix(covariance_type: str) -> bool:
+  return covariance_type in ("full", "tied")
+
+
+def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
+  """Free coordinates of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> from gmmjax._src.unconstrained import (to_unconstrained,
+    ...                                        from_unconstrained)
+    >>> p = gx.make_params(jnp.array([0.25, 0.75]), jnp.zeros((2, 1)),
+    ...                    jnp.array([1.0, 4.0]), covariance_type="spherical")
+    >>> u = to_unconstrained(p)
+    >>> from_unconstrained(u).covariances.tolist()
+    [1.0, 4.0]
+  """
+  ctype = params.covariance_type
+  logits = jnp.log(params.weights)
+  if _is_matrix(ctype):
+    chol = jnp.linalg.cholesky(params.covariances)
+    diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    scale = (jnp.tril(chol, -1)
+             + _embed_diagonal(jnp.log(diag), chol.shape[-1]))
+  else:
+    scale = jnp.log(params.covariances)
+  return UnconstrainedParams(logits, params.means, scale, ctype)
+
+
+def _embed_diagonal(diag, n: int):
+  return diag[..., :, None] * jnp.eye(n, dtype=diag.dtype)
+
+
+def from_unconstrained(u: UnconstrainedParams) -> GMMParams:
+  """:class:`GMMParams` from free coordinates (differentiable)."""
+  ctype = u.covariance_type
+  weights = jax.nn.softmax(u.logits)
+  if _is_matrix(ctype):
+    n = u.scale.shape[-1]
+    diag = jnp.diagonal(u.scale, axis1=-2, axis2=-1)
+    chol = jnp.tril(u.scale, -1) + _embed_diagonal(jnp.exp(diag), n)
+    covariances = chol @ jnp.swapaxes(chol, -1, -2)
+    # scikit-learn's factor: P = L^-T (upper), so P P^T = Sigma^-1.
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=chol.dtype), chol.shape)
+    inv_chol = lax.linalg.triangular_solve(chol, eye, left_side=True,
+                                           lower=True)
+    prec_chol = jnp.swapaxes(inv_chol, -1, -2)
+  else:
+    covariances = jnp.exp(u.scale)
+    prec_chol = jnp.exp(-0.5 * u.scale)
+  return GMMParams(weights, u.means, covariances, prec_chol, ctype)

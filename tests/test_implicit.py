@@ -1,0 +1,277 @@
+"""Implicit differentiation through a converged EM fit.
+
+References are independent of the implicit rule: central finite differences
+of the (non-differentiated) fit, the step-by-step unrolled gradient, a dense
+linear solve, and Fisher's identity between the likelihood and ``Q``.
+"""
+
+import functools
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_blobs
+from jax.test_util import check_grads
+
+import gmmjax as gx
+from gmmjax._src import covariance as cov_ops
+from gmmjax._src import em as em_lib
+from gmmjax._src import fit as fit_lib
+from gmmjax._src import implicit
+
+K = 3
+N = 90
+# Enough EM steps for the overlapping case (spectral radius up to ~0.98) to
+# reach the fixed point, so finite differences see the true derivative.
+MAX_ITER = 2000
+REG = 1e-3
+
+
+def _datasets():
+  separated = make_blobs(1, N // K, [[0, 0], [6, 1], [1, 7]], stretch=False)
+  overlapping = make_blobs(2, N // K, [[0, 0], [2.5, 0.4], [0.6, 2.7]],
+                           stretch=False)
+  return np.stack([separated, overlapping])
+
+
+def _init(X, covariance_type, seed=0):
+  return gx.init_params(jax.random.key(seed), X, K,
+                        covariance_type=covariance_type, method="kmeans",
+                        reg_covar=REG)
+
+
+def _coefficients(covariance_type, seed=0):
+  rng = np.random.default_rng(seed)
+  cov_shape = cov_ops.covariance_shape(covariance_type, K, 2)
+  return (rng.normal(size=(K, 2)), rng.normal(size=cov_shape),
+          rng.normal(size=K), rng.normal(size=(N, K)))
+
+
+def _objective(X, w, reg, p0, coef, differentiation="implicit",
+               max_iter=MAX_ITER):
+  """A scalar of everything a fit returns: params, likelihood, resp."""
+  a, b, c, r = coef
+  res = gx.fit(X, p0, sample_weight=w, reg_covar=reg, tol=0.0,
+               max_iter=max_iter, differentiation=differentiation)
+  resp = jnp.exp(gx.e_step(res.params, X[:N])[0])
+  return (res.log_likelihood + jnp.sum(a * res.params.means)
+          + jnp.sum(b * res.params.covariances)
+          + jnp.sum(c * jnp.log(res.params.weights))
+          + jnp.sum(r * resp) / N)
+
+
+_f = jax.jit(_objective, static_argnames=("differentiation", "max_iter"))
+_grad = jax.jit(jax.grad(_objective, argnums=(0, 1, 2)),
+                static_argnames=("differentiation", "max_iter"))
+
+
+def _rel(a, b):
+  return abs(float(a) - float(b)) / abs(float(b))
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag",
+                                             "spherical"])
+def test_implicit_gradient_matches_finite_differences(x64, covariance_type):
+  Xs = _datasets()
+  ws = np.random.default_rng(3).uniform(0.5, 1.5, (2, N))
+  coef = jax.tree.map(jnp.asarray, _coefficients(covariance_type))
+  rng = np.random.default_rng(4)
+  h = np.array([1e-5, 1e-5, 1e-6])  # steps for X, w, reg
+  for s in range(2):  # separated, overlapping
+    X, w = jnp.asarray(Xs[s]), jnp.asarray(ws[s])
+    p0 = _init(X, covariance_type)
+    res = gx.fit(X, p0, sample_weight=w, reg_covar=REG, tol=0.0,
+                 max_iter=MAX_ITER)
+    # The finite differences see the fixed point only if the fit reached it.
+    assert abs(float(res.history[-1] - res.history[-2])) < 1e-14
+    gX, gw, greg = _grad(X, w, REG, p0, coef)
+    vX, vw = rng.normal(size=X.shape), rng.normal(size=w.shape)
+    dirs = [(vX, 0 * vw, 0.0), (0 * vX, vw, 0.0), (0 * vX, 0 * vw, 1.0)]
+    ad = [np.vdot(gX, vX), np.vdot(gw, vw), greg]
+    for name, hi, (dx, dw, dr), a in zip(["X", "w", "reg"], h, dirs, ad,
+                                         strict=True):
+      d = (_f(X + hi * dx, w + hi * dw, REG + hi * dr, p0, coef)
+           - _f(X - hi * dx, w - hi * dw, REG - hi * dr, p0, coef)) / (2 * hi)
+      assert _rel(a, d) <= 1e-4, (covariance_type, s, name, a, d)
+
+
+def test_unrolled_gradient_of_long_fit_equals_implicit(x64):
+  X = jnp.asarray(_datasets()[1])
+  w = jnp.asarray(np.random.default_rng(3).uniform(0.5, 1.5, N))
+  coef = jax.tree.map(jnp.asarray, _coefficients("full", 2))
+  p0 = _init(X, "full")
+  grads = {m: _grad(X, w, REG, p0, coef, differentiation=m)
+           for m in ("implicit", "unrolled")}
+  for a, b in zip(grads["implicit"], grads["unrolled"], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_check_grads_forward_and_reverse(x64):
+  X = jnp.asarray(_datasets()[1])
+  w = jnp.asarray(np.random.default_rng(5).uniform(0.5, 1.5, N))
+  p0 = _init(X, "tied")
+  coef = jax.tree.map(jnp.asarray, _coefficients("tied", 1))
+  f = jax.jit(lambda X, w, reg: _objective(X, w, reg, p0, coef))
+  check_grads(f, (X, w, jnp.asarray(REG)), order=1, modes=("fwd", "rev"),
+              eps=1e-6, atol=1e-6, rtol=1e-6)
+
+
+def test_vmap_grad_over_restarts_equals_each_restart_float32():
+  # float32, the default dtype: the implicit rule must work there too.
+  X = jnp.asarray(_datasets()[1], jnp.float32)
+  p0s = jax.vmap(lambda k: gx.init_params(
+      k, X, K, covariance_type="spherical", method="random_from_data",
+      reg_covar=REG))(jax.random.split(jax.random.key(7), 3))
+  # Different regularisers too, so that the restarts end at different fits.
+  regs = jnp.asarray([REG, 0.05, 0.3], jnp.float32)
+  loss = lambda X, p0, reg: gx.fit(X, p0, tol=1e-7, max_iter=500,
+                                   reg_covar=reg).log_likelihood
+  grad = jax.jit(jax.grad(loss))
+  batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(
+      X, p0s, regs)
+  singles = [grad(X, jax.tree.map(lambda a, i=i: a[i], p0s), regs[i])
+             for i in range(3)]
+  assert batched.dtype == jnp.float32 and np.all(np.isfinite(batched))
+  assert np.abs(singles[0] - singles[2]).max() > 1e-3
+  for i in range(3):
+    np.testing.assert_allclose(batched[i], singles[i], rtol=1e-4, atol=1e-5)
+
+
+def test_zero_weight_padding_changes_neither_fit_nor_gradients(x64):
+  X = _datasets()[1]
+  n_pad = 7
+  X_pad = np.concatenate([X, np.full((n_pad, 2), 50.0)])
+  w = np.random.default_rng(6).uniform(0.5, 1.5, N)
+  w_pad = np.concatenate([w, np.zeros(n_pad)])
+  p0 = _init(jnp.asarray(X), "diag")
+
+  def loss(X, w):
+    res = gx.fit(X, p0, sample_weight=w, tol=0.0, max_iter=MAX_ITER,
+                 reg_covar=REG)
+    return (res.log_likelihood + jnp.sum(res.params.means ** 2)
+            + jnp.sum(jnp.sqrt(res.params.covariances))), res
+
+  vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+  (_, res), (gX, gw) = vg(jnp.asarray(X), jnp.asarray(w))
+  (_, res_p), (gX_p, gw_p) = vg(jnp.asarray(X_pad), jnp.asarray(w_pad))
+  for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(res_p.params),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(res.log_likelihood, res_p.log_likelihood,
+                             rtol=1e-12)
+  np.testing.assert_allclose(gX_p[:N], gX, rtol=1e-8, atol=1e-10)
+  np.testing.assert_array_equal(gX_p[N:], 0.0)
+  np.testing.assert_allclose(gw_p[:N], gw, rtol=1e-8, atol=1e-10)
+
+
+def test_initial_params_gradient_zero_in_implicit_nonzero_unrolled(x64):
+  X = jnp.asarray(_datasets()[1])
+  p0 = _init(X, "spherical")
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def loss(means0, differentiation):
+    res = gx.fit(X, p0.replace(means=means0), tol=0.0, max_iter=5,
+                 reg_covar=REG, differentiation=differentiation)
+    return jnp.sum(res.params.means ** 2) + res.log_likelihood
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g_imp = grad(p0.means, "implicit")
+  np.testing.assert_array_equal(g_imp, 0.0)
+  g_none = grad(p0.means, "none")
+  np.testing.assert_array_equal(g_none, 0.0)
+  # Unrolled: the gradient through 5 EM steps, checked by central differences.
+  g_unr = grad(p0.means, "unrolled")
+  v = np.random.default_rng(8).normal(size=p0.means.shape)
+  h = 1e-6
+  fd = (loss(p0.means + h * v, "none") - loss(p0.means - h * v, "none")) / (
+      2 * h)
+  assert np.abs(g_unr).max() > 1e-3
+  assert _rel(np.vdot(g_unr, v), fd) < 1e-5
+
+
+def test_modes_return_identical_fits_float32():
+  X = jnp.asarray(_datasets()[1], jnp.float32)
+  p0 = _init(X, "full")
+  results = [gx.fit(X, p0, differentiation=m, tol=1e-3)
+             for m in ("implicit", "none", "unrolled")]
+  for other in results[1:]:
+    for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other),
+                    strict=True):
+      np.testing.assert_array_equal(a, b)
+  assert results[0].params.means.dtype == jnp.float32
+  assert 1 < int(results[0].n_iter) < 100
+
+
+def _em_jacobian(X, params, reg):
+  """Dense Jacobian of one EM step in the minimal coordinates."""
+  ctype = params.covariance_type
+  theta = implicit.theta_from_params(params)
+  flat, unravel = jax.flatten_util.ravel_pytree(theta)
+
+  def step(v):
+    p = implicit.params_from_theta(unravel(v), ctype)
+    new, _ = fit_lib.em_step(p, X, None, reg)
+    return jax.flatten_util.ravel_pytree(implicit.theta_from_params(new))[0]
+
+  return flat, unravel, step, jax.jit(jax.jacfwd(step))(flat)
+
+
+def test_fixed_point_system_is_nonsingular_and_krylov_matches_dense(x64):
+  X = jnp.asarray(_datasets()[1])
+  res = gx.fit(X, _init(X, "full"), tol=0.0, max_iter=MAX_ITER,
+               reg_covar=REG)
+  flat, unravel, step, J = _em_jacobian(X, res.params, REG)
+  np.testing.assert_allclose(jax.jit(step)(flat), flat, atol=1e-12)
+  eig = np.abs(np.linalg.eigvals(np.asarray(J)))
+  assert eig.max() < 1.0  # EM contracts: I - J is non-singular
+  assert eig.max() > 0.5  # and the clusters really overlap
+  sv = np.linalg.svd(np.eye(J.shape[0]) - np.asarray(J), compute_uv=False)
+  assert sv.min() > 1e-3
+  # Tangent of the fixed point w.r.t. X along v: Krylov vs dense solve.
+  v = jnp.asarray(np.random.default_rng(9).normal(size=X.shape))
+
+  def step_inputs(theta, X):
+    p = implicit.params_from_theta(theta, "full")
+    new, _ = fit_lib.em_step(p, X, None, REG)
+    return implicit.theta_from_params(new)
+
+  theta = unravel(flat)
+  rhs = jax.jit(lambda theta, X, v: jax.jvp(
+      lambda X: step_inputs(theta, X), (X,), (v,))[1])(theta, X, v)
+  rhs_flat = jax.flatten_util.ravel_pytree(rhs)[0]
+  dense = np.linalg.solve(np.eye(J.shape[0]) - np.asarray(J), rhs_flat)
+  for method in ("gmres", "bicgstab"):
+    t = jax.jit(functools.partial(
+        implicit.fixed_point_jvp, step_inputs,
+        solver=implicit.ImplicitSolver(method=method)))(theta, X, v)
+    np.testing.assert_allclose(jax.flatten_util.ravel_pytree(t)[0], dense,
+                               rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_fisher_identity(x64, weighted):
+  X = jnp.asarray(_datasets()[1])
+  w = (jnp.asarray(np.random.default_rng(10).uniform(0.5, 1.5, N))
+       if weighted else None)
+  params = _init(X, "full")
+  theta = implicit.theta_from_params(params)
+
+  def ll(theta, X):
+    return gx.log_likelihood(implicit.params_from_theta(theta, "full"), X, w)
+
+  log_resp = jax.lax.stop_gradient(gx.e_step(params, X, w)[0])
+
+  def q(theta, X):
+    return em_lib.Q(implicit.params_from_theta(theta, "full"), X, log_resp, w)
+
+  g_ll = jax.jit(jax.grad(ll, argnums=(0, 1)))(theta, X)
+  g_q = jax.jit(jax.grad(q, argnums=(0, 1)))(theta, X)
+  for a, b in zip(jax.tree.leaves(g_ll), jax.tree.leaves(g_q), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+  # And Q + entropy of the responsibilities is the log-likelihood.
+  r = np.exp(np.asarray(log_resp))
+  ent = -np.sum(r * np.asarray(log_resp), axis=1)
+  ent = ent.mean() if w is None else np.sum(w * ent) / np.sum(w)
+  np.testing.assert_allclose(q(theta, X) + ent, ll(theta, X), rtol=1e-12)
