@@ -221,7 +221,8 @@ class GaussianMixture:
       # Numbers stored as objects are accepted (scikit-learn's rule); any
       # other object is a TypeError, as NumPy and scikit-learn raise it.
       X = X.astype(np.float64)
-    X = val.check_array(X, ensure_min_samples=ensure)
+    known = self._dtype if not reset and hasattr(self, "_dtype") else None
+    X = val.check_array(X, ensure_min_samples=ensure, dtype=known)
     if reset:
       self.n_features_in_ = X.shape[1]
     elif X.shape[1] != self.n_features_in_:
@@ -288,7 +289,7 @@ class GaussianMixture:
       raise ValueError(
           "Expected n_samples >= n_components but got n_components = "
           f"{self.n_components}, n_samples = {n_samples}")
-    w = val.check_sample_weight(sample_weight, n_samples)
+    w = val.check_sample_weight(sample_weight, n_samples, dtype=X.dtype)
     w = None if w is None else jnp.asarray(w, X.dtype)
     overrides = self._initial_overrides(n_features)
     callback = self._progress_callback()
@@ -324,6 +325,13 @@ class GaussianMixture:
 
     results = jax.device_get(results)
     result = restarts.take(results, best)
+    if not all(np.all(np.isfinite(np.asarray(leaf)))
+               for leaf in jax.tree.leaves(result.params)):
+      raise ValueError(
+          "Fitting the mixture model failed because some components have "
+          "ill-defined empirical covariance (for instance caused by singleton "
+          "or collapsed samples). Try to decrease the number of components, "
+          "increase reg_covar, or scale the input data.")
     if self.verbose:
       lapse = time.perf_counter() - start
       for i in range(results.n_iter.shape[0]):

@@ -2,8 +2,8 @@
 
 A gmmjax model file is a NumPy ``.npz`` archive (a zip of ``.npy`` arrays)
 that holds only numeric arrays and one UTF-8 JSON document, so loading it never
-runs code: every array is read with ``allow_pickle=False``. Layout (format
-version 1)::
+runs code: the reader parses each ``.npy`` header itself, refuses object
+dtypes and never unpickles anything. Layout (format version 1)::
 
   metadata.json          uint8 array: the JSON document below, UTF-8
   weights                (K,)
@@ -33,6 +33,7 @@ import io as _io
 import json
 import math
 import os
+import struct
 import tempfile
 import warnings
 import zipfile
@@ -195,6 +196,80 @@ def _bad(path, why: str) -> ValueError:
   return ValueError(f"{path!s} is not a valid gmmjax model file: {why}")
 
 
+# A deflated member may expand at most this much (plus a little): gmmjax
+# writes stored (uncompressed) members, floats barely compress, and a
+# larger ratio is the signature of a zip bomb.
+_MAX_EXPANSION = 100
+_MAX_HEADER = 10_000  # bytes of a .npy header (NumPy's own default limit)
+# Everything a hostile or damaged archive can make the readers below raise.
+_READ_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
+                KeyError, NotImplementedError, RuntimeError, ValueError,
+                TypeError, OverflowError, struct.error, UnicodeError,
+                SyntaxError, MemoryError, RecursionError, IndexError)
+
+
+def _member_array(path, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
+  """One ``.npy`` member, its header checked before any data is read.
+
+  The header's shape and dtype must account exactly for the member's
+  declared size, so a header that claims a huge array is refused without
+  allocating it, and object (pickled) dtypes are refused outright.
+  """
+  if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+    raise _bad(path, f"member {info.filename!r} uses an unsupported "
+               "compression method.")
+  if info.compress_type == zipfile.ZIP_DEFLATED and (
+      info.file_size > _MAX_EXPANSION * info.compress_size + 65536):
+    raise _bad(path, f"member {info.filename!r} would expand from "
+               f"{info.compress_size} to {info.file_size} bytes.")
+  with archive.open(info) as f:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+      shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+          f, max_header_size=_MAX_HEADER)
+    elif version in ((2, 0), (3, 0)):
+      shape, fortran, dtype = np.lib.format.read_array_header_2_0(
+          f, max_header_size=_MAX_HEADER)
+    else:
+      raise _bad(path, f"member {info.filename!r} has .npy version "
+                 f"{version}.")
+    offset = f.tell()
+  if dtype.hasobject or dtype.fields is not None or dtype.subdtype:
+    raise _bad(path, f"member {info.filename!r} holds Python objects or "
+               f"structured data (dtype {dtype}); gmmjax files hold only "
+               "plain numbers and are never unpickled.")
+  if not all(isinstance(n, int) and n >= 0 for n in shape):
+    raise _bad(path, f"member {info.filename!r} declares shape {shape}.")
+  nbytes = math.prod(shape) * dtype.itemsize
+  if offset + nbytes != info.file_size:
+    raise _bad(path, f"member {info.filename!r} declares shape {shape} of "
+               f"{dtype} ({nbytes} bytes) but holds "
+               f"{info.file_size - offset} bytes of data.")
+  with archive.open(info) as f:
+    f.seek(offset)
+    data = f.read(nbytes)
+  if len(data) != nbytes:
+    raise _bad(path, f"member {info.filename!r} is truncated.")
+  a = np.frombuffer(data, dtype=dtype).reshape(shape,
+                                               order="F" if fortran else "C")
+  return np.array(a)  # writable, C-ordered, owns its data
+
+
+def _read_members(path, raw: bytes) -> dict:
+  """The arrays of an ``.npz`` archive, read without trusting any size."""
+  with zipfile.ZipFile(_io.BytesIO(raw)) as archive:
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+      raise _bad(path, "it has duplicate members.")
+    contents = {}
+    for info in infos:
+      if not info.filename.endswith(".npy") or info.is_dir():
+        raise _bad(path, f"unexpected member {info.filename!r}.")
+      contents[info.filename[:-4]] = _member_array(path, archive, info)
+  return contents
+
+
 def _read_archive(path):
   """The metadata dict and arrays of a model file, checked for integrity."""
   path = os.fspath(path)
@@ -203,18 +278,14 @@ def _read_archive(path):
   try:
     with open(path, "rb") as f:
       raw = f.read()
-    with np.load(_io.BytesIO(raw), allow_pickle=False) as npz:
-      names = list(npz.files)
-      if _METADATA not in names:
-        raise _bad(path, "it has no metadata (was it written by gmmjax.save?)")
-      contents = {name: npz[name] for name in names}
-  except ValueError as e:
-    if "not a valid gmmjax model file" in str(e):
+    contents = _read_members(path, raw)
+  except _READ_ERRORS as e:
+    if isinstance(e, ValueError) and "not a valid gmmjax model file" in str(e):
       raise
-    raise _bad(path, f"it could not be read as an .npz archive ({e}).") from e
-  except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
-    raise _bad(path, "it is truncated or not an .npz archive "
+    raise _bad(path, "it is truncated, corrupted or not an .npz archive "
                f"({type(e).__name__}: {e}).") from e
+  if _METADATA not in contents:
+    raise _bad(path, "it has no metadata (was it written by gmmjax.save?)")
   blob = contents.pop(_METADATA)
   try:
     if blob.dtype != np.uint8 or blob.ndim != 1:
@@ -222,8 +293,9 @@ def _read_archive(path):
     meta = json.loads(blob.tobytes().decode("utf-8"))
     if not isinstance(meta, dict):
       raise TypeError("metadata is not a JSON object")
-  except (TypeError, ValueError) as e:
-    raise _bad(path, f"its metadata is unreadable ({e}).") from e
+  except (TypeError, ValueError, RecursionError) as e:
+    raise _bad(path, f"its metadata is unreadable ({type(e).__name__}: "
+               f"{str(e)[:200]}).") from e
   if meta.get("format") != FORMAT_NAME:
     raise _bad(path, f"format is {meta.get('format')!r}, expected "
                f"{FORMAT_NAME!r}.")
@@ -239,34 +311,91 @@ def _read_archive(path):
   declared = meta.get("arrays")
   if not isinstance(declared, dict) or set(declared) != set(contents):
     raise _bad(path, f"it holds arrays {sorted(contents)} but its metadata "
-               f"declares {sorted(declared or {})}.")
+               f"declares {sorted(declared) if isinstance(declared, dict) else declared!r}.")
   for name, a in contents.items():
     spec = declared[name]
     if (not isinstance(spec, dict) or list(a.shape) != spec.get("shape")
         or a.dtype.str != spec.get("dtype")):
       raise _bad(path, f"array {name!r} has shape {a.shape} and dtype "
-                 f"{a.dtype.str}, but the metadata declares {spec}.")
+                 f"{a.dtype.str}, but the metadata declares {spec!r:.200}.")
   if meta.get("sha256") != _digest(meta, contents):
     raise _bad(path, "its checksum does not match its contents (the file "
                "was modified or corrupted after it was saved).")
   return meta, contents
 
 
+def _is_count(n) -> bool:
+  return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+
+def _check_covariances(path, ctype, cov, prec_chol):
+  """Covariances positive definite, factors upper, positive and consistent.
+
+  Computed in float64 on the stored values. The consistency tolerance
+  grows with the conditioning of the covariance, so a legitimate float32
+  model with a collapsed (``reg_covar``-sized) component still loads, while
+  a factor that belongs to another covariance does not.
+  """
+  eps = float(np.finfo(cov.dtype).eps)
+  cov = cov.astype(np.float64)
+  prec_chol = prec_chol.astype(np.float64)
+  if ctype in ("diag", "spherical"):
+    if np.any(cov <= 0):
+      raise _bad(path, f"its {ctype} covariances are not all positive.")
+    if np.any(prec_chol <= 0):
+      raise _bad(path, "its precisions_cholesky are not all positive.")
+    err = np.max(np.abs(cov * prec_chol * prec_chol - 1.0))
+    if not err <= 1e3 * eps:
+      raise _bad(path, "its precisions_cholesky do not match its "
+                 f"covariances (relative error {err:.3g}).")
+    return
+  mats = cov.reshape(-1, *cov.shape[-2:])
+  factors = prec_chol.reshape(mats.shape)
+  scale = np.max(np.abs(mats), axis=(-2, -1), keepdims=True)
+  if np.any(np.abs(mats - np.swapaxes(mats, -1, -2)) > 1e2 * eps * scale):
+    raise _bad(path, f"its {ctype} covariances are not symmetric.")
+  try:
+    chol = np.linalg.cholesky(mats)
+  except np.linalg.LinAlgError as e:
+    raise _bad(path, f"its {ctype} covariances are not positive "
+               "definite.") from e
+  diag = np.diagonal(factors, axis1=-2, axis2=-1)
+  if np.any(np.tril(factors, -1) != 0) or np.any(diag <= 0):
+    raise _bad(path, "its precisions_cholesky are not upper triangular "
+               "with a positive diagonal.")
+  # P^T Sigma P = I exactly; rounding grows like eps * cond(Sigma).
+  ld = np.diagonal(chol, axis1=-2, axis2=-1)
+  cond = (np.max(ld, axis=-1) / np.min(ld, axis=-1)) ** 2
+  prod = np.swapaxes(factors, -1, -2) @ mats @ factors
+  err = np.max(np.abs(prod - np.eye(mats.shape[-1])), axis=(-2, -1))
+  if np.any(~(err <= np.maximum(1e-4, 1e3 * eps * cond))):
+    raise _bad(path, "its precisions_cholesky do not match its covariances "
+               f"(max |P^T Sigma P - I| = {np.max(err):.3g}).")
+
+
 def _check_params_arrays(path, meta, arrays):
-  """Shapes, dtypes and values of the mixture arrays are consistent."""
+  """Shapes, dtypes and values of the mixture arrays are consistent.
+
+  Non-native byte orders are converted in place in ``arrays``.
+  """
   ctype = meta.get("covariance_type")
-  if ctype not in cov_ops.COVARIANCE_TYPES:
-    raise _bad(path, f"unknown covariance_type {ctype!r}.")
+  if not isinstance(ctype, str) or ctype not in cov_ops.COVARIANCE_TYPES:
+    raise _bad(path, f"unknown covariance_type {ctype!r:.100}.")
   for name in _PARAM_ARRAYS:
     if name not in arrays:
       raise _bad(path, f"array {name!r} is missing.")
   k, d = meta.get("n_components"), meta.get("n_features")
-  if not (isinstance(k, int) and isinstance(d, int) and k >= 1 and d >= 1):
-    raise _bad(path, f"n_components={k!r}, n_features={d!r} are invalid.")
+  if not (_is_count(k) and _is_count(d)):
+    raise _bad(path, f"n_components={k!r:.50}, n_features={d!r:.50} are "
+               "invalid.")
   expected = {"weights": (k,), "means": (k, d),
               "covariances": cov_ops.covariance_shape(ctype, k, d),
               "precisions_cholesky": cov_ops.covariance_shape(ctype, k, d)}
+  if "precisions" in arrays:
+    expected["precisions"] = expected["covariances"]
   dtype = meta.get("dtype")
+  if dtype not in ("float32", "float64"):
+    raise _bad(path, f"dtype {dtype!r:.50} is not float32 or float64.")
   for name, shape in expected.items():
     a = arrays[name]
     if a.shape != shape:
@@ -276,9 +405,23 @@ def _check_params_arrays(path, meta, arrays):
       raise _bad(path, f"{name} has dtype {a.dtype}, expected {dtype}.")
     if not np.all(np.isfinite(a)):
       raise _bad(path, f"{name} contains NaN or infinity.")
+    if not a.dtype.isnative:
+      arrays[name] = a.astype(a.dtype.newbyteorder("="))
   w = arrays["weights"].astype(np.float64)
   if np.any(w < 0) or not math.isclose(float(np.sum(w)), 1.0, rel_tol=1e-4):
     raise _bad(path, "its weights are not a probability vector.")
+  _check_covariances(path, ctype, arrays["covariances"],
+                     arrays["precisions_cholesky"])
+  if "precisions" in arrays:
+    prec = arrays["precisions"].astype(np.float64)
+    factor = arrays["precisions_cholesky"].astype(np.float64)
+    implied = (factor @ np.swapaxes(factor, -1, -2)
+               if ctype in ("full", "tied") else factor * factor)
+    eps = float(np.finfo(arrays["precisions"].dtype).eps)
+    scale = np.max(np.abs(implied))
+    if not np.max(np.abs(prec - implied)) <= 1e3 * eps * scale:
+      raise _bad(path, "its precisions do not match its "
+                 "precisions_cholesky.")
 
 
 def _params_from_arrays(arrays, ctype) -> GMMParams:
@@ -301,17 +444,35 @@ def _estimator_from(path, meta, arrays):
   if not isinstance(info, dict) or info.get("class") != "GaussianMixture":
     raise _bad(path, "its estimator section is missing or of an unknown "
                "class.")
-  ctor = dict(info.get("constructor") or {})
-  fitted = info.get("fitted") or {}
+  ctor, fitted = info.get("constructor", {}), info.get("fitted")
+  if not isinstance(ctor, dict) or not isinstance(fitted, dict):
+    raise _bad(path, "its estimator constructor or fitted section is not a "
+               "JSON object.")
+  known = set(GaussianMixture._get_param_names())
+  unknown = sorted(set(ctor) - known)
+  if unknown:
+    raise _bad(path, f"unknown constructor parameters {unknown!r:.200}.")
+  ctor = dict(ctor)
   for name in _INIT_ARRAYS:
     if ctor.get(name) == "<array>":
       key = f"init.{name}"
       if key not in arrays:
         raise _bad(path, f"array {key!r} is missing.")
+      if arrays[key].dtype.kind not in "fiu":
+        raise _bad(path, f"array {key!r} is not numeric.")
       ctor[name] = arrays[key]
+  extra = sorted(set(arrays) - set(_PARAM_ARRAYS) - {"precisions"} - {
+      f"init.{name}" for name in _INIT_ARRAYS if ctor.get(name) is not None})
+  if extra:
+    raise _bad(path, f"unexpected arrays {extra!r:.200}.")
+  state = ctor.get("random_state")
+  if state is not None and not _is_count(state + 1 if isinstance(
+      state, int) else None):
+    raise _bad(path, f"random_state {state!r:.50} is not None or an int.")
+  gm = GaussianMixture(**ctor)
   try:
-    gm = GaussianMixture(**ctor)
-  except TypeError as e:
+    gm._check_parameters()
+  except (TypeError, ValueError) as e:
     raise _bad(path, f"its constructor parameters are invalid ({e}).") from e
   if gm.covariance_type != meta["covariance_type"]:
     raise _bad(path, "the estimator's covariance_type disagrees with the "
@@ -319,18 +480,29 @@ def _estimator_from(path, meta, arrays):
   if "precisions" not in arrays:
     raise _bad(path, "array 'precisions' is missing.")
   try:
+    converged, n_iter = fitted["converged_"], fitted["n_iter_"]
+    lower_bound, n_in = fitted["lower_bound_"], fitted["n_features_in_"]
+    bounds = fitted.get("lower_bounds_", [])
+    if not (isinstance(converged, bool) and _is_count(n_iter + 1)
+            and isinstance(lower_bound, (int, float))
+            and not isinstance(lower_bound, bool) and _is_count(n_in)
+            and isinstance(bounds, list)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                    for v in bounds)):
+      raise TypeError("wrong types")
     gm.weights_ = arrays["weights"]
     gm.means_ = arrays["means"]
     gm.covariances_ = arrays["covariances"]
     gm.precisions_cholesky_ = arrays["precisions_cholesky"]
     gm.precisions_ = arrays["precisions"]
-    gm.converged_ = bool(fitted["converged_"])
-    gm.n_iter_ = int(fitted["n_iter_"])
-    gm.lower_bound_ = float(fitted["lower_bound_"])
-    gm.lower_bounds_ = [float(v) for v in fitted.get("lower_bounds_", [])]
-    gm.n_features_in_ = int(fitted["n_features_in_"])
+    gm.converged_ = converged
+    gm.n_iter_ = n_iter
+    gm.lower_bound_ = float(lower_bound)
+    gm.lower_bounds_ = [float(v) for v in bounds]
+    gm.n_features_in_ = n_in
   except (KeyError, TypeError, ValueError) as e:
-    raise _bad(path, f"its fitted attributes are incomplete ({e!r}).") from e
+    raise _bad(path, f"its fitted attributes are incomplete or invalid "
+               f"({e!r:.200}).") from e
   if gm.n_features_in_ != meta["n_features"]:
     raise _bad(path, "n_features_in_ disagrees with the means' shape.")
   gm._dtype = np.dtype(arrays["means"].dtype)
@@ -340,9 +512,14 @@ def _estimator_from(path, meta, arrays):
 def load(path):
   """Loads what :func:`save` wrote: a ``GMMParams`` or a fitted estimator.
 
-  Every array is read with ``allow_pickle=False``; the format name, format
-  version, checksum, array shapes and dtypes, and the values (finite, weights
-  a probability vector) are checked before anything is built.
+  Nothing in the file is trusted: each ``.npy`` header is checked against
+  its member's size before any data is read (no allocation the file does
+  not justify, no zip bombs), object dtypes are refused (nothing is ever
+  unpickled), and the format name, format version, checksum, array shapes
+  and dtypes, and the values (finite; weights a probability vector;
+  covariances symmetric positive definite; precision factors upper
+  triangular, positive and consistent with them; estimator parameters
+  valid) are checked before anything is built. See docs/robustness.md.
 
   Args:
     path: a file written by :func:`save`.
@@ -377,7 +554,7 @@ def load(path):
     return _params_from_arrays(arrays, meta["covariance_type"])
   if kind == "estimator":
     return _estimator_from(path, meta, arrays)
-  raise _bad(path, f"unknown kind {kind!r}.")
+  raise _bad(path, f"unknown kind {kind!r:.50}.")
 
 
 def read_metadata(path) -> dict:

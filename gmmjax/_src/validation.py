@@ -27,9 +27,34 @@ def compute_dtype(X: np.ndarray) -> np.dtype:
   return np.dtype(np.float32)
 
 
+def _overflow_limit(dtype) -> float:
+  """Largest magnitude whose square, summed over samples, stays finite."""
+  return float(np.sqrt(np.finfo(dtype).max))
+
+
 def check_array(X, *, estimator: str = "GaussianMixture",
-                ensure_min_samples: int = 1, name: str = "X") -> np.ndarray:
-  """A finite, numeric, 2-D NumPy array, or a ``ValueError`` that says why."""
+                ensure_min_samples: int = 1, name: str = "X",
+                dtype=None) -> np.ndarray:
+  """A finite, numeric, 2-D NumPy array, or a ``ValueError`` that says why.
+
+  Accepted as scikit-learn accepts them: integer and boolean arrays (as
+  0/1), object arrays of numbers. Refused: strings and bytes (scikit-learn's
+  message), complex numbers, sparse matrices, NaN and infinity, and values
+  so spread out that the second moments overflow the dtype the fit computes
+  in (``dtype``; by default the one :func:`compute_dtype` picks, e.g. data
+  beyond about 1e19 in float32), which would otherwise turn into NaN
+  parameters inside the compiled fit.
+
+  Example:
+    >>> import numpy as np
+    >>> from gmmjax._src.validation import check_array
+    >>> check_array([[True], [False]]).dtype
+    dtype('float64')
+    >>> check_array(np.array([["1"], ["2"]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: dtype='numeric' is not compatible with arrays of bytes/strings.Convert your data to numeric values explicitly instead: X should contain numbers.
+  """
   if hasattr(X, "toarray") and hasattr(X, "nnz"):
     raise TypeError(f"{estimator} does not accept sparse input; convert it "
                     "with X.toarray().")
@@ -40,10 +65,18 @@ def check_array(X, *, estimator: str = "GaussianMixture",
                      f"{e}") from e
   if np.iscomplexobj(arr):
     raise ValueError("Complex data not supported\n" + repr(arr))
+  if arr.dtype.kind in "USV":
+    raise ValueError(
+        "dtype='numeric' is not compatible with arrays of bytes/strings."
+        f"Convert your data to numeric values explicitly instead: {name} "
+        "should contain numbers.")
+  if arr.dtype.kind in "mM":
+    raise ValueError(f"{name} has dtype {arr.dtype} (dates or durations): "
+                     "convert it to numbers explicitly.")
   if arr.dtype.kind not in "biuf":
     try:
       arr = arr.astype(np.float64)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, OverflowError) as e:
       raise ValueError(f"{name} should contain numbers; could not convert "
                        f"it to float: {e}") from e
   if arr.ndim == 0:
@@ -61,7 +94,7 @@ def check_array(X, *, estimator: str = "GaussianMixture",
   if arr.ndim > 2:
     raise ValueError(f"Found array with dim {arr.ndim}. {estimator} expected "
                      "<= 2.")
-  if arr.dtype.kind in "biu":
+  if arr.dtype.kind in "biu" or arr.dtype == np.float16:
     arr = arr.astype(np.float64)
   if arr.shape[0] < ensure_min_samples:
     raise ValueError(
@@ -79,14 +112,56 @@ def check_array(X, *, estimator: str = "GaussianMixture",
           "missing values (e.g. sklearn.impute.SimpleImputer) first.")
     raise ValueError(f"Input {name} contains infinity or a value too large "
                      f"for dtype({arr.dtype.name!r}).")
+  target = compute_dtype(arr) if dtype is None else np.dtype(dtype)
+  if arr.size:
+    # Centred values, as the fit's shifted second moments see them; the
+    # sum of n squares must stay finite.
+    lo, hi = np.min(arr, axis=0), np.max(arr, axis=0)
+    spread = float(np.max(hi - lo))
+    if not np.isfinite(spread) or spread * np.sqrt(arr.shape[0]) >= (
+        _overflow_limit(target)):
+      raise ValueError(
+          f"Input {name} spans {spread:.3g} in one feature: its squared "
+          f"deviations overflow {target.name} (the fit would produce "
+          "infinite covariances). Rescale the data (e.g. divide by its "
+          "standard deviation)"
+          + (", or enable JAX's x64 mode for float64." if target ==
+             np.float32 else "."))
   return arr
 
 
-def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
-  """Non-negative, finite, not-all-zero weights of shape ``(n_samples,)``."""
+def check_sample_weight(sample_weight, n_samples: int,
+                        dtype=None) -> np.ndarray | None:
+  """Non-negative, finite, not-all-zero weights of shape ``(n_samples,)``.
+
+  Beyond scikit-learn's checks: weights whose sum (the effective sample
+  count) overflows the dtype the fit computes in (``dtype``; by default
+  float32 unless JAX's x64 mode is on) are refused, since only the ratios of
+  the weights change the fit; huge integer counts given as Python ints or
+  ``uint64`` are converted without wrapping around.
+
+  Example:
+    >>> from gmmjax._src.validation import check_sample_weight
+    >>> check_sample_weight([1, 2, 0], 3).tolist()
+    [1.0, 2.0, 0.0]
+    >>> check_sample_weight([1e31, 1e31], 2, dtype="float32")
+    Traceback (most recent call last):
+    ...
+    ValueError: sample_weight sums to 2e+31, which overflows float32 in the fit's sums. Rescale the weights: only their ratios change the fitted parameters.
+  """
   if sample_weight is None:
     return None
-  w = np.asarray(sample_weight)
+  try:
+    w = np.asarray(sample_weight)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"sample_weight could not be converted to numbers: "
+                     f"{e}") from e
+  if w.dtype.kind == "O":
+    try:
+      w = w.astype(np.float64)
+    except (TypeError, ValueError, OverflowError) as e:
+      raise ValueError("sample_weight should contain numbers, got dtype "
+                       f"object ({e}).") from e
   if w.dtype.kind not in "biuf":
     raise ValueError("sample_weight should contain numbers, got dtype "
                      f"{w.dtype}.")
@@ -104,22 +179,44 @@ def check_sample_weight(sample_weight, n_samples: int) -> np.ndarray | None:
   if not np.any(w > 0):
     raise ValueError("sample_weight is zero for every sample: at least one "
                      "sample needs a positive weight.")
+  target = (compute_dtype(np.zeros(0)) if dtype is None
+            else np.dtype(dtype))
+  with np.errstate(over="ignore"):
+    total = float(np.sum(w))
+  # The fit sums w * r * (x - c)^2: keep a wide margin below the maximum.
+  if not np.isfinite(total) or total >= np.finfo(target).max * 1e-8:
+    raise ValueError(
+        f"sample_weight sums to {total:.3g}, which overflows {target.name} "
+        "in the fit's sums. Rescale the weights: only their ratios change "
+        "the fitted parameters.")
   return w
+
+
+_INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def check_param(name: str, value, kind: str, low=None, high=None,
                 options=None, estimator: str = "GaussianMixture") -> None:
-  """scikit-learn-style check of one constructor parameter."""
+  """scikit-learn-style check of one constructor parameter.
+
+  Integer parameters are counts the compiled program holds in int32 (the
+  iteration counter, shapes), so they are also bounded by ``2**31 - 1``.
+  """
   if options is not None:
-    if value not in options:
+    if not isinstance(value, str) or value not in options:
       raise ValueError(
           f"The {name!r} parameter of {estimator} must be a str among "
           f"{set(options)}. Got {value!r} instead.")
     return
+  if kind == "int" and high is None:
+    high = _INT32_MAX
   ok_type = (isinstance(value, numbers.Integral) if kind == "int" else
-             isinstance(value, numbers.Real)) and not isinstance(value, bool)
+             isinstance(value, numbers.Real)) and not isinstance(
+                 value, (bool, np.bool_))
   ok_range = ok_type and (low is None or value >= low) and (
       high is None or value <= high)
+  if ok_range and kind == "float" and not np.isfinite(float(value)):
+    ok_range = False
   if not ok_range:
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
