@@ -5,6 +5,7 @@ Pure functions on immutable parameter pytrees (``init_params``, ``e_step``,
 a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
+from gmmjax._src.accel import AccelInfo, fit_accelerated
 from gmmjax._src.covariance import COVARIANCE_TYPES
 from gmmjax._src.em import (
     Q,
@@ -58,6 +59,7 @@ from gmmjax._src.select import SelectionResult, select_n_components
 from gmmjax._src.stats import (
     SuffStats,
     add_stats,
+    component_shift,
     e_step_stats,
     params_from_stats,
     stats_from_resp,
@@ -72,6 +74,7 @@ from gmmjax._src.validation import ConvergenceWarning, NotFittedError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccelInfo",
     "COVARIANCE_TYPES",
     "ConjugatePrior",
     "ConvergenceWarning",
@@ -93,12 +96,14 @@ __all__ = [
     "best_restart",
     "bic",
     "chunk_source",
+    "component_shift",
     "data_mesh",
     "e_step",
     "e_step_stats",
     "em_step",
     "em_then_gradient",
     "fit",
+    "fit_accelerated",
     "fit_chunked",
     "fit_gradient",
     "fit_online",

@@ -64,7 +64,7 @@ def test_fit_matches_sklearn_from_same_init(name, cov_type, x64):
   assert _rel(res.params.precisions, sk.precisions_) < 1e-6
   # result.log_likelihood is that of the returned parameters.
   np.testing.assert_allclose(float(res.log_likelihood), sk.score(X),
-                             rtol=1e-9)
+                             rtol=1e-8)
 
 
 @pytest.mark.parametrize("name", ["iris", "wine"])

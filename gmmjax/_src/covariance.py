@@ -14,6 +14,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
@@ -107,38 +108,262 @@ def log_det_cholesky(prec_chol, covariance_type: str, n_features: int):
   return n_features * jnp.log(prec_chol)
 
 
-def mahalanobis(X, means, prec_chol, covariance_type: str):
-  """Squared Mahalanobis distances ``(N, K)`` of samples to every component.
+# Memory budget, in bytes, of the largest per-chunk intermediate of the
+# kernels below (the whitened differences ``(chunk, K, D)`` of full
+# covariances, the ``(chunk, K)`` log-probabilities otherwise). Chunks this
+# size stay in the CPU's caches, which made the fused E+M pass faster than
+# one pass over all samples in measurements (benchmarks/README.md), and they
+# bound memory on data sets far larger than the cache or the RAM headroom.
+CHUNK_BYTES = 2 << 20
+_MIN_CHUNK = 128
 
-  Data and means are first translated by the (gradient-stopped) average of
-  the means. The distances are invariant to that translation, and it keeps
-  float32 from losing digits on data far from the origin.
+
+def chunk_size(n_samples: int, n_components: int, n_features: int,
+               covariance_type: str, dtype, budget: int | None = None,
+               per_component: bool = False) -> int:
+  """Samples per chunk so that no per-chunk intermediate exceeds ``budget``.
+
+  The widest intermediate per sample is ``K * D`` values for full
+  covariances (whitened differences) and ``max(K, D + D (D + 1) / 2)``-ish
+  otherwise (``K * D`` too with ``per_component`` shifts, whose
+  differences ``x_i - a_k`` are formed per chunk); the result is at least
+  ``_MIN_CHUNK`` and at most
+  ``n_samples`` (a single chunk).
   """
-  shift = lax.stop_gradient(jnp.mean(means, axis=0))
-  xc = X - shift
-  mc = means - shift
+  budget = CHUNK_BYTES if budget is None else budget
+  item = jnp.dtype(dtype).itemsize
+  k, d = n_components, n_features
+  if covariance_type == "full" or per_component:
+    # Whitened or per-component differences (n, K, D).
+    width = max(k * d, d + d * (d + 1) // 2, 3 * k)
+  else:
+    width = max(3 * k, 2 * d + 1)
+  per = budget // (width * item)
+  return int(min(n_samples, max(_MIN_CHUNK, per)))
+
+
+def map_chunks(fn, n_samples: int, chunk: int, *arrays):
+  """``fn`` applied to consecutive sample chunks of ``arrays``, concatenated.
+
+  ``fn(*blocks)`` maps row blocks of the ``(N, ...)`` arrays to an
+  ``(n, ...)`` array. Chunks are read with ``dynamic_slice`` inside
+  ``lax.map`` (no padded copy of the data); the remainder is one more call.
+  Differentiable (``jax.checkpoint`` keeps the backward pass chunked too).
+  """
+  if n_samples <= chunk:
+    return fn(*arrays)
+  n_full = n_samples // chunk
+  body = jax.checkpoint(fn)
+
+  def one(i):
+    start = i * chunk
+    return body(*[lax.dynamic_slice_in_dim(a, start, chunk) for a in arrays])
+
+  out = lax.map(one, jnp.arange(n_full))
+  out = out.reshape((n_full * chunk,) + out.shape[2:])
+  if n_full * chunk < n_samples:
+    rest = fn(*[a[n_full * chunk:] for a in arrays])
+    out = jnp.concatenate([out, rest], axis=0)
+  return out
+
+
+def whiten(xc, mc, prec_chol):
+  """Whitened differences ``y_ik = P_k^T (x_i - mu_k)``, ``(n, K, D)`` (full).
+
+  One GEMM ``(n, D) @ (D, K*D)`` on centred data, then the per-component
+  offset ``mu_k P_k`` subtracted: the differences are formed in the
+  (linear) whitened space, never through an expanded quadratic form, so
+  float32 keeps its digits when components are narrow and far apart.
+  """
+  k, d, _ = prec_chol.shape
+  p_flat = jnp.transpose(prec_chol, (1, 0, 2)).reshape(d, k * d)
+  y = (xc @ p_flat).reshape(xc.shape[0], k, d)
+  return y - jnp.einsum("kd,kde->ke", mc, prec_chol)[None]
+
+
+# Dtypes for which full covariances use the expanded quadratic form
+# ``x'Lx - 2 x'L mu + mu'L mu`` over packed outer products: one GEMM with
+# ``D (D + 1) / 2`` inner dimension that shares its feature matrix with the
+# M-step, about half the flops of whitening. Its rounding error is
+# ``eps * |L| * |x - c|^2``, which float64's 1e-16 keeps negligible even
+# for precisions of 1e6 (reg_covar-sized variances) but float32's 6e-8
+# does not: a prototype of this form gave NaN in float32 on 65,536 x 32,
+# K=64, so float32 keeps the whitened (linear) differences.
+EXPANDED_FULL_DTYPES = ("float64",)
+
+
+def use_expanded_full(dtype) -> bool:
+  return jnp.dtype(dtype).name in EXPANDED_FULL_DTYPES
+
+
+def expanded_full_maha(feats, mc, prec_chol):
+  """Squared Mahalanobis distances ``(n, K)`` from ``moment_features`` (full).
+
+  ``feats = [x, packed(x x^T)]`` of centred samples; the coefficients are
+  ``-2 Lambda_k mu_k`` and the packed precision (off-diagonal terms twice).
+  """
+  d = mc.shape[-1]
+  iu, ju, _ = _packed_index(d)
+  prec = prec_chol @ jnp.swapaxes(prec_chol, -1, -2)  # (K, D, D), no inverse
+  lin = -2.0 * jnp.einsum("kde,ke->kd", prec, mc)
+  quad = prec[:, iu, ju] * jnp.asarray(np.where(iu == ju, 1.0, 2.0),
+                                        prec.dtype)
+  coef = jnp.concatenate([lin, quad], axis=1)  # (K, D + D(D+1)/2)
+  const = jnp.einsum("kd,kd->k", mc, jnp.einsum("kde,ke->kd", prec, mc))
+  return jnp.maximum(feats @ coef.T + const[None, :], 0.0)
+
+
+def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
+  """Squared Mahalanobis distances ``(n, K)`` of centred samples, one chunk.
+
+  ``xc`` and ``mc`` are samples and means translated by the same shift.
+  Full: whitened differences (a GEMM, stable). Tied, diag, spherical:
+  expanded quadratic forms ``|a|^2 - 2 a.b + |b|^2`` as single GEMMs with
+  ``K`` columns; their rounding error is about ``eps`` times the squared
+  whitened distance of the shift to the samples and means, which centring
+  keeps small, and negative round-offs are clamped to zero.
+  """
   if covariance_type == "full":
-    # One GEMM (N, D) @ (D, K*D): y_k = x P_k - mu_k P_k.
-    k, d, _ = prec_chol.shape
-    p_flat = jnp.transpose(prec_chol, (1, 0, 2)).reshape(d, k * d)
-    y = (xc @ p_flat).reshape(-1, k, d)
-    y = y - jnp.einsum("kd,kde->ke", mc, prec_chol)[None]
+    if use_expanded_full(xc.dtype):
+      feats = moment_features(xc, "full")
+      return expanded_full_maha(feats, mc, prec_chol)
+    y = whiten(xc, mc, prec_chol)
     return jnp.sum(y * y, axis=-1)
   if covariance_type == "tied":
     y = xc @ prec_chol
     m = mc @ prec_chol
-    diff = y[:, None, :] - m[None, :, :]
-    return jnp.sum(diff * diff, axis=-1)
+    out = (jnp.sum(y * y, axis=1)[:, None] - 2.0 * (y @ m.T)
+           + jnp.sum(m * m, axis=1)[None, :])
+    return jnp.maximum(out, 0.0)
   if covariance_type == "diag":
     prec = prec_chol * prec_chol
-    out = ((xc * xc) @ prec.T - 2.0 * (xc @ (mc * prec).T)
-           + jnp.sum(mc * mc * prec, axis=1)[None, :])
+    # [x^2, x] @ [prec; -2 mu prec]^T: one GEMM with 2D inner dimension.
+    feats = jnp.concatenate([xc * xc, xc], axis=1)
+    coef = jnp.concatenate([prec, -2.0 * mc * prec], axis=1)
+    out = feats @ coef.T + jnp.sum(mc * mc * prec, axis=1)[None, :]
     return jnp.maximum(out, 0.0)
   # spherical
   prec = prec_chol * prec_chol
   out = (jnp.sum(xc * xc, axis=1)[:, None] - 2.0 * (xc @ mc.T)
          + jnp.sum(mc * mc, axis=1)[None, :]) * prec[None, :]
   return jnp.maximum(out, 0.0)
+
+
+# Relative rounding error tolerated from the fast (GEMM) forms, per dtype.
+# Where a chunk's own error estimate exceeds it, the chunk is recomputed
+# with per-component differences, which carry no cancellation. float64 is
+# held to near its own precision (EM stays monotone to ~1e-10), float32 to
+# what its 24 bits can give on ordinary data without leaving the GEMMs.
+FAST_FORM_TOL = {"float32": 1e-4, "float64": 1e-11}
+
+
+def fast_form_tol(dtype) -> float:
+  return FAST_FORM_TOL.get(jnp.dtype(dtype).name, 1e-4)
+
+
+@jax.custom_batching.custom_vmap
+def any_in_batch(pred):
+  """``pred`` itself; under ``vmap``, ``any(pred)`` over the batch, unbatched.
+
+  Keeps a ``lax.cond`` on it a real branch under ``vmap`` (e.g. over
+  restarts): if any member needs the exact form, all take it (it is exact
+  for all), instead of every member computing both branches.
+  """
+  return pred
+
+
+@any_in_batch.def_vmap
+def _any_in_batch_rule(axis_size, in_batched, pred):
+  del axis_size
+  return (jnp.any(pred) if in_batched[0] else pred), False
+
+
+def direct_mahalanobis(xb, means, prec_chol, covariance_type: str):
+  """Squared Mahalanobis distances from per-component differences ``x - mu_k``.
+
+  ``(n, K, D)`` work with no cancellation whatever the data's offset or the
+  components' spread; slower than the GEMM forms, so used where those lose
+  digits.
+  """
+  diff = xb[:, None, :] - means[None, :, :]
+  if covariance_type == "full":
+    y = jnp.einsum("nkd,kde->nke", diff, prec_chol)
+  elif covariance_type == "tied":
+    y = diff @ prec_chol
+  elif covariance_type == "diag":
+    y = diff * prec_chol[None, :, :]
+  else:
+    y = diff * prec_chol[None, :, None]
+  return jnp.sum(y * y, axis=-1)
+
+
+def _fast_form_error(xc, mc, prec_chol, covariance_type: str, maha):
+  """Rounding-error estimate ``(n, K)`` of :func:`mahalanobis_centred`.
+
+  The expanded forms ``|a|^2 - 2 a.b + |b|^2`` lose about ``eps`` times
+  their largest term; the whitened difference (full, float32) loses ``eps``
+  times its terms' norms, times ``2 |y|``.
+  """
+  eps = jnp.finfo(xc.dtype).eps
+  x2 = jnp.sum(xc * xc, axis=1)[:, None]
+  if covariance_type == "full":
+    pf2 = jnp.sum(prec_chol * prec_chol, axis=(1, 2))[None, :]  # |P_k|_F^2
+    m2 = jnp.sum(jnp.einsum("kd,kde->ke", mc, prec_chol) ** 2, axis=1)
+    if use_expanded_full(xc.dtype):
+      return 4.0 * eps * (x2 * pf2 + m2[None, :])
+    return 2.0 * eps * jnp.sqrt(maha) * (jnp.sqrt(x2 * pf2)
+                                         + jnp.sqrt(m2)[None, :])
+  if covariance_type == "tied":
+    y = xc @ prec_chol
+    m = mc @ prec_chol
+    return 4.0 * eps * (jnp.sum(y * y, axis=1)[:, None]
+                        + jnp.sum(m * m, axis=1)[None, :])
+  prec = prec_chol * prec_chol
+  if covariance_type == "diag":
+    return 4.0 * eps * ((xc * xc) @ prec.T
+                        + jnp.sum(mc * mc * prec, axis=1)[None, :])
+  return 4.0 * eps * (x2 + jnp.sum(mc * mc, axis=1)[None, :]) * prec[None, :]
+
+
+def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
+  """Fast GEMM distances of one chunk, recomputed exactly where they are not.
+
+  The fast forms work on samples and means translated by ``centre``; their
+  error grows with the squared (whitened) distance of the data from it. If
+  any distance that matters (``error > FAST_FORM_TOL * max(maha, 1)``) is
+  off, the chunk is recomputed by :func:`direct_mahalanobis`. Ordinary data
+  never takes that branch; a narrow component far from the rest (a
+  collapsed one on an outlier) does, in float32 and float64 alike.
+  """
+  xc = xb - centre
+  mc = means - centre
+  maha = mahalanobis_centred(xc, mc, prec_chol, covariance_type)
+  maha_sg = lax.stop_gradient(maha)
+  err = lax.stop_gradient(_fast_form_error(xc, mc, prec_chol,
+                                           covariance_type, maha_sg))
+  bad = jnp.any(err > fast_form_tol(xb.dtype) * jnp.maximum(maha_sg, 1.0))
+  return lax.cond(any_in_batch(bad),
+                  lambda: direct_mahalanobis(xb, means, prec_chol,
+                                             covariance_type),
+                  lambda: maha)
+
+
+def mahalanobis(X, means, prec_chol, covariance_type: str):
+  """Squared Mahalanobis distances ``(N, K)`` of samples to every component.
+
+  Data and means are first translated by the (gradient-stopped) average of
+  the means. The distances are invariant to that translation, and it keeps
+  float32 from losing digits on data far from the origin. Samples are
+  processed in chunks (:func:`chunk_size`) so the ``(N, K, D)``
+  intermediate of full covariances is never materialised.
+  """
+  shift = lax.stop_gradient(jnp.mean(means, axis=0))
+  n, d = X.shape
+  chunk = chunk_size(n, means.shape[0], d, covariance_type, X.dtype,
+                     per_component=True)
+  return map_chunks(
+      lambda xb: guarded_mahalanobis(xb, shift, means, prec_chol,
+                                     covariance_type), n, chunk, X)
 
 
 def log_gaussian_prob(X, means, prec_chol, covariance_type: str):
@@ -182,6 +407,48 @@ def estimate_covariances(nk, diff, sxx, covariance_type: str, reg_covar):
   return jnp.maximum(var, 0.0) + reg
 
 
+def _packed_index(n_features: int):
+  """Upper-triangle index pairs and the ``(D, D)`` map back to them."""
+  iu, ju = np.triu_indices(n_features)
+  back = np.zeros((n_features, n_features), np.int32)
+  back[iu, ju] = np.arange(iu.size)
+  back[ju, iu] = np.arange(iu.size)
+  return iu, ju, back
+
+
+def moment_features(xc, covariance_type: str):
+  """Per-sample features whose responsibility-weighted sums are ``sx, sxx``.
+
+  ``[x, m(x)]`` with ``m(x)`` the packed upper triangle of ``x x^T`` (full),
+  ``x^2`` (diag) or ``|x|^2`` (spherical): ``rw^T @ features`` is then one
+  GEMM giving both statistics, with half the flops of the ``(N, K*D)``
+  weighted-outer-product form for full covariances. Tied needs no per-
+  component second moment and returns ``xc``.
+  """
+  if covariance_type == "full":
+    iu, ju, _ = _packed_index(xc.shape[-1])
+    return jnp.concatenate([xc, xc[:, iu] * xc[:, ju]], axis=1)
+  if covariance_type == "diag":
+    return jnp.concatenate([xc, xc * xc], axis=1)
+  if covariance_type == "spherical":
+    return jnp.concatenate([xc, jnp.sum(xc * xc, axis=1, keepdims=True)],
+                           axis=1)
+  return xc
+
+
+def split_moments(summed, n_features: int, covariance_type: str):
+  """``(sx, sxx)`` from ``rw^T @ moment_features(...)`` (not tied)."""
+  d = n_features
+  sx = summed[:, :d]
+  rest = summed[:, d:]
+  if covariance_type == "full":
+    _, _, back = _packed_index(d)
+    return sx, rest[:, back]
+  if covariance_type == "diag":
+    return sx, rest
+  return sx, rest[:, 0]
+
+
 def second_moments(xc, rw, covariance_type: str):
   """Shifted second-moment statistic for ``estimate_covariances``.
 
@@ -190,12 +457,11 @@ def second_moments(xc, rw, covariance_type: str):
     rw: ``(N, K)`` responsibilities times sample weights.
     covariance_type: the type.
   """
+  d = xc.shape[-1]
   if covariance_type == "full":
-    n, k = rw.shape
-    d = xc.shape[-1]
-    # (K*D, N) @ (N, D) as one GEMM rather than K small ones.
-    weighted = (rw[:, :, None] * xc[:, None, :]).reshape(n, k * d)
-    return (weighted.T @ xc).reshape(k, d, d)
+    iu, ju, back = _packed_index(d)
+    # (K, N) @ (N, D(D+1)/2): one GEMM over the packed outer products.
+    return (rw.T @ (xc[:, iu] * xc[:, ju]))[:, back]
   if covariance_type == "tied":
     return (xc * jnp.sum(rw, axis=1)[:, None]).T @ xc
   if covariance_type == "diag":

@@ -93,8 +93,10 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
                      f"n_components), got {log_resp.shape}.")
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   resp = jnp.exp(log_resp)
-  ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
-  shift = jax.lax.stop_gradient(ww @ X / jnp.sum(ww))
+  rw = resp if w is None else resp * w[:, None]
+  # Per-component centres (the weighted means): no cancellation in float32.
+  shift = jax.lax.stop_gradient(
+      (rw.T @ X) / (jnp.sum(rw, axis=0)[:, None] + 10 * jnp.finfo(X.dtype).eps))
   stats = stats_lib.stats_from_resp(X, resp, w, shift, covariance_type)
   return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
 

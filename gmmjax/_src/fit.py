@@ -66,7 +66,7 @@ def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
     ``params`` (computed by the E-step): the mean log-likelihood, plus
     ``log_prior(params) / sum(sample_weight)`` with a prior.
   """
-  shift = stats_lib.mixture_mean(params)
+  shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
   if prior is None:
     new = stats_lib.params_from_stats(stats, shift, params.covariance_type,

@@ -139,7 +139,7 @@ def map_params_from_stats(stats: SuffStats, shift, covariance_type: str,
 
   Args:
     stats: statistics around ``shift`` (from :func:`gmmjax.e_step_stats`).
-    shift: ``(D,)`` the statistics' centre.
+    shift: ``(D,)`` or ``(K, D)``: the statistics' centre(s).
     covariance_type: the type.
     reg_covar: non-negative scalar added to the covariance diagonals.
     prior: a :class:`ConjugatePrior`.
@@ -158,11 +158,13 @@ def map_params_from_stats(stats: SuffStats, shift, covariance_type: str,
   mass = jnp.maximum(nk + alpha - 1.0, 10 * eps)
   weights = mass / jnp.sum(mass)
   xdiff = stats.sx / nk[:, None]  # xbar_k - c
-  m0 = prior.mean_prior - shift  # mu0 - c
+  # One centre (D,) or one per component (K, D); either way (K, D) here.
+  shift = jnp.broadcast_to(jnp.asarray(shift, dtype), stats.sx.shape)
+  m0 = prior.mean_prior[None, :] - shift  # mu0 - c_k
   kappa = prior.mean_precision
-  diff = (nk[:, None] * xdiff + kappa * m0[None, :]) / (nk + kappa)[:, None]
-  means = shift[None, :] + diff
-  dev = xdiff - m0[None, :]  # xbar_k - mu0
+  diff = (nk[:, None] * xdiff + kappa * m0) / (nk + kappa)[:, None]
+  means = shift + diff
+  dev = xdiff - m0  # xbar_k - mu0
   shrink = kappa * nk / (kappa + nk)  # (K,)
   psi = prior.covariance_prior
   n0 = prior.covariance_dof

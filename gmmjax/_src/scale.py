@@ -370,7 +370,7 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   zero = jax.device_put(_zero_stats(params, rows, dtype), device)
 
   def stats_pass(p):
-    shift = stats_lib.mixture_mean(p)
+    shift = stats_lib.component_shift(p)
     acc = _stream(pad, source, prefetch, device, in_flight,
                   lambda a, X, w: _accumulate(a, p, X, w, shift), zero)
     if reduce is not None:
@@ -536,7 +536,7 @@ def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
 
   def body(c):
     params, prev_ll, n_iter, history, _, _ = c
-    shift = stats_lib.mixture_mean(params)
+    shift = stats_lib.component_shift(params)
     stats = stats_fn(params, shift)
     new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
                                       reg_covar)
@@ -555,7 +555,7 @@ def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
           jnp.zeros((), bool))
   params, _, n_iter, history, converged, failed = lax.while_loop(
       cond, body, init)
-  final = stats_fn(params, stats_lib.mixture_mean(params))
+  final = stats_fn(params, stats_lib.component_shift(params))
   final_ll = final.log_likelihood / final.count
   failed = failed | ~jnp.isfinite(final_ll)
   return FitResult(params=params, log_likelihood=final_ll, n_iter=n_iter,

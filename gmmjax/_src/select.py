@@ -95,7 +95,7 @@ def _masked(params: GMMParams, nk, mask) -> GMMParams:
 
 def _masked_em_step(params, mask, X, sample_weight, reg_covar):
   """One EM iteration on padded params; returns (new params, mean ll)."""
-  shift = stats_lib.mixture_mean(params)
+  shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
   new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
                                     reg_covar)

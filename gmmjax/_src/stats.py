@@ -13,6 +13,7 @@ catastrophically on data far from the origin.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -43,61 +44,233 @@ def mixture_mean(params: GMMParams):
   return lax.stop_gradient(params.weights @ params.means)
 
 
+def component_shift(params: GMMParams):
+  """Per-component shifts ``(K, D)``: the current means (gradient-stopped).
+
+  Second moments around each component's own current mean do not cancel:
+  ``Sigma_k = S_k / N_k - d_k d_k^T`` with ``d_k`` the (small) move of the
+  mean. Around one global shift ``c`` the subtraction loses about
+  ``eps * |mu_k - c|^2`` absolutely, which in float32 exceeds the variance
+  of a tight or nearly singular component (e.g. 23 points in 32
+  dimensions) and makes its covariance indefinite. Pass this as ``shift``
+  to :func:`e_step_stats` and :func:`params_from_stats`.
+  """
+  return lax.stop_gradient(params.means)
+
+
 def weighted_log_prob(params: GMMParams, X):
-  """``log w_k + log N(x_i | k)``, shape ``(N, K)``."""
+  """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks)."""
   return (cov_ops.log_gaussian_prob(X, params.means,
                                     params.precisions_cholesky,
                                     params.covariance_type)
           + jnp.log(params.weights)[None, :])
 
 
+def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
+  """Fused E-step and statistics of one chunk of samples.
+
+  ``xb`` is ``(n, D)``; ``wb`` ``(n,)`` weights or ``None``. The fast forms
+  are GEMMs on samples translated by one centre; where their own error
+  estimate says a chunk lost digits (a narrow component far from the centre,
+  in float32 or float64), that chunk's distances and second moments are
+  recomputed from per-component differences (see
+  :func:`gmmjax._src.covariance.guarded_mahalanobis` and
+  :func:`_guarded_moments`).
+  """
+  ctype = params.covariance_type
+  d = xb.shape[-1]
+  per_component = shift.ndim == 2
+  # The E-step's forms are translation invariant: centre them on one point.
+  centre = lax.stop_gradient(jnp.mean(shift, axis=0) if per_component
+                             else shift)
+  prec_chol = params.precisions_cholesky
+  maha = cov_ops.guarded_mahalanobis(xb, centre, params.means, prec_chol,
+                                     ctype)
+  log_det = cov_ops.log_det_cholesky(prec_chol, ctype, d)
+  wlp = (-0.5 * (d * math.log(2 * math.pi) + maha) + log_det
+         + jnp.log(params.weights)[None, :])
+  log_norm = jax.nn.logsumexp(wlp, axis=1)
+  if temperature is None:
+    resp = jnp.exp(wlp - log_norm[:, None])
+  else:
+    resp = jax.nn.softmax(wlp / temperature, axis=1)
+  if wb is None:
+    rw, count, ll = resp, jnp.asarray(xb.shape[0], xb.dtype), jnp.sum(log_norm)
+  else:
+    rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
+  xc = xb - centre
+  sx, sxx = _centred_moments(xc, rw, ctype)
+  if per_component:
+    sx, sxx = _guarded_moments(xb, rw, shift, centre, sx, sxx, ctype)
+  return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+                   log_likelihood=ll)
+
+
+def _centred_moments(xc, rw, covariance_type: str):
+  """``sx, sxx`` around one centre by GEMMs (the fast form)."""
+  if covariance_type == "tied":
+    return rw.T @ xc, cov_ops.second_moments(xc, rw, covariance_type)
+  # sx and sxx from one GEMM: rw^T @ [x, moments(x)].
+  summed = rw.T @ cov_ops.moment_features(xc, covariance_type)
+  return cov_ops.split_moments(summed, xc.shape[-1], covariance_type)
+
+
+def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c,
+                     covariance_type: str):
+  """Moments around per-component shifts from the centred (fast) ones.
+
+  Moving ``S(c)`` to ``S(a_k)`` subtracts terms of size ``N_k |a_k - c|^2``;
+  where that loses more than ``fast_form_tol`` of a component's scatter,
+  the chunk's moments are recomputed from the differences ``x_i - a_k``
+  (:func:`_component_moments`), which carry no cancellation.
+  """
+  nk = jnp.sum(rw, axis=0)
+  m = shift - centre[None, :]  # (K, D)
+  sx = sx_c - nk[:, None] * m
+  if covariance_type == "full":
+    outer = sx_c[:, :, None] * m[:, None, :]
+    sxx = (sxx_c - outer - jnp.swapaxes(outer, -1, -2)
+           + nk[:, None, None] * m[:, :, None] * m[:, None, :])
+    scale = jnp.trace(sxx_c, axis1=1, axis2=2) + nk * jnp.sum(m * m, 1)
+    result = jnp.trace(sxx, axis1=1, axis2=2)
+  elif covariance_type == "tied":
+    cross = sx_c.T @ m
+    sxx = sxx_c - cross - cross.T + (m * nk[:, None]).T @ m
+    scale = jnp.trace(sxx_c)[None] + jnp.sum(nk * jnp.sum(m * m, 1))
+    result = jnp.trace(sxx)[None]
+  elif covariance_type == "diag":
+    sxx = sxx_c - 2.0 * m * sx_c + nk[:, None] * m * m
+    scale, result = sxx_c + nk[:, None] * m * m, sxx
+  else:
+    mm = jnp.sum(m * m, axis=1)
+    sxx = sxx_c - 2.0 * jnp.sum(m * sx_c, axis=1) + nk * mm
+    scale, result = sxx_c + nk * mm, sxx
+  eps = jnp.finfo(xb.dtype).eps
+  tiny = jnp.sqrt(jnp.finfo(xb.dtype).tiny)
+  bad = jnp.any(lax.stop_gradient(
+      4.0 * eps * scale > cov_ops.fast_form_tol(xb.dtype) * jnp.abs(result)
+      + tiny))
+  return lax.cond(cov_ops.any_in_batch(bad),
+                  lambda: _component_moments(xb, rw, shift, covariance_type),
+                  lambda: (sx, sxx))
+
+
+def _component_moments(xb, rw, shift, covariance_type: str):
+  """``sx, sxx`` around per-component shifts ``(K, D)``, one chunk.
+
+  The differences ``z_ik = x_i - a_k`` are formed before any product, so
+  the second moments carry no cancellation (see :func:`component_shift`).
+  """
+  # Component-major (K, n, D): the second moments are then a batched GEMM
+  # with the batch axis leading (faster on CPU than (n, K, D) in tests).
+  z = xb[None, :, :] - shift[:, None, :]
+  rz = rw.T[:, :, None] * z
+  sx = jnp.sum(rz, axis=1)
+  if covariance_type == "full":
+    sxx = jnp.einsum("knd,kne->kde", rz, z)
+  elif covariance_type == "tied":
+    k, n, d = z.shape
+    # One GEMM: (D, K*n) @ (K*n, D).
+    sxx = rz.reshape(k * n, d).T @ z.reshape(k * n, d)
+  elif covariance_type == "diag":
+    sxx = jnp.sum(rz * z, axis=1)
+  else:
+    sxx = jnp.sum(rz * z, axis=(1, 2))
+  return sx, sxx
+
+
 def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
                     log_prob_norm=None) -> SuffStats:
-  """Statistics of samples ``X`` with responsibilities ``resp`` ``(N, K)``."""
+  """Statistics of samples ``X`` with responsibilities ``resp`` ``(N, K)``.
+
+  ``shift`` is ``(D,)`` (one centre) or ``(K, D)`` (one per component, the
+  cancellation-free choice; see :func:`component_shift`).
+  """
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   rw = resp * w[:, None]
-  xc = X - shift
   ll = (jnp.zeros((), X.dtype) if log_prob_norm is None
         else jnp.sum(w * log_prob_norm))
-  return SuffStats(
-      count=jnp.sum(w),
-      nk=jnp.sum(rw, axis=0),
-      sx=rw.T @ xc,
-      sxx=cov_ops.second_moments(xc, rw, covariance_type),
-      log_likelihood=ll)
+  if jnp.ndim(shift) == 2:
+    sx, sxx = _component_moments(X, rw, shift, covariance_type)
+  else:
+    xc = X - shift
+    sx = rw.T @ xc
+    sxx = cov_ops.second_moments(xc, rw, covariance_type)
+  return SuffStats(count=jnp.sum(w), nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+                   log_likelihood=ll)
 
 
 def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
                  temperature=None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
+  The samples are processed in chunks (``lax.scan`` over ``dynamic_slice``
+  windows of ``X``, sized by :func:`gmmjax._src.covariance.chunk_size`):
+  each chunk's responsibilities are reduced to statistics at once, so no
+  ``(N, K)`` or ``(N, K, D)`` array is ever materialised and peak memory is
+  the data plus a few megabytes. The per-chunk work is two large GEMMs
+  (whitening for full covariances, ``rw^T @ [x, moments(x)]``).
+
   Args:
     params: current parameters.
     X: ``(N, D)`` samples.
     sample_weight: optional ``(N,)`` non-negative weights.
-    shift: ``(D,)`` centre for the second moments; defaults to the mixture
-      mean of ``params``. Batches that will be added must share it.
+    shift: centre of the second moments: ``(D,)`` one point, or ``(K, D)``
+      one per component (cancellation-free in float32, see
+      :func:`component_shift`). Defaults to :func:`mixture_mean`. Batches
+      whose statistics will be added must share it.
     temperature: optional positive scalar; responsibilities become
       ``softmax(log(w_k N_k(x)) / temperature)`` (1 is plain EM).
 
   Returns:
     :class:`SuffStats` whose ``log_likelihood`` is ``sum_i w_i log p(x_i)``.
+
+  Example:
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> p = gx.make_params(jnp.array([0.5, 0.5]), jnp.array([[-1.0], [1.0]]),
+    ...                    jnp.array([1.0, 1.0]), covariance_type="spherical")
+    >>> s = gx.e_step_stats(p, jnp.array([[-1.0], [1.0], [3.0]]))
+    >>> float(s.count), s.nk.shape, s.sxx.shape
+    (3.0, (2,), (2,))
   """
   if shift is None:
     shift = mixture_mean(params)
-  wlp = weighted_log_prob(params, X)
-  log_norm = jax.nn.logsumexp(wlp, axis=1)
-  if temperature is None:
-    log_resp = wlp - log_norm[:, None]
-  else:
-    log_resp = jax.nn.log_softmax(wlp / temperature, axis=1)
-  return stats_from_resp(X, jnp.exp(log_resp), sample_weight, shift,
-                         params.covariance_type, log_norm)
+  n, d = X.shape
+  chunk = cov_ops.chunk_size(n, params.means.shape[0], d,
+                             params.covariance_type, X.dtype,
+                             per_component=jnp.ndim(shift) == 2)
+  if n <= chunk:
+    return _block_stats(params, X, sample_weight, shift, temperature)
+  n_full = n // chunk
+  block = jax.checkpoint(
+      lambda xb, wb: _block_stats(params, xb, wb, shift, temperature))
+
+  def body(acc, i):
+    start = i * chunk
+    xb = lax.dynamic_slice_in_dim(X, start, chunk)
+    wb = (None if sample_weight is None
+          else lax.dynamic_slice_in_dim(sample_weight, start, chunk))
+    return add_stats(acc, block(xb, wb)), None
+
+  zeros = jax.tree.map(
+      lambda a: jnp.zeros(a.shape, a.dtype),
+      jax.eval_shape(lambda: _block_stats(params, X[:1], None if sample_weight
+                                          is None else sample_weight[:1],
+                                          shift, temperature)))
+  acc, _ = lax.scan(body, zeros, jnp.arange(n_full))
+  if n_full * chunk < n:
+    rest_w = None if sample_weight is None else sample_weight[n_full * chunk:]
+    acc = add_stats(acc, _block_stats(params, X[n_full * chunk:], rest_w,
+                                      shift, temperature))
+  return acc
 
 
 def params_from_stats(stats: SuffStats, shift, covariance_type: str,
                       reg_covar) -> GMMParams:
   """The M-step: new parameters from statistics (no data needed).
+
+  ``shift`` is the one the statistics were computed around: ``(D,)`` or
+  ``(K, D)``.
 
   Empty components get scikit-learn's floor (``10 * eps`` added to ``N_k``):
   their mean falls back to the shift and their covariance to ``reg_covar``,
@@ -107,7 +280,8 @@ def params_from_stats(stats: SuffStats, shift, covariance_type: str,
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   weights = nk / jnp.sum(nk)
   diff = stats.sx / nk[:, None]
-  means = shift[None, :] + diff
+  shift = jnp.asarray(shift, dtype)
+  means = (shift if shift.ndim == 2 else shift[None, :]) + diff
   covariances = cov_ops.estimate_covariances(nk, diff, stats.sxx,
                                              covariance_type, reg_covar)
   prec_chol = cov_ops.precision_cholesky(covariances, covariance_type)

@@ -1,0 +1,841 @@
+"""EM benchmark: gmmjax against scikit-learn and gmmx, side by side.
+
+Every workload runs all libraries in this one process, from the same initial
+parameters, with ``block_until_ready`` before a clock is read, medians over
+``--repeats`` runs, compile time reported apart, and the machine's measured
+matrix-product rate in the same run. Results go to ``benchmarks/results/``
+as JSON and markdown.
+
+Usage::
+
+  python benchmarks/bench_em.py                 # everything (~15-25 min, 2 cores)
+  python benchmarks/bench_em.py --quick         # small shapes, a smoke run
+  python benchmarks/bench_em.py --workloads 2,3 # a selection
+  python benchmarks/bench_em.py --workloads acc # accelerated EM only
+
+Workloads (issue 6): 1 tutorial 1,000 x 2 K=5 (cold/warm), 2 100,000 x 16
+K=16 full, 3 65,536 x 32 K=64 full (f32 and f64), 4 200,000 x 64 K=64
+diag/tied/spherical, 5 20,000 x 8 K=8 n_init=16, 6 1,000 problems 400 x 2
+K=2, 7 4,000,000 x 32 K=64 full f32 (subprocess, peak memory), acc SQUAREM
+against plain EM on overlapping clusters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gmmjax as gx
+
+try:
+  import sklearn
+  from sklearn.exceptions import ConvergenceWarning
+  from sklearn.mixture import GaussianMixture as SkGMM
+except ImportError:  # pragma: no cover
+  sklearn = None
+
+try:
+  import gmmx
+  from gmmx import EMFitter, GaussianMixtureModelJax
+except ImportError:  # pragma: no cover
+  gmmx = None
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REG = 1e-6
+# Seconds one scikit-learn measurement may take: a slow one gets fewer
+# repeats (at least one), and the count is recorded with the result.
+SK_BUDGET_S = 60.0
+
+
+def budget_repeats(first_s, repeats, budget_s):
+  return int(max(1, min(repeats, budget_s // max(first_s, 1e-3))))
+
+
+# ----------------------------------------------------------------- timing
+
+
+def _block(x):
+  return jax.block_until_ready(x)
+
+
+def time_runs(fn, repeats):
+  """Wall times of ``repeats`` calls of ``fn`` (which blocks on its result)."""
+  out = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def med(xs):
+  return float(np.median(xs)) if xs else float("nan")
+
+
+def matmul_rates(repeats=5, n=2048):
+  """Measured GFLOP/s of an ``n x n`` matrix product (JAX f32/f64, NumPy)."""
+  rates = {}
+  for name, dtype in (("jax_float32", np.float32), ("jax_float64", np.float64)):
+    with jax.enable_x64(dtype == np.float64):
+      a = jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype)
+      f = jax.jit(lambda a: a @ a)
+      _block(f(a))
+      t = med(time_runs(lambda f=f, a=a: _block(f(a)), repeats))
+    rates[name] = 2 * n**3 / t / 1e9
+  a = np.random.default_rng(0).normal(size=(n, n))
+  t = med(time_runs(lambda: a @ a, repeats))
+  rates["numpy_float64"] = 2 * n**3 / t / 1e9
+  return rates
+
+
+def load():
+  try:
+    return open("/proc/loadavg").read().split()[:3]
+  except OSError:
+    return os.getloadavg()
+
+
+# ------------------------------------------------------------------ data
+
+
+def make_blobs(n, d, k, seed=0, sep=3.0, dtype=np.float32):
+  """Gaussian clusters with random centres and per-cluster anisotropic scale."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(0.0, sep, (k, d))
+  scales = rng.uniform(0.5, 1.5, (k, d))
+  labels = rng.integers(0, k, n)
+  X = rng.standard_normal((n, d), dtype=np.float32)
+  X *= scales[labels].astype(np.float32)
+  X += centers[labels].astype(np.float32)
+  return X.astype(dtype, copy=False)
+
+
+def initial_params(X, k, ctype, seed=1):
+  """Same initial mixture for every library: k data points as means, the
+  data's covariance (in the type's form) for every component, equal weights.
+  Returned as float64 NumPy arrays."""
+  rng = np.random.default_rng(seed)
+  idx = rng.choice(X.shape[0], k, replace=False)
+  means = X[idx].astype(np.float64)
+  sub = X[rng.choice(X.shape[0], min(X.shape[0], 20000), replace=False)]
+  cov = np.cov(sub.astype(np.float64).T).reshape(X.shape[1], X.shape[1])
+  d = X.shape[1]
+  covs = {"full": np.broadcast_to(cov, (k, d, d)).copy(), "tied": cov,
+          "diag": np.broadcast_to(np.diag(cov), (k, d)).copy(),
+          "spherical": np.full(k, np.trace(cov) / d)}[ctype]
+  return np.full(k, 1.0 / k), means, covs
+
+
+def precisions(covs, ctype):
+  if ctype in ("full", "tied"):
+    return np.linalg.inv(covs)
+  return 1.0 / covs
+
+
+def gx_params(init, ctype, dtype):
+  w, m, c = init
+  return gx.make_params(jnp.asarray(w, dtype), jnp.asarray(m, dtype),
+                        jnp.asarray(c, dtype), covariance_type=ctype)
+
+
+# -------------------------------------------------------------- runners
+
+
+def sk_model(init, ctype, max_iter, tol):
+  w, m, c = init
+  return SkGMM(len(w), covariance_type=ctype, max_iter=max_iter, tol=tol,
+               reg_covar=REG, init_params="random_from_data", random_state=0,
+               weights_init=w / w.sum(), means_init=m,
+               precisions_init=precisions(c, ctype))
+
+
+def run_sklearn(X, init, ctype, max_iter, tol):
+  X64 = np.asarray(X, np.float64)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", ConvergenceWarning)
+    g = sk_model(init, ctype, max_iter, tol).fit(X64)
+  return dict(n_iter=int(g.n_iter_), ll=float(g.lower_bound_),
+              final_ll=float(g.score(X64)) if X.shape[0] <= 300000 else None)
+
+
+def gx_fit_fn(ctype, max_iter, tol):
+  return jax.jit(lambda X, p: gx.fit(X, p, max_iter=max_iter, tol=tol,
+                                     reg_covar=REG))
+
+
+def compile_time(jitted, *args):
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def gmmx_model(init, ctype, dtype):
+  w, m, c = init
+  return GaussianMixtureModelJax.from_squeezed(
+      means=jnp.asarray(m, dtype), covariances=jnp.asarray(c, dtype),
+      weights=jnp.asarray(w, dtype), covariance_type=ctype)
+
+
+def fit_component_shift(X, p, iters):
+  """``iters`` EM iterations with per-component shifts; returns the params
+  and the log-likelihood computed by the last iteration's E-step."""
+  from gmmjax._src import stats as S
+
+  def body(_, carry):
+    p, _ = carry
+    sh = S.component_shift(p)
+    st = S.e_step_stats(p, X, None, sh)
+    new = S.params_from_stats(st, sh, p.covariance_type, REG)
+    return new, st.log_likelihood / st.count
+
+  return jax.lax.fori_loop(0, iters, body,
+                           (p, jnp.zeros((), X.dtype)))
+
+
+GMMX_CHILD = None  # (n, d, k, seed) of the current standard workload
+GMMX_TIMEOUT_S = 240
+
+
+def gmmx_child(spec, ctype, iters, repeats, name, flops):
+  n, d, k, seed = spec
+  code = (f"import sys; sys.path.insert(0, {HERE!r}); import bench_em as b; "
+          f"b.gmmx_measure({n}, {d}, {k}, {seed}, {ctype!r}, {iters}, "
+          f"{repeats})")
+  row = dict(workload=name, library="gmmx", dtype="float32", ctype=ctype,
+             flops_per_iter=flops)
+  try:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, timeout=GMMX_TIMEOUT_S)
+    row.update(json.loads(out.stdout.strip().splitlines()[-1]))
+  except subprocess.TimeoutExpired:
+    row["error"] = f"did not finish within {GMMX_TIMEOUT_S} s"
+  except (IndexError, json.JSONDecodeError):
+    row["error"] = out.stderr[-300:]
+  return row
+
+
+def gmmx_measure(n, d, k, seed, ctype, iters, repeats):
+  """Child-process side of :func:`gmmx_child`: prints one JSON row."""
+  X = make_blobs(n, d, k, seed=seed)
+  init = initial_params(X, k, ctype)
+  Xj = jnp.asarray(X, np.float32)
+  g0 = gmmx_model(init, ctype, np.float32)
+  f_s = EMFitter(max_iter=1, tol=0.0, reg_covar=REG)
+  f_l = EMFitter(max_iter=1 + iters, tol=0.0, reg_covar=REG)
+  t0 = time.perf_counter()
+  _block(f_l.fit(Xj, g0))
+  first = time.perf_counter() - t0
+  _block(f_s.fit(Xj, g0))
+  ts = time_runs(lambda: _block(f_s.fit(Xj, g0)), repeats)
+  tl = time_runs(lambda: _block(f_l.fit(Xj, g0)), repeats)
+  res = f_l.fit(Xj, g0)
+  ll = float(res.log_likelihood)
+  print(json.dumps(dict(compile_s=max(first - med(tl), 0.0),
+                        per_iter_s=per_iteration(ts, tl, iters),
+                        fit_fixed_s=med(tl), fixed_iters=1 + iters,
+                        ll_fixed=ll, finite=bool(np.isfinite(ll)))))
+
+
+def per_iteration(times_short, times_long, extra_iters):
+  """Per-iteration time from the difference of two fixed-iteration fits
+  (removes per-fit overheads such as initial/final E-steps)."""
+  return max((med(times_long) - med(times_short)) / extra_iters, 1e-9)
+
+
+def fixed_iterations(name, X, init, ctype, dtype, iters, repeats, libs):
+  """Per-iteration time of each library at tol=0 (1 and 1 + iters iters)."""
+  rows = []
+  n, d = X.shape
+  k = len(init[0])
+  flops = 4.0 * n * k * d * d if ctype == "full" else None
+  x64 = dtype == np.float64
+  # gmmjax
+  with jax.enable_x64(x64):
+    Xj = jnp.asarray(X, dtype)
+    p0 = gx_params(init, ctype, dtype)
+    short, c_short = compile_time(gx_fit_fn(ctype, 1, 0.0), Xj, p0)
+    long, c_long = compile_time(gx_fit_fn(ctype, 1 + iters, 0.0), Xj, p0)
+    _block(short(Xj, p0))
+    res = _block(long(Xj, p0))
+    ts = time_runs(lambda: _block(short(Xj, p0)), repeats)
+    tl = time_runs(lambda: _block(long(Xj, p0)), repeats)
+    ll = float(res.history[iters])  # E-step of iteration 1 + iters
+    rows.append(dict(workload=name, library="gmmjax", dtype=np.dtype(
+        dtype).name, ctype=ctype, compile_s=c_long,
+        per_iter_s=per_iteration(ts, tl, iters),
+        fit_fixed_s=med(tl), fixed_iters=1 + iters, ll_fixed=ll,
+        finite=bool(np.isfinite(ll)), flops_per_iter=flops))
+  # gmmjax with per-component shifts (the change proposed for gx.fit's
+  # em_step): same kernels, second moments around each component's mean.
+  if "cs" in libs:
+    with jax.enable_x64(x64):
+      f_s = jax.jit(lambda X, p: fit_component_shift(X, p, 1))
+      f_l = jax.jit(lambda X, p: fit_component_shift(X, p, 1 + iters))
+      f_s, _ = compile_time(f_s, Xj, p0)
+      f_l, c_l = compile_time(f_l, Xj, p0)
+      _block(f_s(Xj, p0))
+      ll = float(_block(f_l(Xj, p0))[1])
+      ts = time_runs(lambda: _block(f_s(Xj, p0)), repeats)
+      tl = time_runs(lambda: _block(f_l(Xj, p0)), repeats)
+      rows.append(dict(workload=name, library="gmmjax-cs", dtype=np.dtype(
+          dtype).name, ctype=ctype, compile_s=c_l,
+          per_iter_s=per_iteration(ts, tl, iters), fit_fixed_s=med(tl),
+          fixed_iters=1 + iters, ll_fixed=ll, finite=bool(np.isfinite(ll)),
+          flops_per_iter=flops))
+  # gmmx (full and diag only; it refuses float64 input). It runs in a child
+  # process with a time limit: on 65,536 x 32, K=64 it did not finish an
+  # iteration within minutes here, and a JAX computation cannot be
+  # interrupted in-process.
+  if ("gmmx" in libs and gmmx is not None and ctype in ("full", "diag")
+      and dtype == np.float32 and GMMX_CHILD is not None):
+    rows.append(gmmx_child(GMMX_CHILD, ctype, iters, repeats, name, flops))
+  # scikit-learn (float64 only): one EM iteration is its own `_e_step`
+  # then `_m_step`, exactly the body of its fit loop, timed directly.
+  if "sklearn" in libs and sklearn is not None and dtype == np.float64:
+    X64 = np.asarray(X, np.float64)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", ConvergenceWarning)
+      g = sk_model(init, ctype, 1, 0.0).fit(X64)
+
+    def one_iter():
+      _, log_resp = g._e_step(X64)
+      g._m_step(X64, log_resp)
+
+    t0 = time.perf_counter()
+    one_iter()
+    first = time.perf_counter() - t0
+    reps = budget_repeats(first, repeats, SK_BUDGET_S)
+    t = [first] + time_runs(one_iter, reps - 1)
+    per = med(t)
+    ll = None
+    if per * (iters + 3) < SK_BUDGET_S:
+      ll = run_sklearn(X, init, ctype, 1 + iters, 0.0)["ll"]
+    rows.append(dict(workload=name, library="sklearn", dtype="float64",
+                     ctype=ctype, compile_s=0.0, per_iter_s=per,
+                     repeats=reps, fixed_iters=1 + iters, ll_fixed=ll,
+                     finite=True, flops_per_iter=flops))
+  return rows
+
+
+def to_convergence(name, X, init, ctype, dtype, repeats, libs, tol=1e-3,
+                   max_iter=100, sk_per_iter=None):
+  """Time to convergence (scikit-learn's rule) from the same init."""
+  rows = []
+  x64 = dtype == np.float64
+  with jax.enable_x64(x64):
+    Xj = jnp.asarray(X, dtype)
+    p0 = gx_params(init, ctype, dtype)
+    f, c = compile_time(gx_fit_fn(ctype, max_iter, tol), Xj, p0)
+    res = _block(f(Xj, p0))
+    t = time_runs(lambda: _block(f(Xj, p0)), repeats)
+    rows.append(dict(workload=name, library="gmmjax", dtype=np.dtype(
+        dtype).name, ctype=ctype, mode="converge", compile_s=c,
+        time_s=med(t), n_iter=int(res.n_iter),
+        converged=bool(res.converged), ll=float(res.log_likelihood),
+        repeats=repeats))
+  if "sklearn" in libs and sklearn is not None and dtype == np.float64:
+    if sk_per_iter is not None and sk_per_iter * max_iter > SK_BUDGET_S:
+      # Too slow to run here: its iterations cost what the fixed-iteration
+      # run measured, and from the same init it takes about as many as
+      # gmmjax float64 (checked where it is cheap enough to run).
+      rows.append(dict(workload=name, library="sklearn", dtype="float64",
+                       ctype=ctype, mode="converge_estimated",
+                       time_s=sk_per_iter * rows[0]["n_iter"],
+                       n_iter=rows[0]["n_iter"], repeats=0))
+      return rows
+    t0 = time.perf_counter()
+    r = run_sklearn(X, init, ctype, max_iter, tol)
+    first = time.perf_counter() - t0
+    reps = budget_repeats(first, repeats, SK_BUDGET_S)
+    t = [first] + time_runs(lambda: run_sklearn(X, init, ctype, max_iter, tol),
+                            reps - 1)
+    rows.append(dict(workload=name, library="sklearn", dtype="float64",
+                     ctype=ctype, mode="converge", time_s=med(t),
+                     n_iter=r["n_iter"], ll=r["final_ll"], repeats=reps))
+  return rows
+
+
+# -------------------------------------------------------------- workloads
+
+
+def wl_standard(name, n, d, k, ctypes, dtypes, args, libs):
+  global GMMX_CHILD
+  seed = int(name) * 7 + 1
+  X = make_blobs(n, d, k, seed=seed)
+  GMMX_CHILD = (n, d, k, seed)
+  rows = []
+  for ctype in ctypes:
+    init = initial_params(X, k, ctype)
+    fixed = []
+    for dtype in sorted(dtypes, key=lambda t: np.dtype(t).itemsize,
+                        reverse=True):  # float64 first: sklearn's numbers
+      fixed += fixed_iterations(name, X, init, ctype, dtype, args.iters,
+                                args.repeats, libs)
+    rows += fixed
+    sk = [r["per_iter_s"] for r in fixed if r["library"] == "sklearn"]
+    if args.converge:
+      for dtype in dtypes:
+        rows += to_convergence(name, X, init, ctype, dtype, args.repeats,
+                               libs, sk_per_iter=sk[0] if sk else None)
+  return rows
+
+
+COLD_SCRIPT = textwrap.dedent("""
+  import time, sys, json
+  t0 = time.perf_counter()
+  import jax
+  jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  import numpy as np
+  import gmmjax as gx
+  t1 = time.perf_counter()
+  rng = np.random.default_rng(0)
+  X = np.concatenate([rng.normal(c, 1.0, (200, 2)) for c in
+                      [[0, 0], [5, 5], [-5, 5], [5, -5], [-5, -5]]])
+  t2 = time.perf_counter()
+  g = gx.GaussianMixture(5, covariance_type="full", random_state=0).fit(X)
+  t3 = time.perf_counter()
+  g2 = gx.GaussianMixture(5, covariance_type="full", random_state=1).fit(X)
+  t4 = time.perf_counter()
+  print(json.dumps(dict(import_s=t1 - t0, first_fit_s=t3 - t2,
+                        second_fit_s=t4 - t3, total_s=t3 - t0,
+                        n_iter=int(g.n_iter_))))
+""")
+
+
+def wl1(args, libs):
+  rows = []
+  X = np.concatenate([np.random.default_rng(0).normal(c, 1.0, (200, 2))
+                      for c in [[0, 0], [5, 5], [-5, 5], [5, -5], [-5, -5]]])
+  # Cold start: a fresh process with an empty persistent cache, then a
+  # second process reusing it.
+  with tempfile.TemporaryDirectory() as cache:
+    for label in ("cold_empty_cache", "cold_reused_cache"):
+      out = subprocess.run([sys.executable, "-c", COLD_SCRIPT, cache],
+                           capture_output=True, text=True, timeout=600)
+      try:
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+      except (IndexError, json.JSONDecodeError):
+        r = dict(error=out.stderr[-500:])
+      rows.append(dict(workload="1", library="gmmjax", mode=label, **r))
+  # Warm: the estimators (each with its own k-means init) ...
+  warm = {}
+  try:
+    g = gx.GaussianMixture(5, covariance_type="full", random_state=0)
+    g.fit(X)
+    t = time_runs(lambda: g.fit(X), args.repeats)
+    warm["gmmjax"] = (med(t), int(g.n_iter_))
+  except Exception as e:  # noqa: BLE001
+    rows.append(dict(workload="1", library="gmmjax", mode="warm_estimator",
+                     error=repr(e)[:300]))
+  if sklearn is not None:
+    s = SkGMM(5, covariance_type="full", random_state=0)
+    t = time_runs(lambda: s.fit(X), args.repeats)
+    warm["sklearn"] = (med(t), int(s.n_iter_))
+  for lib, (t, it) in warm.items():
+    rows.append(dict(workload="1", library=lib, mode="warm_estimator",
+                     time_s=t, n_iter=it, repeats=args.repeats))
+  # ... and the EM loop alone from the same init.
+  init = initial_params(X, 5, "full")
+  rows += to_convergence("1", X, init, "full", np.float64, args.repeats,
+                         libs)
+  rows += to_convergence("1", X, init, "full", np.float32, args.repeats,
+                         libs)
+  return rows
+
+
+def wl5(args, libs):
+  n = 2000 if args.quick else 20000
+  X = make_blobs(n, 8, 8, seed=5)
+  n_init = 16
+  inits = [initial_params(X, 8, "full", seed=100 + i) for i in range(n_init)]
+  rows = []
+  # Same 16 inits: one vmapped program vs scikit-learn's sequential fits.
+  with jax.enable_x64(False):
+    Xj = jnp.asarray(X)
+    ps = jax.tree.map(lambda *a: jnp.stack(a),
+                      *[gx_params(i, "full", np.float32) for i in inits])
+    f = jax.jit(jax.vmap(lambda p: gx.fit(Xj, p, max_iter=100, tol=1e-3,
+                                          reg_covar=REG)))
+    f, c = compile_time(f, ps)
+    res = _block(f(ps))
+    t = time_runs(lambda: _block(f(ps)), args.repeats)
+    rows.append(dict(workload="5", library="gmmjax", mode="same_inits_vmap",
+                     dtype="float32", compile_s=c, time_s=med(t),
+                     n_iter_max=int(res.n_iter.max()),
+                     n_iter_sum=int(res.n_iter.sum()),
+                     best_ll=float(res.log_likelihood.max())))
+  if sklearn is not None:
+    def loop():
+      return [run_sklearn(X, i, "full", 100, 1e-3) for i in inits]
+    t0 = time.perf_counter()
+    out = loop()
+    first = time.perf_counter() - t0
+    reps = budget_repeats(first, args.repeats, 2 * SK_BUDGET_S)
+    t = [first] + time_runs(loop, reps - 1)
+    rows.append(dict(workload="5", library="sklearn", mode="same_inits_loop",
+                     repeats=reps,
+                     dtype="float64", time_s=med(t),
+                     n_iter_max=max(o["n_iter"] for o in out),
+                     n_iter_sum=sum(o["n_iter"] for o in out),
+                     best_ll=max(o["final_ll"] for o in out)))
+  # Library level: k-means init included, n_init=16 each.
+  try:
+    with jax.enable_x64(False):
+      best, _ = gx.fit_restarts(jax.random.key(0), jnp.asarray(X), 8,
+                                n_init=n_init, covariance_type="full",
+                                reg_covar=REG)
+      _block(best)
+      t = time_runs(lambda: _block(gx.fit_restarts(
+          jax.random.key(0), jnp.asarray(X), 8, n_init=n_init,
+          covariance_type="full", reg_covar=REG)), args.repeats)
+      rows.append(dict(workload="5", library="gmmjax",
+                       mode="fit_restarts_kmeans", dtype="float32",
+                       time_s=med(t), best_ll=float(best.log_likelihood)))
+  except Exception as e:  # noqa: BLE001
+    rows.append(dict(workload="5", library="gmmjax",
+                     mode="fit_restarts_kmeans", error=repr(e)[:300]))
+  if sklearn is not None:
+    X64 = X.astype(np.float64)
+    s = SkGMM(8, covariance_type="full", n_init=n_init, random_state=0)
+    t = time_runs(lambda: s.fit(X64), max(1, args.repeats // 2))
+    rows.append(dict(workload="5", library="sklearn", mode="n_init_kmeans",
+                     dtype="float64", time_s=med(t),
+                     best_ll=float(s.score(X64)),
+                     repeats=max(1, args.repeats // 2)))
+  return rows
+
+
+def wl6(args, libs):
+  b = 100 if args.quick else 1000
+  rng = np.random.default_rng(6)
+  Xs = []
+  for _ in range(b):
+    c = rng.normal(0, 2.0, (2, 2))
+    Xs.append(np.concatenate([rng.normal(c[0], 1.0, (200, 2)),
+                              rng.normal(c[1], 1.0, (200, 2))]))
+  Xs = np.stack(Xs).astype(np.float32)
+  inits = [initial_params(x, 2, "full", seed=i) for i, x in enumerate(Xs)]
+  rows = []
+  with jax.enable_x64(False):
+    Xj = jnp.asarray(Xs)
+    ps = jax.tree.map(lambda *a: jnp.stack(a),
+                      *[gx_params(i, "full", np.float32) for i in inits])
+    f = jax.jit(jax.vmap(lambda x, p: gx.fit(x, p, max_iter=100, tol=1e-3,
+                                             reg_covar=REG)))
+    f, c = compile_time(f, Xj, ps)
+    res = _block(f(Xj, ps))
+    t = time_runs(lambda: _block(f(Xj, ps)), args.repeats)
+    rows.append(dict(workload="6", library="gmmjax", mode="vmap_problems",
+                     dtype="float32", compile_s=c, time_s=med(t),
+                     n_problems=b, n_iter_max=int(res.n_iter.max()),
+                     mean_ll=float(res.log_likelihood.mean())))
+  if sklearn is not None:
+    def loop():
+      return [run_sklearn(x, i, "full", 100, 1e-3) for x, i in zip(Xs, inits)]
+    t0 = time.perf_counter()
+    out = loop()
+    first = time.perf_counter() - t0
+    reps = budget_repeats(first, args.repeats, 2 * SK_BUDGET_S)
+    t = [first] + time_runs(loop, reps - 1)
+    rows.append(dict(workload="6", library="sklearn", mode="python_loop",
+                     dtype="float64", time_s=med(t), n_problems=b,
+                     n_iter_max=max(o["n_iter"] for o in out),
+                     mean_ll=float(np.mean([o["final_ll"] for o in out])),
+                     repeats=reps))
+  return rows
+
+
+W7_SCRIPT = textwrap.dedent("""
+  import json, resource, sys, time
+  import jax, jax.numpy as jnp
+  import gmmjax as gx
+  n, d, k, iters = (int(a) for a in sys.argv[1:5])
+  def hwm():
+    for line in open("/proc/self/status"):
+      if line.startswith(("VmHWM", "VmRSS")):
+        yield line.split()[0][:-1], int(line.split()[1]) * 1024
+  rows = 250000 if n >= 250000 else n
+  @jax.jit
+  def centres():
+    return 3.0 * jax.random.normal(jax.random.key(0), (k, d))
+  c = centres()
+  from functools import partial
+  @partial(jax.jit, donate_argnums=0)
+  def fill(X, i):
+    key = jax.random.fold_in(jax.random.key(1), i)
+    lab = jax.random.randint(key, (rows,), 0, k)
+    z = jax.random.normal(jax.random.fold_in(key, 1), (rows, d))
+    return jax.lax.dynamic_update_slice_in_dim(X, c[lab] + z, i * rows, 0)
+  X = jnp.zeros((n, d), jnp.float32)
+  for i in range(n // rows):
+    X = fill(X, i)
+  X.block_until_ready()
+  data_bytes = X.size * X.dtype.itemsize
+  before = dict(hwm())
+  open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM)
+  p0 = gx.make_params(jnp.full((k,), 1.0 / k), X[:k * 997:997],
+                      jnp.broadcast_to(jnp.eye(d) * 10.0, (k, d, d)))
+  f = jax.jit(lambda X, p: gx.fit(X, p, max_iter=iters, tol=0.0))
+  t0 = time.perf_counter()
+  comp = f.lower(X, p0).compile()
+  t1 = time.perf_counter()
+  r = comp(X, p0)
+  r.params.means.block_until_ready()
+  t2 = time.perf_counter()
+  after = dict(hwm())
+  print(json.dumps(dict(
+      n=n, d=d, k=k, iters=iters, data_bytes=data_bytes,
+      compile_s=t1 - t0, fit_s=t2 - t1, per_iter_s=(t2 - t1) / (iters + 0.5),
+      rss_before_fit=before["VmRSS"], peak_rss_fit=after["VmHWM"],
+      peak_rss_process=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+      * 1024, ll=float(r.log_likelihood), finite=bool(
+          jnp.isfinite(r.log_likelihood)))))
+""")
+
+
+def wl7(args, libs):
+  n = 400000 if args.quick else 4000000
+  iters = 2 if args.quick else 3
+  out = subprocess.run([sys.executable, "-c", W7_SCRIPT, str(n), "32", "64",
+                        str(iters)], capture_output=True, text=True,
+                       timeout=3000)
+  try:
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r["peak_over_data_process"] = r["peak_rss_process"] / r["data_bytes"]
+    r["peak_over_data_fit"] = r["peak_rss_fit"] / r["data_bytes"]
+    r["gflops"] = 4 * n * 64 * 32 * 32 / r["per_iter_s"] / 1e9
+  except (IndexError, json.JSONDecodeError, KeyError):
+    r = dict(error=out.stderr[-1000:])
+  return [dict(workload="7", library="gmmjax", dtype="float32", **r)]
+
+
+def _acc_one(X, ctype, args):
+  from gmmjax._src.accel import fit_accelerated
+  with jax.enable_x64(True):
+    Xj = jnp.asarray(X)
+    p0 = gx.init_params(jax.random.key(0), Xj, 4, covariance_type=ctype,
+                        method="kmeans")
+    kw = dict(max_iter=3000, tol=1e-9, reg_covar=REG)
+    f_em = jax.jit(lambda X, p: gx.fit(X, p, **kw))
+    f_acc = jax.jit(lambda X, p: fit_accelerated(X, p, return_info=True, **kw))
+    em = _block(f_em(Xj, p0))
+    acc, info = _block(f_acc(Xj, p0))
+    t_em = med(time_runs(lambda: _block(f_em(Xj, p0)), args.repeats))
+    t_acc = med(time_runs(lambda: _block(f_acc(Xj, p0)), args.repeats))
+  best = max(float(em.log_likelihood), float(acc.log_likelihood))
+
+  def steps_to(h, target):
+    hit = np.nonzero(np.asarray(h) >= target)[0]
+    return int(hit[0]) + 1 if hit.size else None
+
+  n_em = steps_to(em.history, best - 1e-6)
+  n_acc = steps_to(acc.history, best - 1e-6)
+  h = np.asarray(acc.history)[:int(acc.n_iter)]
+  return dict(
+      workload="acc", ctype=ctype, n=X.shape[0], d=X.shape[1], k=4,
+      em_n_iter=int(em.n_iter), acc_n_iter=int(acc.n_iter),
+      em_steps_to_best_1e6=n_em, acc_steps_to_best_1e6=n_acc,
+      reduction=(1 - n_acc / n_em) if n_em and n_acc else None,
+      em_time_s=t_em, acc_time_s=t_acc, em_ll=float(em.log_likelihood),
+      acc_ll=float(acc.log_likelihood), accepted=int(info.n_accepted),
+      rejected=int(info.n_rejected),
+      acc_monotone=bool(np.all(np.diff(h) >= -1e-12)))
+
+
+def wl_acc(args, libs):
+  """SQUAREM vs plain EM on strongly overlapping clusters (float64)."""
+  rows = []
+  rng = np.random.default_rng(7)
+  n_per = 1000 if args.quick else 5000
+  centers = np.array([[0.0, 0.0, 0.0, 0.0], [1.2, 0.6, 0.0, 0.3],
+                      [0.4, 1.5, 0.5, 0.0], [0.8, 0.8, 1.2, 0.6]])
+  X = np.concatenate([rng.normal(c, 1.0, (n_per, 4)) for c in centers])
+  for ctype in ("full", "diag"):
+    rows.append(_acc_one(X, ctype, args))
+  return rows
+
+
+# -------------------------------------------------------------- reporting
+
+
+def ratios(rows):
+  """Adds speed-ups against scikit-learn (and gmmx) within each workload."""
+  by = {}
+  for r in rows:
+    if "fixed_iters" in r and "mode" not in r and "ctype" in r:
+      by.setdefault((r["workload"], r["ctype"]), []).append(r)
+  for group in by.values():
+    sk = [r for r in group if r["library"] == "sklearn"]
+    gm = [r for r in group if r["library"] == "gmmx"]
+    for r in group:
+      if sk:
+        r["speedup_vs_sklearn"] = sk[0]["per_iter_s"] / r["per_iter_s"]
+      same = [g for g in gm if g.get("dtype") == r.get("dtype")
+              and "per_iter_s" in g]
+      if same:
+        r["speedup_vs_gmmx"] = same[0]["per_iter_s"] / r["per_iter_s"]
+    for lib in ("gmmjax", "gmmjax-cs"):
+      mine = {r["dtype"]: r for r in group if r["library"] == lib}
+      if "float32" in mine and "float64" in mine:
+        a, b = mine["float32"]["ll_fixed"], mine["float64"]["ll_fixed"]
+        mine["float32"]["ll_rel_f32_f64"] = abs(a - b) / abs(b)
+  return rows
+
+
+def _fmt(v, kind="f"):
+  if v is None:
+    return "-"
+  return f"{v:.2e}" if kind == "e" else f"{v:.6f}"
+
+
+def markdown(meta, rows):
+  lines = [f"# EM benchmark ({meta['date']})", "",
+           f"Machine: {meta['machine']}, {meta['cpus']} CPUs; jax "
+           f"{meta['jax']}, scikit-learn {meta['sklearn']}, gmmx "
+           f"{meta['gmmx']}. Load (1/5/15 min) at start {meta['load_start']},"
+           f" at end {meta['load_end']}.", "",
+           "Matrix-product rate measured in this run (2048x2048): " + ", ".join(
+               f"{k} {v:.1f} GFLOP/s" for k, v in meta["matmul"].items()),
+           "", "## Fixed iterations (tol=0), per iteration", "",
+           "| wl | type | dtype | library | compile s | ms/iter | x sklearn "
+           "| x gmmx | GFLOP/s (4NKD^2) | % of matmul | LL after iters "
+           "| rel. LL diff f32 vs f64 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if "fixed_iters" not in r or "mode" in r or "per_iter_s" not in r:
+      continue
+    peak = meta["matmul"]["jax_" + r["dtype"]]
+    gf = (r["flops_per_iter"] / r["per_iter_s"] / 1e9
+          if r.get("flops_per_iter") else None)
+    lines.append(
+        f"| {r['workload']} | {r['ctype']} | {r['dtype']} | {r['library']} | "
+        f"{r.get('compile_s', 0):.2f} | {1e3 * r['per_iter_s']:.1f} | "
+        f"{r.get('speedup_vs_sklearn', float('nan')):.2f} | "
+        f"{r.get('speedup_vs_gmmx', float('nan')):.2f} | "
+        + (f"{gf:.1f} | {100 * gf / peak:.0f}%" if gf else "- | -")
+        + f" | {_fmt(r.get('ll_fixed'))} | {_fmt(r.get('ll_rel_f32_f64'), 'e')}"
+        " |")
+  lines += ["", "## Other modes", "", "| wl | library | mode | numbers |",
+            "|---|---|---|---|"]
+  for r in rows:
+    if "fixed_iters" in r and "mode" not in r and "per_iter_s" in r:
+      continue
+    rest = {k: (round(v, 6) if isinstance(v, float) else v)
+            for k, v in r.items() if k not in ("workload", "library", "mode")}
+    lines.append(f"| {r['workload']} | {r.get('library', '')} | "
+                 f"{r.get('mode', '')} | {json.dumps(rest)} |")
+  return "\n".join(lines) + "\n"
+
+
+def write_report(meta, rows, out_dir, tag):
+  rows = ratios(rows)
+  os.makedirs(out_dir, exist_ok=True)
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  base = os.path.join(out_dir, f"bench{tag}-{stamp}")
+  with open(base + ".json", "w") as f:
+    json.dump(dict(meta=meta, rows=rows), f, indent=1, default=str)
+  md = markdown(meta, rows)
+  with open(base + ".md", "w") as f:
+    f.write(md)
+  print(md)
+  print("wrote", base + ".json", base + ".md")
+
+
+def report_from_log(path, out_dir, tag):
+  """JSON/markdown from the rows a run printed (``   {...}`` lines)."""
+  rows, meta = [], dict(date="from log " + path, machine=platform.machine(),
+                        cpus=os.cpu_count(), jax=jax.__version__,
+                        sklearn=getattr(sklearn, "__version__", None),
+                        gmmx="installed" if gmmx else None,
+                        load_start=None, load_end=None, matmul={})
+  for line in open(path):
+    if line.startswith("matmul "):
+      head, _, load_part = line.partition(" load ")
+      meta["matmul"] = eval(head[len("matmul "):])  # noqa: S307 - own log
+      meta["load_start"] = load_part.strip()
+    elif line.startswith("workload "):
+      meta["load_end"] = line.split("load ", 1)[-1].strip()
+    elif line.startswith("   {"):
+      rows.append(json.loads(line))
+  write_report(meta, rows, out_dir, tag)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--quick", action="store_true",
+                  help="small shapes and 3 repeats (smoke run)")
+  ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc",
+                  help="comma-separated subset of 1,2,3,4,5,6,7,acc")
+  ap.add_argument("--repeats", type=int, default=None)
+  ap.add_argument("--iters", type=int, default=None,
+                  help="extra fixed iterations for the per-iteration slope")
+  ap.add_argument("--no-converge", dest="converge", action="store_false")
+  ap.add_argument("--libs", default="sklearn,gmmx,cs",
+                  help="cs: also gmmjax with per-component shifts")
+  ap.add_argument("--out", default=os.path.join(HERE, "results"))
+  ap.add_argument("--tag", default="")
+  ap.add_argument("--from-log", default=None,
+                  help="rebuild JSON/markdown from a run's printed rows")
+  args = ap.parse_args(argv)
+  if args.from_log:
+    return report_from_log(args.from_log, args.out, args.tag)
+  args.repeats = args.repeats or (3 if args.quick else 5)
+  args.iters = args.iters or (2 if args.quick else 3)
+  libs = set(args.libs.split(","))
+  sel = args.workloads.split(",")
+  s = 10 if args.quick else 1
+  meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
+              machine=platform.processor() or platform.machine(),
+              cpus=os.cpu_count(), jax=jax.__version__,
+              sklearn=getattr(sklearn, "__version__", None),
+              gmmx=getattr(gmmx, "__version__", "installed" if gmmx else None),
+              load_start=load(), quick=args.quick, repeats=args.repeats,
+              iters=args.iters, argv=sys.argv[1:])
+  meta["matmul"] = matmul_rates()
+  print("matmul", meta["matmul"], "load", meta["load_start"], flush=True)
+  rows = []
+  plan = {
+      "1": lambda: wl1(args, libs),
+      "2": lambda: wl_standard("2", 100000 // s, 16, 16, ["full"],
+                               [np.float32, np.float64], args, libs),
+      "3": lambda: wl_standard("3", 65536 // s, 32, 64, ["full"],
+                               [np.float32, np.float64], args, libs),
+      "4": lambda: wl_standard("4", 200000 // s, 64, 64,
+                               ["diag", "tied", "spherical"],
+                               [np.float32, np.float64], args, libs),
+      "5": lambda: wl5(args, libs),
+      "6": lambda: wl6(args, libs),
+      "7": lambda: wl7(args, libs),
+      "acc": lambda: wl_acc(args, libs),
+  }
+  for w in sel:
+    t0 = time.perf_counter()
+    new = plan[w]()
+    rows += new
+    print(f"workload {w}: {time.perf_counter() - t0:.1f}s, load {load()}",
+          flush=True)
+    for r in new:
+      print("  ", json.dumps(r), flush=True)
+  meta["load_end"] = load()
+  write_report(meta, rows, args.out, args.tag)
+
+
+if __name__ == "__main__":
+  with contextlib.suppress(KeyboardInterrupt):
+    main()

@@ -1,0 +1,109 @@
+"""SQUAREM-accelerated EM: same fixed point as EM, fewer E-steps, monotone."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gmmjax as gx
+from gmmjax._src.accel import fit_accelerated, squarem_point
+
+
+def _overlapping(seed=0):
+  """Three strongly overlapping 2-D clusters (centres ~1.5 sigma apart)."""
+  rng = np.random.default_rng(seed)
+  centers = [[0.0, 0.0], [1.5, 0.5], [0.5, 1.8]]
+  return np.concatenate([rng.normal(c, 1.0, (700, 2)) for c in centers])
+
+
+def _steps_to(history, target):
+  """E-steps until the log-likelihood first reaches ``target``."""
+  h = np.asarray(history)
+  hit = np.nonzero(h >= target)[0]
+  return int(hit[0]) + 1 if hit.size else None
+
+
+@pytest.fixture(scope="module", params=["full", "spherical"])
+def fits(request):
+  with jax.enable_x64(True):
+    ctype = request.param
+    X = jnp.asarray(_overlapping())
+    p0 = gx.init_params(jax.random.key(1), X, 3, covariance_type=ctype,
+                        method="random")
+    em = gx.fit(X, p0, max_iter=5000, tol=1e-11)
+    acc, info = fit_accelerated(X, p0, max_iter=5000, tol=1e-11,
+                                return_info=True)
+    # One more EM step from each end point: how far from a fixed point.
+    em_next, _ = gx.em_step(em.params, X)
+    acc_next, _ = gx.em_step(acc.params, X)
+    yield dict(X=X, p0=p0, em=em, acc=acc, info=info, em_next=em_next,
+               acc_next=acc_next)
+
+
+def test_same_fixed_point_as_em(fits):
+  em, acc = fits["em"], fits["acc"]
+  assert bool(em.converged) and bool(acc.converged)
+  np.testing.assert_allclose(float(acc.log_likelihood),
+                             float(em.log_likelihood), rtol=0, atol=1e-7)
+  # The accelerated end point is (numerically) a fixed point of the EM map.
+  for a, b in zip(jax.tree.leaves(fits["acc_next"]),
+                  jax.tree.leaves(acc.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
+  # Both end points describe the same mixture (same init, so same labels);
+  # plain EM crawls, so it is itself only close to its limit.
+  np.testing.assert_allclose(np.asarray(acc.params.means),
+                             np.asarray(em.params.means), atol=2e-3)
+  np.testing.assert_allclose(np.asarray(acc.params.weights),
+                             np.asarray(em.params.weights), atol=2e-3)
+
+
+def test_fewer_e_steps_on_overlapping_clusters(fits):
+  em, acc = fits["em"], fits["acc"]
+  best = max(float(em.log_likelihood), float(acc.log_likelihood))
+  n_em = _steps_to(em.history, best - 1e-6)
+  n_acc = _steps_to(acc.history, best - 1e-6)
+  assert n_em is not None and n_acc is not None
+  assert n_acc <= 0.7 * n_em, (n_acc, n_em)
+  assert int(fits["info"].n_accepted) > 0
+
+
+def test_log_likelihood_never_decreases(fits):
+  acc = fits["acc"]
+  h = np.asarray(acc.history)[:int(acc.n_iter)]
+  assert np.all(np.isfinite(h))
+  assert np.all(np.diff(h) >= -1e-12)
+  assert float(acc.log_likelihood) >= h[-1] - 1e-12
+  assert np.all(np.isnan(np.asarray(acc.history)[int(acc.n_iter):]))
+
+
+def test_alpha_one_is_two_em_steps(x64):
+  X = jnp.asarray(_overlapping(1)[:300])
+  p0 = gx.init_params(jax.random.key(2), X, 3, covariance_type="full")
+  p1, _ = gx.em_step(p0, X)
+  p2, _ = gx.em_step(p1, X)
+  point, alpha = squarem_point(p0, p1, p2, jnp.asarray(1.0))
+  assert float(alpha) == 1.0
+  for a, b in zip(jax.tree.leaves(point), jax.tree.leaves(p2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_float32_and_vmap(x64):
+  """Float32 stays finite and monotone; a vmapped batch equals single fits."""
+  X = jnp.asarray(_overlapping(2)[:900], jnp.float32)
+  keys = jax.random.split(jax.random.key(3), 2)
+  p0 = jax.vmap(lambda k: gx.init_params(k, X, 3, covariance_type="diag",
+                                         method="random"))(keys)
+  batch = jax.vmap(lambda p: fit_accelerated(X, p, max_iter=300,
+                                             tol=1e-5))(p0)
+  for i in range(2):
+    one = fit_accelerated(X, jax.tree.map(lambda a, i=i: a[i], p0),
+                          max_iter=300, tol=1e-5)
+    assert batch.params.means.dtype == jnp.float32
+    assert int(batch.n_iter[i]) == int(one.n_iter)
+    np.testing.assert_allclose(np.asarray(batch.params.means[i]),
+                               np.asarray(one.params.means), rtol=1e-5,
+                               atol=1e-5)
+    h = np.asarray(one.history)[:int(one.n_iter)]
+    assert np.all(np.isfinite(h)) and not bool(one.failed)
+    assert np.all(np.diff(h) >= -1e-5 * np.abs(h[:-1]))

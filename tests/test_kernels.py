@@ -1,0 +1,306 @@
+"""E/M kernels (chunked, fused) against straightforward NumPy references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gmmjax as gx
+from gmmjax._src import covariance as cov_ops
+from gmmjax._src import stats as stats_lib
+
+TYPES = ("full", "tied", "diag", "spherical")
+N, D, K = 700, 3, 4  # 700 = 5 chunks of 128 + a remainder of 60
+
+
+def _random_params(seed, ctype, scale=1.0, offset=0.0):
+  """Random mixture parameters as float64 NumPy arrays."""
+  rng = np.random.default_rng(seed)
+  w = rng.uniform(0.5, 1.5, K)
+  w /= w.sum()
+  means = offset + scale * rng.normal(0, 3, (K, D))
+  if ctype == "full":
+    a = rng.normal(size=(K, D, D))
+    cov = scale**2 * (a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(D))
+  elif ctype == "tied":
+    a = rng.normal(size=(D, D))
+    cov = scale**2 * (a @ a.T + 0.5 * np.eye(D))
+  elif ctype == "diag":
+    cov = scale**2 * rng.uniform(0.3, 2.0, (K, D))
+  else:
+    cov = scale**2 * rng.uniform(0.3, 2.0, K)
+  return w, means, cov
+
+
+def _full_covs(cov, ctype):
+  if ctype == "full":
+    return cov
+  if ctype == "tied":
+    return np.broadcast_to(cov, (K, D, D))
+  if ctype == "diag":
+    return np.stack([np.diag(c) for c in cov])
+  return np.stack([c * np.eye(D) for c in cov])
+
+
+def _ref_log_gauss(X, means, covs):
+  """log N(x | mu_k, Sigma_k) by solve and slogdet, (N, K)."""
+  out = np.empty((X.shape[0], K))
+  for k in range(K):
+    diff = X - means[k]
+    maha = np.einsum("nd,nd->n", diff, np.linalg.solve(covs[k], diff.T).T)
+    _, logdet = np.linalg.slogdet(covs[k])
+    out[:, k] = -0.5 * (D * np.log(2 * np.pi) + logdet + maha)
+  return out
+
+
+def _ref_stats(X, w, means, cov, ctype, sw, shift, temperature=None):
+  wlp = _ref_log_gauss(X, means, _full_covs(cov, ctype)) + np.log(w)
+  m = wlp.max(1, keepdims=True)
+  log_norm = (m + np.log(np.exp(wlp - m).sum(1, keepdims=True)))[:, 0]
+  z = wlp if temperature is None else wlp / temperature
+  z = z - z.max(1, keepdims=True)
+  resp = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+  rw = resp * sw[:, None]
+  xc = X[:, None, :] - np.broadcast_to(shift, (K, D))[None]  # (N, K, D)
+  full = np.einsum("nk,nkd,nke->kde", rw, xc, xc)
+  sxx = {"full": full, "tied": full.sum(0),
+         "diag": np.einsum("kdd->kd", full),
+         "spherical": np.einsum("kdd->k", full)}[ctype]
+  return dict(count=sw.sum(), nk=rw.sum(0), sx=np.einsum("nk,nkd->kd", rw, xc),
+              sxx=sxx,
+              log_likelihood=(sw * log_norm).sum()), wlp
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+  """Forces the smallest chunk (128 samples) so N=700 is scanned in chunks."""
+  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+
+
+def _data(seed, scale=1.0, offset=0.0):
+  rng = np.random.default_rng(seed)
+  return offset + scale * rng.normal(0, 3, (N, D))
+
+
+def _check_stats(got, ref, rtol):
+  for name, value in ref.items():
+    np.testing.assert_allclose(np.asarray(getattr(got, name)), value,
+                               rtol=rtol, atol=rtol * 1e-3 * np.abs(
+                                   value).max(), err_msg=name)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("per_component", [False, True])
+def test_e_step_stats_matches_numpy(x64, request, ctype, chunked,
+                                    per_component):
+  if chunked:
+    request.getfixturevalue("small_chunks")
+  w, means, cov = _random_params(1, ctype)
+  X = _data(2)
+  sw = np.random.default_rng(3).uniform(0.0, 2.0, N)
+  shift = np.array([0.3, -0.2, 0.1])
+  if per_component:
+    shift = means + 0.1
+  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  got = stats_lib.e_step_stats(params, jnp.asarray(X), jnp.asarray(sw),
+                               jnp.asarray(shift))
+  ref, wlp = _ref_stats(X, w, means, cov, ctype, sw, shift)
+  _check_stats(got, ref, 1e-10)
+  np.testing.assert_allclose(
+      np.asarray(stats_lib.weighted_log_prob(params, jnp.asarray(X))), wlp,
+      rtol=1e-10)
+
+
+@pytest.mark.parametrize("ctype", ["full", "diag"])
+def test_chunked_equals_unchunked_with_temperature(x64, monkeypatch, ctype):
+  w, means, cov = _random_params(4, ctype)
+  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  X = jnp.asarray(_data(5))
+  whole = stats_lib.e_step_stats(params, X, temperature=2.0)
+  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+  chunked = stats_lib.e_step_stats(params, X, temperature=2.0)
+  ref, _ = _ref_stats(np.asarray(X), w, means, cov, ctype, np.ones(N),
+                      np.asarray(stats_lib.mixture_mean(params)), 2.0)
+  _check_stats(whole, ref, 1e-10)
+  _check_stats(chunked, ref, 1e-10)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_second_moments_and_m_step_match_numpy(x64, ctype):
+  rng = np.random.default_rng(6)
+  X = _data(7)
+  resp = rng.dirichlet(np.ones(K), N)
+  sw = rng.uniform(0.5, 1.5, N)
+  params = gx.m_step(jnp.asarray(X), jnp.log(jnp.asarray(resp)),
+                     covariance_type=ctype, reg_covar=1e-3,
+                     sample_weight=jnp.asarray(sw))
+  rw = resp * sw[:, None]
+  nk = rw.sum(0) + 10 * np.finfo(np.float64).eps
+  mu = rw.T @ X / nk[:, None]
+  full = np.stack([(rw[:, k, None] * (X - mu[k])).T @ (X - mu[k]) / nk[k]
+                   for k in range(K)])
+  cov = {"full": full + 1e-3 * np.eye(D),
+         "tied": np.einsum("k,kde->de", nk, full) / nk.sum()
+         + 1e-3 * np.eye(D),
+         "diag": np.einsum("kdd->kd", full) + 1e-3,
+         "spherical": np.einsum("kdd->k", full) / D + 1e-3}[ctype]
+  np.testing.assert_allclose(np.asarray(params.means), mu, rtol=1e-10)
+  np.testing.assert_allclose(np.asarray(params.covariances), cov, rtol=1e-9)
+  np.testing.assert_allclose(np.asarray(params.weights), nk / nk.sum(),
+                             rtol=1e-12)
+
+
+def test_chunk_size_respects_budget():
+  for ctype in TYPES:
+    for n, k, d in [(10**6, 64, 32), (10**5, 16, 16), (4 * 10**6, 64, 64)]:
+      c = cov_ops.chunk_size(n, k, d, ctype, jnp.float32, budget=8 << 20)
+      assert 128 <= c <= n
+      widest = k * d if ctype == "full" else 3 * k
+      assert c * widest * 4 <= 8 << 20 or c == 128
+  assert cov_ops.chunk_size(50, 4, 2, "full", jnp.float32) == 50
+
+
+@pytest.mark.parametrize("ctype", ["full"])
+def test_gradients_chunked_match_unchunked(x64, monkeypatch, ctype):
+  w, means, cov = _random_params(8, ctype)
+  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  X = jnp.asarray(_data(9)[:260])
+  sw = jnp.asarray(np.random.default_rng(10).uniform(0.5, 1.5, 260))
+
+  def objective(X, sw, means):
+    s = stats_lib.e_step_stats(params.replace(means=means), X, sw)
+    return (s.log_likelihood + jnp.sum(jnp.sin(s.sx)) + jnp.sum(s.sxx ** 2)
+            * 1e-4 + jnp.sum(jnp.cos(s.nk)))
+
+  g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))
+  whole = g(X, sw, params.means)
+  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+  g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))  # retrace: chunked
+  chunked = g(X, sw, params.means)
+  for a, b in zip(whole, chunked):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9,
+                               atol=1e-12)
+  # Central finite difference along a random direction of X.
+  v = jnp.asarray(np.random.default_rng(11).normal(size=X.shape))
+  eps = 1e-6
+  fd = (objective(X + eps * v, sw, params.means)
+        - objective(X - eps * v, sw, params.means)) / (2 * eps)
+  np.testing.assert_allclose(float(jnp.sum(chunked[0] * v)), float(fd),
+                             rtol=1e-6)
+  # Forward mode agrees with reverse mode through the scan.
+  _, tangent = jax.jvp(lambda X: objective(X, sw, params.means), (X,), (v,))
+  np.testing.assert_allclose(float(tangent), float(fd), rtol=1e-6)
+
+
+def _blobs(seed, n_per=250):
+  rng = np.random.default_rng(seed)
+  centers = np.array([[0.0, 0.0, 0.0], [5.0, 1.0, -2.0], [-4.0, 4.0, 1.0],
+                      [1.0, -5.0, 3.0]])
+  parts = [rng.normal(c, [1.0, 0.6, 1.4], (n_per, D)) for c in centers]
+  return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("scale,offset", [(100.0, 1e6), (1e-6, 0.0),
+                                          (1e6, 0.0)])
+def test_float32_agrees_with_float64(monkeypatch, ctype, scale, offset):
+  """Offset or scaled data: float32 EM stays finite and matches float64.
+
+  The offsets are 1e4 times the clusters' spread: float32 data carry about
+  7 digits, so a larger ratio quantises the data themselves (and means
+  stored in float32) beyond a 1e-4 agreement, whatever the kernels do.
+  """
+  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+  X32 = (offset + scale * _blobs(12)).astype(np.float32)
+  # Soft responsibilities around the true labels: EM then converges to one
+  # optimum, instead of amplifying round-off while breaking symmetry.
+  rng = np.random.default_rng(13)
+  labels = np.repeat(np.arange(K), X32.shape[0] // K)
+  resp = 0.7 * np.eye(K)[labels] + 0.3 * rng.dirichlet(np.ones(K),
+                                                         X32.shape[0])
+  reg = 1e-6 * scale**2
+
+  def run(dtype):
+    X = jnp.asarray(X32.astype(dtype))
+    p = gx.m_step(X, jnp.log(jnp.asarray(resp, dtype)), covariance_type=ctype,
+                  reg_covar=reg)
+    return gx.fit(X, p, max_iter=10, tol=0.0, reg_covar=reg)
+
+  r32 = run(np.float32)
+  with jax.enable_x64(True):
+    r64 = run(np.float64)
+  assert not bool(r32.failed)
+  assert np.all(np.isfinite(np.asarray(r32.history)))
+  # The log-density of data scaled by s shifts by -D log s; compare the
+  # scale-free part.
+  base = D * np.log(scale)
+  np.testing.assert_allclose(float(r32.log_likelihood) + base,
+                             float(r64.log_likelihood) + base, rtol=1e-4,
+                             atol=1e-4)
+  np.testing.assert_allclose(
+      (np.asarray(r32.params.means) - offset) / scale,
+      (np.asarray(r64.params.means) - offset) / scale, rtol=1e-3, atol=1e-3)
+
+
+def test_vmap_over_params_matches_loop(x64):
+  X = jnp.asarray(_data(14))
+  batch = [gx.make_params(*_random_params(s, "full")) for s in (15, 16)]
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *batch)
+  out = jax.vmap(lambda p: stats_lib.e_step_stats(p, X))(stacked)
+  for i, p in enumerate(batch):
+    one = stats_lib.e_step_stats(p, X)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(out)):
+      np.testing.assert_allclose(np.asarray(b[i]), np.asarray(a), rtol=1e-10)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_params_from_stats_with_component_shift(x64, ctype):
+  """M-step from per-component statistics equals scikit-learn's formulas."""
+  rng = np.random.default_rng(20)
+  X = _data(21)
+  resp = rng.dirichlet(np.ones(K), N)
+  shift = rng.normal(size=(K, D))
+  stats = stats_lib.stats_from_resp(jnp.asarray(X), jnp.asarray(resp), None,
+                                    jnp.asarray(shift), ctype)
+  p = stats_lib.params_from_stats(stats, jnp.asarray(shift), ctype, 1e-3)
+  ref = gx.m_step(jnp.asarray(X), jnp.log(jnp.asarray(resp)),
+                  covariance_type=ctype, reg_covar=1e-3)
+  np.testing.assert_allclose(np.asarray(p.means), np.asarray(ref.means),
+                             rtol=1e-10)
+  np.testing.assert_allclose(np.asarray(p.covariances),
+                             np.asarray(ref.covariances), rtol=1e-9)
+
+
+def test_float32_nearly_singular_component_with_component_shift():
+  """A component of 20 points in 32 dimensions, far from the mixture mean.
+
+  Its covariance is singular but for reg_covar. Around one global shift
+  float32 loses ~eps * |mu - c|^2 >> reg_covar; around the component's
+  own mean the M-step must stay positive definite and match float64.
+  """
+  rng = np.random.default_rng(22)
+  d = 32
+  big = rng.normal(0, 1, (600, d))
+  small = 16.0 + 0.3 * rng.normal(0, 1, (20, d))
+  X = np.concatenate([big, small]).astype(np.float32)
+  resp = np.zeros((620, 2))
+  resp[:600, 0] = 1.0
+  resp[600:, 1] = 1.0
+
+  def m_step(dtype):
+    Xj = jnp.asarray(X.astype(dtype))
+    r = jnp.asarray(resp, dtype)
+    # Shifts: the responsibility-weighted means, rounded to the dtype.
+    shift = (r.T @ Xj) / jnp.sum(r, axis=0)[:, None]
+    s = stats_lib.stats_from_resp(Xj, r, None, shift, "full")
+    return stats_lib.params_from_stats(s, shift, "full", 1e-6)
+
+  p32 = m_step(np.float32)
+  with jax.enable_x64(True):
+    p64 = m_step(np.float64)
+  assert np.all(np.isfinite(np.asarray(p32.precisions_cholesky)))
+  ev32 = np.linalg.eigvalsh(np.asarray(p32.covariances, np.float64))
+  assert ev32.min() > 0
+  np.testing.assert_allclose(np.asarray(p32.covariances),
+                             np.asarray(p64.covariances), rtol=0, atol=2e-5)
