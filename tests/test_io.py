@@ -78,7 +78,7 @@ def fitted(blobs3):
   X = blobs3[:120]
   means_init = np.stack([X[:40].mean(0), X[40:80].mean(0), X[80:].mean(0)])
   gm = gx.GaussianMixture(3, covariance_type="diag", means_init=means_init,
-                          random_state=3, max_iter=50, tol=1e-4).fit(X)
+                          random_state=3, max_iter=300, tol=1e-4).fit(X)
   return gm, X
 
 
