@@ -1,19 +1,8 @@
 """Shared fixtures: small data sets, compiled once per session."""
 
-import os
-import pathlib
-
 import jax
 import numpy as np
 import pytest
-
-# Compiled programs are shared between the test processes (pytest-xdist
-# workers) and across test files through JAX's persistent cache: most of the
-# suite's time is XLA compilation of the same few programs.
-_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
-jax.config.update("jax_compilation_cache_dir",
-                  os.environ.get("GMMJAX_TEST_JAX_CACHE", str(_CACHE)))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 @pytest.fixture
