@@ -6,7 +6,7 @@ a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
 from gmmjax._src.accel import AccelInfo, fit_accelerated
-from gmmjax._src.covariance import COVARIANCE_TYPES
+from gmmjax._src.covariance import COVARIANCE_TYPES, cholesky_jitter
 from gmmjax._src.em import (
     Q,
     aic,
@@ -21,7 +21,13 @@ from gmmjax._src.em import (
     sample,
 )
 from gmmjax._src.estimator import GaussianMixture
-from gmmjax._src.fit import DIFFERENTIATION_MODES, FitResult, em_step, fit
+from gmmjax._src.fit import (
+    DIFFERENTIATION_MODES,
+    FitResult,
+    count_degenerate,
+    em_step,
+    fit,
+)
 from gmmjax._src.gradfit import (
     GradFitResult,
     em_then_gradient,
@@ -95,8 +101,10 @@ __all__ = [
     "aic",
     "best_restart",
     "bic",
+    "cholesky_jitter",
     "chunk_source",
     "component_shift",
+    "count_degenerate",
     "data_mesh",
     "e_step",
     "e_step_stats",

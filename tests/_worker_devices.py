@@ -28,7 +28,9 @@ def flat(prefix, result, out):
                       ("n_iter", result.n_iter),
                       ("converged", result.converged),
                       ("history", result.history),
-                      ("failed", result.failed)]:
+                      ("failed", result.failed),
+                      ("jitter", result.jitter),
+                      ("n_degenerate", result.n_degenerate)]:
     out[f"{prefix}/{name}"] = np.asarray(value)
 
 

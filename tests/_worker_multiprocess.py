@@ -51,7 +51,9 @@ def main(port, process_id, src, dst):
                           ("n_iter", result.n_iter),
                           ("converged", result.converged),
                           ("history", result.history),
-                          ("failed", result.failed)]:
+                          ("failed", result.failed),
+                          ("jitter", result.jitter),
+                          ("n_degenerate", result.n_degenerate)]:
         out[f"{mode}/{ctype}/{name}"] = np.asarray(value)
   if process_id == 0:
     np.savez(dst, **out)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
+from gmmjax._src import covariance as cov_ops
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -51,3 +52,90 @@ def test_float32_agrees_with_float64(cov_type, case):
     assert np.all(np.isfinite(np.asarray(leaf)))
   ll32, ll64 = float(r32.log_likelihood), float(r64.log_likelihood)
   assert abs(ll32 - ll64) <= 1e-3 * abs(ll64) + 1e-3, (ll32, ll64)
+
+
+# -- the Cholesky jitter fallback and the degeneracy count -------------------
+
+
+def _spd(rng, d, scale=10.0):
+  a = rng.normal(size=(d, d))
+  return scale * (a @ a.T / d + np.eye(d))
+
+
+def test_cholesky_jitter_is_zero_on_positive_definite_matrices():
+  rng = np.random.default_rng(0)
+  cov = np.stack([_spd(rng, 4) for _ in range(3)]).astype(np.float32)
+  assert np.all(np.asarray(gx.cholesky_jitter(cov)) == 0.0)
+  out, prec, jitter = cov_ops.precision_cholesky_jittered(cov, "full")
+  np.testing.assert_array_equal(np.asarray(out), cov)
+  assert float(jitter) == 0.0
+
+
+def test_cholesky_jitter_takes_the_first_step_that_factorises():
+  # Component 0 is singular (rank 1, scale ~10): float32 cannot factorise
+  # it. Component 1 is well conditioned and must keep a zero jitter.
+  rng = np.random.default_rng(1)
+  v = rng.normal(size=(4, 1)) * 3.0
+  cov = np.stack([v @ v.T, _spd(rng, 4)]).astype(np.float32)
+  assert not bool(cov_ops._cholesky_ok(cov)[0])
+  jitter = np.asarray(gx.cholesky_jitter(cov))
+  assert jitter[1] == 0.0 and jitter[0] > 0.0
+  eps = np.finfo(np.float32).eps
+  scale = np.mean(np.diag(cov[0]))
+  steps = jitter[0] / (eps * scale)
+  m = int(round(np.log10(steps)))
+  np.testing.assert_allclose(steps, 10.0 ** m, rtol=1e-5)
+  eye = np.eye(4, dtype=np.float32)
+  assert bool(cov_ops._cholesky_ok(cov[0] + jitter[0] * eye))
+  if m > 0:  # the step before did not factorise
+    assert not bool(cov_ops._cholesky_ok(cov[0] + jitter[0] / 10 * eye))
+  # precision_cholesky_jittered returns the covariance it factorised.
+  out, prec, top = cov_ops.precision_cholesky_jittered(cov, "full")
+  np.testing.assert_allclose(np.asarray(out)[0], cov[0] + jitter[0] * eye)
+  np.testing.assert_array_equal(np.asarray(out)[1], cov[1])
+  assert float(top) == jitter[0]
+  assert np.all(np.isfinite(np.asarray(prec)))
+
+
+def test_cholesky_jitter_gives_up_on_a_zero_matrix():
+  # No relative jitter can factorise a zero covariance (a component on one
+  # point with reg_covar=0): the factor stays non-finite, and fit reports it
+  # as failed (tests/test_hard_cases.py::test_reg_covar_zero_collapse_*).
+  cov = np.zeros((2, 3, 3), np.float32)
+  cov[1] = np.eye(3)
+  _, prec, _ = cov_ops.precision_cholesky_jittered(cov, "full")
+  prec = np.asarray(prec)
+  assert not np.all(np.isfinite(prec[0])) and np.all(np.isfinite(prec[1]))
+
+
+@pytest.mark.parametrize("ctype", COV_TYPES)
+def test_count_degenerate_against_numpy(ctype):
+  reg, n, d = 1e-6, 100, 3
+  rng = np.random.default_rng(2)
+  weights = np.array([0.5, 0.3, 0.2 - 1e-3, 1e-3])  # component 3: 0.1 sample
+  means = rng.normal(size=(4, d))
+  # Component 1: one direction of variance 1.5 reg (collapsed); component
+  # 2: 3 reg (not collapsed).
+  q = np.linalg.qr(rng.normal(size=(d, d)))[0]
+  full = np.stack([
+      _spd(rng, d),
+      q @ np.diag([1.5 * reg, 1.0, 2.0]) @ q.T,
+      q @ np.diag([3.0 * reg, 1.0, 2.0]) @ q.T,
+      _spd(rng, d)])
+  cov = {"full": full, "tied": full[1],
+         "diag": np.stack([np.diagonal(c) for c in full]),
+         "spherical": np.array([1.0, 1.5 * reg, 3.0 * reg, 1.0])}[ctype]
+  if ctype == "diag":
+    cov[1] = [1.0, 1.5 * reg, 2.0]
+    cov[2] = [1.0, 3.0 * reg, 2.0]
+  p = gx.make_params(weights, means, cov, covariance_type=ctype)
+  if ctype == "tied":
+    smallest = np.full(4, np.linalg.eigvalsh(cov).min())
+  elif ctype == "full":
+    smallest = np.linalg.eigvalsh(cov).min(axis=1)
+  else:
+    smallest = cov.min(axis=1) if ctype == "diag" else cov
+  expected = np.sum((weights * n < 1) | (smallest <= 2 * reg))
+  got = int(gx.count_degenerate(p, n, reg))
+  assert got == expected
+  assert got == {"full": 2, "tied": 4, "diag": 2, "spherical": 2}[ctype]

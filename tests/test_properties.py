@@ -22,14 +22,12 @@ and fits can be compared step for step). Two profiles:
 The profile is applied per test (not loaded globally), so other test files
 keep hypothesis' own defaults.
 
-Known: until the lead's stats.py fix (second moments around one global
-shift) lands, the ``long`` profile finds 1-D, K=3 problems where a component
-collapses onto one sample a few hundred units from the mixture mean; its
-variance comes out as ``1.0001e-6`` instead of ``reg_covar = 1e-6``, which
-breaks monotonicity (by ~5e-7) and equivariance of the log-likelihood (by
-~1e-7 relative). The deterministic regression test is
-``tests/test_hard_cases.py::test_collapsed_component_keeps_em_monotone``
-(strict xfail).
+The ``long`` profile once found 1-D, K=3 problems where a component
+collapsed onto one sample far from the mixture mean came out with variance
+``1.0001e-6`` instead of ``reg_covar = 1e-6`` (second moments summed around
+one global shift), breaking monotonicity by ~5e-7. Statistics are now summed
+around each component's own mean; the deterministic regression test is
+``tests/test_hard_cases.py::test_collapsed_component_keeps_em_monotone``.
 """
 
 import os

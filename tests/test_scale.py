@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_blobs
+from conftest import TEST_XLA_FLAGS, make_blobs
 
 import gmmjax as gx
 from gmmjax._src import scale
@@ -37,7 +37,8 @@ def assert_same_fit(result, ref, prefix=""):
           "covariances": result.params.covariances,
           "log_likelihood": result.log_likelihood, "n_iter": result.n_iter,
           "converged": result.converged, "history": result.history,
-          "failed": result.failed}
+          "failed": result.failed, "jitter": result.jitter,
+          "n_degenerate": result.n_degenerate}
   get = (lambda k: got[prefix + k]) if prefix else (lambda k: got[k])
   for name in ("weights", "means", "covariances"):
     np.testing.assert_allclose(get(name), getattr(ref.params, name),
@@ -48,6 +49,8 @@ def assert_same_fit(result, ref, prefix=""):
   np.testing.assert_array_equal(get("n_iter"), ref.n_iter)
   np.testing.assert_array_equal(get("converged"), ref.converged)
   np.testing.assert_array_equal(get("failed"), ref.failed)
+  np.testing.assert_array_equal(get("jitter"), ref.jitter)
+  np.testing.assert_array_equal(get("n_degenerate"), ref.n_degenerate)
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +214,13 @@ def _inputs(problem, path):
   np.savez(path, **data)
 
 
-def _env(**extra):
+def _env(xla_flags=""):
+  """The workers' environment: CPU, this checkout, the suite's XLA flags."""
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = " ".join(f for f in (TEST_XLA_FLAGS, xla_flags) if f)
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join(
       [str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
-  env.update(extra)
   return env
 
 
@@ -228,7 +231,7 @@ def four_devices(problem, tmp_path_factory):
   proc = subprocess.run(
       [sys.executable, str(HERE / "_worker_devices.py"), str(tmp / "in.npz"),
        str(tmp / "out.npz")],
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"),
+      env=_env("--xla_force_host_platform_device_count=4"),
       capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return dict(np.load(tmp / "out.npz"))

@@ -34,7 +34,13 @@ from jax import lax
 from gmmjax._src import checks
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.fit import FitResult, em_step
+from gmmjax._src.fit import (
+  FitResult,
+  count_degenerate,
+  em_step_jitter,
+  n_positive_samples,
+  progress_callback,
+)
 from gmmjax._src.params import GMMParams
 
 _STEP_GROWTH = 4.0  # SQUAREM's `mstep`: how fast the step bound grows
@@ -113,6 +119,7 @@ class _Carry(NamedTuple):
   failed: jax.Array
   n_accepted: jax.Array
   n_rejected: jax.Array
+  jitter: jax.Array
 
 
 def _select(pred, a, b):
@@ -134,7 +141,7 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
   def body(c: _Carry):
-    new, ll = em_step(c.point, X, sample_weight, reg_covar)
+    new, ll, jitter = em_step_jitter(c.point, X, sample_weight, reg_covar)
     ok = _all_finite(new) & jnp.isfinite(ll)
     p0, p1, p2 = c.phase == 0, c.phase == 1, c.phase == 2
     # Phases 0 and 1 are plain EM steps: a failure there is a failure of EM
@@ -159,8 +166,7 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     point = _select(converged | (~p2 & ~ok), c.point, point)
     recorded = jnp.where(reject, c.ll1, ll)
     if callback is not None:
-      jax.debug.callback(callback, c.n_iter + 1, recorded, change,
-                         ordered=False)
+      progress_callback(callback, c.n_iter + 1, recorded, change)
     return _Carry(
         base=base,
         mid=mid,
@@ -178,7 +184,9 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
         converged=converged,
         failed=~p2 & ~ok,
         n_accepted=c.n_accepted + accept.astype(jnp.int32),
-        n_rejected=c.n_rejected + reject.astype(jnp.int32))
+        n_rejected=c.n_rejected + reject.astype(jnp.int32),
+        jitter=jnp.where(ok & ~reject, jnp.maximum(c.jitter, jitter),
+                         c.jitter))
 
   init = _Carry(
       base=params, mid=params, point=params,
@@ -190,7 +198,8 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       history=jnp.full((max_iter,), jnp.nan, dtype),
       converged=jnp.zeros((), bool), failed=jnp.zeros((), bool),
       n_accepted=jnp.zeros((), jnp.int32),
-      n_rejected=jnp.zeros((), jnp.int32))
+      n_rejected=jnp.zeros((), jnp.int32),
+      jitter=jnp.zeros((), dtype))
   out = lax.while_loop(cond, body, init)
   # The latest iterate: the EM image last computed (phase 0 or 1 done), or
   # the next cycle's theta0 (a cycle just completed). A failure keeps the
@@ -203,7 +212,10 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
   failed = out.failed | ~jnp.isfinite(final_ll)
   fit_result = FitResult(params=result, log_likelihood=final_ll,
                          n_iter=out.n_iter, converged=out.converged & ~failed,
-                         history=out.history, failed=failed)
+                         history=out.history, failed=failed,
+                         jitter=out.jitter,
+                         n_degenerate=count_degenerate(
+                             result, n_positive_samples(X, sample_weight), reg_covar))
   return fit_result, AccelInfo(out.n_accepted, out.n_rejected)
 
 

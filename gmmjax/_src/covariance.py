@@ -67,6 +67,76 @@ def precision_cholesky(covariances, covariance_type: str):
   return lax.rsqrt(covariances)
 
 
+# Diagonal jitters tried, in order, when a covariance's Cholesky factorisation
+# fails: ``eps * 10**m`` times the mean of its diagonal, m = 0, 1, ..., 7
+# (float32: 1.2e-7 up to 1.2 relative; float64: 2.2e-16 up to 2.2e-9).
+JITTER_STEPS = 8
+
+
+def _cholesky_ok(cov):
+  chol = jnp.linalg.cholesky(cov)
+  diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
+  return jnp.all(jnp.isfinite(chol), axis=(-2, -1)) & jnp.all(diag > 0, -1)
+
+
+def cholesky_jitter(covariances):
+  """Smallest diagonal jitter that lets each matrix be Cholesky-factorised.
+
+  For full ``(K, D, D)`` or tied ``(D, D)`` covariances: per matrix, 0 when
+  its Cholesky factorisation succeeds, else the first of ``eps * 10**m *
+  mean(diag)`` (m = 0 .. ``JITTER_STEPS - 1``) for which it does (the last
+  one when none does; the factorisation then fails and the caller reports
+  it). A matrix that is positive semi-definite up to rounding, as float32
+  moments of collinear or repeated data produce, needs a few ``eps`` of its
+  own scale. Not differentiated (the jitter is a constant of the step).
+
+  Returns:
+    ``(K,)`` or ``()`` jitters, in the covariances' dtype.
+  """
+  cov = lax.stop_gradient(covariances)
+  dtype = cov.dtype
+  eps = jnp.finfo(dtype).eps
+  scale = jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1)
+  eye = _eye_like(cov)
+  zero = jnp.zeros(scale.shape, dtype)
+
+  def cond(state):
+    step, _, good = state
+    return (step < JITTER_STEPS) & ~jnp.all(good)
+
+  def body(state):
+    step, jitter, good = state
+    trial = scale * eps * jnp.asarray(10.0, dtype) ** step.astype(dtype)
+    jitter = jnp.where(good, jitter, trial)
+    good = _cholesky_ok(cov + jitter[..., None, None] * eye)
+    return step + 1, jitter, good
+
+  _, jitter, _ = lax.while_loop(
+      cond, body, (jnp.zeros((), jnp.int32), zero, _cholesky_ok(cov)))
+  return jitter
+
+
+def precision_cholesky_jittered(covariances, covariance_type: str):
+  """:func:`precision_cholesky` with a reported jitter fallback.
+
+  Full/tied covariances whose factorisation fails (not positive definite
+  up to rounding) get the smallest diagonal jitter of
+  :func:`cholesky_jitter` added; diag/spherical ones are used as they are.
+
+  Returns:
+    ``(covariances, precisions_cholesky, jitter)``: the covariances actually
+    factorised (jitter included, so the two stay consistent) and the largest
+    jitter added (a scalar, 0 when none was needed).
+  """
+  if not _is_matrix(covariance_type):
+    return (covariances, precision_cholesky(covariances, covariance_type),
+            jnp.zeros((), covariances.dtype))
+  jitter = cholesky_jitter(covariances)
+  covariances = covariances + jitter[..., None, None] * _eye_like(covariances)
+  return (covariances, precision_cholesky(covariances, covariance_type),
+          jnp.max(jitter))
+
+
 def precision_cholesky_from_precisions(precisions, covariance_type: str):
   """Upper factor ``U`` with ``U U^T = precision`` (scikit-learn's convention).
 

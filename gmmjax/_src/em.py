@@ -1,10 +1,15 @@
 """E-step, M-step, densities and model criteria: pure functions on GMMParams.
 
-All functions are ``jit``/``vmap``/``grad``-safe. Shapes are checked when
-traced; values are not (the estimator checks those before compiling).
+All functions are ``jit``/``vmap``/``grad``-safe, and jitted themselves, so
+that a call outside ``jit`` runs one compiled program instead of dispatching
+dozens of operations one by one (about 100x faster on small data). Shapes are
+checked when traced; values are not (the estimator checks those before
+compiling).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +20,7 @@ from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 
+@jax.jit
 def e_step(params: GMMParams, X, sample_weight=None, *, temperature=None):
   """Expectation step: log-responsibilities and mean log-likelihood.
 
@@ -56,6 +62,7 @@ def _weighted_mean(values, w):
   return jnp.sum(w * values) / jnp.sum(w)
 
 
+@functools.partial(jax.jit, static_argnames=('covariance_type',))
 def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
            sample_weight=None) -> GMMParams:
   """Maximisation step: closed-form parameters from responsibilities.
@@ -101,6 +108,7 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
   return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
 
 
+@jax.jit
 def Q(params: GMMParams, X, log_resp, sample_weight=None):
   """EM auxiliary function: expected complete-data log-likelihood per sample.
 
@@ -145,6 +153,7 @@ def Q(params: GMMParams, X, log_resp, sample_weight=None):
   return _weighted_mean(per_sample, w)
 
 
+@jax.jit
 def log_prob(params: GMMParams, X):
   """Per-sample log density ``log p(x_i)``, shape ``(N,)``.
 
@@ -159,6 +168,7 @@ def log_prob(params: GMMParams, X):
   return jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
 
 
+@jax.jit
 def log_likelihood(params: GMMParams, X, sample_weight=None):
   """Mean (weighted) per-sample log-likelihood, a scalar."""
   params, X, w = checks.prepare(params, X, sample_weight)
@@ -166,11 +176,13 @@ def log_likelihood(params: GMMParams, X, sample_weight=None):
   return _weighted_mean(logp, w)
 
 
+@jax.jit
 def predict_proba(params: GMMParams, X):
   """Responsibilities ``p(k | x_i)``, shape ``(N, K)``; rows sum to 1."""
   return jnp.exp(e_step(params, X)[0])
 
 
+@jax.jit
 def predict(params: GMMParams, X):
   """Most probable component of each sample, shape ``(N,)`` (int32)."""
   params, X, _ = checks.prepare(params, X)
@@ -178,6 +190,7 @@ def predict(params: GMMParams, X):
   return jnp.argmax(wlp, axis=1).astype(jnp.int32)
 
 
+@functools.partial(jax.jit, static_argnames=('n_samples',))
 def sample(key, params: GMMParams, n_samples: int):
   """Draws ``n_samples`` points from the mixture.
 
@@ -223,6 +236,7 @@ def _total_log_likelihood(params, X, sample_weight):
   return jnp.sum(w * logp), jnp.sum(w)
 
 
+@jax.jit
 def bic(params: GMMParams, X, sample_weight=None):
   """Bayesian information criterion ``-2 log L + p log n`` (lower is better).
 
@@ -233,6 +247,7 @@ def bic(params: GMMParams, X, sample_weight=None):
   return -2.0 * total + n_parameters(params) * jnp.log(n)
 
 
+@jax.jit
 def aic(params: GMMParams, X, sample_weight=None):
   """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
   total, _ = _total_log_likelihood(params, X, sample_weight)

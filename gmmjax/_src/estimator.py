@@ -95,6 +95,11 @@ def _not_fitted_error_class():
   return val.NotFittedError
 
 
+def _lower_bound(history, n_iter) -> float:
+  """scikit-learn's ``lower_bound_`` (``FitResult.lower_bound``) in NumPy."""
+  return float(history[n_iter - 1]) if n_iter > 0 else -np.inf
+
+
 class GaussianMixture:
   """Gaussian mixture fitted by EM, with scikit-learn's interface.
 
@@ -115,6 +120,14 @@ class GaussianMixture:
     warm_start: continue from the fitted parameters on the next ``fit``.
     verbose: 0 silent, 1 iteration numbers, 2 also log-likelihood and timing.
     verbose_interval: iterations between progress lines.
+
+  Beyond scikit-learn's fitted attributes, ``fit`` sets two diagnostics of
+  the kept restart (:class:`gmmjax.FitResult`): ``jitter_``, the largest
+  diagonal jitter a covariance needed to be factorised (0.0 when none; a
+  nonzero value also raises a ``ConvergenceWarning``), and
+  ``n_degenerate_``, the number of empty or collapsed components
+  (:func:`gmmjax.count_degenerate`). They describe the fit that made them
+  and are not saved by :func:`gmmjax.save`.
 
   Example:
     >>> import numpy as np, gmmjax as gx
@@ -246,7 +259,9 @@ class GaussianMixture:
     self.means_ = np.asarray(params.means)
     self.covariances_ = np.asarray(params.covariances)
     self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
-    self.precisions_ = np.asarray(params.precisions)
+    p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
+    self.precisions_ = (p @ np.swapaxes(p, -1, -2)
+                        if self.covariance_type in ("full", "tied") else p * p)
 
   def _initial_overrides(self, n_features):
     k, ctype = self.n_components, self.covariance_type
@@ -304,13 +319,11 @@ class GaussianMixture:
       results = fit_lib.fit(X, self._params(), prev_log_likelihood=prev,
                             **kwargs)
       results = jax.tree.map(lambda a: a[None], results)
-      best = 0
     elif not any(v is not None for v in overrides.values()):
       _, results = restarts.fit_restarts(
           key_from_random_state(self.random_state), X, int(self.n_components),
           n_init=int(self.n_init), covariance_type=self.covariance_type,
           method=self.init_params, **kwargs)
-      best = int(restarts.best_restart(results))
     else:
       keys = jax.random.split(key_from_random_state(self.random_state),
                               int(self.n_init))
@@ -321,10 +334,15 @@ class GaussianMixture:
                                reg_covar=float(self.reg_covar),
                                sample_weight=w), **overrides))(keys)
       results = jax.vmap(lambda p: fit_lib.fit(X, p, **kwargs))(params0)
-      best = int(restarts.best_restart(results))
 
+    # On the host from here: small NumPy work, nothing more to compile.
     results = jax.device_get(results)
+    score = np.where(results.failed | ~np.isfinite(results.log_likelihood),
+                     -np.inf, results.log_likelihood)
+    best = int(np.argmax(score))  # restarts.best_restart's rule
     result = restarts.take(results, best)
+    lower_bounds = [_lower_bound(results.history[i], results.n_iter[i])
+                    for i in range(results.n_iter.shape[0])]
     if not all(np.all(np.isfinite(np.asarray(leaf)))
                for leaf in jax.tree.leaves(result.params)):
       raise ValueError(
@@ -338,15 +356,23 @@ class GaussianMixture:
         state = "converged" if results.converged[i] else "did not converge"
         print(f"Initialization {i} {state} after {int(results.n_iter[i])} "
               f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
-              f"{float(results.lower_bound[i]):.5f}", flush=True)
+              f"{lower_bounds[i]:.5f}", flush=True)
 
-    if bool(result.failed):
+    failed = bool(result.failed)
+    if failed:
       warnings.warn(
           "Fitting stopped early because an EM step produced non-finite "
           "parameters (ill-defined empirical covariance); the last finite "
           "parameters are kept. Try to increase reg_covar, or scale the input "
           "data.", val.ConvergenceWarning, stacklevel=2)
-    elif not bool(result.converged) and self.max_iter > 0:
+    if float(result.jitter) > 0:
+      warnings.warn(
+          f"A covariance was not positive definite up to rounding: a "
+          f"diagonal jitter of up to {float(result.jitter):.3g} was added, on "
+          f"top of reg_covar={self.reg_covar!r}, to factorise it (jitter_). "
+          "Increase reg_covar, remove collinear or duplicated features, or "
+          "fit in float64.", val.ConvergenceWarning, stacklevel=2)
+    if not failed and not bool(result.converged) and self.max_iter > 0:
       warnings.warn(
           "Best performing initialization did not converge. Try different "
           "init parameters, or increase max_iter, tol, or check for "
@@ -356,7 +382,9 @@ class GaussianMixture:
     self._set_fitted(result.params)
     self.converged_ = bool(result.converged)
     self.n_iter_ = int(result.n_iter)
-    self.lower_bound_ = float(result.lower_bound)
+    self.jitter_ = float(result.jitter)
+    self.n_degenerate_ = int(result.n_degenerate)
+    self.lower_bound_ = lower_bounds[best]
     self.lower_bounds_ = [float(v) for v in
                           np.asarray(result.history)[:self.n_iter_]]
     return np.asarray(em.predict(result.params, X))
@@ -445,6 +473,8 @@ class GaussianMixture:
       state = scale_online.online_update(state, X, sample_weight=w,
                                          reg_covar=float(self.reg_covar))
     self._online_state = state
+    for name in ("jitter_", "n_degenerate_"):  # only fit sets these
+      self.__dict__.pop(name, None)
     self._set_fitted(state.params)
     self.converged_ = False
     self.n_iter_ = int(state.step) + 1

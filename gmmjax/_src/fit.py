@@ -30,6 +30,17 @@ class FitResult(NamedTuple):
   history: jax.Array  # shape=(max_iter,), E-step log-likelihoods, NaN padded
   failed: jax.Array  # shape=(), bool, a step went non-finite: the last finite
   # params are returned and `converged` is False
+  jitter: jax.Array  # shape=(), the largest diagonal jitter the M-step had
+  # to add to a full/tied covariance to factorise it (0: none), in the
+  # units of the covariances; nonzero means the fit was degraded
+  n_degenerate: jax.Array  # shape=(), int32, components of the returned
+  # params that are empty (weight * n_samples < 1) or collapsed (the
+  # covariance's trace is at most 2 * n_features * reg_covar)
+
+  @property
+  def degraded(self):
+    """True when the fit needed a jitter or has degenerate components."""
+    return (self.jitter > 0) | (self.n_degenerate > 0)
 
   @property
   def lower_bound(self):
@@ -47,8 +58,42 @@ class _Carry(NamedTuple):
   history: jax.Array
   converged: jax.Array
   failed: jax.Array
+  jitter: jax.Array
 
 
+def count_degenerate(params: GMMParams, n_samples, reg_covar) -> jax.Array:
+  """Number of empty or collapsed components of ``params`` (int32 scalar).
+
+  A component is empty when ``weights_k * n_samples < 1`` (less than one
+  sample's worth of responsibility) and collapsed when, in some direction,
+  its variance is at most ``2 * reg_covar`` (the regulariser is at least
+  what the data contribute there: a component on one point, on exactly
+  repeated rows, or on fewer distinct points than dimensions). For tied
+  covariances, a collapsed shared covariance counts every component.
+  """
+  dtype = params.means.dtype
+  cov = lax.stop_gradient(params.covariances)
+  ctype = params.covariance_type
+  if ctype in ("full", "tied"):
+    smallest = jnp.min(jnp.linalg.eigvalsh(cov), axis=-1)
+  elif ctype == "diag":
+    smallest = jnp.min(cov, axis=-1)
+  else:
+    smallest = cov
+  smallest = jnp.broadcast_to(smallest, params.weights.shape)
+  collapsed = smallest <= 2 * jnp.asarray(reg_covar, dtype)
+  empty = params.weights * jnp.asarray(n_samples, dtype) < 1
+  return jnp.sum(empty | collapsed).astype(jnp.int32)
+
+
+def n_positive_samples(X, sample_weight):
+  """Rows with a positive weight (all rows without weights)."""
+  if sample_weight is None:
+    return X.shape[0]
+  return jnp.sum(sample_weight > 0)
+
+
+@jax.jit
 def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
             prior=None):
   """One EM iteration (E then M) through the sufficient statistics.
@@ -66,16 +111,24 @@ def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
     ``params`` (computed by the E-step): the mean log-likelihood, plus
     ``log_prior(params) / sum(sample_weight)`` with a prior.
   """
+  new, objective, _ = em_step_jitter(params, X, sample_weight, reg_covar,
+                                     prior)
+  return new, objective
+
+
+def em_step_jitter(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
+                   prior=None):
+  """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
   if prior is None:
-    new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
-                                      reg_covar)
-    return new, stats.log_likelihood / stats.count
-  new = priors_lib.map_params_from_stats(stats, shift, params.covariance_type,
-                                         reg_covar, prior)
+    new, jitter = stats_lib.params_and_jitter_from_stats(
+        stats, shift, params.covariance_type, reg_covar)
+    return new, stats.log_likelihood / stats.count, jitter
+  new, jitter = priors_lib.map_params_and_jitter_from_stats(
+      stats, shift, params.covariance_type, reg_covar, prior)
   objective = stats.log_likelihood + priors_lib.log_prior(params, prior)
-  return new, objective / stats.count
+  return new, objective / stats.count, jitter
 
 
 def _all_finite(tree) -> jax.Array:
@@ -84,11 +137,35 @@ def _all_finite(tree) -> jax.Array:
                           [jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
-def _active_callback(callback):
-  def call(active, *args):
-    if active:
-      callback(*args)
-  return call
+class _Bits(NamedTuple):
+  """A float64 value in transit to the host as its bits."""
+  bits: jax.Array  # (..., 2) uint32
+
+
+def _unpack(value):
+  if isinstance(value, _Bits):
+    bits = np.ascontiguousarray(np.asarray(value.bits, np.uint32))
+    return bits.view(np.float64).reshape(bits.shape[:-1])
+  return np.asarray(value)
+
+
+def progress_callback(callback, *values, active=None):
+  """``jax.debug.callback(callback, *values)`` that keeps float64 intact.
+
+  ``jax.debug.callback`` moves its arguments to the host with
+  ``device_put`` in a runtime thread, where the caller's
+  ``jax.enable_x64(True)`` context does not hold: float64 values would
+  arrive rounded to float32. They travel as their bits instead and reach
+  ``callback`` as NumPy scalars. With ``active`` (a traced bool), the
+  callback runs only where it is true (masked steps of a scan).
+  """
+  packed = tuple(_Bits(lax.bitcast_convert_type(v, jnp.uint32))
+                 if v.dtype == jnp.float64 else v for v in values)
+
+  def call(active_now, *args):
+    if active_now is None or bool(active_now):
+      callback(*(_unpack(a) for a in args))
+  jax.debug.callback(call, active, *packed, ordered=False)
 
 
 @functools.partial(jax.jit,
@@ -102,22 +179,20 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
   def body(c: _Carry, active=None):
-    new, ll = em_step(c.params, X, sample_weight, reg_covar, prior)
+    new, ll, jitter = em_step_jitter(c.params, X, sample_weight, reg_covar,
+                                     prior)
     ok = _all_finite(new) & jnp.isfinite(ll)
     change = ll - c.prev_ll
     if callback is not None:
-      if active is None:
-        jax.debug.callback(callback, c.n_iter + 1, ll, change, ordered=False)
-      else:
-        jax.debug.callback(_active_callback(callback), active, c.n_iter + 1,
-                           ll, change, ordered=False)
+      progress_callback(callback, c.n_iter + 1, ll, change, active=active)
     return _Carry(
         params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
         prev_ll=jnp.where(ok, ll, c.prev_ll),
         n_iter=c.n_iter + ok.astype(jnp.int32),
         history=jnp.where(ok, c.history.at[c.n_iter].set(ll), c.history),
         converged=ok & (jnp.abs(change) < tol),
-        failed=~ok)
+        failed=~ok,
+        jitter=jnp.where(ok, jnp.maximum(c.jitter, jitter), c.jitter))
 
   init = _Carry(
       params=params,
@@ -125,7 +200,8 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       n_iter=jnp.zeros((), jnp.int32),
       history=jnp.full((max_iter,), jnp.nan, dtype),
       converged=jnp.zeros((), bool),
-      failed=jnp.zeros((), bool))
+      failed=jnp.zeros((), bool),
+      jitter=jnp.zeros((), dtype))
   if unrolled:
     # Same iterations as the while_loop, as a fixed-length scan that reverse
     # mode can differentiate: steps after the stop are masked out.
@@ -141,7 +217,9 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
   failed = out.failed | ~jnp.isfinite(final_ll)
   return FitResult(params=out.params, log_likelihood=final_ll,
                    n_iter=out.n_iter, converged=out.converged & ~failed,
-                   history=out.history, failed=failed)
+                   history=out.history, failed=failed, jitter=out.jitter,
+                   n_degenerate=count_degenerate(
+                       out.params, n_positive_samples(X, sample_weight), reg_covar))
 
 
 class _Static(NamedTuple):
@@ -197,7 +275,9 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
       n_iter=_float0_zeros(out.n_iter),
       converged=_float0_zeros(out.converged),
       history=jnp.zeros_like(out.history),
-      failed=_float0_zeros(out.failed))
+      failed=_float0_zeros(out.failed),
+      jitter=jnp.zeros_like(out.jitter),
+      n_degenerate=_float0_zeros(out.n_degenerate))
   return out, d_out
 
 
@@ -221,9 +301,19 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   batched loop runs until its slowest member stops, and each member's result
   equals its separate fit).
 
-  If an iteration produces non-finite parameters (e.g. a covariance that is
-  not positive definite with ``reg_covar=0``), the loop stops, the last
-  finite parameters are returned and ``failed`` is set.
+  Numerical trouble is reported on the result, never returned as NaN:
+
+  - a full/tied covariance that is not positive definite up to rounding
+    (float32 moments of collinear features or repeated rows) gets the
+    smallest diagonal jitter that lets it be factorised; ``jitter`` is the
+    largest one added during the fit (0 when none was needed);
+  - ``n_degenerate`` counts the returned components that are empty or
+    collapsed (:func:`count_degenerate`); they are kept, with a floored
+    weight and a covariance of ``reg_covar`` (docs/robustness.md);
+    ``degraded`` is true when either happened;
+  - if an iteration still produces non-finite parameters (e.g. a component
+    on one point with ``reg_covar=0``), the loop stops, the last finite
+    parameters are returned and ``failed`` is set.
 
   Differentiation (``differentiation``; the fitted values are the same in
   every mode, only the derivatives differ):

@@ -147,6 +147,14 @@ def map_params_from_stats(stats: SuffStats, shift, covariance_type: str,
   Returns:
     :class:`GMMParams`.
   """
+  return map_params_and_jitter_from_stats(stats, shift, covariance_type,
+                                          reg_covar, prior)[0]
+
+
+def map_params_and_jitter_from_stats(stats: SuffStats, shift,
+                                     covariance_type: str, reg_covar,
+                                     prior: ConjugatePrior):
+  """:func:`map_params_from_stats` and the largest jitter it added."""
   dtype = stats.sx.dtype
   eps = jnp.finfo(dtype).eps
   n_features = stats.sx.shape[-1]
@@ -189,8 +197,9 @@ def map_params_from_stats(stats: SuffStats, shift, covariance_type: str,
                           0.0)
     between = shrink * jnp.sum(dev * dev, axis=1)
     cov = (scatter + between + jnp.trace(psi)) / (n_features * (nk + n0)) + reg
-  prec_chol = cov_ops.precision_cholesky(cov, covariance_type)
-  return GMMParams(weights, means, cov, prec_chol, covariance_type)
+  cov, prec_chol, jitter = cov_ops.precision_cholesky_jittered(
+      cov, covariance_type)
+  return GMMParams(weights, means, cov, prec_chol, covariance_type), jitter
 
 
 def log_prior(params: GMMParams, prior: ConjugatePrior):

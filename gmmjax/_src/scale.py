@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 from gmmjax._src import checks
 from gmmjax._src import init as init_lib
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.fit import FitResult
+from gmmjax._src.fit import FitResult, count_degenerate
 from gmmjax._src.params import GMMParams
 from gmmjax._src.stats import SuffStats
 
@@ -59,10 +59,10 @@ def _all_finite(tree) -> jax.Array:
 @jax.jit
 def _m_step(stats: SuffStats, params: GMMParams, shift, reg_covar):
   """M-step from summed statistics, plus the E-step's mean log-likelihood."""
-  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
-                                    reg_covar)
+  new, jitter = stats_lib.params_and_jitter_from_stats(
+      stats, shift, params.covariance_type, reg_covar)
   ll = stats.log_likelihood / stats.count
-  return new, ll, _all_finite(new) & jnp.isfinite(ll)
+  return new, ll, _all_finite(new) & jnp.isfinite(ll), jitter
 
 
 # ---------------------------------------------------------------------------
@@ -248,8 +248,10 @@ def _accumulate(acc: SuffStats, params: GMMParams, X, w, shift) -> SuffStats:
 
 @jax.jit
 def _accumulate_ll(acc, params: GMMParams, X, w):
+  """Adds a chunk's weighted log-likelihood, weight and positive rows."""
   logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
-  return acc[0] + jnp.sum(w * logp), acc[1] + jnp.sum(w)
+  return (acc[0] + jnp.sum(w * logp), acc[1] + jnp.sum(w),
+          acc[2] + jnp.sum(w > 0).astype(acc[2].dtype))
 
 
 def _zero_stats(params: GMMParams, rows: int, dtype) -> SuffStats:
@@ -379,34 +381,39 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
 
   prev_ll = np.asarray(prev_log_likelihood, dtype)
   history = np.full((max_iter,), np.nan, dtype)
-  n_iter, converged, failed = 0, False, False
+  n_iter, converged, failed, max_jitter = 0, False, False, 0.0
   while n_iter < max_iter and not converged and not failed:
     stats, shift = stats_pass(params)
-    new, ll, ok = _m_step(stats, params, shift, reg)
+    new, ll, ok, jitter = _m_step(stats, params, shift, reg)
     ll, ok = np.asarray(ll, dtype), bool(ok)
     change = np.asarray(ll - prev_ll, dtype)
     if callback is not None:
       callback(n_iter + 1, ll, change)
     if ok:
       params, prev_ll = new, ll
+      max_jitter = max(max_jitter, float(jitter))
       history[n_iter] = ll
       n_iter += 1
     converged = ok and bool(np.abs(change) < tol)
     failed = not ok
 
-  zero_ll = (jnp.zeros((), dtype), jnp.zeros((), dtype))
-  total, count = _stream(pad, source, prefetch, device, in_flight,
+  # Positive rows are counted in float (exact up to 2**24 per chunk in
+  # float32, 2**53 in float64); only the degenerate-component count uses it.
+  zero_ll = (jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.zeros((), dtype))
+  total, count, n_pos = _stream(pad, source, prefetch, device, in_flight,
                          lambda a, X, w: _accumulate_ll(a, params, X, w),
                          jax.device_put(zero_ll, device))
   if reduce is not None:
-    total, count = reduce((total, count))
+    total, count, n_pos = reduce((total, count, n_pos))
   final_ll = np.asarray(total / count, dtype)
   failed = failed or not np.isfinite(final_ll)
   return FitResult(params=params, log_likelihood=jnp.asarray(final_ll),
                    n_iter=jnp.asarray(n_iter, jnp.int32),
                    converged=jnp.asarray(converged and not failed),
                    history=jnp.asarray(history),
-                   failed=jnp.asarray(failed))
+                   failed=jnp.asarray(failed),
+                   jitter=jnp.asarray(max_jitter, dtype),
+                   n_degenerate=count_degenerate(params, n_pos, reg))
 
 
 # ---------------------------------------------------------------------------
@@ -521,25 +528,26 @@ def local_copy(tree):
 
 
 def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
-             max_iter: int) -> FitResult:
+             max_iter: int, n_samples: Callable) -> FitResult:
   """:func:`gmmjax.fit`'s loop with the statistics from ``stats_fn``.
 
   ``stats_fn(params, shift)`` returns the statistics of the whole data (e.g.
-  a ``psum`` of per-device statistics).
+  a ``psum`` of per-device statistics); ``n_samples()`` the number of rows
+  with a positive weight.
   """
   dtype = params.means.dtype
 
   def cond(c):
-    params, prev_ll, n_iter, history, converged, failed = c
+    params, prev_ll, n_iter, history, converged, failed, _ = c
     del params, prev_ll, history
     return (n_iter < max_iter) & ~converged & ~failed
 
   def body(c):
-    params, prev_ll, n_iter, history, _, _ = c
+    params, prev_ll, n_iter, history, _, _, max_jitter = c
     shift = stats_lib.component_shift(params)
     stats = stats_fn(params, shift)
-    new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
-                                      reg_covar)
+    new, jitter = stats_lib.params_and_jitter_from_stats(
+        stats, shift, params.covariance_type, reg_covar)
     ll = stats.log_likelihood / stats.count
     ok = _all_finite(new) & jnp.isfinite(ll)
     change = ll - prev_ll
@@ -548,19 +556,22 @@ def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
             n_iter + ok.astype(jnp.int32),
             jnp.where(ok, history.at[n_iter].set(ll), history),
             ok & (jnp.abs(change) < tol),
-            ~ok)
+            ~ok,
+            jnp.where(ok, jnp.maximum(max_jitter, jitter), max_jitter))
 
   init = (params, jnp.asarray(prev_ll, dtype), jnp.zeros((), jnp.int32),
           jnp.full((max_iter,), jnp.nan, dtype), jnp.zeros((), bool),
-          jnp.zeros((), bool))
-  params, _, n_iter, history, converged, failed = lax.while_loop(
+          jnp.zeros((), bool), jnp.zeros((), dtype))
+  params, _, n_iter, history, converged, failed, jitter = lax.while_loop(
       cond, body, init)
   final = stats_fn(params, stats_lib.component_shift(params))
   final_ll = final.log_likelihood / final.count
   failed = failed | ~jnp.isfinite(final_ll)
   return FitResult(params=params, log_likelihood=final_ll, n_iter=n_iter,
                    converged=converged & ~failed, history=history,
-                   failed=failed)
+                   failed=failed, jitter=jitter,
+                   n_degenerate=count_degenerate(params, n_samples(),
+                                                 reg_covar))
 
 
 @functools.lru_cache(maxsize=64)
@@ -572,8 +583,13 @@ def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
     def stats_fn(p, shift):
       return lax.psum(stats_lib.e_step_stats(p, X, w, shift), axis)
 
+    def n_samples():
+      local = X.shape[0] if w is None else jnp.sum(w > 0)
+      return lax.psum(jnp.asarray(local, X.dtype), axis)
+
     def one(p):
-      return _em_loop(stats_fn, p, tol, reg_covar, prev_ll, max_iter)
+      return _em_loop(stats_fn, p, tol, reg_covar, prev_ll, max_iter,
+                      n_samples)
     return jax.vmap(one)(params) if batched else one(params)
 
   data_spec = P(axis)

@@ -26,6 +26,7 @@ from jax import lax
 
 from gmmjax._src import checks
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
@@ -196,7 +197,7 @@ def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
                           [jnp.all(jnp.isfinite(a)) for a in leaves])
     change = ll - c.prev_ll
     if callback is not None:
-      jax.debug.callback(callback, c.n_iter + 1, ll, change, ordered=False)
+      fit_lib.progress_callback(callback, c.n_iter + 1, ll, change)
     return _Carry(
         params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
         prev_ll=jnp.where(ok, ll, c.prev_ll),

@@ -13,6 +13,7 @@ catastrophically on data far from the origin.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -200,6 +201,7 @@ def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
                    log_likelihood=ll)
 
 
+@jax.jit
 def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
                  temperature=None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
@@ -265,6 +267,7 @@ def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
   return acc
 
 
+@functools.partial(jax.jit, static_argnames=("covariance_type",))
 def params_from_stats(stats: SuffStats, shift, covariance_type: str,
                       reg_covar) -> GMMParams:
   """The M-step: new parameters from statistics (no data needed).
@@ -274,8 +277,18 @@ def params_from_stats(stats: SuffStats, shift, covariance_type: str,
 
   Empty components get scikit-learn's floor (``10 * eps`` added to ``N_k``):
   their mean falls back to the shift and their covariance to ``reg_covar``,
-  so the parameters stay finite.
+  so the parameters stay finite. A full/tied covariance that is not positive
+  definite up to rounding gets the smallest diagonal jitter that makes it so
+  (:func:`gmmjax.cholesky_jitter`); :func:`params_and_jitter_from_stats`
+  reports it.
   """
+  return params_and_jitter_from_stats(stats, shift, covariance_type,
+                                      reg_covar)[0]
+
+
+def params_and_jitter_from_stats(stats: SuffStats, shift,
+                                 covariance_type: str, reg_covar):
+  """:func:`params_from_stats` and the largest jitter it added (a scalar)."""
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   weights = nk / jnp.sum(nk)
@@ -284,8 +297,10 @@ def params_from_stats(stats: SuffStats, shift, covariance_type: str,
   means = (shift if shift.ndim == 2 else shift[None, :]) + diff
   covariances = cov_ops.estimate_covariances(nk, diff, stats.sxx,
                                              covariance_type, reg_covar)
-  prec_chol = cov_ops.precision_cholesky(covariances, covariance_type)
-  return GMMParams(weights, means, covariances, prec_chol, covariance_type)
+  covariances, prec_chol, jitter = cov_ops.precision_cholesky_jittered(
+      covariances, covariance_type)
+  return (GMMParams(weights, means, covariances, prec_chol, covariance_type),
+          jitter)
 
 
 def add_stats(a: SuffStats, b: SuffStats) -> SuffStats:
