@@ -1,28 +1,8 @@
-"""Shared fixtures: small data sets, compiled once per session.
-
-The suite is dominated by XLA compile time (hundreds of small programs), so
-the tests, and the subprocesses they start, compile with LLVM's cheaper
-optimisation passes: about a third less time on 2 cores, with the same
-floating-point semantics (XLA's CPU backend does not enable fast-math at any
-level). Users and the benchmarks keep XLA's defaults. A value already in
-``XLA_FLAGS`` is kept and these are appended; ``GMMJAX_TEST_DEFAULT_XLA=1``
-runs the suite with XLA's defaults instead.
-"""
-
-import os
+"""Shared fixtures: small data sets, compiled once per session."""
 
 import jax
 import numpy as np
 import pytest
-
-# Read when the backend starts (the first computation), not at import.
-TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 "
-                  "--xla_llvm_disable_expensive_passes=true")
-if (os.environ.get("GMMJAX_TEST_DEFAULT_XLA") != "1"
-    and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS",
-                                                               "")):
-  os.environ["XLA_FLAGS"] = " ".join(
-      f for f in (os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS) if f)
 
 
 @pytest.fixture

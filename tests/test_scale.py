@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TEST_XLA_FLAGS, make_blobs
+from conftest import make_blobs
 
 import gmmjax as gx
 from gmmjax._src import scale
@@ -215,9 +215,9 @@ def _inputs(problem, path):
 
 
 def _env(xla_flags=""):
-  """The workers' environment: CPU, this checkout, the suite's XLA flags."""
+  """The workers' environment: CPU, this checkout, ``xla_flags`` only."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = " ".join(f for f in (TEST_XLA_FLAGS, xla_flags) if f)
+  env["XLA_FLAGS"] = xla_flags
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join(
       [str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
