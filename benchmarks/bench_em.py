@@ -65,6 +65,16 @@ def budget_repeats(first_s, repeats, budget_s):
   return int(max(1, min(repeats, budget_s // max(first_s, 1e-3))))
 
 
+def time_budgeted(fn, repeats, budget_s):
+  """``(first output, wall times, repeats)``: ``fn`` timed once, then again
+  as often as ``budget_s`` allows, up to ``repeats`` runs in all."""
+  t0 = time.perf_counter()
+  out = fn()
+  first = time.perf_counter() - t0
+  reps = budget_repeats(first, repeats, budget_s)
+  return out, [first] + time_runs(fn, reps - 1), reps
+
+
 # ----------------------------------------------------------------- timing
 
 
@@ -481,13 +491,9 @@ def wl5(args, libs):
                      n_iter_sum=int(res.n_iter.sum()),
                      best_ll=float(res.log_likelihood.max())))
   if sklearn is not None:
-    def loop():
-      return [run_sklearn(X, i, "full", 100, 1e-3) for i in inits]
-    t0 = time.perf_counter()
-    out = loop()
-    first = time.perf_counter() - t0
-    reps = budget_repeats(first, args.repeats, 2 * SK_BUDGET_S)
-    t = [first] + time_runs(loop, reps - 1)
+    out, t, reps = time_budgeted(
+        lambda: [run_sklearn(X, i, "full", 100, 1e-3) for i in inits],
+        args.repeats, 2 * SK_BUDGET_S)
     rows.append(dict(workload="5", library="sklearn", mode="same_inits_loop",
                      repeats=reps,
                      dtype="float64", time_s=med(t),
@@ -546,13 +552,10 @@ def wl6(args, libs):
                      n_problems=b, n_iter_max=int(res.n_iter.max()),
                      mean_ll=float(res.log_likelihood.mean())))
   if sklearn is not None:
-    def loop():
-      return [run_sklearn(x, i, "full", 100, 1e-3) for x, i in zip(Xs, inits)]
-    t0 = time.perf_counter()
-    out = loop()
-    first = time.perf_counter() - t0
-    reps = budget_repeats(first, args.repeats, 2 * SK_BUDGET_S)
-    t = [first] + time_runs(loop, reps - 1)
+    out, t, reps = time_budgeted(
+        lambda: [run_sklearn(x, i, "full", 100, 1e-3)
+                 for x, i in zip(Xs, inits)],
+        args.repeats, 2 * SK_BUDGET_S)
     rows.append(dict(workload="6", library="sklearn", mode="python_loop",
                      dtype="float64", time_s=med(t), n_problems=b,
                      n_iter_max=max(o["n_iter"] for o in out),

@@ -28,3 +28,26 @@ def make_blobs(seed, n_per, centers, scale=1.0, stretch=True):
 def blobs3():
   """300 x 3 data with 3 stretched clusters (float64 NumPy)."""
   return make_blobs(0, 100, [[0, 0, 0], [4, 4, 0], [-4, 3, 3]])
+
+
+def numpy_m_step(X, resp, cov_type, reg):
+  """scikit-learn's M-step from (weighted) responsibilities, in NumPy.
+
+  The tests' independent reference: ``(weights, means, covariances)`` with
+  each covariance summed around its own new mean, no shifts or GEMM tricks.
+  """
+  d = X.shape[1]
+  nk = resp.sum(0) + 10 * np.finfo(np.float64).eps
+  means = resp.T @ X / nk[:, None]
+  full = np.stack([
+      (resp[:, j, None] * (X - means[j])).T @ (X - means[j]) / nk[j]
+      for j in range(resp.shape[1])])
+  if cov_type == "full":
+    cov = full + reg * np.eye(d)
+  elif cov_type == "tied":
+    cov = np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
+  elif cov_type == "diag":
+    cov = np.stack([np.diag(c) for c in full]) + reg
+  else:
+    cov = np.stack([np.diag(c).mean() for c in full]) + reg
+  return nk / nk.sum(), means, cov

@@ -12,7 +12,7 @@ from scipy import stats as sps
 from scipy.special import logsumexp
 
 import gmmjax as gx
-from tests.conftest import make_blobs
+from tests.conftest import make_blobs, numpy_m_step
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -49,24 +49,10 @@ def _ref_log_prob_components(X, weights, means, mats):
 def _ref_em_step(X, weights, means, mats, cov_type, reg, sw):
   """One E+M iteration from the textbook formulas (weighted)."""
   n, d = X.shape
-  k = len(weights)
   lp = _ref_log_prob_components(X, weights, means, mats)
   norm = logsumexp(lp, axis=1)
   resp = np.exp(lp - norm[:, None]) * sw[:, None]
-  nk = resp.sum(0) + 10 * np.finfo(np.float64).eps
-  new_w = nk / nk.sum()
-  new_mu = resp.T @ X / nk[:, None]
-  full = np.stack([
-      (resp[:, j, None] * (X - new_mu[j])).T @ (X - new_mu[j]) / nk[j]
-      for j in range(k)])
-  if cov_type == "full":
-    cov = full + reg * np.eye(d)
-  elif cov_type == "tied":
-    cov = np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
-  elif cov_type == "diag":
-    cov = np.stack([np.diag(c) for c in full]) + reg
-  else:
-    cov = np.stack([np.diag(c).mean() for c in full]) + reg
+  new_w, new_mu, cov = numpy_m_step(X, resp, cov_type, reg)
   mean_ll = np.sum(sw * norm) / np.sum(sw)
   return new_w, new_mu, cov, mean_ll, lp - norm[:, None]
 

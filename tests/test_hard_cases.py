@@ -26,6 +26,7 @@ from sklearn.mixture import GaussianMixture as SkGMM
 
 import gmmjax as gx
 from gmmjax._src.validation import check_array, check_sample_weight
+from tests.conftest import numpy_m_step as m_step_from_resp
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 REG = 1e-6
@@ -41,21 +42,7 @@ def numpy_m_step(X, labels, k, ctype, reg=REG):
   """Weights, means and covariances from hard labels (scikit-learn's M-step)."""
   resp = np.zeros((X.shape[0], k))
   resp[np.arange(X.shape[0]), labels] = 1.0
-  nk = resp.sum(0) + 10 * np.finfo(np.float64).eps
-  means = resp.T @ X / nk[:, None]
-  d = X.shape[1]
-  full = np.stack([
-      (resp[:, j, None] * (X - means[j])).T @ (X - means[j]) / nk[j]
-      for j in range(k)])
-  if ctype == "full":
-    cov = full + reg * np.eye(d)
-  elif ctype == "tied":
-    cov = np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
-  elif ctype == "diag":
-    cov = np.stack([np.diag(c) for c in full]) + reg
-  else:
-    cov = np.stack([np.diag(c).mean() for c in full]) + reg
-  return nk / nk.sum(), means, cov
+  return m_step_from_resp(X, resp, ctype, reg)
 
 
 def make_init(X, labels, k, ctype, dtype=jnp.float64):
@@ -352,15 +339,21 @@ def test_single_component(ctype, x64):
 # -- a fit that goes numerically bad is flagged, not returned as NaN ----------
 
 
-def test_reg_covar_zero_collapse_is_flagged(x64):
-  # A component on one repeated point with reg_covar=0 has a singular
-  # covariance: scikit-learn raises; gmmjax stops, keeps the last finite
-  # params and sets `failed`.
+def _one_repeated_point_component():
+  """Blobs whose last component holds one point repeated 6 times."""
   X, labels = blobs(12)
   X[-6:] = X[-1]
   labels = labels.copy()
   labels[labels == K - 1] = K - 2
   labels[-6:] = K - 1
+  return X, labels
+
+
+def test_reg_covar_zero_collapse_is_flagged(x64):
+  # A component on one repeated point with reg_covar=0 has a singular
+  # covariance: scikit-learn raises; gmmjax stops, keeps the last finite
+  # params and sets `failed`.
+  X, labels = _one_repeated_point_component()
   p0 = make_init(X, labels, K, "full")
   assert sk_fit(X, p0, reg=0.0) is None
   res = gx.fit(jnp.asarray(X), p0, max_iter=MAX_ITER, tol=TOL, reg_covar=0.0)
@@ -377,11 +370,7 @@ def test_reg_covar_zero_collapse_is_flagged(x64):
 def test_fit_from_non_finite_params_is_flagged(x64):
   # reg_covar=0 on a component holding one repeated point gives an infinite
   # precision already in the initial params: the fit must say so.
-  X, labels = blobs(12)
-  X[-6:] = X[-1]
-  labels = labels.copy()
-  labels[labels == K - 1] = K - 2
-  labels[-6:] = K - 1
+  X, labels = _one_repeated_point_component()
   w, mu, cov = numpy_m_step(X, labels, K, "diag", reg=0.0)
   cov[K - 1] = 0.0  # the exact variance of one repeated point
   p0 = gx.make_params(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(cov),

@@ -95,11 +95,6 @@ def _not_fitted_error_class():
   return val.NotFittedError
 
 
-def _lower_bound(history, n_iter) -> float:
-  """scikit-learn's ``lower_bound_`` (``FitResult.lower_bound``) in NumPy."""
-  return float(history[n_iter - 1]) if n_iter > 0 else -np.inf
-
-
 class GaussianMixture:
   """Gaussian mixture fitted by EM, with scikit-learn's interface.
 
@@ -337,12 +332,9 @@ class GaussianMixture:
 
     # On the host from here: small NumPy work, nothing more to compile.
     results = jax.device_get(results)
-    score = np.where(results.failed | ~np.isfinite(results.log_likelihood),
-                     -np.inf, results.log_likelihood)
-    best = int(np.argmax(score))  # restarts.best_restart's rule
+    best = int(restarts.best_restart(results, xp=np))
     result = restarts.take(results, best)
-    lower_bounds = [_lower_bound(results.history[i], results.n_iter[i])
-                    for i in range(results.n_iter.shape[0])]
+    lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)
     if not all(np.all(np.isfinite(np.asarray(leaf)))
                for leaf in jax.tree.leaves(result.params)):
       raise ValueError(
@@ -356,7 +348,7 @@ class GaussianMixture:
         state = "converged" if results.converged[i] else "did not converge"
         print(f"Initialization {i} {state} after {int(results.n_iter[i])} "
               f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
-              f"{lower_bounds[i]:.5f}", flush=True)
+              f"{float(lower_bounds[i]):.5f}", flush=True)
 
     failed = bool(result.failed)
     if failed:
@@ -384,7 +376,7 @@ class GaussianMixture:
     self.n_iter_ = int(result.n_iter)
     self.jitter_ = float(result.jitter)
     self.n_degenerate_ = int(result.n_degenerate)
-    self.lower_bound_ = lower_bounds[best]
+    self.lower_bound_ = float(lower_bounds[best])
     self.lower_bounds_ = [float(v) for v in
                           np.asarray(result.history)[:self.n_iter_]]
     return np.asarray(em.predict(result.params, X))

@@ -45,10 +45,18 @@ class FitResult(NamedTuple):
   @property
   def lower_bound(self):
     """scikit-learn's ``lower_bound_``: ``history[n_iter - 1]``."""
-    idx = jnp.maximum(self.n_iter - 1, 0)
-    value = jnp.take_along_axis(self.history, jnp.expand_dims(idx, -1),
-                                axis=-1)[..., 0]
-    return jnp.where(self.n_iter > 0, value, -jnp.inf)
+    return lower_bound(self.history, self.n_iter)
+
+
+def lower_bound(history, n_iter, xp=jnp):
+  """``history[n_iter - 1]`` (``-inf`` before any iteration), batched.
+
+  ``xp`` is ``jax.numpy`` or ``numpy`` (host results, nothing to compile).
+  """
+  idx = xp.maximum(n_iter - 1, 0)
+  value = xp.take_along_axis(history, xp.expand_dims(idx, -1),
+                             axis=-1)[..., 0]
+  return xp.where(n_iter > 0, value, -xp.inf)
 
 
 class _Carry(NamedTuple):

@@ -15,15 +15,16 @@ from gmmjax._src.fit import FitResult, fit
 from gmmjax._src.params import GMMParams
 
 
-def best_restart(results: FitResult) -> jax.Array:
+def best_restart(results: FitResult, xp=jnp) -> jax.Array:
   """Index of the best of a batch of fits: highest final log-likelihood.
 
   Failed fits rank last; ties go to the first (scikit-learn keeps a later
-  restart only if it is strictly better).
+  restart only if it is strictly better). ``xp`` is ``jax.numpy`` or
+  ``numpy`` (for results already on the host).
   """
-  score = jnp.where(results.failed | ~jnp.isfinite(results.log_likelihood),
-                    -jnp.inf, results.log_likelihood)
-  return jnp.argmax(score)
+  score = xp.where(results.failed | ~xp.isfinite(results.log_likelihood),
+                   -xp.inf, results.log_likelihood)
+  return xp.argmax(score)
 
 
 def take(tree, index):
