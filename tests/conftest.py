@@ -5,6 +5,26 @@ import numpy as np
 import pytest
 
 
+def set_chunk_bytes(monkeypatch, value):
+  """Sets the per-chunk memory budget and drops every cached trace.
+
+  The public functions are jitted: a trace cached under the old budget
+  would otherwise be reused, and a "chunked" check would compare the
+  unchunked computation with itself.
+  """
+  from gmmjax._src import covariance
+  monkeypatch.setattr(covariance, "CHUNK_BYTES", value)
+  jax.clear_caches()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+  """Forces the smallest chunk (128 samples), with fresh traces."""
+  set_chunk_bytes(monkeypatch, 1)
+  yield
+  jax.clear_caches()  # before monkeypatch restores the budget
+
+
 @pytest.fixture
 def x64():
   """Runs the test with JAX's float64 mode on."""

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import set_chunk_bytes
 
 import gmmjax as gx
 from gmmjax._src import covariance as cov_ops
@@ -71,12 +72,6 @@ def _ref_stats(X, w, means, cov, ctype, sw, shift, temperature=None):
               log_likelihood=(sw * log_norm).sum()), wlp
 
 
-@pytest.fixture
-def small_chunks(monkeypatch):
-  """Forces the smallest chunk (128 samples) so N=700 is scanned in chunks."""
-  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
-
-
 def _data(seed, scale=1.0, offset=0.0):
   rng = np.random.default_rng(seed)
   return offset + scale * rng.normal(0, 3, (N, D))
@@ -118,7 +113,9 @@ def test_chunked_equals_unchunked_with_temperature(x64, monkeypatch, ctype):
   params = gx.make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(_data(5))
   whole = stats_lib.e_step_stats(params, X, temperature=2.0)
-  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+  set_chunk_bytes(monkeypatch, 1)
+  assert "scan" in str(jax.make_jaxpr(stats_lib.e_step_stats)(
+      params, X, temperature=2.0))
   chunked = stats_lib.e_step_stats(params, X, temperature=2.0)
   ref, _ = _ref_stats(np.asarray(X), w, means, cov, ctype, np.ones(N),
                       np.asarray(stats_lib.mixture_mean(params)), 2.0)
@@ -156,8 +153,11 @@ def test_chunk_size_respects_budget():
     for n, k, d in [(10**6, 64, 32), (10**5, 16, 16), (4 * 10**6, 64, 64)]:
       c = cov_ops.chunk_size(n, k, d, ctype, jnp.float32, budget=8 << 20)
       assert 128 <= c <= n
-      widest = k * d if ctype == "full" else 3 * k
+      widest = k * d if ctype == "full" else max(3 * k, 2 * d + 1)
       assert c * widest * 4 <= 8 << 20 or c == 128
+  # The exact fallbacks' (n, K, D) pieces stay within the default budget.
+  f = cov_ops.fallback_chunk(10**6, 64, 64, jnp.float32)
+  assert f * 64 * 64 * 4 <= cov_ops.CHUNK_BYTES and f >= 128
   assert cov_ops.chunk_size(50, 4, 2, "full", jnp.float32) == 50
 
 
@@ -175,7 +175,7 @@ def test_gradients_chunked_match_unchunked(x64, monkeypatch, ctype):
 
   g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))
   whole = g(X, sw, params.means)
-  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+  set_chunk_bytes(monkeypatch, 1)
   g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))  # retrace: chunked
   chunked = g(X, sw, params.means)
   for a, b in zip(whole, chunked):
@@ -211,7 +211,7 @@ def test_float32_agrees_with_float64(monkeypatch, ctype, scale, offset):
   7 digits, so a larger ratio quantises the data themselves (and means
   stored in float32) beyond a 1e-4 agreement, whatever the kernels do.
   """
-  monkeypatch.setattr(cov_ops, "CHUNK_BYTES", 1)
+  set_chunk_bytes(monkeypatch, 1)
   X32 = (offset + scale * _blobs(12)).astype(np.float32)
   # Soft responsibilities around the true labels: EM then converges to one
   # optimum, instead of amplifying round-off while breaking symmetry.
@@ -241,6 +241,35 @@ def test_float32_agrees_with_float64(monkeypatch, ctype, scale, offset):
   np.testing.assert_allclose(
       (np.asarray(r32.params.means) - offset) / scale,
       (np.asarray(r64.params.means) - offset) / scale, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_exact_fallbacks_in_pieces_match_numpy(x64, monkeypatch, ctype):
+  """The exact per-component paths, forced on and cut into 64-row pieces.
+
+  With both tolerances 0 every chunk takes the fallbacks (``(n, K, D)``
+  differences, no GEMM cancellation), which then run as a scan over pieces
+  of one 700-row chunk; they must give the reference statistics.
+  """
+  monkeypatch.setitem(cov_ops.FAST_FORM_TOL, "float64", 0.0)
+  monkeypatch.setitem(cov_ops.MOMENT_TOL, "float64", 0.0)
+  monkeypatch.setattr(cov_ops, "fallback_chunk", lambda *a: 64)
+  jax.clear_caches()
+  try:
+    w, means, cov = _random_params(1, ctype)
+    X = _data(2, offset=50.0)
+    sw = np.random.default_rng(3).uniform(0.0, 2.0, N)
+    params = gx.make_params(w, means + 50.0, cov, covariance_type=ctype)
+    shift = np.asarray(params.means) + 0.1
+    fn = jax.jit(stats_lib.e_step_stats)
+    jaxpr = str(jax.make_jaxpr(fn)(params, jnp.asarray(X), jnp.asarray(sw),
+                                   jnp.asarray(shift)))
+    assert jaxpr.count("scan") >= 2  # both fallbacks loop over pieces
+    got = fn(params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
+    ref, _ = _ref_stats(X, w, means + 50.0, cov, ctype, sw, shift)
+    _check_stats(got, ref, 1e-10)
+  finally:
+    jax.clear_caches()
 
 
 def test_vmap_over_params_matches_loop(x64):

@@ -189,27 +189,57 @@ _MIN_CHUNK = 128
 
 
 def chunk_size(n_samples: int, n_components: int, n_features: int,
-               covariance_type: str, dtype, budget: int | None = None,
-               per_component: bool = False) -> int:
+               covariance_type: str, dtype, budget: int | None = None) -> int:
   """Samples per chunk so that no per-chunk intermediate exceeds ``budget``.
 
-  The widest intermediate per sample is ``K * D`` values for full
-  covariances (whitened differences) and ``max(K, D + D (D + 1) / 2)``-ish
-  otherwise (``K * D`` too with ``per_component`` shifts, whose
-  differences ``x_i - a_k`` are formed per chunk); the result is at least
-  ``_MIN_CHUNK`` and at most
-  ``n_samples`` (a single chunk).
+  The widest intermediate of the fast (GEMM) forms per sample is ``K * D``
+  values for full covariances (whitened differences) and about
+  ``max(3 K, 2 D + 1)`` otherwise; the result is at least ``_MIN_CHUNK``
+  and at most ``n_samples`` (a single chunk). The exact fallbacks, whose
+  ``(n, K, D)`` differences are wider, cut a chunk into
+  :func:`fallback_chunk` pieces of their own.
   """
   budget = CHUNK_BYTES if budget is None else budget
   item = jnp.dtype(dtype).itemsize
   k, d = n_components, n_features
-  if covariance_type == "full" or per_component:
-    # Whitened or per-component differences (n, K, D).
+  if covariance_type == "full":
     width = max(k * d, d + d * (d + 1) // 2, 3 * k)
   else:
     width = max(3 * k, 2 * d + 1)
   per = budget // (width * item)
   return int(min(n_samples, max(_MIN_CHUNK, per)))
+
+
+def fallback_chunk(n_samples: int, n_components: int, n_features: int,
+                   dtype) -> int:
+  """Samples per piece of the exact ``(n, K, D)`` fallbacks (same budget)."""
+  per = CHUNK_BYTES // (n_components * n_features * jnp.dtype(dtype).itemsize)
+  return int(min(n_samples, max(_MIN_CHUNK, per)))
+
+
+def sum_chunks(fn, n_samples: int, chunk: int, *arrays):
+  """``sum`` of ``fn(*blocks)`` (a pytree) over consecutive row chunks.
+
+  The reduction counterpart of :func:`map_chunks`: ``lax.scan`` over
+  ``dynamic_slice`` windows, the remainder one more call; ``jax.checkpoint``
+  keeps the backward pass chunked too.
+  """
+  if n_samples <= chunk:
+    return fn(*arrays)
+  n_full = n_samples // chunk
+  block = jax.checkpoint(fn)
+
+  def body(acc, i):
+    blocks = [lax.dynamic_slice_in_dim(a, i * chunk, chunk) for a in arrays]
+    return jax.tree.map(jnp.add, acc, block(*blocks)), None
+
+  zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+      fn, *[a[:chunk] for a in arrays]))
+  acc, _ = lax.scan(body, zeros, jnp.arange(n_full))
+  if n_full * chunk < n_samples:
+    acc = jax.tree.map(jnp.add, acc,
+                       fn(*[a[n_full * chunk:] for a in arrays]))
+  return acc
 
 
 def map_chunks(fn, n_samples: int, chunk: int, *arrays):
@@ -326,9 +356,21 @@ def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
 # what its 24 bits can give on ordinary data without leaving the GEMMs.
 FAST_FORM_TOL = {"float32": 1e-4, "float64": 1e-11}
 
+# The same for the second moments moved from the chunk's centre to each
+# component's mean (``stats._guarded_moments``), relative to the component's
+# scatter. An error there shifts the M-step's variances by that fraction;
+# the log-likelihood at the fixed point moves only to second order in it, so
+# float32 tolerates 1e-3. (scikit-learn's own float32 diag and spherical
+# moments are taken around the origin and lose far more.) Tighter, float32
+# fits of well-separated, narrow components (workload 4's diag: a component
+# 8 sd from the centre in a coordinate) take the exact per-component path on
+# most chunks, about 5x slower.
+MOMENT_TOL = {"float32": 1e-3, "float64": 1e-11}
 
-def fast_form_tol(dtype) -> float:
-  return FAST_FORM_TOL.get(jnp.dtype(dtype).name, 1e-4)
+
+def fast_form_tol(dtype, moments: bool = False) -> float:
+  table = MOMENT_TOL if moments else FAST_FORM_TOL
+  return table.get(jnp.dtype(dtype).name, table["float32"])
 
 
 @jax.custom_batching.custom_vmap
@@ -412,10 +454,14 @@ def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
   err = lax.stop_gradient(_fast_form_error(xc, mc, prec_chol,
                                            covariance_type, maha_sg))
   bad = jnp.any(err > fast_form_tol(xb.dtype) * jnp.maximum(maha_sg, 1.0))
-  return lax.cond(any_in_batch(bad),
-                  lambda: direct_mahalanobis(xb, means, prec_chol,
-                                             covariance_type),
-                  lambda: maha)
+  k, d = means.shape
+
+  def exact():
+    return map_chunks(
+        lambda x: direct_mahalanobis(x, means, prec_chol, covariance_type),
+        xb.shape[0], fallback_chunk(xb.shape[0], k, d, xb.dtype), xb)
+
+  return lax.cond(any_in_batch(bad), exact, lambda: maha)
 
 
 def mahalanobis(X, means, prec_chol, covariance_type: str):
@@ -429,8 +475,7 @@ def mahalanobis(X, means, prec_chol, covariance_type: str):
   """
   shift = lax.stop_gradient(jnp.mean(means, axis=0))
   n, d = X.shape
-  chunk = chunk_size(n, means.shape[0], d, covariance_type, X.dtype,
-                     per_component=True)
+  chunk = chunk_size(n, means.shape[0], d, covariance_type, X.dtype)
   return map_chunks(
       lambda xb: guarded_mahalanobis(xb, shift, means, prec_chol,
                                      covariance_type), n, chunk, X)

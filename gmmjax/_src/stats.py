@@ -102,7 +102,8 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
   xc = xb - centre
   sx, sxx = _centred_moments(xc, rw, ctype)
   if per_component:
-    sx, sxx = _guarded_moments(xb, rw, shift, centre, sx, sxx, ctype)
+    sx, sxx = _guarded_moments(xb, rw, shift, centre, sx, sxx,
+                               params.covariances, ctype)
   return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)
 
@@ -116,14 +117,21 @@ def _centred_moments(xc, rw, covariance_type: str):
   return cov_ops.split_moments(summed, xc.shape[-1], covariance_type)
 
 
-def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c,
+def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
                      covariance_type: str):
   """Moments around per-component shifts from the centred (fast) ones.
 
   Moving ``S(c)`` to ``S(a_k)`` subtracts terms of size ``N_k |a_k - c|^2``;
-  where that loses more than ``fast_form_tol`` of a component's scatter,
+  where that loses more than ``fast_form_tol(dtype, moments=True)`` of a
+  component's scatter,
   the chunk's moments are recomputed from the differences ``x_i - a_k``
   (:func:`_component_moments`), which carry no cancellation.
+
+  The scatter a chunk's error is measured against is the larger of its own
+  moments and ``n_k`` times the current covariance: the M-step divides the
+  sum over all chunks by ``N_k``, so an error below ``tol * n_k * Sigma_k``
+  in every chunk stays below it in the sum. (The chunk's own moments alone
+  would trip on chance: one sample near a mean in one coordinate.)
   """
   nk = jnp.sum(rw, axis=0)
   m = shift - centre[None, :]  # (K, D)
@@ -134,26 +142,36 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c,
            + nk[:, None, None] * m[:, :, None] * m[:, None, :])
     scale = jnp.trace(sxx_c, axis1=1, axis2=2) + nk * jnp.sum(m * m, 1)
     result = jnp.trace(sxx, axis1=1, axis2=2)
+    expected = nk * jnp.trace(covariances, axis1=1, axis2=2)
   elif covariance_type == "tied":
     cross = sx_c.T @ m
     sxx = sxx_c - cross - cross.T + (m * nk[:, None]).T @ m
     scale = jnp.trace(sxx_c)[None] + jnp.sum(nk * jnp.sum(m * m, 1))
     result = jnp.trace(sxx)[None]
+    expected = jnp.sum(nk) * jnp.trace(covariances)[None]
   elif covariance_type == "diag":
     sxx = sxx_c - 2.0 * m * sx_c + nk[:, None] * m * m
     scale, result = sxx_c + nk[:, None] * m * m, sxx
+    expected = nk[:, None] * covariances
   else:
     mm = jnp.sum(m * m, axis=1)
     sxx = sxx_c - 2.0 * jnp.sum(m * sx_c, axis=1) + nk * mm
     scale, result = sxx_c + nk * mm, sxx
+    expected = nk * covariances * m.shape[-1]
   eps = jnp.finfo(xb.dtype).eps
   tiny = jnp.sqrt(jnp.finfo(xb.dtype).tiny)
   bad = jnp.any(lax.stop_gradient(
-      4.0 * eps * scale > cov_ops.fast_form_tol(xb.dtype) * jnp.abs(result)
-      + tiny))
-  return lax.cond(cov_ops.any_in_batch(bad),
-                  lambda: _component_moments(xb, rw, shift, covariance_type),
-                  lambda: (sx, sxx))
+      4.0 * eps * scale > cov_ops.fast_form_tol(xb.dtype, moments=True)
+      * jnp.maximum(jnp.abs(result), expected) + tiny))
+  k, d = shift.shape
+
+  def exact():
+    return cov_ops.sum_chunks(
+        lambda x, r: _component_moments(x, r, shift, covariance_type),
+        xb.shape[0], cov_ops.fallback_chunk(xb.shape[0], k, d, xb.dtype),
+        xb, rw)
+
+  return lax.cond(cov_ops.any_in_batch(bad), exact, lambda: (sx, sxx))
 
 
 def _component_moments(xb, rw, shift, covariance_type: str):
@@ -239,32 +257,11 @@ def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
     shift = mixture_mean(params)
   n, d = X.shape
   chunk = cov_ops.chunk_size(n, params.means.shape[0], d,
-                             params.covariance_type, X.dtype,
-                             per_component=jnp.ndim(shift) == 2)
-  if n <= chunk:
-    return _block_stats(params, X, sample_weight, shift, temperature)
-  n_full = n // chunk
-  block = jax.checkpoint(
-      lambda xb, wb: _block_stats(params, xb, wb, shift, temperature))
-
-  def body(acc, i):
-    start = i * chunk
-    xb = lax.dynamic_slice_in_dim(X, start, chunk)
-    wb = (None if sample_weight is None
-          else lax.dynamic_slice_in_dim(sample_weight, start, chunk))
-    return add_stats(acc, block(xb, wb)), None
-
-  zeros = jax.tree.map(
-      lambda a: jnp.zeros(a.shape, a.dtype),
-      jax.eval_shape(lambda: _block_stats(params, X[:1], None if sample_weight
-                                          is None else sample_weight[:1],
-                                          shift, temperature)))
-  acc, _ = lax.scan(body, zeros, jnp.arange(n_full))
-  if n_full * chunk < n:
-    rest_w = None if sample_weight is None else sample_weight[n_full * chunk:]
-    acc = add_stats(acc, _block_stats(params, X[n_full * chunk:], rest_w,
-                                      shift, temperature))
-  return acc
+                             params.covariance_type, X.dtype)
+  arrays = (X,) if sample_weight is None else (X, sample_weight)
+  return cov_ops.sum_chunks(
+      lambda xb, wb=None: _block_stats(params, xb, wb, shift, temperature),
+      n, chunk, *arrays)
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
