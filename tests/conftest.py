@@ -1,8 +1,39 @@
 """Shared fixtures: small data sets, compiled once per session."""
 
+import os
+import shutil
+import tempfile
+
 import jax
 import numpy as np
 import pytest
+
+_CACHE_ENV = "GMMJAX_TEST_COMPILATION_CACHE"
+
+
+def pytest_configure(config):
+  """One persistent compilation cache per test run.
+
+  Created by the first process (pytest itself, or xdist's controller) and
+  inherited through the environment by the xdist workers and by the
+  subprocesses tests start (command line, README, multi-process), so a
+  program compiled in one of them is loaded, not recompiled, in the others.
+  A fresh directory per run: nothing carries over between runs.
+  """
+  if _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="gmmjax-test-jit-")
+    config._gmmjax_cache_owner = os.environ[_CACHE_ENV]
+  cache = os.environ[_CACHE_ENV]
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def pytest_unconfigure(config):
+  owner = getattr(config, "_gmmjax_cache_owner", None)
+  if owner:
+    shutil.rmtree(owner, ignore_errors=True)
 
 
 def set_chunk_bytes(monkeypatch, value):
@@ -23,6 +54,20 @@ def small_chunks(monkeypatch):
   set_chunk_bytes(monkeypatch, 1)
   yield
   jax.clear_caches()  # before monkeypatch restores the budget
+
+
+@pytest.fixture
+def guarded_kernels(monkeypatch):
+  """Small chunks take the guarded GEMM forms, not the exact direct ones.
+
+  Chunks of at most ``DIRECT_MAX_ENTRIES`` (n, K, D) differences normally
+  skip the fast forms; the tests of those forms and their guards use this.
+  """
+  from gmmjax._src import covariance
+  monkeypatch.setattr(covariance, "DIRECT_MAX_ENTRIES", 0)
+  jax.clear_caches()
+  yield
+  jax.clear_caches()
 
 
 @pytest.fixture

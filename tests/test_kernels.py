@@ -11,10 +11,14 @@ from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
 
 TYPES = ("full", "tied", "diag", "spherical")
+
+# Every test here checks the guarded GEMM forms (the data are small enough
+# for the direct ones otherwise); test_direct_* check the direct path.
+pytestmark = pytest.mark.usefixtures("guarded_kernels")
 N, D, K = 700, 3, 4  # 700 = 5 chunks of 128 + a remainder of 60
 
 
-def _random_params(seed, ctype, scale=1.0, offset=0.0):
+def _random_params(seed, ctype, scale=1.0, offset=0.0, K=K, D=D):
   """Random mixture parameters as float64 NumPy arrays."""
   rng = np.random.default_rng(seed)
   w = rng.uniform(0.5, 1.5, K)
@@ -33,7 +37,7 @@ def _random_params(seed, ctype, scale=1.0, offset=0.0):
   return w, means, cov
 
 
-def _full_covs(cov, ctype):
+def _full_covs(cov, ctype, K=K, D=D):
   if ctype == "full":
     return cov
   if ctype == "tied":
@@ -45,6 +49,7 @@ def _full_covs(cov, ctype):
 
 def _ref_log_gauss(X, means, covs):
   """log N(x | mu_k, Sigma_k) by solve and slogdet, (N, K)."""
+  K, D = means.shape
   out = np.empty((X.shape[0], K))
   for k in range(K):
     diff = X - means[k]
@@ -55,7 +60,8 @@ def _ref_log_gauss(X, means, covs):
 
 
 def _ref_stats(X, w, means, cov, ctype, sw, shift, temperature=None):
-  wlp = _ref_log_gauss(X, means, _full_covs(cov, ctype)) + np.log(w)
+  K, D = means.shape
+  wlp = _ref_log_gauss(X, means, _full_covs(cov, ctype, K, D)) + np.log(w)
   m = wlp.max(1, keepdims=True)
   log_norm = (m + np.log(np.exp(wlp - m).sum(1, keepdims=True)))[:, 0]
   z = wlp if temperature is None else wlp / temperature
@@ -241,6 +247,36 @@ def test_float32_agrees_with_float64(monkeypatch, ctype, scale, offset):
   np.testing.assert_allclose(
       (np.asarray(r32.params.means) - offset) / scale,
       (np.asarray(r64.params.means) - offset) / scale, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("k,d", [(3, 2), (10, 6)])
+def test_direct_e_step_stats_match_numpy(x64, monkeypatch, ctype, k, d):
+  """The direct path small problems take (no GEMM forms, no guard).
+
+  (3, 2) takes the unrolled tiny-D, tiny-K code; (10, 6) the einsum one.
+  """
+  monkeypatch.setattr(cov_ops, "DIRECT_MAX_ENTRIES", 1 << 30)
+  jax.clear_caches()
+  try:
+    w, means, cov = _random_params(30 + d, ctype, K=k, D=d)
+    rng = np.random.default_rng(31)
+    X = rng.normal(0, 3, (200, d))
+    sw = rng.uniform(0.0, 2.0, 200)
+    params = gx.make_params(w, means, cov, covariance_type=ctype)
+    shift = means + 0.1
+    fn = jax.jit(stats_lib.e_step_stats)
+    # No guard: its batch-wide predicate (any_in_batch) is absent.
+    assert "custom_vmap" not in str(jax.make_jaxpr(fn)(
+        params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift)))
+    got = fn(params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
+    ref, wlp = _ref_stats(X, w, means, cov, ctype, sw, shift)
+    _check_stats(got, ref, 1e-10)
+    np.testing.assert_allclose(
+        np.asarray(stats_lib.weighted_log_prob(params, jnp.asarray(X))), wlp,
+        rtol=1e-10)
+  finally:
+    jax.clear_caches()
 
 
 @pytest.mark.parametrize("ctype", TYPES)

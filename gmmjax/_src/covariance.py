@@ -55,16 +55,25 @@ def _is_matrix(covariance_type: str) -> bool:
 def precision_cholesky(covariances, covariance_type: str):
   """Precision Cholesky factors from covariances (scikit-learn's convention).
 
-  For full/tied, ``L = cholesky(Sigma)`` and ``P = L^{-T}`` (upper
+  For full/tied, ``L = jnp.linalg.cholesky(Sigma)`` and ``P = L^{-T}`` (upper
   triangular), so ``P P^T = Sigma^{-1}``. A covariance that is not positive
   definite gives non-finite entries, which callers detect and report.
   """
   if _is_matrix(covariance_type):
-    chol = jnp.linalg.cholesky(covariances)
-    inv_chol = lax.linalg.triangular_solve(
-        chol, _eye_like(chol), left_side=True, lower=True)
-    return jnp.swapaxes(inv_chol, -1, -2)
+    return _precision_from_chol(jnp.linalg.cholesky(covariances))
   return lax.rsqrt(covariances)
+
+
+# Order up to which tiny-D kernels unroll their products over D instead of
+# calling XLA's dot (which runs K, or vmapped batch x K, D x D products one
+# by one).
+UNROLLED_MAX_ORDER = 4
+
+
+def _precision_from_chol(chol):
+  inv_chol = lax.linalg.triangular_solve(
+      chol, _eye_like(chol), left_side=True, lower=True)
+  return jnp.swapaxes(inv_chol, -1, -2)
 
 
 # Diagonal jitters tried, in order, when a covariance's Cholesky factorisation
@@ -73,10 +82,30 @@ def precision_cholesky(covariances, covariance_type: str):
 JITTER_STEPS = 8
 
 
-def _cholesky_ok(cov):
-  chol = jnp.linalg.cholesky(cov)
+def _chol_ok(chol):
   diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
   return jnp.all(jnp.isfinite(chol), axis=(-2, -1)) & jnp.all(diag > 0, -1)
+
+
+def _cholesky_ok(cov):
+  return _chol_ok(jnp.linalg.cholesky(cov))
+
+
+def _ladder_jitter(cov, ok):
+  """Per matrix: 0 where ``ok``, else the first ladder rung that factorises."""
+  dtype = cov.dtype
+  eps = jnp.finfo(dtype).eps
+  scale = jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1)
+  powers = jnp.asarray(10.0, dtype) ** jnp.arange(JITTER_STEPS, dtype=dtype)
+  rungs = scale[..., None] * eps * powers  # (..., JITTER_STEPS)
+  # All rungs at once: one batched factorisation, no loop to compile.
+  eye = jnp.eye(cov.shape[-1], dtype=dtype)
+  trial = cov[..., None, :, :] + rungs[..., None, None] * eye
+  good = _cholesky_ok(trial)  # (..., JITTER_STEPS)
+  first = jnp.where(jnp.any(good, axis=-1), jnp.argmax(good, axis=-1),
+                    JITTER_STEPS - 1)
+  jitter = jnp.take_along_axis(rungs, first[..., None], axis=-1)[..., 0]
+  return jnp.where(ok, jnp.zeros_like(jitter), jitter)
 
 
 def cholesky_jitter(covariances):
@@ -94,26 +123,7 @@ def cholesky_jitter(covariances):
     ``(K,)`` or ``()`` jitters, in the covariances' dtype.
   """
   cov = lax.stop_gradient(covariances)
-  dtype = cov.dtype
-  eps = jnp.finfo(dtype).eps
-  scale = jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1)
-  eye = _eye_like(cov)
-  zero = jnp.zeros(scale.shape, dtype)
-
-  def cond(state):
-    step, _, good = state
-    return (step < JITTER_STEPS) & ~jnp.all(good)
-
-  def body(state):
-    step, jitter, good = state
-    trial = scale * eps * jnp.asarray(10.0, dtype) ** step.astype(dtype)
-    jitter = jnp.where(good, jitter, trial)
-    good = _cholesky_ok(cov + jitter[..., None, None] * eye)
-    return step + 1, jitter, good
-
-  _, jitter, _ = lax.while_loop(
-      cond, body, (jnp.zeros((), jnp.int32), zero, _cholesky_ok(cov)))
-  return jitter
+  return _ladder_jitter(cov, _cholesky_ok(cov))
 
 
 def precision_cholesky_jittered(covariances, covariance_type: str):
@@ -122,6 +132,8 @@ def precision_cholesky_jittered(covariances, covariance_type: str):
   Full/tied covariances whose factorisation fails (not positive definite
   up to rounding) get the smallest diagonal jitter of
   :func:`cholesky_jitter` added; diag/spherical ones are used as they are.
+  The common case costs one factorisation: the ladder runs in a branch
+  taken only when some matrix fails.
 
   Returns:
     ``(covariances, precisions_cholesky, jitter)``: the covariances actually
@@ -131,10 +143,20 @@ def precision_cholesky_jittered(covariances, covariance_type: str):
   if not _is_matrix(covariance_type):
     return (covariances, precision_cholesky(covariances, covariance_type),
             jnp.zeros((), covariances.dtype))
-  jitter = cholesky_jitter(covariances)
-  covariances = covariances + jitter[..., None, None] * _eye_like(covariances)
-  return (covariances, precision_cholesky(covariances, covariance_type),
-          jnp.max(jitter))
+  chol = jnp.linalg.cholesky(covariances)
+  ok = lax.stop_gradient(_chol_ok(chol))
+
+  def repair():
+    jitter = _ladder_jitter(lax.stop_gradient(covariances), ok)
+    cov = covariances + jitter[..., None, None] * _eye_like(covariances)
+    return cov, jnp.linalg.cholesky(cov), jnp.max(jitter)
+
+  def keep():
+    return covariances, chol, jnp.zeros((), covariances.dtype)
+
+  covariances, chol, jitter = lax.cond(any_in_batch(~jnp.all(ok)), repair,
+                                       keep)
+  return covariances, _precision_from_chol(chol), jitter
 
 
 def precision_cholesky_from_precisions(precisions, covariance_type: str):
@@ -193,7 +215,8 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   """Samples per chunk so that no per-chunk intermediate exceeds ``budget``.
 
   The widest intermediate of the fast (GEMM) forms per sample is ``K * D``
-  values for full covariances (whitened differences) and about
+  values for full covariances in float32 (whitened differences), the
+  ``D + D (D + 1) / 2`` packed moment features in float64, and about
   ``max(3 K, 2 D + 1)`` otherwise; the result is at least ``_MIN_CHUNK``
   and at most ``n_samples`` (a single chunk). The exact fallbacks, whose
   ``(n, K, D)`` differences are wider, cut a chunk into
@@ -202,8 +225,10 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   budget = CHUNK_BYTES if budget is None else budget
   item = jnp.dtype(dtype).itemsize
   k, d = n_components, n_features
-  if covariance_type == "full":
-    width = max(k * d, d + d * (d + 1) // 2, 3 * k)
+  if covariance_type == "full" and not use_expanded_full(dtype):
+    width = max(k * d, d + d * (d + 1) // 2, 3 * k)  # whitened (n, K, D)
+  elif covariance_type == "full":
+    width = max(d + d * (d + 1) // 2, 3 * k)  # packed moment features
   else:
     width = max(3 * k, 2 * d + 1)
   per = budget // (width * item)
@@ -390,6 +415,36 @@ def _any_in_batch_rule(axis_size, in_batched, pred):
   return (jnp.any(pred) if in_batched[0] else pred), False
 
 
+# Reductions over an axis of at most this length are written as a sum of
+# slices: XLA's CPU reduce over a tiny trailing axis (D = 2, K = 2) runs
+# about 10x slower than the same elementwise adds, which matters when many
+# small problems are vmapped.
+SMALL_AXIS = 8
+
+
+def sum_small(x, axis: int = -1):
+  """``jnp.sum(x, axis)``, unrolled over slices when the axis is short."""
+  if x.shape[axis] > SMALL_AXIS:
+    return jnp.sum(x, axis=axis)
+  parts = jnp.moveaxis(x, axis, 0)
+  total = parts[0]
+  for part in parts[1:]:
+    total = total + part
+  return total
+
+
+def logsumexp_small(x, axis: int = -1):
+  """``jax.nn.logsumexp(x, axis)``, unrolled when the axis is short."""
+  if x.shape[axis] > SMALL_AXIS:
+    return jax.nn.logsumexp(x, axis=axis)
+  parts = jnp.moveaxis(x, axis, 0)
+  top = parts[0]
+  for part in parts[1:]:
+    top = jnp.maximum(top, part)
+  top = lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+  return top + jnp.log(sum_small(jnp.exp(parts - top), axis=0))
+
+
 def direct_mahalanobis(xb, means, prec_chol, covariance_type: str):
   """Squared Mahalanobis distances from per-component differences ``x - mu_k``.
 
@@ -398,6 +453,16 @@ def direct_mahalanobis(xb, means, prec_chol, covariance_type: str):
   digits.
   """
   diff = xb[:, None, :] - means[None, :, :]
+  d = means.shape[-1]
+  if covariance_type in ("full", "tied") and d <= UNROLLED_MAX_ORDER:
+    # Tiny D: y_e = sum_d diff_d P_de unrolled, not K (or, vmapped,
+    # batch x K) GEMMs of inner dimension D, which XLA's CPU dot runs one by
+    # one.
+    out = 0.0
+    for e in range(d):
+      y = sum_small(diff * prec_chol[..., :, e], axis=-1)
+      out = out + y * y
+    return out
   if covariance_type == "full":
     y = jnp.einsum("nkd,kde->nke", diff, prec_chol)
   elif covariance_type == "tied":
@@ -406,7 +471,7 @@ def direct_mahalanobis(xb, means, prec_chol, covariance_type: str):
     y = diff * prec_chol[None, :, :]
   else:
     y = diff * prec_chol[None, :, None]
-  return jnp.sum(y * y, axis=-1)
+  return sum_small(y * y, axis=-1)
 
 
 def _fast_form_error(xc, mc, prec_chol, covariance_type: str, maha):
@@ -437,6 +502,19 @@ def _fast_form_error(xc, mc, prec_chol, covariance_type: str, maha):
   return 4.0 * eps * (x2 + jnp.sum(mc * mc, axis=1)[None, :]) * prec[None, :]
 
 
+# Chunks with at most this many ``(n, K, D)`` difference entries skip the
+# fast forms and their guard: the exact per-component forms cost no more at
+# that size (a GEMM with inner dimension 2 or 3 gains nothing), and one branch
+# compiles in about half the time of two (tutorial-sized fits, vmapped small
+# problems, the test suite).
+DIRECT_MAX_ENTRIES = 1 << 16
+
+
+def use_direct(n: int, n_components: int, n_features: int) -> bool:
+  """Whether an ``(n, D)`` chunk is small enough for the exact forms alone."""
+  return n * n_components * n_features <= DIRECT_MAX_ENTRIES
+
+
 def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
   """Fast GEMM distances of one chunk, recomputed exactly where they are not.
 
@@ -445,8 +523,13 @@ def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
   any distance that matters (``error > FAST_FORM_TOL * max(maha, 1)``) is
   off, the chunk is recomputed by :func:`direct_mahalanobis`. Ordinary data
   never takes that branch; a narrow component far from the rest (a
-  collapsed one on an outlier) does, in float32 and float64 alike.
+  collapsed one on an outlier) does, in float32 and float64 alike. Chunks
+  of at most ``DIRECT_MAX_ENTRIES`` differences use the exact form only
+  (:func:`use_direct`).
   """
+  k, d = means.shape
+  if use_direct(xb.shape[0], k, d):
+    return direct_mahalanobis(xb, means, prec_chol, covariance_type)
   xc = xb - centre
   mc = means - centre
   maha = mahalanobis_centred(xc, mc, prec_chol, covariance_type)
@@ -454,7 +537,6 @@ def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
   err = lax.stop_gradient(_fast_form_error(xc, mc, prec_chol,
                                            covariance_type, maha_sg))
   bad = jnp.any(err > fast_form_tol(xb.dtype) * jnp.maximum(maha_sg, 1.0))
-  k, d = means.shape
 
   def exact():
     return map_chunks(

@@ -90,7 +90,7 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
   log_det = cov_ops.log_det_cholesky(prec_chol, ctype, d)
   wlp = (-0.5 * (d * math.log(2 * math.pi) + maha) + log_det
          + jnp.log(params.weights)[None, :])
-  log_norm = jax.nn.logsumexp(wlp, axis=1)
+  log_norm = cov_ops.logsumexp_small(wlp, axis=1)
   if temperature is None:
     resp = jnp.exp(wlp - log_norm[:, None])
   else:
@@ -99,6 +99,10 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
     rw, count, ll = resp, jnp.asarray(xb.shape[0], xb.dtype), jnp.sum(log_norm)
   else:
     rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
+  if per_component and cov_ops.use_direct(xb.shape[0], *shift.shape):
+    sx, sxx = _component_moments(xb, rw, shift, ctype)
+    return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+                     log_likelihood=ll)
   xc = xb - centre
   sx, sxx = _centred_moments(xc, rw, ctype)
   if per_component:
@@ -182,13 +186,25 @@ def _component_moments(xb, rw, shift, covariance_type: str):
   """
   # Component-major (K, n, D): the second moments are then a batched GEMM
   # with the batch axis leading (faster on CPU than (n, K, D) in tests).
+  k, d = shift.shape
+  if d <= cov_ops.UNROLLED_MAX_ORDER:
+    # Tiny D: sample-major (n, K, D), contracted over n (measured fastest
+    # there, notably vmapped over many small problems).
+    z = xb[:, None, :] - shift[None, :, :]
+    rz = rw[:, :, None] * z
+    sx = jnp.sum(rz, axis=0)
+    if covariance_type in ("full", "tied"):
+      sxx = jnp.einsum("nkd,nke->kde", rz, z)
+      return sx, (sxx if covariance_type == "full" else jnp.sum(sxx, 0))
+    sxx = jnp.sum(rz * z, axis=0)
+    return sx, (sxx if covariance_type == "diag" else cov_ops.sum_small(sxx))
   z = xb[None, :, :] - shift[:, None, :]
   rz = rw.T[:, :, None] * z
   sx = jnp.sum(rz, axis=1)
+  n = xb.shape[0]
   if covariance_type == "full":
     sxx = jnp.einsum("knd,kne->kde", rz, z)
   elif covariance_type == "tied":
-    k, n, d = z.shape
     # One GEMM: (D, K*n) @ (K*n, D).
     sxx = rz.reshape(k * n, d).T @ z.reshape(k * n, d)
   elif covariance_type == "diag":
