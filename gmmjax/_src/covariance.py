@@ -623,8 +623,12 @@ def moment_features(xc, covariance_type: str):
   component second moment and returns ``xc``.
   """
   if covariance_type == "full":
-    iu, ju, _ = _packed_index(xc.shape[-1])
-    return jnp.concatenate([xc, xc[:, iu] * xc[:, ju]], axis=1)
+    # Row i of the upper triangle is x_i * x[i:]: slices and broadcasts
+    # (the order of np.triu_indices), not a gather of D (D + 1) / 2 columns,
+    # which measured 1.3x slower.
+    d = xc.shape[-1]
+    return jnp.concatenate(
+        [xc] + [xc[:, i:i + 1] * xc[:, i:] for i in range(d)], axis=1)
   if covariance_type == "diag":
     return jnp.concatenate([xc, xc * xc], axis=1)
   if covariance_type == "spherical":
