@@ -36,38 +36,43 @@ def pytest_unconfigure(config):
     shutil.rmtree(owner, ignore_errors=True)
 
 
-def set_chunk_bytes(monkeypatch, value):
-  """Sets the per-chunk memory budget and drops every cached trace.
+@pytest.fixture
+def retrace(monkeypatch):
+  """``retrace(obj, name, value)``: patch a constant traced code reads.
 
-  The public functions are jitted: a trace cached under the old budget
-  would otherwise be reused, and a "chunked" check would compare the
-  unchunked computation with itself.
+  Sets an attribute (or, for a dict, an item) and drops every cached
+  trace, and drops them again at teardown, before monkeypatch restores the
+  value. The public functions are jitted: a trace cached under the old
+  value would otherwise be reused, and e.g. a "chunked" check would compare
+  the unchunked computation with itself.
   """
-  from gmmjax._src import covariance
-  monkeypatch.setattr(covariance, "CHUNK_BYTES", value)
+  def patch(obj, name, value):
+    if isinstance(obj, dict):
+      monkeypatch.setitem(obj, name, value)
+    else:
+      monkeypatch.setattr(obj, name, value)
+    jax.clear_caches()
+
+  yield patch
   jax.clear_caches()
 
 
 @pytest.fixture
-def small_chunks(monkeypatch):
+def small_chunks(retrace):
   """Forces the smallest chunk (128 samples), with fresh traces."""
-  set_chunk_bytes(monkeypatch, 1)
-  yield
-  jax.clear_caches()  # before monkeypatch restores the budget
+  from gmmjax._src import covariance
+  retrace(covariance, "CHUNK_BYTES", 1)
 
 
 @pytest.fixture
-def guarded_kernels(monkeypatch):
+def guarded_kernels(retrace):
   """Small chunks take the guarded GEMM forms, not the exact direct ones.
 
   Chunks of at most ``DIRECT_MAX_ENTRIES`` (n, K, D) differences normally
   skip the fast forms; the tests of those forms and their guards use this.
   """
   from gmmjax._src import covariance
-  monkeypatch.setattr(covariance, "DIRECT_MAX_ENTRIES", 0)
-  jax.clear_caches()
-  yield
-  jax.clear_caches()
+  retrace(covariance, "DIRECT_MAX_ENTRIES", 0)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import set_chunk_bytes
 
 import gmmjax as gx
 from gmmjax._src import covariance as cov_ops
@@ -114,12 +113,12 @@ def test_e_step_stats_matches_numpy(x64, request, ctype, chunked,
 
 
 @pytest.mark.parametrize("ctype", ["full", "diag"])
-def test_chunked_equals_unchunked_with_temperature(x64, monkeypatch, ctype):
+def test_chunked_equals_unchunked_with_temperature(x64, retrace, ctype):
   w, means, cov = _random_params(4, ctype)
   params = gx.make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(_data(5))
   whole = stats_lib.e_step_stats(params, X, temperature=2.0)
-  set_chunk_bytes(monkeypatch, 1)
+  retrace(cov_ops, "CHUNK_BYTES", 1)
   assert "scan" in str(jax.make_jaxpr(stats_lib.e_step_stats)(
       params, X, temperature=2.0))
   chunked = stats_lib.e_step_stats(params, X, temperature=2.0)
@@ -168,7 +167,7 @@ def test_chunk_size_respects_budget():
 
 
 @pytest.mark.parametrize("ctype", ["full"])
-def test_gradients_chunked_match_unchunked(x64, monkeypatch, ctype):
+def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
   w, means, cov = _random_params(8, ctype)
   params = gx.make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(_data(9)[:260])
@@ -181,7 +180,7 @@ def test_gradients_chunked_match_unchunked(x64, monkeypatch, ctype):
 
   g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))
   whole = g(X, sw, params.means)
-  set_chunk_bytes(monkeypatch, 1)
+  retrace(cov_ops, "CHUNK_BYTES", 1)
   g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))  # retrace: chunked
   chunked = g(X, sw, params.means)
   for a, b in zip(whole, chunked):
@@ -210,14 +209,14 @@ def _blobs(seed, n_per=250):
 @pytest.mark.parametrize("ctype", TYPES)
 @pytest.mark.parametrize("scale,offset", [(100.0, 1e6), (1e-6, 0.0),
                                           (1e6, 0.0)])
-def test_float32_agrees_with_float64(monkeypatch, ctype, scale, offset):
+def test_float32_agrees_with_float64(retrace, ctype, scale, offset):
   """Offset or scaled data: float32 EM stays finite and matches float64.
 
   The offsets are 1e4 times the clusters' spread: float32 data carry about
   7 digits, so a larger ratio quantises the data themselves (and means
   stored in float32) beyond a 1e-4 agreement, whatever the kernels do.
   """
-  set_chunk_bytes(monkeypatch, 1)
+  retrace(cov_ops, "CHUNK_BYTES", 1)
   X32 = (offset + scale * _blobs(12)).astype(np.float32)
   # Soft responsibilities around the true labels: EM then converges to one
   # optimum, instead of amplifying round-off while breaking symmetry.
@@ -251,61 +250,51 @@ def test_float32_agrees_with_float64(monkeypatch, ctype, scale, offset):
 
 @pytest.mark.parametrize("ctype", TYPES)
 @pytest.mark.parametrize("k,d", [(3, 2), (10, 6)])
-def test_direct_e_step_stats_match_numpy(x64, monkeypatch, ctype, k, d):
+def test_direct_e_step_stats_match_numpy(x64, retrace, ctype, k, d):
   """The direct path small problems take (no GEMM forms, no guard).
 
   (3, 2) takes the unrolled tiny-D, tiny-K code; (10, 6) the einsum one.
   """
-  monkeypatch.setattr(cov_ops, "DIRECT_MAX_ENTRIES", 1 << 30)
-  jax.clear_caches()
-  try:
-    w, means, cov = _random_params(30 + d, ctype, K=k, D=d)
-    rng = np.random.default_rng(31)
-    X = rng.normal(0, 3, (200, d))
-    sw = rng.uniform(0.0, 2.0, 200)
-    params = gx.make_params(w, means, cov, covariance_type=ctype)
-    shift = means + 0.1
-    fn = jax.jit(stats_lib.e_step_stats)
-    # No guard: its batch-wide predicate (any_in_batch) is absent.
-    assert "custom_vmap" not in str(jax.make_jaxpr(fn)(
-        params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift)))
-    got = fn(params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
-    ref, wlp = _ref_stats(X, w, means, cov, ctype, sw, shift)
-    _check_stats(got, ref, 1e-10)
-    np.testing.assert_allclose(
-        np.asarray(stats_lib.weighted_log_prob(params, jnp.asarray(X))), wlp,
-        rtol=1e-10)
-  finally:
-    jax.clear_caches()
+  retrace(cov_ops, "DIRECT_MAX_ENTRIES", 1 << 30)
+  w, means, cov = _random_params(30 + d, ctype, K=k, D=d)
+  rng = np.random.default_rng(31)
+  X = jnp.asarray(rng.normal(0, 3, (200, d)))
+  sw = rng.uniform(0.0, 2.0, 200)
+  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  shift = means + 0.1
+  args = (params, X, jnp.asarray(sw), jnp.asarray(shift))
+  # No guard: its batch-wide predicate (any_in_batch) is absent.
+  assert "custom_vmap" not in str(jax.make_jaxpr(stats_lib.e_step_stats)(
+      *args))
+  got = stats_lib.e_step_stats(*args)
+  ref, wlp = _ref_stats(np.asarray(X), w, means, cov, ctype, sw, shift)
+  _check_stats(got, ref, 1e-10)
+  np.testing.assert_allclose(
+      np.asarray(stats_lib.weighted_log_prob(params, X)), wlp, rtol=1e-10)
 
 
 @pytest.mark.parametrize("ctype", TYPES)
-def test_exact_fallbacks_in_pieces_match_numpy(x64, monkeypatch, ctype):
+def test_exact_fallbacks_in_pieces_match_numpy(x64, retrace, ctype):
   """The exact per-component paths, forced on and cut into 64-row pieces.
 
   With both tolerances 0 every chunk takes the fallbacks (``(n, K, D)``
   differences, no GEMM cancellation), which then run as a scan over pieces
   of one 700-row chunk; they must give the reference statistics.
   """
-  monkeypatch.setitem(cov_ops.FAST_FORM_TOL, "float64", 0.0)
-  monkeypatch.setitem(cov_ops.MOMENT_TOL, "float64", 0.0)
-  monkeypatch.setattr(cov_ops, "fallback_chunk", lambda *a: 64)
-  jax.clear_caches()
-  try:
-    w, means, cov = _random_params(1, ctype)
-    X = _data(2, offset=50.0)
-    sw = np.random.default_rng(3).uniform(0.0, 2.0, N)
-    params = gx.make_params(w, means + 50.0, cov, covariance_type=ctype)
-    shift = np.asarray(params.means) + 0.1
-    fn = jax.jit(stats_lib.e_step_stats)
-    jaxpr = str(jax.make_jaxpr(fn)(params, jnp.asarray(X), jnp.asarray(sw),
-                                   jnp.asarray(shift)))
-    assert jaxpr.count("scan") >= 2  # both fallbacks loop over pieces
-    got = fn(params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
-    ref, _ = _ref_stats(X, w, means + 50.0, cov, ctype, sw, shift)
-    _check_stats(got, ref, 1e-10)
-  finally:
-    jax.clear_caches()
+  retrace(cov_ops.FAST_FORM_TOL, "float64", 0.0)
+  retrace(cov_ops.MOMENT_TOL, "float64", 0.0)
+  retrace(cov_ops, "fallback_chunk", lambda *a: 64)
+  w, means, cov = _random_params(1, ctype)
+  X = _data(2, offset=50.0)
+  sw = np.random.default_rng(3).uniform(0.0, 2.0, N)
+  params = gx.make_params(w, means + 50.0, cov, covariance_type=ctype)
+  shift = np.asarray(params.means) + 0.1
+  args = (params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
+  jaxpr = str(jax.make_jaxpr(stats_lib.e_step_stats)(*args))
+  assert jaxpr.count("scan") >= 2  # both fallbacks loop over pieces
+  got = stats_lib.e_step_stats(*args)
+  ref, _ = _ref_stats(X, w, means + 50.0, cov, ctype, sw, shift)
+  _check_stats(got, ref, 1e-10)
 
 
 def test_vmap_over_params_matches_loop(x64):

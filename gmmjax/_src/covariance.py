@@ -55,19 +55,13 @@ def _is_matrix(covariance_type: str) -> bool:
 def precision_cholesky(covariances, covariance_type: str):
   """Precision Cholesky factors from covariances (scikit-learn's convention).
 
-  For full/tied, ``L = jnp.linalg.cholesky(Sigma)`` and ``P = L^{-T}`` (upper
+  For full/tied, ``L = cholesky(Sigma)`` and ``P = L^{-T}`` (upper
   triangular), so ``P P^T = Sigma^{-1}``. A covariance that is not positive
   definite gives non-finite entries, which callers detect and report.
   """
   if _is_matrix(covariance_type):
     return _precision_from_chol(jnp.linalg.cholesky(covariances))
   return lax.rsqrt(covariances)
-
-
-# Order up to which tiny-D kernels unroll their products over D instead of
-# calling XLA's dot (which runs K, or vmapped batch x K, D x D products one
-# by one).
-UNROLLED_MAX_ORDER = 4
 
 
 def _precision_from_chol(chol):
@@ -222,8 +216,6 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   ``(n, K, D)`` differences are wider, cut a chunk into
   :func:`fallback_chunk` pieces of their own.
   """
-  budget = CHUNK_BYTES if budget is None else budget
-  item = jnp.dtype(dtype).itemsize
   k, d = n_components, n_features
   if covariance_type == "full" and not use_expanded_full(dtype):
     width = max(k * d, d + d * (d + 1) // 2, 3 * k)  # whitened (n, K, D)
@@ -231,14 +223,19 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
     width = max(d + d * (d + 1) // 2, 3 * k)  # packed moment features
   else:
     width = max(3 * k, 2 * d + 1)
-  per = budget // (width * item)
-  return int(min(n_samples, max(_MIN_CHUNK, per)))
+  return _rows_within(n_samples, width, dtype, budget)
 
 
 def fallback_chunk(n_samples: int, n_components: int, n_features: int,
                    dtype) -> int:
   """Samples per piece of the exact ``(n, K, D)`` fallbacks (same budget)."""
-  per = CHUNK_BYTES // (n_components * n_features * jnp.dtype(dtype).itemsize)
+  return _rows_within(n_samples, n_components * n_features, dtype)
+
+
+def _rows_within(n_samples: int, width: int, dtype, budget=None) -> int:
+  """Rows of ``width`` values within ``budget`` bytes, clipped to the data."""
+  budget = CHUNK_BYTES if budget is None else budget
+  per = budget // (width * jnp.dtype(dtype).itemsize)
   return int(min(n_samples, max(_MIN_CHUNK, per)))
 
 
@@ -414,6 +411,11 @@ def _any_in_batch_rule(axis_size, in_batched, pred):
   del axis_size
   return (jnp.any(pred) if in_batched[0] else pred), False
 
+
+# Order up to which tiny-D kernels unroll their products over D instead of
+# calling XLA's dot (which runs K, or vmapped batch x K, D x D products one
+# by one).
+UNROLLED_MAX_ORDER = 4
 
 # Reductions over an axis of at most this length are written as a sum of
 # slices: XLA's CPU reduce over a tiny trailing axis (D = 2, K = 2) runs

@@ -101,13 +101,11 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
     rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
   if per_component and cov_ops.use_direct(xb.shape[0], *shift.shape):
     sx, sxx = _component_moments(xb, rw, shift, ctype)
-    return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
-                     log_likelihood=ll)
-  xc = xb - centre
-  sx, sxx = _centred_moments(xc, rw, ctype)
-  if per_component:
-    sx, sxx = _guarded_moments(xb, rw, shift, centre, sx, sxx,
-                               params.covariances, ctype)
+  else:
+    sx, sxx = _centred_moments(xb - centre, rw, ctype)
+    if per_component:
+      sx, sxx = _guarded_moments(xb, rw, shift, centre, sx, sxx,
+                                 params.covariances, ctype)
   return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)
 
@@ -127,9 +125,9 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
 
   Moving ``S(c)`` to ``S(a_k)`` subtracts terms of size ``N_k |a_k - c|^2``;
   where that loses more than ``fast_form_tol(dtype, moments=True)`` of a
-  component's scatter,
-  the chunk's moments are recomputed from the differences ``x_i - a_k``
-  (:func:`_component_moments`), which carry no cancellation.
+  component's scatter, the chunk's moments are recomputed from the
+  differences ``x_i - a_k`` (:func:`_component_moments`), which carry no
+  cancellation.
 
   The scatter a chunk's error is measured against is the larger of its own
   moments and ``n_k`` times the current covariance: the M-step divides the
@@ -184,8 +182,6 @@ def _component_moments(xb, rw, shift, covariance_type: str):
   The differences ``z_ik = x_i - a_k`` are formed before any product, so
   the second moments carry no cancellation (see :func:`component_shift`).
   """
-  # Component-major (K, n, D): the second moments are then a batched GEMM
-  # with the batch axis leading (faster on CPU than (n, K, D) in tests).
   k, d = shift.shape
   if d <= cov_ops.UNROLLED_MAX_ORDER:
     # Tiny D: sample-major (n, K, D), contracted over n (measured fastest
@@ -198,6 +194,8 @@ def _component_moments(xb, rw, shift, covariance_type: str):
       return sx, (sxx if covariance_type == "full" else jnp.sum(sxx, 0))
     sxx = jnp.sum(rz * z, axis=0)
     return sx, (sxx if covariance_type == "diag" else cov_ops.sum_small(sxx))
+  # Component-major (K, n, D): the second moments are then a batched GEMM
+  # with the batch axis leading (faster on CPU than (n, K, D) in tests).
   z = xb[None, :, :] - shift[:, None, :]
   rz = rw.T[:, :, None] * z
   sx = jnp.sum(rz, axis=1)
