@@ -100,7 +100,7 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
   else:
     rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
   if per_component and cov_ops.use_direct(xb.shape[0], *shift.shape):
-    sx, sxx = _component_moments(xb, rw, shift, ctype)
+    sx, sxx = component_moments(xb, rw, shift, ctype)
   else:
     sx, sxx = _centred_moments(xb - centre, rw, ctype)
     if per_component:
@@ -169,14 +169,14 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
 
   def exact():
     return cov_ops.sum_chunks(
-        lambda x, r: _component_moments(x, r, shift, covariance_type),
+        lambda x, r: component_moments(x, r, shift, covariance_type),
         xb.shape[0], cov_ops.fallback_chunk(xb.shape[0], k, d, xb.dtype),
         xb, rw)
 
   return lax.cond(cov_ops.any_in_batch(bad), exact, lambda: (sx, sxx))
 
 
-def _component_moments(xb, rw, shift, covariance_type: str):
+def component_moments(xb, rw, shift, covariance_type: str):
   """``sx, sxx`` around per-component shifts ``(K, D)``, one chunk.
 
   The differences ``z_ik = x_i - a_k`` are formed before any product, so
@@ -224,7 +224,7 @@ def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
   ll = (jnp.zeros((), X.dtype) if log_prob_norm is None
         else jnp.sum(w * log_prob_norm))
   if jnp.ndim(shift) == 2:
-    sx, sxx = _component_moments(X, rw, shift, covariance_type)
+    sx, sxx = component_moments(X, rw, shift, covariance_type)
   else:
     xc = X - shift
     sx = rw.T @ xc
