@@ -60,13 +60,16 @@ def lower_bound(history, n_iter, xp=jnp):
 
 
 class _Carry(NamedTuple):
-  params: GMMParams
+  params: GMMParams  # the current iterate
+  stats: stats_lib.SuffStats  # its E-step statistics
+  objective: jax.Array  # its mean log-likelihood (plus log prior / count)
   prev_ll: jax.Array
   n_iter: jax.Array
   history: jax.Array
   converged: jax.Array
   failed: jax.Array
   jitter: jax.Array
+  started: jax.Array  # False only before the initial params are evaluated
 
 
 def count_degenerate(params: GMMParams, n_samples, reg_covar) -> jax.Array:
@@ -127,16 +130,33 @@ def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
 def em_step_jitter(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
                    prior=None):
   """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
+  stats, objective = evaluate(params, X, sample_weight, prior)
+  new, jitter = m_step_from_stats(params, stats, reg_covar, prior)
+  return new, objective, jitter
+
+
+def evaluate(params: GMMParams, X, sample_weight=None, prior=None):
+  """E-step statistics of ``params`` (around its means) and its objective.
+
+  The objective is the mean log-likelihood, plus ``log_prior(params) /
+  sum(sample_weight)`` with a prior.
+  """
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
   if prior is None:
-    new, jitter = stats_lib.params_and_jitter_from_stats(
-        stats, shift, params.covariance_type, reg_covar)
-    return new, stats.log_likelihood / stats.count, jitter
-  new, jitter = priors_lib.map_params_and_jitter_from_stats(
-      stats, shift, params.covariance_type, reg_covar, prior)
+    return stats, stats.log_likelihood / stats.count
   objective = stats.log_likelihood + priors_lib.log_prior(params, prior)
-  return new, objective / stats.count, jitter
+  return stats, objective / stats.count
+
+
+def m_step_from_stats(params: GMMParams, stats, reg_covar, prior=None):
+  """The M-step from :func:`evaluate`'s statistics of ``params``; + jitter."""
+  shift = stats_lib.component_shift(params)
+  if prior is None:
+    return stats_lib.params_and_jitter_from_stats(
+        stats, shift, params.covariance_type, reg_covar)
+  return priors_lib.map_params_and_jitter_from_stats(
+      stats, shift, params.covariance_type, reg_covar, prior)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -183,51 +203,88 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
          unrolled: bool = False):
   dtype = X.dtype
 
+  def where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
   def cond(c: _Carry):
-    return (c.n_iter < max_iter) & ~c.converged & ~c.failed
+    return ~c.started | ((c.n_iter < max_iter) & ~c.converged & ~c.failed)
 
+  # Each pass is M-step then E-step: the E-step that gives iteration i's
+  # log-likelihood also gives the statistics of iteration i + 1's M-step,
+  # and after the loop the returned params' log-likelihood is already known.
+  # The first pass skips the M-step (its result is discarded) and only
+  # evaluates the initial params: one E-step in the compiled program.
   def body(c: _Carry, active=None):
-    new, ll, jitter = em_step_jitter(c.params, X, sample_weight, reg_covar,
-                                     prior)
-    ok = _all_finite(new) & jnp.isfinite(ll)
-    change = ll - c.prev_ll
+    stepped, jitter = m_step_from_stats(c.params, c.stats, reg_covar, prior)
+    new = where(c.started, stepped, c.params)
+    stats, objective = evaluate(new, X, sample_weight, prior)
+    ok = _all_finite(new) & jnp.isfinite(objective)
+    # Iteration n_iter + 1 as scikit-learn counts it: its log-likelihood is
+    # the current params' (before the M-step), its result the new params.
+    change = c.objective - c.prev_ll
+    step = c.started & ok
     if callback is not None:
-      progress_callback(callback, c.n_iter + 1, ll, change, active=active)
+      shown = step if active is None else step & active
+      progress_callback(callback, c.n_iter + 1, c.objective, change,
+                        active=shown)
     return _Carry(
-        params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
-        prev_ll=jnp.where(ok, ll, c.prev_ll),
-        n_iter=c.n_iter + ok.astype(jnp.int32),
-        history=jnp.where(ok, c.history.at[c.n_iter].set(ll), c.history),
-        converged=ok & (jnp.abs(change) < tol),
+        params=where(ok, new, c.params),
+        stats=where(ok, stats, c.stats),
+        objective=jnp.where(ok, objective, c.objective),
+        prev_ll=jnp.where(step, c.objective, c.prev_ll),
+        n_iter=c.n_iter + step.astype(jnp.int32),
+        history=jnp.where(step, c.history.at[c.n_iter].set(c.objective),
+                          c.history),
+        converged=step & (jnp.abs(change) < tol),
         failed=~ok,
-        jitter=jnp.where(ok, jnp.maximum(c.jitter, jitter), c.jitter))
+        jitter=jnp.where(step, jnp.maximum(c.jitter, jitter), c.jitter),
+        started=jnp.ones((), bool))
 
+  zeros = jnp.zeros((), dtype)
   init = _Carry(
       params=params,
+      stats=_placeholder_stats(params),
+      objective=zeros,
       prev_ll=jnp.asarray(prev_log_likelihood, dtype),
       n_iter=jnp.zeros((), jnp.int32),
       history=jnp.full((max_iter,), jnp.nan, dtype),
       converged=jnp.zeros((), bool),
       failed=jnp.zeros((), bool),
-      jitter=jnp.zeros((), dtype))
+      jitter=zeros,
+      started=jnp.zeros((), bool))
   if unrolled:
     # Same iterations as the while_loop, as a fixed-length scan that reverse
     # mode can differentiate: steps after the stop are masked out.
     def scan_step(c, _):
       active = cond(c)
       new = body(c, active)
-      return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, c), None
-    out, _ = lax.scan(scan_step, init, None, length=max_iter)
+      return where(active, new, c), None
+    out, _ = lax.scan(scan_step, init, None, length=max_iter + 1)
   else:
     out = lax.while_loop(cond, body, init)
-  final = stats_lib.e_step_stats(out.params, X, sample_weight)
-  final_ll = final.log_likelihood / final.count
+  final_ll = out.stats.log_likelihood / out.stats.count
   failed = out.failed | ~jnp.isfinite(final_ll)
   return FitResult(params=out.params, log_likelihood=final_ll,
                    n_iter=out.n_iter, converged=out.converged & ~failed,
                    history=out.history, failed=failed, jitter=out.jitter,
                    n_degenerate=count_degenerate(
                        out.params, n_positive_samples(X, sample_weight), reg_covar))
+
+
+def _placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:
+  """Statistics whose M-step gives ``params`` back (up to ``reg_covar``).
+
+  The first pass's discarded M-step reads them: finite and positive definite
+  whatever ``reg_covar`` is, so even its masked-out derivatives are finite.
+  """
+  k, d = params.means.shape
+  dtype = params.means.dtype
+  cov = lax.stop_gradient(params.covariances)
+  scale = {"full": 1.0, "tied": k, "diag": 1.0, "spherical": d}
+  return stats_lib.SuffStats(
+      count=jnp.asarray(k, dtype), nk=jnp.ones((k,), dtype),
+      sx=jnp.zeros((k, d), dtype), sxx=cov * scale[params.covariance_type],
+      log_likelihood=jnp.zeros((), dtype))
 
 
 class _Static(NamedTuple):
