@@ -470,7 +470,7 @@ def _add_fit_options(p, *, n_components: bool):
   p.add_argument("--covariance-type", default="full",
                  choices=("full", "tied", "diag", "spherical"))
   p.add_argument("--n-init", type=int, default=1,
-                 help="restarts (run together in one compiled program)")
+                 help="restarts (run together, vmapped)")
   p.add_argument("--init-params", default="kmeans",
                  choices=("kmeans", "k-means++", "random",
                           "random_from_data"))

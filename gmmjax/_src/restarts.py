@@ -33,18 +33,47 @@ def take(tree, index):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "n_components", "n_init", "covariance_type", "method", "max_iter",
-    "callback"))
-def _fit_restarts(key, X, sample_weight, tol, reg_covar, n_components, n_init,
-                  covariance_type, method, max_iter, callback):
+    "n_components", "n_init", "covariance_type", "method"))
+def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
+                covariance_type, method):
   keys = jax.random.split(key, n_init)
-  params0 = jax.vmap(lambda k: init_lib.init_params(
+  return jax.vmap(lambda k: init_lib.init_params(
       k, X, n_components, covariance_type=covariance_type, method=method,
       reg_covar=reg_covar, sample_weight=sample_weight))(keys)
-  results = jax.vmap(lambda p: fit(
+
+
+@functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
+def _fit_batch(X, params0, sample_weight, tol, reg_covar, max_iter, callback):
+  return jax.vmap(lambda p: fit(
       X, p, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
       reg_covar=reg_covar, callback=callback))(params0)
-  return take(results, best_restart(results)), results
+
+
+def _add_axis(tree):
+  return jax.tree.map(lambda a: jnp.expand_dims(a, 0), tree)
+
+
+def init_restarts(key, X, n_components: int, *, n_init: int = 1,
+                  covariance_type: str = "full", method: str = "kmeans",
+                  reg_covar=1e-6, sample_weight=None) -> GMMParams:
+  """``n_init`` initial params (a leading batch axis) from ``split(key)``.
+
+  Restart ``i`` is ``init_params(jax.random.split(key, n_init)[i], ...)``.
+  One restart runs the unbatched, separately compiled :func:`init_params`
+  (the program a plain ``init_params`` call of the same shapes reuses).
+  """
+  X = checks.as_data(X)
+  if not isinstance(n_init, int) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  kwargs = dict(covariance_type=covariance_type, method=method,
+                reg_covar=reg_covar, sample_weight=sample_weight)
+  if n_init == 1:
+    return _add_axis(init_lib.init_params(jax.random.split(key, 1)[0], X,
+                                          n_components, **kwargs))
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  return _init_batch(key, X, w, jnp.asarray(reg_covar, X.dtype),
+                     n_components=n_components, n_init=n_init,
+                     covariance_type=covariance_type, method=method)
 
 
 def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
@@ -53,7 +82,12 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                  sample_weight=None,
                  callback: Callable | None = None
                  ) -> tuple[FitResult, FitResult]:
-  """``n_init`` initialisations and EM fits in one compiled, vmapped program.
+  """``n_init`` initialisations and EM fits, the restarts vmapped.
+
+  Initialisation and EM are two compiled programs (each compiles faster than
+  their union, and a change of ``max_iter`` or of the init method recompiles
+  only one); with ``n_init=1`` they are the ones plain :func:`init_params`
+  and :func:`fit` calls use.
 
   Args:
     key: PRNG key; it is split into ``n_init`` keys, one per restart.
@@ -78,15 +112,24 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
     ((4,), True)
   """
   X = checks.as_data(X)
-  if not isinstance(n_init, int) or n_init < 1:
-    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
-  # Trace-time checks of everything else happen inside init_params and fit.
+  kwargs = dict(sample_weight=sample_weight, max_iter=max_iter, tol=tol,
+                reg_covar=reg_covar, callback=callback)
+  if n_init == 1:
+    params0 = init_lib.init_params(
+        jax.random.split(key, 1)[0], X, n_components,
+        covariance_type=covariance_type, method=method, reg_covar=reg_covar,
+        sample_weight=sample_weight)
+    best = fit(X, params0, **kwargs)
+    return best, _add_axis(best)
+  params0 = init_restarts(key, X, n_components, n_init=n_init,
+                          covariance_type=covariance_type, method=method,
+                          reg_covar=reg_covar, sample_weight=sample_weight)
+  # Trace-time checks of the arguments happen inside fit.
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
-  return _fit_restarts(key, X, w, jnp.asarray(tol, X.dtype),
-                       jnp.asarray(reg_covar, X.dtype),
-                       n_components=n_components, n_init=n_init,
-                       covariance_type=covariance_type, method=method,
-                       max_iter=max_iter, callback=callback)
+  results = _fit_batch(X, params0, w, jnp.asarray(tol, X.dtype),
+                       jnp.asarray(reg_covar, X.dtype), max_iter=max_iter,
+                       callback=callback)
+  return take(results, best_restart(results)), results
 
 
 def params_with_overrides(params: GMMParams, *, weights=None, means=None,

@@ -39,7 +39,6 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gmmjax._src import checks
-from gmmjax._src import init as init_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.fit import FitResult, count_degenerate
 from gmmjax._src.params import GMMParams
@@ -707,17 +706,6 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
   return fn(X, w, params, *scalars)
 
 
-@functools.partial(jax.jit, static_argnames=("n_components", "n_init",
-                                             "covariance_type", "method"))
-def _init_restarts(key, X, sample_weight, reg_covar, n_components, n_init,
-                   covariance_type, method):
-  # The same keys and initialisations as gmmjax.fit_restarts.
-  keys = jax.random.split(key, n_init)
-  return jax.vmap(lambda k: init_lib.init_params(
-      k, X, n_components, covariance_type=covariance_type, method=method,
-      reg_covar=reg_covar, sample_weight=sample_weight))(keys)
-
-
 def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
                          covariance_type: str = "full", method: str = "kmeans",
                          sample_weight=None, mesh: Mesh | None = None,
@@ -733,7 +721,7 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   Returns:
     ``(best, all_results)`` as :func:`gmmjax.fit_restarts`.
   """
-  from gmmjax._src.restarts import best_restart, take
+  from gmmjax._src.restarts import best_restart, init_restarts, take
 
   if not isinstance(n_init, int) or n_init < 1:
     raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
@@ -747,9 +735,9 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
     auto = Mesh(mesh.devices, mesh.axis_names,
                 axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
     init_X = jax.device_put(X, NamedSharding(auto, X.sharding.spec))
-  params0 = _init_restarts(key, init_X, sample_weight, reg_covar,
-                           n_components=n_components, n_init=n_init,
-                           covariance_type=covariance_type, method=method)
+  params0 = init_restarts(key, init_X, n_components, n_init=n_init,
+                          covariance_type=covariance_type, method=method,
+                          reg_covar=reg_covar, sample_weight=sample_weight)
   results = fit_sharded(X, params0, sample_weight=sample_weight, mesh=mesh,
                         axis_name=axes, max_iter=max_iter, tol=tol,
                         reg_covar=reg_covar)
