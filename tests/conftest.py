@@ -4,9 +4,21 @@ import os
 import shutil
 import tempfile
 
-import jax
-import numpy as np
-import pytest
+# Compile time is most of this suite's time. XLA's CPU loop emitters (the
+# code generator before its "fusion emitters") compile gmmjax's programs
+# about 40% faster, and ran its kernels as fast (measured 2026-11-26 on the
+# 2-core CI machine: W2/W4/W5/W6-sized fits within noise). The tests use
+# them; the library, the command line and the benchmarks set no XLA flag,
+# and test_cli's demo runs without it. Set before JAX creates its CPU
+# client; subprocesses inherit it (and so share the compilation cache).
+TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
+if TEST_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = " ".join(
+      [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAG]).strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 _CACHE_ENV = "GMMJAX_TEST_COMPILATION_CACHE"
 
@@ -30,10 +42,50 @@ def pytest_configure(config):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
+  if os.environ.get(_PROFILE_ENV):
+    _start_compile_profile()
+
+
 def pytest_unconfigure(config):
   owner = getattr(config, "_gmmjax_cache_owner", None)
   if owner:
     shutil.rmtree(owner, ignore_errors=True)
+
+
+# Where the suite's time goes: with GMMJAX_TEST_PROFILE=DIR, each process
+# appends one JSON line per test to DIR/<pid>.jsonl with the seconds JAX
+# spent tracing, lowering and compiling (persistent-cache hits included).
+_PROFILE_ENV = "GMMJAX_TEST_PROFILE"
+_profile = {"test": None, "seconds": {}}
+
+
+def _start_compile_profile():
+  import jax.monitoring
+
+  def listen(event, duration, **_):
+    if _profile["test"] is not None:
+      name = event.rsplit("/", 1)[-1]
+      _profile["seconds"][name] = _profile["seconds"].get(name, 0.0) + duration
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+  if not os.environ.get(_PROFILE_ENV):
+    yield
+    return
+  import json
+  import time
+  _profile["test"], _profile["seconds"] = item.nodeid, {}
+  start = time.perf_counter()
+  yield
+  record = {"test": item.nodeid, "wall": time.perf_counter() - start,
+            **_profile["seconds"]}
+  _profile["test"] = None
+  path = os.path.join(os.environ[_PROFILE_ENV], f"{os.getpid()}.jsonl")
+  with open(path, "a", encoding="utf-8") as f:
+    f.write(json.dumps(record) + "\n")
 
 
 @pytest.fixture

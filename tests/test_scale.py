@@ -215,9 +215,9 @@ def _inputs(problem, path):
 
 
 def _env(xla_flags=""):
-  """The workers' environment: CPU, this checkout, ``xla_flags`` only."""
+  """The workers' environment: CPU, this checkout, ``xla_flags`` added."""
   env = dict(os.environ)
-  env["XLA_FLAGS"] = xla_flags
+  env["XLA_FLAGS"] = " ".join([env.get("XLA_FLAGS", ""), xla_flags]).strip()
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = os.pathsep.join(
       [str(HERE.parent)] + [p for p in [env.get("PYTHONPATH")] if p])
