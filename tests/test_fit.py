@@ -151,3 +151,26 @@ def test_fit_restarts_picks_the_best(X, x64):
   # Restarts from typed and legacy keys both work.
   best2, _ = gx.fit_restarts(jax.random.PRNGKey(0), X, 3, n_init=2)
   assert np.isfinite(float(best2.log_likelihood))
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_restarts_equal_separate_fits(X, x64, sequential, retrace):
+  """Vmapped or one after another (CPU, large data), each restart is the
+  separate fit of its own initial params, stopping at its own iteration."""
+  from gmmjax._src import restarts
+  retrace(restarts, "sequential_restarts", lambda *_: sequential)
+  key = jax.random.key(3)
+  best, runs = gx.fit_restarts(key, X, 3, n_init=3, method="random",
+                               tol=1e-4, max_iter=50)
+  inits = restarts.init_restarts(key, X, 3, n_init=3, method="random")
+  for i in range(3):
+    one = gx.fit(X, jax.tree.map(lambda a, i=i: a[i], inits), tol=1e-4,
+                 max_iter=50)
+    assert int(runs.n_iter[i]) == int(one.n_iter)
+    np.testing.assert_allclose(np.asarray(runs.params.covariances[i]),
+                               np.asarray(one.params.covariances),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(float(runs.log_likelihood[i]),
+                               float(one.log_likelihood), rtol=1e-12)
+  assert len(set(np.asarray(runs.n_iter).tolist())) > 1  # own stopping
+  assert float(best.log_likelihood) == float(np.max(runs.log_likelihood))
