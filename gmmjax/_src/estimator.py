@@ -315,10 +315,13 @@ class GaussianMixture:
                             **kwargs)
       results = jax.tree.map(lambda a: a[None], results)
     elif not any(v is not None for v in overrides.values()):
-      _, results = restarts.fit_restarts(
+      results = restarts.restart_results(
           key_from_random_state(self.random_state), X, int(self.n_components),
           n_init=int(self.n_init), covariance_type=self.covariance_type,
           method=self.init_params, **kwargs)
+      if int(self.n_init) == 1:
+        results = jax.tree.map(lambda a: np.asarray(a)[None],
+                               jax.device_get(results))
     else:
       keys = jax.random.split(key_from_random_state(self.random_state),
                               int(self.n_init))
