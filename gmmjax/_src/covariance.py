@@ -289,18 +289,23 @@ def map_chunks(fn, n_samples: int, chunk: int, *arrays):
   return out
 
 
-def whiten(xc, mc, prec_chol):
-  """Whitened differences ``y_ik = P_k^T (x_i - mu_k)``, ``(n, K, D)`` (full).
+def whitened_maha(xc, mc, prec_chol):
+  """``|y_ik|^2`` of the whitened differences ``y_ik = P_k^T (x_i - mu_k)``.
 
-  One GEMM ``(n, D) @ (D, K*D)`` on centred data, then the per-component
-  offset ``mu_k P_k`` subtracted: the differences are formed in the
-  (linear) whitened space, never through an expanded quadratic form, so
-  float32 keeps its digits when components are narrow and far apart.
+  Full covariances, ``(n, K)``. One GEMM ``(n, D) @ (D, D*K)`` on centred
+  data, then the per-component offsets ``mu_k P_k`` subtracted: the
+  differences are formed in the (linear) whitened space, never through an
+  expanded quadratic form, so float32 keeps its digits when components are
+  narrow and far apart. The GEMM's columns are ordered (feature, component):
+  the ``(n, D, K)`` result has K on its minor axis, so the sum over D adds
+  contiguous ``(n, K)`` slabs, which measured 20% faster than reducing a
+  minor D axis (100,000 x 16, K=16 float32: 17 against 22 ms per pass).
   """
   k, d, _ = prec_chol.shape
-  p_flat = jnp.transpose(prec_chol, (1, 0, 2)).reshape(d, k * d)
-  y = (xc @ p_flat).reshape(xc.shape[0], k, d)
-  return y - jnp.einsum("kd,kde->ke", mc, prec_chol)[None]
+  p_flat = jnp.transpose(prec_chol, (1, 2, 0)).reshape(d, d * k)
+  offset = jnp.einsum("kd,kde->ek", mc, prec_chol)
+  y = (xc @ p_flat).reshape(xc.shape[0], d, k) - offset[None]
+  return jnp.sum(y * y, axis=1)
 
 
 # Dtypes for which full covariances use the expanded quadratic form
@@ -349,8 +354,7 @@ def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
     if use_expanded_full(xc.dtype):
       feats = moment_features(xc, "full")
       return expanded_full_maha(feats, mc, prec_chol)
-    y = whiten(xc, mc, prec_chol)
-    return jnp.sum(y * y, axis=-1)
+    return whitened_maha(xc, mc, prec_chol)
   if covariance_type == "tied":
     y = xc @ prec_chol
     m = mc @ prec_chol
