@@ -480,28 +480,22 @@ def wl5(args, libs):
     Xj = jnp.asarray(X)
     ps = jax.tree.map(lambda *a: jnp.stack(a),
                       *[gx_params(i, "full", np.float32) for i in inits])
-    f = jax.jit(jax.vmap(lambda p: gx.fit(Xj, p, max_iter=100, tol=1e-3,
-                                          reg_covar=REG)))
-    f, c = compile_time(f, ps)
-    res = _block(f(ps))
-    t = time_runs(lambda: _block(f(ps)), args.repeats)
-    rows.append(dict(workload="5", library="gmmjax", mode="same_inits_vmap",
-                     dtype="float32", compile_s=c, time_s=med(t),
-                     n_iter_max=int(res.n_iter.max()),
-                     n_iter_sum=int(res.n_iter.sum()),
-                     best_ll=float(res.log_likelihood.max())))
-    # The same, one restart after another in one program (what
-    # fit_restarts does on CPU at this size): each stops at its own count.
-    f = jax.jit(lambda ps: jax.lax.map(lambda p: gx.fit(
-        Xj, p, max_iter=100, tol=1e-3, reg_covar=REG), ps))
-    f, c = compile_time(f, ps)
-    res = _block(f(ps))
-    t = time_runs(lambda: _block(f(ps)), args.repeats)
-    rows.append(dict(workload="5", library="gmmjax", mode="same_inits_map",
-                     dtype="float32", compile_s=c, time_s=med(t),
-                     n_iter_max=int(res.n_iter.max()),
-                     n_iter_sum=int(res.n_iter.sum()),
-                     best_ll=float(res.log_likelihood.max())))
+
+    def one(p):
+      return gx.fit(Xj, p, max_iter=100, tol=1e-3, reg_covar=REG)
+
+    # Vmapped, and one restart after another in one program (what
+    # fit_restarts does on CPU at this size: each stops at its own count).
+    for mode, batched in (("same_inits_vmap", jax.vmap(one)),
+                          ("same_inits_map", lambda ps: jax.lax.map(one, ps))):
+      f, c = compile_time(jax.jit(batched), ps)
+      res = _block(f(ps))
+      t = time_runs(lambda f=f: _block(f(ps)), args.repeats)
+      rows.append(dict(workload="5", library="gmmjax", mode=mode,
+                       dtype="float32", compile_s=c, time_s=med(t),
+                       n_iter_max=int(res.n_iter.max()),
+                       n_iter_sum=int(res.n_iter.sum()),
+                       best_ll=float(res.log_likelihood.max())))
   if sklearn is not None:
     out, t, reps = time_budgeted(
         lambda: [run_sklearn(X, i, "full", 100, 1e-3) for i in inits],
