@@ -81,6 +81,20 @@ def _add_axis(tree):
   return jax.tree.map(lambda a: jnp.expand_dims(a, 0), tree)
 
 
+def _check_n_init(n_init) -> None:
+  if not isinstance(n_init, int) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+
+
+def _init_one(key, X, n_components, covariance_type, method, reg_covar,
+              sample_weight) -> GMMParams:
+  """Restart 0 of ``n_init=1``: the first key of ``split(key, 1)``."""
+  return init_lib.init_params(
+      jax.random.split(key, 1)[0], X, n_components,
+      covariance_type=covariance_type, method=method, reg_covar=reg_covar,
+      sample_weight=sample_weight)
+
+
 def init_restarts(key, X, n_components: int, *, n_init: int = 1,
                   covariance_type: str = "full", method: str = "kmeans",
                   reg_covar=1e-6, sample_weight=None) -> GMMParams:
@@ -91,13 +105,10 @@ def init_restarts(key, X, n_components: int, *, n_init: int = 1,
   (the program a plain ``init_params`` call of the same shapes reuses).
   """
   X = checks.as_data(X)
-  if not isinstance(n_init, int) or n_init < 1:
-    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
-  kwargs = dict(covariance_type=covariance_type, method=method,
-                reg_covar=reg_covar, sample_weight=sample_weight)
+  _check_n_init(n_init)
   if n_init == 1:
-    return _add_axis(init_lib.init_params(jax.random.split(key, 1)[0], X,
-                                          n_components, **kwargs))
+    return _add_axis(_init_one(key, X, n_components, covariance_type, method,
+                               reg_covar, sample_weight))
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   return _init_batch(key, X, w, jnp.asarray(reg_covar, X.dtype),
                      n_components=n_components, n_init=n_init,
@@ -159,11 +170,10 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   nothing (an eager ``expand_dims`` of every leaf took ~1.5 ms per fit).
   """
   X = checks.as_data(X)
+  _check_n_init(n_init)
   if n_init == 1:
-    params0 = init_lib.init_params(
-        jax.random.split(key, 1)[0], X, n_components,
-        covariance_type=covariance_type, method=method, reg_covar=reg_covar,
-        sample_weight=sample_weight)
+    params0 = _init_one(key, X, n_components, covariance_type, method,
+                        reg_covar, sample_weight)
     return fit(X, params0, sample_weight=sample_weight, max_iter=max_iter,
                tol=tol, reg_covar=reg_covar, callback=callback)
   params0 = init_restarts(key, X, n_components, n_init=n_init,
