@@ -203,6 +203,15 @@ def log_det_cholesky(prec_chol, covariance_type: str, n_features: int):
 CHUNK_BYTES = 2 << 20
 _MIN_CHUNK = 128
 
+# The whitened full-covariance path (float32) gets this many times the
+# budget: its per-sample work (one GEMM row of K*D, a sum over D, then a
+# 152-wide moment GEMM on workload 2) gained more from longer GEMMs than it
+# lost to cache misses. E-step of 100,000 x 16, K=16: 50-59 ms with 8 MB
+# chunks against 66-100 ms with 2 MB; 65,536 x 32, K=64: 220-323 against
+# 315-382 ms (5 alternating pairs, 2026-11-26). Diag and float64 full
+# measured no gain (or a loss) and keep the base budget.
+WHITENED_BUDGET_FACTOR = 4
+
 
 def chunk_size(n_samples: int, n_components: int, n_features: int,
                covariance_type: str, dtype, budget: int | None = None) -> int:
@@ -211,14 +220,17 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   The widest intermediate of the fast (GEMM) forms per sample is ``K * D``
   values for full covariances in float32 (whitened differences), the
   ``D + D (D + 1) / 2`` packed moment features in float64, and about
-  ``max(3 K, 2 D + 1)`` otherwise; the result is at least ``_MIN_CHUNK``
-  and at most ``n_samples`` (a single chunk). The exact fallbacks, whose
+  ``max(3 K, 2 D + 1)`` otherwise (the whitened form's default budget is
+  ``WHITENED_BUDGET_FACTOR`` times the base); the result is at least
+  ``_MIN_CHUNK`` and at most ``n_samples`` (a single chunk). The exact fallbacks, whose
   ``(n, K, D)`` differences are wider, cut a chunk into
   :func:`fallback_chunk` pieces of their own.
   """
   k, d = n_components, n_features
   if covariance_type == "full" and not use_expanded_full(dtype):
     width = max(k * d, d + d * (d + 1) // 2, 3 * k)  # whitened (n, K, D)
+    if budget is None:
+      budget = WHITENED_BUDGET_FACTOR * CHUNK_BYTES
   elif covariance_type == "full":
     width = max(d + d * (d + 1) // 2, 3 * k)  # packed moment features
   else:

@@ -61,7 +61,7 @@ def sequential_restarts(n_samples: int, n_components: int, n_features: int,
   if jax.default_backend() != "cpu":
     return False
   rows = cov_ops.chunk_size(1 << 62, n_components, n_features,
-                            covariance_type, dtype)
+                            covariance_type, dtype, cov_ops.CHUNK_BYTES)
   return n_samples >= rows
 
 
