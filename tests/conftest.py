@@ -40,8 +40,6 @@ def pytest_configure(config):
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
   jax.config.update("jax_compilation_cache_dir", cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
   if os.environ.get(_PROFILE_ENV):
     _start_compile_profile()
 

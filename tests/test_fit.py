@@ -160,11 +160,16 @@ def test_restarts_equal_separate_fits(X, x64, sequential, retrace):
   from gmmjax._src import restarts
   retrace(restarts, "sequential_restarts", lambda *_: sequential)
   key = jax.random.key(3)
+  # The branch taken: lax.map is a scan (the data fit one chunk, so the
+  # E-step itself has none); vmap is not.
+  params0 = restarts.init_restarts(key, X, 3, n_init=3, method="random")
+  jaxpr = str(jax.make_jaxpr(lambda p: restarts._fit_batch(
+      X, p, None, 1e-4, 1e-6, max_iter=50, callback=None))(params0))
+  assert ("scan" in jaxpr) == sequential
   best, runs = gx.fit_restarts(key, X, 3, n_init=3, method="random",
                                tol=1e-4, max_iter=50)
-  inits = restarts.init_restarts(key, X, 3, n_init=3, method="random")
   for i in range(3):
-    one = gx.fit(X, jax.tree.map(lambda a, i=i: a[i], inits), tol=1e-4,
+    one = gx.fit(X, jax.tree.map(lambda a, i=i: a[i], params0), tol=1e-4,
                  max_iter=50)
     assert int(runs.n_iter[i]) == int(one.n_iter)
     np.testing.assert_allclose(np.asarray(runs.params.covariances[i]),

@@ -222,8 +222,8 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   ``D + D (D + 1) / 2`` packed moment features in float64, and about
   ``max(3 K, 2 D + 1)`` otherwise (the whitened form's default budget is
   ``WHITENED_BUDGET_FACTOR`` times the base); the result is at least
-  ``_MIN_CHUNK`` and at most ``n_samples`` (a single chunk). The exact fallbacks, whose
-  ``(n, K, D)`` differences are wider, cut a chunk into
+  ``_MIN_CHUNK`` and at most ``n_samples`` (a single chunk). The exact
+  fallbacks, whose ``(n, K, D)`` differences are wider, cut a chunk into
   :func:`fallback_chunk` pieces of their own.
   """
   k, d = n_components, n_features

@@ -153,13 +153,8 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   center = w @ X / jnp.sum(w)
   xc = X - center[None, :]
   diff = (rw.T @ xc) / nk[:, None]
-  n, d = X.shape
-  k = resp.shape[1]
-  # Scatter around each component's new mean: the (n, K, D) differences
-  # in pieces of the chunk budget.
-  _, sxx = cov_ops.sum_chunks(
-      lambda x, r: stats_lib.component_moments(x, r, diff, covariance_type),
-      n, cov_ops.fallback_chunk(n, k, d, dtype), xc, rw)
+  # Scatter around each component's new mean.
+  _, sxx = stats_lib.chunked_component_moments(xc, rw, diff, covariance_type)
   covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
                                              covariance_type, reg_covar)
   return GMMParams(nk / jnp.sum(nk), center[None, :] + diff, covariances,

@@ -126,7 +126,7 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
   Moving ``S(c)`` to ``S(a_k)`` subtracts terms of size ``N_k |a_k - c|^2``;
   where that loses more than ``fast_form_tol(dtype, moments=True)`` of a
   component's scatter, the chunk's moments are recomputed from the
-  differences ``x_i - a_k`` (:func:`_component_moments`), which carry no
+  differences ``x_i - a_k`` (:func:`chunked_component_moments`), which carry no
   cancellation.
 
   The scatter a chunk's error is measured against is the larger of its own
@@ -165,15 +165,24 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
   bad = jnp.any(lax.stop_gradient(
       4.0 * eps * scale > cov_ops.fast_form_tol(xb.dtype, moments=True)
       * jnp.maximum(jnp.abs(result), expected) + tiny))
-  k, d = shift.shape
 
   def exact():
-    return cov_ops.sum_chunks(
-        lambda x, r: component_moments(x, r, shift, covariance_type),
-        xb.shape[0], cov_ops.fallback_chunk(xb.shape[0], k, d, xb.dtype),
-        xb, rw)
+    return chunked_component_moments(xb, rw, shift, covariance_type)
 
   return lax.cond(cov_ops.any_in_batch(bad), exact, lambda: (sx, sxx))
+
+
+def chunked_component_moments(X, rw, shift, covariance_type: str):
+  """:func:`component_moments` summed over pieces of bounded memory.
+
+  The ``(n, K, D)`` differences of each piece stay within the chunk budget
+  (:func:`gmmjax._src.covariance.fallback_chunk`).
+  """
+  n = X.shape[0]
+  k, d = shift.shape
+  return cov_ops.sum_chunks(
+      lambda x, r: component_moments(x, r, shift, covariance_type),
+      n, cov_ops.fallback_chunk(n, k, d, X.dtype), X, rw)
 
 
 def component_moments(xb, rw, shift, covariance_type: str):
@@ -224,7 +233,7 @@ def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
   ll = (jnp.zeros((), X.dtype) if log_prob_norm is None
         else jnp.sum(w * log_prob_norm))
   if jnp.ndim(shift) == 2:
-    sx, sxx = component_moments(X, rw, shift, covariance_type)
+    sx, sxx = chunked_component_moments(X, rw, shift, covariance_type)
   else:
     xc = X - shift
     sx = rw.T @ xc
