@@ -20,6 +20,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from gmmjax._src import batching  # noqa: E402
+
 _CACHE_ENV = "GMMJAX_TEST_COMPILATION_CACHE"
 
 
@@ -171,3 +173,21 @@ def numpy_m_step(X, resp, cov_type, reg):
   else:
     cov = np.stack([np.diag(c).mean() for c in full]) + reg
   return nk / nk.sum(), means, cov
+
+
+@pytest.fixture
+def small_blocks(retrace, monkeypatch):
+  """Forces batching.while_loop's compaction into blocks of 2 members and
+  records the batches it compacted."""
+  retrace(batching, "BLOCK_BYTES", 1)
+  retrace(batching, "_MIN_BLOCK", 2)
+  retrace(batching, "_MIN_BLOCKS", 1)
+  sizes = []
+  real = batching._compacted
+
+  def spy(*args):
+    sizes.append((args[-2], args[-1]))  # (block, batch)
+    return real(*args)
+
+  monkeypatch.setattr(batching, "_compacted", spy)
+  return sizes

@@ -76,6 +76,34 @@ def test_vmap_over_initial_params_equals_separate_fits(X, x64):
   assert len(n_iters) > 1  # members really stopped at different iterations
 
 
+def test_vmapped_problems_compacted_equal_separate_fits(X, x64, small_blocks):
+  # 7 problems (blocks of 2, the last one partial) on different data, so
+  # that they stop at different iterations and finished ones are skipped.
+  rng = np.random.default_rng(0)
+  Xs = np.stack([np.asarray(X) * rng.uniform(0.5, 1.5)
+                 + rng.normal(0, 0.3, X.shape) for _ in range(7)])
+  keys = jax.random.split(jax.random.key(4), 7)
+  p0s = jax.vmap(lambda k, x: gx.init_params(k, x, 3, method="random"))(
+      keys, Xs)
+  batched = jax.jit(jax.vmap(
+      lambda x, p: gx.fit(x, p, max_iter=200, tol=1e-8)))(Xs, p0s)
+  assert small_blocks == [(2, 7)]
+  n_iters = []
+  for i in range(7):
+    single = gx.fit(Xs[i], jax.tree.map(lambda a, i=i: a[i], p0s),
+                    max_iter=200, tol=1e-8)
+    n_iters.append(int(single.n_iter))
+    assert int(batched.n_iter[i]) == n_iters[-1]
+    assert bool(batched.converged[i]) == bool(single.converged)
+    for a, b in zip(jax.tree.leaves(batched.params),
+                    jax.tree.leaves(single.params)):
+      np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b),
+                                 rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(batched.history[i]),
+                               np.asarray(single.history), rtol=1e-9)
+  assert len(set(n_iters)) > 3, n_iters
+
+
 def test_jit_and_compile_once_per_shape(X):
   p0 = gx.init_params(jax.random.key(0), X, 3)
   fit_lib._fit.clear_cache()

@@ -118,8 +118,10 @@ def test_check_grads_forward_and_reverse(x64):
               eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
-def test_vmap_grad_over_restarts_equals_each_restart_float32():
-  # float32, the default dtype: the implicit rule must work there too.
+def test_vmap_grad_over_restarts_equals_each_restart_float32(small_blocks):
+  # float32, the default dtype: the implicit rule must work there too. The
+  # batched fits (shared data, batched params and regularisers) run in
+  # blocks of 2 restarts, the finished ones skipped (batching.while_loop).
   X = jnp.asarray(_datasets()[1], jnp.float32)
   p0s = jax.vmap(lambda k: gx.init_params(
       k, X, K, covariance_type="spherical", method="random_from_data",
@@ -131,6 +133,7 @@ def test_vmap_grad_over_restarts_equals_each_restart_float32():
   grad = jax.jit(jax.grad(loss))
   batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(
       X, p0s, regs)
+  assert small_blocks == [(2, 3)]
   singles = [grad(X, jax.tree.map(lambda a, i=i: a[i], p0s), regs[i])
              for i in range(3)]
   assert batched.dtype == jnp.float32 and np.all(np.isfinite(batched))

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import checks
+from gmmjax._src import batching, checks
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
@@ -214,7 +214,8 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
   # and after the loop the returned params' log-likelihood is already known.
   # The first pass skips the M-step (its result is discarded) and only
   # evaluates the initial params: one E-step in the compiled program.
-  def body(c: _Carry, active=None):
+  def body(c: _Carry, ops, active=None):
+    X, sample_weight, tol, reg_covar, prior = ops
     stepped, jitter = m_step_from_stats(c.params, c.stats, reg_covar, prior)
     new = where(c.started, stepped, c.params)
     stats, objective = evaluate(new, X, sample_weight, prior)
@@ -252,16 +253,24 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       failed=jnp.zeros((), bool),
       jitter=zeros,
       started=jnp.zeros((), bool))
+  ops = (X, sample_weight, tol, reg_covar, prior)
   if unrolled:
     # Same iterations as the while_loop, as a fixed-length scan that reverse
     # mode can differentiate: steps after the stop are masked out.
     def scan_step(c, _):
       active = cond(c)
-      new = body(c, active)
+      new = body(c, ops, active)
       return where(active, new, c), None
     out, _ = lax.scan(scan_step, init, None, length=max_iter + 1)
+  elif callback is not None:
+    out = lax.while_loop(cond, lambda c: body(c, ops), init)
   else:
-    out = lax.while_loop(cond, body, init)
+    # Vmapped (many problems or restarts at once), members that have
+    # stopped skip the remaining iterations (batching.while_loop).
+    k, d = params.means.shape
+    out = batching.while_loop(
+        cond, body, init, ops,
+        member_bytes=X.shape[0] * k * d * dtype.itemsize)
   final_ll = out.stats.log_likelihood / out.stats.count
   failed = out.failed | ~jnp.isfinite(final_ll)
   return FitResult(params=out.params, log_likelihood=final_ll,
@@ -362,9 +371,10 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   ``tol`` between iterations (scikit-learn's rule) or ``max_iter`` is reached.
   It compiles once per shape, dtype, covariance type and ``max_iter``; ``tol``
   and ``reg_covar`` are traced, so changing them does not recompile. It works
-  under ``jax.jit`` and ``jax.vmap`` (e.g. over a batch of initial params: a
-  batched loop runs until its slowest member stops, and each member's result
-  equals its separate fit).
+  under ``jax.jit`` and ``jax.vmap`` (over a batch of initial params or of
+  problems): each member's result equals its separate fit, and on CPU a
+  large batch iterates only the members still running, in blocks, so that
+  finished members cost nothing (:mod:`gmmjax._src.batching`).
 
   Numerical trouble is reported on the result, never returned as NaN:
 
