@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
+from gmmjax._src import compiling
 from gmmjax._src import fit as fit_lib
 from tests.conftest import make_blobs
 
@@ -104,15 +105,39 @@ def test_vmapped_problems_compacted_equal_separate_fits(X, x64, small_blocks):
   assert len(set(n_iters)) > 3, n_iters
 
 
+def test_small_eager_fits_use_the_fast_compiling_program(X, x64):
+  p0 = gx.init_params(jax.random.key(0), X, 3)
+  default, small = fit_lib._fit_programs
+  if not compiling._small_options_work():
+    pytest.fail("this CPU backend rejects compiling.SMALL_OPTIONS")
+  assert fit_lib._fit_program(X, p0) is small
+  big = np.tile(np.asarray(X), (200, 1))  # 36,000 x 2 x 3 > one chunk
+  assert fit_lib._fit_program(big, p0) is default
+  # Under a trace the default program is inlined (options are top-level only).
+  seen = []
+  jax.jit(lambda x: seen.append(fit_lib._fit_program(x, p0)) or 0)(X)
+  assert seen == [default]
+  # Both code generators give the same fit.
+  args = (X, p0, None, 1e-8, 1e-6, -np.inf, None)
+  a = small(*args, max_iter=100, callback=None)
+  b = default(*args, max_iter=100, callback=None)
+  assert int(a.n_iter) == int(b.n_iter)
+  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float),
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_jit_and_compile_once_per_shape(X):
   p0 = gx.init_params(jax.random.key(0), X, 3)
-  fit_lib._fit.clear_cache()
+  program = fit_lib._fit_program(X, p0)
+  assert program is fit_lib._fit_program(X[:50], p0)
+  program.clear_cache()
   for tol, reg in [(1e-3, 1e-6), (1e-4, 1e-5), (1e-2, 1e-3)]:
     gx.fit(X, p0, tol=tol, reg_covar=reg, max_iter=20)
   gx.fit(X + 1.0, p0, max_iter=20)
-  assert fit_lib._fit._cache_size() == 1
+  assert program._cache_size() == 1
   gx.fit(X[:50], p0, max_iter=20)  # a new shape compiles once more
-  assert fit_lib._fit._cache_size() == 2
+  assert program._cache_size() == 2
   # Works inside a user's jit.
   f = jax.jit(lambda X, p: gx.fit(X, p, max_iter=20).log_likelihood)
   np.testing.assert_allclose(float(f(X, p0)),

@@ -281,12 +281,22 @@ class GaussianMixture:
 
   def fit(self, X, y=None, sample_weight=None):
     """Fits the mixture to ``X`` ``(n_samples, n_features)``; returns self."""
-    self.fit_predict(X, y, sample_weight=sample_weight)
+    del y
+    self._fit(X, sample_weight)
     return self
 
   def fit_predict(self, X, y=None, sample_weight=None):
     """Fits and returns the component of each sample (after a final E-step)."""
     del y
+    params, X = self._fit(X, sample_weight)
+    return np.asarray(em.predict(params, X))
+
+  def _fit(self, X, sample_weight):
+    """The fit behind ``fit`` and ``fit_predict``: ``(params, checked X)``.
+
+    ``fit`` needs no labels: skipping them saves a pass over the data and,
+    on the first call, compiling ``predict`` (~0.15 s).
+    """
     self._check_parameters()
     self.__dict__.pop("_online_state", None)  # partial_fit restarts here
     warm = bool(self.warm_start and hasattr(self, "converged_"))
@@ -382,7 +392,7 @@ class GaussianMixture:
     self.lower_bound_ = float(lower_bounds[best])
     self.lower_bounds_ = [float(v) for v in
                           np.asarray(result.history)[:self.n_iter_]]
-    return np.asarray(em.predict(result.params, X))
+    return result.params, X
 
   # -- inference ------------------------------------------------------------
 

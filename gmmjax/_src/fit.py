@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import batching, checks
+from gmmjax._src import batching, checks, compiling
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
@@ -196,11 +196,9 @@ def progress_callback(callback, *values, active=None):
   jax.debug.callback(call, active, *packed, ordered=False)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("max_iter", "callback", "unrolled"))
-def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-         prior, max_iter: int, callback: Callable | None,
-         unrolled: bool = False):
+def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
+              prior, max_iter: int, callback: Callable | None,
+              unrolled: bool = False):
   dtype = X.dtype
 
   def where(pred, a, b):
@@ -278,6 +276,20 @@ def _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
                    history=out.history, failed=failed, jitter=out.jitter,
                    n_degenerate=count_degenerate(
                        out.params, n_positive_samples(X, sample_weight), reg_covar))
+
+
+_fit_programs = compiling.jit_by_size(
+    _fit_impl, static_argnames=("max_iter", "callback", "unrolled"))
+
+
+def _fit_program(X, params, *args):
+  """The compiled EM loop for these inputs (:func:`compiling.pick`)."""
+  k, d = params.means.shape[-2:]
+  return compiling.pick(_fit_programs, X.shape[-2], k, d, X, params, *args)
+
+
+def _fit(X, params, *args, **kwargs):
+  return _fit_program(X, params, *args)(X, params, *args, **kwargs)
 
 
 def _placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:

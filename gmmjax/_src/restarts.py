@@ -89,10 +89,9 @@ def _check_n_init(n_init) -> None:
 def _init_one(key, X, n_components, covariance_type, method, reg_covar,
               sample_weight) -> GMMParams:
   """Restart 0 of ``n_init=1``: the first key of ``split(key, 1)``."""
-  return init_lib.init_params(
-      jax.random.split(key, 1)[0], X, n_components,
-      covariance_type=covariance_type, method=method, reg_covar=reg_covar,
-      sample_weight=sample_weight)
+  return init_lib.init_first_of_split(
+      key, X, n_components, covariance_type=covariance_type, method=method,
+      reg_covar=reg_covar, sample_weight=sample_weight)
 
 
 def init_restarts(key, X, n_components: int, *, n_init: int = 1,
@@ -101,8 +100,8 @@ def init_restarts(key, X, n_components: int, *, n_init: int = 1,
   """``n_init`` initial params (a leading batch axis) from ``split(key)``.
 
   Restart ``i`` is ``init_params(jax.random.split(key, n_init)[i], ...)``.
-  One restart runs the unbatched, separately compiled :func:`init_params`
-  (the program a plain ``init_params`` call of the same shapes reuses).
+  One restart runs the unbatched :func:`init_params` program (with the
+  split compiled in).
   """
   X = checks.as_data(X)
   _check_n_init(n_init)
@@ -125,10 +124,10 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 
   Initialisation and EM are compiled apart (each compiles faster than their
   union, and a change of ``max_iter`` or of the init method recompiles only
-  one); with ``n_init=1`` they are the ones plain :func:`init_params` and
-  :func:`fit` calls use. The inits are vmapped; the fits too, except on CPU
-  for data of a chunk or more per restart, where they run one after another
-  in the same program (:func:`sequential_restarts`).
+  one); with ``n_init=1`` they are unbatched, and the EM program is the one
+  a plain :func:`fit` call uses. The inits are vmapped; the fits too, except
+  on CPU for data of a chunk or more per restart, where they run one after
+  another in the same program (:func:`sequential_restarts`).
 
   Args:
     key: PRNG key; it is split into ``n_init`` keys, one per restart.
