@@ -93,7 +93,7 @@ def test_estimator_round_trip(tmp_path, fitted):
     a, b = getattr(gm, name), getattr(gm2, name)
     assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
   for name in ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
-               "n_features_in_"):
+               "n_features_in_", "jitter_", "n_degenerate_"):
     assert getattr(gm2, name) == getattr(gm, name), name
   p1, p2 = gm.get_params(), gm2.get_params()
   np.testing.assert_array_equal(p2.pop("means_init"), p1.pop("means_init"))
@@ -183,6 +183,27 @@ def test_tampered_metadata_rejected(saved, tmp_path):
           meta_update={}, redigest=True)
   with pytest.raises(ValueError, match="metadata declares|probability"):
     io.load(bad)
+
+
+def test_fit_diagnostics_round_trip_and_are_checked(tmp_path, fitted):
+  gm, _ = fitted
+  path = tmp_path / "gm.npz"
+  io.save(path, gm)
+  for key, value in [("jitter_", -1.0), ("jitter_", "0"), ("jitter_", True),
+                     ("n_degenerate_", -1), ("n_degenerate_", 1.5)]:
+    with np.load(path, allow_pickle=False) as npz:
+      meta = json.loads(npz["metadata.json"].tobytes())
+    meta["estimator"]["fitted"][key] = value
+    bad = tmp_path / "bad.npz"
+    rewrite(path, bad, meta_update={"estimator": meta["estimator"]},
+            redigest=True)
+    with pytest.raises(ValueError, match="fitted attributes"):
+      io.load(bad)
+  # A degraded fit's diagnostics survive the round trip (not only zeros).
+  gm.jitter_, gm.n_degenerate_ = 2.5e-5, 2
+  io.save(path, gm)
+  gm2 = io.load(path)
+  assert (gm2.jitter_, gm2.n_degenerate_) == (2.5e-5, 2)
 
 
 def test_wrong_version_rejected(saved, tmp_path):

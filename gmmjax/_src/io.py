@@ -18,7 +18,8 @@ The JSON document records ``format`` (``"gmmjax-model"``),
 ``"estimator"``), ``covariance_type``, ``dtype``, ``n_components``,
 ``n_features``, each array's shape and dtype, and, for an estimator, its
 constructor parameters and fitted scalars (``converged_``, ``n_iter_``,
-``lower_bound_``, ...). A SHA-256 digest over the JSON document and every
+``lower_bound_``, ..., and ``fit``'s diagnostics ``jitter_`` and
+``n_degenerate_``). A SHA-256 digest over the JSON document and every
 array's bytes catches truncated, corrupted or hand-edited files (it guards
 against accidents, not against someone who recomputes it; safety against code
 execution comes from the absence of pickle).
@@ -111,6 +112,10 @@ def _estimator_payload(estimator):
                                                   [])],
       "n_features_in_": int(estimator.n_features_in_),
   }
+  # The fit's diagnostics; partial_fit (online EM) does not set them.
+  if hasattr(estimator, "jitter_"):
+    fitted["jitter_"] = float(estimator.jitter_)
+    fitted["n_degenerate_"] = int(estimator.n_degenerate_)
   params = dict(weights=estimator.weights_, means=estimator.means_,
                 covariances=estimator.covariances_,
                 precisions_cholesky=estimator.precisions_cholesky_)
@@ -500,6 +505,14 @@ def _estimator_from(path, meta, arrays):
     gm.lower_bound_ = float(lower_bound)
     gm.lower_bounds_ = [float(v) for v in bounds]
     gm.n_features_in_ = n_in
+    if "jitter_" in fitted or "n_degenerate_" in fitted:
+      jitter, n_degenerate = fitted["jitter_"], fitted["n_degenerate_"]
+      if not (isinstance(jitter, (int, float)) and not isinstance(jitter, bool)
+              and math.isfinite(jitter) and jitter >= 0
+              and _is_count(n_degenerate + 1)):
+        raise TypeError("wrong jitter_ or n_degenerate_")
+      gm.jitter_ = float(jitter)
+      gm.n_degenerate_ = n_degenerate
   except (KeyError, TypeError, ValueError) as e:
     raise _bad(path, f"its fitted attributes are incomplete or invalid "
                f"({e!r:.200}).") from e
