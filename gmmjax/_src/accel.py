@@ -41,7 +41,7 @@ from gmmjax._src.fit import (
   n_positive_samples,
   progress_callback,
 )
-from gmmjax._src.params import GMMParams
+from gmmjax._src.params import GMMParams, all_finite
 
 _STEP_GROWTH = 4.0  # SQUAREM's `mstep`: how fast the step bound grows
 
@@ -126,12 +126,6 @@ def _select(pred, a, b):
   return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
-def _all_finite(tree) -> jax.Array:
-  return functools.reduce(jnp.logical_and,
-                          [jnp.all(jnp.isfinite(x))
-                           for x in jax.tree.leaves(tree)])
-
-
 @functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
 def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
                  max_iter: int, callback: Callable | None):
@@ -142,7 +136,7 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
 
   def body(c: _Carry):
     new, ll, jitter = em_step_jitter(c.point, X, sample_weight, reg_covar)
-    ok = _all_finite(new) & jnp.isfinite(ll)
+    ok = all_finite(new) & jnp.isfinite(ll)
     p0, p1, p2 = c.phase == 0, c.phase == 1, c.phase == 2
     # Phases 0 and 1 are plain EM steps: a failure there is a failure of EM
     # itself and stops the fit, as in gmmjax.fit. Phase 2 evaluates the

@@ -15,7 +15,7 @@ from gmmjax._src import batching, checks, compiling
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.params import GMMParams
+from gmmjax._src.params import GMMParams, all_finite
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
 
@@ -159,12 +159,6 @@ def m_step_from_stats(params: GMMParams, stats, reg_covar, prior=None):
       stats, shift, params.covariance_type, reg_covar, prior)
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  return functools.reduce(jnp.logical_and,
-                          [jnp.all(jnp.isfinite(x)) for x in leaves])
-
-
 class _Bits(NamedTuple):
   """A float64 value in transit to the host as its bits."""
   bits: jax.Array  # (..., 2) uint32
@@ -217,7 +211,7 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     stepped, jitter = m_step_from_stats(c.params, c.stats, reg_covar, prior)
     new = where(c.started, stepped, c.params)
     stats, objective = evaluate(new, X, sample_weight, prior)
-    ok = _all_finite(new) & jnp.isfinite(objective)
+    ok = all_finite(new) & jnp.isfinite(objective)
     # Iteration n_iter + 1 as scikit-learn counts it: its log-likelihood is
     # the current params' (before the M-step), its result the new params.
     change = c.objective - c.prev_ll

@@ -28,7 +28,7 @@ from jax import lax
 from gmmjax._src import checks
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.params import GMMParams
+from gmmjax._src.params import GMMParams, all_finite
 from gmmjax._src.unconstrained import (
     UnconstrainedParams,
     from_unconstrained,
@@ -129,7 +129,7 @@ def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
     u = optax.apply_updates(c.u, updates)
     new_loss = loss_fn(u)
     ok = (jnp.isfinite(new_loss) & jnp.isfinite(value)
-          & fit_lib._all_finite(u))
+          & all_finite(u))
     keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
     return _Carry(
         u=keep(u, c.u), opt_state=keep(state, c.opt_state),

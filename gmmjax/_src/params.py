@@ -144,3 +144,14 @@ def make_params(weights, means, covariances=None, covariance_type: str = "full",
                                                            covariance_type)
     covariances = cov_ops.covariances_from_cholesky(prec_chol, covariance_type)
   return GMMParams(weights, means, covariances, prec_chol, covariance_type)
+
+
+def all_finite(tree) -> jax.Array:
+  """Scalar bool: every value of every leaf of ``tree`` is finite.
+
+  The EM loops' check that a step kept parameters (or statistics) usable.
+  """
+  ok = jnp.ones((), bool)
+  for leaf in jax.tree.leaves(tree):
+    ok = ok & jnp.all(jnp.isfinite(leaf))
+  return ok

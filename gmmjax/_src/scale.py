@@ -41,7 +41,7 @@ from jax.sharding import PartitionSpec as P
 from gmmjax._src import checks
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.fit import FitResult, count_degenerate
-from gmmjax._src.params import GMMParams
+from gmmjax._src.params import GMMParams, all_finite
 from gmmjax._src.stats import SuffStats
 
 DEFAULT_CHUNK_SIZE = 65536
@@ -50,18 +50,13 @@ DEFAULT_CHUNK_SIZE = 65536
 # Shared pieces of the EM loop.
 
 
-def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return functools.reduce(jnp.logical_and, leaves)
-
-
 @jax.jit
 def _m_step(stats: SuffStats, params: GMMParams, shift, reg_covar):
   """M-step from summed statistics, plus the E-step's mean log-likelihood."""
   new, jitter = stats_lib.params_and_jitter_from_stats(
       stats, shift, params.covariance_type, reg_covar)
   ll = stats.log_likelihood / stats.count
-  return new, ll, _all_finite(new) & jnp.isfinite(ll), jitter
+  return new, ll, all_finite(new) & jnp.isfinite(ll), jitter
 
 
 # ---------------------------------------------------------------------------
@@ -548,7 +543,7 @@ def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
     new, jitter = stats_lib.params_and_jitter_from_stats(
         stats, shift, params.covariance_type, reg_covar)
     ll = stats.log_likelihood / stats.count
-    ok = _all_finite(new) & jnp.isfinite(ll)
+    ok = all_finite(new) & jnp.isfinite(ll)
     change = ll - prev_ll
     return (jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
             jnp.where(ok, ll, prev_ll),
