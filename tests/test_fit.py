@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
-from gmmjax._src import compiling
+from gmmjax._src import batching, compiling
 from gmmjax._src import fit as fit_lib
 from tests.conftest import make_blobs
 
@@ -77,9 +77,14 @@ def test_vmap_over_initial_params_equals_separate_fits(X, x64):
   assert len(n_iters) > 1  # members really stopped at different iterations
 
 
-def test_vmapped_problems_compacted_equal_separate_fits(X, x64, small_blocks):
-  # 7 problems (blocks of 2, the last one partial) on different data, so
-  # that they stop at different iterations and finished ones are skipped.
+@pytest.mark.parametrize("block", [2, 1])
+def test_vmapped_problems_compacted_equal_separate_fits(X, x64, small_blocks,
+                                                        retrace, block):
+  # 7 problems (blocks of 2, the last one partial, or of 1: the unbatched
+  # body) on different data, so that they stop at different iterations and
+  # finished ones are skipped.
+  if block == 1:
+    retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
   rng = np.random.default_rng(0)
   Xs = np.stack([np.asarray(X) * rng.uniform(0.5, 1.5)
                  + rng.normal(0, 0.3, X.shape) for _ in range(7)])
@@ -88,7 +93,7 @@ def test_vmapped_problems_compacted_equal_separate_fits(X, x64, small_blocks):
       keys, Xs)
   batched = jax.jit(jax.vmap(
       lambda x, p: gx.fit(x, p, max_iter=200, tol=1e-8)))(Xs, p0s)
-  assert small_blocks == [(2, 7)]
+  assert small_blocks == [(block, 7)]
   n_iters = []
   for i in range(7):
     single = gx.fit(Xs[i], jax.tree.map(lambda a, i=i: a[i], p0s),
