@@ -177,8 +177,9 @@ def numpy_m_step(X, resp, cov_type, reg):
 
 @pytest.fixture
 def small_blocks(retrace, monkeypatch):
-  """Forces batching.while_loop's compaction into blocks of 2 members and
-  records the batches it compacted."""
+  """Forces batching.while_loop's compaction into blocks of 2 members (on
+  any backend) and records the batches it compacted."""
+  monkeypatch.setattr(batching, "_on_cpu", lambda: True)
   retrace(batching, "BLOCK_BYTES", 1)
   retrace(batching, "_MIN_BLOCK", 2)
   retrace(batching, "_MIN_BLOCKS", 1)

@@ -88,15 +88,17 @@ def test_alpha_one_is_two_em_steps(x64):
                                atol=1e-12)
 
 
-def test_float32_and_vmap(x64):
-  """Float32 stays finite and monotone; a vmapped batch equals single fits."""
+def test_float32_and_vmap(x64, small_blocks):
+  """Float32 stays finite and monotone; a vmapped batch equals single fits
+  (compacted: blocks of 2 running members, batching.while_loop)."""
   X = jnp.asarray(_overlapping(2)[:900], jnp.float32)
-  keys = jax.random.split(jax.random.key(3), 2)
+  keys = jax.random.split(jax.random.key(3), 3)
   p0 = jax.vmap(lambda k: gx.init_params(k, X, 3, covariance_type="diag",
                                          method="random"))(keys)
   batch = jax.vmap(lambda p: fit_accelerated(X, p, max_iter=300,
                                              tol=1e-5))(p0)
-  for i in range(2):
+  assert small_blocks == [(2, 3)]
+  for i in range(3):
     one = fit_accelerated(X, jax.tree.map(lambda a, i=i: a[i], p0),
                           max_iter=300, tol=1e-5)
     assert batch.params.means.dtype == jnp.float32

@@ -190,7 +190,8 @@ def test_fit_diagnostics_round_trip_and_are_checked(tmp_path, fitted):
   path = tmp_path / "gm.npz"
   io.save(path, gm)
   for key, value in [("jitter_", -1.0), ("jitter_", "0"), ("jitter_", True),
-                     ("n_degenerate_", -1), ("n_degenerate_", 1.5)]:
+                     ("n_degenerate_", -1), ("n_degenerate_", 1.5),
+                     ("n_degenerate_", True), ("n_degenerate_", 99)]:
     with np.load(path, allow_pickle=False) as npz:
       meta = json.loads(npz["metadata.json"].tobytes())
     meta["estimator"]["fitted"][key] = value

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import checks
+from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.fit import (
@@ -134,7 +134,8 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
   def cond(c: _Carry):
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
-  def body(c: _Carry):
+  def body(c: _Carry, ops):
+    X, sample_weight, tol, reg_covar = ops
     new, ll, jitter = em_step_jitter(c.point, X, sample_weight, reg_covar)
     ok = all_finite(new) & jnp.isfinite(ll)
     p0, p1, p2 = c.phase == 0, c.phase == 1, c.phase == 2
@@ -194,7 +195,15 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       n_accepted=jnp.zeros((), jnp.int32),
       n_rejected=jnp.zeros((), jnp.int32),
       jitter=jnp.zeros((), dtype))
-  out = lax.while_loop(cond, body, init)
+  ops = (X, sample_weight, tol, reg_covar)
+  if callback is None:
+    # Vmapped, finished members skip the remaining iterations.
+    k, d = params.means.shape
+    out = batching.while_loop(
+        cond, body, init, ops,
+        member_bytes=X.shape[0] * k * d * dtype.itemsize)
+  else:
+    out = lax.while_loop(cond, lambda c: body(c, ops), init)
   # The latest iterate: the EM image last computed (phase 0 or 1 done), or
   # the next cycle's theta0 (a cycle just completed). A failure keeps the
   # last finite iterate.

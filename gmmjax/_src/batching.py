@@ -48,9 +48,13 @@ _MIN_BLOCKS = 4
 SEQUENTIAL_MEMBER_BYTES = 2 << 20
 
 
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
 def block_size(batch: int, member_bytes: int) -> int:
   """Members per block for a batch of ``batch`` (``batch``: no compaction)."""
-  if jax.default_backend() != "cpu":
+  if not _on_cpu():
     # Accelerators want the widest batch; compaction is unmeasured there.
     return batch
   if member_bytes >= SEQUENTIAL_MEMBER_BYTES:

@@ -36,11 +36,25 @@ def pick(programs, n_samples: int, n_components: int, n_features: int,
   """
   default, small = programs
   if (cov_ops.use_direct(n_samples, n_components, n_features)
-      and not any(isinstance(leaf, jax.core.Tracer)
-                  for leaf in jax.tree.leaves(args))
-      and _small_options_work()):
+      and _outside_traces(args) and _small_options_work()):
     return small
   return default
+
+
+def _outside_traces(args) -> bool:
+  """No trace is active (``jit``, ``vmap``, ``scan`` bodies, ...).
+
+  Arguments alone do not tell: concrete arrays captured by a user's ``jit``
+  are not tracers. JAX's trace state does; where this JAX has no such
+  (private) query, the default program, valid everywhere, is used.
+  """
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
+    return False
+  try:
+    from jax._src import core  # noqa: PLC0415
+    return bool(core.trace_state_clean())
+  except (ImportError, AttributeError):
+    return False
 
 
 @functools.cache

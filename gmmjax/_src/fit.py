@@ -463,7 +463,8 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   # custom_jvp wrapper, which traces on every call (~2 ms per fit).
   if differentiation == "implicit" and any(
       isinstance(leaf, jax.core.Tracer)
-      for leaf in jax.tree.leaves((X, params, w, tol, reg_covar, prior))):
+      for leaf in jax.tree.leaves((X, params, w, tol, reg_covar, prior,
+                                   prev_log_likelihood))):
     static = _Static(max_iter, callback,
                      implicit_lib.ImplicitSolver() if solver is None
                      else solver)

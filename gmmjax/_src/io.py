@@ -509,7 +509,9 @@ def _estimator_from(path, meta, arrays):
       jitter, n_degenerate = fitted["jitter_"], fitted["n_degenerate_"]
       if not (isinstance(jitter, (int, float)) and not isinstance(jitter, bool)
               and math.isfinite(jitter) and jitter >= 0
-              and _is_count(n_degenerate + 1)):
+              and not isinstance(n_degenerate, bool)
+              and _is_count(n_degenerate + 1)
+              and n_degenerate <= meta["n_components"]):
         raise TypeError("wrong jitter_ or n_degenerate_")
       gm.jitter_ = float(jitter)
       gm.n_degenerate_ = n_degenerate
