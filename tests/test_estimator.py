@@ -128,6 +128,24 @@ def test_verbose_prints_progress(X, capfd):
   assert "converged" in out
 
 
+def test_verbose_restarts_report_only_their_own_iterations(X, capfd):
+  # n_init=3: vmapped restarts stop at different iterations; a stopped one
+  # must not keep printing while the others run.
+  gm = gx.GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1,
+                          n_init=3, init_params="random", tol=1e-8,
+                          max_iter=300)
+  keys = jax.random.split(gx._src.estimator.key_from_random_state(0), 3)
+  runs = [gx.fit(X, gx.init_params(k, X, 3, method="random"), tol=1e-8,
+                 max_iter=300) for k in keys]
+  gm.fit(X)
+  jax.effects_barrier()
+  # (Restarts report from concurrent callbacks: lines may interleave.)
+  reports = capfd.readouterr().out.count("Iteration ")
+  n_iters = [int(r.n_iter) for r in runs]
+  assert len(set(n_iters)) > 1, n_iters
+  assert reports == sum(n_iters)
+
+
 def test_sample_weight_integer_equals_repeats(X, x64):
   rng = np.random.default_rng(1)
   counts = rng.integers(1, 4, len(X))

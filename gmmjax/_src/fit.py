@@ -217,7 +217,9 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     change = c.objective - c.prev_ll
     step = c.started & ok
     if callback is not None:
-      shown = step if active is None else step & active
+      # Under vmap the body also runs for members that have stopped (their
+      # results are discarded): only running members report.
+      shown = step & cond(c) if active is None else step & active
       progress_callback(callback, c.n_iter + 1, c.objective, change,
                         active=shown)
     return _Carry(
