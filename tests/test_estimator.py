@@ -128,9 +128,13 @@ def test_verbose_prints_progress(X, capfd):
   assert "converged" in out
 
 
-def test_verbose_restarts_report_only_their_own_iterations(X, capfd):
+@pytest.mark.parametrize("compacted", [False, True])
+def test_verbose_restarts_report_only_their_own_iterations(X, capfd, request,
+                                                           compacted):
   # n_init=3: vmapped restarts stop at different iterations; a stopped one
-  # must not keep printing while the others run.
+  # must not keep printing while the others run. Compacted in blocks of 2,
+  # the second block's filler repeats restart 0: it must not report either.
+  blocks = request.getfixturevalue("small_blocks") if compacted else None
   gm = gx.GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1,
                           n_init=3, init_params="random", tol=1e-8,
                           max_iter=300)
@@ -144,6 +148,7 @@ def test_verbose_restarts_report_only_their_own_iterations(X, capfd):
   n_iters = [int(r.n_iter) for r in runs]
   assert len(set(n_iters)) > 1, n_iters
   assert reports == sum(n_iters)
+  assert blocks in (None, [(2, 3)])
 
 
 def test_sample_weight_integer_equals_repeats(X, x64):

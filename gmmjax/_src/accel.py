@@ -29,7 +29,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_ops
@@ -134,7 +133,7 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
   def cond(c: _Carry):
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
-  def body(c: _Carry, ops):
+  def body(c: _Carry, ops, active):
     X, sample_weight, tol, reg_covar = ops
     new, ll, jitter = em_step_jitter(c.point, X, sample_weight, reg_covar)
     ok = all_finite(new) & jnp.isfinite(ll)
@@ -161,7 +160,9 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     point = _select(converged | (~p2 & ~ok), c.point, point)
     recorded = jnp.where(reject, c.ll1, ll)
     if callback is not None:
-      progress_callback(callback, c.n_iter + 1, recorded, change)
+      # Stopped members (vmapped, or a block's filler) do not report.
+      progress_callback(callback, c.n_iter + 1, recorded, change,
+                        active=cond(c) if active is None else active)
     return _Carry(
         base=base,
         mid=mid,
@@ -195,15 +196,11 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       n_accepted=jnp.zeros((), jnp.int32),
       n_rejected=jnp.zeros((), jnp.int32),
       jitter=jnp.zeros((), dtype))
-  ops = (X, sample_weight, tol, reg_covar)
-  if callback is None:
-    # Vmapped, finished members skip the remaining iterations.
-    k, d = params.means.shape
-    out = batching.while_loop(
-        cond, body, init, ops,
-        member_bytes=X.shape[0] * k * d * dtype.itemsize)
-  else:
-    out = lax.while_loop(cond, lambda c: body(c, ops), init)
+  # Vmapped, finished members skip the remaining iterations.
+  k, d = params.means.shape
+  out = batching.while_loop(
+      cond, body, init, (X, sample_weight, tol, reg_covar),
+      member_bytes=X.shape[0] * k * d * dtype.itemsize)
   # The latest iterate: the EM image last computed (phase 0 or 1 done), or
   # the next cycle's theta0 (a cycle just completed). A failure keeps the
   # last finite iterate.

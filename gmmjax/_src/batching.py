@@ -65,19 +65,24 @@ def block_size(batch: int, member_bytes: int) -> int:
 
 def while_loop(cond_fun: Callable, body_fun: Callable, init, operands, *,
                member_bytes: int):
-  """``lax.while_loop(cond_fun, lambda c: body_fun(c, operands), init)``.
+  """``lax.while_loop(cond_fun, lambda c: body_fun(c, operands, None), init)``.
 
   Under ``jax.vmap``, members that have stopped cost nothing: each step
   runs ``body_fun`` on blocks of the running members only (see the module
   docstring). ``operands`` are the loop's read-only inputs (data, settings),
   passed explicitly so that the batching rule can gather a block's share of
   them; ``cond_fun`` and ``body_fun`` must not close over traced values.
-  ``member_bytes`` sizes the blocks (:func:`block_size`). Not for reverse-
-  mode differentiation (no ``while_loop`` is).
+  ``body_fun(carry, operands, active)``'s result is kept only for running
+  members; side effects (progress callbacks) should be masked by
+  ``active``: a bool that is false for the filler slots of a block, or
+  ``None`` where the body also runs for stopped members (plain loop or
+  plain ``vmap``), in which case ``cond_fun(carry)`` tells. ``member_bytes``
+  sizes the blocks (:func:`block_size`). Not for reverse-mode
+  differentiation (no ``while_loop`` is).
   """
 
   def plain(carry, ops):
-    return lax.while_loop(cond_fun, lambda c: body_fun(c, ops), carry)
+    return lax.while_loop(cond_fun, lambda c: body_fun(c, ops, None), carry)
 
   loop = jax.custom_batching.custom_vmap(plain)
 
@@ -110,13 +115,14 @@ def _compacted(cond_fun, body_fun, carry, ops, ops_axes, ops_mapped,
   if block == 1:
     # One member per block runs the unbatched body: a batch axis of size 1
     # would still give XLA batched products (slower kernels on CPU).
-    def vbody(c, ops_blk):
+    def vbody(c, ops_blk, valid):
       leaves = [x[0] if mapped else x for x, mapped in
                 zip(jax.tree.leaves(ops_blk), ops_mapped)]
-      one = body_fun(jax.tree.map(lambda x: x[0], c), ops_def.unflatten(leaves))
+      one = body_fun(jax.tree.map(lambda x: x[0], c),
+                     ops_def.unflatten(leaves), valid[0])
       return jax.tree.map(lambda x: x[None], one)
   else:
-    vbody = jax.vmap(body_fun, in_axes=(0, ops_axes))
+    vbody = jax.vmap(body_fun, in_axes=(0, ops_axes, 0))
 
   def run_block(j, c, order, n_running):
     start = j * block
@@ -124,10 +130,12 @@ def _compacted(cond_fun, body_fun, carry, ops, ops_axes, ops_mapped,
     c_blk = jax.tree.map(lambda x: x[idx], c)
     ops_blk = ops_def.unflatten([x[idx] if mapped else x
                                  for x, mapped in zip(ops_leaves, ops_mapped)])
-    new = vbody(c_blk, ops_blk)
-    # Positions past the running members (the last block's tail) write
-    # nothing: their index points past the batch and the scatter drops it.
-    dst = jnp.where(start + jnp.arange(block) < n_running, idx, size)
+    # Positions past the running members (the last block's tail: stopped
+    # members, or padding that repeats member 0) are not valid: they write
+    # nothing (their index points past the batch and the scatter drops it).
+    valid = start + jnp.arange(block) < n_running
+    new = vbody(c_blk, ops_blk, valid)
+    dst = jnp.where(valid, idx, size)
     return jax.tree.map(lambda x, v: x.at[dst].set(v, mode="drop"), c, new)
 
   def step(c):

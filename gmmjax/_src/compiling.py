@@ -25,31 +25,27 @@ from gmmjax._src import covariance as cov_ops
 SMALL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
-def pick(programs, n_samples: int, n_components: int, n_features: int,
-         *args):
+def pick(programs, n_samples: int, n_components: int, n_features: int):
   """The small program for problems of one exact-form chunk
   (``covariance.use_direct``) called outside any trace, else the default.
 
   JAX takes compile options on top-level programs only: under a user's
-  ``jit``, ``vmap`` or ``grad`` (any of ``args`` a tracer) the default one
-  is inlined.
+  ``jit``, ``vmap`` or ``grad`` the default one is inlined.
   """
   default, small = programs
   if (cov_ops.use_direct(n_samples, n_components, n_features)
-      and _outside_traces(args) and _small_options_work()):
+      and _outside_traces() and _small_options_work()):
     return small
   return default
 
 
-def _outside_traces(args) -> bool:
+def _outside_traces() -> bool:
   """No trace is active (``jit``, ``vmap``, ``scan`` bodies, ...).
 
-  Arguments alone do not tell: concrete arrays captured by a user's ``jit``
-  are not tracers. JAX's trace state does; where this JAX has no such
+  The arguments do not tell (concrete arrays captured by a user's ``jit``
+  are not tracers); JAX's trace state does. Where this JAX has no such
   (private) query, the default program, valid everywhere, is used.
   """
-  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
-    return False
   try:
     from jax._src import core  # noqa: PLC0415
     return bool(core.trace_state_clean())

@@ -217,9 +217,9 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
     change = c.objective - c.prev_ll
     step = c.started & ok
     if callback is not None:
-      # Under vmap the body also runs for members that have stopped (their
-      # results are discarded): only running members report.
-      shown = step & cond(c) if active is None else step & active
+      # The body may also run for members that have stopped (vmapped, or a
+      # block's filler; the results are discarded): only running ones report.
+      shown = step & (cond(c) if active is None else active)
       progress_callback(callback, c.n_iter + 1, c.objective, change,
                         active=shown)
     return _Carry(
@@ -256,8 +256,6 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       new = body(c, ops, active)
       return where(active, new, c), None
     out, _ = lax.scan(scan_step, init, None, length=max_iter + 1)
-  elif callback is not None:
-    out = lax.while_loop(cond, lambda c: body(c, ops), init)
   else:
     # Vmapped (many problems or restarts at once), members that have
     # stopped skip the remaining iterations (batching.while_loop).
@@ -278,14 +276,14 @@ _fit_programs = compiling.jit_by_size(
     _fit_impl, static_argnames=("max_iter", "callback", "unrolled"))
 
 
-def _fit_program(X, params, *args):
-  """The compiled EM loop for these inputs (:func:`compiling.pick`)."""
+def _fit_program(X, params):
+  """The compiled EM loop for these shapes (:func:`compiling.pick`)."""
   k, d = params.means.shape[-2:]
-  return compiling.pick(_fit_programs, X.shape[-2], k, d, X, params, *args)
+  return compiling.pick(_fit_programs, X.shape[-2], k, d)
 
 
 def _fit(X, params, *args, **kwargs):
-  return _fit_program(X, params, *args)(X, params, *args, **kwargs)
+  return _fit_program(X, params)(X, params, *args, **kwargs)
 
 
 def _placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:

@@ -240,7 +240,7 @@ def _checked_init(key, X, n_components, covariance_type, method, reg_covar,
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   args = (key, X, w, jnp.asarray(reg_covar, X.dtype))
   n, d = X.shape
-  program = compiling.pick(_init_programs, n, n_components, d, *args)
+  program = compiling.pick(_init_programs, n, n_components, d)
   return program(*args, n_components=n_components,
                  covariance_type=covariance_type, method=method,
                  first_of_split=first_of_split)

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from gmmjax._src import checks
 from gmmjax._src import covariance as cov_ops
@@ -43,38 +42,13 @@ def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
       reg_covar=reg_covar, sample_weight=sample_weight))(keys)
 
 
-def sequential_restarts(n_samples: int, n_components: int, n_features: int,
-                        covariance_type: str, dtype) -> bool:
-  """Whether restarts run one after another rather than vmapped.
-
-  On CPU, once one restart's E-step fills a chunk of the cache-sized budget
-  (:func:`gmmjax._src.covariance.chunk_size`), vmapping gains nothing per
-  iteration: the batch's intermediates are ``n_init`` times the budget and
-  spill out of the caches. And a vmapped loop runs every restart to the
-  slowest one's iteration count, while one after another each stops at
-  its own. Measured on workload 5 of ``benchmarks/bench_em.py`` (20,000 x 8,
-  K=8, 16 restarts): 1.15 s one after another against 1.79 s vmapped, 258
-  against 368 restart-iterations. Smaller problems (and accelerators) keep
-  the vmapped batch, e.g. 2,000 x 4, K=4, 8 restarts: 34 ms vmapped
-  against 65 ms in sequence.
-  """
-  if jax.default_backend() != "cpu":
-    return False
-  rows = cov_ops.chunk_size(1 << 62, n_components, n_features,
-                            covariance_type, dtype, cov_ops.CHUNK_BYTES)
-  return n_samples >= rows
-
-
 @functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
 def _fit_batch(X, params0, sample_weight, tol, reg_covar, max_iter, callback):
-  def one(p):
-    return fit(X, p, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
-               reg_covar=reg_covar, callback=callback)
-
-  k, d = params0.means.shape[-2:]
-  if sequential_restarts(X.shape[0], k, d, params0.covariance_type, X.dtype):
-    return lax.map(one, params0)
-  return jax.vmap(one)(params0)
+  # On CPU the vmapped loop runs only the restarts still iterating, one at
+  # a time once a restart's data fill a chunk (batching.while_loop).
+  return jax.vmap(lambda p: fit(
+      X, p, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
+      reg_covar=reg_covar, callback=callback))(params0)
 
 
 def _add_axis(tree):
@@ -125,9 +99,9 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
   Initialisation and EM are compiled apart (each compiles faster than their
   union, and a change of ``max_iter`` or of the init method recompiles only
   one); with ``n_init=1`` they are unbatched, and the EM program is the one
-  a plain :func:`fit` call uses. The inits are vmapped; the fits too, except
-  on CPU for data of a chunk or more per restart, where they run one after
-  another in the same program (:func:`sequential_restarts`).
+  a plain :func:`fit` call uses. The inits and the fits are vmapped (on CPU
+  the fits skip finished restarts, and run one at a time once a restart's
+  data fill a chunk: :func:`gmmjax._src.batching.while_loop`).
 
   Args:
     key: PRNG key; it is split into ``n_init`` keys, one per restart.
