@@ -186,6 +186,13 @@ def test_chunk_source_covers_rows_once():
 # -- sharded, in this process (one device) ----------------------------------
 
 
+def test_sharded_restarts_refuse_a_bad_n_init(problem):
+  for n_init in (0, 2.0, True):
+    with pytest.raises(ValueError, match="n_init should be a positive int"):
+      gx.fit_restarts_sharded(jax.random.key(0), problem["X"], 3,
+                              n_init=n_init)
+
+
 def test_sharded_batched_restarts_equal_separate_fits(x64, problem):
   # A leading restart axis on params is vmapped inside the sharded program.
   X = problem["X"]

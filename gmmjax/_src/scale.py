@@ -716,10 +716,14 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   Returns:
     ``(best, all_results)`` as :func:`gmmjax.fit_restarts`.
   """
-  from gmmjax._src.restarts import best_restart, init_restarts, take
+  from gmmjax._src.restarts import (
+    _check_n_init,
+    best_restart,
+    init_restarts,
+    take,
+  )
 
-  if not isinstance(n_init, int) or n_init < 1:
-    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  _check_n_init(n_init)  # before the mesh is inspected
   mesh, axes, _ = _data_axes(X, mesh, axis_name)
   init_X = X
   if isinstance(X, jax.Array) and any(
