@@ -153,6 +153,34 @@ def test_second_moments_and_m_step_match_numpy(x64, ctype):
                              rtol=1e-12)
 
 
+@pytest.mark.parametrize("d", [1, 2, 5, 6])
+def test_packed_moment_features_match_numpy(x64, d):
+  """The wrapped-diagonal packing, odd and even D (duplicated last diagonal).
+
+  ``rw^T @ moment_features`` unpacks to ``sum r x`` and ``sum r x x^T``; the
+  expanded quadratic form on the same features gives the distances.
+  """
+  rng = np.random.default_rng(d)
+  x = rng.normal(size=(40, d))
+  r = rng.uniform(size=(40, 3))
+  feats = cov_ops.moment_features(jnp.asarray(x), "full")
+  assert feats.shape == (40, cov_ops.n_moment_features(d))
+  sx, sxx = cov_ops.split_moments(jnp.asarray(r).T @ feats, d, "full")
+  np.testing.assert_allclose(sx, r.T @ x, rtol=1e-12)
+  np.testing.assert_allclose(sxx, np.einsum("nk,nd,ne->kde", r, x, x),
+                             rtol=1e-12)
+  np.testing.assert_allclose(
+      cov_ops.second_moments(jnp.asarray(x), jnp.asarray(r), "full"),
+      np.einsum("nk,nd,ne->kde", r, x, x), rtol=1e-12)
+  a = rng.normal(size=(3, d, d))
+  prec_chol = np.tril(a) + 2 * np.eye(d)
+  means = rng.normal(size=(3, d))
+  got = cov_ops.expanded_full_maha(feats, jnp.asarray(means),
+                                   jnp.asarray(prec_chol))
+  y = np.einsum("nkd,kde->nke", x[:, None, :] - means[None], prec_chol)
+  np.testing.assert_allclose(got, np.sum(y * y, -1), rtol=1e-9, atol=1e-9)
+
+
 def test_chunk_size_respects_budget():
   for ctype in TYPES:
     for n, k, d in [(10**6, 64, 32), (10**5, 16, 16), (4 * 10**6, 64, 64)]:
@@ -275,11 +303,12 @@ def test_direct_e_step_stats_match_numpy(x64, retrace, ctype, k, d):
 
 @pytest.mark.parametrize("ctype", TYPES)
 def test_exact_fallbacks_in_pieces_match_numpy(x64, retrace, ctype):
-  """The exact per-component paths, forced on and cut into 64-row pieces.
+  """The exact per-component paths, forced on (moments cut in 64 rows).
 
-  With both tolerances 0 every chunk takes the fallbacks (``(n, K, D)``
-  differences, no GEMM cancellation), which then run as a scan over pieces
-  of one 700-row chunk; they must give the reference statistics.
+  With both tolerances 0 every chunk takes the fallbacks: every
+  component's distances recomputed from differences, one component at a
+  time, and the moments from ``(n, K, D)`` differences as a scan over
+  pieces of one 700-row chunk; they must give the reference statistics.
   """
   retrace(cov_ops.FAST_FORM_TOL, "float64", 0.0)
   retrace(cov_ops.MOMENT_TOL, "float64", 0.0)
@@ -291,10 +320,49 @@ def test_exact_fallbacks_in_pieces_match_numpy(x64, retrace, ctype):
   shift = np.asarray(params.means) + 0.1
   args = (params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
   jaxpr = str(jax.make_jaxpr(stats_lib.e_step_stats)(*args))
-  assert jaxpr.count("scan") >= 2  # both fallbacks loop over pieces
+  assert jaxpr.count("scan") >= 2  # both fallbacks loop
   got = stats_lib.e_step_stats(*args)
   ref, _ = _ref_stats(X, w, means + 50.0, cov, ctype, sw, shift)
   _check_stats(got, ref, 1e-10)
+
+
+def test_float32_collapsed_component_recomputes_only_its_column():
+  """A collapsed component (variance 1e-6) far from the others, float32.
+
+  Its fast whitened distances lose digits (|P| ~ 1e3 times |x - c| ~ 30),
+  so the guard must flag that component alone and recompute its column
+  from differences: the column matches float64, the other columns are the
+  fast form's values unchanged.
+  """
+  rng = np.random.default_rng(31)
+  d, k = 8, 4
+  means = np.concatenate([rng.normal(0, 2, (k - 1, d)),
+                          np.full((1, d), 30.0)])
+  a = rng.normal(size=(k, d, d))
+  cov = a @ np.swapaxes(a, 1, 2) / d + 0.5 * np.eye(d)
+  cov[-1] = 1e-6 * np.eye(d)
+  X = np.concatenate([rng.normal(0, 3, (690, d)),
+                      30.0 + 1e-3 * rng.normal(size=(10, d))])
+  prec_chol = np.linalg.cholesky(np.linalg.inv(cov)).swapaxes(1, 2)
+  X32, m32, p32 = (jnp.asarray(v, jnp.float32) for v in (X, means, prec_chol))
+  centre = jnp.mean(m32, axis=0)
+
+  got = np.asarray(jax.jit(lambda x, m, p: cov_ops.guarded_mahalanobis(
+      x, centre, m, p, "full"))(X32, m32, p32))
+  fast = cov_ops.mahalanobis_centred(X32 - centre, m32 - centre, p32, "full")
+  err = cov_ops._fast_form_error(X32 - centre, m32 - centre, p32, "full",
+                                 fast)
+  off = np.asarray(err > cov_ops.fast_form_tol(jnp.float32)
+                   * jnp.maximum(fast, 1.0))
+  assert off[:, -1].any() and not off[:, :-1].any()  # the case is exercised
+
+  # Reference in float64 on the float32-rounded inputs.
+  x64, m64, p64 = (np.asarray(v, np.float64) for v in (X32, m32, p32))
+  y = np.einsum("nkd,kde->nke", x64[:, None, :] - m64[None], p64)
+  ref = np.sum(y * y, axis=-1)
+  np.testing.assert_allclose(got[:, -1], ref[:, -1], rtol=1e-5)
+  assert np.array_equal(got[:, :-1], np.asarray(fast)[:, :-1])
+  np.testing.assert_allclose(got[:, :-1], ref[:, :-1], rtol=1e-4, atol=1e-4)
 
 
 def test_vmap_over_params_matches_loop(x64):

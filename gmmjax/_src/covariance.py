@@ -219,7 +219,7 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
 
   The widest intermediate of the fast (GEMM) forms per sample is ``K * D``
   values for full covariances in float32 (whitened differences), the
-  ``D + D (D + 1) / 2`` packed moment features in float64, and about
+  ``D (D // 2 + 2)`` packed moment features in float64, and about
   ``max(3 K, 2 D + 1)`` otherwise (the whitened form's default budget is
   ``WHITENED_BUDGET_FACTOR`` times the base); the result is at least
   ``_MIN_CHUNK`` and at most ``n_samples`` (a single chunk). The exact
@@ -228,11 +228,11 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   """
   k, d = n_components, n_features
   if covariance_type == "full" and not use_expanded_full(dtype):
-    width = max(k * d, d + d * (d + 1) // 2, 3 * k)  # whitened (n, K, D)
+    width = max(k * d, n_moment_features(d), 3 * k)  # whitened (n, K, D)
     if budget is None:
       budget = WHITENED_BUDGET_FACTOR * CHUNK_BYTES
   elif covariance_type == "full":
-    width = max(d + d * (d + 1) // 2, 3 * k)  # packed moment features
+    width = max(n_moment_features(d), 3 * k)  # packed moment features
   else:
     width = max(3 * k, 2 * d + 1)
   return _rows_within(n_samples, width, dtype, budget)
@@ -342,11 +342,10 @@ def expanded_full_maha(feats, mc, prec_chol):
   ``-2 Lambda_k mu_k`` and the packed precision (off-diagonal terms twice).
   """
   d = mc.shape[-1]
-  iu, ju, _ = _packed_index(d)
+  iu, ju, mult, _ = _packed_index(d)
   prec = prec_chol @ jnp.swapaxes(prec_chol, -1, -2)  # (K, D, D), no inverse
   lin = -2.0 * jnp.einsum("kde,ke->kd", prec, mc)
-  quad = prec[:, iu, ju] * jnp.asarray(np.where(iu == ju, 1.0, 2.0),
-                                        prec.dtype)
+  quad = prec[:, iu, ju] * jnp.asarray(mult, prec.dtype)
   coef = jnp.concatenate([lin, quad], axis=1)  # (K, D + D(D+1)/2)
   const = jnp.einsum("kd,kd->k", mc, jnp.einsum("kde,ke->kd", prec, mc))
   return jnp.maximum(feats @ coef.T + const[None, :], 0.0)
@@ -537,12 +536,13 @@ def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
   """Fast GEMM distances of one chunk, recomputed exactly where they are not.
 
   The fast forms work on samples and means translated by ``centre``; their
-  error grows with the squared (whitened) distance of the data from it. If
-  any distance that matters (``error > FAST_FORM_TOL * max(maha, 1)``) is
-  off, the chunk is recomputed by :func:`direct_mahalanobis`. Ordinary data
-  never takes that branch; a narrow component far from the rest (a
-  collapsed one on an outlier) does, in float32 and float64 alike. Chunks
-  of at most ``DIRECT_MAX_ENTRIES`` differences use the exact form only
+  error grows with the squared (whitened) distance of the data from it. The
+  components with any distance that matters off (``error > FAST_FORM_TOL *
+  max(maha, 1)``) get their column recomputed by
+  :func:`direct_mahalanobis` (:func:`_exact_columns`). Ordinary data never
+  take that branch; a narrow component far from the rest (a collapsed one
+  on an outlier) does, in float32 and float64 alike. Chunks of at most
+  ``DIRECT_MAX_ENTRIES`` differences use the exact form only
   (:func:`use_direct`).
   """
   k, d = means.shape
@@ -554,14 +554,37 @@ def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type: str):
   maha_sg = lax.stop_gradient(maha)
   err = lax.stop_gradient(_fast_form_error(xc, mc, prec_chol,
                                            covariance_type, maha_sg))
-  bad = jnp.any(err > fast_form_tol(xb.dtype) * jnp.maximum(maha_sg, 1.0))
+  redo = jnp.any(err > fast_form_tol(xb.dtype) * jnp.maximum(maha_sg, 1.0),
+                 axis=0)  # (K,)
+  return lax.cond(
+      any_in_batch(jnp.any(redo)),
+      lambda: _exact_columns(xb, means, prec_chol, covariance_type, maha,
+                             redo),
+      lambda: maha)
 
-  def exact():
-    return map_chunks(
-        lambda x: direct_mahalanobis(x, means, prec_chol, covariance_type),
-        xb.shape[0], fallback_chunk(xb.shape[0], k, d, xb.dtype), xb)
 
-  return lax.cond(any_in_batch(bad), exact, lambda: maha)
+def _exact_columns(xb, means, prec_chol, covariance_type: str, maha, redo):
+  """``maha`` with the columns of the components flagged in ``redo`` exact.
+
+  One component at a time, skipping the unflagged ones: the fast form
+  loses digits on the few components that are narrow and far from the
+  chunk's centre (a collapsed component in workload 3 of the benchmarks,
+  float32: one of 64, in 19 of 64 chunks), so recomputing only those costs
+  ``1 / K`` of recomputing the chunk. Each flagged column is an ``(n, D)``
+  difference and one ``(n, D) @ (D, D)`` product (full), within the chunk's
+  memory budget.
+  """
+  def one(k, out):
+    def recompute():
+      mean = lax.dynamic_slice_in_dim(means, k, 1)
+      prec = (prec_chol if covariance_type == "tied"
+              else lax.dynamic_slice_in_dim(prec_chol, k, 1))
+      col = direct_mahalanobis(xb, mean, prec, covariance_type)
+      return lax.dynamic_update_slice_in_dim(out, col.astype(out.dtype), k,
+                                             axis=1)
+    return lax.cond(any_in_batch(redo[k]), recompute, lambda: out)
+
+  return lax.fori_loop(0, means.shape[0], one, maha)
 
 
 def mahalanobis(X, means, prec_chol, covariance_type: str):
@@ -623,37 +646,82 @@ def estimate_covariances(nk, diff, sxx, covariance_type: str, reg_covar):
 
 
 def _packed_index(n_features: int):
-  """Upper-triangle index pairs and the ``(D, D)`` map back to them."""
-  iu, ju = np.triu_indices(n_features)
-  back = np.zeros((n_features, n_features), np.int32)
-  back[iu, ju] = np.arange(iu.size)
-  back[ju, iu] = np.arange(iu.size)
-  return iu, ju, back
+  """Index pairs of the packed second-moment columns and the map back.
+
+  The packing is by wrapped diagonals: column ``s * D + i`` holds
+  ``x_i * x_((i + s) mod D)`` for ``s = 0 .. D // 2``. For odd ``D`` every
+  unordered pair appears once (``D (D + 1) / 2`` columns); for even ``D``
+  the last diagonal holds each of its ``D / 2`` pairs twice, and the second
+  copy gets multiplicity 0.
+
+  Returns:
+    ``(iu, ju, mult, back)``: the pair of each column, how many times the
+    column counts in a symmetric quadratic form (1 diagonal, 2 off-diagonal,
+    0 duplicate), and the ``(D, D)`` column of each matrix entry.
+  """
+  d = n_features
+  shifts = np.arange(d // 2 + 1)[:, None]
+  rows = np.arange(d)[None, :]
+  iu = np.broadcast_to(rows, (shifts.size, d)).ravel()
+  ju = ((rows + shifts) % d).ravel()
+  mult = np.where(iu == ju, 1.0, 2.0)
+  if d % 2 == 0 and d > 0:
+    mult[(d // 2) * d + d // 2:] = 0.0  # pairs (i, i + D/2), i >= D/2: copies
+  keep = mult > 0
+  cols = np.arange(iu.size)
+  back = np.zeros((d, d), np.int32)
+  back[iu[keep], ju[keep]] = cols[keep]
+  back[ju[keep], iu[keep]] = cols[keep]
+  return iu, ju, mult, back
+
+
+def n_moment_features(n_features: int) -> int:
+  """Width of :func:`moment_features` for full covariances."""
+  return n_features * (n_features // 2 + 2)
+
+
+def _diagonal_windows(xc, with_ones: bool):
+  """``(n, S, D)`` factors whose product with ``xc`` is the packed outer.
+
+  Window ``s`` is ``xc`` rotated left by ``s`` columns (a slice of
+  ``[xc, xc]``); ``with_ones`` puts a window of ones first, so the product's
+  first ``D`` columns are ``xc`` itself.
+  """
+  d = xc.shape[-1]
+  x2 = jnp.concatenate([xc, xc], axis=1)
+  windows = [x2[:, s:s + d] for s in range(d // 2 + 1)]
+  if with_ones:
+    windows.insert(0, jnp.ones_like(xc))
+  return jnp.stack(windows, axis=1)
 
 
 def _packed_outer(xc):
-  """Upper triangles of ``x x^T`` per row, ``(n, D (D + 1) / 2)``.
+  """Products ``x_i x_j`` of each row, packed as :func:`_packed_index` says.
 
-  Row i of the triangle is ``x_i * x[i:]`` (the order of
-  ``np.triu_indices``): slices and broadcasts, not a gather of ``D (D + 1)
-  / 2`` columns, which measured 1.3x slower.
+  One broadcast product of ``D // 2 + 1`` rotated copies of the rows with
+  the rows: uniform slabs that XLA fuses into one loop. The earlier packing
+  (row ``i`` of the upper triangle, ``x_i * x[i:]``, concatenated) made
+  ``D`` slices of different widths and measured 1.3-1.5x slower for the
+  moment GEMM with its features (65,536 x 32, K=64 float32: 62-82 against
+  91-108 ms per pass).
   """
-  d = xc.shape[-1]
-  return jnp.concatenate([xc[:, i:i + 1] * xc[:, i:] for i in range(d)],
-                         axis=1)
+  n, d = xc.shape
+  return (_diagonal_windows(xc, False) * xc[:, None, :]).reshape(n, -1)
 
 
 def moment_features(xc, covariance_type: str):
   """Per-sample features whose responsibility-weighted sums are ``sx, sxx``.
 
-  ``[x, m(x)]`` with ``m(x)`` the packed upper triangle of ``x x^T`` (full),
-  ``x^2`` (diag) or ``|x|^2`` (spherical): ``rw^T @ features`` is then one
-  GEMM giving both statistics, with half the flops of the ``(N, K*D)``
-  weighted-outer-product form for full covariances. Tied needs no per-
-  component second moment and returns ``xc``.
+  ``[x, m(x)]`` with ``m(x)`` the packed products ``x_i x_j`` (full, see
+  :func:`_packed_index`), ``x^2`` (diag) or ``|x|^2`` (spherical):
+  ``rw^T @ features`` is then one GEMM giving both statistics, with half the
+  flops of the ``(N, K*D)`` weighted-outer-product form for full
+  covariances. Tied needs no per-component second moment and returns
+  ``xc``.
   """
   if covariance_type == "full":
-    return jnp.concatenate([xc, _packed_outer(xc)], axis=1)
+    n, d = xc.shape
+    return (_diagonal_windows(xc, True) * xc[:, None, :]).reshape(n, -1)
   if covariance_type == "diag":
     return jnp.concatenate([xc, xc * xc], axis=1)
   if covariance_type == "spherical":
@@ -668,7 +736,7 @@ def split_moments(summed, n_features: int, covariance_type: str):
   sx = summed[:, :d]
   rest = summed[:, d:]
   if covariance_type == "full":
-    _, _, back = _packed_index(d)
+    _, _, _, back = _packed_index(d)
     return sx, rest[:, back]
   if covariance_type == "diag":
     return sx, rest
@@ -685,8 +753,8 @@ def second_moments(xc, rw, covariance_type: str):
   """
   d = xc.shape[-1]
   if covariance_type == "full":
-    _, _, back = _packed_index(d)
-    # (K, N) @ (N, D(D+1)/2): one GEMM over the packed outer products.
+    _, _, _, back = _packed_index(d)
+    # (K, N) @ (N, ~D(D+1)/2): one GEMM over the packed outer products.
     return (rw.T @ _packed_outer(xc))[:, back]
   if covariance_type == "tied":
     return (xc * jnp.sum(rw, axis=1)[:, None]).T @ xc
