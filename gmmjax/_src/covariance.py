@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gmmjax._src import matmul as mm
+
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
@@ -168,7 +170,7 @@ def precision_cholesky_from_precisions(precisions, covariance_type: str):
 def precisions_from_cholesky(prec_chol, covariance_type: str):
   """Precisions (inverse covariances) from their Cholesky factors."""
   if _is_matrix(covariance_type):
-    return prec_chol @ jnp.swapaxes(prec_chol, -1, -2)
+    return mm.matmul(prec_chol, jnp.swapaxes(prec_chol, -1, -2))
   return prec_chol * prec_chol
 
 
@@ -178,7 +180,7 @@ def covariances_from_cholesky(prec_chol, covariance_type: str):
     # prec_chol is upper triangular: Sigma = (P P^T)^-1 = P^-T P^-1.
     inv = lax.linalg.triangular_solve(
         prec_chol, _eye_like(prec_chol), left_side=True, lower=False)
-    return jnp.swapaxes(inv, -1, -2) @ inv
+    return mm.matmul(jnp.swapaxes(inv, -1, -2), inv)
   return 1.0 / (prec_chol * prec_chol)
 
 
@@ -315,8 +317,8 @@ def whitened_maha(xc, mc, prec_chol):
   """
   k, d, _ = prec_chol.shape
   p_flat = jnp.transpose(prec_chol, (1, 2, 0)).reshape(d, d * k)
-  offset = jnp.einsum("kd,kde->ek", mc, prec_chol)
-  y = (xc @ p_flat).reshape(xc.shape[0], d, k) - offset[None]
+  offset = mm.einsum("kd,kde->ek", mc, prec_chol)
+  y = mm.matmul(xc, p_flat).reshape(xc.shape[0], d, k) - offset[None]
   return jnp.sum(y * y, axis=1)
 
 
@@ -343,12 +345,12 @@ def expanded_full_maha(feats, mc, prec_chol):
   """
   d = mc.shape[-1]
   iu, ju, mult, _ = _packed_index(d)
-  prec = prec_chol @ jnp.swapaxes(prec_chol, -1, -2)  # (K, D, D), no inverse
-  lin = -2.0 * jnp.einsum("kde,ke->kd", prec, mc)
+  prec = mm.matmul(prec_chol, jnp.swapaxes(prec_chol, -1, -2))  # no inverse
+  lin = -2.0 * mm.einsum("kde,ke->kd", prec, mc)
   quad = prec[:, iu, ju] * jnp.asarray(mult, prec.dtype)
   coef = jnp.concatenate([lin, quad], axis=1)  # (K, D + D(D+1)/2)
-  const = jnp.einsum("kd,kd->k", mc, jnp.einsum("kde,ke->kd", prec, mc))
-  return jnp.maximum(feats @ coef.T + const[None, :], 0.0)
+  const = jnp.sum(mc * mm.einsum("kde,ke->kd", prec, mc), axis=1)
+  return jnp.maximum(mm.matmul(feats, coef.T) + const[None, :], 0.0)
 
 
 def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
@@ -367,9 +369,9 @@ def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
       return expanded_full_maha(feats, mc, prec_chol)
     return whitened_maha(xc, mc, prec_chol)
   if covariance_type == "tied":
-    y = xc @ prec_chol
-    m = mc @ prec_chol
-    out = (jnp.sum(y * y, axis=1)[:, None] - 2.0 * (y @ m.T)
+    y = mm.matmul(xc, prec_chol)
+    m = mm.matmul(mc, prec_chol)
+    out = (jnp.sum(y * y, axis=1)[:, None] - 2.0 * mm.matmul(y, m.T)
            + jnp.sum(m * m, axis=1)[None, :])
     return jnp.maximum(out, 0.0)
   if covariance_type == "diag":
@@ -377,11 +379,11 @@ def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
     # [x^2, x] @ [prec; -2 mu prec]^T: one GEMM with 2D inner dimension.
     feats = jnp.concatenate([xc * xc, xc], axis=1)
     coef = jnp.concatenate([prec, -2.0 * mc * prec], axis=1)
-    out = feats @ coef.T + jnp.sum(mc * mc * prec, axis=1)[None, :]
+    out = mm.matmul(feats, coef.T) + jnp.sum(mc * mc * prec, axis=1)[None, :]
     return jnp.maximum(out, 0.0)
   # spherical
   prec = prec_chol * prec_chol
-  out = (jnp.sum(xc * xc, axis=1)[:, None] - 2.0 * (xc @ mc.T)
+  out = (jnp.sum(xc * xc, axis=1)[:, None] - 2.0 * mm.matmul(xc, mc.T)
          + jnp.sum(mc * mc, axis=1)[None, :]) * prec[None, :]
   return jnp.maximum(out, 0.0)
 
@@ -481,9 +483,9 @@ def direct_mahalanobis(xb, means, prec_chol, covariance_type: str):
       out = out + y * y
     return out
   if covariance_type == "full":
-    y = jnp.einsum("nkd,kde->nke", diff, prec_chol)
+    y = mm.einsum("nkd,kde->nke", diff, prec_chol)
   elif covariance_type == "tied":
-    y = diff @ prec_chol
+    y = mm.matmul(diff, prec_chol)
   elif covariance_type == "diag":
     y = diff * prec_chol[None, :, :]
   else:
@@ -502,19 +504,19 @@ def _fast_form_error(xc, mc, prec_chol, covariance_type: str, maha):
   x2 = jnp.sum(xc * xc, axis=1)[:, None]
   if covariance_type == "full":
     pf2 = jnp.sum(prec_chol * prec_chol, axis=(1, 2))[None, :]  # |P_k|_F^2
-    m2 = jnp.sum(jnp.einsum("kd,kde->ke", mc, prec_chol) ** 2, axis=1)
+    m2 = jnp.sum(mm.einsum("kd,kde->ke", mc, prec_chol) ** 2, axis=1)
     if use_expanded_full(xc.dtype):
       return 4.0 * eps * (x2 * pf2 + m2[None, :])
     return 2.0 * eps * jnp.sqrt(maha) * (jnp.sqrt(x2 * pf2)
                                          + jnp.sqrt(m2)[None, :])
   if covariance_type == "tied":
-    y = xc @ prec_chol
-    m = mc @ prec_chol
+    y = mm.matmul(xc, prec_chol)
+    m = mm.matmul(mc, prec_chol)
     return 4.0 * eps * (jnp.sum(y * y, axis=1)[:, None]
                         + jnp.sum(m * m, axis=1)[None, :])
   prec = prec_chol * prec_chol
   if covariance_type == "diag":
-    return 4.0 * eps * ((xc * xc) @ prec.T
+    return 4.0 * eps * (mm.matmul(xc * xc, prec.T)
                         + jnp.sum(mc * mc * prec, axis=1)[None, :])
   return 4.0 * eps * (x2 + jnp.sum(mc * mc, axis=1)[None, :]) * prec[None, :]
 
@@ -634,7 +636,7 @@ def estimate_covariances(nk, diff, sxx, covariance_type: str, reg_covar):
     cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
     return cov + reg * jnp.eye(diff.shape[-1], dtype=dtype)
   if covariance_type == "tied":
-    between = jnp.einsum("k,kd,ke->de", nk, diff, diff)
+    between = mm.einsum("k,kd,ke->de", nk, diff, diff)
     cov = (sxx - between) / jnp.sum(nk)
     cov = 0.5 * (cov + cov.T)
     return cov + reg * jnp.eye(diff.shape[-1], dtype=dtype)
@@ -755,12 +757,12 @@ def second_moments(xc, rw, covariance_type: str):
   if covariance_type == "full":
     _, _, _, back = _packed_index(d)
     # (K, N) @ (N, ~D(D+1)/2): one GEMM over the packed outer products.
-    return (rw.T @ _packed_outer(xc))[:, back]
+    return mm.matmul(rw.T, _packed_outer(xc))[:, back]
   if covariance_type == "tied":
-    return (xc * jnp.sum(rw, axis=1)[:, None]).T @ xc
+    return mm.matmul((xc * jnp.sum(rw, axis=1)[:, None]).T, xc)
   if covariance_type == "diag":
-    return rw.T @ (xc * xc)
-  return rw.T @ jnp.sum(xc * xc, axis=1)
+    return mm.matmul(rw.T, xc * xc)
+  return mm.matmul(rw.T, jnp.sum(xc * xc, axis=1))
 
 
 def sample_noise(key, prec_chol, covariances, labels, covariance_type: str,
@@ -769,10 +771,10 @@ def sample_noise(key, prec_chol, covariances, labels, covariance_type: str,
   z = jax.random.normal(key, (labels.shape[0], n_features), dtype)
   if covariance_type == "full":
     chol = jnp.linalg.cholesky(covariances)
-    return jnp.einsum("nde,ne->nd", chol[labels], z)
+    return mm.einsum("nde,ne->nd", chol[labels], z)
   if covariance_type == "tied":
     chol = jnp.linalg.cholesky(covariances)
-    return z @ chol.T
+    return mm.matmul(z, chol.T)
   if covariance_type == "diag":
     return z * jnp.sqrt(covariances)[labels]
   return z * jnp.sqrt(covariances)[labels][:, None]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from gmmjax._src import checks
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
 
@@ -103,7 +104,7 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
   rw = resp if w is None else resp * w[:, None]
   # Per-component centres (the weighted means): no cancellation in float32.
   shift = jax.lax.stop_gradient(
-      (rw.T @ X) / (jnp.sum(rw, axis=0)[:, None] + 10 * jnp.finfo(X.dtype).eps))
+      mm.matmul(rw.T, X) / (jnp.sum(rw, axis=0)[:, None] + 10 * jnp.finfo(X.dtype).eps))
   stats = stats_lib.stats_from_resp(X, resp, w, shift, covariance_type)
   return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
 

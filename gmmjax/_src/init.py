@@ -17,6 +17,7 @@ from jax import lax
 
 from gmmjax._src import checks, compiling
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
 
@@ -25,7 +26,7 @@ INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 
 def _sq_distances(X, centers):
   """Squared Euclidean distances ``(N, C)`` (clamped at zero)."""
-  d = (jnp.sum(X * X, axis=1)[:, None] - 2.0 * X @ centers.T
+  d = (jnp.sum(X * X, axis=1)[:, None] - 2.0 * mm.matmul(X, centers.T)
        + jnp.sum(centers * centers, axis=1)[None, :])
   return jnp.maximum(d, 0.0)
 
@@ -70,7 +71,7 @@ def kmeans_plusplus(key, X, n_clusters: int, sample_weight=None):
     indices, closest = carry
     cand = draw(w * closest, u[c])
     dist = jnp.minimum(closest[None, :], _sq_distances(X, X[cand]).T)
-    best = jnp.argmin(dist @ w)
+    best = jnp.argmin(mm.matmul(dist, w))
     return indices.at[c].set(cand[best]), dist[best]
 
   indices, _ = lax.fori_loop(1, n_clusters, body, (indices, closest))
@@ -105,7 +106,7 @@ def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
     onehot = jax.nn.one_hot(assign(centers), n_clusters, dtype=X.dtype)
     onehot = onehot * w[:, None]
     counts = jnp.sum(onehot, axis=0)
-    sums = onehot.T @ X
+    sums = mm.matmul(onehot.T, X)
     new = jnp.where(counts[:, None] > 0,
                     sums / jnp.maximum(counts, 1e-30)[:, None], centers)
     return i + 1, new, jnp.sum((new - centers) ** 2)
@@ -150,9 +151,9 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
   rw = resp * w[:, None]
   nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
-  center = w @ X / jnp.sum(w)
+  center = mm.matmul(w, X) / jnp.sum(w)
   xc = X - center[None, :]
-  diff = (rw.T @ xc) / nk[:, None]
+  diff = mm.matmul(rw.T, xc) / nk[:, None]
   # Scatter around each component's new mean.
   _, sxx = stats_lib.chunked_component_moments(xc, rw, diff, covariance_type)
   covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
@@ -171,7 +172,7 @@ def _init_programs(key, X, sample_weight, reg_covar, n_components,
   if first_of_split:
     key = jax.random.split(key, 1)[0]
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  xc = X - (w @ X / jnp.sum(w))[None, :]  # k-means distances are expanded
+  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]  # k-means distances are expanded
   resp = initial_responsibilities(key, xc, n_components, method, sample_weight)
   return params_from_resp(X, resp, sample_weight, covariance_type, reg_covar)
 

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from gmmjax._src import checks
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
 from gmmjax._src.stats import SuffStats
 
@@ -85,9 +86,9 @@ def make_prior(X, n_components: int, *, strength=1.0, sample_weight=None,
   d = X.shape[1]
   w = checks.as_sample_weight(sample_weight, X.shape[0], dtype)
   ww = jnp.ones(X.shape[0], dtype) if w is None else w
-  mean = ww @ X / jnp.sum(ww)
+  mean = mm.matmul(ww, X) / jnp.sum(ww)
   xc = X - mean
-  data_cov = (xc * ww[:, None]).T @ xc / jnp.sum(ww)
+  data_cov = mm.matmul((xc * ww[:, None]).T, xc) / jnp.sum(ww)
   s = jnp.asarray(strength, dtype)
 
   def pick(value, default):
@@ -183,8 +184,8 @@ def map_params_and_jitter_from_stats(stats: SuffStats, shift,
     cov = (scatter + between + psi[None]) / (nk + n0)[:, None, None]
     cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2)) + reg * eye
   elif covariance_type == "tied":
-    scatter = stats.sxx - jnp.einsum("k,kd,ke->de", nk, xdiff, xdiff)
-    between = jnp.einsum("k,kd,ke->de", shrink, dev, dev)
+    scatter = stats.sxx - mm.einsum("k,kd,ke->de", nk, xdiff, xdiff)
+    between = mm.einsum("k,kd,ke->de", shrink, dev, dev)
     cov = (scatter + between + psi) / (jnp.sum(nk) + n0)
     cov = 0.5 * (cov + cov.T) + reg * eye
   elif covariance_type == "diag":
@@ -237,12 +238,12 @@ def log_prior(params: GMMParams, prior: ConjugatePrior):
     log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(pc, axis1=-2, axis2=-1)),
                              axis=-1)
     if ctype == "full":
-      tr = jnp.einsum("kdi,de,kei->k", pc, psi, pc)
-      maha = jnp.sum(jnp.einsum("kd,kde->ke", dev, pc) ** 2, axis=-1)
+      tr = mm.einsum("kdi,de,kei->k", pc, psi, pc)
+      maha = jnp.sum(mm.einsum("kd,kde->ke", dev, pc) ** 2, axis=-1)
       out += jnp.sum(-0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha)
     else:
-      tr = jnp.einsum("di,de,ei->", pc, psi, pc)
-      maha = jnp.sum((dev @ pc) ** 2)
+      tr = mm.einsum("di,de,ei->", pc, psi, pc)
+      maha = jnp.sum(mm.matmul(dev, pc) ** 2)
       out += -0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha
   elif ctype == "diag":
     var = params.covariances

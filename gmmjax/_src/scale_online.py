@@ -28,6 +28,7 @@ from jax import lax
 
 from gmmjax._src import checks
 from gmmjax._src import init as init_lib
+from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams
 from gmmjax._src.stats import SuffStats
@@ -70,7 +71,7 @@ def _finite(tree):
 @jax.jit
 def _online_init(X, params, w, reg_covar):
   ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
-  shift = lax.stop_gradient(ww @ X / jnp.sum(ww))
+  shift = lax.stop_gradient(mm.matmul(ww, X) / jnp.sum(ww))
   stats, count = _batch_stats(params, X, w, shift)
   new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
                                     reg_covar)

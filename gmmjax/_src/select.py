@@ -28,6 +28,7 @@ from gmmjax._src import checks
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
+from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
 
@@ -132,7 +133,7 @@ def _masked_kmeans(key, X, n_slots, k, mask, sample_weight, max_iter=300,
     onehot = jax.nn.one_hot(assign(centers), n_slots, dtype=X.dtype)
     onehot = onehot * w[:, None]
     counts = jnp.sum(onehot, axis=0)
-    sums = onehot.T @ X
+    sums = mm.matmul(onehot.T, X)
     new = jnp.where(counts[:, None] > 0,
                     sums / jnp.maximum(counts, 1e-30)[:, None], centers)
     moved = jnp.where(mask, jnp.sum((new - centers) ** 2, axis=1), 0.0)
@@ -166,7 +167,7 @@ def _masked_resp(key, xc, n_slots, k, mask, method, sample_weight):
 def _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
                  covariance_type, method):
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  shift = w @ X / jnp.sum(w)
+  shift = mm.matmul(w, X) / jnp.sum(w)
   resp = _masked_resp(key, X - shift, n_slots, k, mask, method, sample_weight)
   stats = stats_lib.stats_from_resp(X, resp, sample_weight, shift,
                                     covariance_type)

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
 
 
@@ -42,7 +43,7 @@ class SuffStats(NamedTuple):
 
 def mixture_mean(params: GMMParams):
   """``sum_k w_k mu_k``: the shift used for second moments (gradient-stopped)."""
-  return lax.stop_gradient(params.weights @ params.means)
+  return lax.stop_gradient(mm.matmul(params.weights, params.means))
 
 
 def component_shift(params: GMMParams):
@@ -113,9 +114,9 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
 def _centred_moments(xc, rw, covariance_type: str):
   """``sx, sxx`` around one centre by GEMMs (the fast form)."""
   if covariance_type == "tied":
-    return rw.T @ xc, cov_ops.second_moments(xc, rw, covariance_type)
+    return mm.matmul(rw.T, xc), cov_ops.second_moments(xc, rw, covariance_type)
   # sx and sxx from one GEMM: rw^T @ [x, moments(x)].
-  summed = rw.T @ cov_ops.moment_features(xc, covariance_type)
+  summed = mm.matmul(rw.T, cov_ops.moment_features(xc, covariance_type))
   return cov_ops.split_moments(summed, xc.shape[-1], covariance_type)
 
 
@@ -146,8 +147,8 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
     result = jnp.trace(sxx, axis1=1, axis2=2)
     expected = nk * jnp.trace(covariances, axis1=1, axis2=2)
   elif covariance_type == "tied":
-    cross = sx_c.T @ m
-    sxx = sxx_c - cross - cross.T + (m * nk[:, None]).T @ m
+    cross = mm.matmul(sx_c.T, m)
+    sxx = sxx_c - cross - cross.T + mm.matmul((m * nk[:, None]).T, m)
     scale = jnp.trace(sxx_c)[None] + jnp.sum(nk * jnp.sum(m * m, 1))
     result = jnp.trace(sxx)[None]
     expected = jnp.sum(nk) * jnp.trace(covariances)[None]
@@ -156,9 +157,9 @@ def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
     scale, result = sxx_c + nk[:, None] * m * m, sxx
     expected = nk[:, None] * covariances
   else:
-    mm = jnp.sum(m * m, axis=1)
-    sxx = sxx_c - 2.0 * jnp.sum(m * sx_c, axis=1) + nk * mm
-    scale, result = sxx_c + nk * mm, sxx
+    m2 = jnp.sum(m * m, axis=1)
+    sxx = sxx_c - 2.0 * jnp.sum(m * sx_c, axis=1) + nk * m2
+    scale, result = sxx_c + nk * m2, sxx
     expected = nk * covariances * m.shape[-1]
   eps = jnp.finfo(xb.dtype).eps
   tiny = jnp.sqrt(jnp.finfo(xb.dtype).tiny)
@@ -199,7 +200,7 @@ def component_moments(xb, rw, shift, covariance_type: str):
     rz = rw[:, :, None] * z
     sx = jnp.sum(rz, axis=0)
     if covariance_type in ("full", "tied"):
-      sxx = jnp.einsum("nkd,nke->kde", rz, z)
+      sxx = mm.einsum("nkd,nke->kde", rz, z)
       return sx, (sxx if covariance_type == "full" else jnp.sum(sxx, 0))
     sxx = jnp.sum(rz * z, axis=0)
     return sx, (sxx if covariance_type == "diag" else cov_ops.sum_small(sxx))
@@ -210,10 +211,10 @@ def component_moments(xb, rw, shift, covariance_type: str):
   sx = jnp.sum(rz, axis=1)
   n = xb.shape[0]
   if covariance_type == "full":
-    sxx = jnp.einsum("knd,kne->kde", rz, z)
+    sxx = mm.einsum("knd,kne->kde", rz, z)
   elif covariance_type == "tied":
     # One GEMM: (D, K*n) @ (K*n, D).
-    sxx = rz.reshape(k * n, d).T @ z.reshape(k * n, d)
+    sxx = mm.matmul(rz.reshape(k * n, d).T, z.reshape(k * n, d))
   elif covariance_type == "diag":
     sxx = jnp.sum(rz * z, axis=1)
   else:
@@ -236,7 +237,7 @@ def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
     sx, sxx = chunked_component_moments(X, rw, shift, covariance_type)
   else:
     xc = X - shift
-    sx = rw.T @ xc
+    sx = mm.matmul(rw.T, xc)
     sxx = cov_ops.second_moments(xc, rw, covariance_type)
   return SuffStats(count=jnp.sum(w), nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
 
 
@@ -91,7 +92,7 @@ def from_unconstrained(u: UnconstrainedParams) -> GMMParams:
     n = u.scale.shape[-1]
     diag = jnp.diagonal(u.scale, axis1=-2, axis2=-1)
     chol = jnp.tril(u.scale, -1) + _embed_diagonal(jnp.exp(diag), n)
-    covariances = chol @ jnp.swapaxes(chol, -1, -2)
+    covariances = mm.matmul(chol, jnp.swapaxes(chol, -1, -2))
     # scikit-learn's factor: P = L^-T (upper), so P P^T = Sigma^-1.
     eye = jnp.broadcast_to(jnp.eye(n, dtype=chol.dtype), chol.shape)
     inv_chol = lax.linalg.triangular_solve(chol, eye, left_side=True,
