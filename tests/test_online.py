@@ -178,3 +178,30 @@ def test_partial_fit_streams_to_the_batch_fit():
                              atol=0.1)
   with pytest.raises(ValueError, match="features"):
     gm.partial_fit(np.zeros((10, 3)))
+
+
+def test_online_reports_the_cholesky_jitter():
+  """float32 collinear features (x2 = x0 - 2 x1): the full covariances are
+  singular but for reg_covar, below float32's rounding of moments of O(10),
+  so an M-step needs a diagonal jitter; the state and ``partial_fit`` report
+  it. Independent features need none."""
+  rng = np.random.default_rng(7)
+  base = rng.normal(0, 3, (600, 2)).astype(np.float32)
+  collinear = np.concatenate(
+      [base, (base[:, :1] - 2 * base[:, 1:])], axis=1).astype(np.float32)
+  independent = rng.normal(0, 3, (600, 3)).astype(np.float32)
+  jitters = {}
+  for name, X in (("collinear", collinear), ("independent", independent)):
+    params = gx.init_params(jax.random.key(0), X[:200], 2)
+    state = online_init(X[:200], params)
+    state = online_update(state, X[200:400])
+    state = online_update(state, X[400:])
+    assert not bool(state.failed)
+    jitters[name] = float(state.jitter)
+    gm = gx.GaussianMixture(2, random_state=0)
+    for part in (X[:300], X[300:]):
+      gm.partial_fit(part)
+    assert gm.jitter_ == float(gm._online_state.jitter)
+    assert 0 <= gm.n_degenerate_ <= 2
+  assert jitters["collinear"] > 0
+  assert jitters["independent"] == 0.0

@@ -116,8 +116,10 @@ def test_masked_loop_equals_unpadded_fit(ctype, x64, blobs3):
   mask = jnp.arange(slots) < k
   run = jax.jit(lambda p: select._masked_fit(X, p, mask, None, 1e-8, 1e-4,
                                              15, None))
-  params, total_ll, count, n_iter, converged, failed = run(pad(p0, slots))
+  params, total_ll, count, n_iter, converged, failed, jitter = run(
+      pad(p0, slots))
   assert int(n_iter) == int(ref.n_iter)
+  assert float(jitter) == float(ref.jitter) == 0.0
   assert not bool(failed)
   assert bool(converged) == bool(ref.converged)
   np.testing.assert_allclose(float(total_ll / count),
@@ -130,6 +132,21 @@ def test_masked_loop_equals_unpadded_fit(ctype, x64, blobs3):
                                np.asarray(getattr(ref.params, name)),
                                rtol=rtol, atol=1e-12, err_msg=name)
   assert np.all(np.asarray(params.weights)[k:] == 0.0)
+
+
+def test_table_reports_the_cholesky_jitter(guarded_kernels):
+  """float32 collinear features (x2 = x0 - 2 x1): full covariances singular
+  but for reg_covar, below float32's rounding; the sweep's M-steps need a
+  diagonal jitter and the table reports it. Independent features: none."""
+  rng = np.random.default_rng(5)
+  base = rng.normal(0, 3, (800, 2))
+  collinear = np.concatenate([base, base[:, :1] - 2 * base[:, 1:]], axis=1)
+  for X, needs in ((collinear, True), (rng.normal(0, 3, (800, 3)), False)):
+    result = gx.select_n_components(X.astype(np.float32), [1, 2],
+                                    max_iter=20)
+    jitter = result.table["jitter"]
+    assert jitter.shape == (2,) and np.all(jitter >= 0)
+    assert bool(np.all(jitter > 0)) == needs, jitter
 
 
 def test_bad_arguments():

@@ -121,8 +121,9 @@ class GaussianMixture:
   diagonal jitter a covariance needed to be factorised (0.0 when none; a
   nonzero value also raises a ``ConvergenceWarning``), and
   ``n_degenerate_``, the number of empty or collapsed components
-  (:func:`gmmjax.count_degenerate`). They describe the fit that made them
-  and are not saved by :func:`gmmjax.save`.
+  (:func:`gmmjax.count_degenerate`). ``partial_fit`` sets them for the
+  stream so far (the largest jitter of any update; components counted
+  against the total sample weight seen). :func:`gmmjax.save` keeps them.
 
   Example:
     >>> import numpy as np, gmmjax as gx
@@ -478,9 +479,10 @@ class GaussianMixture:
       state = scale_online.online_update(state, X, sample_weight=w,
                                          reg_covar=float(self.reg_covar))
     self._online_state = state
-    for name in ("jitter_", "n_degenerate_"):  # only fit sets these
-      self.__dict__.pop(name, None)
     self._set_fitted(state.params)
+    self.jitter_ = float(state.jitter)
+    self.n_degenerate_ = int(fit_lib.count_degenerate(
+        state.params, state.n_seen, float(self.reg_covar)))
     self.converged_ = False
     self.n_iter_ = int(state.step) + 1
     self.lower_bound_ = float(state.log_likelihood)

@@ -92,10 +92,27 @@ def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
   X = checks.as_data(X)
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight)
+  return lloyd(X, centers, w, max_iter=max_iter, tol=tol)
+
+
+def lloyd(X, centers, w, mask=None, *, max_iter: int = 300, tol=1e-4):
+  """Lloyd's iterations from ``centers`` (the loop of :func:`kmeans`).
+
+  ``w`` are ``(N,)`` sample weights. ``mask``, an optional ``(C,)``
+  boolean, keeps the inactive centres out of the assignment and of the
+  stopping rule (model selection fits every ``k`` in one padded shape).
+
+  Returns:
+    ``(centers, labels)``: ``(C, D)`` and ``(N,)`` int32.
+  """
+  n_clusters = centers.shape[0]
   threshold = tol * jnp.mean(jnp.var(X, axis=0))
 
   def assign(centers):
-    return jnp.argmin(_sq_distances(X, centers), axis=1)
+    d = _sq_distances(X, centers)
+    if mask is not None:
+      d = jnp.where(mask[None, :], d, jnp.inf)
+    return jnp.argmin(d, axis=1)
 
   def cond(carry):
     i, _, shift = carry
@@ -109,7 +126,12 @@ def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
     sums = mm.matmul(onehot.T, X)
     new = jnp.where(counts[:, None] > 0,
                     sums / jnp.maximum(counts, 1e-30)[:, None], centers)
-    return i + 1, new, jnp.sum((new - centers) ** 2)
+    if mask is None:
+      shift = jnp.sum((new - centers) ** 2)
+    else:
+      shift = jnp.sum(jnp.where(mask, jnp.sum((new - centers) ** 2, axis=1),
+                                0.0))
+    return i + 1, new, shift
 
   _, centers, _ = lax.while_loop(
       cond, body, (jnp.zeros((), jnp.int32), centers,

@@ -49,6 +49,9 @@ class OnlineState(NamedTuple):
   # batch under the parameters before its update (a progress signal)
   failed: jax.Array  # shape=(), bool, the last update went non-finite and
   # was skipped
+  jitter: jax.Array  # shape=(), the largest diagonal jitter an M-step of
+  # this stream added to a full/tied covariance to factorise it (0: none);
+  # as :class:`gmmjax.FitResult`'s
 
 
 def _check_alpha(alpha):
@@ -73,13 +76,14 @@ def _online_init(X, params, w, reg_covar):
   ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
   shift = lax.stop_gradient(mm.matmul(ww, X) / jnp.sum(ww))
   stats, count = _batch_stats(params, X, w, shift)
-  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
-                                    reg_covar)
+  new, jitter = stats_lib.params_and_jitter_from_stats(
+      stats, shift, params.covariance_type, reg_covar)
   ok = _finite(new)
   return OnlineState(
       params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
       stats=stats, shift=shift, step=jnp.zeros((), jnp.int32), n_seen=count,
-      log_likelihood=stats.log_likelihood, failed=~ok)
+      log_likelihood=stats.log_likelihood, failed=~ok,
+      jitter=jnp.where(ok, jitter, 0.0).astype(X.dtype))
 
 
 def online_init(X, params: GMMParams, *, sample_weight=None,
@@ -121,8 +125,8 @@ def _online_update(state: OnlineState, X, w, alpha, reg_covar):
   gamma = (state.step + 2).astype(X.dtype) ** -alpha
   stats = jax.tree.map(lambda s, b: (1 - gamma) * s + gamma * b,
                        state.stats, batch)
-  new = stats_lib.params_from_stats(stats, state.shift,
-                                    params.covariance_type, reg_covar)
+  new, jitter = stats_lib.params_and_jitter_from_stats(
+      stats, state.shift, params.covariance_type, reg_covar)
   ok = _finite(new) & jnp.isfinite(batch.log_likelihood)
 
   def keep(a, b):
@@ -131,7 +135,8 @@ def _online_update(state: OnlineState, X, w, alpha, reg_covar):
       params=keep(new, params), stats=keep(stats, state.stats),
       shift=state.shift, step=state.step + ok.astype(jnp.int32),
       n_seen=state.n_seen + jnp.where(ok, count, 0),
-      log_likelihood=batch.log_likelihood, failed=~ok)
+      log_likelihood=batch.log_likelihood, failed=~ok,
+      jitter=jnp.where(ok, jnp.maximum(state.jitter, jitter), state.jitter))
 
 
 def online_update(state: OnlineState, X, *, sample_weight=None, alpha=0.6,

@@ -40,7 +40,10 @@ class SelectionResult(NamedTuple):
 
   ``table`` maps column names to NumPy arrays with one row per candidate
   ``k`` (in the order given): ``k``, ``bic``, ``aic``, ``log_likelihood``
-  (mean per sample), ``n_parameters``, ``n_iter``, ``converged``.
+  (mean per sample), ``n_parameters``, ``n_iter``, ``converged``,
+  ``jitter`` (the largest diagonal jitter an M-step of the kept restart
+  added to factorise a covariance, 0 for none: see
+  :class:`gmmjax.FitResult`).
   ``pandas.DataFrame(result.table)`` turns it into a data frame.
   """
 
@@ -96,12 +99,13 @@ def _masked(params: GMMParams, nk, mask) -> GMMParams:
 
 
 def _masked_em_step(params, mask, X, sample_weight, reg_covar):
-  """One EM iteration on padded params; returns (new params, mean ll)."""
+  """One EM iteration on padded params: (new params, mean ll, jitter)."""
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
-  new = stats_lib.params_from_stats(stats, shift, params.covariance_type,
-                                    reg_covar)
-  return _masked(new, stats.nk, mask), stats.log_likelihood / stats.count
+  new, jitter = stats_lib.params_and_jitter_from_stats(
+      stats, shift, params.covariance_type, reg_covar)
+  return (_masked(new, stats.nk, mask), stats.log_likelihood / stats.count,
+          jitter)
 
 
 def _masked_kmeans(key, X, n_slots, k, mask, sample_weight, max_iter=300,
@@ -118,31 +122,8 @@ def _masked_kmeans(key, X, n_slots, k, mask, sample_weight, max_iter=300,
   del k
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   centers, _ = init_lib.kmeans_plusplus(key, X, n_slots, w)
-  threshold = tol * jnp.mean(jnp.var(X, axis=0))
-
-  def assign(centers):
-    d = init_lib._sq_distances(X, centers)
-    return jnp.argmin(jnp.where(mask[None, :], d, jnp.inf), axis=1)
-
-  def cond(carry):
-    i, _, shift = carry
-    return (i < max_iter) & (shift > threshold)
-
-  def body(carry):
-    i, centers, _ = carry
-    onehot = jax.nn.one_hot(assign(centers), n_slots, dtype=X.dtype)
-    onehot = onehot * w[:, None]
-    counts = jnp.sum(onehot, axis=0)
-    sums = mm.matmul(onehot.T, X)
-    new = jnp.where(counts[:, None] > 0,
-                    sums / jnp.maximum(counts, 1e-30)[:, None], centers)
-    moved = jnp.where(mask, jnp.sum((new - centers) ** 2, axis=1), 0.0)
-    return i + 1, new, jnp.sum(moved)
-
-  _, centers, _ = lax.while_loop(
-      cond, body, (jnp.zeros((), jnp.int32), centers,
-                   jnp.asarray(jnp.inf, X.dtype)))
-  return jax.nn.one_hot(assign(centers), n_slots, dtype=X.dtype)
+  _, labels = init_lib.lloyd(X, centers, w, mask, max_iter=max_iter, tol=tol)
+  return jax.nn.one_hot(labels, n_slots, dtype=X.dtype)
 
 
 def _masked_resp(key, xc, n_slots, k, mask, method, sample_weight):
@@ -182,6 +163,7 @@ class _Carry(NamedTuple):
   n_iter: jax.Array
   converged: jax.Array
   failed: jax.Array
+  jitter: jax.Array
 
 
 def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
@@ -192,7 +174,8 @@ def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
   def body(c):
-    new, ll = _masked_em_step(c.params, mask, X, sample_weight, reg_covar)
+    new, ll, jitter = _masked_em_step(c.params, mask, X, sample_weight,
+                                      reg_covar)
     leaves = jax.tree.leaves(new) + [ll]
     ok = functools.reduce(jnp.logical_and,
                           [jnp.all(jnp.isfinite(a)) for a in leaves])
@@ -204,17 +187,18 @@ def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
         prev_ll=jnp.where(ok, ll, c.prev_ll),
         n_iter=c.n_iter + ok.astype(jnp.int32),
         converged=ok & (jnp.abs(change) < tol),
-        failed=~ok)
+        failed=~ok,
+        jitter=jnp.where(ok, jnp.maximum(c.jitter, jitter), c.jitter))
 
   init = _Carry(params, jnp.asarray(-jnp.inf, X.dtype),
                 jnp.zeros((), jnp.int32), jnp.zeros((), bool),
-                jnp.zeros((), bool))
+                jnp.zeros((), bool), jnp.zeros((), X.dtype))
   out = lax.while_loop(cond, body, init)
   final = stats_lib.e_step_stats(out.params, X, sample_weight)
   total_ll = final.log_likelihood
   failed = out.failed | ~jnp.isfinite(total_ll)
   return out.params, total_ll, final.count, out.n_iter, (
-      out.converged & ~failed), failed
+      out.converged & ~failed), failed, out.jitter
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -234,7 +218,7 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
                        callback)
 
   per_k = jax.vmap(lambda k: jax.vmap(lambda kk: one(k, kk))(keys))
-  params, total_ll, count, n_iter, converged, failed = per_k(ks)
+  params, total_ll, count, n_iter, converged, failed, jitter = per_k(ks)
   # Best restart per k: highest final log-likelihood, failed fits last,
   # ties to the first (scikit-learn's strict '>').
   score = jnp.where(failed | ~jnp.isfinite(total_ll), -jnp.inf, total_ll)
@@ -245,7 +229,7 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
         a, best.reshape((-1,) + (1,) * (a.ndim - 1)), axis=1)[:, 0]
 
   return jax.tree.map(pick, (params, total_ll, count, n_iter, converged,
-                             failed))
+                             failed, jitter))
 
 
 def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
@@ -327,7 +311,8 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
                n_slots=max(ks), n_init=n_init,
                covariance_type=covariance_type, method=init_params,
                max_iter=max_iter, callback=callback)
-  params, total_ll, count, n_iter, converged, failed = jax.device_get(out)
+  params, total_ll, count, n_iter, converged, failed, jitter = (
+      jax.device_get(out))
   total_ll = np.asarray(total_ll, np.float64)
   count = np.asarray(count, np.float64)
   n_par = np.array([cov_ops.n_parameters(covariance_type, k, n_features)
@@ -343,6 +328,7 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
       "n_parameters": n_par.astype(int),
       "n_iter": np.asarray(n_iter),
       "converged": np.asarray(converged),
+      "jitter": np.asarray(jitter, np.float64),
   }
   scores = table[criterion]
   if not np.any(np.isfinite(scores)):
