@@ -1,5 +1,7 @@
 """E/M kernels (chunked, fused) against straightforward NumPy references."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -349,7 +351,8 @@ def test_float32_collapsed_component_recomputes_only_its_column():
 
   got = np.asarray(jax.jit(lambda x, m, p: cov_ops.guarded_mahalanobis(
       x, centre, m, p, "full"))(X32, m32, p32))
-  fast = cov_ops.mahalanobis_centred(X32 - centre, m32 - centre, p32, "full")
+  fast = jax.jit(lambda x, m, p: cov_ops.mahalanobis_centred(
+      x - centre, m - centre, p, "full"))(X32, m32, p32)
   err = cov_ops._fast_form_error(X32 - centre, m32 - centre, p32, "full",
                                  fast)
   off = np.asarray(err > cov_ops.fast_form_tol(jnp.float32)
@@ -363,6 +366,47 @@ def test_float32_collapsed_component_recomputes_only_its_column():
   np.testing.assert_allclose(got[:, -1], ref[:, -1], rtol=1e-5)
   assert np.array_equal(got[:, :-1], np.asarray(fast)[:, :-1])
   np.testing.assert_allclose(got[:, :-1], ref[:, :-1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("d", [3, 6])  # the unrolled (D <= 4) and GEMM forms
+def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
+                                                           d):
+  """With tolerance 0 every component's column takes the exact per-column
+  recompute; gradients (reverse and forward) and a vmap over two parameter
+  sets must equal the direct form's, which has no guard at all."""
+  retrace(cov_ops.FAST_FORM_TOL, "float64", 0.0)
+  w, means, cov = _random_params(40 + d, ctype, D=d)
+  prec = gx.make_params(w, means, cov, covariance_type=ctype)
+  X = jnp.asarray(np.random.default_rng(d).normal(0, 3, (200, d)))
+  centre = jnp.mean(prec.means, axis=0)
+
+  def value(fn, means, pc):
+    out = fn(X, means, pc)
+    return jnp.sum(jnp.sin(out / 10.0))
+
+  guarded = functools.partial(cov_ops.guarded_mahalanobis, centre=centre,
+                              covariance_type=ctype)
+  direct = functools.partial(cov_ops.direct_mahalanobis,
+                             covariance_type=ctype)
+  fns = {"guarded": lambda x, m, p: guarded(x, means=m, prec_chol=p),
+         "direct": lambda x, m, p: direct(x, m, p)}
+  args = (prec.means, prec.precisions_cholesky)
+  grads = {k: jax.jit(jax.grad(functools.partial(value, f), argnums=(0, 1)))(
+      *args) for k, f in fns.items()}
+  for a, b in zip(grads["guarded"], grads["direct"]):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9,
+                               atol=1e-12)
+  tangents = (jnp.ones_like(args[0]), 0.1 * jnp.ones_like(args[1]))
+  jvps = {k: jax.jvp(functools.partial(value, f), args, tangents)[1]
+          for k, f in fns.items()}
+  np.testing.assert_allclose(float(jvps["guarded"]), float(jvps["direct"]),
+                             rtol=1e-9)
+  batched = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a]), args)
+  outs = {k: jax.vmap(lambda m, p, f=f: f(X, m, p))(*batched)
+          for k, f in fns.items()}
+  np.testing.assert_allclose(np.asarray(outs["guarded"]),
+                             np.asarray(outs["direct"]), rtol=1e-10)
 
 
 def test_vmap_over_params_matches_loop(x64):

@@ -180,7 +180,7 @@ def test_partial_fit_streams_to_the_batch_fit():
     gm.partial_fit(np.zeros((10, 3)))
 
 
-def test_online_reports_the_cholesky_jitter():
+def test_online_reports_the_cholesky_jitter(guarded_kernels):
   """float32 collinear features (x2 = x0 - 2 x1): the full covariances are
   singular but for reg_covar, below float32's rounding of moments of O(10),
   so an M-step needs a diagonal jitter; the state and ``partial_fit`` report
@@ -199,9 +199,16 @@ def test_online_reports_the_cholesky_jitter():
     assert not bool(state.failed)
     jitters[name] = float(state.jitter)
     gm = gx.GaussianMixture(2, random_state=0)
-    for part in (X[:300], X[300:]):
-      gm.partial_fit(part)
+    w = np.full(600, 1e-3)
+    w[::3] = 0.0  # 400 rows of positive weight, 0.4 in total
+    for part in (slice(0, 300), slice(300, 600)):
+      gm.partial_fit(X[part], sample_weight=w[part])
     assert gm.jitter_ == float(gm._online_state.jitter)
-    assert 0 <= gm.n_degenerate_ <= 2
+    # Empty components are counted against the rows of positive weight, as
+    # fit does; against the total weight (0.4) every component would be.
+    assert gm.n_degenerate_ == int(gx.count_degenerate(
+        gm._online_state.params, 400, gm.reg_covar))
+    if name == "independent":
+      assert gm.n_degenerate_ == 0
   assert jitters["collinear"] > 0
   assert jitters["independent"] == 0.0

@@ -14,7 +14,9 @@ import pytest
 from jax import lax
 
 import gmmjax as gx
-from gmmjax._src import stats
+from gmmjax._src import select, stats
+from gmmjax._src.scale_online import online_init, online_update
+from gmmjax._src.unconstrained import to_unconstrained
 
 pytestmark = pytest.mark.usefixtures("guarded_kernels")  # the GEMM forms
 
@@ -52,8 +54,21 @@ def test_fit_init_and_gradient_products_are_full_float32(ctype):
   X = _data()
   key = jax.random.key(0)
   p = gx.init_params(key, X, 3, covariance_type=ctype)
+  prior = gx.make_prior(X, 3)
+  state = online_init(X, p)
+  u = to_unconstrained(p)
   programs = {
       "init": lambda X: gx.init_params(key, X, 3, covariance_type=ctype),
+      "implicit grad": jax.grad(
+          lambda X: gx.fit(X, p, max_iter=3).log_likelihood),
+      "MAP fit": lambda X: gx.fit(X, p, max_iter=3, prior=prior),
+      "gradient fit": jax.grad(
+          lambda u: gx.negative_log_likelihood(u, X)),
+      "online": lambda X: online_update(state, X),
+      "select": lambda X: select._sweep(
+          key, X, None, jnp.asarray([1, 2]), jnp.asarray(1e-3, X.dtype),
+          jnp.asarray(1e-6, X.dtype), n_slots=2, n_init=1,
+          covariance_type=ctype, method="kmeans", max_iter=3, callback=None),
       "fit": lambda X: gx.fit(X, p, max_iter=3),
       "e_step_stats": lambda X: stats.e_step_stats(p, X),
       "log_prob": lambda X: gx.log_prob(p, X),
@@ -61,7 +76,8 @@ def test_fit_init_and_gradient_products_are_full_float32(ctype):
       "sample": lambda X: gx.sample(key, p, 10)[0],
   }
   for name, program in programs.items():
-    precisions = _dot_precisions(jax.make_jaxpr(program)(X))
+    arg = u if name == "gradient fit" else X
+    precisions = _dot_precisions(jax.make_jaxpr(program)(arg))
     # Every program has products, but diag/spherical sampling (elementwise).
     assert precisions or (name == "sample" and ctype in ("diag", "spherical"))
     assert all(pr == HIGHEST for pr in precisions), (name, precisions)

@@ -225,8 +225,9 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   ``max(3 K, 2 D + 1)`` otherwise (the whitened form's default budget is
   ``WHITENED_BUDGET_FACTOR`` times the base); the result is at least
   ``_MIN_CHUNK`` and at most ``n_samples`` (a single chunk). The exact
-  fallbacks, whose ``(n, K, D)`` differences are wider, cut a chunk into
-  :func:`fallback_chunk` pieces of their own.
+  moment fallback, whose ``(n, K, D)`` differences are wider, cuts a chunk
+  into :func:`fallback_chunk` pieces of its own; the exact distances are
+  recomputed one component at a time (``(n, D)``).
   """
   k, d = n_components, n_features
   if covariance_type == "full" and not use_expanded_full(dtype):
@@ -324,7 +325,7 @@ def whitened_maha(xc, mc, prec_chol):
 
 # Dtypes for which full covariances use the expanded quadratic form
 # ``x'Lx - 2 x'L mu + mu'L mu`` over packed outer products: one GEMM with
-# ``D (D + 1) / 2`` inner dimension that shares its feature matrix with the
+# ``D (D // 2 + 2)`` inner dimension that shares its feature matrix with the
 # M-step, about half the flops of whitening. Its rounding error is
 # ``eps * |L| * |x - c|^2``, which float64's 1e-16 keeps negligible even
 # for precisions of 1e6 (reg_covar-sized variances) but float32's 6e-8
@@ -348,7 +349,7 @@ def expanded_full_maha(feats, mc, prec_chol):
   prec = mm.matmul(prec_chol, jnp.swapaxes(prec_chol, -1, -2))  # no inverse
   lin = -2.0 * mm.einsum("kde,ke->kd", prec, mc)
   quad = prec[:, iu, ju] * jnp.asarray(mult, prec.dtype)
-  coef = jnp.concatenate([lin, quad], axis=1)  # (K, D + D(D+1)/2)
+  coef = jnp.concatenate([lin, quad], axis=1)  # (K, n_moment_features)
   const = jnp.sum(mc * mm.einsum("kde,ke->kd", prec, mc), axis=1)
   return jnp.maximum(mm.matmul(feats, coef.T) + const[None, :], 0.0)
 
@@ -389,8 +390,9 @@ def mahalanobis_centred(xc, mc, prec_chol, covariance_type: str):
 
 
 # Relative rounding error tolerated from the fast (GEMM) forms, per dtype.
-# Where a chunk's own error estimate exceeds it, the chunk is recomputed
-# with per-component differences, which carry no cancellation. float64 is
+# Where a chunk's own error estimate exceeds it, the distances of the
+# components at fault are recomputed from per-component differences, which
+# carry no cancellation. float64 is
 # held to near its own precision (EM stays monotone to ~1e-10), float32 to
 # what its 24 bits can give on ordinary data without leaving the GEMMs.
 FAST_FORM_TOL = {"float32": 1e-4, "float64": 1e-11}
@@ -574,19 +576,22 @@ def _exact_columns(xb, means, prec_chol, covariance_type: str, maha, redo):
   float32: one of 64, in 19 of 64 chunks), so recomputing only those costs
   ``1 / K`` of recomputing the chunk. Each flagged column is an ``(n, D)``
   difference and one ``(n, D) @ (D, D)`` product (full), within the chunk's
-  memory budget.
+  memory budget; the loop body is checkpointed, so reverse mode keeps no
+  per-component residuals either.
   """
-  def one(k, out):
-    def recompute():
+  n = xb.shape[0]
+
+  def column(k):
+    def exact():
       mean = lax.dynamic_slice_in_dim(means, k, 1)
       prec = (prec_chol if covariance_type == "tied"
               else lax.dynamic_slice_in_dim(prec_chol, k, 1))
-      col = direct_mahalanobis(xb, mean, prec, covariance_type)
-      return lax.dynamic_update_slice_in_dim(out, col.astype(out.dtype), k,
-                                             axis=1)
-    return lax.cond(any_in_batch(redo[k]), recompute, lambda: out)
+      return direct_mahalanobis(xb, mean, prec, covariance_type)[:, 0]
+    return lax.cond(any_in_batch(redo[k]), exact,
+                    lambda: jnp.zeros((n,), maha.dtype))
 
-  return lax.fori_loop(0, means.shape[0], one, maha)
+  cols = lax.map(jax.checkpoint(column), jnp.arange(means.shape[0]))
+  return jnp.where(redo[None, :], cols.T.astype(maha.dtype), maha)
 
 
 def mahalanobis(X, means, prec_chol, covariance_type: str):

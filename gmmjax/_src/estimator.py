@@ -300,6 +300,7 @@ class GaussianMixture:
     """
     self._check_parameters()
     self.__dict__.pop("_online_state", None)  # partial_fit restarts here
+    self.__dict__.pop("_online_n_positive", None)
     warm = bool(self.warm_start and hasattr(self, "converged_"))
     if warm:
       X = self._validate_X(X, reset=False)
@@ -452,6 +453,7 @@ class GaussianMixture:
     del y
     self._check_parameters()
     state = getattr(self, "_online_state", None)
+    new_stream = state is None
     fitted = hasattr(self, "means_")
     X = self._validate_X(X, reset=not fitted)
     w = val.check_sample_weight(sample_weight, X.shape[0])
@@ -478,11 +480,16 @@ class GaussianMixture:
     else:
       state = scale_online.online_update(state, X, sample_weight=w,
                                          reg_covar=float(self.reg_covar))
+    # Rows with positive weight seen so far (skipped batches excepted): the
+    # count fit's n_degenerate_ measures empty components against.
+    n_pos = X.shape[0] if w is None else int(np.count_nonzero(np.asarray(w)))
+    previous = 0 if new_stream else self._online_n_positive
+    self._online_n_positive = previous + (0 if bool(state.failed) else n_pos)
     self._online_state = state
     self._set_fitted(state.params)
     self.jitter_ = float(state.jitter)
     self.n_degenerate_ = int(fit_lib.count_degenerate(
-        state.params, state.n_seen, float(self.reg_covar)))
+        state.params, self._online_n_positive, float(self.reg_covar)))
     self.converged_ = False
     self.n_iter_ = int(state.step) + 1
     self.lower_bound_ = float(state.log_likelihood)

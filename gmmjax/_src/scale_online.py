@@ -49,9 +49,9 @@ class OnlineState(NamedTuple):
   # batch under the parameters before its update (a progress signal)
   failed: jax.Array  # shape=(), bool, the last update went non-finite and
   # was skipped
-  jitter: jax.Array  # shape=(), the largest diagonal jitter an M-step of
-  # this stream added to a full/tied covariance to factorise it (0: none);
-  # as :class:`gmmjax.FitResult`'s
+  jitter: jax.Array = 0.0  # shape=(), the largest diagonal jitter an
+  # M-step of this stream added to a full/tied covariance to factorise it
+  # (0: none), as :class:`gmmjax.FitResult`'s
 
 
 def _check_alpha(alpha):
