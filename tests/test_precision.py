@@ -75,6 +75,9 @@ def test_fit_init_and_gradient_products_are_full_float32(ctype):
       "grad": jax.grad(lambda X: gx.log_likelihood(p, X)),
       "sample": lambda X: gx.sample(key, p, 10)[0],
   }
+  if ctype != "full":  # the paths past the E-step/M-step kernels: once
+    programs = {k: v for k, v in programs.items()
+                if k in ("init", "fit", "grad", "sample")}
   for name, program in programs.items():
     arg = u if name == "gradient fit" else X
     precisions = _dot_precisions(jax.make_jaxpr(program)(arg))
