@@ -18,7 +18,7 @@ The JSON document records ``format`` (``"gmmjax-model"``),
 ``"estimator"``), ``covariance_type``, ``dtype``, ``n_components``,
 ``n_features``, each array's shape and dtype, and, for an estimator, its
 constructor parameters and fitted scalars (``converged_``, ``n_iter_``,
-``lower_bound_``, ..., and ``fit``'s diagnostics ``jitter_`` and
+``lower_bound_``, ..., and the diagnostics ``jitter_`` and
 ``n_degenerate_``). A SHA-256 digest over the JSON document and every
 array's bytes catches truncated, corrupted or hand-edited files (it guards
 against accidents, not against someone who recomputes it; safety against code
@@ -112,7 +112,7 @@ def _estimator_payload(estimator):
                                                   [])],
       "n_features_in_": int(estimator.n_features_in_),
   }
-  # The fit's diagnostics; partial_fit (online EM) does not set them.
+  # The diagnostics fit and partial_fit set (absent on a bare estimator).
   if hasattr(estimator, "jitter_"):
     fitted["jitter_"] = float(estimator.jitter_)
     fitted["n_degenerate_"] = int(estimator.n_degenerate_)

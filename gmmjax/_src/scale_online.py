@@ -30,7 +30,7 @@ from gmmjax._src import checks
 from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.params import GMMParams
+from gmmjax._src.params import GMMParams, all_finite
 from gmmjax._src.stats import SuffStats
 
 
@@ -66,11 +66,6 @@ def _batch_stats(params, X, w, shift):
   return jax.tree.map(lambda a: a / s.count, s), s.count
 
 
-def _finite(tree):
-  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x))
-                              for x in jax.tree.leaves(tree)]))
-
-
 @jax.jit
 def _online_init(X, params, w, reg_covar):
   ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
@@ -78,7 +73,7 @@ def _online_init(X, params, w, reg_covar):
   stats, count = _batch_stats(params, X, w, shift)
   new, jitter = stats_lib.params_and_jitter_from_stats(
       stats, shift, params.covariance_type, reg_covar)
-  ok = _finite(new)
+  ok = all_finite(new)
   return OnlineState(
       params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
       stats=stats, shift=shift, step=jnp.zeros((), jnp.int32), n_seen=count,
@@ -127,7 +122,7 @@ def _online_update(state: OnlineState, X, w, alpha, reg_covar):
                        state.stats, batch)
   new, jitter = stats_lib.params_and_jitter_from_stats(
       stats, state.shift, params.covariance_type, reg_covar)
-  ok = _finite(new) & jnp.isfinite(batch.log_likelihood)
+  ok = all_finite(new) & jnp.isfinite(batch.log_likelihood)
 
   def keep(a, b):
     return jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)

@@ -30,7 +30,7 @@ from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.params import GMMParams, check_covariance_type
+from gmmjax._src.params import GMMParams, all_finite, check_covariance_type
 
 CRITERIA = ("bic", "aic")
 
@@ -176,9 +176,7 @@ def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
   def body(c):
     new, ll, jitter = _masked_em_step(c.params, mask, X, sample_weight,
                                       reg_covar)
-    leaves = jax.tree.leaves(new) + [ll]
-    ok = functools.reduce(jnp.logical_and,
-                          [jnp.all(jnp.isfinite(a)) for a in leaves])
+    ok = all_finite(new) & jnp.isfinite(ll)
     change = ll - c.prev_ll
     if callback is not None:
       fit_lib.progress_callback(callback, c.n_iter + 1, ll, change)
