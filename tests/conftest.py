@@ -11,8 +11,11 @@ import tempfile
 # them; the library, the command line and the benchmarks set no XLA flag,
 # and test_cli's demo runs without it. Set before JAX creates its CPU
 # client; subprocesses inherit it (and so share the compilation cache).
+# GMMJAX_TEST_CPU_FLAGS=0 leaves XLA_FLAGS alone (runs on a GPU, where an
+# XLA that no longer knows the flag would refuse to start).
 TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
-if TEST_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+if (os.environ.get("GMMJAX_TEST_CPU_FLAGS", "1") != "0"
+    and TEST_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", "")):
   os.environ["XLA_FLAGS"] = " ".join(
       [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAG]).strip()
 
@@ -112,8 +115,14 @@ def retrace(monkeypatch):
 @pytest.fixture
 def small_chunks(retrace):
   """Forces the smallest chunk (128 samples), with fresh traces."""
+  force_small_chunks(retrace)
+
+
+def force_small_chunks(retrace):
+  """The smallest chunks on every backend (CPU and accelerator budgets)."""
   from gmmjax._src import covariance
   retrace(covariance, "CHUNK_BYTES", 1)
+  retrace(covariance, "ACCELERATOR_CHUNK_BYTES", 1)
 
 
 @pytest.fixture

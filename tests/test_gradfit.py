@@ -124,7 +124,9 @@ def test_vmapped_restarts_with_a_penalty(x64, data):
   p_first = jax.tree.map(lambda a: a[0], p0s)
   single = fit_gradient(X, p_first, opt, max_iter=200, tol=1e-12,
                         penalty=pull)
-  np.testing.assert_allclose(batched.loss[0], single.loss, rtol=1e-10)
+  # 200 L-BFGS steps amplify the different reduction orders of a batched
+  # and a single run: 5e-10 relative on an H200 (2026-11-26).
+  np.testing.assert_allclose(batched.loss[0], single.loss, rtol=1e-8)
   np.testing.assert_allclose(batched.params.means[0], single.params.means,
                              rtol=1e-6, atol=1e-8)
   np.testing.assert_allclose(

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import force_small_chunks
 
 import gmmjax as gx
 from gmmjax._src import covariance as cov_ops
@@ -120,7 +121,7 @@ def test_chunked_equals_unchunked_with_temperature(x64, retrace, ctype):
   params = gx.make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(_data(5))
   whole = stats_lib.e_step_stats(params, X, temperature=2.0)
-  retrace(cov_ops, "CHUNK_BYTES", 1)
+  force_small_chunks(retrace)
   assert "scan" in str(jax.make_jaxpr(stats_lib.e_step_stats)(
       params, X, temperature=2.0))
   chunked = stats_lib.e_step_stats(params, X, temperature=2.0)
@@ -192,7 +193,7 @@ def test_chunk_size_respects_budget():
       assert c * widest * 4 <= 8 << 20 or c == 128
   # The exact fallbacks' (n, K, D) pieces stay within the default budget.
   f = cov_ops.fallback_chunk(10**6, 64, 64, jnp.float32)
-  assert f * 64 * 64 * 4 <= cov_ops.CHUNK_BYTES and f >= 128
+  assert f * 64 * 64 * 4 <= cov_ops.chunk_bytes() and f >= 128
   assert cov_ops.chunk_size(50, 4, 2, "full", jnp.float32) == 50
 
 
@@ -210,7 +211,7 @@ def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
 
   g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))
   whole = g(X, sw, params.means)
-  retrace(cov_ops, "CHUNK_BYTES", 1)
+  force_small_chunks(retrace)
   g = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))  # retrace: chunked
   chunked = g(X, sw, params.means)
   for a, b in zip(whole, chunked):
@@ -246,7 +247,7 @@ def test_float32_agrees_with_float64(retrace, ctype, scale, offset):
   7 digits, so a larger ratio quantises the data themselves (and means
   stored in float32) beyond a 1e-4 agreement, whatever the kernels do.
   """
-  retrace(cov_ops, "CHUNK_BYTES", 1)
+  force_small_chunks(retrace)
   X32 = (offset + scale * _blobs(12)).astype(np.float32)
   # Soft responsibilities around the true labels: EM then converges to one
   # optimum, instead of amplifying round-off while breaking symmetry.

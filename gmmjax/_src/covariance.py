@@ -10,6 +10,7 @@ from a Cholesky decomposition and a triangular solve.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -205,6 +206,47 @@ def log_det_cholesky(prec_chol, covariance_type: str, n_features: int):
 CHUNK_BYTES = 2 << 20
 _MIN_CHUNK = 128
 
+# The same budget on GPUs and TPUs, capped at 1/32 of the device's memory.
+# There each of a chunk's kernels launches once per chunk and a scan step
+# costs a round-trip, so cache-sized chunks leave the device idle and long
+# GEMMs run nearer the product rate. 1,000,000 x 64, K=64 full, float32 on
+# an H200 (2026-11-26, benchmarks/README.md): 209 ms per iteration at 8 MiB
+# (1,954 chunks), 76 at 64, 54 at 256 and 48 at 1,024 MiB (16 chunks), 44%
+# of the float32 product rate. Memory stays bounded on data far larger
+# than the device.
+ACCELERATOR_CHUNK_BYTES = 1 << 30
+_ACCELERATOR_MEMORY_SHARE = 32
+
+
+def _on_cpu() -> bool:
+  return jax.default_backend() == "cpu"
+
+
+@functools.cache
+def _device_memory() -> int | None:
+  """Bytes the default device may allocate, where its backend says."""
+  try:
+    stats = jax.devices()[0].memory_stats() or {}
+  except Exception:  # noqa: BLE001 - no statistics on this backend
+    return None
+  limit = stats.get("bytes_limit")
+  return int(limit) if limit else None
+
+
+def chunk_bytes() -> int:
+  """The default chunk budget of the default backend.
+
+  ``CHUNK_BYTES`` on CPU; on accelerators ``ACCELERATOR_CHUNK_BYTES``, at
+  most 1/32 of the device's memory where it reports that (a 16 GB card
+  gets 512 MB chunks).
+  """
+  if _on_cpu():
+    return CHUNK_BYTES
+  mem = _device_memory()
+  if mem is None:
+    return ACCELERATOR_CHUNK_BYTES
+  return min(ACCELERATOR_CHUNK_BYTES, mem // _ACCELERATOR_MEMORY_SHARE)
+
 # The whitened full-covariance path (float32) gets this many times the
 # budget: its per-sample work (one GEMM row of K*D, a sum over D, then a
 # 152-wide moment GEMM on workload 2) gained more from longer GEMMs than it
@@ -222,8 +264,9 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   The widest intermediate of the fast (GEMM) forms per sample is ``K * D``
   values for full covariances in float32 (whitened differences), the
   ``D (D // 2 + 2)`` packed moment features in float64, and about
-  ``max(3 K, 2 D + 1)`` otherwise (the whitened form's default budget is
-  ``WHITENED_BUDGET_FACTOR`` times the base); the result is at least
+  ``max(3 K, 2 D + 1)`` otherwise. The default budget is ``CHUNK_BYTES``
+  on CPU (``WHITENED_BUDGET_FACTOR`` times that for the whitened form) and
+  ``ACCELERATOR_CHUNK_BYTES`` on GPUs and TPUs; the result is at least
   ``_MIN_CHUNK`` and at most ``n_samples`` (a single chunk). The exact
   moment fallback, whose ``(n, K, D)`` differences are wider, cuts a chunk
   into :func:`fallback_chunk` pieces of its own; the exact distances are
@@ -232,7 +275,7 @@ def chunk_size(n_samples: int, n_components: int, n_features: int,
   k, d = n_components, n_features
   if covariance_type == "full" and not use_expanded_full(dtype):
     width = max(k * d, n_moment_features(d), 3 * k)  # whitened (n, K, D)
-    if budget is None:
+    if budget is None and _on_cpu():
       budget = WHITENED_BUDGET_FACTOR * CHUNK_BYTES
   elif covariance_type == "full":
     width = max(n_moment_features(d), 3 * k)  # packed moment features
@@ -249,7 +292,7 @@ def fallback_chunk(n_samples: int, n_components: int, n_features: int,
 
 def _rows_within(n_samples: int, width: int, dtype, budget=None) -> int:
   """Rows of ``width`` values within ``budget`` bytes, clipped to the data."""
-  budget = CHUNK_BYTES if budget is None else budget
+  budget = chunk_bytes() if budget is None else budget
   per = budget // (width * jnp.dtype(dtype).itemsize)
   return int(min(n_samples, max(_MIN_CHUNK, per)))
 
