@@ -6,6 +6,8 @@ a seeded generator, so the stream is never in memory at once), and the
 known generating mixture.
 """
 
+import warnings
+
 import jax
 import numpy as np
 import pytest
@@ -182,29 +184,57 @@ def test_partial_fit_streams_to_the_batch_fit():
 
 def test_online_reports_the_cholesky_jitter(guarded_kernels):
   """float32 collinear features (x2 = x0 - 2 x1): the full covariances are
-  singular but for reg_covar, below float32's rounding of moments of O(10),
-  so an M-step needs a diagonal jitter; the state and ``partial_fit`` report
-  it. Independent features need none."""
+  singular but for reg_covar, far below float32's rounding of moments of
+  O(1e3), so the null direction's variance comes out of either sign, and
+  over six updates of two components some M-step needs a diagonal jitter
+  whatever the compiler's rounding (checked with XLA's optimised and
+  unoptimised CPU code); the state and ``partial_fit`` report it.
+  Independent features need none."""
   rng = np.random.default_rng(7)
-  base = rng.normal(0, 3, (600, 2)).astype(np.float32)
+  base = rng.normal(0, 30, (600, 2)).astype(np.float32)
   collinear = np.concatenate(
       [base, (base[:, :1] - 2 * base[:, 1:])], axis=1).astype(np.float32)
   independent = rng.normal(0, 3, (600, 3)).astype(np.float32)
-  state = online_init(collinear[:200],
-                      gx.init_params(jax.random.key(0), collinear[:200], 2))
-  state = online_update(state, collinear[200:400])
-  state = online_update(state, collinear[400:])
+  state = online_init(collinear[:100],
+                      gx.init_params(jax.random.key(0), collinear[:100], 2))
+  for i in range(1, 6):
+    state = online_update(state, collinear[100 * i:100 * (i + 1)])
   assert not bool(state.failed) and float(state.jitter) > 0
   for name, X in (("collinear", collinear), ("independent", independent)):
     gm = gx.GaussianMixture(2, random_state=0)
     w = np.full(600, 1e-3)
     w[::3] = 0.0  # 400 rows of positive weight, 0.4 in total
-    for part in (slice(0, 300), slice(300, 600)):
-      gm.partial_fit(X[part], sample_weight=w[part])
+    growths, seen = 0, 0.0
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      for part in (slice(0, 300), slice(300, 600)):
+        gm.partial_fit(X[part], sample_weight=w[part])
+        growths += gm.jitter_ > seen
+        seen = gm.jitter_
     assert gm.jitter_ == float(gm._online_state.jitter)
+    # A ConvergenceWarning each time the stream's largest jitter grew.
+    jitter_warnings = [c for c in caught if issubclass(
+        c.category, gx.ConvergenceWarning) and "jitter" in str(c.message)]
+    assert len(jitter_warnings) == growths
+    if name == "independent":
+      assert growths == 0
     # Empty components are counted against the rows of positive weight, as
     # fit does; against the total weight (0.4) every component would be.
     assert gm.n_degenerate_ == int(gx.count_degenerate(
         gm._online_state.params, 400, gm.reg_covar))
     if name == "independent":
       assert gm.n_degenerate_ == 0 and gm.jitter_ == 0.0
+  # Unweighted collinear batches need a jitter: partial_fit warns, as fit
+  # does, each time the stream's largest jitter grows.
+  gm = gx.GaussianMixture(2, random_state=0)
+  growths, seen = 0, 0.0
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for i in range(6):
+      part = slice(100 * i, 100 * (i + 1))
+      gm.partial_fit(collinear[part])
+      growths += gm.jitter_ > seen
+      seen = gm.jitter_
+  assert growths >= 1 and gm.jitter_ > 0
+  assert len([c for c in caught if issubclass(c.category, gx.ConvergenceWarning)
+              and "jitter" in str(c.message)]) == growths

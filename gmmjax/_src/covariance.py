@@ -88,21 +88,37 @@ def _cholesky_ok(cov):
   return _chol_ok(jnp.linalg.cholesky(cov))
 
 
-def _ladder_jitter(cov, ok):
-  """Per matrix: 0 where ``ok``, else the first ladder rung that factorises."""
+def _jitter_ladder(cov, ok):
+  """Per matrix, the first ladder rung that factorises.
+
+  Returns ``(jitter, cov + jitter I, its Cholesky factor)``, with jitter 0
+  where ``ok``. The factor returned is the very one that passed the test:
+  recomputing it from ``cov + jitter I`` elsewhere in a compiled program can
+  round differently (fused multiply-adds, another batch layout) and fail on
+  a rung that sits at the rounding level, which is where the smallest rung
+  is meant to be. Differentiable in ``cov`` (the rungs are constants).
+  """
   dtype = cov.dtype
   eps = jnp.finfo(dtype).eps
-  scale = jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1)
+  scale = lax.stop_gradient(
+      jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1))
   powers = jnp.asarray(10.0, dtype) ** jnp.arange(JITTER_STEPS, dtype=dtype)
   rungs = scale[..., None] * eps * powers  # (..., JITTER_STEPS)
   # All rungs at once: one batched factorisation, no loop to compile.
   eye = jnp.eye(cov.shape[-1], dtype=dtype)
   trial = cov[..., None, :, :] + rungs[..., None, None] * eye
-  good = _cholesky_ok(trial)  # (..., JITTER_STEPS)
+  chols = jnp.linalg.cholesky(trial)
+  good = lax.stop_gradient(_chol_ok(chols))  # (..., JITTER_STEPS)
   first = jnp.where(jnp.any(good, axis=-1), jnp.argmax(good, axis=-1),
                     JITTER_STEPS - 1)
   jitter = jnp.take_along_axis(rungs, first[..., None], axis=-1)[..., 0]
-  return jnp.where(ok, jnp.zeros_like(jitter), jitter)
+
+  def pick(a):
+    return jnp.take_along_axis(a, first[..., None, None, None],
+                               axis=-3)[..., 0, :, :]
+
+  return jnp.where(ok, jnp.zeros_like(jitter), jitter), pick(trial), pick(
+      chols)
 
 
 def cholesky_jitter(covariances):
@@ -120,7 +136,7 @@ def cholesky_jitter(covariances):
     ``(K,)`` or ``()`` jitters, in the covariances' dtype.
   """
   cov = lax.stop_gradient(covariances)
-  return _ladder_jitter(cov, _cholesky_ok(cov))
+  return _jitter_ladder(cov, _cholesky_ok(cov))[0]
 
 
 def precision_cholesky_jittered(covariances, covariance_type: str):
@@ -144,9 +160,10 @@ def precision_cholesky_jittered(covariances, covariance_type: str):
   ok = lax.stop_gradient(_chol_ok(chol))
 
   def repair():
-    jitter = _ladder_jitter(lax.stop_gradient(covariances), ok)
-    cov = covariances + jitter[..., None, None] * _eye_like(covariances)
-    return cov, jnp.linalg.cholesky(cov), jnp.max(jitter)
+    jitter, trial, trial_chol = _jitter_ladder(covariances, ok)
+    keep_old = ok[..., None, None]
+    return (jnp.where(keep_old, covariances, trial),
+            jnp.where(keep_old, chol, trial_chol), jnp.max(jitter))
 
   def keep():
     return covariances, chol, jnp.zeros((), covariances.dtype)

@@ -373,12 +373,7 @@ class GaussianMixture:
           "parameters are kept. Try to increase reg_covar, or scale the input "
           "data.", val.ConvergenceWarning, stacklevel=2)
     if float(result.jitter) > 0:
-      warnings.warn(
-          f"A covariance was not positive definite up to rounding: a "
-          f"diagonal jitter of up to {float(result.jitter):.3g} was added, on "
-          f"top of reg_covar={self.reg_covar!r}, to factorise it (jitter_). "
-          "Increase reg_covar, remove collinear or duplicated features, or "
-          "fit in float64.", val.ConvergenceWarning, stacklevel=2)
+      self._warn_jitter(float(result.jitter))
     if not failed and not bool(result.converged) and self.max_iter > 0:
       warnings.warn(
           "Best performing initialization did not converge. Try different "
@@ -438,6 +433,14 @@ class GaussianMixture:
     total = float(np.sum(logp if w is None else w * logp))
     return -2.0 * total + 2.0 * self._n_parameters()
 
+  def _warn_jitter(self, jitter):
+    warnings.warn(
+        f"A covariance was not positive definite up to rounding: a "
+        f"diagonal jitter of up to {jitter:.3g} was added, on "
+        f"top of reg_covar={self.reg_covar!r}, to factorise it (jitter_). "
+        "Increase reg_covar, remove collinear or duplicated features, or "
+        "fit in float64.", val.ConvergenceWarning, stacklevel=3)
+
   def _n_parameters(self):
     return em.n_parameters(self._params())
 
@@ -448,7 +451,10 @@ class GaussianMixture:
     ``weights_init``/``means_init``/``precisions_init``) or continues from a
     previous ``fit``; each later call is one update with step size
     ``(t + 2) ** -0.6`` (Cappé & Moulines, 2009). Memory does not grow with
-    the number of calls.
+    the number of calls. Like ``fit``, it raises a ``ConvergenceWarning``
+    when a covariance needed a diagonal jitter to be factorised: on the
+    first such update and whenever the stream's largest jitter (``jitter_``)
+    grows, not on every later call.
     """
     del y
     self._check_parameters()
@@ -487,6 +493,9 @@ class GaussianMixture:
     self._online_n_positive = previous + (0 if bool(state.failed) else n_pos)
     self._online_state = state
     self._set_fitted(state.params)
+    previous_jitter = 0.0 if new_stream else getattr(self, "jitter_", 0.0)
+    if float(state.jitter) > previous_jitter:
+      self._warn_jitter(float(state.jitter))
     self.jitter_ = float(state.jitter)
     self.n_degenerate_ = int(fit_lib.count_degenerate(
         state.params, self._online_n_positive, float(self.reg_covar)))

@@ -180,9 +180,12 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   _, sxx = stats_lib.chunked_component_moments(xc, rw, diff, covariance_type)
   covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
                                              covariance_type, reg_covar)
+  # Float32 moments of collinear or repeated data can come out indefinite
+  # by rounding: the M-step's jitter ladder keeps the initial factors finite.
+  covariances, prec_chol, _ = cov_ops.precision_cholesky_jittered(
+      covariances, covariance_type)
   return GMMParams(nk / jnp.sum(nk), center[None, :] + diff, covariances,
-                   cov_ops.precision_cholesky(covariances, covariance_type),
-                   covariance_type)
+                   prec_chol, covariance_type)
 
 
 # (default, small) compiled programs; init_params picks one by size.

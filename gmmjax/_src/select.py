@@ -84,16 +84,19 @@ def _masked(params: GMMParams, nk, mask) -> GMMParams:
   nk = nk + 10 * jnp.finfo(dtype).eps  # params_from_stats' floor
   nk = jnp.where(mask, nk, 0.0)
   weights = nk / jnp.sum(nk)
-  cov = params.covariances
+  # The active slots keep their factors: refactorising a covariance the
+  # M-step repaired with a jitter can round differently and fail. The
+  # inactive ones get the unit covariance, whose factor is the unit too.
+  # Tied: one shared covariance; inactive slots add exactly 0 to it.
+  cov, prec_chol = params.covariances, params.precisions_cholesky
   if ctype == "full":
     eye = jnp.eye(params.means.shape[-1], dtype=dtype)
     cov = jnp.where(mask[:, None, None], cov, eye[None])
+    prec_chol = jnp.where(mask[:, None, None], prec_chol, eye[None])
   elif ctype in ("diag", "spherical"):
-    cov = jnp.where(mask.reshape((-1,) + (1,) * (cov.ndim - 1)), cov, 1.0)
-  # Tied: one shared covariance; inactive slots add exactly 0 to it.
-  prec_chol = params.precisions_cholesky
-  if ctype != "tied":
-    prec_chol = cov_ops.precision_cholesky(cov, ctype)
+    active = mask.reshape((-1,) + (1,) * (cov.ndim - 1))
+    cov = jnp.where(active, cov, 1.0)
+    prec_chol = jnp.where(active, prec_chol, 1.0)
   return params.replace(weights=weights, covariances=cov,
                         precisions_cholesky=prec_chol)
 
