@@ -4,20 +4,27 @@ import os
 import shutil
 import tempfile
 
-# Compile time is most of this suite's time. XLA's CPU loop emitters (the
-# code generator before its "fusion emitters") compile gmmjax's programs
-# about 40% faster, and ran its kernels as fast (measured 2026-11-26 on the
-# 2-core CI machine: W2/W4/W5/W6-sized fits within noise). The tests use
-# them; the library, the command line and the benchmarks set no XLA flag,
-# and test_cli's demo runs without it. Set before JAX creates its CPU
-# client; subprocesses inherit it (and so share the compilation cache).
+# Compile time is most of this suite's time (75-80% of a typical test's).
+# Two XLA CPU settings cut it: the loop emitters instead of the newer
+# "fusion emitters" (about 40% faster compiles, kernels as fast), and LLVM's
+# optimisation level 0 (the README test command: 9:03-9:22 with the first
+# alone, 5:04 with both, 2026-11-26 on the 2-core CI machine). The tests
+# check numbers, not speed; unoptimised code rounds differently (other
+# instructions), which exposed one real bug (the jitter ladder, see
+# covariance._jitter_ladder). The library, the command line and the
+# benchmarks set no XLA flag; test_cli's demo and
+# test_hard_cases' default-codegen case run without these. Set before JAX
+# creates its CPU client; subprocesses inherit them (and so share the
+# compilation cache).
 # GMMJAX_TEST_CPU_FLAGS=0 leaves XLA_FLAGS alone (runs on a GPU, where an
-# XLA that no longer knows the flag would refuse to start).
-TEST_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
-if (os.environ.get("GMMJAX_TEST_CPU_FLAGS", "1") != "0"
-    and TEST_XLA_FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", "")):
-  os.environ["XLA_FLAGS"] = " ".join(
-      [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAG]).strip()
+# XLA that no longer knows a flag would refuse to start).
+TEST_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false",
+                  "--xla_backend_optimization_level=0")
+if os.environ.get("GMMJAX_TEST_CPU_FLAGS", "1") != "0":
+  for _flag in TEST_XLA_FLAGS:
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+      os.environ["XLA_FLAGS"] = " ".join(
+          [os.environ.get("XLA_FLAGS", ""), _flag]).strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -127,8 +127,11 @@ def test_vmapped_restarts_with_a_penalty(x64, data):
   # 200 L-BFGS steps amplify the different reduction orders of a batched
   # and a single run: 5e-10 relative on an H200 (2026-11-26).
   np.testing.assert_allclose(batched.loss[0], single.loss, rtol=1e-8)
+  # The penalised objective is flat near its optimum: a loss within 1e-8
+  # leaves the means free to about 1e-6 (2e-6 apart with XLA's unoptimised
+  # CPU code), so they are compared at 1e-5.
   np.testing.assert_allclose(batched.params.means[0], single.params.means,
-                             rtol=1e-6, atol=1e-8)
+                             rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(
       single.loss, -gx.log_likelihood(single.params, X) + pull(single.params),
       rtol=1e-10)
