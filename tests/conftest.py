@@ -5,7 +5,8 @@ import shutil
 import tempfile
 
 # Compile time is most of this suite's time (75-80% of a typical test's).
-# Two XLA CPU settings cut it: the loop emitters instead of the newer
+# Two XLA settings cut it (the second lowers LLVM's effort on GPUs too; a
+# GPU run sets GMMJAX_TEST_CPU_FLAGS=0, see benchmarks/gpu_run.sh): the loop emitters instead of the newer
 # "fusion emitters" (about 40% faster compiles, kernels as fast), and LLVM's
 # optimisation level 0 (the README test command: 9:03-9:22 with the first
 # alone, 5:04 with both, 2026-11-26 on the 2-core CI machine). The tests

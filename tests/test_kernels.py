@@ -197,6 +197,26 @@ def test_chunk_size_respects_budget():
   assert cov_ops.chunk_size(50, 4, 2, "full", jnp.float32) == 50
 
 
+def test_accelerator_chunk_budget(monkeypatch):
+  """Off CPU: ACCELERATOR_CHUNK_BYTES, at most 1/32 of what the device may
+  allocate, no whitened-form factor; without memory statistics the
+  constant. (The backend is patched: this machine has no accelerator.)"""
+  monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
+  for mem, want in ((None, 1 << 30), (128 << 30, 1 << 30),
+                    (12 << 30, (12 << 30) // 32)):
+    monkeypatch.setattr(cov_ops, "_device_memory", lambda mem=mem: mem)
+    assert cov_ops.chunk_bytes() == want
+    n, k, d = 10**7, 64, 64
+    c = cov_ops.chunk_size(n, k, d, "full", jnp.float32)
+    assert c == want // (k * d * 4)
+    c = cov_ops.chunk_size(n, k, d, "diag", jnp.float32)
+    assert c == want // (3 * k * 4)
+  monkeypatch.setattr(cov_ops, "_on_cpu", lambda: True)
+  c = cov_ops.chunk_size(10**7, 64, 64, "full", jnp.float32)
+  assert c == (cov_ops.WHITENED_BUDGET_FACTOR * cov_ops.CHUNK_BYTES
+               // (64 * 64 * 4))
+
+
 @pytest.mark.parametrize("ctype", ["full"])
 def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
   w, means, cov = _random_params(8, ctype)

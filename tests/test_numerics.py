@@ -97,6 +97,47 @@ def test_cholesky_jitter_takes_the_first_step_that_factorises():
   assert np.all(np.isfinite(np.asarray(prec)))
 
 
+@pytest.mark.parametrize("ctype", ["full", "tied"])
+def test_gradients_through_a_jittered_factorisation(x64, ctype):
+  """Reverse and forward mode through precision_cholesky_jittered where a
+  matrix needs a jitter of a few ladder rungs equal those of the plain
+  factorisation of ``cov + jitter I`` (the jitter a constant), in float64,
+  and agree with central finite differences. The ladder's unused rungs
+  have NaN factors, which must not leak into the gradient."""
+  rng = np.random.default_rng(3)
+  v = rng.normal(size=(4, 2))
+  # Rank 2, indefinite by 1e-9: the last rung (10**7 eps * scale, 8.6e-9)
+  # factorises with a margin that finite differences can resolve.
+  bad = v @ v.T - 1e-9 * np.eye(4)
+  cov = bad if ctype == "tied" else np.stack([bad, _spd(rng, 4)])
+  jitter = np.asarray(gx.cholesky_jitter(cov))
+  # At least the second rung: the first one's factor is NaN.
+  assert np.max(jitter) > 5 * np.finfo(np.float64).eps * np.trace(bad) / 4
+  weights = jax.numpy.asarray(rng.normal(size=cov.shape))
+
+  def objective(c):
+    _, prec, _ = cov_ops.precision_cholesky_jittered(c, ctype)
+    return jax.numpy.sum(weights * prec) * 1e-6
+
+  def plain(c):
+    eye = np.eye(4)
+    shift = jitter[..., None, None] * eye if ctype == "full" else jitter * eye
+    return jax.numpy.sum(weights * cov_ops.precision_cholesky(
+        c + shift, ctype)) * 1e-6
+
+  g = np.asarray(jax.grad(objective)(cov))
+  assert np.all(np.isfinite(g))
+  np.testing.assert_allclose(g, np.asarray(jax.grad(plain)(cov)), rtol=1e-6,
+                             atol=1e-12 * np.abs(g).max())
+  t = rng.normal(size=cov.shape)
+  t = 0.5 * (t + np.swapaxes(t, -1, -2))
+  _, jvp = jax.jvp(objective, (cov,), (t,))
+  h = 1e-3 * np.min(jitter[jitter > 0])
+  fd = (objective(cov + h * t) - objective(cov - h * t)) / (2 * h)
+  np.testing.assert_allclose(float(jvp), float(fd), rtol=1e-4)
+  np.testing.assert_allclose(float(jvp), float(np.sum(g * t)), rtol=1e-8)
+
+
 def test_cholesky_jitter_gives_up_on_a_zero_matrix():
   # No relative jitter can factorise a zero covariance (a component on one
   # point with reg_covar=0): the factor stays non-finite, and fit reports it

@@ -91,17 +91,19 @@ def _cholesky_ok(cov):
 def _jitter_ladder(cov, ok):
   """Per matrix, the first ladder rung that factorises.
 
-  Returns ``(jitter, cov + jitter I, its Cholesky factor)``, with jitter 0
-  where ``ok``. The factor returned is the very one that passed the test:
-  recomputing it from ``cov + jitter I`` elsewhere in a compiled program can
-  round differently (fused multiply-adds, another batch layout) and fail on
-  a rung that sits at the rounding level, which is where the smallest rung
-  is meant to be. Differentiable in ``cov`` (the rungs are constants).
+  Returns ``(jitter, factor)``: the rung (0 where ``ok``) and the Cholesky
+  factor of ``cov + rung I`` (meaningful only where not ``ok``). The factor
+  is the very one that passed the test: recomputing it from ``cov + jitter
+  I`` elsewhere in a compiled program can round differently (other
+  instructions, another batch layout) and fail on a rung that sits at the
+  rounding level, which is where the smallest rung is meant to be. Not
+  differentiated: the unused rungs' factors are NaN, and a zero cotangent
+  times NaN is NaN (see :func:`_cholesky_of`).
   """
+  cov = lax.stop_gradient(cov)
   dtype = cov.dtype
   eps = jnp.finfo(dtype).eps
-  scale = lax.stop_gradient(
-      jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1))
+  scale = jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1)
   powers = jnp.asarray(10.0, dtype) ** jnp.arange(JITTER_STEPS, dtype=dtype)
   rungs = scale[..., None] * eps * powers  # (..., JITTER_STEPS)
   # All rungs at once: one batched factorisation, no loop to compile.
@@ -112,13 +114,33 @@ def _jitter_ladder(cov, ok):
   first = jnp.where(jnp.any(good, axis=-1), jnp.argmax(good, axis=-1),
                     JITTER_STEPS - 1)
   jitter = jnp.take_along_axis(rungs, first[..., None], axis=-1)[..., 0]
-
-  def pick(a):
-    return jnp.take_along_axis(a, first[..., None, None, None],
+  factor = jnp.take_along_axis(chols, first[..., None, None, None],
                                axis=-3)[..., 0, :, :]
+  return jnp.where(ok, jnp.zeros_like(jitter), jitter), factor
 
-  return jnp.where(ok, jnp.zeros_like(jitter), jitter), pick(trial), pick(
-      chols)
+
+@jax.custom_jvp
+def _cholesky_of(cov, chol):
+  """``chol``, a Cholesky factor of ``cov`` computed elsewhere, with the
+  derivative of ``cholesky(cov)``: ``dL = L Phi(L^-1 dC L^-T)``, ``Phi``
+  the lower triangle with the diagonal halved (``dC`` symmetrised, as
+  ``jnp.linalg.cholesky`` does). ``chol`` itself is not differentiated."""
+  del cov
+  return chol
+
+
+@_cholesky_of.defjvp
+def _cholesky_of_jvp(primals, tangents):
+  _, chol = primals
+  dcov, _ = tangents
+  chol = lax.stop_gradient(chol)
+  dcov = 0.5 * (dcov + jnp.swapaxes(dcov, -1, -2))
+  tmp = lax.linalg.triangular_solve(chol, dcov, left_side=True, lower=True)
+  x = lax.linalg.triangular_solve(chol, tmp, left_side=False, lower=True,
+                                  transpose_a=True)
+  phi = jnp.tril(x, -1) + 0.5 * jnp.diagonal(
+      x, axis1=-2, axis2=-1)[..., None] * _eye_like(x)
+  return chol, mm.matmul(chol, phi)
 
 
 def cholesky_jitter(covariances):
@@ -156,17 +178,22 @@ def precision_cholesky_jittered(covariances, covariance_type: str):
   if not _is_matrix(covariance_type):
     return (covariances, precision_cholesky(covariances, covariance_type),
             jnp.zeros((), covariances.dtype))
-  chol = jnp.linalg.cholesky(covariances)
-  ok = lax.stop_gradient(_chol_ok(chol))
+  # The factors are computed as constants and the derivative is attached
+  # from the one used (_cholesky_of): a failed factor is NaN, and reverse
+  # mode through any computation of it (a zero cotangent times NaN) would
+  # make every gradient NaN, though the branch taken never uses it.
+  chol = lax.stop_gradient(jnp.linalg.cholesky(covariances))
+  ok = _chol_ok(chol)
 
   def repair():
-    jitter, trial, trial_chol = _jitter_ladder(covariances, ok)
-    keep_old = ok[..., None, None]
-    return (jnp.where(keep_old, covariances, trial),
-            jnp.where(keep_old, chol, trial_chol), jnp.max(jitter))
+    jitter, trial_chol = _jitter_ladder(covariances, ok)
+    repaired = covariances + jitter[..., None, None] * _eye_like(covariances)
+    factor = jnp.where(ok[..., None, None], chol, trial_chol)
+    return repaired, _cholesky_of(repaired, factor), jnp.max(jitter)
 
   def keep():
-    return covariances, chol, jnp.zeros((), covariances.dtype)
+    return (covariances, _cholesky_of(covariances, chol),
+            jnp.zeros((), covariances.dtype))
 
   covariances, chol, jitter = lax.cond(any_in_batch(~jnp.all(ok)), repair,
                                        keep)
@@ -223,14 +250,17 @@ def log_det_cholesky(prec_chol, covariance_type: str, n_features: int):
 CHUNK_BYTES = 2 << 20
 _MIN_CHUNK = 128
 
-# The same budget on GPUs and TPUs, capped at 1/32 of the device's memory.
+# The budget on GPUs and TPUs, capped at 1/32 of the memory JAX may
+# allocate on the device (``bytes_limit``, about 75% of a GPU by default).
 # There each of a chunk's kernels launches once per chunk and a scan step
 # costs a round-trip, so cache-sized chunks leave the device idle and long
 # GEMMs run nearer the product rate. 1,000,000 x 64, K=64 full, float32 on
 # an H200 (2026-11-26, benchmarks/README.md): 209 ms per iteration at 8 MiB
 # (1,954 chunks), 76 at 64, 54 at 256 and 48 at 1,024 MiB (16 chunks), 44%
-# of the float32 product rate. Memory stays bounded on data far larger
-# than the device.
+# of the float32 product rate (TPUs unmeasured). The budget is per fit: the
+# members of a vmapped batch (restarts, model selection, a user's vmap)
+# each hold their own chunk, so B members take about B times the memory.
+# The backend is JAX's default one, not the device an array was placed on.
 ACCELERATOR_CHUNK_BYTES = 1 << 30
 _ACCELERATOR_MEMORY_SHARE = 32
 
@@ -254,8 +284,8 @@ def chunk_bytes() -> int:
   """The default chunk budget of the default backend.
 
   ``CHUNK_BYTES`` on CPU; on accelerators ``ACCELERATOR_CHUNK_BYTES``, at
-  most 1/32 of the device's memory where it reports that (a 16 GB card
-  gets 512 MB chunks).
+  most 1/32 of the memory JAX may allocate there where the device reports
+  it (a 16 GB GPU, 12 GB allocatable: 384 MB chunks).
   """
   if _on_cpu():
     return CHUNK_BYTES
@@ -834,12 +864,17 @@ def sample_noise(key, prec_chol, covariances, labels, covariance_type: str,
                  n_features: int, dtype):
   """Zero-mean Gaussian draws with each sample's component covariance."""
   z = jax.random.normal(key, (labels.shape[0], n_features), dtype)
-  if covariance_type == "full":
-    chol = jnp.linalg.cholesky(covariances)
+  if _is_matrix(covariance_type):
+    # The covariance's lower Cholesky factor is U^-T for the stored
+    # precision factor U (U U^T = Sigma^-1), taken from U rather than by
+    # refactorising Sigma: a covariance the fit repaired with a jitter can
+    # fail a second factorisation by rounding.
+    chol = lax.linalg.triangular_solve(
+        prec_chol, _eye_like(prec_chol), left_side=True, lower=False,
+        transpose_a=True)
+    if covariance_type == "tied":
+      return mm.matmul(z, chol.T)
     return mm.einsum("nde,ne->nd", chol[labels], z)
-  if covariance_type == "tied":
-    chol = jnp.linalg.cholesky(covariances)
-    return mm.matmul(z, chol.T)
   if covariance_type == "diag":
     return z * jnp.sqrt(covariances)[labels]
   return z * jnp.sqrt(covariances)[labels][:, None]
