@@ -50,16 +50,6 @@ def set_budget(nbytes):
   jax.clear_caches()
 
 
-def time_budget(X, p0, iters, repeats):
-  short, _ = b.compile_time(b.gx_fit_fn("full", 1, 0.0), X, p0)
-  long, c = b.compile_time(b.gx_fit_fn("full", 1 + iters, 0.0), X, p0)
-  b._block(short(X, p0))
-  res = b._block(long(X, p0))
-  ts = b.time_runs(lambda: b._block(short(X, p0)), repeats)
-  tl = b.time_runs(lambda: b._block(long(X, p0)), repeats)
-  return c, b.per_iteration(ts, tl, iters), float(res.history[iters])
-
-
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--workloads", default="gpu,3,2")
@@ -85,18 +75,17 @@ def main(argv=None):
       n //= 10
     X = b.make_blobs(n, d, k, seed=0)
     init = b.initial_params(X, k, "full")
-    Xj = jnp.asarray(X)
-    p0 = b.gx_params(init, "full", np.float32)
-    flops = 4.0 * n * k * d * d
     for mib in budgets:
       set_budget(int(mib * 2**20))
       chunk = cov_ops.chunk_size(n, k, d, "full", jnp.float32)
       t0 = time.perf_counter()
-      c, per_iter, ll = time_budget(Xj, p0, args.iters, args.repeats)
-      gf = flops / per_iter / 1e9
+      (r,) = b.fixed_iterations(name, X, init, "full", np.float32, args.iters,
+                                args.repeats, libs=set())
+      gf = r["flops_per_iter"] / r["per_iter_s"] / 1e9
       row = dict(workload=name, n=n, d=d, k=k, budget_mib=mib, chunk=chunk,
-                 n_chunks=-(-n // chunk), compile_s=c, per_iter_ms=1e3 *
-                 per_iter, gflops=gf, pct_matmul=100 * gf / peak, ll=ll,
+                 n_chunks=-(-n // chunk), compile_s=r["compile_s"],
+                 per_iter_ms=1e3 * r["per_iter_s"], gflops=gf,
+                 pct_matmul=100 * gf / peak, ll=r["ll_fixed"],
                  wall_s=time.perf_counter() - t0)
       rows.append(row)
       print(json.dumps(row), flush=True)

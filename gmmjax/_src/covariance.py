@@ -110,7 +110,7 @@ def _jitter_ladder(cov, ok):
   eye = jnp.eye(cov.shape[-1], dtype=dtype)
   trial = cov[..., None, :, :] + rungs[..., None, None] * eye
   chols = jnp.linalg.cholesky(trial)
-  good = lax.stop_gradient(_chol_ok(chols))  # (..., JITTER_STEPS)
+  good = _chol_ok(chols)  # (..., JITTER_STEPS)
   first = jnp.where(jnp.any(good, axis=-1), jnp.argmax(good, axis=-1),
                     JITTER_STEPS - 1)
   jitter = jnp.take_along_axis(rungs, first[..., None], axis=-1)[..., 0]
@@ -219,13 +219,21 @@ def precisions_from_cholesky(prec_chol, covariance_type: str):
   return prec_chol * prec_chol
 
 
+def _covariance_factor(prec_chol):
+  """Lower Cholesky factor ``P^-T`` of the covariance (full/tied): the
+  precision factor ``P`` is upper triangular, so ``Sigma = (P P^T)^-1 =
+  P^-T P^-1``. Taken from ``P``, not by refactorising ``Sigma``, which a
+  covariance repaired with a jitter can fail by rounding."""
+  inv = lax.linalg.triangular_solve(
+      prec_chol, _eye_like(prec_chol), left_side=True, lower=False)
+  return jnp.swapaxes(inv, -1, -2)
+
+
 def covariances_from_cholesky(prec_chol, covariance_type: str):
   """Covariances from precision Cholesky factors, by triangular solves."""
   if _is_matrix(covariance_type):
-    # prec_chol is upper triangular: Sigma = (P P^T)^-1 = P^-T P^-1.
-    inv = lax.linalg.triangular_solve(
-        prec_chol, _eye_like(prec_chol), left_side=True, lower=False)
-    return mm.matmul(jnp.swapaxes(inv, -1, -2), inv)
+    factor = _covariance_factor(prec_chol)
+    return mm.matmul(factor, jnp.swapaxes(factor, -1, -2))
   return 1.0 / (prec_chol * prec_chol)
 
 
@@ -865,13 +873,7 @@ def sample_noise(key, prec_chol, covariances, labels, covariance_type: str,
   """Zero-mean Gaussian draws with each sample's component covariance."""
   z = jax.random.normal(key, (labels.shape[0], n_features), dtype)
   if _is_matrix(covariance_type):
-    # The covariance's lower Cholesky factor is U^-T for the stored
-    # precision factor U (U U^T = Sigma^-1), taken from U rather than by
-    # refactorising Sigma: a covariance the fit repaired with a jitter can
-    # fail a second factorisation by rounding.
-    chol = lax.linalg.triangular_solve(
-        prec_chol, _eye_like(prec_chol), left_side=True, lower=False,
-        transpose_a=True)
+    chol = _covariance_factor(prec_chol)
     if covariance_type == "tied":
       return mm.matmul(z, chol.T)
     return mm.einsum("nde,ne->nd", chol[labels], z)
