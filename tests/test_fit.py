@@ -6,6 +6,7 @@ import pytest
 
 import gmmjax as gx
 from gmmjax._src import batching, compiling
+from gmmjax._src import covariance as cov_ops
 from gmmjax._src import fit as fit_lib
 from tests.conftest import make_blobs
 
@@ -77,14 +78,22 @@ def test_vmap_over_initial_params_equals_separate_fits(X, x64):
   assert len(n_iters) > 1  # members really stopped at different iterations
 
 
-@pytest.mark.parametrize("block", [2, 1])
-def test_vmapped_problems_compacted_equal_separate_fits(X, x64, small_blocks,
-                                                        retrace, block):
+@pytest.mark.parametrize("block", [2, 1, 4])
+def test_vmapped_problems_compacted_equal_separate_fits(
+    X, x64, small_blocks, retrace, monkeypatch, block):
   # 7 problems (blocks of 2, the last one partial, or of 1: the unbatched
   # body) on different data, so that they stop at different iterations and
-  # finished ones are skipped.
+  # finished ones are skipped. Block 4: an accelerator's memory bound
+  # (backend patched) with 4 KiB chunks: each member's E-step (180 x 3 x 2
+  # float64, 8,640 bytes) is capped at one chunk, and
+  # ACCELERATOR_BLOCK_CHUNKS = 4 chunks make blocks of 4.
   if block == 1:
     retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
+  if block == 4:
+    monkeypatch.setattr(batching, "_on_cpu", lambda: False)
+    monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
+    monkeypatch.setattr(cov_ops, "_device_memory", lambda: None)
+    retrace(cov_ops, "ACCELERATOR_CHUNK_BYTES", 4096)
   rng = np.random.default_rng(0)
   Xs = np.stack([np.asarray(X) * rng.uniform(0.5, 1.5)
                  + rng.normal(0, 0.3, X.shape) for _ in range(7)])

@@ -99,3 +99,30 @@ def test_bad_arguments():
     gx.init_params(jax.random.key(0), X, 2, method="bogus")
   with pytest.raises(ValueError, match="covariance_type"):
     gx.init_params(jax.random.key(0), X, 2, covariance_type="bogus")
+
+
+@pytest.mark.parametrize("blocks", ["vmapped", "pairs", "sequential"])
+def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, blocks):
+  """Restart i of init_restarts is init_params(split(key, n)[i]), whether
+  the restarts run vmapped (small data), in blocks (lax.map with a batch
+  size: 5 restarts in pairs, a remainder of one) or one at a time (large
+  data; forced here through the block thresholds)."""
+  from gmmjax._src import batching, restarts
+  if blocks != "vmapped":
+    retrace(batching, "_on_cpu", lambda: True)
+    retrace(batching, "_MIN_BLOCKS", 1)
+    retrace(batching, "BLOCK_BYTES", 1)
+    retrace(batching, "_MIN_BLOCK", 2)
+  if blocks == "sequential":
+    retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
+  key = jax.random.key(7)
+  batch = restarts.init_restarts(key, X, 4, n_init=5, method="kmeans")
+  keys = jax.random.split(key, 5)
+  for i in range(5):
+    one = gx.init_params(keys[i], X, 4, method="kmeans")
+    for a, b in zip(jax.tree.leaves(batch), jax.tree.leaves(one)):
+      np.testing.assert_allclose(np.asarray(a[i]), np.asarray(b),
+                                 rtol=1e-10, atol=1e-12)
+  # The restarts differ (their k-means orders the clusters differently),
+  # else the per-restart comparison above would prove little.
+  assert np.ptp(np.asarray(batch.means), axis=0).max() > 1.0

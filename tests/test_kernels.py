@@ -217,6 +217,27 @@ def test_accelerator_chunk_budget(monkeypatch):
                // (64 * 64 * 4))
 
 
+def test_accelerator_blocks_bound_vmapped_memory(monkeypatch):
+  """Off CPU, a vmapped EM loop runs at most ACCELERATOR_BLOCK_CHUNKS
+  members' chunks at a time: 100 restarts of 1,000,000 x 64, K=64 (each
+  capped at a 1 GiB chunk) in blocks of 4; members smaller than a chunk
+  together up to the same bytes; small problems all at once."""
+  from gmmjax._src import batching
+  monkeypatch.setattr(batching, "_on_cpu", lambda: False)
+  monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
+  monkeypatch.setattr(cov_ops, "_device_memory", lambda: 96 << 30)
+  gib = 1 << 30
+  assert batching.ACCELERATOR_BLOCK_CHUNKS == 4
+  assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 4
+  assert batching.block_size(100, gib // 2) == 8
+  assert batching.block_size(100, gib // 64) == 100
+  assert batching.block_size(3, 10**6 * 64 * 64 * 4) == 3
+  # A 12 GB device: 384 MB chunks, blocks of 4 of them.
+  monkeypatch.setattr(cov_ops, "_device_memory", lambda: 12 << 30)
+  assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 4
+  assert batching.block_size(100, (12 << 30) // 64) == 8
+
+
 @pytest.mark.parametrize("ctype", ["full"])
 def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
   w, means, cov = _random_params(8, ctype)

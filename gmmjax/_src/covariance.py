@@ -266,8 +266,10 @@ _MIN_CHUNK = 128
 # an H200 (2026-11-26, benchmarks/README.md): 209 ms per iteration at 8 MiB
 # (1,954 chunks), 76 at 64, 54 at 256 and 48 at 1,024 MiB (16 chunks), 44%
 # of the float32 product rate (TPUs unmeasured). The budget is per fit: the
-# members of a vmapped batch (restarts, model selection, a user's vmap)
-# each hold their own chunk, so B members take about B times the memory.
+# members of a vmapped batch each hold their own chunk. gmmjax's EM loops
+# (fit, restarts, model selection, a user's vmap of fit) run their members
+# in blocks of at most batching.ACCELERATOR_BLOCK_CHUNKS chunks; a user's
+# vmap of the E-step or log-likelihood alone takes B times the memory.
 # The backend is JAX's default one, not the device an array was placed on.
 ACCELERATOR_CHUNK_BYTES = 1 << 30
 _ACCELERATOR_MEMORY_SHARE = 32
