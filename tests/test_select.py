@@ -166,3 +166,21 @@ def test_bad_arguments():
     select.select_n_components(X, [1, 11])
   with pytest.raises(ValueError, match="2-D array"):
     select.select_n_components(X[:, 0], [1, 2])
+
+
+def test_progress_callback_reports_only_running_fits():
+  """Every fit of the sweep reports each of its own iterations once: the
+  vmapped loop's stopped members (finished, or filler of a block) do not.
+  With one restart per k the table's n_iter are all the fits there are."""
+  X = four_component_data(seed=3, n_per=60)
+  calls = []
+  result = select.select_n_components(
+      X, [1, 2, 3, 5], covariance_type="diag", init_params="random",
+      tol=1e-6, max_iter=60, key=jax.random.key(2),
+      callback=lambda n, ll, change: calls.append((int(n), float(ll))))
+  jax.effects_barrier()
+  n_iter = result.table["n_iter"].tolist()
+  assert len(set(n_iter)) > 1, n_iter  # fits stop at different iterations
+  assert len(calls) == sum(n_iter)
+  assert max(n for n, _ in calls) == max(n_iter)
+  assert all(np.isfinite(ll) for _, ll in calls)

@@ -6,7 +6,10 @@ its log-weight is ``-inf``, its responsibilities are exactly 0 and its
 statistics are exactly 0: it never wakes up, and the active components follow
 the same EM iterations as an unpadded ``k``-component fit. All ``k`` and all
 restarts then share one shape and run as one vmapped ``while_loop``: one
-compile for the whole sweep instead of one per ``k``.
+compile for the whole sweep instead of one per ``k``. The loop is
+:func:`gmmjax._src.batching.while_loop`, as in ``fit``: on CPU each fit
+stops at its own iteration instead of running until the slowest one stops
+(10 k's x 2 restarts of 20,000 x 8, full: 1.23 s against 2.2-2.5 s).
 
 The loop reuses the sufficient-statistics spine
 (:func:`gmmjax.e_step_stats`, :func:`gmmjax.params_from_stats`); the mask
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import checks
+from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
@@ -171,18 +174,28 @@ class _Carry(NamedTuple):
 
 def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
                 callback):
-  """The EM loop of ``fit``, on padded params with a component mask."""
+  """The EM loop of ``fit``, on padded params with a component mask.
+
+  Driven by :func:`gmmjax._src.batching.while_loop`, as ``fit``'s: in the
+  sweep's vmap over every ``k`` and restart, members that have converged
+  skip the remaining iterations (on CPU), and on accelerators members run
+  in blocks whose chunks fit the device's memory.
+  """
 
   def cond(c):
     return (c.n_iter < max_iter) & ~c.converged & ~c.failed
 
-  def body(c):
+  def body(c, ops, active=None):
+    X, sample_weight, tol, reg_covar, mask = ops
     new, ll, jitter = _masked_em_step(c.params, mask, X, sample_weight,
                                       reg_covar)
     ok = all_finite(new) & jnp.isfinite(ll)
     change = ll - c.prev_ll
     if callback is not None:
-      fit_lib.progress_callback(callback, c.n_iter + 1, ll, change)
+      # Only running members report (see fit's loop).
+      shown = ok & (cond(c) if active is None else active)
+      fit_lib.progress_callback(callback, c.n_iter + 1, ll, change,
+                                active=shown)
     return _Carry(
         params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
         prev_ll=jnp.where(ok, ll, c.prev_ll),
@@ -194,7 +207,10 @@ def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
   init = _Carry(params, jnp.asarray(-jnp.inf, X.dtype),
                 jnp.zeros((), jnp.int32), jnp.zeros((), bool),
                 jnp.zeros((), bool), jnp.zeros((), X.dtype))
-  out = lax.while_loop(cond, body, init)
+  k, d = params.means.shape
+  out = batching.while_loop(
+      cond, body, init, (X, sample_weight, tol, reg_covar, mask),
+      member_bytes=X.shape[0] * k * d * X.dtype.itemsize)
   final = stats_lib.e_step_stats(out.params, X, sample_weight)
   total_ll = final.log_likelihood
   failed = out.failed | ~jnp.isfinite(total_ll)
