@@ -25,7 +25,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_ops
