@@ -78,18 +78,18 @@ def test_vmap_over_initial_params_equals_separate_fits(X, x64):
   assert len(n_iters) > 1  # members really stopped at different iterations
 
 
-@pytest.mark.parametrize("block", [2, 1, 4])
+@pytest.mark.parametrize("block", [2, 1, 3])
 def test_vmapped_problems_compacted_equal_separate_fits(
     X, x64, small_blocks, retrace, monkeypatch, block):
   # 7 problems (blocks of 2, the last one partial, or of 1: the unbatched
   # body) on different data, so that they stop at different iterations and
-  # finished ones are skipped. Block 4: an accelerator's memory bound
+  # finished ones are skipped. Block 3: an accelerator's memory bound
   # (backend patched) with 4 KiB chunks: each member's E-step (180 x 3 x 2
-  # float64, 8,640 bytes) is capped at one chunk, and
-  # ACCELERATOR_BLOCK_CHUNKS = 4 chunks make blocks of 4.
+  # float64, 8,640 bytes) is capped at one chunk, and blocks hold 3.
   if block == 1:
     retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
-  if block == 4:
+  if block == 3:
+    retrace(batching, "ACCELERATOR_BLOCK_CHUNKS", 3)
     monkeypatch.setattr(batching, "_on_cpu", lambda: False)
     monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
     monkeypatch.setattr(cov_ops, "_device_memory", lambda: None)

@@ -218,24 +218,24 @@ def test_accelerator_chunk_budget(monkeypatch):
 
 
 def test_accelerator_blocks_bound_vmapped_memory(monkeypatch):
-  """Off CPU, a vmapped EM loop runs at most ACCELERATOR_BLOCK_CHUNKS
+  """Off CPU, a vmapped EM loop runs at most ACCELERATOR_BLOCK_CHUNKS (2)
   members' chunks at a time: 100 restarts of 1,000,000 x 64, K=64 (each
-  capped at a 1 GiB chunk) in blocks of 4; members smaller than a chunk
-  together up to the same bytes; small problems all at once."""
+  capped at a 1 GiB chunk) in pairs; members smaller than a chunk together
+  up to the same bytes; small problems all at once."""
   from gmmjax._src import batching
   monkeypatch.setattr(batching, "_on_cpu", lambda: False)
   monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
   monkeypatch.setattr(cov_ops, "_device_memory", lambda: 96 << 30)
   gib = 1 << 30
-  assert batching.ACCELERATOR_BLOCK_CHUNKS == 4
-  assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 4
-  assert batching.block_size(100, gib // 2) == 8
+  assert batching.ACCELERATOR_BLOCK_CHUNKS == 2
+  assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 2
+  assert batching.block_size(100, gib // 2) == 4
   assert batching.block_size(100, gib // 64) == 100
-  assert batching.block_size(3, 10**6 * 64 * 64 * 4) == 3
-  # A 12 GB device: 384 MB chunks, blocks of 4 of them.
+  assert batching.block_size(2, 10**6 * 64 * 64 * 4) == 2
+  # A 12 GB device: 384 MB chunks, blocks of 2 of them.
   monkeypatch.setattr(cov_ops, "_device_memory", lambda: 12 << 30)
-  assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 4
-  assert batching.block_size(100, (12 << 30) // 64) == 8
+  assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 2
+  assert batching.block_size(100, (12 << 30) // 64) == 4
 
 
 @pytest.mark.parametrize("ctype", ["full"])

@@ -53,10 +53,13 @@ SEQUENTIAL_MEMBER_BYTES = 2 << 20
 # On accelerators, members run together up to this many E-step chunks
 # (covariance.chunk_bytes(), at most 1/32 of the device's memory each) at a
 # time. A member's chunk there is up to 1 GiB, and a plain vmapped loop
-# holds one per member: 100 restarts or model-selection fits of 1,000,000 x
-# 64, K=64 would ask for 100 GiB per intermediate. Members of smaller
-# problems (whose whole E-step is below a chunk) still run all at once.
-ACCELERATOR_BLOCK_CHUNKS = 4
+# holds one per member: 32 restarts of 1,000,000 x 64, K=64 asked an H200
+# limited to 18 GB for 16.8 GiB at once and ran out of memory (2026-11-26).
+# A fit's program holds about 2 chunks of temporaries on CPU (1.1 GiB for
+# 537 MiB chunks) and more on a GPU; blocks of 4 chunks asked for 11.4 GiB
+# there and still failed, so blocks hold 2. Members of smaller problems
+# (whose whole E-step is below a chunk) still run all at once.
+ACCELERATOR_BLOCK_CHUNKS = 2
 
 
 def _on_cpu() -> bool:
