@@ -65,6 +65,47 @@ def test_round_trips_are_exact(x64, covariance_type):
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "tied"])
+def test_free_coordinates_use_the_stored_factor(x64, covariance_type):
+  """to_unconstrained takes the covariance factor from the stored precision
+  factor, with cholesky's derivative: its tangent w.r.t. the covariances
+  equals that of jnp.linalg.cholesky (1e-10), and a model whose stored
+  covariance does not refactorise (singular by rounding, repaired by a
+  jitter its factor includes) still gets finite coordinates that map back
+  to its factor."""
+  rng = np.random.default_rng(4)
+  p = _random_params(rng, covariance_type)
+  t = rng.normal(size=p.covariances.shape)
+  t = 0.5 * (t + np.swapaxes(t, -1, -2))
+
+  def scale(cov):
+    return to_unconstrained(p.replace(covariances=cov)).scale
+
+  def scale_ref(cov):
+    chol = jnp.linalg.cholesky(cov)
+    diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
+    return jnp.tril(chol, -1) + jnp.log(diag)[..., None] * jnp.eye(3)
+
+  out, dout = jax.jvp(scale, (p.covariances,), (t,))
+  ref, dref = jax.jvp(scale_ref, (p.covariances,), (t,))
+  np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(dout, dref, rtol=1e-10, atol=1e-12)
+  # Rank 2 of 3, indefinite by 1e-10: cholesky fails; the factor of
+  # cov + 1e-8 I is stored.
+  v = rng.normal(size=(3, 2))
+  bad = v @ v.T - 1e-10 * np.eye(3)
+  if covariance_type == "full":
+    bad = np.broadcast_to(bad, (K, 3, 3))
+  assert not np.all(np.isfinite(np.asarray(jnp.linalg.cholesky(bad))))
+  known = gx.make_params(p.weights, p.means, bad + 1e-8 * np.eye(3),
+                         covariance_type).precisions_cholesky
+  q = p.replace(covariances=jnp.asarray(bad), precisions_cholesky=known)
+  u = to_unconstrained(q)
+  assert np.all(np.isfinite(np.asarray(u.scale)))
+  np.testing.assert_allclose(from_unconstrained(u).precisions_cholesky,
+                             known, rtol=1e-6, atol=1e-9 * np.abs(known).max())
+
+
 @pytest.mark.parametrize("covariance_type", TYPES)
 def test_negative_log_likelihood_matches_scipy(x64, covariance_type):
   rng = np.random.default_rng(1)

@@ -138,6 +138,47 @@ def test_gradients_through_a_jittered_factorisation(x64, ctype):
   np.testing.assert_allclose(float(jvp), float(np.sum(g * t)), rtol=1e-8)
 
 
+@pytest.mark.parametrize("ctype", ["full", "tied"])
+def test_given_precision_factor_has_the_factorisations_derivative(x64,
+                                                                 ctype):
+  """precision_cholesky_given returns the factor it is given and the
+  tangent of precision_cholesky (float64, to 1e-10), also where refactorising
+  the covariance fails: a covariance singular by rounding whose factor is
+  known (a fit's jittered result) gets that factor and a finite tangent,
+  the derivative at the repaired matrix."""
+  rng = np.random.default_rng(5)
+  cov = _spd(rng, 4) if ctype == "tied" else np.stack(
+      [_spd(rng, 4), _spd(rng, 4)])
+  t = rng.normal(size=cov.shape)
+  t = 0.5 * (t + np.swapaxes(t, -1, -2))
+  prec = cov_ops.precision_cholesky(cov, ctype)
+  out, dout = jax.jvp(
+      lambda c: cov_ops.precision_cholesky_given(c, prec, ctype), (cov,),
+      (t,))
+  ref, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, ctype),
+                      (cov,), (t,))
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(prec))
+  np.testing.assert_allclose(np.asarray(dout), np.asarray(dref), rtol=1e-10,
+                             atol=1e-12)
+  # Rank 2, indefinite by 1e-10: no factor, but the repaired matrix's one
+  # is known.
+  v = rng.normal(size=(4, 2))
+  bad = v @ v.T - 1e-10 * np.eye(4)
+  assert not np.all(np.isfinite(np.asarray(
+      cov_ops.precision_cholesky(bad, "tied"))))
+  repaired = bad + 1e-8 * np.eye(4)
+  known = cov_ops.precision_cholesky(repaired, "tied")
+  out, dout = jax.jvp(
+      lambda c: cov_ops.precision_cholesky_given(c, known, "tied"), (bad,),
+      (t if ctype == "tied" else t[0],))
+  _, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, "tied"),
+                    (repaired,), (t if ctype == "tied" else t[0],))
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(known))
+  assert np.all(np.isfinite(np.asarray(dout)))
+  np.testing.assert_allclose(np.asarray(dout), np.asarray(dref), rtol=1e-8,
+                             atol=1e-12 * np.abs(np.asarray(dref)).max())
+
+
 def test_cholesky_jitter_gives_up_on_a_zero_matrix():
   # No relative jitter can factorise a zero covariance (a component on one
   # point with reg_covar=0): the factor stays non-finite, and fit reports it

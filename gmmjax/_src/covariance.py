@@ -138,9 +138,50 @@ def _cholesky_of_jvp(primals, tangents):
   tmp = lax.linalg.triangular_solve(chol, dcov, left_side=True, lower=True)
   x = lax.linalg.triangular_solve(chol, tmp, left_side=False, lower=True,
                                   transpose_a=True)
-  phi = jnp.tril(x, -1) + 0.5 * jnp.diagonal(
+  return chol, mm.matmul(chol, _phi(x))
+
+
+def _phi(x):
+  """Lower triangle of ``x`` with its diagonal halved."""
+  return jnp.tril(x, -1) + 0.5 * jnp.diagonal(
       x, axis1=-2, axis2=-1)[..., None] * _eye_like(x)
-  return chol, mm.matmul(chol, phi)
+
+
+@jax.custom_jvp
+def _precision_cholesky_of(cov, prec_chol):
+  """``prec_chol``, the precision factor of ``cov`` (full/tied) known from
+  elsewhere (a fit's result), with the derivative of
+  ``precision_cholesky(cov)``: from ``dL = L Phi(L^-1 dC L^-T)`` and
+  ``P = L^-T``, ``dP = -P Phi(P^T dC P)^T``, products only. Refactorising a
+  covariance that a fit repaired with a jitter can fail by rounding; this
+  never factorises. ``prec_chol`` itself is not differentiated."""
+  del cov
+  return prec_chol
+
+
+@_precision_cholesky_of.defjvp
+def _precision_cholesky_of_jvp(primals, tangents):
+  _, prec = primals
+  dcov, _ = tangents
+  prec = lax.stop_gradient(prec)
+  dcov = 0.5 * (dcov + jnp.swapaxes(dcov, -1, -2))
+  inner = mm.matmul(jnp.swapaxes(prec, -1, -2), mm.matmul(dcov, prec))
+  return prec, -mm.matmul(prec, jnp.swapaxes(_phi(inner), -1, -2))
+
+
+def precision_cholesky_given(covariances, precisions_cholesky,
+                             covariance_type: str):
+  """``precisions_cholesky`` as a differentiable function of ``covariances``.
+
+  The primal is the given factor (consistent with ``covariances``, e.g. a
+  fit's result, whose covariances may carry the M-step's jitter); the
+  derivative is that of :func:`precision_cholesky`. Diag and spherical
+  factors are recomputed (``1 / sqrt``, no factorisation to fail).
+  """
+  if _is_matrix(covariance_type):
+    return _precision_cholesky_of(covariances,
+                                  lax.stop_gradient(precisions_cholesky))
+  return precision_cholesky(covariances, covariance_type)
 
 
 def cholesky_jitter(covariances):

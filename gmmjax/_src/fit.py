@@ -331,10 +331,16 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
   inputs = (X, sample_weight, reg_covar, prior)
   d_inputs = (dX, dw, dreg, dprior)
 
+  # Both the linearisation of the EM map and the outputs' tangents are taken
+  # at the fixed point, whose precision factors the fit already has: they
+  # are reused (with the factorisation's derivative), not recomputed from
+  # covariances that may carry a jitter (implicit_lib.params_from_theta).
+  prec_chol = out.params.precisions_cholesky
+
   def step(theta, inp):
     x, w, reg, pri = inp
-    new, _ = em_step(implicit_lib.params_from_theta(theta, ctype), x, w, reg,
-                     pri)
+    new, _ = em_step(implicit_lib.params_from_theta(theta, ctype, prec_chol),
+                     x, w, reg, pri)
     return implicit_lib.theta_from_params(new)
 
   theta = implicit_lib.theta_from_params(out.params)
@@ -345,7 +351,7 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
 
   def outputs(th, inp):
     x, w, _, _ = inp
-    p = implicit_lib.params_from_theta(th, ctype)
+    p = implicit_lib.params_from_theta(th, ctype, prec_chol)
     return p, _mean_log_likelihood(p, x, w)
 
   _, (d_params, d_ll) = jax.jvp(outputs, (theta, inputs), (d_theta, d_inputs))

@@ -75,9 +75,23 @@ def theta_from_params(params: GMMParams) -> Theta:
   return Theta(params.weights, params.means, params.covariances)
 
 
-def params_from_theta(theta: Theta, covariance_type: str) -> GMMParams:
-  """:class:`GMMParams` from minimal coordinates (computes the factors)."""
-  prec_chol = cov_ops.precision_cholesky(theta.covariances, covariance_type)
+def params_from_theta(theta: Theta, covariance_type: str,
+                      precisions_cholesky=None) -> GMMParams:
+  """:class:`GMMParams` from minimal coordinates.
+
+  The precision factors are computed from the covariances, or, given
+  ``precisions_cholesky`` (the factors of ``theta``'s own covariances, e.g.
+  a fit's result), taken as they are with the derivative of the
+  factorisation (:func:`gmmjax._src.covariance.precision_cholesky_given`):
+  a fit's covariances may carry the M-step's jitter, and factorising them
+  again can fail by rounding.
+  """
+  if precisions_cholesky is None:
+    prec_chol = cov_ops.precision_cholesky(theta.covariances,
+                                           covariance_type)
+  else:
+    prec_chol = cov_ops.precision_cholesky_given(
+        theta.covariances, precisions_cholesky, covariance_type)
   return GMMParams(theta.weights, theta.means, theta.covariances, prec_chol,
                    covariance_type)
 
