@@ -102,12 +102,17 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("blocks", ["vmapped", "pairs", "sequential"])
-def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, blocks):
+def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, monkeypatch,
+                                                blocks):
   """Restart i of init_restarts is init_params(split(key, n)[i]), whether
   the restarts run vmapped (small data), in blocks (lax.map with a batch
   size: 5 restarts in pairs, a remainder of one) or one at a time (large
   data; forced here through the block thresholds)."""
   from gmmjax._src import batching, restarts
+  chosen = []
+  real = batching.block_size
+  monkeypatch.setattr(batching, "block_size",
+                      lambda *a: chosen.append(real(*a)) or chosen[-1])
   if blocks != "vmapped":
     retrace(batching, "_on_cpu", lambda: True)
     retrace(batching, "_MIN_BLOCKS", 1)
@@ -117,6 +122,7 @@ def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, blocks):
     retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
   key = jax.random.key(7)
   batch = restarts.init_restarts(key, X, 4, n_init=5, method="kmeans")
+  assert chosen == [{"vmapped": 5, "pairs": 2, "sequential": 1}[blocks]]
   keys = jax.random.split(key, 5)
   for i in range(5):
     one = gx.init_params(keys[i], X, 4, method="kmeans")

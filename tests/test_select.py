@@ -168,19 +168,36 @@ def test_bad_arguments():
     select.select_n_components(X[:, 0], [1, 2])
 
 
-def test_progress_callback_reports_only_running_fits():
-  """Every fit of the sweep reports each of its own iterations once: the
-  vmapped loop's stopped members (finished, or filler of a block) do not.
-  With one restart per k the table's n_iter are all the fits there are."""
+def test_compacted_sweep_equals_plain_and_reports_running_fits(x64, request):
+  """The sweep's (k, restart) pairs form one batch of batching.while_loop:
+  in blocks of 2 (forced) the table equals the plain vmapped loop's, and
+  each fit reports each of its own iterations once, in both: stopped
+  members (finished, or a block's filler) do not. With one restart per k
+  the table's n_iter are all the fits there are. (float64: blocks and the
+  plain loop round differently, by 1e-16 here.)"""
   X = four_component_data(seed=3, n_per=60)
-  calls = []
-  result = select.select_n_components(
-      X, [1, 2, 3, 5], covariance_type="diag", init_params="random",
-      tol=1e-6, max_iter=60, key=jax.random.key(2),
-      callback=lambda n, ll, change: calls.append((int(n), float(ll))))
-  jax.effects_barrier()
-  n_iter = result.table["n_iter"].tolist()
+
+  def sweep():
+    calls = []
+    result = select.select_n_components(
+        X, [1, 2, 3, 5], covariance_type="diag", init_params="random",
+        tol=1e-6, max_iter=60, key=jax.random.key(2),
+        callback=lambda n, ll, change: calls.append((int(n), float(ll))))
+    jax.effects_barrier()
+    return result, calls
+
+  plain, plain_calls = sweep()
+  compacted = request.getfixturevalue("small_blocks")
+  blocked, blocked_calls = sweep()
+  assert compacted == [(2, 4)]  # one flat batch of 4 (k, restart) pairs
+  n_iter = plain.table["n_iter"].tolist()
   assert len(set(n_iter)) > 1, n_iter  # fits stop at different iterations
-  assert len(calls) == sum(n_iter)
-  assert max(n for n, _ in calls) == max(n_iter)
-  assert all(np.isfinite(ll) for _, ll in calls)
+  assert blocked.table["n_iter"].tolist() == n_iter
+  np.testing.assert_allclose(blocked.table["log_likelihood"],
+                             plain.table["log_likelihood"], rtol=1e-10)
+  for calls in (plain_calls, blocked_calls):
+    assert len(calls) == sum(n_iter)
+    assert max(n for n, _ in calls) == max(n_iter)
+    assert all(np.isfinite(ll) for _, ll in calls)
+  np.testing.assert_allclose(sorted(plain_calls), sorted(blocked_calls),
+                             rtol=1e-10)

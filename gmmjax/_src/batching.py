@@ -58,7 +58,8 @@ SEQUENTIAL_MEMBER_BYTES = 2 << 20
 # A fit's program holds about 2 chunks of temporaries on CPU (1.1 GiB for
 # 537 MiB chunks) and more on a GPU; blocks of 4 chunks asked for 11.4 GiB
 # there and still failed, so blocks hold 2. Members of smaller problems
-# (whose whole E-step is below a chunk) still run all at once.
+# (whose whole E-step is below a chunk) share a block up to the same bytes,
+# and tiny ones run all at once.
 ACCELERATOR_BLOCK_CHUNKS = 2
 
 
@@ -79,6 +80,23 @@ def block_size(batch: int, member_bytes: int) -> int:
     return 1
   block = max(_MIN_BLOCK, BLOCK_BYTES // max(int(member_bytes), 1))
   return int(batch if batch < _MIN_BLOCKS * block else block)
+
+
+def map_members(fn: Callable, xs, *, member_bytes: int):
+  """``jax.vmap(fn)(xs)`` in :func:`block_size` blocks of members.
+
+  For work outside the EM loop that holds about ``member_bytes`` per member
+  (restart initialisations: ``(N, K)`` responsibilities and k-means
+  distances): one vmap when the batch fits a block, else ``lax.map`` over
+  blocks (one member at a time, unbatched, for blocks of one).
+  """
+  batch = jax.tree.leaves(xs)[0].shape[0]
+  block = block_size(batch, member_bytes)
+  if block >= batch:
+    return jax.vmap(fn)(xs)
+  if block == 1:
+    return lax.map(fn, xs)
+  return lax.map(fn, xs, batch_size=block)
 
 
 def while_loop(cond_fun: Callable, body_fun: Callable, init, operands, *,

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_ops
@@ -45,22 +44,19 @@ def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
         reg_covar=reg_covar, sample_weight=sample_weight)
 
   # Each restart's initialisation holds (N, K) responsibilities and k-means
-  # distances: the restarts run in the EM loop's blocks (batching.block_size),
-  # one at a time where a restart fills the CPU's chunks, so that memory does
-  # not grow with n_init (32 restarts of 1,000,000 samples, K=64: 8 GB).
-  block = batching.block_size(
-      n_init, X.shape[0] * n_components * X.dtype.itemsize)
-  if block >= n_init:
-    return jax.vmap(one)(keys)
-  if block == 1:
-    return lax.map(one, keys)
-  return lax.map(one, keys, batch_size=block)
+  # distances: restarts run in blocks (batching.map_members), one at a time
+  # on CPU where a restart fills the cache-sized chunks, so that memory
+  # does not grow with n_init (32 restarts of 1,000,000 samples, K=64: 8 GB
+  # at once).
+  return batching.map_members(
+      one, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
 
 
 @functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
 def _fit_batch(X, params0, sample_weight, tol, reg_covar, max_iter, callback):
-  # On CPU the vmapped loop runs only the restarts still iterating, one at
-  # a time once a restart's data fill a chunk (batching.while_loop).
+  # The vmapped loop runs only the restarts still iterating (on CPU), one
+  # at a time once a restart's data fill a chunk, and on accelerators in
+  # blocks bounded by memory (batching.while_loop).
   return jax.vmap(lambda p: fit(
       X, p, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
       reg_covar=reg_covar, callback=callback))(params0)
@@ -114,9 +110,11 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
   Initialisation and EM are compiled apart (each compiles faster than their
   union, and a change of ``max_iter`` or of the init method recompiles only
   one); with ``n_init=1`` they are unbatched, and the EM program is the one
-  a plain :func:`fit` call uses. The inits and the fits are vmapped (on CPU
-  the fits skip finished restarts, and run one at a time once a restart's
-  data fill a chunk: :func:`gmmjax._src.batching.while_loop`).
+  a plain :func:`fit` call uses. The inits and the fits are vmapped in
+  blocks (:mod:`gmmjax._src.batching`): on CPU the fits skip finished
+  restarts and run one at a time once a restart's data fill a chunk, and
+  the inits of such restarts run one at a time; on accelerators a block
+  holds at most ``batching.ACCELERATOR_BLOCK_CHUNKS`` E-step chunks.
 
   Args:
     key: PRNG key; it is split into ``n_init`` keys, one per restart.

@@ -225,16 +225,28 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
   # seeding for k is then a prefix of the one for k + 1, so the candidates
   # differ by their number of components, not by the luck of their seeding.
   keys = jax.random.split(key, n_init)
+  n_k = ks.shape[0]
+  # One flat batch of (k, restart) pairs: batching.while_loop's rule sees
+  # the innermost vmap only, so a nested vmap over k would run its outer
+  # axis as a plain vmapped loop (every k until the slowest stops, every
+  # k's chunk at once on an accelerator).
+  pair_k = jnp.repeat(ks, n_init)
+  pair_key = keys[jnp.tile(jnp.arange(n_init), n_k)]
+  masks = jnp.arange(n_slots)[None, :] < pair_k[:, None]
 
-  def one(k, key):
-    mask = jnp.arange(n_slots) < k
-    p0 = _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
-                      covariance_type, method)
-    return _masked_fit(X, p0, mask, sample_weight, tol, reg_covar, max_iter,
-                       callback)
+  def init_one(args):
+    k, key, mask = args
+    return _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
+                        covariance_type, method)
 
-  per_k = jax.vmap(lambda k: jax.vmap(lambda kk: one(k, kk))(keys))
-  params, total_ll, count, n_iter, converged, failed, jitter = per_k(ks)
+  p0 = batching.map_members(
+      init_one, (pair_k, pair_key, masks),
+      member_bytes=X.shape[0] * n_slots * X.dtype.itemsize)
+  flat = jax.vmap(lambda p, mask: _masked_fit(
+      X, p, mask, sample_weight, tol, reg_covar, max_iter, callback))(
+          p0, masks)
+  params, total_ll, count, n_iter, converged, failed, jitter = jax.tree.map(
+      lambda a: a.reshape((n_k, n_init) + a.shape[1:]), flat)
   # Best restart per k: highest final log-likelihood, failed fits last,
   # ties to the first (scikit-learn's strict '>').
   score = jnp.where(failed | ~jnp.isfinite(total_ll), -jnp.inf, total_ll)
