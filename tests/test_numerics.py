@@ -160,19 +160,35 @@ def test_given_precision_factor_has_the_factorisations_derivative(x64,
   np.testing.assert_array_equal(np.asarray(out), np.asarray(prec))
   np.testing.assert_allclose(np.asarray(dout), np.asarray(dref), rtol=1e-10,
                              atol=1e-12)
-  # Rank 2, indefinite by 1e-10: no factor, but the repaired matrix's one
-  # is known.
+  # Second order (a Hessian-vector product) too, for this factor and for
+  # the covariance factor of precision_cholesky_jittered (_cholesky_of).
+  w = rng.normal(size=cov.shape)
+
+  def hvp(fun):
+    scalar = lambda c: jax.numpy.sum(w * fun(c))  # noqa: E731
+    return np.asarray(jax.jvp(jax.grad(scalar), (cov,), (t,))[1])
+
+  ref2 = hvp(lambda c: cov_ops.precision_cholesky(c, ctype))
+  assert np.abs(ref2).max() > 0
+  for fun in (lambda c: cov_ops.precision_cholesky_given(c, prec, ctype),
+              lambda c: cov_ops.precision_cholesky_jittered(c, ctype)[1]):
+    np.testing.assert_allclose(hvp(fun), ref2, rtol=1e-9,
+                               atol=1e-12 * np.abs(ref2).max())
+  # Rank 2, indefinite by 1e-10 (full: beside a good matrix): no factor,
+  # but the repaired matrix's one is known.
   v = rng.normal(size=(4, 2))
   bad = v @ v.T - 1e-10 * np.eye(4)
+  if ctype == "full":
+    bad = np.stack([bad, cov[1]])
   assert not np.all(np.isfinite(np.asarray(
-      cov_ops.precision_cholesky(bad, "tied"))))
+      cov_ops.precision_cholesky(bad, ctype))))
   repaired = bad + 1e-8 * np.eye(4)
-  known = cov_ops.precision_cholesky(repaired, "tied")
+  known = cov_ops.precision_cholesky(repaired, ctype)
   out, dout = jax.jvp(
-      lambda c: cov_ops.precision_cholesky_given(c, known, "tied"), (bad,),
-      (t if ctype == "tied" else t[0],))
-  _, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, "tied"),
-                    (repaired,), (t if ctype == "tied" else t[0],))
+      lambda c: cov_ops.precision_cholesky_given(c, known, ctype), (bad,),
+      (t,))
+  _, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, ctype),
+                    (repaired,), (t,))
   np.testing.assert_array_equal(np.asarray(out), np.asarray(known))
   assert np.all(np.isfinite(np.asarray(dout)))
   np.testing.assert_allclose(np.asarray(dout), np.asarray(dref), rtol=1e-8,

@@ -119,6 +119,12 @@ def _jitter_ladder(cov, ok):
   return jnp.where(ok, jnp.zeros_like(jitter), jitter), factor
 
 
+def _symmetrised(m):
+  """``(m + m^T) / 2``: the tangent of a symmetric matrix, as
+  ``jnp.linalg.cholesky`` reads it."""
+  return 0.5 * (m + jnp.swapaxes(m, -1, -2))
+
+
 @jax.custom_jvp
 def _cholesky_of(cov, chol):
   """``chol``, a Cholesky factor of ``cov`` computed elsewhere, with the
@@ -131,10 +137,12 @@ def _cholesky_of(cov, chol):
 
 @_cholesky_of.defjvp
 def _cholesky_of_jvp(primals, tangents):
-  _, chol = primals
+  cov, chol = primals
   dcov, _ = tangents
-  chol = lax.stop_gradient(chol)
-  dcov = 0.5 * (dcov + jnp.swapaxes(dcov, -1, -2))
+  # The factor through the function itself, so that differentiating the
+  # tangent again (second derivatives) goes through this rule too.
+  chol = _cholesky_of(cov, lax.stop_gradient(chol))
+  dcov = _symmetrised(dcov)
   tmp = lax.linalg.triangular_solve(chol, dcov, left_side=True, lower=True)
   x = lax.linalg.triangular_solve(chol, tmp, left_side=False, lower=True,
                                   transpose_a=True)
@@ -161,10 +169,10 @@ def _precision_cholesky_of(cov, prec_chol):
 
 @_precision_cholesky_of.defjvp
 def _precision_cholesky_of_jvp(primals, tangents):
-  _, prec = primals
+  cov, prec = primals
   dcov, _ = tangents
-  prec = lax.stop_gradient(prec)
-  dcov = 0.5 * (dcov + jnp.swapaxes(dcov, -1, -2))
+  prec = _precision_cholesky_of(cov, lax.stop_gradient(prec))  # see above
+  dcov = _symmetrised(dcov)
   inner = mm.matmul(jnp.swapaxes(prec, -1, -2), mm.matmul(dcov, prec))
   return prec, -mm.matmul(prec, jnp.swapaxes(_phi(inner), -1, -2))
 

@@ -59,6 +59,12 @@ def _is_matrix(covariance_type: str) -> bool:
 def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
   """Free coordinates of ``params``.
 
+  Full and tied: the covariance factor is taken from
+  ``params.precisions_cholesky`` (no factorisation, which a covariance
+  repaired with a jitter can fail by rounding), with the derivative of
+  ``cholesky(params.covariances)``: the two must describe the same model
+  (``gx.make_params`` recomputes the factors of new covariances).
+
   Example:
     >>> import jax.numpy as jnp, gmmjax as gx
     >>> from gmmjax._src.unconstrained import (to_unconstrained,
