@@ -258,8 +258,11 @@ def test_four_devices_equal_one(x64, problem, four_devices, ctype):
 def test_four_devices_explicit_mesh_weights_padding(x64, problem,
                                                     four_devices):
   out = four_devices
-  # jax.make_mesh's default (Explicit) axes.
+  # jax.make_mesh's default (Explicit) axes: fit_sharded, and plain gx.fit
+  # (which views the array on an Auto mesh).
   assert_same_fit(out, reference(problem, "full"), prefix="explicit/full/")
+  assert_same_fit(out, reference(problem, "full"),
+                  prefix="plain_explicit/full/")
   assert_same_fit(out, reference(problem, "full", sample_weight=problem["w"]),
                   prefix="weighted/full/")
   # 302 rows on 4 devices.
@@ -273,6 +276,8 @@ def test_four_devices_restarts_times_shards(x64, problem, four_devices):
                                tol=TOL, max_iter=MAX_ITER)
   assert_same_fit(four_devices, best, prefix="restarts_best/")
   assert_same_fit(four_devices, runs, prefix="restarts_all/")
+  # gx.fit_restarts itself on the Explicit-mesh array.
+  assert_same_fit(four_devices, best, prefix="plain_restarts_best/")
 
 
 # -- two processes, in subprocesses -----------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding
 
 from gmmjax._src.params import GMMParams, check_covariance_type
 
@@ -25,8 +26,38 @@ def _is_float_array(x) -> bool:
   return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.floating)
 
 
+def auto_view(x):
+  """``x`` sharded as it is, on an ``Auto`` view of its mesh where that
+  mesh has ``Explicit`` axes (``jax.make_mesh``'s default).
+
+  gmmjax's programs are ordinary ``jit`` code: on ``Auto`` axes XLA's
+  partitioner turns their sums over sharded samples into per-device sums
+  and an all-reduce, while on ``Explicit`` axes JAX asks every matrix
+  product for an output sharding and refuses them (``ShardingTypeError``).
+  The view uses the same devices, layout and shards. Tracers and other
+  arrays pass unchanged (a user's ``jit`` decides their sharding).
+  """
+  if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+    return x
+  sharding = getattr(x, "sharding", None)
+  if not isinstance(sharding, NamedSharding):
+    return x
+  mesh = sharding.mesh
+  explicit = jax.sharding.AxisType.Explicit
+  if not any(t == explicit for t in getattr(mesh, "axis_types", ())):
+    return x
+  auto = Mesh(mesh.devices, mesh.axis_names,
+              axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
+  return jax.device_put(x, NamedSharding(auto, sharding.spec))
+
+
 def as_data(X, name: str = "X"):
-  """``X`` as a floating ``(N, D)`` array; a 1-D array is refused."""
+  """``X`` as a floating ``(N, D)`` array; a 1-D array is refused.
+
+  An array sharded over a mesh with ``Explicit`` axes is viewed on the
+  same mesh with ``Auto`` axes (:func:`auto_view`).
+  """
+  X = auto_view(X)
   if not _is_float_array(X):  # (eager conversions cost ~0.1 ms each)
     X = jnp.asarray(X)
     X = X.astype(float_dtype(X))
@@ -69,7 +100,7 @@ def as_sample_weight(sample_weight, n_samples: int, dtype):
   """``sample_weight`` as an ``(N,)`` array of ``dtype`` (``None`` stays)."""
   if sample_weight is None:
     return None
-  w = sample_weight
+  w = auto_view(sample_weight)
   if not (isinstance(w, jax.Array) and w.dtype == dtype):
     w = jnp.asarray(w)
   if w.shape != (n_samples,):

@@ -725,16 +725,10 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
 
   _check_n_init(n_init)  # before the mesh is inspected
   mesh, axes, _ = _data_axes(X, mesh, axis_name)
-  init_X = X
-  if isinstance(X, jax.Array) and any(
-      t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
-    # Initialisation is ordinary jit code; on an Explicit mesh its sums over
-    # sharded samples would need out_sharding annotations, so it reads the
-    # same shards through an Auto view of the mesh.
-    auto = Mesh(mesh.devices, mesh.axis_names,
-                axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-    init_X = jax.device_put(X, NamedSharding(auto, X.sharding.spec))
-  params0 = init_restarts(key, init_X, n_components, n_init=n_init,
+  # Initialisation is ordinary jit code: on an Explicit mesh it reads the
+  # same shards through an Auto view of the mesh (checks.auto_view, as
+  # every entry that takes data does).
+  params0 = init_restarts(key, X, n_components, n_init=n_init,
                           covariance_type=covariance_type, method=method,
                           reg_covar=reg_covar, sample_weight=sample_weight)
   results = fit_sharded(X, params0, sample_weight=sample_weight, mesh=mesh,
