@@ -7,7 +7,8 @@ blocks of at most ``batching.ACCELERATOR_BLOCK_CHUNKS`` chunks. This script
 fits ``--n-init`` restarts of one problem (``gx.fit_restarts``, init
 included, a fixed number of iterations) and prints the device's peak memory,
 the time and the best log-likelihood; ``--unbounded`` lifts the block bound
-(every member at once, as before the bound). Run each setting in its own
+(every member at once, as before the bound) and ``--block-chunks N`` sets
+it (``benchmarks/README.md`` reports 4 and the default 2). Run each setting in its own
 process so that the peak is its own, e.g. under a memory fraction:
 
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 python benchmarks/vmapped_memory.py
@@ -36,9 +37,13 @@ def main(argv=None):
   ap.add_argument("--k", type=int, default=64)
   ap.add_argument("--n-init", type=int, default=32)
   ap.add_argument("--max-iter", type=int, default=3)
+  ap.add_argument("--block-chunks", type=int, default=None,
+                  help="batching.ACCELERATOR_BLOCK_CHUNKS for this run")
   ap.add_argument("--unbounded", action="store_true",
                   help="run every member at once (no block bound)")
   args = ap.parse_args(argv)
+  if args.block_chunks is not None:
+    batching.ACCELERATOR_BLOCK_CHUNKS = args.block_chunks
   if args.unbounded:
     batching.ACCELERATOR_BLOCK_CHUNKS = 1 << 40
   dev = jax.devices()[0]
@@ -53,6 +58,7 @@ def main(argv=None):
       "device": str(dev), "backend": jax.default_backend(),
       "shape": [args.n, args.d, args.k], "n_init": args.n_init,
       "unbounded": args.unbounded,
+      "block_chunks": batching.ACCELERATOR_BLOCK_CHUNKS,
       "bytes_limit": stats0.get("bytes_limit"),
       "chunk_bytes": cov_ops.chunk_bytes(),
       "block": batching.block_size(args.n_init, member),

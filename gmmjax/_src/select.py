@@ -9,7 +9,8 @@ restarts then share one shape and run as one vmapped ``while_loop``: one
 compile for the whole sweep instead of one per ``k``. The loop is
 :func:`gmmjax._src.batching.while_loop`, as in ``fit``: on CPU each fit
 stops at its own iteration instead of running until the slowest one stops
-(10 k's x 2 restarts of 20,000 x 8, full: 1.23 s against 2.2-2.5 s).
+(10 k's x 2 restarts of 20,000 x 8, full, float32: 0.61-0.67 s against
+2.2-2.4 s warm, 7.5-8.9 against 10-11.5 s first call, the same table).
 
 The loop reuses the sufficient-statistics spine
 (:func:`gmmjax.e_step_stats`, :func:`gmmjax.params_from_stats`); the mask
