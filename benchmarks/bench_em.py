@@ -213,22 +213,6 @@ def gmmx_model(init, ctype, dtype):
       weights=jnp.asarray(w, dtype), covariance_type=ctype)
 
 
-def fit_component_shift(X, p, iters):
-  """``iters`` EM iterations with per-component shifts; returns the params
-  and the log-likelihood computed by the last iteration's E-step."""
-  from gmmjax._src import stats as S
-
-  def body(_, carry):
-    p, _ = carry
-    sh = S.component_shift(p)
-    st = S.e_step_stats(p, X, None, sh)
-    new = S.params_from_stats(st, sh, p.covariance_type, REG)
-    return new, st.log_likelihood / st.count
-
-  return jax.lax.fori_loop(0, iters, body,
-                           (p, jnp.zeros((), X.dtype)))
-
-
 GMMX_CHILD = None  # (n, d, k, seed) of the current standard workload
 GMMX_TIMEOUT_S = 240
 
@@ -302,23 +286,6 @@ def fixed_iterations(name, X, init, ctype, dtype, iters, repeats, libs):
         per_iter_s=per_iteration(ts, tl, iters),
         fit_fixed_s=med(tl), fixed_iters=1 + iters, ll_fixed=ll,
         finite=bool(np.isfinite(ll)), flops_per_iter=flops))
-  # gmmjax with per-component shifts (the change proposed for gx.fit's
-  # em_step): same kernels, second moments around each component's mean.
-  if "cs" in libs:
-    with jax.enable_x64(x64):
-      f_s = jax.jit(lambda X, p: fit_component_shift(X, p, 1))
-      f_l = jax.jit(lambda X, p: fit_component_shift(X, p, 1 + iters))
-      f_s, _ = compile_time(f_s, Xj, p0)
-      f_l, c_l = compile_time(f_l, Xj, p0)
-      _block(f_s(Xj, p0))
-      ll = float(_block(f_l(Xj, p0))[1])
-      ts = time_runs(lambda: _block(f_s(Xj, p0)), repeats)
-      tl = time_runs(lambda: _block(f_l(Xj, p0)), repeats)
-      rows.append(dict(workload=name, library="gmmjax-cs", dtype=np.dtype(
-          dtype).name, ctype=ctype, compile_s=c_l,
-          per_iter_s=per_iteration(ts, tl, iters), fit_fixed_s=med(tl),
-          fixed_iters=1 + iters, ll_fixed=ll, finite=bool(np.isfinite(ll)),
-          flops_per_iter=flops))
   # gmmx (full and diag only; it refuses float64 input). It runs in a child
   # process with a time limit: on 65,536 x 32, K=64 it did not finish an
   # iteration within minutes here, and a JAX computation cannot be
@@ -712,11 +679,10 @@ def ratios(rows):
               and "per_iter_s" in g]
       if same:
         r["speedup_vs_gmmx"] = same[0]["per_iter_s"] / r["per_iter_s"]
-    for lib in ("gmmjax", "gmmjax-cs"):
-      mine = {r["dtype"]: r for r in group if r["library"] == lib}
-      if "float32" in mine and "float64" in mine:
-        a, b = mine["float32"]["ll_fixed"], mine["float64"]["ll_fixed"]
-        mine["float32"]["ll_rel_f32_f64"] = abs(a - b) / abs(b)
+    mine = {r["dtype"]: r for r in group if r["library"] == "gmmjax"}
+    if "float32" in mine and "float64" in mine:
+      a, b = mine["float32"]["ll_fixed"], mine["float64"]["ll_fixed"]
+      mine["float32"]["ll_rel_f32_f64"] = abs(a - b) / abs(b)
   return rows
 
 
@@ -811,8 +777,8 @@ def main(argv=None):
   ap.add_argument("--iters", type=int, default=None,
                   help="extra fixed iterations for the per-iteration slope")
   ap.add_argument("--no-converge", dest="converge", action="store_false")
-  ap.add_argument("--libs", default="sklearn,gmmx,cs",
-                  help="cs: also gmmjax with per-component shifts")
+  ap.add_argument("--libs", default="sklearn,gmmx",
+                  help="reference libraries to run beside gmmjax")
   ap.add_argument("--out", default=os.path.join(HERE, "results"))
   ap.add_argument("--tag", default="")
   ap.add_argument("--from-log", default=None,
