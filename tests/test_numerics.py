@@ -151,15 +151,21 @@ def test_given_precision_factor_has_the_factorisations_derivative(x64,
       [_spd(rng, 4), _spd(rng, 4)])
   t = rng.normal(size=cov.shape)
   t = 0.5 * (t + np.swapaxes(t, -1, -2))
+
+  def tangents(at, factor, ref_at):
+    """(value, tangent) given ``factor`` at ``at``; precision_cholesky's
+    tangent at ``ref_at``."""
+    out, dout = jax.jvp(
+        lambda c: cov_ops.precision_cholesky_given(c, factor, ctype), (at,),
+        (t,))
+    _, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, ctype),
+                      (ref_at,), (t,))
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(factor))
+    return np.asarray(dout), np.asarray(dref)
+
   prec = cov_ops.precision_cholesky(cov, ctype)
-  out, dout = jax.jvp(
-      lambda c: cov_ops.precision_cholesky_given(c, prec, ctype), (cov,),
-      (t,))
-  ref, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, ctype),
-                      (cov,), (t,))
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(prec))
-  np.testing.assert_allclose(np.asarray(dout), np.asarray(dref), rtol=1e-10,
-                             atol=1e-12)
+  dout, dref = tangents(cov, prec, cov)
+  np.testing.assert_allclose(dout, dref, rtol=1e-10, atol=1e-12)
   # Second order (a Hessian-vector product) too, for this factor and for
   # the covariance factor of precision_cholesky_jittered (_cholesky_of).
   w = rng.normal(size=cov.shape)
@@ -184,15 +190,10 @@ def test_given_precision_factor_has_the_factorisations_derivative(x64,
       cov_ops.precision_cholesky(bad, ctype))))
   repaired = bad + 1e-8 * np.eye(4)
   known = cov_ops.precision_cholesky(repaired, ctype)
-  out, dout = jax.jvp(
-      lambda c: cov_ops.precision_cholesky_given(c, known, ctype), (bad,),
-      (t,))
-  _, dref = jax.jvp(lambda c: cov_ops.precision_cholesky(c, ctype),
-                    (repaired,), (t,))
-  np.testing.assert_array_equal(np.asarray(out), np.asarray(known))
-  assert np.all(np.isfinite(np.asarray(dout)))
-  np.testing.assert_allclose(np.asarray(dout), np.asarray(dref), rtol=1e-8,
-                             atol=1e-12 * np.abs(np.asarray(dref)).max())
+  dout, dref = tangents(bad, known, repaired)
+  assert np.all(np.isfinite(dout))
+  np.testing.assert_allclose(dout, dref, rtol=1e-8,
+                             atol=1e-12 * np.abs(dref).max())
 
 
 def test_cholesky_jitter_gives_up_on_a_zero_matrix():
