@@ -190,6 +190,11 @@ def plot_density_1d(params, X=None, *, feature=0, grid=None, ax=None):
 def plot_log_likelihood(history, *, ax=None, label=None):
   """Mean log-likelihood per EM iteration (``FitResult.history`` or a list).
 
+  A first value far below the rest (an initialisation on single points,
+  whose covariances start at ``reg_covar``, can score -1e6) would flatten
+  the curve: the axis then spans the later iterations and the first one is
+  noted in the corner.
+
   Args:
     history: a :class:`gmmjax.FitResult`, its ``history`` (NaN padding is
       dropped) or a list such as ``GaussianMixture.lower_bounds_``.
@@ -210,6 +215,13 @@ def plot_log_likelihood(history, *, ax=None, label=None):
   history = np.asarray(getattr(history, "history", history), dtype=float)
   history = history[np.isfinite(history)]
   ax.plot(np.arange(1, len(history) + 1), history, "o-", ms=3, label=label)
+  if len(history) >= 3:
+    rest = history[1:]
+    span = max(float(np.ptp(rest)), 1e-12 * max(1.0, abs(float(rest[-1]))))
+    if history[0] < rest.min() - 10 * span:
+      ax.set_ylim(rest.min() - 0.1 * span, rest.max() + 0.1 * span)
+      ax.text(0.98, 0.04, f"iteration 1: {history[0]:.4g} (below the axis)",
+              transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
   ax.set_xlabel("EM iteration")
   ax.set_ylabel("mean log-likelihood")
   if label is not None:

@@ -151,6 +151,11 @@ def test_demo(tmp_path):
   assert r.returncode == 0, r.stderr
   assert r.stdout.startswith("gmmjax demo: 1000 points, 5 stretched blobs")
   assert "converged:       True" in r.stdout
+  # The data are 5 blobs of 200 points: the fit finds each (weights 0.2),
+  # not a merged pair and a split blob (0.4, 0.1, 0.1: a local optimum).
+  line = next(s for s in r.stdout.splitlines() if s.startswith("weights:"))
+  weights = np.array(line.split("[")[1].split("]")[0].split(), float)
+  np.testing.assert_allclose(np.sort(weights), 0.2, atol=0.01)
   assert "plot saved to demo.png" in r.stdout
   assert (tmp_path / "demo.png").stat().st_size > 20_000
 

@@ -136,6 +136,24 @@ def test_log_likelihood_curve_from_fit_result(tmp_path):
   assert len(ax3.patches) == 6
 
 
+def test_log_likelihood_axis_skips_a_far_first_value():
+  """A k-means++ start scores -3.3e6 before its first M-step: the axis
+  spans the later iterations and a note gives the first value; an ordinary
+  curve keeps matplotlib's own limits."""
+  history = [-3.3e6, -4.95, -4.86, -4.83, -4.827]
+  _, ax = plt.subplots()
+  plot.plot_log_likelihood(history, ax=ax)
+  low, high = ax.get_ylim()
+  assert -5.0 < low < -4.95 and -4.827 < high < -4.8
+  notes = [t.get_text() for t in ax.texts]
+  assert notes == ["iteration 1: -3.3e+06 (below the axis)"]
+  np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), history)
+  _, ax = plt.subplots()
+  plot.plot_log_likelihood([-6.0, -4.95, -4.86, -4.83], ax=ax)
+  assert ax.get_ylim()[0] <= -6.0 and not ax.texts
+  plt.close("all")
+
+
 def test_criterion_curve(tmp_path):
   table = {"k": np.array([3, 1, 2, 4]),
            "bic": np.array([90.0, 120.0, 95.0, 99.0]),
