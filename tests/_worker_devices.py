@@ -45,7 +45,8 @@ def main(src, dst):
   kw = dict(tol=float(data["tol"]), max_iter=int(data["max_iter"]))
   out = {"n_devices": np.asarray(jax.device_count())}
   auto = scale.data_mesh("data")
-  explicit = jax.make_mesh((4,), ("data",))  # Explicit axes by default
+  explicit = jax.make_mesh((4,), ("data",),
+                           axis_types=(jax.sharding.AxisType.Explicit,))
   out["explicit_mesh"] = np.asarray(
       explicit.axis_types[0] == jax.sharding.AxisType.Explicit)
   X_auto = jax.device_put(X, NamedSharding(auto, P("data")))
@@ -59,6 +60,9 @@ def main(src, dst):
   p0 = params_from(data, "full")
   # Plain gx.fit on an Explicit mesh: viewed through an Auto one.
   flat("plain_explicit/full", gx.fit(X_explicit, p0, **kw), out)
+  w_explicit = jax.device_put(w, NamedSharding(explicit, P("data")))
+  flat("plain_explicit_weighted/full",
+       gx.fit(X_explicit, p0, sample_weight=w_explicit, **kw), out)
   flat("explicit/full", scale.fit_sharded(X_explicit, p0, **kw), out)
   flat("weighted/full", scale.fit_sharded(X_auto, p0, sample_weight=w, **kw),
        out)

@@ -258,13 +258,16 @@ def test_four_devices_equal_one(x64, problem, four_devices, ctype):
 def test_four_devices_explicit_mesh_weights_padding(x64, problem,
                                                     four_devices):
   out = four_devices
-  # jax.make_mesh's default (Explicit) axes: fit_sharded, and plain gx.fit
-  # (which views the array on an Auto mesh).
+  # A mesh with Explicit axes (jax.make_mesh's default in current JAX):
+  # fit_sharded, and plain gx.fit (which views the arrays on an Auto mesh),
+  # with Explicit-sharded weights too.
+  assert bool(out["explicit_mesh"])
   assert_same_fit(out, reference(problem, "full"), prefix="explicit/full/")
   assert_same_fit(out, reference(problem, "full"),
                   prefix="plain_explicit/full/")
-  assert_same_fit(out, reference(problem, "full", sample_weight=problem["w"]),
-                  prefix="weighted/full/")
+  weighted = reference(problem, "full", sample_weight=problem["w"])
+  assert_same_fit(out, weighted, prefix="weighted/full/")
+  assert_same_fit(out, weighted, prefix="plain_explicit_weighted/full/")
   # 302 rows on 4 devices.
   assert_same_fit(out, reference(problem, "diag", X=problem["X_odd"]),
                   prefix="odd/diag/")

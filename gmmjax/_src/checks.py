@@ -34,8 +34,10 @@ def auto_view(x):
   partitioner turns their sums over sharded samples into per-device sums
   and an all-reduce, while on ``Explicit`` axes JAX asks every matrix
   product for an output sharding and refuses them (``ShardingTypeError``).
-  The view uses the same devices, layout and shards. Tracers and other
-  arrays pass unchanged (a user's ``jit`` decides their sharding).
+  The view uses the same devices, layout and shard buffers. Tracers and
+  other arrays pass unchanged (a user's ``jit`` decides their sharding), so
+  the jitted evaluation functions (``predict``, ``log_prob``, ...) need
+  ``Auto`` (or unsharded) arrays.
   """
   if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
     return x
@@ -48,7 +50,11 @@ def auto_view(x):
     return x
   auto = Mesh(mesh.devices, mesh.axis_names,
               axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-  return jax.device_put(x, NamedSharding(auto, sharding.spec))
+  view = NamedSharding(auto, sharding.spec, memory_kind=sharding.memory_kind)
+  # The same buffers under the new sharding: no copy, and no collective
+  # step that every process would have to reach (multi-host arrays).
+  return jax.make_array_from_single_device_arrays(
+      x.shape, view, [shard.data for shard in x.addressable_shards])
 
 
 def as_data(X, name: str = "X"):
