@@ -193,7 +193,8 @@ def plot_log_likelihood(history, *, ax=None, label=None):
   A first value far below the rest (an initialisation on single points,
   whose covariances start at ``reg_covar``, can score -1e6) would flatten
   the curve: the axis then spans the later iterations and the first one is
-  noted in the corner.
+  noted in the corner (one curve per axes; with several, matplotlib's own
+  limits).
 
   Args:
     history: a :class:`gmmjax.FitResult`, its ``history`` (NaN padding is
@@ -213,20 +214,40 @@ def plot_log_likelihood(history, *, ax=None, label=None):
   """
   ax = _axes(ax)
   history = np.asarray(getattr(history, "history", history), dtype=float)
-  history = history[np.isfinite(history)]
-  ax.plot(np.arange(1, len(history) + 1), history, "o-", ms=3, label=label)
-  if len(history) >= 3:
-    rest = history[1:]
-    span = max(float(np.ptp(rest)), 1e-12 * max(1.0, abs(float(rest[-1]))))
-    if history[0] < rest.min() - 10 * span:
-      ax.set_ylim(rest.min() - 0.1 * span, rest.max() + 0.1 * span)
-      ax.text(0.98, 0.04, f"iteration 1: {history[0]:.4g} (below the axis)",
-              transform=ax.transAxes, ha="right", va="bottom", fontsize=8)
+  finite = np.isfinite(history)
+  iterations = np.arange(1, len(history) + 1)[finite]
+  history = history[finite]
+  ax.plot(iterations, history, "o-", ms=3, label=label)
+  _clip_far_first(ax, iterations, history)
   ax.set_xlabel("EM iteration")
   ax.set_ylabel("mean log-likelihood")
   if label is not None:
     ax.legend()
   return ax
+
+
+_FAR_NOTE = "gmmjax-far-first-value"
+
+
+def _clip_far_first(ax, iterations, history):
+  """Limits the y axis to the later iterations when the first value lies
+  more than 100 times their range (at least 1e-3 of their size) below
+  them, with a note; axes with several curves keep matplotlib's limits."""
+  for text in [t for t in ax.texts if t.get_gid() == _FAR_NOTE]:
+    text.remove()
+  if len(ax.get_lines()) > 1:
+    ax.autoscale(enable=True, axis="y")
+    return
+  if len(history) < 3:
+    return
+  rest = history[1:]
+  span = max(float(np.ptp(rest)), 1e-3 * max(1.0, abs(float(rest[-1]))))
+  if history[0] < rest.min() - 100 * span:
+    ax.set_ylim(rest.min() - 0.1 * span, rest.max() + 0.1 * span)
+    ax.text(0.98, 0.04,
+            f"iteration {iterations[0]}: {history[0]:.4g} (below the axis)",
+            transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
+            gid=_FAR_NOTE)
 
 
 def plot_criterion(selection, *, criteria=("bic", "aic"), ax=None):

@@ -148,9 +148,19 @@ def test_log_likelihood_axis_skips_a_far_first_value():
   notes = [t.get_text() for t in ax.texts]
   assert notes == ["iteration 1: -3.3e+06 (below the axis)"]
   np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), history)
+  # A second curve on the same axes: matplotlib's limits, no note.
+  plot.plot_log_likelihood([-7.0, -6.0, -5.5, -5.4], ax=ax)
+  assert ax.get_ylim()[0] <= -3.3e6 and not ax.texts
+  # Not far: a jump of 1 against a range of 0.12, or a flat tail after a
+  # jump of 1.05 (100 x a floor of 1e-3 of its size is 0.5: clipped, with
+  # a readable range, not +-1e-13).
   _, ax = plt.subplots()
   plot.plot_log_likelihood([-6.0, -4.95, -4.86, -4.83], ax=ax)
   assert ax.get_ylim()[0] <= -6.0 and not ax.texts
+  _, ax = plt.subplots()
+  plot.plot_log_likelihood([-6.0, -4.95, -4.95, -4.95], ax=ax)
+  low, high = ax.get_ylim()
+  assert high - low > 5e-4 and low < -4.95 < high
   plt.close("all")
 
 
