@@ -788,7 +788,10 @@ def main(argv=None):
     return report_from_log(args.from_log, args.out, args.tag)
   args.repeats = args.repeats or (3 if args.quick else 5)
   args.iters = args.iters or (2 if args.quick else 3)
-  libs = set(args.libs.split(","))
+  libs = set(filter(None, args.libs.split(",")))
+  unknown = libs - {"sklearn", "gmmx"}
+  if unknown:
+    ap.error(f"--libs takes sklearn and gmmx, got {sorted(unknown)}")
   sel = args.workloads.split(",")
   s = 10 if args.quick else 1
   meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),

@@ -8,8 +8,9 @@ fits ``--n-init`` restarts of one problem (``gx.fit_restarts``, init
 included, a fixed number of iterations) and prints the device's peak memory,
 the time and the best log-likelihood; ``--unbounded`` lifts the block bound
 (every member at once, as before the bound) and ``--block-chunks N`` sets
-it (``benchmarks/README.md`` reports 4 and the default 2). Run each setting in its own
-process so that the peak is its own, e.g. under a memory fraction:
+it (``benchmarks/README.md`` reports 4 and the default 2). Run each
+setting in its own process so that the peak is its own, e.g. under a
+memory fraction:
 
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 python benchmarks/vmapped_memory.py
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.12 python benchmarks/vmapped_memory.py \\
@@ -42,6 +43,8 @@ def main(argv=None):
   ap.add_argument("--unbounded", action="store_true",
                   help="run every member at once (no block bound)")
   args = ap.parse_args(argv)
+  if args.unbounded and args.block_chunks is not None:
+    ap.error("--unbounded and --block-chunks exclude each other")
   if args.block_chunks is not None:
     batching.ACCELERATOR_BLOCK_CHUNKS = args.block_chunks
   if args.unbounded:
