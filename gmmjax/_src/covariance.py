@@ -192,6 +192,15 @@ def precision_cholesky_given(covariances, precisions_cholesky,
   return precision_cholesky(covariances, covariance_type)
 
 
+def covariance_cholesky_given(covariances, precisions_cholesky):
+  """The lower Cholesky factor of ``covariances`` (full/tied), taken from
+  their precision factors (``P^-T``, :func:`_covariance_factor`) with the
+  derivative of ``jnp.linalg.cholesky(covariances)``: no factorisation,
+  which a covariance repaired with a jitter can fail by rounding."""
+  factor = lax.stop_gradient(_covariance_factor(precisions_cholesky))
+  return _cholesky_of(covariances, factor)
+
+
 def cholesky_jitter(covariances):
   """Smallest diagonal jitter that lets each matrix be Cholesky-factorised.
 

@@ -123,7 +123,8 @@ class GaussianMixture:
   ``n_degenerate_``, the number of empty or collapsed components
   (:func:`gmmjax.count_degenerate`). ``partial_fit`` sets them for the
   stream so far (the largest jitter of any update; empty components
-  counted against the rows of positive weight seen, as ``fit`` counts). :func:`gmmjax.save` keeps them.
+  counted against the rows of positive weight seen, as ``fit`` counts).
+  :func:`gmmjax.save` keeps them.
 
   Example:
     >>> import numpy as np, gmmjax as gx

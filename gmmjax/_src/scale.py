@@ -726,8 +726,8 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   _check_n_init(n_init)  # before the mesh is inspected
   mesh, axes, _ = _data_axes(X, mesh, axis_name)
   # Initialisation is ordinary jit code: on an Explicit mesh it reads the
-  # same shards through an Auto view of the mesh (checks.auto_view, as
-  # every entry that takes data does).
+  # same shards through an Auto view of the mesh (checks.auto_view, which
+  # init_restarts applies through checks.as_data).
   params0 = init_restarts(key, X, n_components, n_init=n_init,
                           covariance_type=covariance_type, method=method,
                           reg_covar=reg_covar, sample_weight=sample_weight)

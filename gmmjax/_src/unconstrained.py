@@ -78,12 +78,8 @@ def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
   ctype = params.covariance_type
   logits = jnp.log(params.weights)
   if _is_matrix(ctype):
-    # The covariance factor from the stored precision factor (U^-T), with
-    # the derivative of cholesky(covariances): refactorising covariances a
-    # fit repaired with a jitter can fail by rounding.
-    factor = lax.stop_gradient(
-        cov_ops._covariance_factor(params.precisions_cholesky))
-    chol = cov_ops._cholesky_of(params.covariances, factor)
+    chol = cov_ops.covariance_cholesky_given(params.covariances,
+                                             params.precisions_cholesky)
     diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
     scale = (jnp.tril(chol, -1)
              + _embed_diagonal(jnp.log(diag), chol.shape[-1]))
