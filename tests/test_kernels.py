@@ -410,6 +410,102 @@ def test_float32_collapsed_component_recomputes_only_its_column():
   np.testing.assert_allclose(got[:, :-1], ref[:, :-1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("ctype", TYPES)
+def test_fast_form_bound_bounds_every_entry(x64, ctype, dtype):
+  """The chunk-wide bound is at least every entry's error / max(maha, 1).
+
+  The entries' estimate (``_fast_form_error``) is what the guard compares
+  with the tolerance; the bound decides when that comparison is skipped,
+  so it must never be below it. The data mix samples near the means (maha
+  around 1, where ``sqrt(maha) / max(maha, 1)`` peaks), a far outlier
+  (the chunk's largest norm) and narrow, anisotropic components.
+  """
+  rng = np.random.default_rng(41)
+  d, k = 6, 5
+  w, means, cov = _random_params(42, ctype, K=k, D=d)
+  if ctype == "full":
+    cov[0] = cov[0] * 1e-4  # a narrow component
+  elif ctype in ("diag", "spherical"):
+    cov[0] = cov[0] * 1e-4
+  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  near = means[rng.integers(0, k, 300)] + rng.normal(0, 0.3, (300, d))
+  X = np.concatenate([near, [np.full(d, 40.0)], rng.normal(0, 5, (99, d))])
+  xc = jnp.asarray(X - means.mean(0), dtype)
+  mc = jnp.asarray(means - means.mean(0), dtype)
+  pc = jnp.asarray(params.precisions_cholesky, dtype)
+  maha = cov_ops.mahalanobis_centred(xc, mc, pc, ctype)
+  err = cov_ops._fast_form_error(xc, mc, pc, ctype, maha)
+  ratio = np.max(np.asarray(err / jnp.maximum(maha, 1.0)), axis=0)
+  bound = np.asarray(cov_ops._fast_form_bound(xc, mc, pc, ctype))
+  assert bound.shape == (k,)
+  assert np.all(bound >= ratio * (1 - 1e-5)), (bound, ratio)
+  # Tight where it can be: a one-sample chunk at whitened distance 1 from a
+  # component's mean (maha = 1, where both sqrt(maha) / max(maha, 1) and
+  # maha / max(maha, 1) peak) has the bound itself as its ratio (tied
+  # bounds |x P| by |x| |P|_F, so only soundness is checked there).
+  covs = _full_covs(np.asarray(params.covariances, np.float64), ctype, k, d)
+  u = rng.normal(size=d)
+  u /= np.linalg.norm(u)
+  for j in range(k):
+    x1 = means[j] + np.linalg.cholesky(covs[j]) @ u
+    x1c = jnp.asarray((x1 - means.mean(0))[None, :], dtype)
+    m1 = cov_ops.mahalanobis_centred(x1c, mc, pc, ctype)
+    r1 = np.asarray(cov_ops._fast_form_error(x1c, mc, pc, ctype, m1)
+                    / jnp.maximum(m1, 1.0))[0, j]
+    b1 = float(cov_ops._fast_form_bound(x1c, mc, pc, ctype)[j])
+    assert b1 >= r1 * (1 - 1e-4), (j, b1, r1)
+    if ctype != "tied":
+      assert b1 <= r1 * 1.05, (j, b1, r1)  # float32 maha rounds off by ~1%
+  # (Loose by design where the largest norm is far in whitened units, as
+  # above: the entries are then estimated.)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_guard_shortcut_changes_no_distance(monkeypatch, ctype):
+  """Skipping the per-entry estimate where the bound allows it leaves the
+  guarded distances bit for bit as with the estimate always computed, on
+  ordinary float32 data (the shortcut taken) and on data with a narrow
+  component far from the others (the estimate computed, a column redone).
+  """
+  d, k = 8, 4
+  w, means, cov = _random_params(51, ctype, K=k, D=d)
+  rng = np.random.default_rng(52)
+  ordinary = means[rng.integers(0, k, 600)] + rng.normal(0, 1, (600, d))
+  narrow_means = means.copy()
+  narrow_means[-1] = 30.0
+  narrow_cov = np.array(cov, copy=True)
+  if ctype != "tied":
+    narrow_cov[-1] = narrow_cov[-1] * 1e-6
+  cases = {"ordinary": (ordinary, means, cov),
+           "narrow": (np.concatenate([ordinary, 30.0 + 1e-3 * rng.normal(
+               size=(10, d))]), narrow_means, narrow_cov)}
+  for label, (X, mu, c) in cases.items():
+    p = gx.make_params(jnp.asarray(w, jnp.float32),
+                       jnp.asarray(mu, jnp.float32),
+                       jnp.asarray(c, jnp.float32), covariance_type=ctype)
+    X32 = jnp.asarray(X, jnp.float32)
+    centre = jnp.mean(p.means, axis=0)
+
+    def run(X32=X32, p=p, centre=centre):
+      return np.asarray(jax.jit(lambda x, m, pc: cov_ops.guarded_mahalanobis(
+          x, centre, m, pc, ctype))(X32, p.means, p.precisions_cholesky))
+
+    bound = cov_ops._fast_form_bound(X32 - centre, p.means - centre,
+                                     p.precisions_cholesky, ctype)
+    shortcut = bool(jnp.all(bound <= cov_ops.fast_form_tol(jnp.float32)))
+    if label == "ordinary" and ctype in ("full",):
+      assert shortcut  # whitened float32 distances of ordinary data
+    if label == "narrow":
+      assert not shortcut
+    got = run()
+    with monkeypatch.context() as mp:
+      mp.setattr(cov_ops, "_fast_form_bound",
+                 lambda *a: jnp.full((k,), jnp.inf, jnp.float32))
+      always = run()
+    assert np.array_equal(got, always), label
+
+
 @pytest.mark.parametrize("ctype,d", [  # D <= 4: the unrolled direct forms
     ("full", 3), ("full", 6), ("tied", 6), ("diag", 6), ("spherical", 3)])
 def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
