@@ -263,39 +263,47 @@ def per_iteration(times_short, times_long, extra_iters):
   return max((med(times_long) - med(times_short)) / extra_iters, 1e-9)
 
 
-def fixed_iterations(name, X, init, ctype, dtype, iters, repeats, libs):
-  """Per-iteration time of each library at tol=0 (1 and 1 + iters iters)."""
-  rows = []
+def fixed_iterations(name, X, init, ctype, dtypes, iters, repeats, libs):
+  """Per-iteration time of each library at tol=0 (1 and 1 + iters iters).
+
+  Every library and dtype is prepared (compiled, warmed) first; then the
+  repeats are interleaved, one run of each in turn, so that all see the
+  same machine: on a shared machine a burst of load that fell on one
+  library's block of repeats would otherwise move the ratios by a third.
+  """
   n, d = X.shape
   k = len(init[0])
   flops = 4.0 * n * k * d * d if ctype == "full" else None
-  x64 = dtype == np.float64
-  # gmmjax
-  with jax.enable_x64(x64):
-    Xj = jnp.asarray(X, dtype)
-    p0 = gx_params(init, ctype, dtype)
-    short, c_short = compile_time(gx_fit_fn(ctype, 1, 0.0), Xj, p0)
-    long, c_long = compile_time(gx_fit_fn(ctype, 1 + iters, 0.0), Xj, p0)
-    _block(short(Xj, p0))
-    res = _block(long(Xj, p0))
-    ts = time_runs(lambda: _block(short(Xj, p0)), repeats)
-    tl = time_runs(lambda: _block(long(Xj, p0)), repeats)
-    ll = float(res.history[iters])  # E-step of iteration 1 + iters
-    rows.append(dict(workload=name, library="gmmjax", dtype=np.dtype(
-        dtype).name, ctype=ctype, compile_s=c_long,
-        per_iter_s=per_iteration(ts, tl, iters),
-        fit_fixed_s=med(tl), fixed_iters=1 + iters, ll_fixed=ll,
-        finite=bool(np.isfinite(ll)), flops_per_iter=flops))
-  # gmmx (full and diag only; it refuses float64 input). It runs in a child
-  # process with a time limit: on 65,536 x 32, K=64 it did not finish an
-  # iteration within minutes here, and a JAX computation cannot be
-  # interrupted in-process.
-  if ("gmmx" in libs and gmmx is not None and ctype in ("full", "diag")
-      and dtype == np.float32 and GMMX_CHILD is not None):
-    rows.append(gmmx_child(GMMX_CHILD, ctype, iters, repeats, name, flops))
+  entries = []  # (row, [timed callables], per-iteration from their times)
+  for dtype in dtypes:
+    x64 = dtype == np.float64
+    with jax.enable_x64(x64):
+      Xj = jnp.asarray(X, dtype)
+      p0 = gx_params(init, ctype, dtype)
+      short, c_short = compile_time(gx_fit_fn(ctype, 1, 0.0), Xj, p0)
+      long, c_long = compile_time(gx_fit_fn(ctype, 1 + iters, 0.0), Xj, p0)
+      _block(short(Xj, p0))
+      res = _block(long(Xj, p0))
+      ll = float(res.history[iters])  # E-step of iteration 1 + iters
+
+    def call(fn, x64=x64, Xj=Xj, p0=p0):
+      def run():
+        with jax.enable_x64(x64):
+          _block(fn(Xj, p0))
+      return run
+
+    row = dict(workload=name, library="gmmjax", dtype=np.dtype(dtype).name,
+               ctype=ctype, compile_s=c_long, fixed_iters=1 + iters,
+               ll_fixed=ll, finite=bool(np.isfinite(ll)),
+               flops_per_iter=flops, repeats=repeats)
+    entries.append((row, [call(short), call(long)],
+                    lambda t: dict(per_iter_s=per_iteration(t[0], t[1],
+                                                            iters),
+                                   fit_fixed_s=med(t[1]))))
   # scikit-learn (float64 only): one EM iteration is its own `_e_step`
   # then `_m_step`, exactly the body of its fit loop, timed directly.
-  if "sklearn" in libs and sklearn is not None and dtype == np.float64:
+  if ("sklearn" in libs and sklearn is not None
+      and any(t == np.float64 for t in dtypes)):
     X64 = np.asarray(X, np.float64)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", ConvergenceWarning)
@@ -309,15 +317,32 @@ def fixed_iterations(name, X, init, ctype, dtype, iters, repeats, libs):
     one_iter()
     first = time.perf_counter() - t0
     reps = budget_repeats(first, repeats, SK_BUDGET_S)
-    t = [first] + time_runs(one_iter, reps - 1)
-    per = med(t)
     ll = None
-    if per * (iters + 3) < SK_BUDGET_S:
+    if first * (iters + 3) < SK_BUDGET_S:
       ll = run_sklearn(X, init, ctype, 1 + iters, 0.0)["ll"]
-    rows.append(dict(workload=name, library="sklearn", dtype="float64",
-                     ctype=ctype, compile_s=0.0, per_iter_s=per,
-                     repeats=reps, fixed_iters=1 + iters, ll_fixed=ll,
-                     finite=True, flops_per_iter=flops))
+    row = dict(workload=name, library="sklearn", dtype="float64",
+               ctype=ctype, compile_s=0.0, repeats=reps,
+               fixed_iters=1 + iters, ll_fixed=ll, finite=True,
+               flops_per_iter=flops)
+    entries.append((row, [one_iter],
+                    lambda t: dict(per_iter_s=med(t[0]))))
+  # Interleaved repeats: run r of every entry, then run r + 1.
+  times = [[[] for _ in fns] for _, fns, _ in entries]
+  for r in range(max(row["repeats"] for row, _, _ in entries)):
+    for (row, fns, _), ts in zip(entries, times):
+      if r < row["repeats"]:
+        for fn, t in zip(fns, ts):
+          t.extend(time_runs(fn, 1))
+  rows = []
+  for (row, _, summary), ts in zip(entries, times):
+    rows.append(dict(row, **summary(ts)))
+  # gmmx (full and diag only; it refuses float64 input). It runs in a child
+  # process with a time limit: on 65,536 x 32, K=64 it did not finish an
+  # iteration within minutes here, and a JAX computation cannot be
+  # interrupted in-process. (Its repeats are not interleaved.)
+  if ("gmmx" in libs and gmmx is not None and ctype in ("full", "diag")
+      and any(t == np.float32 for t in dtypes) and GMMX_CHILD is not None):
+    rows.append(gmmx_child(GMMX_CHILD, ctype, iters, repeats, name, flops))
   return rows
 
 
@@ -370,11 +395,10 @@ def wl_standard(name, n, d, k, ctypes, dtypes, args, libs):
   rows = []
   for ctype in ctypes:
     init = initial_params(X, k, ctype)
-    fixed = []
-    for dtype in sorted(dtypes, key=lambda t: np.dtype(t).itemsize,
-                        reverse=True):  # float64 first: sklearn's numbers
-      fixed += fixed_iterations(name, X, init, ctype, dtype, args.iters,
-                                args.repeats, libs)
+    fixed = fixed_iterations(
+        name, X, init, ctype,
+        sorted(dtypes, key=lambda t: np.dtype(t).itemsize, reverse=True),
+        args.iters, args.repeats, libs)
     rows += fixed
     sk = [r["per_iter_s"] for r in fixed if r["library"] == "sklearn"]
     if args.converge:
