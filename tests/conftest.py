@@ -209,3 +209,19 @@ def small_blocks(retrace, monkeypatch):
 
   monkeypatch.setattr(batching, "_compacted", spy)
   return sizes
+
+
+@pytest.fixture
+def compiles():
+  """A list that records every XLA compile (its event) during the test."""
+  import jax.monitoring
+  seen = []
+
+  def listen(event, duration, **_):
+    del duration
+    if event.endswith("backend_compile_duration"):
+      seen.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  yield seen
+  jax.monitoring.unregister_event_duration_listener(listen)

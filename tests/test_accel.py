@@ -88,24 +88,39 @@ def test_alpha_one_is_two_em_steps(x64):
                                atol=1e-12)
 
 
-def test_float32_and_vmap(x64, small_blocks):
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_float32_and_vmap(x64, small_blocks, dtype):
   """Float32 stays finite and monotone; a vmapped batch equals single fits
-  (compacted: blocks of 2 running members, batching.while_loop)."""
-  X = jnp.asarray(_overlapping(2)[:900], jnp.float32)
+  (compacted: blocks of 2 running members, batching.while_loop).
+
+  The vmapped and single programs use different kernels, so they round
+  differently. In float64 they agree to 1e-9; in float32 the difference
+  grows over the 100-300 iterations of these overlapping clusters (1.5e-5
+  in a mean on an Intel AVX-512 CPU, less on AMD), so float32 is held to
+  what it can promise there: the same log-likelihood to 1e-5 relative and
+  means within 1e-3 (the data's scale is 1).
+  """
+  X = jnp.asarray(_overlapping(2)[:900], dtype)
   keys = jax.random.split(jax.random.key(3), 3)
   p0 = jax.vmap(lambda k: gx.init_params(k, X, 3, covariance_type="diag",
                                          method="random"))(keys)
   batch = jax.vmap(lambda p: fit_accelerated(X, p, max_iter=300,
                                              tol=1e-5))(p0)
   assert small_blocks == [(2, 3)]
+  exact = dtype == jnp.float64
   for i in range(3):
     one = fit_accelerated(X, jax.tree.map(lambda a, i=i: a[i], p0),
                           max_iter=300, tol=1e-5)
-    assert batch.params.means.dtype == jnp.float32
-    assert int(batch.n_iter[i]) == int(one.n_iter)
+    assert batch.params.means.dtype == dtype
+    if exact:
+      assert int(batch.n_iter[i]) == int(one.n_iter)
+    np.testing.assert_allclose(float(batch.log_likelihood[i]),
+                               float(one.log_likelihood),
+                               rtol=1e-9 if exact else 1e-5)
     np.testing.assert_allclose(np.asarray(batch.params.means[i]),
-                               np.asarray(one.params.means), rtol=1e-5,
-                               atol=1e-5)
+                               np.asarray(one.params.means),
+                               rtol=1e-9 if exact else 0,
+                               atol=1e-9 if exact else 1e-3)
     h = np.asarray(one.history)[:int(one.n_iter)]
     assert np.all(np.isfinite(h)) and not bool(one.failed)
     assert np.all(np.diff(h) >= -1e-5 * np.abs(h[:-1]))

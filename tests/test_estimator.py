@@ -130,10 +130,12 @@ def test_verbose_prints_progress(X, capfd):
 
 @pytest.mark.parametrize("compacted", [False, True])
 def test_verbose_restarts_report_only_their_own_iterations(X, capfd, request,
-                                                           compacted):
+                                                           compacted, x64):
   # n_init=3: vmapped restarts stop at different iterations; a stopped one
   # must not keep printing while the others run. Compacted in blocks of 2,
   # the second block's filler repeats restart 0: it must not report either.
+  # In float64, where the vmapped and the single programs' rounding cannot
+  # move a stopping step (in float32 it can: 49 against 50 iterations).
   blocks = request.getfixturevalue("small_blocks") if compacted else None
   gm = gx.GaussianMixture(3, random_state=0, verbose=2, verbose_interval=1,
                           n_init=3, init_params="random", tol=1e-8,
@@ -243,3 +245,58 @@ def test_not_fitted_and_feature_mismatch(fitted):
   with pytest.raises(ValueError, match="X has 3 features, but GaussianMixture"
                      " is expecting 2 features"):
     fitted.predict(np.zeros((4, 3)))
+
+
+@pytest.mark.parametrize("init_params", ["kmeans", "k-means++", "random",
+                                         "random_from_data"])
+def test_max_iter_zero_returns_the_initialisation(X, init_params):
+  """scikit-learn's contract: initialise, run no EM iteration, warn nothing."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    gm = gx.GaussianMixture(3, max_iter=0, init_params=init_params,
+                            random_state=0, n_init=2).fit(X)
+  assert gm.n_iter_ == 0 and gm.converged_ is False
+  assert gm.lower_bound_ == -np.inf and gm.lower_bounds_ == []
+  # The parameters are an initialisation: EM from them is a different fit.
+  one = gx.GaussianMixture(3, max_iter=1, init_params=init_params,
+                           random_state=0, n_init=2, tol=0.0)
+  with pytest.warns(gx.ConvergenceWarning):
+    one.fit(X)
+  assert one.n_iter_ == 1
+  assert not np.allclose(gm.means_, one.means_)
+  assert gm.predict(X).shape == (len(X),)
+
+
+def test_max_iter_zero_keeps_the_given_parameters(X, x64):
+  w = np.array([0.2, 0.3, 0.5])
+  means = np.array([[0.0, 0.0], [5.0, 1.0], [1.0, 6.0]])
+  prec = np.stack([np.eye(2) * s for s in (1.0, 2.0, 0.5)])
+  gm = gx.GaussianMixture(3, max_iter=0, weights_init=w, means_init=means,
+                          precisions_init=prec).fit(X)
+  assert gm.n_iter_ == 0 and gm.lower_bound_ == -np.inf
+  np.testing.assert_allclose(gm.weights_, w, rtol=1e-12)
+  np.testing.assert_allclose(gm.means_, means, rtol=1e-12)
+  np.testing.assert_allclose(gm.precisions_, prec, rtol=1e-12)
+
+
+def test_float32_weights_init_normalised_in_float32(X):
+  # Sums to 1 within float32's precision, but not to 1e-8 in float64.
+  w = np.full(10, 0.1, np.float32)
+  assert abs(1 - np.sum(w)) < 1e-6
+  assert abs(1 - np.sum(w.astype(np.float64))) > 1e-8
+  gm = gx.GaussianMixture(10, weights_init=w, max_iter=2).fit(X)
+  np.testing.assert_allclose(gm.weights_.sum(), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="normalized"):  # float64: 1e-8
+    gx.GaussianMixture(10, weights_init=w.astype(np.float64)).fit(X)
+
+
+def test_max_iter_values_of_one_bucket_share_a_program(X, compiles):
+  """max_iter is traced: 70 and 100 iterations run one compiled loop."""
+  Xj = jax.numpy.asarray(X, jax.numpy.float32)
+  p0 = gx.init_params(jax.random.key(0), Xj, 3, covariance_type="diag")
+  gx.fit(Xj, p0, max_iter=100, tol=0.0)
+  del compiles[:]
+  res = gx.fit(Xj, p0, max_iter=70, tol=0.0)
+  assert compiles == []
+  assert int(res.n_iter) == 70 and res.history.shape == (128,)
+  assert np.all(np.isnan(np.asarray(res.history)[70:]))

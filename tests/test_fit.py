@@ -25,7 +25,7 @@ def test_history_never_decreases_and_result_is_consistent(X, cov_type, x64):
   res = gx.fit(X, p0, max_iter=200, tol=1e-10)
   n = int(res.n_iter)
   hist = np.asarray(res.history)
-  assert res.history.shape == (200,)
+  assert res.history.shape[0] >= 200  # rounded up: max_iter is traced
   assert np.all(np.isfinite(hist[:n])) and np.all(np.isnan(hist[n:]))
   assert np.all(np.diff(hist[:n]) >= -1e-12)
   # log_likelihood is that of the returned params, >= the last E-step value.
@@ -140,9 +140,9 @@ def test_small_eager_fits_use_the_fast_compiling_program(X, x64):
                                             reg_covar=reg),
                          reg_covar=reg, tol=reg).log_likelihood)()
   # Both code generators give the same fit.
-  args = (X, p0, None, 1e-8, 1e-6, -np.inf, None)
-  a = small(*args, max_iter=100, callback=None)
-  b = default(*args, max_iter=100, callback=None)
+  args = (X, p0, None, 1e-8, 1e-6, -np.inf, None, 100)
+  a = small(*args, history_len=128, callback=None)
+  b = default(*args, history_len=128, callback=None)
   assert int(a.n_iter) == int(b.n_iter)
   for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float),

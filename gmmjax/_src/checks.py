@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding
 
+from gmmjax._src import memory_maps
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 
@@ -61,8 +62,11 @@ def as_data(X, name: str = "X"):
   """``X`` as a floating ``(N, D)`` array; a 1-D array is refused.
 
   An array sharded over a mesh with ``Explicit`` axes is viewed on the
-  same mesh with ``Auto`` axes (:func:`auto_view`).
+  same mesh with ``Auto`` axes (:func:`auto_view`). Every public entry
+  point comes here first, so this is where the process's memory maps are
+  watched (:func:`memory_maps.guard`).
   """
+  memory_maps.guard()
   X = auto_view(X)
   if not _is_float_array(X):  # (eager conversions cost ~0.1 ms each)
     X = jnp.asarray(X)

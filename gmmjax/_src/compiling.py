@@ -25,6 +25,18 @@ from gmmjax._src import covariance as cov_ops
 SMALL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
 
+def ladder_size(n: int, minimum: int = 16) -> int:
+  """The smallest size of the ladder ``m * 2**e`` (``m`` in 8..15) >= ``n``.
+
+  Sizes a program is compiled for: a count of samples (or draws) rounded up
+  to it wastes at most 1/8 of the work, and all counts between two rungs
+  share one program (every count from 1 to ``minimum`` shares the first).
+  """
+  n = max(int(n), int(minimum))
+  shift = max(n.bit_length() - 4, 0)
+  return -(-n // (1 << shift)) << shift
+
+
 def pick(programs, n_samples: int, n_components: int, n_features: int):
   """The small program for problems of one exact-form chunk
   (``covariance.use_direct``) called outside any trace, else the default.

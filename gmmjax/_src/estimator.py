@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 import time
 import warnings
 
@@ -29,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import em, restarts, scale_online
+from gmmjax._src import compiling, em, restarts, scale_online
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
@@ -74,25 +73,6 @@ def _progress_printer(verbose: int, interval: int):
       print(f"  Iteration {n_iter}", flush=True)
 
   return callback
-
-
-@functools.cache
-def _combined_not_fitted_error(sk_error):
-  return type("NotFittedError", (val.NotFittedError, sk_error), {
-      "__module__": val.NotFittedError.__module__})
-
-
-def _not_fitted_error_class():
-  """gmmjax's NotFittedError, also scikit-learn's when that is imported.
-
-  scikit-learn's own checks (``check_estimator``, ``check_is_fitted`` users)
-  catch ``sklearn.exceptions.NotFittedError``; anyone catching that has
-  imported scikit-learn, so we only subclass it then and never import it.
-  """
-  if "sklearn.exceptions" in sys.modules:
-    return _combined_not_fitted_error(
-        sys.modules["sklearn.exceptions"].NotFittedError)
-  return val.NotFittedError
 
 
 class GaussianMixture:
@@ -221,7 +201,7 @@ class GaussianMixture:
 
   def _check_is_fitted(self):
     if not hasattr(self, "means_"):
-      raise _not_fitted_error_class()(
+      raise val.sklearn_compatible(val.NotFittedError, "NotFittedError")(
           f"This {type(self).__name__} instance is not fitted yet. Call "
           "'fit' with appropriate arguments before using this estimator.")
 
@@ -351,8 +331,12 @@ class GaussianMixture:
     best = int(restarts.best_restart(results, xp=np))
     result = restarts.take(results, best)
     lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)
-    if not all(np.all(np.isfinite(np.asarray(leaf)))
-               for leaf in jax.tree.leaves(result.params)):
+    # Failed restarts rank last: the kept one failed only if all did. As in
+    # scikit-learn, that is an error (the functional fit returns the last
+    # finite params with `failed` set instead).
+    if bool(result.failed) or not all(
+        np.all(np.isfinite(np.asarray(leaf)))
+        for leaf in jax.tree.leaves(result.params)):
       raise ValueError(
           "Fitting the mixture model failed because some components have "
           "ill-defined empirical covariance (for instance caused by singleton "
@@ -366,20 +350,13 @@ class GaussianMixture:
               f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
               f"{float(lower_bounds[i]):.5f}", flush=True)
 
-    failed = bool(result.failed)
-    if failed:
-      warnings.warn(
-          "Fitting stopped early because an EM step produced non-finite "
-          "parameters (ill-defined empirical covariance); the last finite "
-          "parameters are kept. Try to increase reg_covar, or scale the input "
-          "data.", val.ConvergenceWarning, stacklevel=2)
     if float(result.jitter) > 0:
       self._warn_jitter(float(result.jitter))
-    if not failed and not bool(result.converged) and self.max_iter > 0:
+    if not bool(result.converged) and self.max_iter > 0:
       warnings.warn(
           "Best performing initialization did not converge. Try different "
           "init parameters, or increase max_iter, tol, or check for "
-          "degenerate data.", val.ConvergenceWarning, stacklevel=2)
+          "degenerate data.", val.convergence_warning(), stacklevel=2)
 
     self._dtype = np.dtype(X.dtype)
     self._set_fitted(result.params)
@@ -440,7 +417,7 @@ class GaussianMixture:
         f"diagonal jitter of up to {jitter:.3g} was added, on "
         f"top of reg_covar={self.reg_covar!r}, to factorise it (jitter_). "
         "Increase reg_covar, remove collinear or duplicated features, or "
-        "fit in float64.", val.ConvergenceWarning, stacklevel=3)
+        "fit in float64.", val.convergence_warning(), stacklevel=3)
 
   def _n_parameters(self):
     return em.n_parameters(self._params())
@@ -512,7 +489,10 @@ class GaussianMixture:
       raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The "
                        "sampling requires at least one sample.")
     key = key_from_random_state(self.random_state)
-    X, y = em.sample(key, self._params(), int(n_samples))
-    X, y = np.asarray(X), np.asarray(y)
+    # Drawn in a ladder size (compiling.ladder_size), so that nearby counts
+    # share one program; the surplus is dropped on the host.
+    n = int(n_samples)
+    X, y = em.sample(key, self._params(), compiling.ladder_size(n, 256))
+    X, y = np.asarray(X)[:n], np.asarray(y)[:n]
     order = np.argsort(y, kind="stable")
     return X[order], y[order]

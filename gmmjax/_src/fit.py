@@ -27,7 +27,8 @@ class FitResult(NamedTuple):
   log_likelihood: jax.Array  # shape=(), mean log-likelihood of `params`
   n_iter: jax.Array  # shape=(), int32, EM iterations done
   converged: jax.Array  # shape=(), bool, |change| < tol was reached
-  history: jax.Array  # shape=(max_iter,), E-step log-likelihoods, NaN padded
+  history: jax.Array  # shape=(history_length(max_iter),), E-step
+  # log-likelihoods, NaN padded past n_iter
   failed: jax.Array  # shape=(), bool, a step went non-finite: the last finite
   # params are returned and `converged` is False
   jitter: jax.Array  # shape=(), the largest diagonal jitter the M-step had
@@ -53,10 +54,22 @@ def lower_bound(history, n_iter, xp=jnp):
 
   ``xp`` is ``jax.numpy`` or ``numpy`` (host results, nothing to compile).
   """
+  if history.shape[-1] == 0:  # max_iter=0 of a loop with an exact history
+    return xp.full(xp.shape(n_iter), -xp.inf, history.dtype)
   idx = xp.maximum(n_iter - 1, 0)
   value = xp.take_along_axis(history, xp.expand_dims(idx, -1),
                              axis=-1)[..., 0]
   return xp.where(n_iter > 0, value, -xp.inf)
+
+
+def history_length(max_iter: int) -> int:
+  """Entries of ``FitResult.history`` for ``max_iter``: a power of two >= 8.
+
+  ``max_iter`` itself is a traced value of the compiled loop, so every
+  ``max_iter`` of one bucket (e.g. 65..128) runs the same program; only the
+  history's length is static. ``max_iter=0`` still gets a (NaN) history.
+  """
+  return max(8, 1 << (int(max_iter) - 1).bit_length())
 
 
 class _Carry(NamedTuple):
@@ -70,6 +83,8 @@ class _Carry(NamedTuple):
   failed: jax.Array
   jitter: jax.Array
   started: jax.Array  # False only before the initial params are evaluated
+  max_iter: jax.Array  # int32, read by the stopping rule (cond may not
+  # close over traced values: batching.while_loop)
 
 
 def count_degenerate(params: GMMParams, n_samples, reg_covar) -> jax.Array:
@@ -191,15 +206,15 @@ def progress_callback(callback, *values, active=None):
 
 
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-              prior, max_iter: int, callback: Callable | None,
-              unrolled: bool = False):
+              prior, max_iter, history_len: int, callback: Callable | None,
+              unrolled_steps: int | None = None):
   dtype = X.dtype
 
   def where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
   def cond(c: _Carry):
-    return ~c.started | ((c.n_iter < max_iter) & ~c.converged & ~c.failed)
+    return ~c.started | ((c.n_iter < c.max_iter) & ~c.converged & ~c.failed)
 
   # Each pass is M-step then E-step: the E-step that gives iteration i's
   # log-likelihood also gives the statistics of iteration i + 1's M-step,
@@ -233,7 +248,7 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
         converged=step & (jnp.abs(change) < tol),
         failed=~ok,
         jitter=jnp.where(step, jnp.maximum(c.jitter, jitter), c.jitter),
-        started=jnp.ones((), bool))
+        started=jnp.ones((), bool), max_iter=c.max_iter)
 
   zeros = jnp.zeros((), dtype)
   init = _Carry(
@@ -242,20 +257,22 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       objective=zeros,
       prev_ll=jnp.asarray(prev_log_likelihood, dtype),
       n_iter=jnp.zeros((), jnp.int32),
-      history=jnp.full((max_iter,), jnp.nan, dtype),
+      history=jnp.full((history_len,), jnp.nan, dtype),
       converged=jnp.zeros((), bool),
       failed=jnp.zeros((), bool),
       jitter=zeros,
-      started=jnp.zeros((), bool))
+      started=jnp.zeros((), bool),
+      max_iter=jnp.minimum(jnp.asarray(max_iter, jnp.int32), history_len))
   ops = (X, sample_weight, tol, reg_covar, prior)
-  if unrolled:
+  if unrolled_steps is not None:
     # Same iterations as the while_loop, as a fixed-length scan that reverse
-    # mode can differentiate: steps after the stop are masked out.
+    # mode can differentiate: steps after the stop are masked out. Its
+    # length (max_iter + 1) is static: memory grows with it.
     def scan_step(c, _):
       active = cond(c)
       new = body(c, ops, active)
       return where(active, new, c), None
-    out, _ = lax.scan(scan_step, init, None, length=max_iter + 1)
+    out, _ = lax.scan(scan_step, init, None, length=unrolled_steps)
   else:
     # Vmapped (many problems or restarts at once), members that have
     # stopped skip the remaining iterations (batching.while_loop).
@@ -273,7 +290,7 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
 
 
 _fit_programs = compiling.jit_by_size(
-    _fit_impl, static_argnames=("max_iter", "callback", "unrolled"))
+    _fit_impl, static_argnames=("history_len", "callback", "unrolled_steps"))
 
 
 def _fit_program(X, params):
@@ -303,7 +320,7 @@ def _placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:
 
 
 class _Static(NamedTuple):
-  max_iter: int
+  history_len: int
   callback: Callable | None
   solver: implicit_lib.ImplicitSolver
 
@@ -317,15 +334,16 @@ def _mean_log_likelihood(params: GMMParams, X, sample_weight):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _fit_implicit(static: _Static, X, params, sample_weight, tol, reg_covar,
-                  prev_log_likelihood, prior):
+                  prev_log_likelihood, prior, max_iter):
   return _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-              prior, max_iter=static.max_iter, callback=static.callback)
+              prior, max_iter, history_len=static.history_len,
+              callback=static.callback)
 
 
 @_fit_implicit.defjvp
 def _fit_implicit_jvp(static: _Static, primals, tangents):
-  X, params, sample_weight, tol, reg_covar, prev_ll, prior = primals
-  dX, _, dw, _, dreg, _, dprior = tangents
+  X, params, sample_weight, tol, reg_covar, prev_ll, prior, _ = primals
+  dX, _, dw, _, dreg, _, dprior, _ = tangents
   out = _fit_implicit(static, *primals)
   ctype = params.covariance_type
   inputs = (X, sample_weight, reg_covar, prior)
@@ -425,7 +443,10 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
       :func:`make_params` or a previous fit).
     sample_weight: optional ``(N,)`` non-negative weights (zero-weight rows
       change neither the fit nor its gradients: pad to a fixed shape).
-    max_iter: maximum number of EM iterations (static).
+    max_iter: maximum number of EM iterations: a concrete int, but a
+      traced value in the compiled loop (``max_iter`` values of one power
+      of two share a program; ``history`` has :func:`history_length`
+      entries). Under a user's ``jit``, mark it static.
     tol: convergence threshold on the change of the mean log-likelihood.
     reg_covar: non-negative regulariser added to covariance diagonals.
     prev_log_likelihood: the log-likelihood the first change is measured
@@ -449,20 +470,32 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     >>> p0 = gx.init_params(jax.random.key(1), X, 2, covariance_type="diag")
     >>> result = gx.fit(X, p0, tol=1e-4)
     >>> bool(result.converged), result.history.shape
-    (True, (100,))
+    (True, (128,))
     >>> loss = lambda X: gx.fit(X, p0, tol=1e-6).log_likelihood
     >>> jax.grad(loss)(X).shape
     (200, 2)
   """
   params, X, w = checks.prepare(params, X, sample_weight)
-  if not isinstance(max_iter, int) or max_iter < 0:
-    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  max_iter = check_max_iter(max_iter)
   if differentiation not in DIFFERENTIATION_MODES:
     raise ValueError(f"differentiation should be one of "
                      f"{list(DIFFERENTIATION_MODES)}, got {differentiation!r}.")
   if prior is not None:
     prior = priors_lib.as_prior(prior, X.dtype, params.n_components,
                                 params.n_features)
+  return fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood,
+                     prior, np.int32(max_iter), history_length(max_iter),
+                     callback=callback, differentiation=differentiation,
+                     solver=solver,
+                     unrolled_steps=max_iter + 1)
+
+
+def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
+                max_iter, history_len: int, *, callback=None,
+                differentiation="implicit", solver=None,
+                unrolled_steps: int | None = None) -> FitResult:
+  """:func:`fit` on checked arguments; ``max_iter`` may be traced here
+  (``history_len`` static), e.g. inside a vmapped restart program."""
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
   # An eager call (no tracer: nothing differentiates it) skips the
@@ -471,14 +504,29 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
       isinstance(leaf, jax.core.Tracer)
       for leaf in jax.tree.leaves((X, params, w, tol, reg_covar, prior,
                                    prev_log_likelihood))):
-    static = _Static(max_iter, callback,
+    static = _Static(history_len, callback,
                      implicit_lib.ImplicitSolver() if solver is None
                      else solver)
     return _fit_implicit(static, X, params, w, tol, reg_covar,
-                         jnp.asarray(prev_log_likelihood, X.dtype), prior)
+                         jnp.asarray(prev_log_likelihood, X.dtype), prior,
+                         max_iter)
   if differentiation == "none":
     X, params, w, tol, reg_covar, prior = lax.stop_gradient(
         (X, params, w, tol, reg_covar, prior))
   return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
-              max_iter=max_iter, callback=callback,
-              unrolled=differentiation == "unrolled")
+              max_iter, history_len=history_len, callback=callback,
+              unrolled_steps=(unrolled_steps if differentiation == "unrolled"
+                              else None))
+
+
+def check_max_iter(max_iter) -> int:
+  """``max_iter`` as a non-negative Python int, or a ``ValueError``."""
+  if isinstance(max_iter, jax.core.Tracer):
+    raise ValueError(
+        "max_iter is traced: it sets the length of the fit's history, so it "
+        "must be a concrete int. Mark it static (jax.jit(..., "
+        "static_argnames='max_iter')) or close over it.")
+  if (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
+      or max_iter < 0):
+    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  return int(max_iter)

@@ -7,11 +7,18 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import init as init_lib
-from gmmjax._src.fit import FitResult, fit
+from gmmjax._src.fit import (
+    FitResult,
+    check_max_iter,
+    fit,
+    fit_checked,
+    history_length,
+)
 from gmmjax._src.params import GMMParams
 
 
@@ -52,14 +59,15 @@ def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
       one, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
 
 
-@functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
-def _fit_batch(X, params0, sample_weight, tol, reg_covar, max_iter, callback):
+@functools.partial(jax.jit, static_argnames=("history_len", "callback"))
+def _fit_batch(X, params0, sample_weight, tol, reg_covar, max_iter,
+               history_len, callback):
   # The vmapped loop runs only the restarts still iterating (on CPU), one
   # at a time once a restart's data fill a chunk, and on accelerators in
   # blocks bounded by memory (batching.while_loop).
-  return jax.vmap(lambda p: fit(
-      X, p, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
-      reg_covar=reg_covar, callback=callback))(params0)
+  return jax.vmap(lambda p: fit_checked(
+      X, p, sample_weight, tol, reg_covar, -jnp.inf, None, max_iter,
+      history_len, callback=callback))(params0)
 
 
 def _add_axis(tree):
@@ -167,9 +175,10 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                           reg_covar=reg_covar, sample_weight=sample_weight)
   # Trace-time checks of the arguments happen inside fit.
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  max_iter = check_max_iter(max_iter)
   return _fit_batch(X, params0, w, jnp.asarray(tol, X.dtype),
-                    jnp.asarray(reg_covar, X.dtype), max_iter=max_iter,
-                    callback=callback)
+                    jnp.asarray(reg_covar, X.dtype), np.int32(max_iter),
+                    history_len=history_length(max_iter), callback=callback)
 
 
 def params_with_overrides(params: GMMParams, *, weights=None, means=None,

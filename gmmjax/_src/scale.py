@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 from gmmjax._src import checks
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.fit import FitResult, count_degenerate
+from gmmjax._src.fit import FitResult, count_degenerate, history_length
 from gmmjax._src.params import GMMParams, all_finite
 from gmmjax._src.stats import SuffStats
 
@@ -374,7 +374,7 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
     return acc, shift
 
   prev_ll = np.asarray(prev_log_likelihood, dtype)
-  history = np.full((max_iter,), np.nan, dtype)
+  history = np.full((history_length(max_iter),), np.nan, dtype)
   n_iter, converged, failed, max_jitter = 0, False, False, 0.0
   while n_iter < max_iter and not converged and not failed:
     stats, shift = stats_pass(params)
@@ -554,7 +554,7 @@ def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
             jnp.where(ok, jnp.maximum(max_jitter, jitter), max_jitter))
 
   init = (params, jnp.asarray(prev_ll, dtype), jnp.zeros((), jnp.int32),
-          jnp.full((max_iter,), jnp.nan, dtype), jnp.zeros((), bool),
+          jnp.full((history_length(max_iter),), jnp.nan, dtype), jnp.zeros((), bool),
           jnp.zeros((), bool), jnp.zeros((), dtype))
   params, _, n_iter, history, converged, failed, jitter = lax.while_loop(
       cond, body, init)
@@ -592,6 +592,9 @@ def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
       local_fit, mesh=mesh,
       in_specs=(data_spec, w_spec, P(), P(), P(), P()), out_specs=P())
   return jax.jit(mapped)
+
+
+_sharded_fit_fn.releases_programs = True  # memory_maps.release empties it
 
 
 def _data_axes(X, mesh, axis_name):

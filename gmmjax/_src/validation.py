@@ -6,7 +6,9 @@ coming from it recognise them, and say what to do.
 
 from __future__ import annotations
 
+import functools
 import numbers
+import sys
 
 import jax
 import numpy as np
@@ -18,6 +20,29 @@ class NotFittedError(ValueError, AttributeError):
 
 class ConvergenceWarning(UserWarning):
   """The best restart did not converge (as scikit-learn's)."""
+
+
+@functools.cache
+def _with_sklearn_base(ours, theirs):
+  return type(ours.__name__, (ours, theirs), {"__module__": ours.__module__})
+
+
+def sklearn_compatible(cls, sklearn_name: str):
+  """``cls``, also a subclass of ``sklearn.exceptions.<sklearn_name>`` once
+  scikit-learn is imported.
+
+  Code that catches or filters scikit-learn's exception or warning (its
+  own tests, ``check_estimator``, users' ``warnings.simplefilter``) has
+  imported scikit-learn; gmmjax never imports it for this.
+  """
+  module = sys.modules.get("sklearn.exceptions")
+  theirs = getattr(module, sklearn_name, None)
+  return cls if theirs is None else _with_sklearn_base(cls, theirs)
+
+
+def convergence_warning():
+  """The class to warn with: :class:`ConvergenceWarning` (and scikit-learn's)."""
+  return sklearn_compatible(ConvergenceWarning, "ConvergenceWarning")
 
 
 def compute_dtype(X: np.ndarray) -> np.dtype:
@@ -228,7 +253,8 @@ def check_param(name: str, value, kind: str, low=None, high=None,
 
 
 def check_weights_init(weights, n_components: int) -> np.ndarray:
-  w = np.asarray(weights, dtype=np.float64)
+  given = np.asarray(weights)
+  w = given.astype(np.float64)
   if w.shape != (n_components,):
     raise ValueError(f"The parameter 'weights' should have the shape of "
                      f"({n_components},), but got {w.shape}")
@@ -236,7 +262,11 @@ def check_weights_init(weights, n_components: int) -> np.ndarray:
     raise ValueError("The parameter 'weights' should be in the range [0, 1], "
                      f"but got max value {np.max(w):.5f}, min value "
                      f"{np.min(w):.5f}")
-  if not np.allclose(np.abs(1.0 - np.sum(w)), 0.0):
+  # Normalised to the precision the weights were given in (scikit-learn's
+  # rule): float32 weights that sum to 1 in float32 may be 1e-7 off in
+  # float64.
+  atol = 1e-6 if given.dtype == np.float32 else 1e-8
+  if not np.allclose(np.abs(1.0 - np.sum(w)), 0.0, atol=atol):
     raise ValueError("The parameter 'weights' should be normalized, but got "
                      f"sum(weights) = {np.sum(w):.5f}")
   return w
