@@ -85,7 +85,8 @@ def test_implicit_gradient_matches_finite_differences(x64, covariance_type):
     res = gx.fit(X, p0, sample_weight=w, reg_covar=REG, tol=0.0,
                  max_iter=MAX_ITER)
     # The finite differences see the fixed point only if the fit reached it.
-    assert abs(float(res.history[-1] - res.history[-2])) < 1e-14
+    last = int(res.n_iter) - 1
+    assert abs(float(res.history[last] - res.history[last - 1])) < 1e-14
     gX, gw, greg = _grad(X, w, REG, p0, coef)
     vX, vw = rng.normal(size=X.shape), rng.normal(size=w.shape)
     dirs = [(vX, 0 * vw, 0.0), (0 * vX, vw, 0.0), (0 * vX, 0 * vw, 1.0)]
@@ -199,11 +200,18 @@ def test_modes_return_identical_fits_float32():
   p0 = _init(X, "full")
   results = [gx.fit(X, p0, differentiation=m, tol=1e-3)
              for m in ("implicit", "none", "unrolled")]
-  for other in results[1:]:
+  # "implicit" and "none" run one program eagerly: bit for bit. "unrolled"
+  # is another program (a masked scan), which XLA may round differently:
+  # EM contracts, so that stays within a few float32 eps of the fit.
+  for other, exact in zip(results[1:], (True, False)):
     assert int(other.n_iter) == int(results[0].n_iter)
     for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(other),
                     strict=True):
-      np.testing.assert_array_equal(a, b)
+      if exact:
+        np.testing.assert_array_equal(a, b)
+      else:
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float),
+                                   rtol=1e-5, atol=1e-6)
   assert results[0].params.means.dtype == jnp.float32
   assert 1 < int(results[0].n_iter) < 100
 
