@@ -9,7 +9,7 @@ from ``__sklearn_tags__``, which imports scikit-learn only when asked).
 Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
 
 * ``n_init`` restarts run as one vmapped compiled program, not a Python loop;
-  the best restart is the one with the highest final log-likelihood.
+  the kept restart is scikit-learn's (the highest ``lower_bound_``).
 * ``fit``, ``fit_predict``, ``score``, ``score_samples``, ``bic`` and ``aic``
   take ``sample_weight``.
 * Computation is float32 unless the input is float64 *and* JAX's x64 mode is
@@ -73,6 +73,23 @@ def _progress_printer(verbose: int, interval: int):
       print(f"  Iteration {n_iter}", flush=True)
 
   return callback
+
+
+def _best_by_lower_bound(lower_bounds, failed) -> int:
+  """scikit-learn's choice of restart: the highest ``lower_bound_``.
+
+  As its loop keeps them: a later restart replaces the kept one when its
+  lower bound is strictly higher or the kept one's is ``-inf`` (so with
+  ``max_iter=0`` the last restart is kept). Failed restarts are kept only
+  when all failed. More restarts never lower ``lower_bound_``.
+  """
+  best, best_lb = None, -np.inf
+  for i, (lb, bad) in enumerate(zip(lower_bounds, failed)):
+    if bad:
+      continue
+    if best is None or lb > best_lb or best_lb == -np.inf:
+      best, best_lb = i, lb
+  return 0 if best is None else best
 
 
 class GaussianMixture:
@@ -328,9 +345,9 @@ class GaussianMixture:
 
     # On the host from here: small NumPy work, nothing more to compile.
     results = jax.device_get(results)
-    best = int(restarts.best_restart(results, xp=np))
-    result = restarts.take(results, best)
     lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)
+    best = _best_by_lower_bound(lower_bounds, np.asarray(results.failed))
+    result = restarts.take(results, best)
     # Failed restarts rank last: the kept one failed only if all did. As in
     # scikit-learn, that is an error (the functional fit returns the last
     # finite params with `failed` set instead).
