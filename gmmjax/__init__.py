@@ -37,6 +37,7 @@ from gmmjax._src.gradfit import (
 from gmmjax._src.implicit import ImplicitSolver, fixed_point_jvp
 from gmmjax._src.init import INIT_METHODS, init_params, kmeans, kmeans_plusplus
 from gmmjax._src.io import load, save
+from gmmjax._src.padding import pad_samples
 from gmmjax._src.params import GMMParams, make_params
 from gmmjax._src.priors import (
     ConjugatePrior,
@@ -137,6 +138,7 @@ __all__ = [
     "negative_log_likelihood",
     "online_init",
     "online_update",
+    "pad_samples",
     "params_from_stats",
     "predict",
     "predict_proba",

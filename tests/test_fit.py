@@ -61,12 +61,12 @@ def test_convergence_rule_is_sklearns(X, x64):
 def test_vmap_over_initial_params_equals_separate_fits(X, x64):
   keys = jax.random.split(jax.random.key(3), 8)
   batch = jax.vmap(lambda k: gx.init_params(k, X, 3, method="random"))(keys)
-  results = jax.vmap(lambda p: gx.fit(X, p, max_iter=100, tol=1e-6))(batch)
+  results = jax.vmap(lambda p: gx.fit(X, p, max_iter=300, tol=1e-6))(batch)
   assert results.params.means.shape == (8, 3, 2)
   n_iters = set()
   for i in range(8):
     p_i = jax.tree.map(lambda a, i=i: a[i], batch)
-    single = gx.fit(X, p_i, max_iter=100, tol=1e-6)
+    single = gx.fit(X, p_i, max_iter=300, tol=1e-6)
     n_iters.add(int(single.n_iter))
     assert int(results.n_iter[i]) == int(single.n_iter)
     assert bool(results.converged[i]) == bool(single.converged)

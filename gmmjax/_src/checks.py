@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from gmmjax._src import memory_maps
@@ -16,7 +17,8 @@ from gmmjax._src.params import GMMParams, check_covariance_type
 
 def float_dtype(x):
   """The floating dtype to compute in for input ``x``."""
-  dtype = jnp.asarray(x).dtype
+  dtype = (jax.dtypes.canonicalize_dtype(x.dtype) if isinstance(x, np.ndarray)
+           else jnp.asarray(x).dtype)
   if jnp.issubdtype(dtype, jnp.floating):
     return dtype
   return jnp.result_type(float)
@@ -68,7 +70,11 @@ def as_data(X, name: str = "X"):
   """
   memory_maps.guard()
   X = auto_view(X)
-  if not _is_float_array(X):  # (eager conversions cost ~0.1 ms each)
+  if isinstance(X, np.ndarray):
+    # Converted on the host and put: an eager jnp.asarray or astype
+    # compiles a small program for every new shape.
+    X = jax.device_put(X.astype(float_dtype(X), copy=False))
+  elif not _is_float_array(X):  # (eager conversions cost ~0.1 ms each)
     X = jnp.asarray(X)
     X = X.astype(float_dtype(X))
   if X.ndim != 2:
@@ -111,6 +117,8 @@ def as_sample_weight(sample_weight, n_samples: int, dtype):
   if sample_weight is None:
     return None
   w = auto_view(sample_weight)
+  if isinstance(w, np.ndarray):
+    w = jax.device_put(w.astype(dtype, copy=False))
   if not (isinstance(w, jax.Array) and w.dtype == dtype):
     w = jnp.asarray(w)
   if w.shape != (n_samples,):

@@ -25,10 +25,9 @@ import time
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import compiling, em, restarts, scale_online
+from gmmjax._src import compiling, em, padding, restarts, scale_online
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
@@ -238,14 +237,31 @@ class GaussianMixture:
           f"expecting {self.n_features_in_} features as input.")
     dtype = (self._dtype if not reset and hasattr(self, "_dtype")
              else val.compute_dtype(X))
-    return jnp.asarray(X.astype(dtype, copy=False))
+    return X.astype(dtype, copy=False)
+
+  @staticmethod
+  def _on_device(X, sample_weight=None):
+    """``(X, weights)`` padded to the ladder (padding.padded_rows) as JAX
+    arrays: nearby sample counts share every compiled program."""
+    n, d = X.shape
+    Xp, wp = padding.pad_samples(X, sample_weight,
+                                 n_rows=padding.padded_rows(n, d))
+    # device_put: jnp.asarray of a NumPy array compiles a copy per shape.
+    return jax.device_put(Xp), jax.device_put(wp)
+
+  def _evaluate(self, fn, X):
+    """``fn(params, X)`` per sample, on padded data, padding dropped."""
+    self._check_is_fitted()
+    X = self._validate_X(X, reset=False)
+    Xp, _ = self._on_device(X)
+    return np.asarray(fn(self._params(), Xp))[:X.shape[0]]
 
   # -- fitting --------------------------------------------------------------
 
   def _params(self) -> GMMParams:
-    return GMMParams(jnp.asarray(self.weights_), jnp.asarray(self.means_),
-                     jnp.asarray(self.covariances_),
-                     jnp.asarray(self.precisions_cholesky_),
+    return GMMParams(*jax.device_put((self.weights_, self.means_,
+                                      self.covariances_,
+                                      self.precisions_cholesky_)),
                      self.covariance_type)
 
   def _set_fitted(self, params: GMMParams):
@@ -287,11 +303,12 @@ class GaussianMixture:
   def fit_predict(self, X, y=None, sample_weight=None):
     """Fits and returns the component of each sample (after a final E-step)."""
     del y
-    params, X = self._fit(X, sample_weight)
-    return np.asarray(em.predict(params, X))
+    params, X, n = self._fit(X, sample_weight)
+    return np.asarray(em.predict(params, X))[:n]
 
   def _fit(self, X, sample_weight):
-    """The fit behind ``fit`` and ``fit_predict``: ``(params, checked X)``.
+    """The fit behind ``fit`` and ``fit_predict``: ``(params, padded X,
+    n_samples)``.
 
     ``fit`` needs no labels: skipping them saves a pass over the data and,
     on the first call, compiling ``predict`` (~0.15 s).
@@ -310,12 +327,12 @@ class GaussianMixture:
           "Expected n_samples >= n_components but got n_components = "
           f"{self.n_components}, n_samples = {n_samples}")
     w = val.check_sample_weight(sample_weight, n_samples, dtype=X.dtype)
-    w = None if w is None else jnp.asarray(w, X.dtype)
-    overrides = self._initial_overrides(n_features)
-    callback = self._progress_callback()
+    # Rows of weight 0 pad the data to the ladder: the fit is the unpadded
+    # one (every init method draws the same), its program shared.
+    X, w = self._on_device(X, w)
     kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
                   tol=float(self.tol), reg_covar=float(self.reg_covar),
-                  callback=callback)
+                  callback=self._progress_callback())
     start = time.perf_counter()
 
     if warm:
@@ -323,28 +340,16 @@ class GaussianMixture:
               else -np.inf)
       results = fit_lib.fit(X, self._params(), prev_log_likelihood=prev,
                             **kwargs)
-      results = jax.tree.map(lambda a: a[None], results)
-    elif not any(v is not None for v in overrides.values()):
+    else:
       results = restarts.restart_results(
           key_from_random_state(self.random_state), X, int(self.n_components),
           n_init=int(self.n_init), covariance_type=self.covariance_type,
-          method=self.init_params, **kwargs)
-      if int(self.n_init) == 1:
-        results = jax.tree.map(lambda a: np.asarray(a)[None],
-                               jax.device_get(results))
-    else:
-      keys = jax.random.split(key_from_random_state(self.random_state),
-                              int(self.n_init))
-      params0 = jax.vmap(lambda k: restarts.params_with_overrides(
-          init_lib.init_params(k, X, int(self.n_components),
-                               covariance_type=self.covariance_type,
-                               method=self.init_params,
-                               reg_covar=float(self.reg_covar),
-                               sample_weight=w), **overrides))(keys)
-      results = jax.vmap(lambda p: fit_lib.fit(X, p, **kwargs))(params0)
-
+          method=self.init_params,
+          overrides=self._initial_overrides(n_features), **kwargs)
     # On the host from here: small NumPy work, nothing more to compile.
     results = jax.device_get(results)
+    if warm or int(self.n_init) == 1:
+      results = jax.tree.map(lambda a: np.asarray(a)[None], results)
     lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)
     best = _best_by_lower_bound(lower_bounds, np.asarray(results.failed))
     result = restarts.take(results, best)
@@ -384,27 +389,21 @@ class GaussianMixture:
     self.lower_bound_ = float(lower_bounds[best])
     self.lower_bounds_ = [float(v) for v in
                           np.asarray(result.history)[:self.n_iter_]]
-    return result.params, X
+    return result.params, X, n_samples
 
   # -- inference ------------------------------------------------------------
 
   def predict(self, X):
     """Component labels ``(n_samples,)``."""
-    self._check_is_fitted()
-    return np.asarray(em.predict(self._params(),
-                                 self._validate_X(X, reset=False)))
+    return self._evaluate(em.predict, X)
 
   def predict_proba(self, X):
     """Responsibilities ``(n_samples, n_components)``."""
-    self._check_is_fitted()
-    return np.asarray(em.predict_proba(self._params(),
-                                       self._validate_X(X, reset=False)))
+    return self._evaluate(em.predict_proba, X)
 
   def score_samples(self, X):
     """Per-sample log density ``(n_samples,)``."""
-    self._check_is_fitted()
-    return np.asarray(em.log_prob(self._params(),
-                                  self._validate_X(X, reset=False)))
+    return self._evaluate(em.log_prob, X)
 
   def score(self, X, y=None, sample_weight=None):
     """Mean (weighted) per-sample log-likelihood of ``X``."""
@@ -458,16 +457,18 @@ class GaussianMixture:
     fitted = hasattr(self, "means_")
     X = self._validate_X(X, reset=not fitted)
     w = val.check_sample_weight(sample_weight, X.shape[0])
-    w = None if w is None else jnp.asarray(w, X.dtype)
+    # Rows with positive weight: the count n_degenerate_ is measured against.
+    n_pos = X.shape[0] if w is None else int(np.count_nonzero(w))
+    X, w = self._on_device(X, w)  # batches of nearby sizes share programs
     if state is None:
       if fitted:  # continue a batch fit online
         params = self._params()
       else:
-        if X.shape[0] < self.n_components:
+        if n_pos < self.n_components:
           raise ValueError(
               "Expected n_samples >= n_components in the first partial_fit "
               f"batch but got n_components = {self.n_components}, n_samples = "
-              f"{X.shape[0]}")
+              f"{n_pos}")
         params = restarts.params_with_overrides(
             init_lib.init_params(
                 key_from_random_state(self.random_state), X,
@@ -481,9 +482,7 @@ class GaussianMixture:
     else:
       state = scale_online.online_update(state, X, sample_weight=w,
                                          reg_covar=float(self.reg_covar))
-    # Rows with positive weight seen so far (skipped batches excepted): the
-    # count fit's n_degenerate_ measures empty components against.
-    n_pos = X.shape[0] if w is None else int(np.count_nonzero(np.asarray(w)))
+    # Rows with positive weight seen so far (skipped batches excepted).
     previous = 0 if new_stream else self._online_n_positive
     self._online_n_positive = previous + (0 if bool(state.failed) else n_pos)
     self._online_state = state

@@ -8,7 +8,6 @@ M-step turns into parameters. Everything is JAX: it runs under ``jit`` (with
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -139,22 +138,49 @@ def lloyd(X, centers, w, mask=None, *, max_iter: int = 300, tol=1e-4):
   return centers, assign(centers).astype(jnp.int32)
 
 
+def _row_uniforms(key, n: int, k: int, dtype):
+  """``(n, k)`` uniforms in [0, 1), row ``i`` drawn from ``fold_in(key, i)``.
+
+  A row's numbers do not depend on ``n``: data padded with rows of weight 0
+  (:func:`gmmjax.pad_samples`) get the same draws for their real rows.
+  """
+  return jax.vmap(lambda i: jax.random.uniform(
+      jax.random.fold_in(key, i), (k,), dtype))(jnp.arange(n))
+
+
+def _weighted_sample_without_replacement(key, w, k: int, dtype):
+  """``k`` row indices drawn without replacement with probability ``~ w``.
+
+  Gumbel top-k on row-wise uniforms: rows of weight 0 are never drawn, and
+  padding rows change nothing.
+  """
+  u = _row_uniforms(key, w.shape[0], 1, dtype)[:, 0]
+  tiny = jnp.finfo(dtype).tiny
+  gumbel = -jnp.log(-jnp.log(jnp.maximum(u, tiny)))
+  score = jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)) + gumbel,
+                    -jnp.inf)
+  return jax.lax.top_k(score, k)[1]
+
+
 def initial_responsibilities(key, X, n_components: int, method: str,
                              sample_weight=None):
-  """Initial responsibilities ``(N, K)`` of scikit-learn's init methods."""
+  """Initial responsibilities ``(N, K)`` of scikit-learn's init methods.
+
+  Every method draws the same for data padded with rows of weight 0.
+  """
   n = X.shape[0]
   if method == "kmeans":
     _, labels = kmeans(key, X, n_components, sample_weight)
     return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
   if method == "random":
-    resp = jax.random.uniform(key, (n, n_components), X.dtype)
+    resp = _row_uniforms(key, n, n_components, X.dtype)
     return resp / jnp.sum(resp, axis=1, keepdims=True)
   if method == "k-means++":
     _, indices = kmeans_plusplus(key, X, n_components, sample_weight)
   else:  # random_from_data
-    p = None if sample_weight is None else sample_weight / jnp.sum(
-        sample_weight)
-    indices = jax.random.choice(key, n, (n_components,), replace=False, p=p)
+    w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
+    indices = _weighted_sample_without_replacement(key, w, n_components,
+                                                   X.dtype)
   return jnp.zeros((n, n_components), X.dtype).at[
       indices, jnp.arange(n_components)].set(1.0)
 
@@ -188,18 +214,21 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
                    prec_chol, covariance_type)
 
 
-# (default, small) compiled programs; init_params picks one by size.
-@functools.partial(compiling.jit_by_size,
-                   static_argnames=("n_components", "covariance_type",
-                                    "method", "first_of_split"))
-def _init_programs(key, X, sample_weight, reg_covar, n_components,
-                   covariance_type, method, first_of_split=False):
+def init_traced(key, X, sample_weight, reg_covar, n_components,
+                covariance_type, method, first_of_split=False) -> GMMParams:
+  """:func:`init_params` on checked arguments, to trace into a program."""
   if first_of_split:
     key = jax.random.split(key, 1)[0]
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]  # k-means distances are expanded
   resp = initial_responsibilities(key, xc, n_components, method, sample_weight)
   return params_from_resp(X, resp, sample_weight, covariance_type, reg_covar)
+
+
+# (default, small) compiled programs; init_params picks one by size.
+_init_programs = compiling.jit_by_size(
+    init_traced, static_argnames=("n_components", "covariance_type", "method",
+                                  "first_of_split"))
 
 
 def init_params(key, X, n_components: int, *, covariance_type: str = "full",
@@ -249,8 +278,8 @@ def init_first_of_split(key, X, n_components: int, *, covariance_type: str,
                        reg_covar, sample_weight, first_of_split=True)
 
 
-def _checked_init(key, X, n_components, covariance_type, method, reg_covar,
-                  sample_weight, first_of_split):
+def check_init_args(X, n_components, covariance_type, method):
+  """``X`` as data, after the checks every initialisation needs."""
   check_covariance_type(covariance_type)
   if method not in INIT_METHODS:
     raise ValueError(f"Invalid value for 'method' (init_params): {method!r}. "
@@ -263,6 +292,12 @@ def _checked_init(key, X, n_components, covariance_type, method, reg_covar,
     raise ValueError(f"Expected n_samples >= n_components but got "
                      f"n_components = {n_components}, n_samples = "
                      f"{X.shape[0]}")
+  return X
+
+
+def _checked_init(key, X, n_components, covariance_type, method, reg_covar,
+                  sample_weight, first_of_split):
+  X = check_init_args(X, n_components, covariance_type, method)
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   args = (key, X, w, jnp.asarray(reg_covar, X.dtype))
   n, d = X.shape

@@ -9,13 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import batching, checks
+from gmmjax._src import batching, checks, compiling
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import init as init_lib
 from gmmjax._src.fit import (
     FitResult,
     check_max_iter,
-    fit,
     fit_checked,
     history_length,
 )
@@ -57,17 +56,6 @@ def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
   # at once).
   return batching.map_members(
       one, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
-
-
-@functools.partial(jax.jit, static_argnames=("history_len", "callback"))
-def _fit_batch(X, params0, sample_weight, tol, reg_covar, max_iter,
-               history_len, callback):
-  # The vmapped loop runs only the restarts still iterating (on CPU), one
-  # at a time once a restart's data fill a chunk, and on accelerators in
-  # blocks bounded by memory (batching.while_loop).
-  return jax.vmap(lambda p: fit_checked(
-      X, p, sample_weight, tol, reg_covar, -jnp.inf, None, max_iter,
-      history_len, callback=callback))(params0)
 
 
 def _add_axis(tree):
@@ -113,12 +101,9 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                  sample_weight=None,
                  callback: Callable | None = None
                  ) -> tuple[FitResult, FitResult]:
-  """``n_init`` initialisations and EM fits, as two compiled programs.
+  """``n_init`` initialisations and EM fits, as one compiled program.
 
-  Initialisation and EM are compiled apart (each compiles faster than their
-  union, and a change of ``max_iter`` or of the init method recompiles only
-  one); with ``n_init=1`` they are unbatched, and the EM program is the one
-  a plain :func:`fit` call uses. The inits and the fits are vmapped in
+  With ``n_init=1`` they are unbatched. The inits and the fits are vmapped in
   blocks (:mod:`gmmjax._src.batching`): on CPU the fits skip finished
   restarts and run one at a time once a restart's data fill a chunk, and
   the inits of such restarts run one at a time; on accelerators a block
@@ -155,30 +140,70 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
   return take(results, best_restart(results)), results
 
 
+def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
+                  *, n_components, n_init, covariance_type, method,
+                  history_len, callback):
+  """Initialisations and EM fits of every restart: one program.
+
+  ``overrides`` (user-given weights, means or precisions, or None) replace
+  parts of every initialisation. One restart is unbatched, with restart 0's
+  key (``split(key, 1)[0]``).
+  """
+  def init(k, first_of_split):
+    params = init_lib.init_traced(k, X, sample_weight, reg_covar,
+                                  n_components, covariance_type, method,
+                                  first_of_split)
+    return params_with_overrides(params, **overrides)
+
+  def fit_one(params):
+    return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
+                       None, max_iter, history_len, callback=callback)
+
+  if n_init == 1:
+    return fit_one(init(key, True))
+  # Each restart's initialisation holds (N, K) responsibilities and k-means
+  # distances: restarts run in blocks (see _init_batch).
+  params0 = batching.map_members(
+      lambda k: init(k, False), jax.random.split(key, n_init),
+      member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
+  # The vmapped loop runs only the restarts still iterating (on CPU), one at
+  # a time once a restart's data fill a chunk, and on accelerators in
+  # blocks bounded by memory (batching.while_loop).
+  return jax.vmap(fit_one)(params0)
+
+
+_init_and_fit_programs = compiling.jit_by_size(
+    _init_and_fit, static_argnames=("n_components", "n_init",
+                                    "covariance_type", "method",
+                                    "history_len", "callback"))
+
+
 def restart_results(key, X, n_components: int, *, n_init: int,
                     covariance_type: str, method: str, max_iter: int, tol,
-                    reg_covar, sample_weight, callback) -> FitResult:
+                    reg_covar, sample_weight, callback,
+                    overrides: dict | None = None) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
-  The estimator reads them on the host, where the missing axis costs
-  nothing (an eager ``expand_dims`` of every leaf took ~1.5 ms per fit).
+  Initialisation and EM run as one compiled program (a first fit compiles
+  once). ``overrides``: optional ``weights``, ``means`` and ``precisions``
+  replacing those parts of every initialisation (the estimator's
+  ``*_init``). The estimator reads the results on the host, where the
+  missing axis of one restart costs nothing.
   """
-  X = checks.as_data(X)
+  X = init_lib.check_init_args(X, n_components, covariance_type, method)
   _check_n_init(n_init)
-  if n_init == 1:
-    params0 = _init_one(key, X, n_components, covariance_type, method,
-                        reg_covar, sample_weight)
-    return fit(X, params0, sample_weight=sample_weight, max_iter=max_iter,
-               tol=tol, reg_covar=reg_covar, callback=callback)
-  params0 = init_restarts(key, X, n_components, n_init=n_init,
-                          covariance_type=covariance_type, method=method,
-                          reg_covar=reg_covar, sample_weight=sample_weight)
-  # Trace-time checks of the arguments happen inside fit.
-  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   max_iter = check_max_iter(max_iter)
-  return _fit_batch(X, params0, w, jnp.asarray(tol, X.dtype),
-                    jnp.asarray(reg_covar, X.dtype), np.int32(max_iter),
-                    history_len=history_length(max_iter), callback=callback)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  dtype = X.dtype
+  overrides = {name: None if v is None else jnp.asarray(v, dtype)
+               for name, v in (overrides or {}).items()}
+  n, d = X.shape
+  program = compiling.pick(_init_and_fit_programs, n, n_components, d)
+  return program(key, X, w, jnp.asarray(tol, dtype),
+                 jnp.asarray(reg_covar, dtype), np.int32(max_iter), overrides,
+                 n_components=n_components, n_init=n_init,
+                 covariance_type=covariance_type, method=method,
+                 history_len=history_length(max_iter), callback=callback)
 
 
 def params_with_overrides(params: GMMParams, *, weights=None, means=None,

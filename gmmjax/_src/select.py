@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import batching, checks
+from gmmjax._src import batching, checks, padding
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
@@ -134,21 +134,16 @@ def _masked_kmeans(key, X, n_slots, k, mask, sample_weight, max_iter=300,
 
 def _masked_resp(key, xc, n_slots, k, mask, method, sample_weight):
   """Initial responsibilities ``(N, n_slots)`` with zero inactive columns."""
-  n = xc.shape[0]
   if method == "kmeans":
     return _masked_kmeans(key, xc, n_slots, k, mask, sample_weight)
-  if method == "random":
-    resp = jax.random.uniform(key, (n, n_slots), xc.dtype) * mask
-    return resp / jnp.sum(resp, axis=1, keepdims=True)
-  if method == "k-means++":
-    _, indices = init_lib.kmeans_plusplus(key, xc, n_slots, sample_weight)
-  else:  # random_from_data: the first k of n_slots draws without replacement
-    p = None if sample_weight is None else sample_weight / jnp.sum(
-        sample_weight)
-    indices = jax.random.choice(key, n, (n_slots,), replace=False, p=p)
-  resp = jnp.zeros((n, n_slots), xc.dtype).at[
-      indices, jnp.arange(n_slots)].set(1.0)
-  return resp * mask[None, :]
+  # k-means++ and random_from_data: the first k of n_slots draws are a
+  # draw of k (each depends only on the ones before it); their other rows
+  # stay unassigned (all zero).
+  resp = init_lib.initial_responsibilities(key, xc, n_slots, method,
+                                           sample_weight) * mask[None, :]
+  if method != "random":
+    return resp
+  return resp / jnp.sum(resp, axis=1, keepdims=True)
 
 
 def _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
@@ -273,7 +268,8 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
   fit uses ``max(k_range)`` component slots, the slots beyond its ``k``
   masked to weight exactly 0 (see the module docstring). The active
   components then follow exactly the iterations of an unpadded fit from the
-  same initialisation.
+  same initialisation. The samples are padded with rows of weight 0 to the
+  sizes of :func:`gmmjax.pad_samples`, so nearby sample counts share it.
 
   ``BIC = -2 log L + p log n`` and ``AIC = -2 log L + 2 p``, with ``log L``
   the total (weighted) log-likelihood, ``n`` the number (total weight) of
@@ -333,6 +329,10 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
     raise ValueError(f"Expected n_samples >= n_components but got "
                      f"n_components = {max(ks)}, n_samples = {n_samples}")
   w = checks.as_sample_weight(sample_weight, n_samples, X.dtype)
+  # Padded to the ladder with rows of weight 0 (padding.pad_samples): the
+  # sweep's fits are unchanged, and nearby sample counts share its program.
+  X, w = padding.pad_samples(X, w, n_rows=padding.padded_rows(n_samples,
+                                                              n_features))
   if key is None:
     key = jax.random.key(0)
   out = _sweep(key, X, w, jnp.asarray(ks, jnp.int32),

@@ -1,0 +1,126 @@
+"""Sample counts padded to a ladder with rows of weight 0 (issue 19).
+
+Padding is exact: every init method draws the same for the real rows, and
+zero-weight rows change no statistic, so a padded fit is the unpadded one
+up to the order of float sums. The estimator pads, so nearby sample counts
+(cross-validation folds, train/test splits) run the same compiled programs.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gmmjax as gx
+from gmmjax._src import compiling
+from tests.conftest import make_blobs
+
+METHODS = ["kmeans", "k-means++", "random", "random_from_data"]
+
+
+@pytest.fixture(scope="module")
+def X():
+  return make_blobs(5, 70, [[0, 0], [4, 1], [1, 5]])  # 210 x 2
+
+
+def test_ladder_sizes():
+  sizes = [compiling.ladder_size(n) for n in range(1, 5000)]
+  assert all(s >= n for n, s in zip(range(1, 5000), sizes))
+  assert all(s <= max(16, n * 9 / 8) for n, s in zip(range(1, 5000), sizes))
+  # Few rungs: at most 8 per doubling above the first (16).
+  assert len(set(sizes)) <= 8 * np.ceil(np.log2(4999 / 16)) + 1
+  assert compiling.ladder_size(1000) == compiling.ladder_size(999) == 1024
+
+
+def test_pad_samples_shapes_and_weights(X):
+  Xp, wp = gx.pad_samples(X)
+  assert isinstance(Xp, np.ndarray) and Xp.shape == (224, 2)
+  np.testing.assert_array_equal(Xp[:210], X)
+  np.testing.assert_array_equal(Xp[210:], np.broadcast_to(X[0], (14, 2)))
+  np.testing.assert_array_equal(wp, np.r_[np.ones(210), np.zeros(14)])
+  w = np.linspace(0.5, 2.0, 210)
+  Xj, wj = gx.pad_samples(jnp.asarray(X), w, n_rows=256)
+  assert isinstance(Xj, jax.Array) and Xj.shape == (256, 2)
+  np.testing.assert_allclose(np.asarray(wj)[:210], w, rtol=1e-6)
+  with pytest.raises(ValueError, match="below"):
+    gx.pad_samples(X, n_rows=100)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_padded_fit_equals_unpadded_float64(X, method, weighted, x64):
+  w = np.random.default_rng(1).uniform(0.5, 2.0, len(X)) if weighted else None
+  Xp, wp = gx.pad_samples(X, w)
+  key = jax.random.key(4)
+  p0 = gx.init_params(key, X, 3, method=method, sample_weight=w)
+  p0p = gx.init_params(key, Xp, 3, method=method, sample_weight=wp)
+  for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p0p)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10,
+                               atol=1e-12)
+  r = gx.fit(X, p0, sample_weight=w, tol=1e-8)
+  rp = gx.fit(Xp, p0p, sample_weight=wp, tol=1e-8)
+  assert int(r.n_iter) == int(rp.n_iter)
+  np.testing.assert_allclose(float(r.log_likelihood),
+                             float(rp.log_likelihood), rtol=1e-12)
+  for a, b in zip(jax.tree.leaves(r.params), jax.tree.leaves(rp.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9,
+                               atol=1e-12)
+  assert int(r.n_degenerate) == int(rp.n_degenerate)
+  # Per-sample outputs: the padding rows are dropped.
+  np.testing.assert_allclose(np.asarray(gx.log_prob(rp.params, Xp))[:len(X)],
+                             np.asarray(gx.log_prob(r.params, X)),
+                             rtol=1e-12)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_padded_fit_equals_unpadded_float32(X, weighted):
+  # Two programs (two shapes) round differently: 20 iterations with tol=0
+  # (no stopping decision), held to float32's precision.
+  X32 = X.astype(np.float32)
+  w = np.random.default_rng(1).uniform(0.5, 2.0, len(X)) if weighted else None
+  Xp, wp = gx.pad_samples(X32, w)
+  p0 = gx.init_params(jax.random.key(4), X32, 3, sample_weight=w)
+  r = gx.fit(X32, p0, sample_weight=w, tol=0.0, max_iter=20)
+  rp = gx.fit(Xp, p0, sample_weight=wp, tol=0.0, max_iter=20)
+  assert rp.params.means.dtype == jnp.float32
+  np.testing.assert_allclose(float(r.log_likelihood),
+                             float(rp.log_likelihood), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(r.params.means),
+                             np.asarray(rp.params.means), atol=1e-3)
+
+
+def test_estimator_reuses_programs_within_a_rung(X, compiles):
+  """A fit and the predict family on a new sample count of the same rung
+  compile nothing; max_iter, tol and reg_covar change no program."""
+  Xf = np.concatenate([X, X[::-1] + 0.1])  # 420 rows: the 448 rung
+  gm = gx.GaussianMixture(3, covariance_type="diag", random_state=0).fit(Xf)
+  gm.predict(Xf), gm.score(Xf), gm.predict_proba(Xf), gm.sample(5)
+  del compiles[:]
+  other = gx.GaussianMixture(3, covariance_type="diag", random_state=0,
+                             max_iter=90, tol=1e-4, reg_covar=1e-5)
+  other.fit(Xf[:430])  # 430 rows: 448 too
+  other.predict(Xf[:441]), other.score(Xf[:420]), other.predict_proba(Xf)
+  other.bic(Xf), other.sample(99)
+  assert compiles == []
+
+
+def test_estimator_fit_is_one_program(X, compiles):
+  """Initialisation (k-means) and the EM loop compile as one program."""
+  gm = gx.GaussianMixture(4, covariance_type="spherical", random_state=0)
+  gm.fit(X)
+  assert len(compiles) == 1, compiles
+
+
+def test_estimator_padded_fit_equals_unpadded_functional_fit(X, x64):
+  """The estimator's padded fit is gx.fit's on the unpadded data."""
+  gm = gx.GaussianMixture(3, random_state=0, tol=1e-8).fit(X)
+  assert gm.means_.dtype == np.float64
+  p0 = gx.init_params(jax.random.split(
+      gx._src.estimator.key_from_random_state(0), 1)[0], X, 3,
+      method="kmeans")
+  r = gx.fit(X, p0, tol=1e-8)
+  assert gm.n_iter_ == int(r.n_iter)
+  np.testing.assert_allclose(gm.means_, np.asarray(r.params.means),
+                             rtol=1e-9, atol=1e-12)
+  np.testing.assert_allclose(gm.score(X), float(r.log_likelihood),
+                             rtol=1e-12)
