@@ -560,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  from gmmjax._src import cache  # after parsing: --help stays quick
+  cache.enable_default_cache()  # every subcommand compiles
   try:
     return args.func(args)
   except UserError as e:

@@ -26,6 +26,7 @@ def test_many_programs_in_one_process_near_the_map_limit():
   env = {k: v for k, v in os.environ.items()
          if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+  env["GMMJAX_NO_CACHE"] = "1"  # compile every program, write no home cache
   # 2,000 mappings: about 7 EM programs; the sequence maps about 3,700.
   proc = subprocess.run(
       [sys.executable, str(HERE / "_worker_long_process.py"), "2000"],

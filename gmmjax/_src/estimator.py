@@ -27,7 +27,7 @@ import warnings
 import jax
 import numpy as np
 
-from gmmjax._src import compiling, em, padding, restarts, scale_online
+from gmmjax._src import cache, compiling, em, padding, restarts, scale_online
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
@@ -222,6 +222,7 @@ class GaussianMixture:
           "'fit' with appropriate arguments before using this estimator.")
 
   def _validate_X(self, X, *, reset: bool):
+    cache.enable_default_cache()  # every fit and predict passes here
     ensure = 2 if reset else 1
     if isinstance(X, np.ndarray) and X.dtype == object:
       # Numbers stored as objects are accepted (scikit-learn's rule); any
@@ -504,6 +505,7 @@ class GaussianMixture:
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
       raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The "
                        "sampling requires at least one sample.")
+    cache.enable_default_cache()
     key = key_from_random_state(self.random_state)
     # Drawn in a ladder size (compiling.ladder_size), so that nearby counts
     # share one program; the surplus is dropped on the host.
