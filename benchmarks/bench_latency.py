@@ -329,7 +329,7 @@ def fig_new_n(s, args):
 
 def sweep_params(args):
   if args.quick:
-    return dict(kmax=2, ctypes=["full", "diag"], cv=3)
+    return dict(kmax=2, ctypes=["full", "diag"], cv=5)
   return dict(kmax=6, ctypes=list(CTYPES), cv=5)
 
 
