@@ -270,9 +270,28 @@ class GaussianMixture:
     self.means_ = np.asarray(params.means)
     self.covariances_ = np.asarray(params.covariances)
     self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
+    self._fitted_covariance_type = params.covariance_type
     p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
     self.precisions_ = (p @ np.swapaxes(p, -1, -2)
-                        if self.covariance_type in ("full", "tied") else p * p)
+                        if params.covariance_type in ("full", "tied")
+                        else p * p)
+
+  def _check_warm_start(self):
+    """A warm start continues the fitted model: its shape must not change.
+
+    scikit-learn silently keeps the fitted number of components when
+    ``n_components`` changed; gmmjax says so instead.
+    """
+    fitted_k = self.weights_.shape[0]
+    fitted_type = getattr(self, "_fitted_covariance_type",
+                          self.covariance_type)
+    if fitted_k != self.n_components or fitted_type != self.covariance_type:
+      raise ValueError(
+          f"warm_start=True continues the fitted model ({fitted_k} "
+          f"components, covariance_type={fitted_type!r}), but the "
+          f"estimator now has n_components={self.n_components}, "
+          f"covariance_type={self.covariance_type!r}. Set warm_start=False "
+          "to fit the new model from a fresh initialisation.")
 
   def _initial_overrides(self, n_features):
     k, ctype = self.n_components, self.covariance_type
@@ -319,6 +338,7 @@ class GaussianMixture:
     self.__dict__.pop("_online_n_positive", None)
     warm = bool(self.warm_start and hasattr(self, "converged_"))
     if warm:
+      self._check_warm_start()
       X = self._validate_X(X, reset=False)
     else:
       X = self._validate_X(X, reset=True)
@@ -387,6 +407,8 @@ class GaussianMixture:
     self.n_iter_ = int(result.n_iter)
     self.jitter_ = float(result.jitter)
     self.n_degenerate_ = int(result.n_degenerate)
+    if self.n_degenerate_ and not warm:
+      self._warn_few_distinct_points(X[:n_samples], w[:n_samples])
     self.lower_bound_ = float(lower_bounds[best])
     self.lower_bounds_ = [float(v) for v in
                           np.asarray(result.history)[:self.n_iter_]]
@@ -427,6 +449,19 @@ class GaussianMixture:
     w = val.check_sample_weight(sample_weight, logp.shape[0])
     total = float(np.sum(logp if w is None else w * logp))
     return -2.0 * total + 2.0 * self._n_parameters()
+
+  def _warn_few_distinct_points(self, X, w):
+    """scikit-learn's k-means warning, where the data explain a degenerate
+    fit: fewer distinct samples (of positive weight) than components."""
+    X = np.asarray(X)[np.asarray(w) > 0]
+    distinct = np.unique(X, axis=0).shape[0]
+    if distinct < self.n_components:
+      warnings.warn(
+          f"Number of distinct clusters ({distinct}) found smaller than "
+          f"n_components ({self.n_components}). Possibly due to duplicate "
+          f"points in X: {self.n_degenerate_} components are empty or "
+          "collapsed (n_degenerate_).", val.convergence_warning(),
+          stacklevel=3)
 
   def _warn_jitter(self, jitter):
     warnings.warn(

@@ -258,14 +258,15 @@ def check_weights_init(weights, n_components: int) -> np.ndarray:
   if w.shape != (n_components,):
     raise ValueError(f"The parameter 'weights' should have the shape of "
                      f"({n_components},), but got {w.shape}")
-  if not np.all(np.isfinite(w)) or np.any(w < 0) or np.any(w > 1):
+  # Normalised to the precision the weights were given in (scikit-learn's
+  # rule): float32 weights that sum to 1 in float32 may be 1e-7 off in
+  # float64. The range allows the same rounding (a fitted weights_ of one
+  # component can be 1 + 2e-16).
+  atol = 1e-6 if given.dtype == np.float32 else 1e-8
+  if not np.all(np.isfinite(w)) or np.any(w < -atol) or np.any(w > 1 + atol):
     raise ValueError("The parameter 'weights' should be in the range [0, 1], "
                      f"but got max value {np.max(w):.5f}, min value "
                      f"{np.min(w):.5f}")
-  # Normalised to the precision the weights were given in (scikit-learn's
-  # rule): float32 weights that sum to 1 in float32 may be 1e-7 off in
-  # float64.
-  atol = 1e-6 if given.dtype == np.float32 else 1e-8
   if not np.allclose(np.abs(1.0 - np.sum(w)), 0.0, atol=atol):
     raise ValueError("The parameter 'weights' should be normalized, but got "
                      f"sum(weights) = {np.sum(w):.5f}")
