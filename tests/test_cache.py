@@ -93,7 +93,7 @@ def test_a_fit_fills_the_default_cache_and_the_next_process_loads_it(
   assert first["hits"] == 0
   second = run_fit(tmp_path)
   assert second["dir"] == where
-  assert second["hits"] >= 2  # at least the fit's init and EM programs
+  assert second["hits"] >= 1  # at least the fit's one init-and-EM program
   assert second["means"] == first["means"]
 
 

@@ -741,7 +741,10 @@ def test_multiple_init(global_dtype):
     train2 = GaussianMixture(n_components=n_components,
                              covariance_type=cv_type, random_state=0,
                              n_init=5).fit(X).score(X)
-    assert train2 >= train1
+    # (gmmjax) float32: restart 0 alone and in the vmapped batch are two
+    # programs, which may round its score 1e-6 apart.
+    slack = 1e-5 * abs(train1) if global_dtype == np.float32 else 0.0
+    assert train2 >= train1 - slack
 
 
 def test_gaussian_mixture_n_parameters(global_dtype):
