@@ -34,7 +34,8 @@ _CHECK_EVERY = 8  # compiles between counts while below a quarter
 _MAPS = "/proc/self/maps"
 _LIMIT = "/proc/sys/vm/max_map_count"
 
-_state = {"compiles": 0, "checked": 0, "every": _CHECK_EVERY,
+# The first call counts (a process may already be near the limit).
+_state = {"compiles": 0, "checked": -_CHECK_EVERY, "every": _CHECK_EVERY,
           "limit": None, "warned": False}
 
 
