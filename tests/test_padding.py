@@ -111,16 +111,43 @@ def test_estimator_fit_is_one_program(X, compiles):
   assert len(compiles) == 1, compiles
 
 
-def test_estimator_padded_fit_equals_unpadded_functional_fit(X, x64):
-  """The estimator's padded fit is gx.fit's on the unpadded data."""
-  gm = gx.GaussianMixture(3, random_state=0, tol=1e-8).fit(X)
-  assert gm.means_.dtype == np.float64
-  p0 = gx.init_params(jax.random.split(
-      gx._src.estimator.key_from_random_state(0), 1)[0], X, 3,
-      method="kmeans")
+@pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
+def test_estimator_fit_in_slots_equals_the_exact_fit(X, ctype, x64):
+  """The estimator fits 3 components in 8 slots of padded data (one
+  program for every n_components up to 8): from the same initial params
+  it is gx.fit's 3-component fit of the unpadded data."""
+  from gmmjax._src import padding
+  assert padding.component_slots(3, 224, 2, ctype, 1e-6) == 8
+  p0 = gx.init_params(jax.random.key(2), X, 3, covariance_type=ctype)
+  prec = np.asarray(p0.precisions_cholesky)
+  prec = prec @ np.swapaxes(prec, -1, -2) if ctype in ("full", "tied") else (
+      prec * prec)
+  gm = gx.GaussianMixture(3, covariance_type=ctype, tol=1e-8,
+                          weights_init=np.asarray(p0.weights),
+                          means_init=np.asarray(p0.means),
+                          precisions_init=prec).fit(X)
   r = gx.fit(X, p0, tol=1e-8)
-  assert gm.n_iter_ == int(r.n_iter)
-  np.testing.assert_allclose(gm.means_, np.asarray(r.params.means),
-                             rtol=1e-9, atol=1e-12)
+  assert gm.n_iter_ == int(r.n_iter) and gm.weights_.shape == (3,)
+  for got, want in [(gm.weights_, r.params.weights),
+                    (gm.means_, r.params.means),
+                    (gm.covariances_, r.params.covariances)]:
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-9, atol=1e-12)
   np.testing.assert_allclose(gm.score(X), float(r.log_likelihood),
                              rtol=1e-12)
+  np.testing.assert_allclose(gm.predict_proba(X),
+                             np.exp(np.asarray(gx.e_step(r.params, X)[0])),
+                             rtol=1e-9, atol=1e-12)
+  assert gm.n_degenerate_ == int(r.n_degenerate)
+
+
+def test_n_components_of_one_slot_rung_share_programs(X, compiles):
+  """n_components 2..8 of one covariance type: one fit, one score and one
+  predict_proba program (padding.component_slots)."""
+  first = gx.GaussianMixture(2, covariance_type="diag", random_state=0)
+  first.fit(X).score(X), first.predict_proba(X)
+  del compiles[:]
+  for k in (3, 5, 8):
+    gm = gx.GaussianMixture(k, covariance_type="diag", random_state=0).fit(X)
+    assert gm.means_.shape == (k, 2) and gm.predict_proba(X).shape == (210, k)
+    gm.score(X)
+  assert compiles == []

@@ -251,19 +251,30 @@ class GaussianMixture:
     return jax.device_put(Xp), jax.device_put(wp)
 
   def _evaluate(self, fn, X):
-    """``fn(params, X)`` per sample, on padded data, padding dropped."""
+    """``fn(params, X)`` per sample, on padded data and in component slots
+    (padding.component_slots), both paddings dropped from the result."""
     self._check_is_fitted()
     X = self._validate_X(X, reset=False)
     Xp, _ = self._on_device(X)
-    return np.asarray(fn(self._params(), Xp))[:X.shape[0]]
+    k = self.weights_.shape[0]
+    slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
+                                    self._fitted_type(), 1.0)
+    out = np.asarray(fn(self._params(slots), Xp))[:X.shape[0]]
+    return out[:, :k] if out.ndim == 2 else out
 
   # -- fitting --------------------------------------------------------------
 
-  def _params(self) -> GMMParams:
-    return GMMParams(*jax.device_put((self.weights_, self.means_,
-                                      self.covariances_,
-                                      self.precisions_cholesky_)),
-                     self.covariance_type)
+  def _fitted_type(self) -> str:
+    return getattr(self, "_fitted_covariance_type", self.covariance_type)
+
+  def _params(self, n_slots: int | None = None) -> GMMParams:
+    """The fitted parameters on the device, optionally in ``n_slots``
+    component slots (the extra ones of weight 0)."""
+    leaves = (self.weights_, self.means_, self.covariances_,
+              self.precisions_cholesky_)
+    if n_slots is not None:
+      leaves = padding.pad_components(*leaves, self._fitted_type(), n_slots)
+    return GMMParams(*jax.device_put(leaves), self._fitted_type())
 
   def _set_fitted(self, params: GMMParams):
     self.weights_ = np.asarray(params.weights)
@@ -283,8 +294,7 @@ class GaussianMixture:
     ``n_components`` changed; gmmjax says so instead.
     """
     fitted_k = self.weights_.shape[0]
-    fitted_type = getattr(self, "_fitted_covariance_type",
-                          self.covariance_type)
+    fitted_type = self._fitted_type()
     if fitted_k != self.n_components or fitted_type != self.covariance_type:
       raise ValueError(
           f"warm_start=True continues the fitted model ({fitted_k} "
@@ -292,6 +302,40 @@ class GaussianMixture:
           f"estimator now has n_components={self.n_components}, "
           f"covariance_type={self.covariance_type!r}. Set warm_start=False "
           "to fit the new model from a fresh initialisation.")
+
+  def _fit_restarts(self, X, kwargs):
+    """Every restart's init and EM fit; small problems in component slots
+    (padding.component_slots), so that nearby n_components share the
+    program (the caller drops the extra slots on the host)."""
+    k, ctype = int(self.n_components), self.covariance_type
+    n, d = X.shape
+    slots = padding.component_slots(k, n, d, ctype, float(self.reg_covar))
+    overrides = self._initial_overrides(d)
+    if slots is not None and any(v is not None for v in overrides.values()):
+      overrides = self._slotted_overrides(overrides, slots, d)
+    return restarts.restart_results(
+        key_from_random_state(self.random_state), X,
+        k if slots is None else slots, n_init=int(self.n_init),
+        covariance_type=ctype, method=self.init_params, overrides=overrides,
+        n_active=None if slots is None else k, **kwargs)
+
+  def _slotted_overrides(self, overrides, slots, d):
+    """User-given initial values padded to ``slots`` components."""
+    ctype = self.covariance_type
+    k = int(self.n_components)
+    eye = np.eye(d)
+    unit = {"full": eye, "diag": np.ones(d), "spherical": 1.0}.get(ctype)
+    out = dict(overrides)
+    extra = slots - k
+    if out["weights"] is not None:
+      out["weights"] = np.concatenate([out["weights"], np.zeros(extra)])
+    if out["means"] is not None:
+      out["means"] = np.concatenate([out["means"], np.zeros((extra, d))])
+    if out["precisions"] is not None and unit is not None:
+      prec = out["precisions"]
+      out["precisions"] = np.concatenate(
+          [prec, np.broadcast_to(unit, (extra,) + prec.shape[1:])])
+    return out
 
   def _initial_overrides(self, n_features):
     k, ctype = self.n_components, self.covariance_type
@@ -362,13 +406,11 @@ class GaussianMixture:
       results = fit_lib.fit(X, self._params(), prev_log_likelihood=prev,
                             **kwargs)
     else:
-      results = restarts.restart_results(
-          key_from_random_state(self.random_state), X, int(self.n_components),
-          n_init=int(self.n_init), covariance_type=self.covariance_type,
-          method=self.init_params,
-          overrides=self._initial_overrides(n_features), **kwargs)
+      results = self._fit_restarts(X, kwargs)
     # On the host from here: small NumPy work, nothing more to compile.
     results = jax.device_get(results)
+    results = results._replace(params=padding.unpad_components(
+        results.params, int(self.n_components)))
     if warm or int(self.n_init) == 1:
       results = jax.tree.map(lambda a: np.asarray(a)[None], results)
     lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)

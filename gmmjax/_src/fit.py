@@ -87,7 +87,8 @@ class _Carry(NamedTuple):
   # close over traced values: batching.while_loop)
 
 
-def count_degenerate(params: GMMParams, n_samples, reg_covar) -> jax.Array:
+def count_degenerate(params: GMMParams, n_samples, reg_covar,
+                     mask=None) -> jax.Array:
   """Number of empty or collapsed components of ``params`` (int32 scalar).
 
   A component is empty when ``weights_k * n_samples < 1`` (less than one
@@ -96,6 +97,8 @@ def count_degenerate(params: GMMParams, n_samples, reg_covar) -> jax.Array:
   what the data contribute there: a component on one point, on exactly
   repeated rows, or on fewer distinct points than dimensions). For tied
   covariances, a collapsed shared covariance counts every component.
+  With ``mask`` (component slots, :func:`stats.mask_components`), only the
+  active slots count.
   """
   dtype = params.means.dtype
   cov = lax.stop_gradient(params.covariances)
@@ -109,7 +112,10 @@ def count_degenerate(params: GMMParams, n_samples, reg_covar) -> jax.Array:
   smallest = jnp.broadcast_to(smallest, params.weights.shape)
   collapsed = smallest <= 2 * jnp.asarray(reg_covar, dtype)
   empty = params.weights * jnp.asarray(n_samples, dtype) < 1
-  return jnp.sum(empty | collapsed).astype(jnp.int32)
+  bad = empty | collapsed
+  if mask is not None:
+    bad = bad & mask
+  return jnp.sum(bad).astype(jnp.int32)
 
 
 def n_positive_samples(X, sample_weight):
@@ -207,7 +213,7 @@ def progress_callback(callback, *values, active=None):
 
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len: int, callback: Callable | None,
-              unrolled_steps: int | None = None):
+              unrolled_steps: int | None = None, mask=None):
   dtype = X.dtype
 
   def where(pred, a, b):
@@ -222,8 +228,10 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
   # The first pass skips the M-step (its result is discarded) and only
   # evaluates the initial params: one E-step in the compiled program.
   def body(c: _Carry, ops, active=None):
-    X, sample_weight, tol, reg_covar, prior = ops
+    X, sample_weight, tol, reg_covar, prior, mask = ops
     stepped, jitter = m_step_from_stats(c.params, c.stats, reg_covar, prior)
+    if mask is not None:  # component slots beyond k stay empty
+      stepped = stats_lib.mask_components(stepped, c.stats.nk, mask)
     new = where(c.started, stepped, c.params)
     stats, objective = evaluate(new, X, sample_weight, prior)
     ok = all_finite(new) & jnp.isfinite(objective)
@@ -263,7 +271,7 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
       jitter=zeros,
       started=jnp.zeros((), bool),
       max_iter=jnp.minimum(jnp.asarray(max_iter, jnp.int32), history_len))
-  ops = (X, sample_weight, tol, reg_covar, prior)
+  ops = (X, sample_weight, tol, reg_covar, prior, mask)
   if unrolled_steps is not None:
     # Same iterations as the while_loop, as a fixed-length scan that reverse
     # mode can differentiate: steps after the stop are masked out. Its
@@ -286,7 +294,8 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
                    n_iter=out.n_iter, converged=out.converged & ~failed,
                    history=out.history, failed=failed, jitter=out.jitter,
                    n_degenerate=count_degenerate(
-                       out.params, n_positive_samples(X, sample_weight), reg_covar))
+                       out.params, n_positive_samples(X, sample_weight),
+                       reg_covar, mask))
 
 
 _fit_programs = compiling.jit_by_size(
@@ -493,11 +502,19 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
 def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len: int, *, callback=None,
                 differentiation="implicit", solver=None,
-                unrolled_steps: int | None = None) -> FitResult:
+                unrolled_steps: int | None = None, mask=None) -> FitResult:
   """:func:`fit` on checked arguments; ``max_iter`` may be traced here
-  (``history_len`` static), e.g. inside a vmapped restart program."""
+  (``history_len`` static), e.g. inside a vmapped restart program.
+
+  ``mask``: optional ``(K,)`` bools, the active component slots of
+  ``params`` (the others have weight 0 and stay so). Not differentiated.
+  """
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
+  if mask is not None:
+    return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
+                max_iter, history_len=history_len, callback=callback,
+                mask=mask)
   # An eager call (no tracer: nothing differentiates it) skips the
   # custom_jvp wrapper, which traces on every call (~2 ms per fit).
   if differentiation == "implicit" and any(

@@ -225,6 +225,52 @@ def init_traced(key, X, sample_weight, reg_covar, n_components,
   return params_from_resp(X, resp, sample_weight, covariance_type, reg_covar)
 
 
+def _masked_kmeans(key, X, n_slots, mask, sample_weight, max_iter=300,
+                   tol=1e-4):
+  """Lloyd's k-means with only the first ``k`` of ``n_slots`` centres.
+
+  The seeding is greedy k-means++ for ``n_slots`` centres, of which the first
+  ``k`` are kept: each centre depends only on the ones before it, so they are
+  a k-means++ seeding of ``k`` centres (with the ``2 + log(n_slots)``
+  candidates per step of the larger seeding). Then Lloyd's iterations run
+  with the inactive centres masked out, as :func:`gmmjax.kmeans` would with
+  ``n_clusters=k``, in a shape shared by every ``k``.
+  """
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  centers, _ = kmeans_plusplus(key, X, n_slots, w)
+  _, labels = lloyd(X, centers, w, mask, max_iter=max_iter, tol=tol)
+  return jax.nn.one_hot(labels, n_slots, dtype=X.dtype)
+
+
+def _masked_resp(key, xc, n_slots, mask, method, sample_weight):
+  """Initial responsibilities ``(N, n_slots)`` with zero inactive columns."""
+  if method == "kmeans":
+    return _masked_kmeans(key, xc, n_slots, mask, sample_weight)
+  # k-means++ and random_from_data: the first k of n_slots draws are a
+  # draw of k (each depends only on the ones before it); their other rows
+  # stay unassigned (all zero).
+  resp = initial_responsibilities(key, xc, n_slots, method,
+                                  sample_weight) * mask[None, :]
+  if method != "random":
+    return resp
+  return resp / jnp.sum(resp, axis=1, keepdims=True)
+
+
+def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
+                covariance_type, method) -> GMMParams:
+  """Initial params in ``n_slots`` component slots, those where ``mask`` is
+  False with weight 0 (:func:`stats.mask_components`): the active slots
+  are an initialisation of that many components, in a shape shared by
+  every count of active ones. The M-step is :func:`params_from_resp`'s,
+  as for an unmasked initialisation."""
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  shift = mm.matmul(w, X) / jnp.sum(w)
+  resp = _masked_resp(key, X - shift, n_slots, mask, method, sample_weight)
+  params = params_from_resp(X, resp, sample_weight, covariance_type,
+                            reg_covar)
+  return stats_lib.mask_components(params, mm.matmul(w, resp), mask)
+
+
 # (default, small) compiled programs; init_params picks one by size.
 _init_programs = compiling.jit_by_size(
     init_traced, static_argnames=("n_components", "covariance_type", "method",

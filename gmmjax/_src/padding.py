@@ -77,3 +77,73 @@ def pad_samples(X, sample_weight=None, *, n_rows: int | None = None):
   extra = target - n
   X = xp.concatenate([X, xp.broadcast_to(X[:1], (extra, X.shape[1]))])
   return X, xp.concatenate([w, xp.zeros(extra, X.dtype)])
+
+
+# Component slots: a small problem's fit and evaluation programs are
+# compiled for a power of two of at least SLOTS_MIN components, of which the
+# model's own are active and the others held at weight 0
+# (stats.mask_components), so a sweep over n_components (1..8 here) shares
+# one program per covariance type instead of compiling one per count.
+# Only where the extra slots cost little: at most SLOTS_MAX_ENTRIES entries
+# of the E-step's (rows x slots x features [x features]) work.
+SLOTS_MIN = 8
+SLOTS_MAX_ENTRIES = 1 << 20
+
+
+def component_slots(n_components: int, n_rows: int, n_features: int,
+                    covariance_type: str, reg_covar: float) -> int | None:
+  """Slots to fit or evaluate ``n_components`` in, or None for exactly them.
+
+  None also with ``reg_covar=0``: an empty slot's covariance would be 0
+  before it is masked, and its Cholesky jitter would be reported.
+  """
+  slots = max(SLOTS_MIN, 1 << (int(n_components) - 1).bit_length())
+  per_slot = n_features * (n_features if covariance_type in ("full", "tied")
+                           else 1)
+  if reg_covar <= 0 or n_rows * slots * per_slot > SLOTS_MAX_ENTRIES:
+    return None
+  return slots
+
+
+def pad_components(weights, means, covariances, precisions_cholesky,
+                   covariance_type: str, n_slots: int):
+  """NumPy parameters with slots of weight 0 and unit covariance appended
+  (a tied covariance is shared: unchanged)."""
+  extra = n_slots - weights.shape[0]
+  if extra == 0:
+    return weights, means, covariances, precisions_cholesky
+  d = means.shape[1]
+  unit = {"full": np.eye(d), "tied": None, "diag": np.ones(d),
+          "spherical": np.ones(())}[covariance_type]
+
+  def grow(a, fill):
+    return np.concatenate([a, np.broadcast_to(
+        np.asarray(fill, a.dtype), (extra,) + a.shape[1:])])
+
+  weights, means = grow(weights, 0.0), grow(means, 0.0)
+  if unit is not None:
+    covariances = grow(covariances, unit)
+    precisions_cholesky = grow(precisions_cholesky, unit)
+  return weights, means, covariances, precisions_cholesky
+
+
+def unpad_components(params, n_components: int):
+  """The first ``n_components`` of slotted params (tied: shared, kept).
+
+  Works on batched params too (a leading restart axis).
+  """
+  if params.weights.shape[-1] == n_components:
+    return params
+  ctype = params.covariance_type
+  # Axes after the component axis: full (D, D), diag (D,), spherical ().
+  trailing = {"full": 2, "diag": 1, "spherical": 0, "tied": None}[ctype]
+
+  def cut(a, after):
+    return a[(Ellipsis, slice(0, n_components)) + (slice(None),) * after]
+
+  cov, prec = params.covariances, params.precisions_cholesky
+  if trailing is not None:
+    cov, prec = cut(cov, trailing), cut(prec, trailing)
+  return params.replace(weights=cut(params.weights, 0),
+                        means=cut(params.means, 1), covariances=cov,
+                        precisions_cholesky=prec)

@@ -141,23 +141,37 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
-                  *, n_components, n_init, covariance_type, method,
+                  n_active, *, n_components, n_init, covariance_type, method,
                   history_len, callback):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
   parts of every initialisation. One restart is unbatched, with restart 0's
-  key (``split(key, 1)[0]``).
+  key (``split(key, 1)[0]``). With ``n_active`` (a traced int), only the
+  first ``n_active`` of the ``n_components`` slots are fitted, the others
+  held at weight 0: every component count up to ``n_components`` shares
+  the program.
   """
+  mask = (None if n_active is None
+          else jnp.arange(n_components) < n_active)
+
   def init(k, first_of_split):
-    params = init_lib.init_traced(k, X, sample_weight, reg_covar,
-                                  n_components, covariance_type, method,
-                                  first_of_split)
+    if mask is None:
+      params = init_lib.init_traced(k, X, sample_weight, reg_covar,
+                                    n_components, covariance_type, method,
+                                    first_of_split)
+    else:
+      if first_of_split:
+        k = jax.random.split(k, 1)[0]
+      params = init_lib.init_masked(k, X, sample_weight, reg_covar,
+                                    n_components, mask, covariance_type,
+                                    method)
     return params_with_overrides(params, **overrides)
 
   def fit_one(params):
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
-                       None, max_iter, history_len, callback=callback)
+                       None, max_iter, history_len, callback=callback,
+                       mask=mask)
 
   if n_init == 1:
     return fit_one(init(key, True))
@@ -181,14 +195,18 @@ _init_and_fit_programs = compiling.jit_by_size(
 def restart_results(key, X, n_components: int, *, n_init: int,
                     covariance_type: str, method: str, max_iter: int, tol,
                     reg_covar, sample_weight, callback,
-                    overrides: dict | None = None) -> FitResult:
+                    overrides: dict | None = None,
+                    n_active: int | None = None) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
   Initialisation and EM run as one compiled program (a first fit compiles
   once). ``overrides``: optional ``weights``, ``means`` and ``precisions``
   replacing those parts of every initialisation (the estimator's
-  ``*_init``). The estimator reads the results on the host, where the
-  missing axis of one restart costs nothing.
+  ``*_init``). With ``n_active``, ``n_components`` is a number of slots
+  of which the first ``n_active`` are fitted (the others keep weight 0 and
+  a unit covariance); ``overrides`` then have ``n_components`` slots too.
+  The estimator reads the results on the host, where the missing axis of
+  one restart costs nothing.
   """
   X = init_lib.check_init_args(X, n_components, covariance_type, method)
   _check_n_init(n_init)
@@ -201,6 +219,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   program = compiling.pick(_init_and_fit_programs, n, n_components, d)
   return program(key, X, w, jnp.asarray(tol, dtype),
                  jnp.asarray(reg_covar, dtype), np.int32(max_iter), overrides,
+                 None if n_active is None else np.int32(n_active),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback)

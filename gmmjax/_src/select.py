@@ -31,7 +31,6 @@ from gmmjax._src import batching, checks, padding
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
-from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, all_finite, check_covariance_type
 
@@ -75,87 +74,14 @@ def _unpad(params: GMMParams, k: int) -> GMMParams:
                            else params.precisions_cholesky[:k]))
 
 
-def _masked(params: GMMParams, nk, mask) -> GMMParams:
-  """Zero weight and a harmless unit covariance for the inactive slots.
-
-  ``nk`` are the M-step's component masses (the active ones are the same
-  masses, floor included, that an unpadded fit would see), so the active
-  weights equal the unpadded fit's weights.
-  """
-  ctype = params.covariance_type
-  dtype = params.means.dtype
-  nk = nk + 10 * jnp.finfo(dtype).eps  # params_from_stats' floor
-  nk = jnp.where(mask, nk, 0.0)
-  weights = nk / jnp.sum(nk)
-  # The active slots keep their factors: refactorising a covariance the
-  # M-step repaired with a jitter can round differently and fail. The
-  # inactive ones get the unit covariance, whose factor is the unit too.
-  # Tied: one shared covariance; inactive slots add exactly 0 to it.
-  cov, prec_chol = params.covariances, params.precisions_cholesky
-  if ctype == "full":
-    eye = jnp.eye(params.means.shape[-1], dtype=dtype)
-    cov = jnp.where(mask[:, None, None], cov, eye[None])
-    prec_chol = jnp.where(mask[:, None, None], prec_chol, eye[None])
-  elif ctype in ("diag", "spherical"):
-    active = mask.reshape((-1,) + (1,) * (cov.ndim - 1))
-    cov = jnp.where(active, cov, 1.0)
-    prec_chol = jnp.where(active, prec_chol, 1.0)
-  return params.replace(weights=weights, covariances=cov,
-                        precisions_cholesky=prec_chol)
-
-
 def _masked_em_step(params, mask, X, sample_weight, reg_covar):
   """One EM iteration on padded params: (new params, mean ll, jitter)."""
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
   new, jitter = stats_lib.params_and_jitter_from_stats(
       stats, shift, params.covariance_type, reg_covar)
-  return (_masked(new, stats.nk, mask), stats.log_likelihood / stats.count,
-          jitter)
-
-
-def _masked_kmeans(key, X, n_slots, k, mask, sample_weight, max_iter=300,
-                   tol=1e-4):
-  """Lloyd's k-means with only the first ``k`` of ``n_slots`` centres.
-
-  The seeding is greedy k-means++ for ``n_slots`` centres, of which the first
-  ``k`` are kept: each centre depends only on the ones before it, so they are
-  a k-means++ seeding of ``k`` centres (with the ``2 + log(n_slots)``
-  candidates per step of the larger seeding). Then Lloyd's iterations run
-  with the inactive centres masked out, as :func:`gmmjax.kmeans` would with
-  ``n_clusters=k``, in a shape shared by every ``k``.
-  """
-  del k
-  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = init_lib.kmeans_plusplus(key, X, n_slots, w)
-  _, labels = init_lib.lloyd(X, centers, w, mask, max_iter=max_iter, tol=tol)
-  return jax.nn.one_hot(labels, n_slots, dtype=X.dtype)
-
-
-def _masked_resp(key, xc, n_slots, k, mask, method, sample_weight):
-  """Initial responsibilities ``(N, n_slots)`` with zero inactive columns."""
-  if method == "kmeans":
-    return _masked_kmeans(key, xc, n_slots, k, mask, sample_weight)
-  # k-means++ and random_from_data: the first k of n_slots draws are a
-  # draw of k (each depends only on the ones before it); their other rows
-  # stay unassigned (all zero).
-  resp = init_lib.initial_responsibilities(key, xc, n_slots, method,
-                                           sample_weight) * mask[None, :]
-  if method != "random":
-    return resp
-  return resp / jnp.sum(resp, axis=1, keepdims=True)
-
-
-def _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
-                 covariance_type, method):
-  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  shift = mm.matmul(w, X) / jnp.sum(w)
-  resp = _masked_resp(key, X - shift, n_slots, k, mask, method, sample_weight)
-  stats = stats_lib.stats_from_resp(X, resp, sample_weight, shift,
-                                    covariance_type)
-  params = stats_lib.params_from_stats(stats, shift, covariance_type,
-                                       reg_covar)
-  return _masked(params, stats.nk, mask)
+  return (stats_lib.mask_components(new, stats.nk, mask),
+          stats.log_likelihood / stats.count, jitter)
 
 
 class _Carry(NamedTuple):
@@ -232,8 +158,8 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
 
   def init_one(args):
     k, key, mask = args
-    return _masked_init(key, X, sample_weight, reg_covar, n_slots, k, mask,
-                        covariance_type, method)
+    return init_lib.init_masked(key, X, sample_weight, reg_covar, n_slots,
+                                mask, covariance_type, method)
 
   p0 = batching.map_members(
       init_one, (pair_k, pair_key, masks),

@@ -327,3 +327,36 @@ def params_and_jitter_from_stats(stats: SuffStats, shift,
 def add_stats(a: SuffStats, b: SuffStats) -> SuffStats:
   """Statistics of the union of two disjoint batches (same shift)."""
   return jax.tree.map(jnp.add, a, b)
+
+
+def mask_components(params: GMMParams, nk, mask) -> GMMParams:
+  """Zero weight and a harmless unit covariance for the inactive slots.
+
+  Component slots beyond a fit's ``k`` (``mask`` False) keep weight exactly
+  0, so their log-weight is ``-inf`` and their responsibilities and
+  statistics are exactly 0: they never wake up.
+
+  ``nk`` are the M-step's component masses (the active ones are the same
+  masses, floor included, that an unpadded fit would see), so the active
+  weights equal the unpadded fit's weights.
+  """
+  ctype = params.covariance_type
+  dtype = params.means.dtype
+  nk = nk + 10 * jnp.finfo(dtype).eps  # params_from_stats' floor
+  nk = jnp.where(mask, nk, 0.0)
+  weights = nk / jnp.sum(nk)
+  # The active slots keep their factors: refactorising a covariance the
+  # M-step repaired with a jitter can round differently and fail. The
+  # inactive ones get the unit covariance, whose factor is the unit too.
+  # Tied: one shared covariance; inactive slots add exactly 0 to it.
+  cov, prec_chol = params.covariances, params.precisions_cholesky
+  if ctype == "full":
+    eye = jnp.eye(params.means.shape[-1], dtype=dtype)
+    cov = jnp.where(mask[:, None, None], cov, eye[None])
+    prec_chol = jnp.where(mask[:, None, None], prec_chol, eye[None])
+  elif ctype in ("diag", "spherical"):
+    active = mask.reshape((-1,) + (1,) * (cov.ndim - 1))
+    cov = jnp.where(active, cov, 1.0)
+    prec_chol = jnp.where(active, prec_chol, 1.0)
+  return params.replace(weights=weights, covariances=cov,
+                        precisions_cholesky=prec_chol)
