@@ -166,7 +166,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
       params = init_lib.init_masked(k, X, sample_weight, reg_covar,
                                     n_components, mask, covariance_type,
                                     method)
-    return params_with_overrides(params, **overrides)
+    return _with_given(params, overrides)
 
   def fit_one(params):
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
@@ -212,17 +212,55 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   _check_n_init(n_init)
   max_iter = check_max_iter(max_iter)
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
-  dtype = X.dtype
-  overrides = {name: None if v is None else jnp.asarray(v, dtype)
-               for name, v in (overrides or {}).items()}
   n, d = X.shape
+  overrides = _given_values(overrides, n_components, d, covariance_type,
+                            X.dtype)
   program = compiling.pick(_init_and_fit_programs, n, n_components, d)
+  dtype = X.dtype
   return program(key, X, w, jnp.asarray(tol, dtype),
                  jnp.asarray(reg_covar, dtype), np.int32(max_iter), overrides,
                  None if n_active is None else np.int32(n_active),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback)
+
+
+def _given_values(overrides, k, d, covariance_type, dtype):
+  """``{name: (value, given)}`` for every part ``overrides`` names.
+
+  A part not given gets a placeholder of its shape and ``given=False``,
+  so the program is the same whichever parts a user gives (one compile
+  for ``means_init`` alone, all three, or none).
+  """
+  if overrides is None:
+    return {}
+  eye = np.eye(d)
+  placeholder = dict(
+      weights=np.full(k, 1.0 / k), means=np.zeros((k, d)),
+      precisions={"full": np.broadcast_to(eye, (k, d, d)), "tied": eye,
+                  "diag": np.ones((k, d)),
+                  "spherical": np.ones(k)}[covariance_type])
+  return {name: (jax.device_put(np.asarray(
+      placeholder[name] if overrides.get(name) is None
+      else overrides[name], dtype)), np.bool_(overrides.get(name) is not None))
+          for name in placeholder}
+
+
+def _with_given(params: GMMParams, given) -> GMMParams:
+  """:func:`params_with_overrides` of :func:`_given_values`, traced."""
+  if not given:
+    return params
+  pick = {name: value for name, (value, _) in given.items()}
+  new = params_with_overrides(params, **pick)
+  use = {name: flag for name, (_, flag) in given.items()}
+  return params.replace(
+      weights=jnp.where(use["weights"], new.weights, params.weights),
+      means=jnp.where(use["means"], new.means, params.means),
+      covariances=jnp.where(use["precisions"], new.covariances,
+                            params.covariances),
+      precisions_cholesky=jnp.where(use["precisions"],
+                                    new.precisions_cholesky,
+                                    params.precisions_cholesky))
 
 
 def params_with_overrides(params: GMMParams, *, weights=None, means=None,
