@@ -311,7 +311,7 @@ class GaussianMixture:
     n, d = X.shape
     slots = padding.component_slots(k, n, d, ctype, float(self.reg_covar))
     overrides = self._initial_overrides(d)
-    if slots is not None and any(v is not None for v in overrides.values()):
+    if slots is not None:
       overrides = self._slotted_overrides(overrides, slots, d)
     return restarts.restart_results(
         key_from_random_state(self.random_state), X,
@@ -320,22 +320,13 @@ class GaussianMixture:
         n_active=None if slots is None else k, **kwargs)
 
   def _slotted_overrides(self, overrides, slots, d):
-    """User-given initial values padded to ``slots`` components."""
-    ctype = self.covariance_type
-    k = int(self.n_components)
-    eye = np.eye(d)
-    unit = {"full": eye, "diag": np.ones(d), "spherical": 1.0}.get(ctype)
-    out = dict(overrides)
-    extra = slots - k
-    if out["weights"] is not None:
-      out["weights"] = np.concatenate([out["weights"], np.zeros(extra)])
-    if out["means"] is not None:
-      out["means"] = np.concatenate([out["means"], np.zeros((extra, d))])
-    if out["precisions"] is not None and unit is not None:
-      prec = out["precisions"]
-      out["precisions"] = np.concatenate(
-          [prec, np.broadcast_to(unit, (extra,) + prec.shape[1:])])
-    return out
+    """User-given initial values padded to ``slots`` components (weight 0,
+    mean 0, unit precision: padding.pad_components' slots)."""
+    fill = dict(weights=0.0, means=0.0,
+                precisions=padding.unit_covariance(self.covariance_type, d))
+    return {name: value if value is None or fill[name] is None
+            else padding.grow_components(value, slots, fill[name])
+            for name, value in overrides.items()}
 
   def _initial_overrides(self, n_features):
     k, ctype = self.n_components, self.covariance_type
@@ -365,14 +356,13 @@ class GaussianMixture:
     return self
 
   def fit_predict(self, X, y=None, sample_weight=None):
-    """Fits and returns the component of each sample (after a final E-step)."""
+    """Fits and returns the component of each sample (after a final E-step,
+    in the predict program every n_components of a slot rung shares)."""
     del y
-    params, X, n = self._fit(X, sample_weight)
-    return np.asarray(em.predict(params, X))[:n]
+    return self._fit(X, sample_weight).predict(X)
 
   def _fit(self, X, sample_weight):
-    """The fit behind ``fit`` and ``fit_predict``: ``(params, padded X,
-    n_samples)``.
+    """The fit behind ``fit`` and ``fit_predict``; returns ``self``.
 
     ``fit`` needs no labels: skipping them saves a pass over the data and,
     on the first call, compiling ``predict`` (~0.15 s).
@@ -454,7 +444,7 @@ class GaussianMixture:
     self.lower_bound_ = float(lower_bounds[best])
     self.lower_bounds_ = [float(v) for v in
                           np.asarray(result.history)[:self.n_iter_]]
-    return result.params, X, n_samples
+    return self
 
   # -- inference ------------------------------------------------------------
 

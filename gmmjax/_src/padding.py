@@ -108,25 +108,33 @@ def component_slots(n_components: int, n_rows: int, n_features: int,
   return slots
 
 
+def unit_covariance(covariance_type: str, n_features: int):
+  """One extra slot's covariance (and precision, and factor): the unit; None
+  for tied, whose covariance is shared and gets no slot."""
+  d = n_features
+  return {"full": np.eye(d), "tied": None, "diag": np.ones(d),
+          "spherical": np.ones(())}[covariance_type]
+
+
+def grow_components(a, n_slots: int, fill):
+  """NumPy ``a`` (components first) with rows of ``fill`` up to ``n_slots``."""
+  a = np.asarray(a)
+  return np.concatenate([a, np.broadcast_to(
+      np.asarray(fill, a.dtype), (n_slots - a.shape[0],) + a.shape[1:])])
+
+
 def pad_components(weights, means, covariances, precisions_cholesky,
                    covariance_type: str, n_slots: int):
   """NumPy parameters with slots of weight 0 and unit covariance appended
   (a tied covariance is shared: unchanged)."""
-  extra = n_slots - weights.shape[0]
-  if extra == 0:
+  if n_slots == weights.shape[0]:
     return weights, means, covariances, precisions_cholesky
-  d = means.shape[1]
-  unit = {"full": np.eye(d), "tied": None, "diag": np.ones(d),
-          "spherical": np.ones(())}[covariance_type]
-
-  def grow(a, fill):
-    return np.concatenate([a, np.broadcast_to(
-        np.asarray(fill, a.dtype), (extra,) + a.shape[1:])])
-
-  weights, means = grow(weights, 0.0), grow(means, 0.0)
+  unit = unit_covariance(covariance_type, means.shape[1])
+  weights = grow_components(weights, n_slots, 0.0)
+  means = grow_components(means, n_slots, 0.0)
   if unit is not None:
-    covariances = grow(covariances, unit)
-    precisions_cholesky = grow(precisions_cholesky, unit)
+    covariances = grow_components(covariances, n_slots, unit)
+    precisions_cholesky = grow_components(precisions_cholesky, n_slots, unit)
   return weights, means, covariances, precisions_cholesky
 
 
