@@ -155,18 +155,26 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   mask = (None if n_active is None
           else jnp.arange(n_components) < n_active)
 
-  def init(k, first_of_split):
+  def drawn(k, first_of_split):
     if mask is None:
-      params = init_lib.init_traced(k, X, sample_weight, reg_covar,
-                                    n_components, covariance_type, method,
-                                    first_of_split)
-    else:
-      if first_of_split:
-        k = jax.random.split(k, 1)[0]
-      params = init_lib.init_masked(k, X, sample_weight, reg_covar,
-                                    n_components, mask, covariance_type,
-                                    method)
-    return _with_given(params, overrides)
+      return init_lib.init_traced(k, X, sample_weight, reg_covar,
+                                  n_components, covariance_type, method,
+                                  first_of_split)
+    if first_of_split:
+      k = jax.random.split(k, 1)[0]
+    return init_lib.init_masked(k, X, sample_weight, reg_covar, n_components,
+                                mask, covariance_type, method)
+
+  def init(k, first_of_split):
+    if not overrides:
+      return drawn(k, first_of_split)
+    # Weights, means and precisions all given replace the whole draw: skip
+    # it (k-means on the data can cost as much as the fit), as a branch on
+    # a traced flag, so that the program stays the one of every *_init.
+    return jax.lax.cond(
+        _all_given(overrides),
+        lambda: _only_given(overrides, covariance_type),
+        lambda: _with_given(drawn(k, first_of_split), overrides))
 
   def fit_one(params):
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
@@ -244,6 +252,18 @@ def _given_values(overrides, k, d, covariance_type, dtype):
       placeholder[name] if overrides.get(name) is None
       else overrides[name], dtype)), np.bool_(overrides.get(name) is not None))
           for name in placeholder}
+
+
+def _all_given(given):
+  return given["weights"][1] & given["means"][1] & given["precisions"][1]
+
+
+def _only_given(given, covariance_type) -> GMMParams:
+  """The params of :func:`_given_values` alone (every part given)."""
+  precisions = given["precisions"][0]
+  template = GMMParams(given["weights"][0], given["means"][0], precisions,
+                       precisions, covariance_type)
+  return params_with_overrides(template, precisions=precisions)
 
 
 def _with_given(params: GMMParams, given) -> GMMParams:
