@@ -49,7 +49,12 @@ def key_from_random_state(random_state):
     raise ValueError(f"{random_state!r} cannot be used to seed a random "
                      "number generator: use None, an int or a "
                      "numpy.random.RandomState.")
-  return jax.random.key(seed % (2**32))
+  seed %= 2**32
+  if jax.config.jax_default_prng_impl == "threefry2x32":
+    # jax.random.key(seed)'s own bits, built on the host: the seeding is a
+    # program of its own, which a first fit would compile (~0.2 s).
+    return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
+  return jax.random.key(seed)
 
 
 @functools.cache

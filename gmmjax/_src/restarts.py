@@ -225,12 +225,17 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                             X.dtype)
   program = compiling.pick(_init_and_fit_programs, n, n_components, d)
   dtype = X.dtype
-  return program(key, X, w, jnp.asarray(tol, dtype),
-                 jnp.asarray(reg_covar, dtype), np.int32(max_iter), overrides,
+  # NumPy scalars: a jnp conversion would be a program of its own.
+  return program(key, X, w, _host_scalar(tol, dtype),
+                 _host_scalar(reg_covar, dtype), np.int32(max_iter), overrides,
                  None if n_active is None else np.int32(n_active),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback)
+
+
+def _host_scalar(value, dtype):
+  return value if isinstance(value, jax.Array) else np.asarray(value, dtype)
 
 
 def _given_values(overrides, k, d, covariance_type, dtype):
