@@ -77,7 +77,7 @@ def summary(obj, name: str) -> str:
   if name in CONSTANT_SUMMARIES:
     return CONSTANT_SUMMARIES[name]
   if not (inspect.isroutine(obj) or inspect.isclass(obj)
-          or hasattr(obj, "__wrapped__")):
+          or inspect.ismodule(obj) or hasattr(obj, "__wrapped__")):
     return ""  # an instance would give its type's docstring
   doc = inspect.getdoc(obj) or ""
   first = doc.strip().split("\n\n", 1)[0]
@@ -141,6 +141,8 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def _kind(obj) -> str:
+  if inspect.ismodule(obj):
+    return "Modules"
   if inspect.isclass(obj):
     if issubclass(obj, Warning | Exception):
       return "Exceptions and warnings"
@@ -150,7 +152,8 @@ def _kind(obj) -> str:
   return "Constants"
 
 
-KINDS = ("Functions", "Classes", "Exceptions and warnings", "Constants")
+KINDS = ("Functions", "Classes", "Exceptions and warnings", "Constants",
+         "Modules")
 
 
 def _methods(cls) -> list[tuple[str, object]]:
@@ -186,12 +189,12 @@ def _entry(alias: str, name: str, obj) -> list[str]:
   qualname = f"{alias}.{name}"
   lines = [f"#### {qualname}", ""]
   sig = signature(obj, qualname) if callable(obj) else ""
-  if not callable(obj):
+  if not (callable(obj) or inspect.ismodule(obj)):
     sig = f"{qualname} = {_plain(repr(obj))}"
   if sig:
     lines += ["```python", sig, "```", ""]
   text = summary(obj, name) or "(No docstring.)"
-  if callable(obj):
+  if callable(obj) or inspect.ismodule(obj):
     text += f" `help({qualname})`"
   lines += [text, ""]
   if inspect.isclass(obj):
