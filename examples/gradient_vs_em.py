@@ -19,7 +19,6 @@ import numpy as np
 import optax
 
 import gmmjax as gx
-from gmmjax._src.gradfit import fit_gradient
 
 K = 4
 
@@ -57,7 +56,7 @@ def run(out="gradient_vs_em.png", show_plot=True):
 
   for name, opt, steps in [("Adam (lr 0.05)", optax.adam(0.05), 2000),
                            ("L-BFGS", optax.lbfgs(), 500)]:
-    res, t = timed(lambda opt=opt, steps=steps: fit_gradient(
+    res, t = timed(lambda opt=opt, steps=steps: gx.fit_gradient(
         X, p0, opt, max_iter=steps, tol=1e-8))
     n = int(res.n_iter)
     lls = np.r_[-np.asarray(res.history)[:n], res.log_likelihood]
@@ -68,8 +67,8 @@ def run(out="gradient_vs_em.png", show_plot=True):
 
   def hybrid():
     first = gx.fit(X, p0, tol=0.0, max_iter=em_iters)
-    return first, fit_gradient(X, first.params, lbfgs, max_iter=500,
-                               tol=1e-8)
+    return first, gx.fit_gradient(X, first.params, lbfgs, max_iter=500,
+                                  tol=1e-8)
 
   (first, second), t = timed(hybrid)
   n = em_iters + int(second.n_iter)

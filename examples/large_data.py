@@ -26,7 +26,6 @@ import jax
 import numpy as np
 
 import gmmjax as gx
-from gmmjax._src.scale import fit_chunked
 
 
 def write_memmap(path, n_samples, n_features, n_components, seed, batch):
@@ -142,9 +141,9 @@ def main(argv=None):
                  f"{float(log_likelihood):.6f}  change {float(change):.2e}")
 
     t_start = time.perf_counter()
-    result = fit_chunked(chunks, params0, chunk_size=chunk,
-                         max_iter=args.max_iter, tol=args.tol,
-                         callback=on_iteration, prefetch=prefetch)
+    result = gx.fit_chunked(chunks, params0, chunk_size=chunk,
+                            max_iter=args.max_iter, tol=args.tol,
+                            callback=on_iteration, prefetch=prefetch)
     jax.block_until_ready(result)
     bar.finish("final log-likelihood pass")
     total = time.perf_counter() - t_start

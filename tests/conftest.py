@@ -4,19 +4,18 @@ import os
 import shutil
 import tempfile
 
-# Compile time is most of this suite's time (75-80% of a typical test's).
-# Two XLA settings cut it (the second lowers LLVM's effort on GPUs too; a
-# GPU run sets GMMJAX_TEST_CPU_FLAGS=0, see benchmarks/gpu_run.sh): the loop emitters instead of the newer
-# "fusion emitters" (about 40% faster compiles, kernels as fast), and LLVM's
-# optimisation level 0 (the README test command: 9:03-9:22 with the first
-# alone, 5:04 with both, 2026-11-26 on the 2-core CI machine). The tests
-# check numbers, not speed; unoptimised code rounds differently (other
-# instructions), which exposed one real bug (the jitter ladder, see
-# covariance._jitter_ladder). The library, the command line and the
-# benchmarks set no XLA flag; test_cli's demo and
-# test_hard_cases' default-codegen case run without these. Set before JAX
-# creates its CPU client; subprocesses inherit them (and so share the
-# compilation cache).
+# Compile time is most of this suite's time. Two XLA settings cut it (the
+# second lowers LLVM's effort on GPUs too; a GPU run sets
+# GMMJAX_TEST_CPU_FLAGS=0, see benchmarks/gpu_run.sh): the loop emitters
+# instead of the newer "fusion emitters" (faster compiles, kernels as fast),
+# and LLVM's optimisation level 0; what each saved is in benchmarks/README.md
+# ("Test suite compile settings"). The tests check numbers, not speed;
+# unoptimised code rounds differently (other instructions), which exposed
+# one real bug (the jitter ladder, see covariance._jitter_ladder). The
+# library, the command line and the benchmarks set no XLA flag; test_cli's
+# demo and test_hard_cases' default-codegen case run without these. Set
+# before JAX creates its CPU client; subprocesses inherit them (and so share
+# the compilation cache).
 # GMMJAX_TEST_CPU_FLAGS=0 leaves XLA_FLAGS alone (runs on a GPU, where an
 # XLA that no longer knows a flag would refuse to start).
 TEST_XLA_FLAGS = ("--xla_cpu_use_fusion_emitters=false",

@@ -4,6 +4,7 @@ The references are written here with NumPy/SciPy from the textbook formulas
 (no gmmjax code), in float64.
 """
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -162,9 +163,8 @@ def test_integer_weights_equal_repeated_rows(data, x64):
                max_iter=30)
     b = gx.fit(X_rep, p0, tol=1e-8, max_iter=30)
     assert int(a.n_iter) == int(b.n_iter)
-    for la, lb in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-      np.testing.assert_allclose(np.asarray(la), np.asarray(lb), rtol=1e-9,
-                                 atol=1e-10)
+    # Also the same tree: covariance type and every leaf's shape.
+    chex.assert_trees_all_close(a.params, b.params, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(float(a.log_likelihood),
                                float(b.log_likelihood), rtol=1e-10)
     np.testing.assert_allclose(float(gx.bic(a.params, X, counts)),
@@ -174,20 +174,19 @@ def test_integer_weights_equal_repeated_rows(data, x64):
 def test_dtypes_follow_input(data):
   X32 = np.asarray(data, np.float32)
   p = gx.init_params(jax.random.key(0), X32, 2)
-  assert p.means.dtype == jnp.float32
+  chex.assert_type(jax.tree.leaves(p), jnp.float32)
   res = gx.fit(X32, p, max_iter=5)
-  assert res.params.covariances.dtype == jnp.float32
-  assert res.log_likelihood.dtype == jnp.float32
-  assert res.history.dtype == jnp.float32
+  chex.assert_type(jax.tree.leaves(res.params), jnp.float32)
+  chex.assert_type([res.log_likelihood, res.history], jnp.float32)
   with jax.enable_x64(True):
     p64 = gx.init_params(jax.random.key(0), np.asarray(data), 2)
-    assert p64.means.dtype == jnp.float64
+    chex.assert_type(jax.tree.leaves(p64), jnp.float64)
     res64 = gx.fit(np.asarray(data), p64, max_iter=5)
-    assert res64.params.precisions_cholesky.dtype == jnp.float64
-    assert res64.log_likelihood.dtype == jnp.float64
+    chex.assert_type(jax.tree.leaves(res64.params), jnp.float64)
+    chex.assert_type(res64.log_likelihood, jnp.float64)
   # Integer data computes in the default float.
   pi = gx.init_params(jax.random.key(0), np.round(data).astype(np.int32), 2)
-  assert pi.means.dtype == jnp.float32
+  chex.assert_type(jax.tree.leaves(pi), jnp.float32)
 
 
 def test_one_dimensional_data_is_ordinary(x64):

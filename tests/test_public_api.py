@@ -1,5 +1,11 @@
 """The public names of DESIGN.md exist and are exported."""
 
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
 import gmmjax as gx
 
 DESIGN_NAMES = [
@@ -28,3 +34,42 @@ def test_estimator_methods():
                  "score_samples", "sample", "bic", "aic", "get_params",
                  "set_params"]:
     assert callable(getattr(gx.GaussianMixture, method)), method
+
+
+# Covariance shapes per type for K components of D features, scikit-learn's.
+def _cov_shape(cov_type, k, d):
+  return {"full": (k, d, d), "tied": (d, d), "diag": (k, d),
+          "spherical": (k,)}[cov_type]
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_contract_shapes_and_dtypes(cov_type):
+  """Every call of DESIGN.md's contract returns its documented shapes."""
+  n, k, d, max_iter = 40, 3, 2, 7
+  X = np.random.default_rng(0).normal(size=(n, d)).astype(np.float32)
+  params = gx.init_params(jax.random.key(0), X, k, covariance_type=cov_type)
+  cov = _cov_shape(cov_type, k, d)
+  chex.assert_shape([params.weights, params.means, params.covariances,
+                     params.precisions_cholesky], [(k,), (k, d), cov, cov])
+  chex.assert_type(jax.tree.leaves(params), jnp.float32)
+
+  log_resp, mean_ll = gx.e_step(params, X)
+  chex.assert_shape([log_resp, mean_ll], [(n, k), ()])
+  new = gx.m_step(X, log_resp, covariance_type=cov_type)
+  chex.assert_trees_all_equal_shapes_and_dtypes(new, params)
+  chex.assert_shape([gx.log_likelihood(params, X), gx.log_prob(params, X),
+                     gx.predict(params, X), gx.predict_proba(params, X)],
+                    [(), (n,), (n,), (n, k)])
+  chex.assert_type(gx.predict(params, X), jnp.int32)
+
+  result = gx.fit(X, params, max_iter=max_iter)
+  chex.assert_trees_all_equal_shapes_and_dtypes(result.params, params)
+  chex.assert_shape([result.log_likelihood, result.n_iter, result.converged],
+                    [(), (), ()])
+  chex.assert_type([result.n_iter, result.converged], [jnp.int32, jnp.bool_])
+  # At least max_iter entries (rounded up so nearby max_iter share a program).
+  chex.assert_rank(result.history, 1)
+  assert result.history.shape[0] >= max_iter
+
+  draws, labels = gx.sample(jax.random.key(1), params, 11)
+  chex.assert_shape([draws, labels], [(11, d), (11,)])

@@ -134,12 +134,11 @@ def Q(params: GMMParams, X, log_resp, sample_weight=None):
 
   Example:
     >>> import jax, jax.numpy as jnp, gmmjax as gx
-    >>> from gmmjax._src.em import Q
     >>> X = jax.random.normal(jax.random.key(0), (50, 2))
     >>> p = gx.init_params(jax.random.key(1), X, 2, covariance_type="diag")
     >>> log_resp, ll = gx.e_step(p, X)
     >>> entropy = -jnp.sum(jnp.exp(log_resp) * log_resp) / 50
-    >>> bool(jnp.allclose(Q(p, X, log_resp) + entropy, ll, rtol=1e-5))
+    >>> bool(jnp.allclose(gx.Q(p, X, log_resp) + entropy, ll, rtol=1e-5))
     True
   """
   params, X, w = checks.prepare(params, X, sample_weight)

@@ -2,7 +2,7 @@
 
 The negative mean log-likelihood (plus an optional user penalty) is
 minimised over the unconstrained coordinates of
-:mod:`gmmjax._src.unconstrained` inside one compiled ``lax.while_loop``;
+:func:`to_unconstrained` inside one compiled ``lax.while_loop``;
 the fit is ``jit``- and ``vmap``-safe (restarts in one program). It stops
 when the loss changes by less than ``tol`` between steps, or at
 ``max_iter``.
@@ -63,12 +63,10 @@ def negative_log_likelihood(u: UnconstrainedParams, X, sample_weight=None,
     A scalar.
 
   Example:
-    >>> import jax, gmmjax as gx
-    >>> from gmmjax._src.gradfit import negative_log_likelihood
-    >>> from gmmjax._src.unconstrained import to_unconstrained
+    >>> import jax, jax.numpy as jnp, gmmjax as gx
     >>> X = jax.random.normal(jax.random.key(0), (100, 2))
     >>> p = gx.init_params(jax.random.key(1), X, 2, covariance_type="full")
-    >>> nll = negative_log_likelihood(to_unconstrained(p), X)
+    >>> nll = gx.negative_log_likelihood(gx.to_unconstrained(p), X)
     >>> bool(jnp.allclose(nll, -gx.log_likelihood(p, X)))
     True
   """
@@ -181,10 +179,9 @@ def fit_gradient(X, params: GMMParams,
 
   Example:
     >>> import jax, optax, gmmjax as gx
-    >>> from gmmjax._src.gradfit import fit_gradient
     >>> X = jax.random.normal(jax.random.key(0), (200, 2))
     >>> p0 = gx.init_params(jax.random.key(1), X, 2, covariance_type="diag")
-    >>> res = fit_gradient(X, p0, optax.lbfgs(), max_iter=100)
+    >>> res = gx.fit_gradient(X, p0, optax.lbfgs(), max_iter=100)
     >>> bool(res.log_likelihood >= gx.log_likelihood(p0, X))
     True
   """
@@ -220,10 +217,9 @@ def em_then_gradient(X, params: GMMParams,
 
   Example:
     >>> import jax, optax, gmmjax as gx
-    >>> from gmmjax._src.gradfit import em_then_gradient
     >>> X = jax.random.normal(jax.random.key(0), (200, 2))
     >>> p0 = gx.init_params(jax.random.key(1), X, 2, covariance_type="full")
-    >>> em, gd = em_then_gradient(X, p0, optax.adam(1e-2), max_iter=20)
+    >>> em, gd = gx.em_then_gradient(X, p0, optax.adam(1e-2), max_iter=20)
     >>> int(gd.n_iter) <= 20
     True
   """

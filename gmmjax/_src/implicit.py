@@ -91,7 +91,7 @@ def params_from_theta(theta: Theta, covariance_type: str,
   The precision factors are computed from the covariances, or, given
   ``precisions_cholesky`` (the factors of ``theta``'s own covariances, e.g.
   a fit's result), taken as they are with the derivative of the
-  factorisation (:func:`gmmjax._src.covariance.precision_cholesky_given`):
+  factorisation (``covariance.precision_cholesky_given``):
   a fit's covariances may carry the M-step's jitter, and factorising them
   again can fail by rounding.
   """
@@ -172,11 +172,10 @@ def fixed_point_jvp(step, theta, inputs, d_inputs,
     The tangent of ``theta``, a pytree like ``theta``.
 
   Example:
-    >>> import jax.numpy as jnp
-    >>> from gmmjax._src.implicit import fixed_point_jvp
+    >>> import jax.numpy as jnp, gmmjax as gx
     >>> step = lambda x, a: 0.5 * x + a  # fixed point x = 2 a
-    >>> t = fixed_point_jvp(step, jnp.array(2.0), jnp.array(1.0),
-    ...                     jnp.array(1.0))
+    >>> t = gx.fixed_point_jvp(step, jnp.array(2.0), jnp.array(1.0),
+    ...                        jnp.array(1.0))
     >>> round(float(t), 6)
     2.0
   """

@@ -4,7 +4,7 @@ JAX compiles a program per input shape, so every new number of samples (a
 cross-validation fold, a train/test split, 999 rows instead of 1,000) costs
 a compile, which for a small fit is most of its time. Rows of weight 0
 change no statistic, no gradient and no result, so data padded with them to
-:func:`gmmjax._src.compiling.ladder_size` rows fit exactly as the unpadded
+the ladder's sizes (``compiling.ladder_size``) fit exactly as the unpadded
 data do, in a program shared by every count of the same rung.
 
 The estimator, ``select_n_components`` and the command line pad their

@@ -104,10 +104,10 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
   """``n_init`` initialisations and EM fits, as one compiled program.
 
   With ``n_init=1`` they are unbatched. The inits and the fits are vmapped in
-  blocks (:mod:`gmmjax._src.batching`): on CPU the fits skip finished
-  restarts and run one at a time once a restart's data fill a chunk, and
-  the inits of such restarts run one at a time; on accelerators a block
-  holds at most ``batching.ACCELERATOR_BLOCK_CHUNKS`` E-step chunks.
+  blocks: on CPU the fits skip finished restarts and run one at a time once
+  a restart's data fill a chunk, and the inits of such restarts run one at
+  a time; on accelerators a block holds at most
+  ``batching.ACCELERATOR_BLOCK_CHUNKS`` E-step chunks.
 
   Args:
     key: PRNG key; it is split into ``n_init`` keys, one per restart.

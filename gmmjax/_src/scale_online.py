@@ -101,11 +101,10 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
 
   Example:
     >>> import jax, gmmjax as gx
-    >>> from gmmjax._src.scale_online import online_init, online_update
     >>> X0 = jax.random.normal(jax.random.key(0), (500, 2))
-    >>> state = online_init(X0, gx.init_params(jax.random.key(1), X0, 2))
+    >>> state = gx.online_init(X0, gx.init_params(jax.random.key(1), X0, 2))
     >>> X1 = jax.random.normal(jax.random.key(2), (500, 2))
-    >>> state = online_update(state, X1, alpha=0.7)
+    >>> state = gx.online_update(state, X1, alpha=0.7)
     >>> int(state.step), state.params.means.shape
     (1, (2, 2))
   """
@@ -188,12 +187,11 @@ def fit_online(batches: Iterable, *, params: GMMParams | None = None,
     The final :class:`OnlineState`; ``state.params`` is the model.
 
   Example:
-    >>> import jax, numpy as np
-    >>> from gmmjax._src.scale_online import fit_online
+    >>> import jax, numpy as np, gmmjax as gx
     >>> rng = np.random.default_rng(0)
     >>> stream = (rng.normal(size=(1000, 2)) for _ in range(5))
-    >>> state = fit_online(stream, key=jax.random.key(0), n_components=2,
-    ...                    covariance_type="diag")
+    >>> state = gx.fit_online(stream, key=jax.random.key(0), n_components=2,
+    ...                       covariance_type="diag")
     >>> int(state.step), float(state.n_seen)
     (4, 5000.0)
   """

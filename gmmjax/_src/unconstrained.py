@@ -67,12 +67,10 @@ def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
 
   Example:
     >>> import jax.numpy as jnp, gmmjax as gx
-    >>> from gmmjax._src.unconstrained import (to_unconstrained,
-    ...                                        from_unconstrained)
     >>> p = gx.make_params(jnp.array([0.25, 0.75]), jnp.zeros((2, 1)),
     ...                    jnp.array([1.0, 4.0]), covariance_type="spherical")
-    >>> u = to_unconstrained(p)
-    >>> from_unconstrained(u).covariances.tolist()
+    >>> u = gx.to_unconstrained(p)
+    >>> gx.from_unconstrained(u).covariances.tolist()
     [1.0, 4.0]
   """
   ctype = params.covariance_type
