@@ -45,7 +45,7 @@ DENSE_MAX_UNKNOWNS = 1024
 
 
 class ImplicitSolver(NamedTuple):
-  """Settings of the Krylov solve in implicit differentiation (static).
+  """Settings of the linear solve in implicit differentiation (static).
 
   Attributes:
     method: ``"auto"`` (default: ``"dense"`` up to
