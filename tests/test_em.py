@@ -167,7 +167,7 @@ def test_integer_weights_equal_repeated_rows(data, x64):
     chex.assert_trees_all_close(a.params, b.params, rtol=1e-9, atol=1e-10)
     np.testing.assert_allclose(float(a.log_likelihood),
                                float(b.log_likelihood), rtol=1e-10)
-    np.testing.assert_allclose(float(gx.bic(a.params, X, counts)),
+    np.testing.assert_allclose(float(gx.bic(a.params, X, sample_weight=counts)),
                                float(gx.bic(b.params, X_rep)), rtol=1e-10)
 
 

@@ -34,7 +34,7 @@ def _random_params(rng, covariance_type, d=3):
   full = a @ np.swapaxes(a, 1, 2) + 0.5 * np.eye(d)
   cov = {"full": full, "tied": full[0], "diag": rng.uniform(0.2, 3, (K, d)),
          "spherical": rng.uniform(0.2, 3, K)}[covariance_type]
-  return gx.make_params(w, means, cov, covariance_type)
+  return gx.make_params(w, means, cov, covariance_type=covariance_type)
 
 
 def _dense_cov(params):
@@ -98,7 +98,7 @@ def test_free_coordinates_use_the_stored_factor(x64, covariance_type):
     bad = np.broadcast_to(bad, (K, 3, 3))
   assert not np.all(np.isfinite(np.asarray(jnp.linalg.cholesky(bad))))
   known = gx.make_params(p.weights, p.means, bad + 1e-8 * np.eye(3),
-                         covariance_type).precisions_cholesky
+                         covariance_type=covariance_type).precisions_cholesky
   q = p.replace(covariances=jnp.asarray(bad), precisions_cholesky=known)
   u = to_unconstrained(q)
   assert np.all(np.isfinite(np.asarray(u.scale)))
@@ -117,7 +117,7 @@ def test_negative_log_likelihood_matches_scipy(x64, covariance_type):
       np.asarray(p.means[k]), covs[k]).pdf(X) for k in range(K))
   expected = -np.sum(w * np.log(dens)) / np.sum(w)
   got = negative_log_likelihood(to_unconstrained(p), jnp.asarray(X),
-                                jnp.asarray(w))
+                                sample_weight=jnp.asarray(w))
   np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 

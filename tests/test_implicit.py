@@ -289,12 +289,12 @@ def test_fisher_identity(x64, weighted):
   theta = implicit.theta_from_params(params)
 
   def ll(theta, X):
-    return gx.log_likelihood(implicit.params_from_theta(theta, "full"), X, w)
+    return gx.log_likelihood(implicit.params_from_theta(theta, "full"), X, sample_weight=w)
 
-  log_resp = jax.lax.stop_gradient(gx.e_step(params, X, w)[0])
+  log_resp = jax.lax.stop_gradient(gx.e_step(params, X, sample_weight=w)[0])
 
   def q(theta, X):
-    return em_lib.Q(implicit.params_from_theta(theta, "full"), X, log_resp, w)
+    return em_lib.Q(implicit.params_from_theta(theta, "full"), X, log_resp, sample_weight=w)
 
   g_ll = jax.jit(jax.grad(ll, argnums=(0, 1)))(theta, X)
   g_q = jax.jit(jax.grad(q, argnums=(0, 1)))(theta, X)

@@ -61,7 +61,7 @@ def test_kmeans_plusplus_picks_distinct_data_points(X):
   # Zero-weight samples are never chosen.
   w = np.ones(200, np.float32)
   w[:50] = 0
-  _, idx_w = gx.kmeans_plusplus(jax.random.key(0), Xj, 3, jnp.asarray(w))
+  _, idx_w = gx.kmeans_plusplus(jax.random.key(0), Xj, 3, sample_weight=jnp.asarray(w))
   assert np.all(np.asarray(idx_w) >= 50)
 
 

@@ -39,7 +39,7 @@ def test_pad_samples_shapes_and_weights(X):
   np.testing.assert_array_equal(Xp[210:], np.broadcast_to(X[0], (14, 2)))
   np.testing.assert_array_equal(wp, np.r_[np.ones(210), np.zeros(14)])
   w = np.linspace(0.5, 2.0, 210)
-  Xj, wj = gx.pad_samples(jnp.asarray(X), w, n_rows=256)
+  Xj, wj = gx.pad_samples(jnp.asarray(X), sample_weight=w, n_rows=256)
   assert isinstance(Xj, jax.Array) and Xj.shape == (256, 2)
   np.testing.assert_allclose(np.asarray(wj)[:210], w, rtol=1e-6)
   with pytest.raises(ValueError, match="below"):
@@ -50,7 +50,7 @@ def test_pad_samples_shapes_and_weights(X):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_padded_fit_equals_unpadded_float64(X, method, weighted, x64):
   w = np.random.default_rng(1).uniform(0.5, 2.0, len(X)) if weighted else None
-  Xp, wp = gx.pad_samples(X, w)
+  Xp, wp = gx.pad_samples(X, sample_weight=w)
   key = jax.random.key(4)
   p0 = gx.init_params(key, X, 3, method=method, sample_weight=w)
   p0p = gx.init_params(key, Xp, 3, method=method, sample_weight=wp)
@@ -78,7 +78,7 @@ def test_padded_fit_equals_unpadded_float32(X, weighted):
   # (no stopping decision), held to float32's precision.
   X32 = X.astype(np.float32)
   w = np.random.default_rng(1).uniform(0.5, 2.0, len(X)) if weighted else None
-  Xp, wp = gx.pad_samples(X32, w)
+  Xp, wp = gx.pad_samples(X32, sample_weight=w)
   p0 = gx.init_params(jax.random.key(4), X32, 3, sample_weight=w)
   r = gx.fit(X32, p0, sample_weight=w, tol=0.0, max_iter=20)
   rp = gx.fit(Xp, p0, sample_weight=wp, tol=0.0, max_iter=20)

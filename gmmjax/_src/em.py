@@ -22,7 +22,7 @@ from gmmjax._src.params import GMMParams, check_covariance_type
 
 
 @jax.jit
-def e_step(params: GMMParams, X, sample_weight=None, *, temperature=None):
+def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None):
   """Expectation step: log-responsibilities and mean log-likelihood.
 
   ``log r_ik = log w_k + log N(x_i | mu_k, Sigma_k) - log p(x_i)``.
@@ -110,7 +110,7 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
 
 
 @jax.jit
-def Q(params: GMMParams, X, log_resp, sample_weight=None):
+def Q(params: GMMParams, X, log_resp, *, sample_weight=None):
   """EM auxiliary function: expected complete-data log-likelihood per sample.
 
   ``Q = sum_i w_i sum_k r_ik [log w_k + log N(x_i | mu_k, Sigma_k)] / sum_i w_i``
@@ -169,7 +169,7 @@ def log_prob(params: GMMParams, X):
 
 
 @jax.jit
-def log_likelihood(params: GMMParams, X, sample_weight=None):
+def log_likelihood(params: GMMParams, X, *, sample_weight=None):
   """Mean (weighted) per-sample log-likelihood, a scalar."""
   params, X, w = checks.prepare(params, X, sample_weight)
   logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
@@ -237,7 +237,7 @@ def _total_log_likelihood(params, X, sample_weight):
 
 
 @jax.jit
-def bic(params: GMMParams, X, sample_weight=None):
+def bic(params: GMMParams, X, *, sample_weight=None):
   """Bayesian information criterion ``-2 log L + p log n`` (lower is better).
 
   With ``sample_weight``, ``log L`` is the weighted sum and ``n`` the sum of
@@ -248,7 +248,7 @@ def bic(params: GMMParams, X, sample_weight=None):
 
 
 @jax.jit
-def aic(params: GMMParams, X, sample_weight=None):
+def aic(params: GMMParams, X, *, sample_weight=None):
   """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
   total, _ = _total_log_likelihood(params, X, sample_weight)
   return -2.0 * total + 2.0 * n_parameters(params)

@@ -250,7 +250,7 @@ class GaussianMixture:
     """``(X, weights)`` padded to the ladder (padding.padded_rows) as JAX
     arrays: nearby sample counts share every compiled program."""
     n, d = X.shape
-    Xp, wp = padding.pad_samples(X, sample_weight,
+    Xp, wp = padding.pad_samples(X, sample_weight=sample_weight,
                                  n_rows=padding.padded_rows(n, d))
     # device_put: jnp.asarray of a NumPy array compiles a copy per shape.
     return jax.device_put(Xp), jax.device_put(wp)

@@ -374,7 +374,7 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
   # The initial params, tol and prev_log_likelihood do not move the fixed
   # point: their tangents are dropped, so gradients w.r.t. them are zero.
   d_theta = implicit_lib.fixed_point_jvp(step, theta, inputs, d_inputs,
-                                         static.solver)
+                                         solver=static.solver)
 
   def outputs(th, inp):
     x, w, _, _ = inp

@@ -49,7 +49,7 @@ class GradFitResult(NamedTuple):
   # params are returned)
 
 
-def negative_log_likelihood(u: UnconstrainedParams, X, sample_weight=None,
+def negative_log_likelihood(u: UnconstrainedParams, X, *, sample_weight=None,
                             penalty: Callable | None = None):
   """Mean negative log-likelihood of ``X`` at free coordinates ``u``.
 
@@ -143,7 +143,7 @@ def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
                 converged=jnp.zeros((), bool), failed=jnp.zeros((), bool))
   out = lax.while_loop(cond, body, init)
   params = from_unconstrained(out.u)
-  nll = negative_log_likelihood(out.u, X, sample_weight)
+  nll = negative_log_likelihood(out.u, X, sample_weight=sample_weight)
   return GradFitResult(params=params, log_likelihood=-nll, loss=out.loss,
                        n_iter=out.n_iter, converged=out.converged,
                        history=out.history, failed=out.failed)

@@ -152,7 +152,7 @@ def _dense_solve(matvec, b):
   return unravel(jnp.linalg.solve(a, flat_b))
 
 
-def fixed_point_jvp(step, theta, inputs, d_inputs,
+def fixed_point_jvp(step, theta, inputs, d_inputs, *,
                     solver: ImplicitSolver | None = None):
   """Tangent ``t`` of the fixed point ``theta = step(theta, inputs)``.
 

@@ -30,7 +30,7 @@ def _sq_distances(X, centers):
   return jnp.maximum(d, 0.0)
 
 
-def kmeans_plusplus(key, X, n_clusters: int, sample_weight=None):
+def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
   """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
 
   The first centre is drawn with probability proportional to ``w_i``; each
@@ -77,7 +77,7 @@ def kmeans_plusplus(key, X, n_clusters: int, sample_weight=None):
   return X[indices], indices
 
 
-def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
+def kmeans(key, X, n_clusters: int, *, sample_weight=None, max_iter: int = 300,
            tol=1e-4):
   """Lloyd's k-means from a k-means++ seeding, in one ``while_loop``.
 
@@ -90,7 +90,7 @@ def kmeans(key, X, n_clusters: int, sample_weight=None, *, max_iter: int = 300,
   """
   X = checks.as_data(X)
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight)
+  centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight=sample_weight)
   return lloyd(X, centers, w, max_iter=max_iter, tol=tol)
 
 
@@ -170,13 +170,13 @@ def initial_responsibilities(key, X, n_components: int, method: str,
   """
   n = X.shape[0]
   if method == "kmeans":
-    _, labels = kmeans(key, X, n_components, sample_weight)
+    _, labels = kmeans(key, X, n_components, sample_weight=sample_weight)
     return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
   if method == "random":
     resp = _row_uniforms(key, n, n_components, X.dtype)
     return resp / jnp.sum(resp, axis=1, keepdims=True)
   if method == "k-means++":
-    _, indices = kmeans_plusplus(key, X, n_components, sample_weight)
+    _, indices = kmeans_plusplus(key, X, n_components, sample_weight=sample_weight)
   else:  # random_from_data
     w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
     indices = _weighted_sample_without_replacement(key, w, n_components,
@@ -237,7 +237,7 @@ def _masked_kmeans(key, X, n_slots, mask, sample_weight, max_iter=300,
   ``n_clusters=k``, in a shape shared by every ``k``.
   """
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = kmeans_plusplus(key, X, n_slots, w)
+  centers, _ = kmeans_plusplus(key, X, n_slots, sample_weight=w)
   _, labels = lloyd(X, centers, w, mask, max_iter=max_iter, tol=tol)
   return jax.nn.one_hot(labels, n_slots, dtype=X.dtype)
 

@@ -32,7 +32,7 @@ def padded_rows(n_samples: int, n_features: int) -> int:
   return compiling.ladder_size(n_samples, MIN_ROWS)
 
 
-def pad_samples(X, sample_weight=None, *, n_rows: int | None = None):
+def pad_samples(X, *, sample_weight=None, n_rows: int | None = None):
   """``(X, sample_weight)`` with rows of weight 0 appended.
 
   Every ``gmmjax`` function that takes ``sample_weight`` gives the same

@@ -83,8 +83,8 @@ def check_covariance_type(covariance_type: str) -> None:
         f"'covariance_type' should be in {list(COVARIANCE_TYPES)}.")
 
 
-def make_params(weights, means, covariances=None, covariance_type: str = "full",
-                *, precisions=None, dtype=None) -> GMMParams:
+def make_params(weights, means, covariances=None, *,
+                covariance_type: str = "full", precisions=None, dtype=None) -> GMMParams:
   """Builds :class:`GMMParams` from weights, means and covariances.
 
   Exactly one of ``covariances`` and ``precisions`` (inverse covariances, in

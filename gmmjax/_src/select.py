@@ -257,7 +257,7 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
   w = checks.as_sample_weight(sample_weight, n_samples, X.dtype)
   # Padded to the ladder with rows of weight 0 (padding.pad_samples): the
   # sweep's fits are unchanged, and nearby sample counts share its program.
-  X, w = padding.pad_samples(X, w, n_rows=padding.padded_rows(n_samples,
+  X, w = padding.pad_samples(X, sample_weight=w, n_rows=padding.padded_rows(n_samples,
                                                               n_features))
   if key is None:
     key = jax.random.key(0)
