@@ -73,3 +73,17 @@ def test_contract_shapes_and_dtypes(cov_type):
 
   draws, labels = gx.sample(jax.random.key(1), params, 11)
   chex.assert_shape([draws, labels], [(11, d), (11,)])
+
+
+def test_params_repr_shows_values_and_dtype_or_traced_shapes():
+  p = gx.make_params(jnp.array([0.25, 0.75]), jnp.array([[1.5, -2.0],
+                                                          [3.25, 0.5]]),
+                     jnp.array([0.5, 2.0]), covariance_type="spherical")
+  text = repr(p)
+  assert "dtype=float32" in text and "'spherical'" in text
+  for value in ("0.25", "0.75", "1.5", "-2.", "3.25", "2."):
+    assert value in text, (value, text)
+  seen = []
+  jax.jit(lambda q: seen.append(repr(q)) or q.weights)(p)
+  assert "weights=<float32[2]>" in seen[0]
+  assert "means=<float32[2, 2]>" in seen[0]

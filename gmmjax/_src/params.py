@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax._src import covariance as cov_ops
 
@@ -69,11 +70,21 @@ class GMMParams:
                                             self.covariance_type)
 
   def __repr__(self) -> str:
-    def shape(a):
-      return getattr(a, "shape", None)
-    return (f"GMMParams(covariance_type={self.covariance_type!r}, "
-            f"weights={shape(self.weights)}, means={shape(self.means)}, "
-            f"covariances={shape(self.covariances)})")
+    """Values where they are concrete (abridged as NumPy abridges), shapes
+    and dtypes where they are traced (inside ``jit``, ``vmap``, ``grad``)."""
+    def field(name):
+      a = getattr(self, name)
+      if isinstance(a, jax.core.Tracer) or not hasattr(a, "shape"):
+        return f"{name}=<{getattr(a, 'dtype', '?')}{list(getattr(a, 'shape', ()))}>"
+      text = np.array2string(np.asarray(a), precision=4, threshold=24,
+                             edgeitems=2, separator=", ")
+      return f"{name}=" + text.replace("\n", "\n" + " " * (len(name) + 3))
+    dtype = getattr(self.means, "dtype", None)
+    body = ",\n  ".join(field(n) for n in ("weights", "means", "covariances"))
+    text = (f"GMMParams(covariance_type={self.covariance_type!r}, "
+            f"dtype={dtype}, n_components={self.n_components}, "
+            f"n_features={self.n_features},\n  {body})")
+    return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
 def check_covariance_type(covariance_type: str) -> None:
