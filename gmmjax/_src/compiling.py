@@ -20,7 +20,7 @@ import functools
 import jax
 import numpy as np
 
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import chunks
 
 SMALL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
@@ -39,13 +39,13 @@ def ladder_size(n: int, minimum: int = 16) -> int:
 
 def pick(programs, n_samples: int, n_components: int, n_features: int):
   """The small program for problems of one exact-form chunk
-  (``covariance.use_direct``) called outside any trace, else the default.
+  (``chunks.use_direct``) called outside any trace, else the default.
 
   JAX takes compile options on top-level programs only: under a user's
   ``jit``, ``vmap`` or ``grad`` the default one is inlined.
   """
   default, small = programs
-  if (cov_ops.use_direct(n_samples, n_components, n_features)
+  if (chunks.use_direct(n_samples, n_components, n_features)
       and _outside_traces() and _small_options_work()):
     return small
   return default
