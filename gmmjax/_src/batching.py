@@ -28,9 +28,8 @@ from gmmjax._src import chunks
 # ``member_bytes`` each (e.g. an E-step's largest intermediate), spans this
 # many bytes: large enough to amortise the per-block gathers and to vectorise
 # across members, small enough that the last, partly finished block wastes
-# little. Workload 6 (1,000 members of 6.4 kB): 93-95 ms with blocks of 20
-# or 40 members, 82-119 with 81, 91-109 with 163, against 310 ms for the plain
-# vmapped loop (2026-11-26).
+# little (workload 6: blocks of 20-40 members measured fastest; figures in
+# benchmarks/README.md, "Figures behind the kernels' defaults").
 BLOCK_BYTES = 1 << 18
 _MIN_BLOCK = 16
 
@@ -45,8 +44,8 @@ _MIN_BLOCKS = 4
 # work fills the E-step's cache-sized chunks (chunks.ChunkOptions.cpu_bytes), so
 # batching them gains nothing per iteration, and each stops at its own
 # count. 16 vmapped restarts of 20,000 x 8, K=8 (workload 5, 5 MB each):
-# 0.66-0.67 s against 1.84-1.85 s for the plain vmapped loop (2026-11-26),
-# as fast as lax.map over them.
+# about 2.8x faster than the plain vmapped loop, as fast as lax.map over
+# them.
 SEQUENTIAL_MEMBER_BYTES = 2 << 20
 
 
@@ -54,7 +53,7 @@ SEQUENTIAL_MEMBER_BYTES = 2 << 20
 # (chunks.chunk_bytes(), at most 1/32 of the device's memory each) at a
 # time. A member's chunk there is up to 1 GiB, and a plain vmapped loop
 # holds one per member: 32 restarts of 1,000,000 x 64, K=64 asked an H200
-# limited to 18 GB for 16.8 GiB at once and ran out of memory (2026-11-26).
+# limited to 18 GB for 16.8 GiB at once and ran out of memory.
 # A fit's program holds about 2 chunks of temporaries on CPU (1.1 GiB for
 # 537 MiB chunks) and more on a GPU; blocks of 4 chunks asked for 11.4 GiB
 # there and still failed, so blocks hold 2. Members of smaller problems

@@ -66,11 +66,10 @@ def packed_outer(xc):
   """Products ``x_i x_j`` of each row, packed as :func:`packed_index` says.
 
   One broadcast product of ``D // 2 + 1`` rotated copies of the rows with
-  the rows: uniform slabs that XLA fuses into one loop. The earlier packing
-  (row ``i`` of the upper triangle, ``x_i * x[i:]``, concatenated) made
-  ``D`` slices of different widths and measured 1.3-1.5x slower for the
-  moment GEMM with its features (65,536 x 32, K=64 float32: 62-82 against
-  91-108 ms per pass).
+  the rows: uniform slabs that XLA fuses into one loop, where rows of the
+  upper triangle (``x_i * x[i:]``, concatenated) make ``D`` slices of
+  different widths and measured slower (benchmarks/README.md, "Figures
+  behind the kernels' defaults").
   """
   n, d = xc.shape
   return (diagonal_windows(xc, False) * xc[:, None, :]).reshape(n, -1)
