@@ -200,7 +200,7 @@ def test_chunk_size_respects_budget():
 
 
 def test_accelerator_chunk_budget(monkeypatch):
-  """Off CPU: ACCELERATOR_CHUNK_BYTES, at most 1/32 of what the device may
+  """Off CPU: ChunkOptions.accelerator_bytes, at most 1/32 of what the device may
   allocate, no whitened-form factor; without memory statistics the
   constant. (The backend is patched: this machine has no accelerator.)"""
   monkeypatch.setattr(chunks, "on_cpu", lambda: False)
