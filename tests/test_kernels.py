@@ -200,8 +200,8 @@ def test_chunk_size_respects_budget():
 
 
 def test_accelerator_chunk_budget(monkeypatch):
-  """Off CPU: ChunkOptions.accelerator_bytes, at most 1/32 of what the device may
-  allocate, no whitened-form factor; without memory statistics the
+  """Off CPU: ChunkOptions.accelerator_bytes, at most 1/32 of what the device
+  may allocate, no whitened-form factor; without memory statistics the
   constant. (The backend is patched: this machine has no accelerator.)"""
   monkeypatch.setattr(chunks, "on_cpu", lambda: False)
   for mem, want in ((None, 1 << 30), (128 << 30, 1 << 30),
