@@ -2,7 +2,7 @@
 
 The E-step and M-step stream the samples through ``lax.scan`` in chunks
 whose largest intermediate is bounded by a byte budget
-(``covariance.CHUNK_BYTES`` on CPU, ``covariance.ACCELERATOR_CHUNK_BYTES``
+(``ChunkOptions.cpu_bytes`` on CPU, ``ChunkOptions.accelerator_bytes``
 on GPUs and TPUs). This script times fixed-iteration fits (``tol=0``) of
 full-covariance workloads at several budgets, in one process, and reports
 ms per iteration, GFLOP/s (``4 N K D^2`` per iteration) and the share of
@@ -19,6 +19,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_em as b  # noqa: E402
 
-from gmmjax._src import covariance as cov_ops  # noqa: E402
+from gmmjax._src import chunks  # noqa: E402
 
 WORKLOADS = {  # name: (n, d, k)
     "gpu": (1_000_000, 64, 64),
@@ -43,10 +44,12 @@ WORKLOADS = {  # name: (n, d, k)
 def set_budget(nbytes):
   """Makes ``nbytes`` the default chunk budget on this backend."""
   if jax.default_backend() == "cpu":
-    cov_ops.CHUNK_BYTES = nbytes
-    cov_ops.WHITENED_BUDGET_FACTOR = 1
+    options = dict(cpu_bytes=nbytes, whitened_factor=1)
   else:
-    cov_ops.ACCELERATOR_CHUNK_BYTES = nbytes
+    options = dict(accelerator_bytes=nbytes)
+  # The fits below read the defaults (they take no chunking= argument).
+  chunks.DEFAULT_CHUNKS = dataclasses.replace(chunks.DEFAULT_CHUNKS,
+                                              **options)
   jax.clear_caches()
 
 
@@ -77,7 +80,7 @@ def main(argv=None):
     init = b.initial_params(X, k, "full")
     for mib in budgets:
       set_budget(int(mib * 2**20))
-      chunk = cov_ops.chunk_size(n, k, d, "full", jnp.float32)
+      chunk = chunks.chunk_size(n, k, d, "full", jnp.float32)
       t0 = time.perf_counter()
       (r,) = b.fixed_iterations(name, X, init, "full", np.float32, args.iters,
                                 args.repeats, libs=set())

@@ -1,7 +1,7 @@
 """Peak device memory of vmapped restarts: blocks of members against all at once.
 
 On an accelerator each EM fit's E-step chunk is up to 1 GiB
-(``covariance.chunk_bytes``). A vmapped loop over restarts holds one chunk
+(``chunks.chunk_bytes``). A vmapped loop over restarts holds one chunk
 per member at a time unless ``batching.block_size`` runs the members in
 blocks of at most ``batching.ACCELERATOR_BLOCK_CHUNKS`` chunks. This script
 fits ``--n-init`` restarts of one problem (``gx.fit_restarts``, init
@@ -27,8 +27,7 @@ import jax
 import numpy as np
 
 import gmmjax as gx
-from gmmjax._src import batching
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import batching, chunks
 
 
 def main(argv=None):
@@ -63,7 +62,7 @@ def main(argv=None):
       "unbounded": args.unbounded,
       "block_chunks": batching.ACCELERATOR_BLOCK_CHUNKS,
       "bytes_limit": stats0.get("bytes_limit"),
-      "chunk_bytes": cov_ops.chunk_bytes(),
+      "chunk_bytes": chunks.chunk_bytes(),
       "block": batching.block_size(args.n_init, member),
   }
   t0 = time.perf_counter()

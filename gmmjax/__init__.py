@@ -6,7 +6,8 @@ a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
 from gmmjax._src.accel import AccelInfo, fit_accelerated
-from gmmjax._src.covariance import COVARIANCE_TYPES, cholesky_jitter
+from gmmjax._src.cholesky import cholesky_jitter
+from gmmjax._src.covariance import COVARIANCE_TYPES
 from gmmjax._src.em import (
     Q,
     aic,

@@ -1,5 +1,6 @@
 """Shared fixtures: small data sets, compiled once per session."""
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -11,7 +12,7 @@ import tempfile
 # and LLVM's optimisation level 0; what each saved is in benchmarks/README.md
 # ("Test suite compile settings"). The tests check numbers, not speed;
 # unoptimised code rounds differently (other instructions), which exposed
-# one real bug (the jitter ladder, see covariance._jitter_ladder). The
+# one real bug (the jitter ladder, see cholesky._jitter_ladder). The
 # library, the command line and the benchmarks set no XLA flag; test_cli's
 # demo and test_hard_cases' default-codegen case run without these. Set
 # before JAX creates its CPU client; subprocesses inherit them (and so share
@@ -30,7 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from gmmjax._src import batching  # noqa: E402
+from gmmjax._src import batching, chunks  # noqa: E402
 
 _CACHE_ENV = "GMMJAX_TEST_COMPILATION_CACHE"
 
@@ -127,20 +128,21 @@ def small_chunks(retrace):
 
 def force_small_chunks(retrace):
   """The smallest chunks on every backend (CPU and accelerator budgets)."""
-  from gmmjax._src import covariance
-  retrace(covariance, "CHUNK_BYTES", 1)
-  retrace(covariance, "ACCELERATOR_CHUNK_BYTES", 1)
+  retrace(chunks, "DEFAULT_CHUNKS", dataclasses.replace(
+      chunks.DEFAULT_CHUNKS, cpu_bytes=1, accelerator_bytes=1))
 
 
 @pytest.fixture
 def guarded_kernels(retrace):
   """Small chunks take the guarded GEMM forms, not the exact direct ones.
 
-  Chunks of at most ``DIRECT_MAX_ENTRIES`` (n, K, D) differences normally
-  skip the fast forms; the tests of those forms and their guards use this.
+  Chunks of at most ``ChunkOptions.direct_max_entries`` (n, K, D)
+  differences normally skip the fast forms; the tests of those forms and
+  their guards use this. (Functions that take ``chunking=`` get it passed
+  instead; the public fits read the defaults.)
   """
-  from gmmjax._src import covariance
-  retrace(covariance, "DIRECT_MAX_ENTRIES", 0)
+  retrace(chunks, "DEFAULT_CHUNKS", dataclasses.replace(
+      chunks.DEFAULT_CHUNKS, direct_max_entries=0))
 
 
 @pytest.fixture
@@ -195,7 +197,7 @@ def numpy_m_step(X, resp, cov_type, reg):
 def small_blocks(retrace, monkeypatch):
   """Forces batching.while_loop's compaction into blocks of 2 members (on
   any backend) and records the batches it compacted."""
-  monkeypatch.setattr(batching, "_on_cpu", lambda: True)
+  monkeypatch.setattr(chunks, "on_cpu", lambda: True)
   retrace(batching, "BLOCK_BYTES", 1)
   retrace(batching, "_MIN_BLOCK", 2)
   retrace(batching, "_MIN_BLOCKS", 1)

@@ -1,12 +1,13 @@
 """The EM loop: invariants, vmap/jit, compile-once, failure reporting."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 import gmmjax as gx
-from gmmjax._src import batching, compiling
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import batching, chunks, compiling
 from gmmjax._src import fit as fit_lib
 from tests.conftest import make_blobs
 
@@ -90,10 +91,10 @@ def test_vmapped_problems_compacted_equal_separate_fits(
     retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
   if block == 3:
     retrace(batching, "ACCELERATOR_BLOCK_CHUNKS", 3)
-    monkeypatch.setattr(batching, "_on_cpu", lambda: False)
-    monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
-    monkeypatch.setattr(cov_ops, "_device_memory", lambda: None)
-    retrace(cov_ops, "ACCELERATOR_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(chunks, "on_cpu", lambda: False)
+    monkeypatch.setattr(chunks, "device_memory", lambda: None)
+    retrace(chunks, "DEFAULT_CHUNKS", dataclasses.replace(
+        chunks.DEFAULT_CHUNKS, accelerator_bytes=4096))
   rng = np.random.default_rng(0)
   Xs = np.stack([np.asarray(X) * rng.uniform(0.5, 1.5)
                  + rng.normal(0, 0.3, X.shape) for _ in range(7)])

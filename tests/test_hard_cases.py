@@ -600,8 +600,9 @@ _DEFAULT_CODEGEN_FIT = """
 import json, sys
 import jax.numpy as jnp, numpy as np
 import gmmjax as gx
-from gmmjax._src import covariance
-covariance.DIRECT_MAX_ENTRIES = 0  # the GEMM forms, as guarded_kernels
+from gmmjax._src import chunks
+# The GEMM forms, as guarded_kernels.
+chunks.DEFAULT_CHUNKS = chunks.ChunkOptions(direct_max_entries=0)
 d = np.load(sys.argv[1])
 out = {}
 for ctype in ("full", "tied"):

@@ -108,13 +108,13 @@ def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, monkeypatch,
   the restarts run vmapped (small data), in blocks (lax.map with a batch
   size: 5 restarts in pairs, a remainder of one) or one at a time (large
   data; forced here through the block thresholds)."""
-  from gmmjax._src import batching, restarts
+  from gmmjax._src import batching, chunks, restarts
   chosen = []
   real = batching.block_size
   monkeypatch.setattr(batching, "block_size",
                       lambda *a: chosen.append(real(*a)) or chosen[-1])
   if blocks != "vmapped":
-    retrace(batching, "_on_cpu", lambda: True)
+    retrace(chunks, "on_cpu", lambda: True)
     retrace(batching, "_MIN_BLOCKS", 1)
     retrace(batching, "BLOCK_BYTES", 1)
     retrace(batching, "_MIN_BLOCK", 2)

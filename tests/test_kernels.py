@@ -9,8 +9,10 @@ import pytest
 from conftest import force_small_chunks
 
 import gmmjax as gx
+from gmmjax._src import chunks, kernels, moments, packing
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
+from gmmjax._src.cov_matrix import expanded_full_maha
 
 TYPES = ("full", "tied", "diag", "spherical")
 
@@ -166,19 +168,19 @@ def test_packed_moment_features_match_numpy(x64, d):
   rng = np.random.default_rng(d)
   x = rng.normal(size=(40, d))
   r = rng.uniform(size=(40, 3))
-  feats = cov_ops.moment_features(jnp.asarray(x), "full")
-  assert feats.shape == (40, cov_ops.n_moment_features(d))
-  sx, sxx = cov_ops.split_moments(jnp.asarray(r).T @ feats, d, "full")
+  feats = packing.packed_features(jnp.asarray(x))
+  assert feats.shape == (40, packing.n_moment_features(d))
+  sx, sxx = packing.split_packed(jnp.asarray(r).T @ feats, d)
   np.testing.assert_allclose(sx, r.T @ x, rtol=1e-12)
   np.testing.assert_allclose(sxx, np.einsum("nk,nd,ne->kde", r, x, x),
                              rtol=1e-12)
   np.testing.assert_allclose(
-      cov_ops.second_moments(jnp.asarray(x), jnp.asarray(r), "full"),
+      moments.second_moments(jnp.asarray(x), jnp.asarray(r), "full"),
       np.einsum("nk,nd,ne->kde", r, x, x), rtol=1e-12)
   a = rng.normal(size=(3, d, d))
   prec_chol = np.tril(a) + 2 * np.eye(d)
   means = rng.normal(size=(3, d))
-  got = cov_ops.expanded_full_maha(feats, jnp.asarray(means),
+  got = expanded_full_maha(feats, jnp.asarray(means),
                                    jnp.asarray(prec_chol))
   y = np.einsum("nkd,kde->nke", x[:, None, :] - means[None], prec_chol)
   np.testing.assert_allclose(got, np.sum(y * y, -1), rtol=1e-9, atol=1e-9)
@@ -187,33 +189,34 @@ def test_packed_moment_features_match_numpy(x64, d):
 def test_chunk_size_respects_budget():
   for ctype in TYPES:
     for n, k, d in [(10**6, 64, 32), (10**5, 16, 16), (4 * 10**6, 64, 64)]:
-      c = cov_ops.chunk_size(n, k, d, ctype, jnp.float32, budget=8 << 20)
+      c = chunks.chunk_size(n, k, d, ctype, jnp.float32, budget=8 << 20)
       assert 128 <= c <= n
       widest = k * d if ctype == "full" else max(3 * k, 2 * d + 1)
       assert c * widest * 4 <= 8 << 20 or c == 128
   # The exact fallbacks' (n, K, D) pieces stay within the default budget.
-  f = cov_ops.fallback_chunk(10**6, 64, 64, jnp.float32)
-  assert f * 64 * 64 * 4 <= cov_ops.chunk_bytes() and f >= 128
-  assert cov_ops.chunk_size(50, 4, 2, "full", jnp.float32) == 50
+  f = chunks.fallback_chunk(10**6, 64, 64, jnp.float32)
+  assert f * 64 * 64 * 4 <= chunks.chunk_bytes() and f >= 128
+  assert chunks.chunk_size(50, 4, 2, "full", jnp.float32) == 50
 
 
 def test_accelerator_chunk_budget(monkeypatch):
-  """Off CPU: ACCELERATOR_CHUNK_BYTES, at most 1/32 of what the device may
-  allocate, no whitened-form factor; without memory statistics the
+  """Off CPU: ChunkOptions.accelerator_bytes, at most 1/32 of what the device
+  may allocate, no whitened-form factor; without memory statistics the
   constant. (The backend is patched: this machine has no accelerator.)"""
-  monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
+  monkeypatch.setattr(chunks, "on_cpu", lambda: False)
   for mem, want in ((None, 1 << 30), (128 << 30, 1 << 30),
                     (12 << 30, (12 << 30) // 32)):
-    monkeypatch.setattr(cov_ops, "_device_memory", lambda mem=mem: mem)
-    assert cov_ops.chunk_bytes() == want
+    monkeypatch.setattr(chunks, "device_memory", lambda mem=mem: mem)
+    assert chunks.chunk_bytes() == want
     n, k, d = 10**7, 64, 64
-    c = cov_ops.chunk_size(n, k, d, "full", jnp.float32)
+    c = chunks.chunk_size(n, k, d, "full", jnp.float32)
     assert c == want // (k * d * 4)
-    c = cov_ops.chunk_size(n, k, d, "diag", jnp.float32)
+    c = chunks.chunk_size(n, k, d, "diag", jnp.float32)
     assert c == want // (3 * k * 4)
-  monkeypatch.setattr(cov_ops, "_on_cpu", lambda: True)
-  c = cov_ops.chunk_size(10**7, 64, 64, "full", jnp.float32)
-  assert c == (cov_ops.WHITENED_BUDGET_FACTOR * cov_ops.CHUNK_BYTES
+  monkeypatch.setattr(chunks, "on_cpu", lambda: True)
+  c = chunks.chunk_size(10**7, 64, 64, "full", jnp.float32)
+  assert c == (chunks.DEFAULT_CHUNKS.whitened_factor
+               * chunks.DEFAULT_CHUNKS.cpu_bytes
                // (64 * 64 * 4))
 
 
@@ -223,9 +226,8 @@ def test_accelerator_blocks_bound_vmapped_memory(monkeypatch):
   capped at a 1 GiB chunk) in pairs; members smaller than a chunk together
   up to the same bytes; small problems all at once."""
   from gmmjax._src import batching
-  monkeypatch.setattr(batching, "_on_cpu", lambda: False)
-  monkeypatch.setattr(cov_ops, "_on_cpu", lambda: False)
-  monkeypatch.setattr(cov_ops, "_device_memory", lambda: 96 << 30)
+  monkeypatch.setattr(chunks, "on_cpu", lambda: False)
+  monkeypatch.setattr(chunks, "device_memory", lambda: 96 << 30)
   gib = 1 << 30
   assert batching.ACCELERATOR_BLOCK_CHUNKS == 2
   assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 2
@@ -233,7 +235,7 @@ def test_accelerator_blocks_bound_vmapped_memory(monkeypatch):
   assert batching.block_size(100, gib // 64) == 100
   assert batching.block_size(2, 10**6 * 64 * 64 * 4) == 2
   # A 12 GB device: 384 MB chunks, blocks of 2 of them.
-  monkeypatch.setattr(cov_ops, "_device_memory", lambda: 12 << 30)
+  monkeypatch.setattr(chunks, "device_memory", lambda: 12 << 30)
   assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 2
   assert batching.block_size(100, (12 << 30) // 64) == 4
 
@@ -322,12 +324,13 @@ def test_float32_agrees_with_float64(retrace, ctype, scale, offset):
 
 @pytest.mark.parametrize("ctype", TYPES)
 @pytest.mark.parametrize("k,d", [(3, 2), (10, 6)])
-def test_direct_e_step_stats_match_numpy(x64, retrace, ctype, k, d):
+def test_direct_e_step_stats_match_numpy(x64, ctype, k, d):
   """The direct path small problems take (no GEMM forms, no guard).
 
   (3, 2) takes the unrolled tiny-D, tiny-K code; (10, 6) the einsum one.
   """
-  retrace(cov_ops, "DIRECT_MAX_ENTRIES", 1 << 30)
+  direct = chunks.ChunkOptions(direct_max_entries=1 << 30)
+  e_step_stats = functools.partial(stats_lib.e_step_stats, chunking=direct)
   w, means, cov = _random_params(30 + d, ctype, K=k, D=d)
   rng = np.random.default_rng(31)
   X = jnp.asarray(rng.normal(0, 3, (200, d)))
@@ -336,13 +339,13 @@ def test_direct_e_step_stats_match_numpy(x64, retrace, ctype, k, d):
   shift = means + 0.1
   args = (params, X, jnp.asarray(sw), jnp.asarray(shift))
   # No guard: its batch-wide predicate (any_in_batch) is absent.
-  assert "custom_vmap" not in str(jax.make_jaxpr(stats_lib.e_step_stats)(
-      *args))
-  got = stats_lib.e_step_stats(*args)
+  assert "custom_vmap" not in str(jax.make_jaxpr(e_step_stats)(*args))
+  got = e_step_stats(*args)
   ref, wlp = _ref_stats(np.asarray(X), w, means, cov, ctype, sw, shift)
   _check_stats(got, ref, 1e-10)
   np.testing.assert_allclose(
-      np.asarray(stats_lib.weighted_log_prob(params, X)), wlp, rtol=1e-10)
+      np.asarray(stats_lib.weighted_log_prob(params, X, direct)), wlp,
+      rtol=1e-10)
 
 
 @pytest.mark.parametrize("ctype", TYPES)
@@ -354,9 +357,9 @@ def test_exact_fallbacks_in_pieces_match_numpy(x64, retrace, ctype):
   time, and the moments from ``(n, K, D)`` differences as a scan over
   pieces of one 700-row chunk; they must give the reference statistics.
   """
-  retrace(cov_ops.FAST_FORM_TOL, "float64", 0.0)
-  retrace(cov_ops.MOMENT_TOL, "float64", 0.0)
-  retrace(cov_ops, "fallback_chunk", lambda *a: 64)
+  retrace(kernels.FAST_FORM_TOL, "float64", 0.0)
+  retrace(kernels.MOMENT_TOL, "float64", 0.0)
+  retrace(chunks, "fallback_chunk", lambda *a: 64)
   w, means, cov = _random_params(1, ctype)
   X = _data(2, offset=50.0)
   sw = np.random.default_rng(3).uniform(0.0, 2.0, N)
@@ -391,13 +394,13 @@ def test_float32_collapsed_component_recomputes_only_its_column():
   X32, m32, p32 = (jnp.asarray(v, jnp.float32) for v in (X, means, prec_chol))
   centre = jnp.mean(m32, axis=0)
 
-  got = np.asarray(jax.jit(lambda x, m, p: cov_ops.guarded_mahalanobis(
+  got = np.asarray(jax.jit(lambda x, m, p: kernels.guarded_mahalanobis(
       x, centre, m, p, "full"))(X32, m32, p32))
-  fast = jax.jit(lambda x, m, p: cov_ops.mahalanobis_centred(
+  fast = jax.jit(lambda x, m, p: kernels.mahalanobis_centred(
       x - centre, m - centre, p, "full"))(X32, m32, p32)
-  err = cov_ops._fast_form_error(X32 - centre, m32 - centre, p32, "full",
-                                 fast)
-  off = np.asarray(err > cov_ops.fast_form_tol(jnp.float32)
+  err = cov_ops.get("full").fast_form_error(X32 - centre, m32 - centre, p32,
+                                            fast)
+  off = np.asarray(err > kernels.fast_form_tol(jnp.float32)
                    * jnp.maximum(fast, 1.0))
   assert off[:, -1].any() and not off[:, :-1].any()  # the case is exercised
 
@@ -418,7 +421,7 @@ def test_float32_collapsed_component_recomputes_only_its_column():
 def test_fast_form_bound_bounds_every_entry(x64, ctype, dtype):
   """The chunk-wide bound is at least every entry's error / max(maha, 1).
 
-  The entries' estimate (``_fast_form_error``) is what the guard compares
+  The entries' estimate (``fast_form_error``) is what the guard compares
   with the tolerance; the bound decides when that comparison is skipped,
   so it must never be below it. The data mix samples near the means (maha
   around 1, where ``sqrt(maha) / max(maha, 1)`` peaks), a far outlier
@@ -435,10 +438,10 @@ def test_fast_form_bound_bounds_every_entry(x64, ctype, dtype):
   xc = jnp.asarray(X - means.mean(0), dtype)
   mc = jnp.asarray(means - means.mean(0), dtype)
   pc = jnp.asarray(params.precisions_cholesky, dtype)
-  maha = cov_ops.mahalanobis_centred(xc, mc, pc, ctype)
-  err = cov_ops._fast_form_error(xc, mc, pc, ctype, maha)
+  maha = kernels.mahalanobis_centred(xc, mc, pc, ctype)
+  err = cov_ops.get(ctype).fast_form_error(xc, mc, pc, maha)
   ratio = np.max(np.asarray(err / jnp.maximum(maha, 1.0)), axis=0)
-  bound = np.asarray(cov_ops._fast_form_bound(xc, mc, pc, ctype))
+  bound = np.asarray(cov_ops.get(ctype).fast_form_bound(xc, mc, pc))
   assert bound.shape == (k,)
   assert np.all(bound >= ratio * (1 - 1e-5)), (bound, ratio)
   # Tight where it can be: a one-sample chunk at whitened distance 1 from a
@@ -451,10 +454,10 @@ def test_fast_form_bound_bounds_every_entry(x64, ctype, dtype):
   for j in range(k):
     x1 = means[j] + np.linalg.cholesky(covs[j]) @ u
     x1c = jnp.asarray((x1 - means.mean(0))[None, :], dtype)
-    m1 = cov_ops.mahalanobis_centred(x1c, mc, pc, ctype)
-    r1 = np.asarray(cov_ops._fast_form_error(x1c, mc, pc, ctype, m1)
+    m1 = kernels.mahalanobis_centred(x1c, mc, pc, ctype)
+    r1 = np.asarray(cov_ops.get(ctype).fast_form_error(x1c, mc, pc, m1)
                     / jnp.maximum(m1, 1.0))[0, j]
-    b1 = float(cov_ops._fast_form_bound(x1c, mc, pc, ctype)[j])
+    b1 = float(cov_ops.get(ctype).fast_form_bound(x1c, mc, pc)[j])
     assert b1 >= r1 * (1 - 1e-4), (j, b1, r1)
     if ctype != "tied":
       assert b1 <= r1 * 1.05, (j, b1, r1)  # float32 maha rounds off by ~1%
@@ -489,19 +492,19 @@ def test_guard_shortcut_changes_no_distance(monkeypatch, ctype):
     centre = jnp.mean(p.means, axis=0)
 
     def run(X32=X32, p=p, centre=centre):
-      return np.asarray(jax.jit(lambda x, m, pc: cov_ops.guarded_mahalanobis(
+      return np.asarray(jax.jit(lambda x, m, pc: kernels.guarded_mahalanobis(
           x, centre, m, pc, ctype))(X32, p.means, p.precisions_cholesky))
 
-    bound = cov_ops._fast_form_bound(X32 - centre, p.means - centre,
-                                     p.precisions_cholesky, ctype)
-    shortcut = bool(jnp.all(bound <= cov_ops.fast_form_tol(jnp.float32)))
+    bound = cov_ops.get(ctype).fast_form_bound(
+        X32 - centre, p.means - centre, p.precisions_cholesky)
+    shortcut = bool(jnp.all(bound <= kernels.fast_form_tol(jnp.float32)))
     if label == "ordinary" and ctype == "full":
       assert shortcut  # whitened float32 distances of ordinary data
     if label == "narrow":
       assert not shortcut
     got = run()
     with monkeypatch.context() as mp:
-      mp.setattr(cov_ops, "_fast_form_bound",
+      mp.setattr(cov_ops.get(ctype), "fast_form_bound",
                  lambda *a: jnp.full((k,), jnp.inf, jnp.float32))
       always = run()
     # One program with the shortcut, one without: the same distances up to
@@ -516,7 +519,7 @@ def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
   """With tolerance 0 every component's column takes the exact per-column
   recompute; gradients (reverse and forward) and a vmap over two parameter
   sets must equal the direct form's, which has no guard at all."""
-  retrace(cov_ops.FAST_FORM_TOL, "float64", 0.0)
+  retrace(kernels.FAST_FORM_TOL, "float64", 0.0)
   w, means, cov = _random_params(40 + d, ctype, D=d)
   prec = gx.make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(np.random.default_rng(d).normal(0, 3, (200, d)))
@@ -526,9 +529,9 @@ def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
     out = fn(X, means, pc)
     return jnp.sum(jnp.sin(out / 10.0))
 
-  guarded = functools.partial(cov_ops.guarded_mahalanobis, centre=centre,
+  guarded = functools.partial(kernels.guarded_mahalanobis, centre=centre,
                               covariance_type=ctype)
-  direct = functools.partial(cov_ops.direct_mahalanobis,
+  direct = functools.partial(kernels.direct_mahalanobis,
                              covariance_type=ctype)
   fns = {"guarded": lambda x, m, p: guarded(x, means=m, prec_chol=p),
          "direct": lambda x, m, p: direct(x, m, p)}

@@ -22,15 +22,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import chunks
 
 # Members per block are chosen so that one block's per-member work, about
 # ``member_bytes`` each (e.g. an E-step's largest intermediate), spans this
 # many bytes: large enough to amortise the per-block gathers and to vectorise
 # across members, small enough that the last, partly finished block wastes
-# little. Workload 6 (1,000 members of 6.4 kB): 93-95 ms with blocks of 20
-# or 40 members, 82-119 with 81, 91-109 with 163, against 310 ms for the plain
-# vmapped loop (2026-11-26).
+# little (workload 6: blocks of 20-40 members measured fastest; figures in
+# benchmarks/README.md, "Figures behind the kernels' defaults").
 BLOCK_BYTES = 1 << 18
 _MIN_BLOCK = 16
 
@@ -42,19 +41,19 @@ _MIN_BLOCKS = 4
 
 
 # Members at least this large run one at a time (blocks of one): their own
-# work fills the E-step's cache-sized chunks (covariance.CHUNK_BYTES), so
+# work fills the E-step's cache-sized chunks (chunks.ChunkOptions.cpu_bytes), so
 # batching them gains nothing per iteration, and each stops at its own
 # count. 16 vmapped restarts of 20,000 x 8, K=8 (workload 5, 5 MB each):
-# 0.66-0.67 s against 1.84-1.85 s for the plain vmapped loop (2026-11-26),
-# as fast as lax.map over them.
+# about 2.8x faster than the plain vmapped loop, as fast as lax.map over
+# them.
 SEQUENTIAL_MEMBER_BYTES = 2 << 20
 
 
 # On accelerators, members run together up to this many E-step chunks
-# (covariance.chunk_bytes(), at most 1/32 of the device's memory each) at a
+# (chunks.chunk_bytes(), at most 1/32 of the device's memory each) at a
 # time. A member's chunk there is up to 1 GiB, and a plain vmapped loop
 # holds one per member: 32 restarts of 1,000,000 x 64, K=64 asked an H200
-# limited to 18 GB for 16.8 GiB at once and ran out of memory (2026-11-26).
+# limited to 18 GB for 16.8 GiB at once and ran out of memory.
 # A fit's program holds about 2 chunks of temporaries on CPU (1.1 GiB for
 # 537 MiB chunks) and more on a GPU; blocks of 4 chunks asked for 11.4 GiB
 # there and still failed, so blocks hold 2. Members of smaller problems
@@ -63,16 +62,12 @@ SEQUENTIAL_MEMBER_BYTES = 2 << 20
 ACCELERATOR_BLOCK_CHUNKS = 2
 
 
-def _on_cpu() -> bool:
-  return jax.default_backend() == "cpu"
-
-
 def block_size(batch: int, member_bytes: int) -> int:
   """Members per block for a batch of ``batch`` (``batch``: no compaction)."""
-  if not _on_cpu():
+  if not chunks.on_cpu():
     # Accelerators want the widest batch that fits: whole unless the
     # members' chunks together pass ACCELERATOR_BLOCK_CHUNKS chunks.
-    chunk = cov_ops.chunk_bytes()
+    chunk = chunks.chunk_bytes()
     per_member = max(1, min(int(member_bytes), chunk))
     block = max(1, ACCELERATOR_BLOCK_CHUNKS * chunk // per_member)
     return int(min(batch, block))

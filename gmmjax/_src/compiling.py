@@ -2,11 +2,10 @@
 
 XLA's CPU code generator has two paths for loops and fusions: the default
 "fusion emitters" and the older loop emitters. For the small programs of a
-tutorial-sized fit, the older ones compile about 35% faster and run as fast
-(1,000 x 2, K=5 full: init 0.73 against 1.03-1.17 s, EM loop 0.56-0.59
-against 0.81-1.10 s to compile, 1.4-1.65 against 1.15-1.64 ms to run,
-2026-11-26), and compile time is most of such a fit's first call. Large
-problems keep XLA's defaults, which are what the benchmarks measure.
+tutorial-sized fit, the older ones compile about a third faster and run as
+fast (benchmarks/README.md, "Compile options by size"), and compile time is
+most of such a fit's first call. Large problems keep XLA's defaults, which
+are what the benchmarks measure.
 
 :func:`jit_by_size` makes both programs of a function; the caller picks one
 by the problem's size (:func:`pick`). Inside a user's ``jit`` the default
@@ -19,8 +18,9 @@ import functools
 
 import jax
 import numpy as np
+from jax.extend import core as jax_core
 
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import chunks
 
 SMALL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 
@@ -39,13 +39,13 @@ def ladder_size(n: int, minimum: int = 16) -> int:
 
 def pick(programs, n_samples: int, n_components: int, n_features: int):
   """The small program for problems of one exact-form chunk
-  (``covariance.use_direct``) called outside any trace, else the default.
+  (``chunks.use_direct``) called outside any trace, else the default.
 
   JAX takes compile options on top-level programs only: under a user's
   ``jit``, ``vmap`` or ``grad`` the default one is inlined.
   """
   default, small = programs
-  if (cov_ops.use_direct(n_samples, n_components, n_features)
+  if (chunks.use_direct(n_samples, n_components, n_features)
       and _outside_traces() and _small_options_work()):
     return small
   return default
@@ -55,13 +55,14 @@ def _outside_traces() -> bool:
   """No trace is active (``jit``, ``vmap``, ``scan`` bodies, ...).
 
   The arguments do not tell (concrete arrays captured by a user's ``jit``
-  are not tracers); JAX's trace state does. Where this JAX has no such
-  (private) query, the default program, valid everywhere, is used.
+  are not tracers); the current trace does: outside every transformation it
+  is JAX's evaluating one. Where this JAX has no such query
+  (``jax.extend.core``), the default program, valid everywhere, is used.
   """
   try:
-    from jax._src import core  # noqa: PLC0415
-    return bool(core.trace_state_clean())
-  except (ImportError, AttributeError):
+    with jax_core.take_current_trace() as trace:
+      return type(trace).__name__ == "EvalTrace"
+  except Exception:  # noqa: BLE001 - unknown: the program valid everywhere
     return False
 
 

@@ -14,7 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from gmmjax._src import checks
+from gmmjax._src import checks, sampling
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -215,10 +215,10 @@ def sample(key, params: GMMParams, n_samples: int):
   dtype = params.means.dtype
   labels = jax.random.categorical(key_labels, jnp.log(params.weights),
                                   shape=(n_samples,)).astype(jnp.int32)
-  noise = cov_ops.sample_noise(key_noise, params.precisions_cholesky,
-                               params.covariances, labels,
-                               params.covariance_type, params.n_features,
-                               dtype)
+  noise = sampling.sample_noise(key_noise, params.precisions_cholesky,
+                                params.covariances, labels,
+                                params.covariance_type, params.n_features,
+                                dtype)
   return params.means[labels] + noise, labels
 
 

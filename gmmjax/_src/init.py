@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import checks, compiling
+from gmmjax._src import checks, compiling, moments
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -203,7 +203,7 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   xc = X - center[None, :]
   diff = mm.matmul(rw.T, xc) / nk[:, None]
   # Scatter around each component's new mean.
-  _, sxx = stats_lib.chunked_component_moments(xc, rw, diff, covariance_type)
+  _, sxx = moments.chunked_component_moments(xc, rw, diff, covariance_type)
   covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
                                              covariance_type, reg_covar)
   # Float32 moments of collinear or repeated data can come out indefinite

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from gmmjax._src import checks
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
 from gmmjax._src.stats import SuffStats
@@ -158,8 +158,6 @@ def map_params_and_jitter_from_stats(stats: SuffStats, shift,
   """:func:`map_params_from_stats` and the largest jitter it added."""
   dtype = stats.sx.dtype
   eps = jnp.finfo(dtype).eps
-  n_features = stats.sx.shape[-1]
-  eye = jnp.eye(n_features, dtype=dtype)
   reg = jnp.asarray(reg_covar, dtype)
   nk = stats.nk + 10 * eps
   alpha = jnp.broadcast_to(prior.weight_concentration, nk.shape)
@@ -175,31 +173,10 @@ def map_params_and_jitter_from_stats(stats: SuffStats, shift,
   means = shift + diff
   dev = xdiff - m0  # xbar_k - mu0
   shrink = kappa * nk / (kappa + nk)  # (K,)
-  psi = prior.covariance_prior
-  n0 = prior.covariance_dof
-  if covariance_type == "full":
-    scatter = stats.sxx - nk[:, None, None] * (xdiff[:, :, None]
-                                                * xdiff[:, None, :])
-    between = shrink[:, None, None] * (dev[:, :, None] * dev[:, None, :])
-    cov = (scatter + between + psi[None]) / (nk + n0)[:, None, None]
-    cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2)) + reg * eye
-  elif covariance_type == "tied":
-    scatter = stats.sxx - mm.einsum("k,kd,ke->de", nk, xdiff, xdiff)
-    between = mm.einsum("k,kd,ke->de", shrink, dev, dev)
-    cov = (scatter + between + psi) / (jnp.sum(nk) + n0)
-    cov = 0.5 * (cov + cov.T) + reg * eye
-  elif covariance_type == "diag":
-    scatter = jnp.maximum(stats.sxx - nk[:, None] * xdiff * xdiff, 0.0)
-    between = shrink[:, None] * dev * dev
-    cov = ((scatter + between + jnp.diagonal(psi)[None, :])
-           / (nk + n0)[:, None] + reg)
-  else:
-    scatter = jnp.maximum(stats.sxx - nk * jnp.sum(xdiff * xdiff, axis=1),
-                          0.0)
-    between = shrink * jnp.sum(dev * dev, axis=1)
-    cov = (scatter + between + jnp.trace(psi)) / (n_features * (nk + n0)) + reg
-  cov, prec_chol, jitter = cov_ops.precision_cholesky_jittered(
-      cov, covariance_type)
+  ct = cov_lib.get(covariance_type)
+  cov = ct.map_covariance(stats.sxx, nk, xdiff, dev, shrink,
+                          prior.covariance_prior, prior.covariance_dof, reg)
+  cov, prec_chol, jitter = ct.precision_cholesky_jittered(cov)
   return GMMParams(weights, means, cov, prec_chol, covariance_type), jitter
 
 
@@ -222,37 +199,14 @@ def log_prior(params: GMMParams, prior: ConjugatePrior):
     >>> float(log_prior(p, flat))
     0.0
   """
-  ctype = params.covariance_type
   dtype = params.means.dtype
   prior = ConjugatePrior(*(jnp.asarray(x, dtype) for x in prior))
-  k, d = params.means.shape
+  k = params.means.shape[0]
   alpha = jnp.broadcast_to(prior.weight_concentration, (k,))
   out = jnp.sum((alpha - 1.0) * jnp.log(params.weights))
   dev = params.means - prior.mean_prior[None, :]
   psi, n0, kappa = (prior.covariance_prior, prior.covariance_dof,
                     prior.mean_precision)
-  pc = params.precisions_cholesky
-  if ctype in ("full", "tied"):
-    # P P^T = Sigma^-1: log det Sigma = -2 sum log diag P,
-    # tr(Psi Sigma^-1) = tr(P^T Psi P), Mahalanobis = |P^T dev|^2.
-    log_det = -2.0 * jnp.sum(jnp.log(jnp.diagonal(pc, axis1=-2, axis2=-1)),
-                             axis=-1)
-    if ctype == "full":
-      tr = mm.einsum("kdi,de,kei->k", pc, psi, pc)
-      maha = jnp.sum(mm.einsum("kd,kde->ke", dev, pc) ** 2, axis=-1)
-      out += jnp.sum(-0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha)
-    else:
-      tr = mm.einsum("di,de,ei->", pc, psi, pc)
-      maha = jnp.sum(mm.matmul(dev, pc) ** 2)
-      out += -0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha
-  elif ctype == "diag":
-    var = params.covariances
-    out += jnp.sum(-0.5 * n0 * jnp.log(var)
-                   - 0.5 * (jnp.diagonal(psi)[None, :] + kappa * dev * dev)
-                   / var)
-  else:
-    var = params.covariances
-    out += jnp.sum(-0.5 * n0 * d * jnp.log(var)
-                   - 0.5 * (jnp.trace(psi) + kappa * jnp.sum(dev * dev, 1))
-                   / var)
+  out += cov_lib.get(params.covariance_type).log_prior(
+      params.precisions_cholesky, params.covariances, dev, psi, n0, kappa)
   return out

@@ -6,9 +6,10 @@ the sums are added up (a Python loop over chunks, a ``psum`` across devices,
 a running average), so they all call :func:`e_step_stats` and
 :func:`params_from_stats`.
 
-Second moments are accumulated around a common shift ``c`` (the mixture mean
-of the current parameters), never around zero, so float32 does not cancel
-catastrophically on data far from the origin.
+Second moments are accumulated around a shift, never around zero, so float32
+does not cancel catastrophically on data far from the origin: one point
+``c`` (:func:`mixture_mean`, the default) or, as the fits pass, one per
+component, the current means (:func:`component_shift`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import covariance as cov_ops
+from gmmjax._src import chunks, kernels, moments
+from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
+from gmmjax._src.reductions import logsumexp_small
 
 
 class SuffStats(NamedTuple):
@@ -60,15 +63,17 @@ def component_shift(params: GMMParams):
   return lax.stop_gradient(params.means)
 
 
-def weighted_log_prob(params: GMMParams, X):
+def weighted_log_prob(params: GMMParams, X,
+                      chunking: chunks.ChunkOptions | None = None):
   """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks)."""
-  return (cov_ops.log_gaussian_prob(X, params.means,
+  return (kernels.log_gaussian_prob(X, params.means,
                                     params.precisions_cholesky,
-                                    params.covariance_type)
+                                    params.covariance_type, chunking)
           + jnp.log(params.weights)[None, :])
 
 
-def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
+def _block_stats(params: GMMParams, xb, wb, shift, temperature,
+                 chunking: chunks.ChunkOptions | None) -> SuffStats:
   """Fused E-step and statistics of one chunk of samples.
 
   ``xb`` is ``(n, D)``; ``wb`` ``(n,)`` weights or ``None``. The fast forms
@@ -76,22 +81,22 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
   estimate says a chunk lost digits (a narrow component far from the centre,
   in float32 or float64), that chunk's distances and second moments are
   recomputed from per-component differences (see
-  :func:`gmmjax._src.covariance.guarded_mahalanobis` and
-  :func:`_guarded_moments`).
+  :func:`gmmjax._src.kernels.guarded_mahalanobis` and
+  :func:`gmmjax._src.moments.guarded_moments`).
   """
-  ctype = params.covariance_type
+  ct = cov_lib.get(params.covariance_type)
   d = xb.shape[-1]
   per_component = shift.ndim == 2
   # The E-step's forms are translation invariant: centre them on one point.
   centre = lax.stop_gradient(jnp.mean(shift, axis=0) if per_component
                              else shift)
   prec_chol = params.precisions_cholesky
-  maha = cov_ops.guarded_mahalanobis(xb, centre, params.means, prec_chol,
-                                     ctype)
-  log_det = cov_ops.log_det_cholesky(prec_chol, ctype, d)
+  maha = kernels.guarded_mahalanobis(xb, centre, params.means, prec_chol,
+                                     ct, chunking)
+  log_det = ct.log_det(prec_chol, d)
   wlp = (-0.5 * (d * math.log(2 * math.pi) + maha) + log_det
          + jnp.log(params.weights)[None, :])
-  log_norm = cov_ops.logsumexp_small(wlp, axis=1)
+  log_norm = logsumexp_small(wlp, axis=1)
   if temperature is None:
     resp = jnp.exp(wlp - log_norm[:, None])
   else:
@@ -100,126 +105,16 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature) -> SuffStats:
     rw, count, ll = resp, jnp.asarray(xb.shape[0], xb.dtype), jnp.sum(log_norm)
   else:
     rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
-  if per_component and cov_ops.use_direct(xb.shape[0], *shift.shape):
-    sx, sxx = component_moments(xb, rw, shift, ctype)
+  if per_component and chunks.use_direct(xb.shape[0], *shift.shape,
+                                         chunking):
+    sx, sxx = moments.component_moments(xb, rw, shift, ct)
   else:
-    sx, sxx = _centred_moments(xb - centre, rw, ctype)
+    sx, sxx = ct.centred_moments(xb - centre, rw)
     if per_component:
-      sx, sxx = _guarded_moments(xb, rw, shift, centre, sx, sxx,
-                                 params.covariances, ctype)
+      sx, sxx = moments.guarded_moments(xb, rw, shift, centre, sx, sxx,
+                                        params.covariances, ct, chunking)
   return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)
-
-
-def _centred_moments(xc, rw, covariance_type: str):
-  """``sx, sxx`` around one centre by GEMMs (the fast form)."""
-  if covariance_type == "tied":
-    return mm.matmul(rw.T, xc), cov_ops.second_moments(xc, rw, covariance_type)
-  # sx and sxx from one GEMM: rw^T @ [x, moments(x)].
-  summed = mm.matmul(rw.T, cov_ops.moment_features(xc, covariance_type))
-  return cov_ops.split_moments(summed, xc.shape[-1], covariance_type)
-
-
-def _guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
-                     covariance_type: str):
-  """Moments around per-component shifts from the centred (fast) ones.
-
-  Moving ``S(c)`` to ``S(a_k)`` subtracts terms of size ``N_k |a_k - c|^2``;
-  where that loses more than ``fast_form_tol(dtype, moments=True)`` of a
-  component's scatter, the chunk's moments are recomputed from the
-  differences ``x_i - a_k`` (:func:`chunked_component_moments`), which carry no
-  cancellation.
-
-  The scatter a chunk's error is measured against is the larger of its own
-  moments and ``n_k`` times the current covariance: the M-step divides the
-  sum over all chunks by ``N_k``, so an error below ``tol * n_k * Sigma_k``
-  in every chunk stays below it in the sum. (The chunk's own moments alone
-  would trip on chance: one sample near a mean in one coordinate.)
-  """
-  nk = jnp.sum(rw, axis=0)
-  m = shift - centre[None, :]  # (K, D)
-  sx = sx_c - nk[:, None] * m
-  if covariance_type == "full":
-    outer = sx_c[:, :, None] * m[:, None, :]
-    sxx = (sxx_c - outer - jnp.swapaxes(outer, -1, -2)
-           + nk[:, None, None] * m[:, :, None] * m[:, None, :])
-    scale = jnp.trace(sxx_c, axis1=1, axis2=2) + nk * jnp.sum(m * m, 1)
-    result = jnp.trace(sxx, axis1=1, axis2=2)
-    expected = nk * jnp.trace(covariances, axis1=1, axis2=2)
-  elif covariance_type == "tied":
-    cross = mm.matmul(sx_c.T, m)
-    sxx = sxx_c - cross - cross.T + mm.matmul((m * nk[:, None]).T, m)
-    scale = jnp.trace(sxx_c)[None] + jnp.sum(nk * jnp.sum(m * m, 1))
-    result = jnp.trace(sxx)[None]
-    expected = jnp.sum(nk) * jnp.trace(covariances)[None]
-  elif covariance_type == "diag":
-    sxx = sxx_c - 2.0 * m * sx_c + nk[:, None] * m * m
-    scale, result = sxx_c + nk[:, None] * m * m, sxx
-    expected = nk[:, None] * covariances
-  else:
-    m2 = jnp.sum(m * m, axis=1)
-    sxx = sxx_c - 2.0 * jnp.sum(m * sx_c, axis=1) + nk * m2
-    scale, result = sxx_c + nk * m2, sxx
-    expected = nk * covariances * m.shape[-1]
-  eps = jnp.finfo(xb.dtype).eps
-  tiny = jnp.sqrt(jnp.finfo(xb.dtype).tiny)
-  bad = jnp.any(lax.stop_gradient(
-      4.0 * eps * scale > cov_ops.fast_form_tol(xb.dtype, moments=True)
-      * jnp.maximum(jnp.abs(result), expected) + tiny))
-
-  def exact():
-    return chunked_component_moments(xb, rw, shift, covariance_type)
-
-  return lax.cond(cov_ops.any_in_batch(bad), exact, lambda: (sx, sxx))
-
-
-def chunked_component_moments(X, rw, shift, covariance_type: str):
-  """:func:`component_moments` summed over pieces of bounded memory.
-
-  The ``(n, K, D)`` differences of each piece stay within the chunk budget
-  (:func:`gmmjax._src.covariance.fallback_chunk`).
-  """
-  n = X.shape[0]
-  k, d = shift.shape
-  return cov_ops.sum_chunks(
-      lambda x, r: component_moments(x, r, shift, covariance_type),
-      n, cov_ops.fallback_chunk(n, k, d, X.dtype), X, rw)
-
-
-def component_moments(xb, rw, shift, covariance_type: str):
-  """``sx, sxx`` around per-component shifts ``(K, D)``, one chunk.
-
-  The differences ``z_ik = x_i - a_k`` are formed before any product, so
-  the second moments carry no cancellation (see :func:`component_shift`).
-  """
-  k, d = shift.shape
-  if d <= cov_ops.UNROLLED_MAX_ORDER:
-    # Tiny D: sample-major (n, K, D), contracted over n (measured fastest
-    # there, notably vmapped over many small problems).
-    z = xb[:, None, :] - shift[None, :, :]
-    rz = rw[:, :, None] * z
-    sx = jnp.sum(rz, axis=0)
-    if covariance_type in ("full", "tied"):
-      sxx = mm.einsum("nkd,nke->kde", rz, z)
-      return sx, (sxx if covariance_type == "full" else jnp.sum(sxx, 0))
-    sxx = jnp.sum(rz * z, axis=0)
-    return sx, (sxx if covariance_type == "diag" else cov_ops.sum_small(sxx))
-  # Component-major (K, n, D): the second moments are then a batched GEMM
-  # with the batch axis leading (faster on CPU than (n, K, D) in tests).
-  z = xb[None, :, :] - shift[:, None, :]
-  rz = rw.T[:, :, None] * z
-  sx = jnp.sum(rz, axis=1)
-  n = xb.shape[0]
-  if covariance_type == "full":
-    sxx = mm.einsum("knd,kne->kde", rz, z)
-  elif covariance_type == "tied":
-    # One GEMM: (D, K*n) @ (K*n, D).
-    sxx = mm.matmul(rz.reshape(k * n, d).T, z.reshape(k * n, d))
-  elif covariance_type == "diag":
-    sxx = jnp.sum(rz * z, axis=1)
-  else:
-    sxx = jnp.sum(rz * z, axis=(1, 2))
-  return sx, sxx
 
 
 def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
@@ -234,22 +129,24 @@ def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
   ll = (jnp.zeros((), X.dtype) if log_prob_norm is None
         else jnp.sum(w * log_prob_norm))
   if jnp.ndim(shift) == 2:
-    sx, sxx = chunked_component_moments(X, rw, shift, covariance_type)
+    sx, sxx = moments.chunked_component_moments(X, rw, shift,
+                                                covariance_type)
   else:
     xc = X - shift
     sx = mm.matmul(rw.T, xc)
-    sxx = cov_ops.second_moments(xc, rw, covariance_type)
+    sxx = moments.second_moments(xc, rw, covariance_type)
   return SuffStats(count=jnp.sum(w), nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnames=("chunking",))
 def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
-                 temperature=None) -> SuffStats:
+                 temperature=None, *,
+                 chunking: chunks.ChunkOptions | None = None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
   The samples are processed in chunks (``lax.scan`` over ``dynamic_slice``
-  windows of ``X``, sized by :func:`gmmjax._src.covariance.chunk_size`):
+  windows of ``X``, sized by :func:`gmmjax._src.chunks.chunk_size`):
   each chunk's responsibilities are reduced to statistics at once, so no
   ``(N, K)`` or ``(N, K, D)`` array is ever materialised and peak memory is
   the data plus a few megabytes. The per-chunk work is two large GEMMs
@@ -265,6 +162,8 @@ def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
       whose statistics will be added must share it.
     temperature: optional positive scalar; responsibilities become
       ``softmax(log(w_k N_k(x)) / temperature)`` (1 is plain EM).
+    chunking: chunk sizes and memory budgets (a hashable
+      ``ChunkOptions``, static); ``None`` for the measured defaults.
 
   Returns:
     :class:`SuffStats` whose ``log_likelihood`` is ``sum_i w_i log p(x_i)``.
@@ -280,11 +179,12 @@ def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
   if shift is None:
     shift = mixture_mean(params)
   n, d = X.shape
-  chunk = cov_ops.chunk_size(n, params.means.shape[0], d,
-                             params.covariance_type, X.dtype)
+  chunk = chunks.chunk_size(n, params.means.shape[0], d,
+                            params.covariance_type, X.dtype, options=chunking)
   arrays = (X,) if sample_weight is None else (X, sample_weight)
-  return cov_ops.sum_chunks(
-      lambda xb, wb=None: _block_stats(params, xb, wb, shift, temperature),
+  return chunks.sum_chunks(
+      lambda xb, wb=None: _block_stats(params, xb, wb, shift, temperature,
+                                       chunking),
       n, chunk, *arrays)
 
 
@@ -316,10 +216,9 @@ def params_and_jitter_from_stats(stats: SuffStats, shift,
   diff = stats.sx / nk[:, None]
   shift = jnp.asarray(shift, dtype)
   means = (shift if shift.ndim == 2 else shift[None, :]) + diff
-  covariances = cov_ops.estimate_covariances(nk, diff, stats.sxx,
-                                             covariance_type, reg_covar)
-  covariances, prec_chol, jitter = cov_ops.precision_cholesky_jittered(
-      covariances, covariance_type)
+  ct = cov_lib.get(covariance_type)
+  covariances = ct.estimate(nk, diff, stats.sxx, reg_covar)
+  covariances, prec_chol, jitter = ct.precision_cholesky_jittered(covariances)
   return (GMMParams(weights, means, covariances, prec_chol, covariance_type),
           jitter)
 
@@ -349,14 +248,7 @@ def mask_components(params: GMMParams, nk, mask) -> GMMParams:
   # M-step repaired with a jitter can round differently and fail. The
   # inactive ones get the unit covariance, whose factor is the unit too.
   # Tied: one shared covariance; inactive slots add exactly 0 to it.
-  cov, prec_chol = params.covariances, params.precisions_cholesky
-  if ctype == "full":
-    eye = jnp.eye(params.means.shape[-1], dtype=dtype)
-    cov = jnp.where(mask[:, None, None], cov, eye[None])
-    prec_chol = jnp.where(mask[:, None, None], prec_chol, eye[None])
-  elif ctype in ("diag", "spherical"):
-    active = mask.reshape((-1,) + (1,) * (cov.ndim - 1))
-    cov = jnp.where(active, cov, 1.0)
-    prec_chol = jnp.where(active, prec_chol, 1.0)
+  cov, prec_chol = cov_lib.get(ctype).mask_inactive(
+      params.covariances, params.precisions_cholesky, mask)
   return params.replace(weights=weights, covariances=cov,
                         precisions_cholesky=prec_chol)

@@ -23,10 +23,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from gmmjax._src import covariance as cov_ops
-from gmmjax._src import matmul as mm
+from gmmjax._src import covariance as cov_lib
 from gmmjax._src.params import GMMParams
 
 
@@ -52,10 +50,6 @@ class UnconstrainedParams:
   covariance_type: str = "full"
 
 
-def _is_matrix(covariance_type: str) -> bool:
-  return covariance_type in ("full", "tied")
-
-
 def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
   """Free coordinates of ``params``.
 
@@ -75,36 +69,14 @@ def to_unconstrained(params: GMMParams) -> UnconstrainedParams:
   """
   ctype = params.covariance_type
   logits = jnp.log(params.weights)
-  if _is_matrix(ctype):
-    chol = cov_ops.covariance_cholesky_given(params.covariances,
-                                             params.precisions_cholesky)
-    diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
-    scale = (jnp.tril(chol, -1)
-             + _embed_diagonal(jnp.log(diag), chol.shape[-1]))
-  else:
-    scale = jnp.log(params.covariances)
+  scale = cov_lib.get(ctype).to_unconstrained(params.covariances,
+                                              params.precisions_cholesky)
   return UnconstrainedParams(logits, params.means, scale, ctype)
-
-
-def _embed_diagonal(diag, n: int):
-  return diag[..., :, None] * jnp.eye(n, dtype=diag.dtype)
 
 
 def from_unconstrained(u: UnconstrainedParams) -> GMMParams:
   """:class:`GMMParams` from free coordinates (differentiable)."""
   ctype = u.covariance_type
   weights = jax.nn.softmax(u.logits)
-  if _is_matrix(ctype):
-    n = u.scale.shape[-1]
-    diag = jnp.diagonal(u.scale, axis1=-2, axis2=-1)
-    chol = jnp.tril(u.scale, -1) + _embed_diagonal(jnp.exp(diag), n)
-    covariances = mm.matmul(chol, jnp.swapaxes(chol, -1, -2))
-    # scikit-learn's factor: P = L^-T (upper), so P P^T = Sigma^-1.
-    eye = jnp.broadcast_to(jnp.eye(n, dtype=chol.dtype), chol.shape)
-    inv_chol = lax.linalg.triangular_solve(chol, eye, left_side=True,
-                                           lower=True)
-    prec_chol = jnp.swapaxes(inv_chol, -1, -2)
-  else:
-    covariances = jnp.exp(u.scale)
-    prec_chol = jnp.exp(-0.5 * u.scale)
+  covariances, prec_chol = cov_lib.get(ctype).from_unconstrained(u.scale)
   return GMMParams(weights, u.means, covariances, prec_chol, ctype)

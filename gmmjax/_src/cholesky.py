@@ -1,0 +1,206 @@
+"""Cholesky factors of covariance matrices, the jitter ladder, derivatives.
+
+scikit-learn's convention: ``P = L^-T`` (upper triangular) with ``L`` the
+lower Cholesky factor of ``Sigma``, so ``P P^T = Sigma^-1``. No covariance is
+inverted explicitly. Factors that a fit already computed are reused with the
+derivative of a fresh factorisation attached (:func:`cholesky_of`,
+:func:`precision_cholesky_of`): refactorising a covariance repaired with a
+jitter can fail by rounding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from gmmjax._src import matmul as mm
+from gmmjax._src.reductions import any_in_batch
+
+
+def eye_like(a):
+  return jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
+
+
+def precision_from_chol(chol):
+  """``P = L^-T`` from the lower factor ``L`` of the covariance."""
+  inv_chol = lax.linalg.triangular_solve(
+      chol, eye_like(chol), left_side=True, lower=True)
+  return jnp.swapaxes(inv_chol, -1, -2)
+
+
+# Diagonal jitters tried, in order, when a covariance's Cholesky factorisation
+# fails: ``eps * 10**m`` times the mean of its diagonal, m = 0, 1, ..., 7
+# (float32: 1.2e-7 up to 1.2 relative; float64: 2.2e-16 up to 2.2e-9).
+JITTER_STEPS = 8
+
+
+def chol_ok(chol):
+  diag = jnp.diagonal(chol, axis1=-2, axis2=-1)
+  return jnp.all(jnp.isfinite(chol), axis=(-2, -1)) & jnp.all(diag > 0, -1)
+
+
+def cholesky_ok(cov):
+  return chol_ok(jnp.linalg.cholesky(cov))
+
+
+def _jitter_ladder(cov, ok):
+  """Per matrix, the first ladder rung that factorises.
+
+  Returns ``(jitter, factor)``: the rung (0 where ``ok``) and the Cholesky
+  factor of ``cov + rung I`` (meaningful only where not ``ok``). The factor
+  is the very one that passed the test: recomputing it from ``cov + jitter
+  I`` elsewhere in a compiled program can round differently (other
+  instructions, another batch layout) and fail on a rung that sits at the
+  rounding level, which is where the smallest rung is meant to be. Not
+  differentiated: the unused rungs' factors are NaN, and a zero cotangent
+  times NaN is NaN (see :func:`cholesky_of`).
+  """
+  cov = lax.stop_gradient(cov)
+  dtype = cov.dtype
+  eps = jnp.finfo(dtype).eps
+  scale = jnp.mean(jnp.abs(jnp.diagonal(cov, axis1=-2, axis2=-1)), axis=-1)
+  powers = jnp.asarray(10.0, dtype) ** jnp.arange(JITTER_STEPS, dtype=dtype)
+  rungs = scale[..., None] * eps * powers  # (..., JITTER_STEPS)
+  # All rungs at once: one batched factorisation, no loop to compile.
+  eye = jnp.eye(cov.shape[-1], dtype=dtype)
+  trial = cov[..., None, :, :] + rungs[..., None, None] * eye
+  chols = jnp.linalg.cholesky(trial)
+  good = chol_ok(chols)  # (..., JITTER_STEPS)
+  first = jnp.where(jnp.any(good, axis=-1), jnp.argmax(good, axis=-1),
+                    JITTER_STEPS - 1)
+  jitter = jnp.take_along_axis(rungs, first[..., None], axis=-1)[..., 0]
+  factor = jnp.take_along_axis(chols, first[..., None, None, None],
+                               axis=-3)[..., 0, :, :]
+  return jnp.where(ok, jnp.zeros_like(jitter), jitter), factor
+
+
+def _symmetrised(m):
+  """``(m + m^T) / 2``: the tangent of a symmetric matrix, as
+  ``jnp.linalg.cholesky`` reads it."""
+  return 0.5 * (m + jnp.swapaxes(m, -1, -2))
+
+
+@jax.custom_jvp
+def cholesky_of(cov, chol):
+  """``chol``, a Cholesky factor of ``cov`` computed elsewhere, with the
+  derivative of ``cholesky(cov)``: ``dL = L Phi(L^-1 dC L^-T)``, ``Phi``
+  the lower triangle with the diagonal halved (``dC`` symmetrised, as
+  ``jnp.linalg.cholesky`` does). ``chol`` itself is not differentiated."""
+  del cov
+  return chol
+
+
+@cholesky_of.defjvp
+def _cholesky_of_jvp(primals, tangents):
+  cov, chol = primals
+  dcov, _ = tangents
+  # The factor through the function itself, so that differentiating the
+  # tangent again (second derivatives) goes through this rule too.
+  chol = cholesky_of(cov, lax.stop_gradient(chol))
+  dcov = _symmetrised(dcov)
+  tmp = lax.linalg.triangular_solve(chol, dcov, left_side=True, lower=True)
+  x = lax.linalg.triangular_solve(chol, tmp, left_side=False, lower=True,
+                                  transpose_a=True)
+  return chol, mm.matmul(chol, _phi(x))
+
+
+def _phi(x):
+  """Lower triangle of ``x`` with its diagonal halved."""
+  return jnp.tril(x, -1) + 0.5 * jnp.diagonal(
+      x, axis1=-2, axis2=-1)[..., None] * eye_like(x)
+
+
+@jax.custom_jvp
+def precision_cholesky_of(cov, prec_chol):
+  """``prec_chol``, the precision factor of ``cov`` (full/tied) known from
+  elsewhere (a fit's result), with the derivative of
+  ``precision_cholesky(cov)``: from ``dL = L Phi(L^-1 dC L^-T)`` and
+  ``P = L^-T``, ``dP = -P Phi(P^T dC P)^T``, products only. Refactorising a
+  covariance that a fit repaired with a jitter can fail by rounding; this
+  never factorises. ``prec_chol`` itself is not differentiated."""
+  del cov
+  return prec_chol
+
+
+@precision_cholesky_of.defjvp
+def _precision_cholesky_of_jvp(primals, tangents):
+  cov, prec = primals
+  dcov, _ = tangents
+  prec = precision_cholesky_of(cov, lax.stop_gradient(prec))  # see above
+  dcov = _symmetrised(dcov)
+  inner = mm.matmul(jnp.swapaxes(prec, -1, -2), mm.matmul(dcov, prec))
+  return prec, -mm.matmul(prec, jnp.swapaxes(_phi(inner), -1, -2))
+
+
+def covariance_cholesky_given(covariances, precisions_cholesky):
+  """The lower Cholesky factor of ``covariances`` (full/tied), taken from
+  their precision factors (``P^-T``, :func:`covariance_factor`) with the
+  derivative of ``jnp.linalg.cholesky(covariances)``: no factorisation,
+  which a covariance repaired with a jitter can fail by rounding."""
+  factor = lax.stop_gradient(covariance_factor(precisions_cholesky))
+  return cholesky_of(covariances, factor)
+
+
+def cholesky_jitter(covariances):
+  """Smallest diagonal jitter that lets each matrix be Cholesky-factorised.
+
+  For full ``(K, D, D)`` or tied ``(D, D)`` covariances: per matrix, 0 when
+  its Cholesky factorisation succeeds, else the first of ``eps * 10**m *
+  mean(diag)`` (m = 0 .. ``JITTER_STEPS - 1``) for which it does (the last
+  one when none does; the factorisation then fails and the caller reports
+  it). A matrix that is positive semi-definite up to rounding, as float32
+  moments of collinear or repeated data produce, needs a few ``eps`` of its
+  own scale. Not differentiated (the jitter is a constant of the step).
+
+  Returns:
+    ``(K,)`` or ``()`` jitters, in the covariances' dtype.
+  """
+  cov = lax.stop_gradient(covariances)
+  return _jitter_ladder(cov, cholesky_ok(cov))[0]
+
+
+def precision_cholesky_jittered(covariances):
+  """Precision factors of full/tied covariances with a reported jitter.
+
+  Covariances whose factorisation fails (not positive definite up to
+  rounding) get the smallest diagonal jitter of :func:`cholesky_jitter`
+  added. The common case costs one factorisation: the ladder runs in a
+  branch taken only when some matrix fails.
+
+  Returns:
+    ``(covariances, precisions_cholesky, jitter)``: the covariances actually
+    factorised (jitter included, so the two stay consistent) and the largest
+    jitter added (a scalar, 0 when none was needed).
+  """
+  # The factors are computed as constants and the derivative is attached
+  # from the one used (cholesky_of): a failed factor is NaN, and reverse
+  # mode through any computation of it (a zero cotangent times NaN) would
+  # make every gradient NaN, though the branch taken never uses it.
+  chol = lax.stop_gradient(jnp.linalg.cholesky(covariances))
+  ok = chol_ok(chol)
+
+  def repair():
+    jitter, trial_chol = _jitter_ladder(covariances, ok)
+    repaired = covariances + jitter[..., None, None] * eye_like(covariances)
+    factor = jnp.where(ok[..., None, None], chol, trial_chol)
+    return repaired, cholesky_of(repaired, factor), jnp.max(jitter)
+
+  def keep():
+    return (covariances, cholesky_of(covariances, chol),
+            jnp.zeros((), covariances.dtype))
+
+  covariances, chol, jitter = lax.cond(any_in_batch(~jnp.all(ok)), repair,
+                                       keep)
+  return covariances, precision_from_chol(chol), jitter
+
+
+def covariance_factor(prec_chol):
+  """Lower Cholesky factor ``P^-T`` of the covariance (full/tied): the
+  precision factor ``P`` is upper triangular, so ``Sigma = (P P^T)^-1 =
+  P^-T P^-1``. Taken from ``P``, not by refactorising ``Sigma``, which a
+  covariance repaired with a jitter can fail by rounding."""
+  inv = lax.linalg.triangular_solve(
+      prec_chol, eye_like(prec_chol), left_side=True, lower=False)
+  return jnp.swapaxes(inv, -1, -2)
+

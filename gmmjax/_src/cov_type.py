@@ -1,0 +1,146 @@
+"""The interface every covariance type implements (see ``covariance.py``).
+
+Arrays follow scikit-learn's shapes (``covariance.py``'s docstring). Names:
+``pc`` precision Cholesky factors, ``xc``/``mc`` samples ``(n, D)`` and means
+``(K, D)`` translated by one common centre, ``rw`` responsibilities times
+sample weights ``(n, K)``, ``nk`` component masses ``(K,)``.
+"""
+
+from __future__ import annotations
+
+
+class CovarianceType:
+  """One covariance structure: every operation whose maths depends on it.
+
+  Instances are stateless, so one per type serves everywhere (the table
+  ``covariance.TYPES``). ``is_matrix`` says whether covariances and factors
+  are ``(..., D, D)`` matrices (full, tied) or per-feature scales.
+  """
+
+  name: str = ""
+  is_matrix: bool = False
+
+  def __repr__(self) -> str:
+    return f"CovarianceType({self.name!r})"
+
+  # Shapes and counts.
+  def shape(self, k: int, d: int) -> tuple[int, ...]:
+    """scikit-learn's shape of ``covariances``."""
+    raise NotImplementedError
+
+  def n_parameters(self, k: int, d: int) -> int:
+    """Free parameters of the covariances alone."""
+    raise NotImplementedError
+
+  def chunk_width(self, k: int, d: int, dtype) -> tuple[int, bool]:
+    """``(values per sample of the widest chunk intermediate, whitened)``;
+    ``whitened`` chunks get ``ChunkOptions.whitened_factor`` times the CPU
+    budget (see ``chunks.py``)."""
+    return max(3 * k, 2 * d + 1), False
+
+  # Factors (see ``cholesky.py`` for the matrix ones).
+  def precision_cholesky(self, cov):
+    raise NotImplementedError
+
+  def precision_cholesky_jittered(self, cov):
+    """``(cov, pc, jitter)``: see ``covariance.precision_cholesky_jittered``."""
+    raise NotImplementedError
+
+  def precision_cholesky_given(self, cov, pc):
+    raise NotImplementedError
+
+  def precision_cholesky_from_precisions(self, prec):
+    raise NotImplementedError
+
+  def precisions_from_cholesky(self, pc):
+    raise NotImplementedError
+
+  def covariances_from_cholesky(self, pc):
+    raise NotImplementedError
+
+  def log_det(self, pc, d: int):
+    """``log det P`` per component ``(K,)`` (``()`` for tied)."""
+    raise NotImplementedError
+
+  def to_unconstrained(self, cov, pc):
+    """Free coordinates of the covariances (``unconstrained.py``)."""
+    raise NotImplementedError
+
+  def from_unconstrained(self, scale):
+    """``(covariances, precisions_cholesky)`` from free coordinates."""
+    raise NotImplementedError
+
+  # Distances (``kernels.py`` adds chunking and the rounding guards).
+  def centred_mahalanobis(self, xc, mc, pc):
+    """Squared distances ``(n, K)`` by GEMMs (the fast forms)."""
+    raise NotImplementedError
+
+  def direct_mahalanobis(self, diff, pc):
+    """Squared distances ``(n, K)`` from differences ``x - mu_k`` ``(n, K,
+    D)``: exact whatever the offsets."""
+    raise NotImplementedError
+
+  def component_factor(self, pc, k):
+    """The factor of component ``k`` (traced), with a leading axis of 1."""
+    raise NotImplementedError
+
+  def fast_form_error(self, xc, mc, pc, maha):
+    """Rounding-error estimate ``(n, K)`` of :meth:`centred_mahalanobis`."""
+    raise NotImplementedError
+
+  def fast_form_bound(self, xc, mc, pc):
+    """Upper bound ``(K,)`` of ``error / max(maha, 1)`` over the chunk."""
+    raise NotImplementedError
+
+  # Moments and the M-step (``moments.py`` adds the guards).
+  def estimate(self, nk, diff, sxx, reg_covar):
+    """Covariances from shifted statistics.
+
+    Args:
+      nk: ``(K,)`` floored component masses.
+      diff: ``(K, D)`` new means minus the shift ``c``.
+      sxx: shifted second moments: full ``(K, D, D)`` ``sum_i r_ik (x_i - c)
+        (x_i - c)^T``; tied ``(D, D)`` the same summed over components; diag
+        ``(K, D)`` the diagonal; spherical ``(K,)`` the trace.
+      reg_covar: non-negative regulariser added to the diagonal.
+    """
+    raise NotImplementedError
+
+  def centred_moments(self, xc, rw):
+    """``(sx, sxx)`` around one centre by GEMMs (the fast form)."""
+    raise NotImplementedError
+
+  def second_moments(self, xc, rw):
+    """``sxx`` around one centre (``xc`` already shifted)."""
+    raise NotImplementedError
+
+  def component_sxx(self, rz, z, sample_axis: int):
+    """``sxx`` from differences ``z`` and weighted ones ``rz``, laid out
+    ``(K, n, D)`` (``sample_axis=1``) or ``(n, K, D)`` (``0``)."""
+    raise NotImplementedError
+
+  def move_moments(self, sx_c, sxx_c, nk, m, cov):
+    """``sxx`` moved from the centre to the shifts ``c + m`` (``m`` ``(K,
+    D)``) and the scales its rounding is judged by: ``(sxx, scale, result,
+    expected)`` (see ``moments.guarded_moments``)."""
+    raise NotImplementedError
+
+  # Priors (``priors.py``).
+  def map_covariance(self, sxx, nk, xdiff, dev, shrink, psi, n0, reg):
+    """The MAP covariances (before the jitter), see ``priors.py``."""
+    raise NotImplementedError
+
+  def log_prior(self, pc, cov, dev, psi, n0, kappa):
+    """The Normal-inverse-Wishart terms of ``priors.log_prior``."""
+    raise NotImplementedError
+
+  # Whole parameters.
+  def mask_inactive(self, cov, pc, mask):
+    """``(cov, pc)`` with the unit covariance in slots where ``mask`` is
+    False (``stats.mask_components``)."""
+    raise NotImplementedError
+
+  def sample_noise(self, z, pc, cov, labels):
+    """Standard normal draws ``z`` ``(n, D)`` scaled by each sample's
+    component covariance."""
+    raise NotImplementedError
