@@ -537,7 +537,30 @@ class GaussianMixture:
                             **kwargs)
     else:
       results = self._fit_restarts(X, kwargs)
-    # On the host from here: small NumPy work, nothing more to compile.
+    result, lower_bound = self._kept_restart(results, warm, start)
+    if float(result.jitter) > 0:
+      self._warn_jitter(float(result.jitter))
+    if not bool(result.converged) and self.max_iter > 0:
+      warnings.warn(
+          "Best performing initialization did not converge. Try different "
+          "init parameters, or increase max_iter, tol, or check for "
+          "degenerate data.", val.convergence_warning(), stacklevel=2)
+
+    n_iter = int(result.n_iter)
+    self._set_fitted(result.params, converged=result.converged, n_iter=n_iter,
+                     lower_bound=lower_bound,
+                     lower_bounds=np.asarray(result.history)[:n_iter],
+                     jitter=result.jitter, n_degenerate=result.n_degenerate)
+    if self.n_degenerate_ and not warm:
+      self._warn_few_distinct_points(X[:n_samples], w[:n_samples])
+    return self
+
+  def _kept_restart(self, results, warm: bool, start: float):
+    """The restart ``fit`` keeps (scikit-learn's), and its lower bound.
+
+    On the host: small NumPy work, nothing more to compile. Reports every
+    restart when ``verbose``; raises when the kept one failed.
+    """
     results = jax.device_get(results)
     results = results._replace(params=padding.unpad_components(
         results.params, int(self.n_components)))
@@ -564,23 +587,7 @@ class GaussianMixture:
         print(f"Initialization {i} {state} after {int(results.n_iter[i])} "
               f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
               f"{float(lower_bounds[i]):.5f}", flush=True)
-
-    if float(result.jitter) > 0:
-      self._warn_jitter(float(result.jitter))
-    if not bool(result.converged) and self.max_iter > 0:
-      warnings.warn(
-          "Best performing initialization did not converge. Try different "
-          "init parameters, or increase max_iter, tol, or check for "
-          "degenerate data.", val.convergence_warning(), stacklevel=2)
-
-    n_iter = int(result.n_iter)
-    self._set_fitted(result.params, converged=result.converged, n_iter=n_iter,
-                     lower_bound=lower_bounds[best],
-                     lower_bounds=np.asarray(result.history)[:n_iter],
-                     jitter=result.jitter, n_degenerate=result.n_degenerate)
-    if self.n_degenerate_ and not warm:
-      self._warn_few_distinct_points(X[:n_samples], w[:n_samples])
-    return self
+    return result, float(lower_bounds[best])
 
   # -- inference ------------------------------------------------------------
 
