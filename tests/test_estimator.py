@@ -340,7 +340,7 @@ def test_params_round_trip_through_from_params(X, ctype):
 
 def test_params_and_from_params_errors(fitted):
   with pytest.raises(gx.NotFittedError, match="not fitted"):
-    gx.GaussianMixture(2).params_
+    _ = gx.GaussianMixture(2).params_
   assert not hasattr(gx.GaussianMixture(2), "params_")
   p = fitted.params_
   with pytest.raises(ValueError, match="disagree with the params"):

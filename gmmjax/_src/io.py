@@ -444,7 +444,7 @@ def _params_from_arrays(arrays, ctype) -> GMMParams:
 
 
 def _estimator_from(path, meta, arrays):
-  from gmmjax._src.estimator import GaussianMixture
+  from gmmjax import GaussianMixture  # here: gmmjax imports this module
   info = meta.get("estimator")
   if not isinstance(info, dict) or info.get("class") != "GaussianMixture":
     raise _bad(path, "its estimator section is missing or of an unknown "
