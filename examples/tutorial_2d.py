@@ -39,7 +39,7 @@ def run(out="tutorial_2d.png", show_plot=True):
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     for ax, (X, labels, gm), (n, k, _) in zip(axes, fits, cases):
-      params = gm._params()
+      params = gm.params_
       plot.plot_ellipses(params, X, labels, ax=ax)
       xs = np.linspace(*ax.get_xlim(), 150)
       ys = np.linspace(*ax.get_ylim(), 150)

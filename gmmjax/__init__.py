@@ -6,6 +6,7 @@ a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
 from gmmjax._src.accel import AccelInfo, fit_accelerated
+from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.covariance import COVARIANCE_TYPES
 from gmmjax._src.em import (
@@ -63,7 +64,11 @@ from gmmjax._src.scale_online import (
     online_init,
     online_update,
 )
-from gmmjax._src.select import SelectionResult, select_n_components
+from gmmjax._src.select import (
+    SelectionResult,
+    format_table,
+    select_n_components,
+)
 from gmmjax._src.stats import (
     SuffStats,
     add_stats,
@@ -112,6 +117,7 @@ __all__ = [
     "e_step_stats",
     "em_step",
     "em_then_gradient",
+    "enable_default_cache",
     "fit",
     "fit_accelerated",
     "fit_chunked",
@@ -121,6 +127,7 @@ __all__ = [
     "fit_restarts_sharded",
     "fit_sharded",
     "fixed_point_jvp",
+    "format_table",
     "from_unconstrained",
     "global_data",
     "init_params",

@@ -149,34 +149,16 @@ def write_array(path, A, fmt="%.9g"):
 
 def load_model(path):
   """A fitted estimator from a model file (params are wrapped)."""
-  from gmmjax._src import io
+  import gmmjax as gx
   if not os.path.exists(path):
     raise UserError(f"model file {path!r} does not exist")
   try:
-    model = io.load(path)
+    model = gx.load(path)
   except ValueError as e:
     raise UserError(str(e)) from e
-  from gmmjax._src.params import GMMParams
-  if isinstance(model, GMMParams):
-    return estimator_from_params(model)
+  if isinstance(model, gx.GMMParams):
+    return gx.GaussianMixture.from_params(model)
   return model
-
-
-def estimator_from_params(params, **kwargs):
-  """A fitted :class:`GaussianMixture` holding ``params``."""
-  import numpy as np
-
-  from gmmjax._src.estimator import GaussianMixture
-  gm = GaussianMixture(params.n_components,
-                       covariance_type=params.covariance_type, **kwargs)
-  gm._set_fitted(params)
-  gm.n_features_in_ = int(params.n_features)
-  gm.converged_ = True
-  gm.n_iter_ = 0
-  gm.lower_bound_ = -np.inf
-  gm.lower_bounds_ = []
-  gm._dtype = np.dtype(gm.means_.dtype)
-  return gm
 
 
 def _check_features(model, X, data_path):
@@ -248,22 +230,6 @@ class ProgressBar:
       self.stream.flush()
 
 
-def _estimator_class():
-  from gmmjax._src.estimator import GaussianMixture
-
-  class _CLIMixture(GaussianMixture):
-    """The estimator with the command line's progress bar."""
-
-    bar = None
-
-    def _progress_callback(self):
-      if self.verbose or self.bar is None:
-        return super()._progress_callback()
-      return self.bar
-
-  return _CLIMixture
-
-
 def _want_progress(args) -> bool:
   if args.progress is not None:
     return args.progress
@@ -278,32 +244,33 @@ def fit(args) -> int:
 
   import numpy as np
 
-  from gmmjax._src import io
+  import gmmjax as gx
   X = read_data(args.data)
   _check_out(args.out, (".npz",))
   if X.shape[0] < args.n_components:
     raise UserError(f"{args.data} has {X.shape[0]} samples, fewer than "
                     f"--n-components {args.n_components}")
-  gm = _estimator_class()(
+  gm = gx.GaussianMixture(
       args.n_components, covariance_type=args.covariance_type,
       n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
       reg_covar=args.reg_covar, init_params=args.init_params,
       random_state=args.seed, verbose=2 if args.verbose else 0,
       verbose_interval=args.verbose_interval)
-  bar = ProgressBar(args.max_iter) if _want_progress(args) else None
-  gm.bar = bar
+  # --verbose prints lines of its own: a bar between them would garble both.
+  bar = (ProgressBar(args.max_iter)
+         if _want_progress(args) and not args.verbose else None)
   start = time.perf_counter()
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     try:
-      gm.fit(X)
+      gm.fit(X, callback=bar)
     finally:
       if bar is not None:
         bar.close()
   for w in caught:
     print(f"gmmjax: warning: {w.message}", file=sys.stderr)
   lapse = time.perf_counter() - start
-  io.save(args.out, gm)  # stored as a plain GaussianMixture
+  gx.save(args.out, gm)
   np.set_printoptions(precision=4, suppress=True)
   print(f"fitted {args.n_components} {args.covariance_type} components to "
         f"{X.shape[0]} samples x {X.shape[1]} features in {lapse:.2f}s")
@@ -348,12 +315,12 @@ def score(args) -> int:
 def sample(args) -> int:
   import jax
 
-  from gmmjax._src import em
+  import gmmjax as gx
   model = load_model(args.model)
   if args.n < 1:
     raise UserError(f"-n should be a positive number of samples, got {args.n}")
   _check_out(args.out, OUTPUT_FORMATS)
-  X, y = em.sample(jax.random.key(args.seed), model._params(), int(args.n))
+  X, y = gx.sample(jax.random.key(args.seed), model.params_, int(args.n))
   write_array(args.out, jax.device_get(X))
   if args.labels:
     _check_out(args.labels, OUTPUT_FORMATS)
@@ -365,8 +332,7 @@ def sample(args) -> int:
 def select(args) -> int:
   import jax
 
-  from gmmjax._src import io
-  from gmmjax._src import select as select_lib
+  import gmmjax as gx
   X = read_data(args.data)
   if args.k_min < 1 or args.k_max < args.k_min:
     raise UserError(f"need 1 <= --k-min <= --k-max, got --k-min {args.k_min} "
@@ -383,7 +349,7 @@ def select(args) -> int:
          if _want_progress(args) else None)
   start = time.perf_counter()
   try:
-    result = select_lib.select_n_components(
+    result = gx.select_n_components(
         X, ks, args.criterion, covariance_type=args.covariance_type,
         n_init=args.n_init, init_params=args.init_params,
         max_iter=args.max_iter, tol=args.tol, reg_covar=args.reg_covar,
@@ -395,10 +361,10 @@ def select(args) -> int:
   print(f"{len(ks)} {args.covariance_type} mixtures (k = {ks[0]}..{ks[-1]}, "
         f"{args.n_init} restart(s) each) fitted to {X.shape[0]} samples x "
         f"{X.shape[1]} features in one compiled sweep, {lapse:.2f}s")
-  print(select_lib.format_table(result))
+  print(gx.format_table(result))
   print(f"best k by {args.criterion.upper()}: {result.best_k}")
   if args.out:
-    io.save(args.out, result.best_params)
+    gx.save(args.out, result.best_params)
     print(f"best model saved to {args.out}")
   if args.plot:
     try:
@@ -455,7 +421,7 @@ def demo(args) -> int:
     return 0
   from gmmjax import plot
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-  plot.plot_ellipses(gm._params(), X, labels, ax=ax1)
+  plot.plot_ellipses(gm, X, labels, ax=ax1)
   ax1.set_title("gmmjax: fitted components (1, 2, 3 sigma)")
   plot.plot_log_likelihood(gm.lower_bounds_, ax=ax2)
   ax2.set_title("EM convergence (best restart)")
@@ -560,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
-  from gmmjax._src import cache  # after parsing: --help stays quick
-  cache.enable_default_cache()  # every subcommand compiles
+  import gmmjax as gx  # after parsing: --help stays quick
+  gx.enable_default_cache()  # every subcommand compiles
   try:
     return args.func(args)
   except UserError as e:

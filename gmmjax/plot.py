@@ -3,7 +3,9 @@
 Install it with ``pip install "gmmjax[plot]"``. Every function draws on a
 given ``ax`` (or a new figure's) and returns the axes. Where a function takes
 ``params``, a :class:`gmmjax.GMMParams` or a fitted
-:class:`gmmjax.GaussianMixture` will do.
+:class:`gmmjax.GaussianMixture` (through its ``params_``) will do. Component
+``k`` has one colour everywhere (:func:`component_colors`): its ellipses,
+its mean, its density curve and the points labelled ``k``.
 
 * :func:`plot_ellipses`: component ellipses (1, 2, 3 sigma) over the data,
   for any two features.
@@ -19,6 +21,8 @@ given ``ax`` (or a new figure's) and returns the axes. Where a function takes
 from __future__ import annotations
 
 import numpy as np
+
+from gmmjax import GMMParams
 
 
 def _plt():
@@ -38,14 +42,53 @@ def _axes(ax):
   return ax
 
 
-def _as_params(model):
-  """``GMMParams`` from params or a fitted estimator."""
-  if hasattr(model, "_params") and hasattr(model, "means_"):
-    return model._params()
-  if not hasattr(model, "covariance_type"):
+def _as_params(model) -> GMMParams:
+  """``GMMParams`` from params or a fitted estimator (its ``params_``; an
+  unfitted one raises ``NotFittedError``)."""
+  if isinstance(model, GMMParams):
+    return model
+  if not hasattr(type(model), "params_"):
     raise TypeError(f"expected GMMParams or a fitted GaussianMixture, got "
                     f"{type(model).__name__}")
-  return model
+  return model.params_
+
+
+def component_colors(n: int) -> np.ndarray:
+  """``(n, 4)`` RGBA colours, one per component (or label value) ``k``.
+
+  matplotlib's default colour cycle (``tab10``) for up to 10 components, so
+  that lines drawn without a colour match; ``tab20`` up to 20; beyond, ``n``
+  evenly spaced hues.
+
+  Args:
+    n: the number of colours.
+
+  Returns:
+    The colours, row ``k`` for component ``k``.
+
+  Example:
+    >>> from gmmjax.plot import component_colors
+    >>> component_colors(3).shape
+    (3, 4)
+  """
+  cm = _plt().cm
+  k = np.arange(n)
+  if n <= 10:
+    return cm.tab10(k)
+  if n <= 20:
+    return cm.tab20(k)
+  return cm.hsv(k / n)
+
+
+def _label_colors(labels, n_components: int) -> np.ndarray:
+  """Each point's colour: that of the component its label names. Other
+  labels (strings, negative numbers) are numbered in sorted order."""
+  labels = np.asarray(labels)
+  if not (labels.dtype.kind in "iu" and labels.min(initial=0) >= 0):
+    _, labels = np.unique(labels, return_inverse=True)
+  labels = labels.reshape(-1)
+  n = max(n_components, int(labels.max(initial=-1)) + 1)
+  return component_colors(n)[labels]
 
 
 def _covariance_matrices(params) -> np.ndarray:
@@ -74,7 +117,9 @@ def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
   Args:
     params: fitted :class:`gmmjax.GMMParams` or ``GaussianMixture`` (D >= 2).
     X: optional ``(N, D)`` data to scatter.
-    labels: optional ``(N,)`` labels to colour the points.
+    labels: optional ``(N,)`` labels to colour the points, such as
+      ``GaussianMixture.predict``'s: points labelled ``k`` take the colour
+      of component ``k``'s ellipses.
     features: the two feature indices to show (any pair of ``range(D)``).
     n_std: radii of the ellipses in standard deviations.
     ax: matplotlib axes.
@@ -104,16 +149,17 @@ def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
   if i == j or not (0 <= i < n_features and 0 <= j < n_features):
     raise ValueError(f"features should be two different indices in "
                      f"range({n_features}), got {tuple(features)}.")
+  means = np.asarray(params.means)
+  colors = component_colors(len(means))
   if X is not None:
     X = np.asarray(X)
     if labels is None:
       ax.scatter(X[:, i], X[:, j], s=6, color="gray", alpha=0.5)
     else:
-      ax.scatter(X[:, i], X[:, j], c=labels, s=6, cmap="viridis", alpha=0.6)
-  means = np.asarray(params.means)
+      ax.scatter(X[:, i], X[:, j], c=_label_colors(labels, len(means)), s=6,
+                 alpha=0.6)
   covs = _covariance_matrices(params)
   weights = np.asarray(params.weights)
-  colors = _plt().cm.tab10(np.arange(len(means)) % 10)
   for k in range(len(means)):
     sub = covs[k][np.ix_([i, j], [i, j])]
     vals, vecs = np.linalg.eigh(sub)
@@ -178,8 +224,10 @@ def plot_density_1d(params, X=None, *, feature=0, grid=None, ax=None):
   if X is not None:
     ax.hist(np.asarray(X)[:, feature], bins=50, density=True, alpha=0.3,
             color="gray", label="data")
+  colors = component_colors(len(means))
   for k in range(len(means)):
-    ax.plot(grid, comp[k], "--", lw=1.2, label=f"component {k}")
+    ax.plot(grid, comp[k], "--", lw=1.2, color=colors[k],
+            label=f"component {k}")
   ax.plot(grid, comp.sum(0), "k-", lw=2, label="mixture")
   ax.set_xlabel(f"feature {feature}")
   ax.set_ylabel("density")

@@ -81,6 +81,19 @@ def test_fit_reads_csv_with_header_and_saves_model(fitted):
                              mixture_logpdf(model, X).mean(), atol=1e-4)
 
 
+def test_fit_progress_bar_through_the_fit_callback(workdir, tmp_path):
+  d, X = workdir
+  r = gmmjax("fit", d / "train.csv", "-k", 3, "--max-iter", 40, "--progress",
+             "--out", "m.npz", cwd=tmp_path)
+  assert r.returncode == 0, r.stderr
+  # The bar redraws with "\r" (a newline once text mode has read it).
+  bar = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
+  assert bar.startswith("EM [") and "/40 iter" in bar and "ll -" in bar
+  model = io.load(tmp_path / "m.npz")
+  assert type(model).__name__ == "GaussianMixture"
+  assert f" {model.n_iter_}/40 iter" in bar
+
+
 def test_predict_score_sample(fitted):
   d, X, _ = fitted
   model = io.load(d / "model.npz")

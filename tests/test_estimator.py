@@ -300,3 +300,84 @@ def test_max_iter_values_of_one_bucket_share_a_program(X, compiles):
   assert compiles == []
   assert int(res.n_iter) == 70 and res.history.shape == (128,)
   assert np.all(np.isnan(np.asarray(res.history)[70:]))
+
+
+# -- the public seam: params_, from_params, fit(callback=) ---------------------
+
+
+@pytest.mark.parametrize("ctype", ["full", "diag"])
+def test_params_round_trip_through_from_params(X, ctype):
+  gm = gx.GaussianMixture(3, covariance_type=ctype, random_state=0).fit(X)
+  p = gm.params_
+  assert isinstance(p, gx.GMMParams) and p.covariance_type == ctype
+  np.testing.assert_array_equal(np.asarray(p.means), gm.means_)
+  np.testing.assert_array_equal(np.asarray(gx.log_prob(p, X)),
+                                gm.score_samples(X))
+  back = gx.GaussianMixture.from_params(p, random_state=0)
+  assert (back.n_components, back.covariance_type) == (3, ctype)
+  assert back.n_features_in_ == X.shape[1]
+  for name in ("weights_", "means_", "covariances_", "precisions_",
+               "precisions_cholesky_"):
+    a, b = getattr(gm, name), getattr(back, name)
+    assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+  np.testing.assert_array_equal(back.predict(X), gm.predict(X))
+  np.testing.assert_array_equal(back.score_samples(X), gm.score_samples(X))
+  assert back.bic(X) == gm.bic(X)
+  # Nothing was fitted: the documented defaults, no diagnostics.
+  assert back.converged_ is True and back.n_iter_ == 0
+  assert back.lower_bound_ == -np.inf and back.lower_bounds_ == []
+  assert not hasattr(back, "jitter_") and not hasattr(back, "n_degenerate_")
+  # The restored diagnostics, and a working estimator: it refits.
+  again = gx.GaussianMixture.from_params(
+      p, fitted=dict(converged_=False, n_iter_=7, lower_bound_=-1.5,
+                     lower_bounds_=[-2.0, -1.5], jitter_=0.0,
+                     n_degenerate_=1))
+  assert (again.converged_, again.n_iter_, again.lower_bound_,
+          again.lower_bounds_, again.jitter_, again.n_degenerate_) == (
+              False, 7, -1.5, [-2.0, -1.5], 0.0, 1)
+  assert again.fit(X).n_degenerate_ == 0
+
+
+def test_params_and_from_params_errors(fitted):
+  with pytest.raises(gx.NotFittedError, match="not fitted"):
+    _ = gx.GaussianMixture(2).params_
+  assert not hasattr(gx.GaussianMixture(2), "params_")
+  p = fitted.params_
+  with pytest.raises(ValueError, match="disagree with the params"):
+    gx.GaussianMixture.from_params(p, n_components=2)
+  with pytest.raises(ValueError, match="disagree with the params"):
+    gx.GaussianMixture.from_params(p, covariance_type="diag")
+  with pytest.raises(ValueError, match="unknown fitted attributes"):
+    gx.GaussianMixture.from_params(p, fitted={"means_": 0})
+  with pytest.raises(ValueError, match="reg_covar"):
+    gx.GaussianMixture.from_params(p, reg_covar=-1.0)
+  batch = jax.tree.map(lambda a: a[None], p)
+  with pytest.raises(ValueError, match="one mixture"):
+    gx.GaussianMixture.from_params(batch)
+
+
+def test_fit_callback_reports_each_iteration(X, capfd):
+  calls = []
+
+  def hook(n_iter, log_likelihood, change):
+    calls.append((int(n_iter), float(log_likelihood), float(change)))
+
+  gm = gx.GaussianMixture(3, random_state=0, tol=1e-6).fit(X, callback=hook)
+  assert [c[0] for c in calls] == list(range(1, gm.n_iter_ + 1))
+  lls = [c[1] for c in calls]
+  assert lls == gm.lower_bounds_
+  changes = [c[2] for c in calls]
+  assert changes[0] == np.inf
+  np.testing.assert_allclose(changes[1:], np.diff(lls), rtol=1e-5, atol=1e-7)
+  assert capfd.readouterr().out == ""
+  # A fit argument, not a parameter: not in get_params, not kept.
+  assert "callback" not in gm.get_params()
+  # With verbose, the hook is called as well as the lines printed.
+  calls.clear()
+  labels = gx.GaussianMixture(3, random_state=0, tol=1e-6, verbose=1,
+                              verbose_interval=1).fit_predict(X, callback=hook)
+  out = capfd.readouterr().out
+  assert len(calls) == out.count("  Iteration ") and len(calls) >= 1
+  assert labels.shape == (len(X),)
+  with pytest.raises(TypeError, match="callback"):
+    gx.GaussianMixture(3).fit(X, callback=3)

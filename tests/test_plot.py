@@ -193,3 +193,49 @@ def test_pairs_grid(tmp_path):
   assert axes[1, 0].get_xlabel() == "feature 0"
   assert axes[1, 0].get_ylabel() == "feature 2"
   save_and_check_png(fig, tmp_path / "pairs.png")
+
+
+def _rgb(color):
+  return tuple(np.round(np.asarray(matplotlib.colors.to_rgba(color))[:3], 6))
+
+
+def test_one_component_one_colour():
+  """Points labelled k, component k's ellipses and mean marker, and its
+  density curve share one colour; different components differ."""
+  p = make("full")
+  rng = np.random.default_rng(5)
+  labels = np.repeat([1, 0], 20)  # not in component order
+  X = np.asarray(p.means)[labels] + rng.normal(size=(40, D))
+  ax = plot.plot_ellipses(p, X, labels)
+  ax.figure.canvas.draw()  # colours mapped from data are set when drawn
+  points, = ax.collections
+  face = [_rgb(c) for c in points.get_facecolors()]
+  assert len(face) == len(X)
+  ellipses = [a for a in ax.patches if isinstance(a, Ellipse)]
+  assert len(ellipses) == K * 3
+  markers = [ln for ln in ax.get_lines() if ln.get_marker() == "x"]
+  colours = []
+  for k in range(K):
+    ring = {_rgb(e.get_edgecolor()) for e in ellipses[3 * k:3 * k + 3]}
+    assert len(ring) == 1, ring
+    colour, = ring
+    assert {face[i] for i in np.flatnonzero(labels == k)} == {colour}
+    assert _rgb(markers[k].get_color()) == colour
+    colours.append(colour)
+  assert len(set(colours)) == K
+  dens = plot.plot_density_1d(p, feature=0, ax=plt.figure().gca())
+  curves = {ln.get_label(): _rgb(ln.get_color()) for ln in dens.get_lines()}
+  assert [curves[f"component {k}"] for k in range(K)] == colours
+
+
+def test_plots_take_the_estimator_through_params_(tmp_path):
+  X = np.random.default_rng(6).normal(size=(60, 2))
+  gm = gx.GaussianMixture(2, covariance_type="diag", random_state=0).fit(X)
+  a = plot.plot_ellipses(gm, X, gm.predict(X))
+  b = plot.plot_ellipses(gm.params_, X, gm.predict(X), ax=plt.figure().gca())
+  for e, f in zip(a.patches, b.patches, strict=True):
+    assert e.get_center() == f.get_center() and e.width == f.width
+  with pytest.raises(gx.NotFittedError):
+    plot.plot_ellipses(gx.GaussianMixture(2))
+  with pytest.raises(TypeError, match="GMMParams or a fitted"):
+    plot.plot_ellipses({"means": np.zeros((2, 2))})

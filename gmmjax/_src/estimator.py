@@ -79,6 +79,18 @@ def _progress_printer(verbose: int, interval: int):
   return callback
 
 
+@functools.lru_cache(maxsize=16)
+def _both(first, second):
+  """One host callback calling ``first`` then ``second``; cached so that a
+  fit repeated with the same hook reuses its compiled program."""
+
+  def callback(*values):
+    first(*values)
+    second(*values)
+
+  return callback
+
+
 def _best_by_lower_bound(lower_bounds, failed) -> int:
   """scikit-learn's choice of restart: the highest ``lower_bound_``.
 
@@ -126,6 +138,11 @@ class GaussianMixture:
   stream so far (the largest jitter of any update; empty components
   counted against the rows of positive weight seen, as ``fit`` counts).
   :func:`gmmjax.save` keeps them.
+
+  The functional API and the estimator meet in two places: ``params_`` is
+  the fitted mixture as a :class:`gmmjax.GMMParams`, and
+  :meth:`from_params` builds a fitted estimator from one. Progress is
+  reported through ``fit(X, callback=...)`` (see :meth:`fit`).
 
   Example:
     >>> import numpy as np, gmmjax as gx
@@ -233,17 +250,15 @@ class GaussianMixture:
       # Numbers stored as objects are accepted (scikit-learn's rule); any
       # other object is a TypeError, as NumPy and scikit-learn raise it.
       X = X.astype(np.float64)
-    known = self._dtype if not reset and hasattr(self, "_dtype") else None
+    # Data for a fitted model take the model's dtype (the one it was fitted
+    # or loaded in); n_features_in_ is set with the rest of the fitted state.
+    known = None if reset else self.means_.dtype
     X = val.check_array(X, ensure_min_samples=ensure, dtype=known)
-    if reset:
-      self.n_features_in_ = X.shape[1]
-    elif X.shape[1] != self.n_features_in_:
+    if not reset and X.shape[1] != self.n_features_in_:
       raise ValueError(
           f"X has {X.shape[1]} features, but {type(self).__name__} is "
           f"expecting {self.n_features_in_} features as input.")
-    dtype = (self._dtype if not reset and hasattr(self, "_dtype")
-             else val.compute_dtype(X))
-    return X.astype(dtype, copy=False)
+    return X.astype(val.compute_dtype(X) if reset else known, copy=False)
 
   @staticmethod
   def _on_device(X, sample_weight=None):
@@ -281,7 +296,18 @@ class GaussianMixture:
       leaves = padding.pad_components(*leaves, self._fitted_type(), n_slots)
     return GMMParams(*jax.device_put(leaves), self._fitted_type())
 
-  def _set_fitted(self, params: GMMParams):
+  def _set_fitted(self, params: GMMParams, *, converged: bool = True,
+                  n_iter: int = 0, lower_bound: float = -np.inf,
+                  lower_bounds=(), jitter: float | None = None,
+                  n_degenerate: int | None = None):
+    """Sets the fitted state: the one place fitted attributes are assigned.
+
+    ``fit``, ``partial_fit`` and :meth:`from_params` (hence
+    :func:`gmmjax.load` and the command line) all come here, so the
+    attributes always describe one model. The leaves are kept as NumPy
+    arrays with their dtype (bit for bit); ``jitter_`` and
+    ``n_degenerate_`` are removed when not given (nothing measured them).
+    """
     self.weights_ = np.asarray(params.weights)
     self.means_ = np.asarray(params.means)
     self.covariances_ = np.asarray(params.covariances)
@@ -291,6 +317,97 @@ class GaussianMixture:
     self.precisions_ = (p @ np.swapaxes(p, -1, -2)
                         if params.covariance_type in ("full", "tied")
                         else p * p)
+    self.n_features_in_ = int(self.means_.shape[1])
+    self.converged_ = bool(converged)
+    self.n_iter_ = int(n_iter)
+    self.lower_bound_ = float(lower_bound)
+    self.lower_bounds_ = [float(v) for v in lower_bounds]
+    for name, value, kind in (("jitter_", jitter, float),
+                              ("n_degenerate_", n_degenerate, int)):
+      if value is None:
+        self.__dict__.pop(name, None)
+      else:
+        setattr(self, name, kind(value))
+
+  @property
+  def params_(self) -> GMMParams:
+    """The fitted mixture as a :class:`gmmjax.GMMParams` of JAX arrays.
+
+    What the functional API takes: ``gx.log_prob(gm.params_, X)`` is
+    ``gm.score_samples(X)``, ``gx.fit(X, gm.params_)`` continues the fit and
+    ``gmmjax.plot`` draws it. A new pytree on each access (the estimator
+    keeps NumPy arrays). Raises :class:`gmmjax.NotFittedError` (an
+    ``AttributeError``) before the estimator is fitted.
+    """
+    self._check_is_fitted()
+    return self._params()
+
+  @classmethod
+  def from_params(cls, params: GMMParams, *, fitted=None,
+                  **estimator_kwargs) -> GaussianMixture:
+    """A fitted estimator holding ``params``, without running EM.
+
+    The way back from the functional API (``gx.fit``, ``gx.fit_restarts``,
+    ``gx.select_n_components``, ...) to the estimator's methods; ``load``
+    builds the estimators it reads this way. ``from_params(gm.params_)``
+    predicts and scores as ``gm`` does.
+
+    Args:
+      params: one mixture (``weights`` of shape ``(K,)``); its arrays are
+        kept with their dtype.
+      fitted: optional mapping of the fitted scalars to restore, by
+        attribute name: ``converged_``, ``n_iter_``, ``lower_bound_``,
+        ``lower_bounds_``, ``jitter_``, ``n_degenerate_``. By default those
+        of a model no fit has run on: ``converged_=True``, ``n_iter_=0``,
+        ``lower_bound_=-inf``, ``lower_bounds_=[]`` and no ``jitter_`` or
+        ``n_degenerate_``.
+      **estimator_kwargs: constructor parameters (``random_state``,
+        ``reg_covar``, ...: they matter for ``sample`` and later fits).
+        ``n_components`` and ``covariance_type`` default to the params' and
+        must agree with them.
+
+    Returns:
+      A fitted :class:`GaussianMixture`.
+
+    Raises:
+      ValueError: for invalid constructor parameters, ones that disagree
+        with ``params``, batched params or an unknown ``fitted`` name.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, gmmjax as gx
+      >>> p = gx.make_params(jnp.array([0.5, 0.5]),
+      ...                    jnp.array([[-3.0], [3.0]]), jnp.array([1.0, 1.0]),
+      ...                    covariance_type="spherical")
+      >>> gm = gx.GaussianMixture.from_params(p, random_state=0)
+      >>> gm.predict(np.array([[-2.5], [4.0]])).tolist()
+      [0, 1]
+      >>> gm.params_.covariance_type, gm.n_features_in_
+      ('spherical', 1)
+    """
+    fitted = dict(fitted or {})
+    names = ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
+             "jitter_", "n_degenerate_")
+    unknown = sorted(set(fitted) - set(names))
+    if unknown:
+      raise ValueError(f"from_params got unknown fitted attributes "
+                       f"{unknown}; known: {list(names)}.")
+    if np.ndim(params.weights) != 1:
+      raise ValueError(
+          "from_params expects one mixture (weights of shape (K,)), got "
+          f"weights of shape {np.shape(params.weights)}.")
+    estimator_kwargs.setdefault("n_components", int(params.n_components))
+    estimator_kwargs.setdefault("covariance_type", params.covariance_type)
+    gm = cls(**estimator_kwargs)
+    gm._check_parameters()
+    if (gm.n_components, gm.covariance_type) != (
+        params.n_components, params.covariance_type):
+      raise ValueError(
+          f"n_components={gm.n_components}, covariance_type="
+          f"{gm.covariance_type!r} disagree with the params' "
+          f"({params.n_components}, {params.covariance_type!r}).")
+    gm._set_fitted(params, **{name[:-1]: value
+                              for name, value in fitted.items()})
+    return gm
 
   def _check_warm_start(self):
     """A warm start continues the fitted model: its shape must not change.
@@ -343,30 +460,53 @@ class GaussianMixture:
         precisions=None if self.precisions_init is None else
         val.check_precisions_init(self.precisions_init, ctype, k, n_features))
 
-  def _progress_callback(self):
+  def _progress_callback(self, callback=None):
     """The host callback the compiled loop calls each iteration, or None.
 
-    ``None`` when ``verbose == 0``: then no callback is compiled at all, so
-    progress costs nothing. Subclasses (the command line's progress bar)
-    override this.
+    ``verbose``'s printer, the user's ``callback``, or both in turn. With
+    neither no callback is compiled at all, so progress costs nothing.
     """
+    if callback is not None and not callable(callback):
+      raise TypeError(f"callback should be None or a callable "
+                      f"callback(n_iter, log_likelihood, change), got "
+                      f"{type(callback).__name__}.")
     if not self.verbose:
-      return None
-    return _progress_printer(int(self.verbose), int(self.verbose_interval))
+      return callback
+    printer = _progress_printer(int(self.verbose), int(self.verbose_interval))
+    return printer if callback is None else _both(printer, callback)
 
-  def fit(self, X, y=None, sample_weight=None):
-    """Fits the mixture to ``X`` ``(n_samples, n_features)``; returns self."""
+  def fit(self, X, y=None, sample_weight=None, *, callback=None):
+    """Fits the mixture to ``X`` ``(n_samples, n_features)``; returns self.
+
+    Args:
+      X: ``(n_samples, n_features)`` data.
+      y: ignored (scikit-learn's signature).
+      sample_weight: optional non-negative ``(n_samples,)`` weights.
+      callback: optional progress hook ``callback(n_iter, log_likelihood,
+        change)``, called on the host after every EM iteration while the
+        compiled loop runs, once per running restart (under ``vmap``,
+        restarts report in no fixed order): ``n_iter`` counts from 1,
+        ``log_likelihood`` is the mean (weighted) log-likelihood before
+        that iteration's M-step (``lower_bounds_[n_iter - 1]`` of the kept
+        restart) and ``change`` its difference to the previous one
+        (``inf`` at the first). Called as well as ``verbose``'s lines. A
+        fit argument, not a constructor parameter: a hook is not part of
+        the model (it is neither cloned, compared nor saved). It is a
+        static argument of the compiled loop, so pass the same object to
+        reuse the program; ``None`` compiles no callback.
+    """
     del y
-    self._fit(X, sample_weight)
+    self._fit(X, sample_weight, callback)
     return self
 
-  def fit_predict(self, X, y=None, sample_weight=None):
+  def fit_predict(self, X, y=None, sample_weight=None, *, callback=None):
     """Fits and returns the component of each sample (after a final E-step,
-    in the predict program every n_components of a slot rung shares)."""
+    in the predict program every n_components of a slot rung shares);
+    ``callback`` as in :meth:`fit`."""
     del y
-    return self._fit(X, sample_weight).predict(X)
+    return self._fit(X, sample_weight, callback).predict(X)
 
-  def _fit(self, X, sample_weight):
+  def _fit(self, X, sample_weight, callback=None):
     """The fit behind ``fit`` and ``fit_predict``; returns ``self``.
 
     ``fit`` needs no labels: skipping them saves a pass over the data and,
@@ -392,7 +532,7 @@ class GaussianMixture:
     X, w = self._on_device(X, w)
     kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
                   tol=float(self.tol), reg_covar=float(self.reg_covar),
-                  callback=self._progress_callback())
+                  callback=self._progress_callback(callback))
     start = time.perf_counter()
 
     if warm:
@@ -402,7 +542,30 @@ class GaussianMixture:
                             **kwargs)
     else:
       results = self._fit_restarts(X, kwargs)
-    # On the host from here: small NumPy work, nothing more to compile.
+    result, lower_bound = self._kept_restart(results, warm, start)
+    if float(result.jitter) > 0:
+      self._warn_jitter(float(result.jitter))
+    if not bool(result.converged) and self.max_iter > 0:
+      warnings.warn(
+          "Best performing initialization did not converge. Try different "
+          "init parameters, or increase max_iter, tol, or check for "
+          "degenerate data.", val.convergence_warning(), stacklevel=2)
+
+    n_iter = int(result.n_iter)
+    self._set_fitted(result.params, converged=result.converged, n_iter=n_iter,
+                     lower_bound=lower_bound,
+                     lower_bounds=np.asarray(result.history)[:n_iter],
+                     jitter=result.jitter, n_degenerate=result.n_degenerate)
+    if self.n_degenerate_ and not warm:
+      self._warn_few_distinct_points(X[:n_samples], w[:n_samples])
+    return self
+
+  def _kept_restart(self, results, warm: bool, start: float):
+    """The restart ``fit`` keeps (scikit-learn's), and its lower bound.
+
+    On the host: small NumPy work, nothing more to compile. Reports every
+    restart when ``verbose``; raises when the kept one failed.
+    """
     results = jax.device_get(results)
     results = results._replace(params=padding.unpad_components(
         results.params, int(self.n_components)))
@@ -429,27 +592,7 @@ class GaussianMixture:
         print(f"Initialization {i} {state} after {int(results.n_iter[i])} "
               f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
               f"{float(lower_bounds[i]):.5f}", flush=True)
-
-    if float(result.jitter) > 0:
-      self._warn_jitter(float(result.jitter))
-    if not bool(result.converged) and self.max_iter > 0:
-      warnings.warn(
-          "Best performing initialization did not converge. Try different "
-          "init parameters, or increase max_iter, tol, or check for "
-          "degenerate data.", val.convergence_warning(), stacklevel=2)
-
-    self._dtype = np.dtype(X.dtype)
-    self._set_fitted(result.params)
-    self.converged_ = bool(result.converged)
-    self.n_iter_ = int(result.n_iter)
-    self.jitter_ = float(result.jitter)
-    self.n_degenerate_ = int(result.n_degenerate)
-    if self.n_degenerate_ and not warm:
-      self._warn_few_distinct_points(X[:n_samples], w[:n_samples])
-    self.lower_bound_ = float(lower_bounds[best])
-    self.lower_bounds_ = [float(v) for v in
-                          np.asarray(result.history)[:self.n_iter_]]
-    return self
+    return result, float(lower_bounds[best])
 
   # -- inference ------------------------------------------------------------
 
@@ -521,7 +664,10 @@ class GaussianMixture:
     the number of calls. Like ``fit``, it raises a ``ConvergenceWarning``
     when a covariance needed a diagonal jitter to be factorised: on the
     first such update and whenever the stream's largest jitter (``jitter_``)
-    grows, not on every later call.
+    grows, not on every later call. It sets the fitted attributes of the
+    stream so far: ``converged_`` False, ``n_iter_`` the updates made,
+    ``lower_bound_`` the running log-likelihood estimate and
+    ``lower_bounds_`` empty (there are no EM iterations to list).
     """
     del y
     self._check_parameters()
@@ -549,7 +695,6 @@ class GaussianMixture:
                 method=self.init_params, reg_covar=float(self.reg_covar),
                 sample_weight=w),
             **self._initial_overrides(X.shape[1]))
-        self._dtype = np.dtype(X.dtype)
       state = scale_online.online_init(X, params, sample_weight=w,
                                        reg_covar=float(self.reg_covar))
     else:
@@ -559,16 +704,14 @@ class GaussianMixture:
     previous = 0 if new_stream else self._online_n_positive
     self._online_n_positive = previous + (0 if bool(state.failed) else n_pos)
     self._online_state = state
-    self._set_fitted(state.params)
     previous_jitter = 0.0 if new_stream else getattr(self, "jitter_", 0.0)
     if float(state.jitter) > previous_jitter:
       self._warn_jitter(float(state.jitter))
-    self.jitter_ = float(state.jitter)
-    self.n_degenerate_ = int(fit_lib.count_degenerate(
-        state.params, self._online_n_positive, float(self.reg_covar)))
-    self.converged_ = False
-    self.n_iter_ = int(state.step) + 1
-    self.lower_bound_ = float(state.log_likelihood)
+    self._set_fitted(
+        state.params, converged=False, n_iter=int(state.step) + 1,
+        lower_bound=state.log_likelihood, jitter=state.jitter,
+        n_degenerate=fit_lib.count_degenerate(
+            state.params, self._online_n_positive, float(self.reg_covar)))
     return self
 
   def sample(self, n_samples=1):

@@ -145,7 +145,7 @@ def save(path, model) -> None:
 
   Example:
     >>> import os, tempfile, jax.numpy as jnp, gmmjax as gx
-    >>> from gmmjax._src.io import save, load
+    >>> from gmmjax import save, load
     >>> p = gx.make_params(jnp.array([0.4, 0.6]), jnp.array([[0.0], [3.0]]),
     ...                    jnp.array([1.0, 2.0]), covariance_type="spherical")
     >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
@@ -444,7 +444,7 @@ def _params_from_arrays(arrays, ctype) -> GMMParams:
 
 
 def _estimator_from(path, meta, arrays):
-  from gmmjax._src.estimator import GaussianMixture
+  from gmmjax import GaussianMixture  # here: gmmjax imports this module
   info = meta.get("estimator")
   if not isinstance(info, dict) or info.get("class") != "GaussianMixture":
     raise _bad(path, "its estimator section is missing or of an unknown "
@@ -453,7 +453,7 @@ def _estimator_from(path, meta, arrays):
   if not isinstance(ctor, dict) or not isinstance(fitted, dict):
     raise _bad(path, "its estimator constructor or fitted section is not a "
                "JSON object.")
-  known = set(GaussianMixture._get_param_names())
+  known = set(GaussianMixture().get_params())
   unknown = sorted(set(ctor) - known)
   if unknown:
     raise _bad(path, f"unknown constructor parameters {unknown!r:.200}.")
@@ -474,54 +474,55 @@ def _estimator_from(path, meta, arrays):
   if state is not None and not _is_count(state + 1 if isinstance(
       state, int) else None):
     raise _bad(path, f"random_state {state!r:.50} is not None or an int.")
-  gm = GaussianMixture(**ctor)
-  try:
-    gm._check_parameters()
-  except (TypeError, ValueError) as e:
-    raise _bad(path, f"its constructor parameters are invalid ({e}).") from e
-  if gm.covariance_type != meta["covariance_type"]:
+  if ctor.get("covariance_type", "full") != meta["covariance_type"]:
     raise _bad(path, "the estimator's covariance_type disagrees with the "
                "file's.")
   if "precisions" not in arrays:
     raise _bad(path, "array 'precisions' is missing.")
   try:
-    converged, n_iter = fitted["converged_"], fitted["n_iter_"]
-    lower_bound, n_in = fitted["lower_bound_"], fitted["n_features_in_"]
-    bounds = fitted.get("lower_bounds_", [])
-    if not (isinstance(converged, bool) and _is_count(n_iter + 1)
-            and isinstance(lower_bound, (int, float))
-            and not isinstance(lower_bound, bool) and _is_count(n_in)
-            and isinstance(bounds, list)
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                    for v in bounds)):
-      raise TypeError("wrong types")
-    gm.weights_ = arrays["weights"]
-    gm.means_ = arrays["means"]
-    gm.covariances_ = arrays["covariances"]
-    gm.precisions_cholesky_ = arrays["precisions_cholesky"]
-    gm.precisions_ = arrays["precisions"]
-    gm.converged_ = converged
-    gm.n_iter_ = n_iter
-    gm.lower_bound_ = float(lower_bound)
-    gm.lower_bounds_ = [float(v) for v in bounds]
-    gm.n_features_in_ = n_in
-    if "jitter_" in fitted or "n_degenerate_" in fitted:
-      jitter, n_degenerate = fitted["jitter_"], fitted["n_degenerate_"]
-      if not (isinstance(jitter, (int, float)) and not isinstance(jitter, bool)
-              and math.isfinite(jitter) and jitter >= 0
-              and not isinstance(n_degenerate, bool)
-              and _is_count(n_degenerate + 1)
-              and n_degenerate <= meta["n_components"]):
-        raise TypeError("wrong jitter_ or n_degenerate_")
-      gm.jitter_ = float(jitter)
-      gm.n_degenerate_ = n_degenerate
+    fitted = _fitted_scalars(fitted, meta)
   except (KeyError, TypeError, ValueError) as e:
     raise _bad(path, f"its fitted attributes are incomplete or invalid "
                f"({e!r:.200}).") from e
-  if gm.n_features_in_ != meta["n_features"]:
-    raise _bad(path, "n_features_in_ disagrees with the means' shape.")
-  gm._dtype = np.dtype(arrays["means"].dtype)
-  return gm
+  # The file's arrays as they are (bit for bit, whatever JAX's x64 mode):
+  # the estimator keeps NumPy arrays. Its precisions_ are computed from the
+  # factors as fit computes them (the stored ones were checked to agree).
+  params = GMMParams(*(arrays[k] for k in _PARAM_ARRAYS),
+                     covariance_type=meta["covariance_type"])
+  try:
+    return GaussianMixture.from_params(params, fitted=fitted, **ctor)
+  except (TypeError, ValueError) as e:
+    raise _bad(path, f"its constructor parameters are invalid ({e}).") from e
+
+
+def _fitted_scalars(fitted, meta) -> dict:
+  """The estimator's fitted scalars from the file, checked (TypeError or
+  KeyError otherwise); ``n_features_in_`` must match the means."""
+  converged, n_iter = fitted["converged_"], fitted["n_iter_"]
+  lower_bound, n_in = fitted["lower_bound_"], fitted["n_features_in_"]
+  bounds = fitted.get("lower_bounds_", [])
+  if not (isinstance(converged, bool) and _is_count(n_iter + 1)
+          and isinstance(lower_bound, (int, float))
+          and not isinstance(lower_bound, bool) and _is_count(n_in)
+          and isinstance(bounds, list)
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in bounds)):
+    raise TypeError("wrong types")
+  if n_in != meta["n_features"]:
+    raise ValueError("n_features_in_ disagrees with the means' shape")
+  out = dict(converged_=converged, n_iter_=n_iter,
+             lower_bound_=float(lower_bound),
+             lower_bounds_=[float(v) for v in bounds])
+  if "jitter_" in fitted or "n_degenerate_" in fitted:
+    jitter, n_degenerate = fitted["jitter_"], fitted["n_degenerate_"]
+    if not (isinstance(jitter, (int, float)) and not isinstance(jitter, bool)
+            and math.isfinite(jitter) and jitter >= 0
+            and not isinstance(n_degenerate, bool)
+            and _is_count(n_degenerate + 1)
+            and n_degenerate <= meta["n_components"]):
+      raise TypeError("wrong jitter_ or n_degenerate_")
+    out.update(jitter_=float(jitter), n_degenerate_=n_degenerate)
+  return out
 
 
 def load(path):
@@ -552,7 +553,7 @@ def load(path):
 
   Example:
     >>> import os, tempfile, numpy as np, gmmjax as gx
-    >>> from gmmjax._src.io import save, load
+    >>> from gmmjax import save, load
     >>> X = np.random.default_rng(0).normal(size=(100, 2))
     >>> gm = gx.GaussianMixture(2, random_state=0).fit(X)
     >>> path = os.path.join(tempfile.mkdtemp(), "gm.npz")
