@@ -89,7 +89,7 @@ def test_updates_follow_stepwise_em_recursion(x64, ctype):
     s = tuple((1 - gamma) * a + gamma * b
               for a, b in zip(s, np_stats(current, X), strict=True))
     expected.append(np_m_step(s, ctype))
-    state = online_update(state, X, alpha=alpha)
+    state = online_update(X, state, alpha=alpha)
     got.append(state.params)
   assert int(state.step) == 2 and float(state.n_seen) == 1200.0
   for params, (weights, means, covs) in zip(got, expected, strict=True):
@@ -104,7 +104,7 @@ def test_bad_batch_is_skipped(x64):
   state = online_init(X, gx.init_params(jax.random.key(0), X, 3))
   bad = X.copy()
   bad[0, 0] = np.nan
-  new = online_update(state, bad)
+  new = online_update(bad, state)
   assert bool(new.failed) and int(new.step) == 0
   np.testing.assert_array_equal(new.params.means, state.params.means)
 
@@ -114,9 +114,11 @@ def test_alpha_and_init_are_checked():
   state = online_init(X, gx.init_params(jax.random.key(0), X, 2))
   for alpha in (0.5, 1.2):
     with pytest.raises(ValueError, match="alpha"):
-      online_update(state, X, alpha=alpha)
+      online_update(X, state, alpha=alpha)
   with pytest.raises(ValueError, match="params"):
-    fit_online([X], alpha=0.6)
+    fit_online(None, [X], alpha=0.6)
+  with pytest.raises(TypeError, match="batch first"):
+    online_update(state, X)
 
 
 # -- a 1,000,000-point stream ----------------------------------------------
@@ -143,7 +145,7 @@ def test_million_point_stream_matches_batch_em():
   # tiny covariance: a start far from any good fit, so EM has work to do.
   first = next(stream())
   p0 = gx.init_params(jax.random.key(0), first, 3, method="k-means++")
-  state = fit_online(stream(), params=p0, alpha=0.6, callback=watch)
+  state = fit_online(None, stream(), params=p0, alpha=0.6, callback=watch)
   assert float(state.n_seen) == N_STREAM
   assert int(state.step) == N_STREAM // BATCH - 1
   # Memory does not grow with the stream: device memory after the last
@@ -198,7 +200,7 @@ def test_online_reports_the_cholesky_jitter(guarded_kernels):
   state = online_init(collinear[:100],
                       gx.init_params(jax.random.key(0), collinear[:100], 2))
   for i in range(1, 6):
-    state = online_update(state, collinear[100 * i:100 * (i + 1)])
+    state = online_update(collinear[100 * i:100 * (i + 1)], state)
   assert not bool(state.failed) and float(state.jitter) > 0
   for name, X in (("collinear", collinear), ("independent", independent)):
     gm = gx.GaussianMixture(2, random_state=0)

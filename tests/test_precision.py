@@ -64,7 +64,7 @@ def test_fit_init_and_gradient_products_are_full_float32(ctype):
       "MAP fit": lambda X: gx.fit(X, p, max_iter=3, prior=prior),
       "gradient fit": jax.grad(
           lambda u: gx.negative_log_likelihood(u, X)),
-      "online": lambda X: online_update(state, X),
+      "online": lambda X: online_update(X, state),
       "select": lambda X: select._sweep(
           key, X, None, jnp.asarray([1, 2]), jnp.asarray(1e-3, X.dtype),
           jnp.asarray(1e-6, X.dtype), n_slots=2, n_init=1,

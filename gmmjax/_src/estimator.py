@@ -698,7 +698,7 @@ class GaussianMixture:
       state = scale_online.online_init(X, params, sample_weight=w,
                                        reg_covar=float(self.reg_covar))
     else:
-      state = scale_online.online_update(state, X, sample_weight=w,
+      state = scale_online.online_update(X, state, sample_weight=w,
                                          reg_covar=float(self.reg_covar))
     # Rows with positive weight seen so far (skipped batches excepted).
     previous = 0 if new_stream else self._online_n_positive

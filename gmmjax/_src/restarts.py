@@ -21,16 +21,30 @@ from gmmjax._src.fit import (
 from gmmjax._src.params import GMMParams
 
 
-def best_restart(results: FitResult, xp=jnp) -> jax.Array:
-  """Index of the best of a batch of fits: highest final log-likelihood.
+def best_restart(results: FitResult) -> FitResult:
+  """The best of a batch of fits (a leading restart axis): the highest final
+  log-likelihood.
 
   Failed fits rank last; ties go to the first (scikit-learn keeps a later
-  restart only if it is strictly better). ``xp`` is ``jax.numpy`` or
-  ``numpy`` (for results already on the host).
+  restart only if it is strictly better). Works under ``jit``.
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (200, 2))
+    >>> keys = jax.random.split(jax.random.key(1), 4)
+    >>> batch = jax.vmap(lambda k: gx.init_params(k, X, 2))(keys)
+    >>> results = jax.vmap(lambda p: gx.fit(X, p))(batch)
+    >>> best = gx.best_restart(results)
+    >>> bool(best.log_likelihood == results.log_likelihood.max())
+    True
   """
-  score = xp.where(results.failed | ~xp.isfinite(results.log_likelihood),
-                   -xp.inf, results.log_likelihood)
-  return xp.argmax(score)
+  return take(results, _best_index(results))
+
+
+def _best_index(results: FitResult) -> jax.Array:
+  score = jnp.where(results.failed | ~jnp.isfinite(results.log_likelihood),
+                    -jnp.inf, results.log_likelihood)
+  return jnp.argmax(score)
 
 
 def take(tree, index):
@@ -76,7 +90,7 @@ def _init_one(key, X, n_components, covariance_type, method, reg_covar,
 
 
 def init_restarts(key, X, n_components: int, *, n_init: int = 1,
-                  covariance_type: str = "full", method: str = "kmeans",
+                  covariance_type: str = "full", method: str = "k-means++",
                   reg_covar=1e-6, sample_weight=None) -> GMMParams:
   """``n_init`` initial params (a leading batch axis) from ``split(key)``.
 
@@ -96,7 +110,7 @@ def init_restarts(key, X, n_components: int, *, n_init: int = 1,
 
 
 def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
-                 covariance_type: str = "full", method: str = "kmeans",
+                 covariance_type: str = "full", method: str = "k-means++",
                  max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                  sample_weight=None,
                  callback: Callable | None = None
@@ -137,7 +151,7 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                             sample_weight=sample_weight, callback=callback)
   if n_init == 1:
     return results, _add_axis(results)
-  return take(results, best_restart(results)), results
+  return best_restart(results), results
 
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,

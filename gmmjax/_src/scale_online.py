@@ -104,7 +104,7 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
     >>> X0 = jax.random.normal(jax.random.key(0), (500, 2))
     >>> state = gx.online_init(X0, gx.init_params(jax.random.key(1), X0, 2))
     >>> X1 = jax.random.normal(jax.random.key(2), (500, 2))
-    >>> state = gx.online_update(state, X1, alpha=0.7)
+    >>> state = gx.online_update(X1, state, alpha=0.7)
     >>> int(state.step), state.params.means.shape
     (1, (2, 2))
   """
@@ -133,7 +133,7 @@ def _online_update(state: OnlineState, X, w, alpha, reg_covar):
       jitter=jnp.where(ok, jnp.maximum(state.jitter, jitter), state.jitter))
 
 
-def online_update(state: OnlineState, X, *, sample_weight=None, alpha=0.6,
+def online_update(X, state: OnlineState, *, sample_weight=None, alpha=0.6,
                   reg_covar=1e-6) -> OnlineState:
   """One stepwise-EM update with a new batch.
 
@@ -142,9 +142,12 @@ def online_update(state: OnlineState, X, *, sample_weight=None, alpha=0.6,
   non-finite parameters is skipped (``failed`` set, ``step`` unchanged).
   Compiles once per batch shape; ``alpha`` and ``reg_covar`` are traced.
 
+  Data first, as in every function that fits (``fit(X, params)``,
+  ``online_init(X, params)``).
+
   Args:
-    state: from :func:`online_init` or a previous update.
     X: ``(n, D)`` batch.
+    state: from :func:`online_init` or a previous update.
     sample_weight: optional ``(n,)`` weights.
     alpha: step-size exponent in ``(0.5, 1]``.
     reg_covar: regulariser added to covariance diagonals.
@@ -152,6 +155,9 @@ def online_update(state: OnlineState, X, *, sample_weight=None, alpha=0.6,
   Returns:
     The new :class:`OnlineState`.
   """
+  if isinstance(X, OnlineState) or not isinstance(state, OnlineState):
+    raise TypeError("online_update takes the batch first, then the state: "
+                    "online_update(X, state, ...).")
   _check_alpha(alpha)
   params, X, w = checks.prepare(state.params, X, sample_weight)
   state = state._replace(params=params)
@@ -159,9 +165,9 @@ def online_update(state: OnlineState, X, *, sample_weight=None, alpha=0.6,
                         jnp.asarray(reg_covar, X.dtype))
 
 
-def fit_online(batches: Iterable, *, params: GMMParams | None = None,
-               key=None, n_components: int | None = None,
-               covariance_type: str = "full", method: str = "kmeans",
+def fit_online(key, batches: Iterable, *, params: GMMParams | None = None,
+               n_components: int | None = None,
+               covariance_type: str = "full", method: str = "k-means++",
                alpha=0.6, reg_covar=1e-6,
                callback: Callable[[OnlineState], None] | None = None
                ) -> OnlineState:
@@ -174,9 +180,10 @@ def fit_online(batches: Iterable, *, params: GMMParams | None = None,
   one size compile once (a shorter last batch compiles once more).
 
   Args:
+    key: PRNG key for :func:`gmmjax.init_params` on the first batch, or
+      ``None`` when ``params`` are given.
     batches: an iterable (a generator is fine) of batches.
     params: initial parameters; or give ``key`` and ``n_components``.
-    key: PRNG key for :func:`gmmjax.init_params` on the first batch.
     n_components: number of components for that initialisation.
     covariance_type, method: as in :func:`gmmjax.init_params`.
     alpha: step-size exponent in ``(0.5, 1]``.
@@ -190,7 +197,7 @@ def fit_online(batches: Iterable, *, params: GMMParams | None = None,
     >>> import jax, numpy as np, gmmjax as gx
     >>> rng = np.random.default_rng(0)
     >>> stream = (rng.normal(size=(1000, 2)) for _ in range(5))
-    >>> state = gx.fit_online(stream, key=jax.random.key(0), n_components=2,
+    >>> state = gx.fit_online(jax.random.key(0), stream, n_components=2,
     ...                       covariance_type="diag")
     >>> int(state.step), float(state.n_seen)
     (4, 5000.0)
@@ -210,7 +217,7 @@ def fit_online(batches: Iterable, *, params: GMMParams | None = None,
             method=method, reg_covar=reg_covar, sample_weight=w)
       state = online_init(X, params, sample_weight=w, reg_covar=reg_covar)
     else:
-      state = online_update(state, X, sample_weight=w, alpha=alpha,
+      state = online_update(X, state, sample_weight=w, alpha=alpha,
                             reg_covar=reg_covar)
     if callback is not None:
       callback(state)
