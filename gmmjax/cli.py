@@ -129,13 +129,8 @@ def read_data(path):
 def write_array(path, A, fmt="%.9g"):
   """Writes ``A`` to ``.npy``, ``.npz`` (as ``X``) or ``.csv``."""
   import numpy as np
+  _check_out(path, OUTPUT_FORMATS)
   ext = os.path.splitext(path)[1].lower()
-  if ext not in OUTPUT_FORMATS:
-    raise UserError(f"unsupported output format {ext or '(none)'!r} for "
-                    f"{path}: use one of {', '.join(OUTPUT_FORMATS)}")
-  directory = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(directory):
-    raise UserError(f"output directory {directory!r} does not exist")
   A = np.asarray(A)
   if ext == ".npy":
     np.save(path, A, allow_pickle=False)
