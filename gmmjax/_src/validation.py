@@ -80,6 +80,14 @@ def check_array(X, *, estimator: str = "GaussianMixture",
     ...
     ValueError: dtype='numeric' is not compatible with arrays of bytes/strings.Convert your data to numeric values explicitly instead: X should contain numbers.
   """
+  arr = _numeric_array(X, estimator, name)
+  arr = _two_dimensional(arr, estimator, ensure_min_samples)
+  _check_values(arr, name, estimator, dtype)
+  return arr
+
+
+def _numeric_array(X, estimator, name) -> np.ndarray:
+  """``X`` as a NumPy array of a numeric dtype, or why not."""
   if hasattr(X, "toarray") and hasattr(X, "nnz"):
     raise TypeError(f"{estimator} does not accept sparse input; convert it "
                     "with X.toarray().")
@@ -104,6 +112,12 @@ def check_array(X, *, estimator: str = "GaussianMixture",
     except (TypeError, ValueError, OverflowError) as e:
       raise ValueError(f"{name} should contain numbers; could not convert "
                        f"it to float: {e}") from e
+  return arr
+
+
+def _two_dimensional(arr, estimator, ensure_min_samples) -> np.ndarray:
+  """``arr`` if 2-D with enough samples and a feature (integers, booleans
+  and float16 as float64), or why not."""
   if arr.ndim == 0:
     raise ValueError(
         f"Expected 2D array, got scalar array instead:\narray={arr!r}.\n"
@@ -129,6 +143,11 @@ def check_array(X, *, estimator: str = "GaussianMixture",
     raise ValueError(
         f"Found array with 0 feature(s) (shape={arr.shape}) while a minimum "
         f"of 1 is required by {estimator}.")
+  return arr
+
+
+def _check_values(arr, name, estimator, dtype) -> None:
+  """Finite values whose squared deviations fit the fit's dtype."""
   if not np.all(np.isfinite(arr)):
     if np.any(np.isnan(arr)):
       raise ValueError(
@@ -152,7 +171,8 @@ def check_array(X, *, estimator: str = "GaussianMixture",
           "standard deviation)"
           + (", or enable JAX's x64 mode for float64." if target ==
              np.float32 else "."))
-  return arr
+
+
 
 
 def check_sample_weight(sample_weight, n_samples: int,
