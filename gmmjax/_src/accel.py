@@ -29,18 +29,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gmmjax._src import batching, checks
+from gmmjax._src import checks, engine
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.fit import (
-  FitResult,
-  count_degenerate,
-  em_step_jitter,
-  history_length,
-  n_positive_samples,
-  progress_callback,
-)
+from gmmjax._src.engine import tree_where
+from gmmjax._src.fit import em_step_jitter
 from gmmjax._src.params import GMMParams, all_finite
 
 _STEP_GROWTH = 4.0  # SQUAREM's `mstep`: how fast the step bound grows
@@ -104,120 +99,91 @@ class AccelInfo(NamedTuple):
   # log-likelihood (or went non-finite) and were replaced by an EM step
 
 
-class _Carry(NamedTuple):
+class _State(NamedTuple):
   base: GMMParams  # theta0 of the cycle
   mid: GMMParams  # F(theta0) after phase 0, F(F(theta0)) after phase 1
   point: GMMParams  # where the next EM map is evaluated
   phase: jax.Array  # 0: at theta0, 1: at F(theta0), 2: at the extrapolation
-  ll0: jax.Array  # log-likelihood of theta0
   ll1: jax.Array  # log-likelihood of F(theta0)
-  prev_ll: jax.Array  # log-likelihood of the previous EM evaluation
   step_max: jax.Array
-  n_iter: jax.Array
-  history: jax.Array
-  converged: jax.Array
-  failed: jax.Array
   n_accepted: jax.Array
   n_rejected: jax.Array
-  jitter: jax.Array
 
 
-def _select(pred, a, b):
-  return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+class SquaremStep(NamedTuple):
+  """One EM map evaluation per step, on the point the cycle's phase selects.
 
+  Phases 0 and 1 are plain EM steps: a failure there is a failure of EM
+  itself and stops the fit, as in gmmjax.fit, and only they are tested for
+  convergence. Phase 2 evaluates the extrapolated point; a bad value there
+  only rejects the extrapolation.
+  """
+  reduce = None
+  evaluates_first = False  # the first step is an iteration already
 
-@functools.partial(jax.jit, static_argnames=("max_iter", "callback"))
-def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-                 max_iter: int, callback: Callable | None):
-  dtype = X.dtype
+  def init(self, params: GMMParams, problem: engine.Problem) -> _State:
+    dtype = params.means.dtype
+    zero = jnp.zeros((), jnp.int32)
+    return _State(base=params, mid=params, point=params, phase=zero,
+                  ll1=jnp.asarray(-jnp.inf, dtype),
+                  step_max=jnp.asarray(1.0, dtype), n_accepted=zero,
+                  n_rejected=zero)
 
-  def cond(c: _Carry):
-    return (c.n_iter < max_iter) & ~c.converged & ~c.failed
-
-  def body(c: _Carry, ops, active):
-    X, sample_weight, tol, reg_covar = ops
-    new, ll, jitter = em_step_jitter(c.point, X, sample_weight, reg_covar)
+  def step(self, c: _State, problem: engine.Problem, started):
+    del started
+    new, ll, jitter = em_step_jitter(c.point, problem.X,
+                                     problem.sample_weight, problem.reg_covar)
     ok = all_finite(new) & jnp.isfinite(ll)
     p0, p1, p2 = c.phase == 0, c.phase == 1, c.phase == 2
-    # Phases 0 and 1 are plain EM steps: a failure there is a failure of EM
-    # itself and stops the fit, as in gmmjax.fit. Phase 2 evaluates the
-    # extrapolated point; a bad value there only rejects the step.
     accept = p2 & ok & (ll >= c.ll1)
     reject = p2 & ~accept
-    em_ok = ok & ~p2
-    # EM's convergence rule on EM steps only (phases 0 and 1).
-    change = ll - c.prev_ll
-    converged = em_ok & (jnp.abs(change) < tol)
-
     extrap, alpha = squarem_point(c.base, c.mid, new, c.step_max)
     step_max = jnp.where(p1 & (alpha >= c.step_max),
                          c.step_max * _STEP_GROWTH, c.step_max)
     step_max = jnp.where(reject, jnp.maximum(1.0, step_max / _STEP_GROWTH),
                          step_max)
     # Next cycle's theta0: F(theta') if accepted, else F(F(theta0)).
-    base = _select(accept, new, _select(reject, c.mid, c.base))
-    mid = _select(~p2 & ok, new, c.mid)
-    point = _select(p0, new, _select(p1, extrap, base))
-    point = _select(converged | (~p2 & ~ok), c.point, point)
-    recorded = jnp.where(reject, c.ll1, ll)
-    if callback is not None:
-      # Stopped members (vmapped, or a block's filler) do not report.
-      progress_callback(callback, c.n_iter + 1, recorded, change,
-                        active=cond(c) if active is None else active)
-    return _Carry(
+    base = tree_where(accept, new, tree_where(reject, c.mid, c.base))
+    state = _State(
         base=base,
-        mid=mid,
-        point=point,
+        mid=tree_where(~p2 & ok, new, c.mid),
+        point=tree_where(p0, new, tree_where(p1, extrap, base)),
         phase=jnp.where(p2, 0, jnp.where(ok, c.phase + 1,
                                          c.phase)).astype(jnp.int32),
-        ll0=jnp.where(p0, ll, c.ll0),
-        ll1=jnp.where(p1, ll, c.ll1),
-        prev_ll=jnp.where(p2, jnp.where(accept, ll, c.ll1),
-                          jnp.where(ok, ll, c.prev_ll)),
-        step_max=step_max,
-        n_iter=c.n_iter + (ok | p2).astype(jnp.int32),
-        history=jnp.where(ok | p2, c.history.at[c.n_iter].set(recorded),
-                          c.history),
-        converged=converged,
-        failed=~p2 & ~ok,
+        ll1=jnp.where(p1, ll, c.ll1), step_max=step_max,
         n_accepted=c.n_accepted + accept.astype(jnp.int32),
-        n_rejected=c.n_rejected + reject.astype(jnp.int32),
-        jitter=jnp.where(ok & ~reject, jnp.maximum(c.jitter, jitter),
-                         c.jitter))
+        n_rejected=c.n_rejected + reject.astype(jnp.int32))
+    # A rejected extrapolation records the EM iterate that replaces it.
+    report = engine.Report(
+        counted=ok | p2, objective=jnp.where(reject, c.ll1, ll),
+        tested=ok & ~p2, failed=~p2 & ~ok,
+        jitter=jnp.where(ok & ~reject, jitter, 0))
+    return state, report
 
-  init = _Carry(
-      base=params, mid=params, point=params,
-      phase=jnp.zeros((), jnp.int32),
-      ll0=jnp.asarray(-jnp.inf, dtype), ll1=jnp.asarray(-jnp.inf, dtype),
-      prev_ll=jnp.asarray(prev_log_likelihood, dtype),
-      step_max=jnp.asarray(1.0, dtype),
-      n_iter=jnp.zeros((), jnp.int32),
-      history=jnp.full((history_length(max_iter),), jnp.nan, dtype),
-      converged=jnp.zeros((), bool), failed=jnp.zeros((), bool),
-      n_accepted=jnp.zeros((), jnp.int32),
-      n_rejected=jnp.zeros((), jnp.int32),
-      jitter=jnp.zeros((), dtype))
-  # Vmapped, finished members skip the remaining iterations.
-  k, d = params.means.shape
-  out = batching.while_loop(
-      cond, body, init, (X, sample_weight, tol, reg_covar),
-      member_bytes=X.shape[0] * k * d * dtype.itemsize)
-  # The latest iterate: the EM image last computed (phase 0 or 1 done), or
-  # the next cycle's theta0 (a cycle just completed). A failure keeps the
-  # last finite iterate.
-  done_cycle = out.phase == 0
-  result = _select(done_cycle, out.base, out.mid)
-  result = _select(out.n_iter > 0, result, params)
-  final = stats_lib.e_step_stats(result, X, sample_weight)
-  final_ll = final.log_likelihood / final.count
-  failed = out.failed | ~jnp.isfinite(final_ll)
-  fit_result = FitResult(params=result, log_likelihood=final_ll,
-                         n_iter=out.n_iter, converged=out.converged & ~failed,
-                         history=out.history, failed=failed,
-                         jitter=out.jitter,
-                         n_degenerate=count_degenerate(
-                             result, n_positive_samples(X, sample_weight), reg_covar))
-  return fit_result, AccelInfo(out.n_accepted, out.n_rejected)
+  def result(self, c: _State, problem: engine.Problem):
+    """The latest iterate and its log-likelihood.
+
+    It is the EM image last computed (phase 0 or 1 done), or the next
+    cycle's theta0 (a cycle just completed, or none started); a failure
+    keeps the last finite iterate.
+    """
+    params = tree_where(c.phase == 0, c.base, c.mid)
+    final = stats_lib.e_step_stats(params, problem.X, problem.sample_weight)
+    return params, final.log_likelihood / final.count
+
+  def n_positive(self, problem: engine.Problem):
+    return engine.n_positive_samples(problem.X, problem.sample_weight)
+
+
+@functools.partial(jax.jit, static_argnames=("history_len", "callback"))
+def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
+                 max_iter, history_len: int, callback: Callable | None):
+  problem = engine.Problem(X, sample_weight, tol, reg_covar)
+  step = SquaremStep()
+  result, state = engine.run(step, params, problem,
+                             prev_ll=prev_log_likelihood, max_iter=max_iter,
+                             history_len=history_len, callback=callback)
+  return result, AccelInfo(state.n_accepted, state.n_rejected)
 
 
 def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
@@ -247,7 +213,7 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     X: ``(N, D)`` samples.
     params: initial :class:`GMMParams`.
     sample_weight: optional ``(N,)`` non-negative weights.
-    max_iter: maximum number of EM map evaluations (static).
+    max_iter: maximum number of EM map evaluations (a concrete int).
     tol: convergence threshold on the change of the mean log-likelihood.
     reg_covar: non-negative regulariser added to covariance diagonals.
     prev_log_likelihood: log-likelihood the first change is measured from.
@@ -269,10 +235,11 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     (True, True)
   """
   params, X, w = checks.prepare(params, X, sample_weight)
-  if not isinstance(max_iter, int) or max_iter < 0:
-    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  max_iter = engine.check_max_iter(max_iter)
   result, info = _fit_squarem(X, params, w, jnp.asarray(tol, X.dtype),
                               jnp.asarray(reg_covar, X.dtype),
-                              prev_log_likelihood, max_iter=max_iter,
+                              jnp.asarray(prev_log_likelihood, X.dtype),
+                              np.int32(max_iter),
+                              history_len=engine.history_length(max_iter),
                               callback=callback)
   return (result, info) if return_info else result

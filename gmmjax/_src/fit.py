@@ -1,4 +1,4 @@
-"""The EM loop: one compiled ``lax.while_loop`` from initial parameters."""
+"""`fit`: EM from initial parameters (the driver of engine.py), differentiable."""
 
 from __future__ import annotations
 
@@ -11,118 +11,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import batching, checks, compiling
+from gmmjax._src import checks, compiling, engine
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.params import GMMParams, all_finite
+from gmmjax._src.engine import (  # noqa: F401 - the estimator reads
+  FitResult,  # count_degenerate and lower_bound from here
+  check_max_iter,
+  count_degenerate,
+  history_length,
+  lower_bound,
+)
+from gmmjax._src.params import GMMParams
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
-
-
-class FitResult(NamedTuple):
-  """What :func:`fit` returns. Under ``vmap`` every field gains a batch axis."""
-
-  params: GMMParams  # exactly `n_iter` EM iterations from the initial params
-  log_likelihood: jax.Array  # shape=(), mean log-likelihood of `params`
-  n_iter: jax.Array  # shape=(), int32, EM iterations done
-  converged: jax.Array  # shape=(), bool, |change| < tol was reached
-  history: jax.Array  # shape=(history_length(max_iter),), E-step
-  # log-likelihoods, NaN padded past n_iter
-  failed: jax.Array  # shape=(), bool, a step went non-finite: the last finite
-  # params are returned and `converged` is False
-  jitter: jax.Array  # shape=(), the largest diagonal jitter the M-step had
-  # to add to a full/tied covariance to factorise it (0: none), in the
-  # units of the covariances; nonzero means the fit was degraded
-  n_degenerate: jax.Array  # shape=(), int32, components of the returned
-  # params that are empty (weight * n_samples < 1) or collapsed (the
-  # covariance's trace is at most 2 * n_features * reg_covar)
-
-  @property
-  def degraded(self):
-    """True when the fit needed a jitter or has degenerate components."""
-    return (self.jitter > 0) | (self.n_degenerate > 0)
-
-  @property
-  def lower_bound(self):
-    """scikit-learn's ``lower_bound_``: ``history[n_iter - 1]``."""
-    return lower_bound(self.history, self.n_iter)
-
-
-def lower_bound(history, n_iter, xp=jnp):
-  """``history[n_iter - 1]`` (``-inf`` before any iteration), batched.
-
-  ``xp`` is ``jax.numpy`` or ``numpy`` (host results, nothing to compile).
-  """
-  if history.shape[-1] == 0:  # max_iter=0 of a loop with an exact history
-    return xp.full(xp.shape(n_iter), -xp.inf, history.dtype)
-  idx = xp.maximum(n_iter - 1, 0)
-  value = xp.take_along_axis(history, xp.expand_dims(idx, -1),
-                             axis=-1)[..., 0]
-  return xp.where(n_iter > 0, value, -xp.inf)
-
-
-def history_length(max_iter: int) -> int:
-  """Entries of ``FitResult.history`` for ``max_iter``: a power of two >= 8.
-
-  ``max_iter`` itself is a traced value of the compiled loop, so every
-  ``max_iter`` of one bucket (e.g. 65..128) runs the same program; only the
-  history's length is static. ``max_iter=0`` still gets a (NaN) history.
-  """
-  return max(8, 1 << (int(max_iter) - 1).bit_length())
-
-
-class _Carry(NamedTuple):
-  params: GMMParams  # the current iterate
-  stats: stats_lib.SuffStats  # its E-step statistics
-  objective: jax.Array  # its mean log-likelihood (plus log prior / count)
-  prev_ll: jax.Array
-  n_iter: jax.Array
-  history: jax.Array
-  converged: jax.Array
-  failed: jax.Array
-  jitter: jax.Array
-  started: jax.Array  # False only before the initial params are evaluated
-  max_iter: jax.Array  # int32, read by the stopping rule (cond may not
-  # close over traced values: batching.while_loop)
-
-
-def count_degenerate(params: GMMParams, n_samples, reg_covar,
-                     mask=None) -> jax.Array:
-  """Number of empty or collapsed components of ``params`` (int32 scalar).
-
-  A component is empty when ``weights_k * n_samples < 1`` (less than one
-  sample's worth of responsibility) and collapsed when, in some direction,
-  its variance is at most ``2 * reg_covar`` (the regulariser is at least
-  what the data contribute there: a component on one point, on exactly
-  repeated rows, or on fewer distinct points than dimensions). For tied
-  covariances, a collapsed shared covariance counts every component.
-  With ``mask`` (component slots, :func:`stats.mask_components`), only the
-  active slots count.
-  """
-  dtype = params.means.dtype
-  cov = lax.stop_gradient(params.covariances)
-  ctype = params.covariance_type
-  if ctype in ("full", "tied"):
-    smallest = jnp.min(jnp.linalg.eigvalsh(cov), axis=-1)
-  elif ctype == "diag":
-    smallest = jnp.min(cov, axis=-1)
-  else:
-    smallest = cov
-  smallest = jnp.broadcast_to(smallest, params.weights.shape)
-  collapsed = smallest <= 2 * jnp.asarray(reg_covar, dtype)
-  empty = params.weights * jnp.asarray(n_samples, dtype) < 1
-  bad = empty | collapsed
-  if mask is not None:
-    bad = bad & mask
-  return jnp.sum(bad).astype(jnp.int32)
-
-
-def n_positive_samples(X, sample_weight):
-  """Rows with a positive weight (all rows without weights)."""
-  if sample_weight is None:
-    return X.shape[0]
-  return jnp.sum(sample_weight > 0)
 
 
 @jax.jit
@@ -151,151 +53,21 @@ def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
 def em_step_jitter(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
                    prior=None):
   """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
-  stats, objective = evaluate(params, X, sample_weight, prior)
-  new, jitter = m_step_from_stats(params, stats, reg_covar, prior)
-  return new, objective, jitter
-
-
-def evaluate(params: GMMParams, X, sample_weight=None, prior=None):
-  """E-step statistics of ``params`` (around its means) and its objective.
-
-  The objective is the mean log-likelihood, plus ``log_prior(params) /
-  sum(sample_weight)`` with a prior.
-  """
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
-  if prior is None:
-    return stats, stats.log_likelihood / stats.count
-  objective = stats.log_likelihood + priors_lib.log_prior(params, prior)
-  return stats, objective / stats.count
-
-
-def m_step_from_stats(params: GMMParams, stats, reg_covar, prior=None):
-  """The M-step from :func:`evaluate`'s statistics of ``params``; + jitter."""
-  shift = stats_lib.component_shift(params)
-  if prior is None:
-    return stats_lib.params_and_jitter_from_stats(
-        stats, shift, params.covariance_type, reg_covar)
-  return priors_lib.map_params_and_jitter_from_stats(
-      stats, shift, params.covariance_type, reg_covar, prior)
-
-
-class _Bits(NamedTuple):
-  """A float64 value in transit to the host as its bits."""
-  bits: jax.Array  # (..., 2) uint32
-
-
-def _unpack(value):
-  if isinstance(value, _Bits):
-    bits = np.ascontiguousarray(np.asarray(value.bits, np.uint32))
-    return bits.view(np.float64).reshape(bits.shape[:-1])
-  return np.asarray(value)
-
-
-def progress_callback(callback, *values, active=None):
-  """``jax.debug.callback(callback, *values)`` that keeps float64 intact.
-
-  ``jax.debug.callback`` moves its arguments to the host with
-  ``device_put`` in a runtime thread, where the caller's
-  ``jax.enable_x64(True)`` context does not hold: float64 values would
-  arrive rounded to float32. They travel as their bits instead and reach
-  ``callback`` as NumPy scalars. With ``active`` (a traced bool), the
-  callback runs only where it is true (masked steps of a scan).
-  """
-  packed = tuple(_Bits(lax.bitcast_convert_type(v, jnp.uint32))
-                 if v.dtype == jnp.float64 else v for v in values)
-
-  def call(active_now, *args):
-    if active_now is None or bool(active_now):
-      callback(*(_unpack(a) for a in args))
-  jax.debug.callback(call, active, *packed, ordered=False)
+  new, jitter = engine.m_step_from_stats(params, stats, reg_covar, prior)
+  return new, engine.objective(params, stats, prior), jitter
 
 
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len: int, callback: Callable | None,
               unrolled_steps: int | None = None, mask=None):
-  dtype = X.dtype
-
-  def where(pred, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
-
-  def cond(c: _Carry):
-    return ~c.started | ((c.n_iter < c.max_iter) & ~c.converged & ~c.failed)
-
-  # Each pass is M-step then E-step: the E-step that gives iteration i's
-  # log-likelihood also gives the statistics of iteration i + 1's M-step,
-  # and after the loop the returned params' log-likelihood is already known.
-  # The first pass skips the M-step (its result is discarded) and only
-  # evaluates the initial params: one E-step in the compiled program.
-  def body(c: _Carry, ops, active=None):
-    X, sample_weight, tol, reg_covar, prior, mask = ops
-    stepped, jitter = m_step_from_stats(c.params, c.stats, reg_covar, prior)
-    if mask is not None:  # component slots beyond k stay empty
-      stepped = stats_lib.mask_components(stepped, c.stats.nk, mask)
-    new = where(c.started, stepped, c.params)
-    stats, objective = evaluate(new, X, sample_weight, prior)
-    ok = all_finite(new) & jnp.isfinite(objective)
-    # Iteration n_iter + 1 as scikit-learn counts it: its log-likelihood is
-    # the current params' (before the M-step), its result the new params.
-    change = c.objective - c.prev_ll
-    step = c.started & ok
-    if callback is not None:
-      # The body may also run for members that have stopped (vmapped, or a
-      # block's filler; the results are discarded): only running ones report.
-      shown = step & (cond(c) if active is None else active)
-      progress_callback(callback, c.n_iter + 1, c.objective, change,
-                        active=shown)
-    return _Carry(
-        params=where(ok, new, c.params),
-        stats=where(ok, stats, c.stats),
-        objective=jnp.where(ok, objective, c.objective),
-        prev_ll=jnp.where(step, c.objective, c.prev_ll),
-        n_iter=c.n_iter + step.astype(jnp.int32),
-        history=jnp.where(step, c.history.at[c.n_iter].set(c.objective),
-                          c.history),
-        converged=step & (jnp.abs(change) < tol),
-        failed=~ok,
-        jitter=jnp.where(step, jnp.maximum(c.jitter, jitter), c.jitter),
-        started=jnp.ones((), bool), max_iter=c.max_iter)
-
-  zeros = jnp.zeros((), dtype)
-  init = _Carry(
-      params=params,
-      stats=_placeholder_stats(params),
-      objective=zeros,
-      prev_ll=jnp.asarray(prev_log_likelihood, dtype),
-      n_iter=jnp.zeros((), jnp.int32),
-      history=jnp.full((history_len,), jnp.nan, dtype),
-      converged=jnp.zeros((), bool),
-      failed=jnp.zeros((), bool),
-      jitter=zeros,
-      started=jnp.zeros((), bool),
-      max_iter=jnp.minimum(jnp.asarray(max_iter, jnp.int32), history_len))
-  ops = (X, sample_weight, tol, reg_covar, prior, mask)
-  if unrolled_steps is not None:
-    # Same iterations as the while_loop, as a fixed-length scan that reverse
-    # mode can differentiate: steps after the stop are masked out. Its
-    # length (max_iter + 1) is static: memory grows with it.
-    def scan_step(c, _):
-      active = cond(c)
-      new = body(c, ops, active)
-      return where(active, new, c), None
-    out, _ = lax.scan(scan_step, init, None, length=unrolled_steps)
-  else:
-    # Vmapped (many problems or restarts at once), members that have
-    # stopped skip the remaining iterations (batching.while_loop).
-    k, d = params.means.shape
-    out = batching.while_loop(
-        cond, body, init, ops,
-        member_bytes=X.shape[0] * k * d * dtype.itemsize)
-  final_ll = out.stats.log_likelihood / out.stats.count
-  failed = out.failed | ~jnp.isfinite(final_ll)
-  return FitResult(params=out.params, log_likelihood=final_ll,
-                   n_iter=out.n_iter, converged=out.converged & ~failed,
-                   history=out.history, failed=failed, jitter=out.jitter,
-                   n_degenerate=count_degenerate(
-                       out.params, n_positive_samples(X, sample_weight),
-                       reg_covar, mask))
+  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask)
+  result, _ = engine.run(engine.EMStep(), params, problem,
+                         prev_ll=prev_log_likelihood, max_iter=max_iter,
+                         history_len=history_len, callback=callback,
+                         unrolled_steps=unrolled_steps)
+  return result
 
 
 _fit_programs = compiling.jit_by_size(
@@ -310,22 +82,6 @@ def _fit_program(X, params):
 
 def _fit(X, params, *args, **kwargs):
   return _fit_program(X, params)(X, params, *args, **kwargs)
-
-
-def _placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:
-  """Statistics whose M-step gives ``params`` back (up to ``reg_covar``).
-
-  The first pass's discarded M-step reads them: finite and positive definite
-  whatever ``reg_covar`` is, so even its masked-out derivatives are finite.
-  """
-  k, d = params.means.shape
-  dtype = params.means.dtype
-  cov = lax.stop_gradient(params.covariances)
-  scale = {"full": 1.0, "tied": k, "diag": 1.0, "spherical": d}
-  return stats_lib.SuffStats(
-      count=jnp.asarray(k, dtype), nk=jnp.ones((k,), dtype),
-      sx=jnp.zeros((k, d), dtype), sxx=cov * scale[params.covariance_type],
-      log_likelihood=jnp.zeros((), dtype))
 
 
 class _Static(NamedTuple):
@@ -534,16 +290,3 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
               max_iter, history_len=history_len, callback=callback,
               unrolled_steps=(unrolled_steps if differentiation == "unrolled"
                               else None))
-
-
-def check_max_iter(max_iter) -> int:
-  """``max_iter`` as a non-negative Python int, or a ``ValueError``."""
-  if isinstance(max_iter, jax.core.Tracer):
-    raise ValueError(
-        "max_iter is traced: it sets the length of the fit's history, so it "
-        "must be a concrete int. Mark it static (jax.jit(..., "
-        "static_argnames='max_iter')) or close over it.")
-  if (isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer))
-      or max_iter < 0):
-    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
-  return int(max_iter)

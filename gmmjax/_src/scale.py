@@ -38,26 +38,13 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gmmjax._src import checks
+from gmmjax._src import checks, engine
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.fit import FitResult, count_degenerate, history_length
-from gmmjax._src.params import GMMParams, all_finite
+from gmmjax._src.engine import FitResult
+from gmmjax._src.params import GMMParams
 from gmmjax._src.stats import SuffStats
 
 DEFAULT_CHUNK_SIZE = 65536
-
-# ---------------------------------------------------------------------------
-# Shared pieces of the EM loop.
-
-
-@jax.jit
-def _m_step(stats: SuffStats, params: GMMParams, shift, reg_covar):
-  """M-step from summed statistics, plus the E-step's mean log-likelihood."""
-  new, jitter = stats_lib.params_and_jitter_from_stats(
-      stats, shift, params.covariance_type, reg_covar)
-  ll = stats.log_likelihood / stats.count
-  return new, ll, all_finite(new) & jnp.isfinite(ll), jitter
-
 
 # ---------------------------------------------------------------------------
 # Chunked EM.
@@ -236,25 +223,27 @@ def _prefetch(make_iter: Callable[[], Iterator], depth: int, device):
 
 
 @jax.jit
-def _accumulate(acc: SuffStats, params: GMMParams, X, w, shift) -> SuffStats:
-  return stats_lib.add_stats(acc, stats_lib.e_step_stats(params, X, w, shift))
+def _accumulate(acc, params: GMMParams, X, w, shift):
+  """Adds a chunk's statistics and its count of positive-weight rows."""
+  stats, n_positive = acc
+  return (stats_lib.add_stats(stats,
+                              stats_lib.e_step_stats(params, X, w, shift)),
+          n_positive + jnp.sum(w > 0).astype(n_positive.dtype))
 
 
-@jax.jit
-def _accumulate_ll(acc, params: GMMParams, X, w):
-  """Adds a chunk's weighted log-likelihood, weight and positive rows."""
-  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
-  return (acc[0] + jnp.sum(w * logp), acc[1] + jnp.sum(w),
-          acc[2] + jnp.sum(w > 0).astype(acc[2].dtype))
+def _zero_stats(params: GMMParams, rows: int, dtype):
+  """Zero statistics and a zero count of positive-weight rows.
 
-
-def _zero_stats(params: GMMParams, rows: int, dtype) -> SuffStats:
+  Positive rows are counted in float (exact up to 2**24 per chunk in
+  float32, 2**53 in float64); only the degenerate-component count uses it.
+  """
   shapes = jax.eval_shape(
       stats_lib.e_step_stats, params,
       jax.ShapeDtypeStruct((rows, params.n_features), dtype),
       jax.ShapeDtypeStruct((rows,), dtype),
       jax.ShapeDtypeStruct((params.n_features,), dtype))
-  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  return stats, jnp.zeros((), dtype)
 
 
 def _stream(pad: _Pad, source, prefetch, device, max_in_flight, step, acc):
@@ -305,7 +294,9 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   Semantics are those of :func:`gmmjax.fit`: scikit-learn's convergence rule
   (``|change| < tol`` of the mean log-likelihood), ``n_iter`` iterations from
   ``params``, ``history``, ``failed``, and ``log_likelihood`` of the returned
-  params (one more pass over the data, log-densities only).
+  params (from the pass over the data that gave their statistics). The
+  loop is :func:`gmmjax.fit`'s EM step, run from the host
+  (:func:`engine.host_fit`).
 
   Every chunk is padded to one static shape (zero-weight rows), so the kernel
   compiles once. The compute dtype follows the data (float64 only with JAX's
@@ -325,8 +316,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
       :func:`gmmjax.fit` (``callback(n_iter, log_likelihood, change)`` runs
       on the host after every iteration).
     reduce: optional function of a pytree applied to each pass's sums (the
-      :class:`SuffStats`, and a ``(total, count)`` log-likelihood pair for
-      the final pass), e.g. :func:`process_sum` to add every process's.
+      :class:`SuffStats` and the count of rows with a positive weight),
+      e.g. :func:`process_sum` to add every process's.
     prefetch: chunks read and transferred ahead (0: no background thread).
     device: device to compute on (default: this process's first device).
 
@@ -343,8 +334,9 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
     >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-4), int(a.n_iter) == int(b.n_iter)
     (True, True)
   """
-  if not isinstance(max_iter, int) or max_iter < 0:
-    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  _refuse_tracers(data, params, sample_weight, tol, reg_covar,
+                  prev_log_likelihood)
+  max_iter = engine.check_max_iter(max_iter)
   source = chunk_source(data, sample_weight, chunk_size)
   if _is_array_like(data):
     sample = np.zeros((0, data.shape[1]), data.dtype)
@@ -360,8 +352,6 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   device = device or jax.local_devices()[0]
   params = jax.device_put(checks.as_params(params, dtype), device)
   pad = _Pad(rows, sample.shape[1], dtype)
-  reg = jnp.asarray(reg_covar, dtype)
-  tol = np.asarray(tol, dtype)
   in_flight = max(int(prefetch), 1)
   zero = jax.device_put(_zero_stats(params, rows, dtype), device)
 
@@ -369,45 +359,28 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
     shift = stats_lib.component_shift(p)
     acc = _stream(pad, source, prefetch, device, in_flight,
                   lambda a, X, w: _accumulate(a, p, X, w, shift), zero)
-    if reduce is not None:
-      acc = reduce(acc)
-    return acc, shift
+    return acc if reduce is None else reduce(acc)
 
-  prev_ll = np.asarray(prev_log_likelihood, dtype)
-  history = np.full((history_length(max_iter),), np.nan, dtype)
-  n_iter, converged, failed, max_jitter = 0, False, False, 0.0
-  while n_iter < max_iter and not converged and not failed:
-    stats, shift = stats_pass(params)
-    new, ll, ok, jitter = _m_step(stats, params, shift, reg)
-    ll, ok = np.asarray(ll, dtype), bool(ok)
-    change = np.asarray(ll - prev_ll, dtype)
-    if callback is not None:
-      callback(n_iter + 1, ll, change)
-    if ok:
-      params, prev_ll = new, ll
-      max_jitter = max(max_jitter, float(jitter))
-      history[n_iter] = ll
-      n_iter += 1
-    converged = ok and bool(np.abs(change) < tol)
-    failed = not ok
+  problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
+                           jnp.asarray(reg_covar, dtype))
+  return engine.host_fit(params, problem, stats_pass,
+                         prev_ll=jnp.asarray(prev_log_likelihood, dtype),
+                         max_iter=max_iter, callback=callback)
 
-  # Positive rows are counted in float (exact up to 2**24 per chunk in
-  # float32, 2**53 in float64); only the degenerate-component count uses it.
-  zero_ll = (jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.zeros((), dtype))
-  total, count, n_pos = _stream(pad, source, prefetch, device, in_flight,
-                         lambda a, X, w: _accumulate_ll(a, params, X, w),
-                         jax.device_put(zero_ll, device))
-  if reduce is not None:
-    total, count, n_pos = reduce((total, count, n_pos))
-  final_ll = np.asarray(total / count, dtype)
-  failed = failed or not np.isfinite(final_ll)
-  return FitResult(params=params, log_likelihood=jnp.asarray(final_ll),
-                   n_iter=jnp.asarray(n_iter, jnp.int32),
-                   converged=jnp.asarray(converged and not failed),
-                   history=jnp.asarray(history),
-                   failed=jnp.asarray(failed),
-                   jitter=jnp.asarray(max_jitter, dtype),
-                   n_degenerate=count_degenerate(params, n_pos, reg))
+
+def _refuse_tracers(data, *args):
+  """The host loop reads values: under ``jit``/``grad``/``vmap`` it cannot."""
+  # A chunk source (a generator function, an iterable) is not a pytree.
+  chunks = (jax.tree.leaves(data) if isinstance(data, (list, tuple))
+            else [data])
+  if any(isinstance(leaf, jax.core.Tracer)
+         for leaf in chunks + jax.tree.leaves(args)):
+    raise TypeError(
+        "fit_chunked runs its EM loop on the host, one pass over the chunks "
+        "per iteration, so it cannot be called under jax.jit, jax.grad or "
+        "jax.vmap (an argument is a tracer). Under a transformation, call "
+        "gmmjax.fit (data in memory) or gmmjax.fit_sharded (data sharded "
+        "over devices) instead.")
 
 
 # ---------------------------------------------------------------------------
@@ -521,69 +494,25 @@ def local_copy(tree):
 # Sharded EM: the compiled loop inside shard_map, statistics psum-ed.
 
 
-def _em_loop(stats_fn, params: GMMParams, tol, reg_covar, prev_ll,
-             max_iter: int, n_samples: Callable) -> FitResult:
-  """:func:`gmmjax.fit`'s loop with the statistics from ``stats_fn``.
-
-  ``stats_fn(params, shift)`` returns the statistics of the whole data (e.g.
-  a ``psum`` of per-device statistics); ``n_samples()`` the number of rows
-  with a positive weight.
-  """
-  dtype = params.means.dtype
-
-  def cond(c):
-    params, prev_ll, n_iter, history, converged, failed, _ = c
-    del params, prev_ll, history
-    return (n_iter < max_iter) & ~converged & ~failed
-
-  def body(c):
-    params, prev_ll, n_iter, history, _, _, max_jitter = c
-    shift = stats_lib.component_shift(params)
-    stats = stats_fn(params, shift)
-    new, jitter = stats_lib.params_and_jitter_from_stats(
-        stats, shift, params.covariance_type, reg_covar)
-    ll = stats.log_likelihood / stats.count
-    ok = all_finite(new) & jnp.isfinite(ll)
-    change = ll - prev_ll
-    return (jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
-            jnp.where(ok, ll, prev_ll),
-            n_iter + ok.astype(jnp.int32),
-            jnp.where(ok, history.at[n_iter].set(ll), history),
-            ok & (jnp.abs(change) < tol),
-            ~ok,
-            jnp.where(ok, jnp.maximum(max_jitter, jitter), max_jitter))
-
-  init = (params, jnp.asarray(prev_ll, dtype), jnp.zeros((), jnp.int32),
-          jnp.full((history_length(max_iter),), jnp.nan, dtype), jnp.zeros((), bool),
-          jnp.zeros((), bool), jnp.zeros((), dtype))
-  params, _, n_iter, history, converged, failed, jitter = lax.while_loop(
-      cond, body, init)
-  final = stats_fn(params, stats_lib.component_shift(params))
-  final_ll = final.log_likelihood / final.count
-  failed = failed | ~jnp.isfinite(final_ll)
-  return FitResult(params=params, log_likelihood=final_ll, n_iter=n_iter,
-                   converged=converged & ~failed, history=history,
-                   failed=failed, jitter=jitter,
-                   n_degenerate=count_degenerate(params, n_samples(),
-                                                 reg_covar))
-
-
 @functools.lru_cache(maxsize=64)
 def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
                     weighted: bool, batched: bool):
   axis = axes if len(axes) > 1 else axes[0]
 
-  def local_fit(X, w, params, tol, reg_covar, prev_ll):
-    def stats_fn(p, shift):
-      return lax.psum(stats_lib.e_step_stats(p, X, w, shift), axis)
+  # Statistics (and positive rows) are added over the shards: every device
+  # makes the same M-step and the same stopping decision. The loop is a
+  # plain while_loop, whose every iteration all devices reach.
+  step = engine.EMStep(reduce=functools.partial(lax.psum, axis_name=axis))
 
-    def n_samples():
-      local = X.shape[0] if w is None else jnp.sum(w > 0)
-      return lax.psum(jnp.asarray(local, X.dtype), axis)
+  def local_fit(X, w, params, tol, reg_covar, prev_ll):
+    problem = engine.Problem(X, w, tol, reg_covar)
 
     def one(p):
-      return _em_loop(stats_fn, p, tol, reg_covar, prev_ll, max_iter,
-                      n_samples)
+      result, _ = engine.run(step, p, problem, prev_ll=prev_ll,
+                             max_iter=max_iter,
+                             history_len=engine.history_length(max_iter),
+                             compact=False)
+      return result
     return jax.vmap(one)(params) if batched else one(params)
 
   data_spec = P(axis)
@@ -666,8 +595,7 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-4)
     True
   """
-  if not isinstance(max_iter, int) or max_iter < 0:
-    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  max_iter = engine.check_max_iter(max_iter)
   mesh, axes, n_shards = _data_axes(X, mesh, axis_name)
   if not isinstance(X, jax.Array):
     X = checks.as_data(np.asarray(X))

@@ -12,9 +12,8 @@ stops at its own iteration instead of running until the slowest one stops
 (10 k's x 2 restarts of 20,000 x 8, full, float32: 0.61-0.67 s against
 2.2-2.4 s warm, 7.5-8.9 against 10-11.5 s first call, the same table).
 
-The loop reuses the sufficient-statistics spine
-(:func:`gmmjax.e_step_stats`, :func:`gmmjax.params_from_stats`); the mask
-is applied after each M-step.
+The loop is ``fit``'s (:mod:`gmmjax._src.engine`'s EM step); the mask is
+applied after each M-step.
 """
 
 from __future__ import annotations
@@ -27,12 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import batching, checks, padding
+from gmmjax._src import batching, checks, engine, padding
 from gmmjax._src import covariance as cov_ops
-from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
-from gmmjax._src import stats as stats_lib
-from gmmjax._src.params import GMMParams, all_finite, check_covariance_type
+from gmmjax._src.params import GMMParams, check_covariance_type
 
 CRITERIA = ("bic", "aic")
 
@@ -74,69 +71,19 @@ def _unpad(params: GMMParams, k: int) -> GMMParams:
                            else params.precisions_cholesky[:k]))
 
 
-def _masked_em_step(params, mask, X, sample_weight, reg_covar):
-  """One EM iteration on padded params: (new params, mean ll, jitter)."""
-  shift = stats_lib.component_shift(params)
-  stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
-  new, jitter = stats_lib.params_and_jitter_from_stats(
-      stats, shift, params.covariance_type, reg_covar)
-  return (stats_lib.mask_components(new, stats.nk, mask),
-          stats.log_likelihood / stats.count, jitter)
-
-
-class _Carry(NamedTuple):
-  params: GMMParams
-  prev_ll: jax.Array
-  n_iter: jax.Array
-  converged: jax.Array
-  failed: jax.Array
-  jitter: jax.Array
-
-
 def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
                 callback):
-  """The EM loop of ``fit``, on padded params with a component mask.
-
-  Driven by :func:`gmmjax._src.batching.while_loop`, as ``fit``'s: in the
-  sweep's vmap over every ``k`` and restart, members that have converged
-  skip the remaining iterations (on CPU), and on accelerators members run
-  in blocks whose chunks fit the device's memory.
+  """``fit``'s EM on padded params with a component mask: ``(params,
+  total log-likelihood, total weight, n_iter, converged, failed, jitter)``.
   """
-
-  def cond(c):
-    return (c.n_iter < max_iter) & ~c.converged & ~c.failed
-
-  def body(c, ops, active=None):
-    X, sample_weight, tol, reg_covar, mask = ops
-    new, ll, jitter = _masked_em_step(c.params, mask, X, sample_weight,
-                                      reg_covar)
-    ok = all_finite(new) & jnp.isfinite(ll)
-    change = ll - c.prev_ll
-    if callback is not None:
-      # Only running members report (see fit's loop).
-      shown = ok & (cond(c) if active is None else active)
-      fit_lib.progress_callback(callback, c.n_iter + 1, ll, change,
-                                active=shown)
-    return _Carry(
-        params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, c.params),
-        prev_ll=jnp.where(ok, ll, c.prev_ll),
-        n_iter=c.n_iter + ok.astype(jnp.int32),
-        converged=ok & (jnp.abs(change) < tol),
-        failed=~ok,
-        jitter=jnp.where(ok, jnp.maximum(c.jitter, jitter), c.jitter))
-
-  init = _Carry(params, jnp.asarray(-jnp.inf, X.dtype),
-                jnp.zeros((), jnp.int32), jnp.zeros((), bool),
-                jnp.zeros((), bool), jnp.zeros((), X.dtype))
-  k, d = params.means.shape
-  out = batching.while_loop(
-      cond, body, init, (X, sample_weight, tol, reg_covar, mask),
-      member_bytes=X.shape[0] * k * d * X.dtype.itemsize)
-  final = stats_lib.e_step_stats(out.params, X, sample_weight)
-  total_ll = final.log_likelihood
-  failed = out.failed | ~jnp.isfinite(total_ll)
-  return out.params, total_ll, final.count, out.n_iter, (
-      out.converged & ~failed), failed, out.jitter
+  problem = engine.Problem(X, sample_weight, jnp.asarray(tol, X.dtype),
+                           jnp.asarray(reg_covar, X.dtype), mask=mask)
+  r, state = engine.run(engine.EMStep(), params, problem, prev_ll=-jnp.inf,
+                        max_iter=max_iter,
+                        history_len=engine.history_length(max_iter),
+                        callback=callback)
+  return (r.params, state.stats.log_likelihood, state.stats.count, r.n_iter,
+          r.converged, r.failed, r.jitter)
 
 
 @functools.partial(jax.jit, static_argnames=(
@@ -246,9 +193,7 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
     raise ValueError(f"k_range has repeated values: {ks}.")
   if not isinstance(n_init, int) or n_init < 1:
     raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
-  if not isinstance(max_iter, int) or max_iter < 0:
-    raise ValueError(f"max_iter should be a non-negative int, got "
-                     f"{max_iter!r}.")
+  max_iter = engine.check_max_iter(max_iter)
   X = checks.as_data(X)
   n_samples, n_features = X.shape
   if max(ks) > n_samples:
