@@ -190,7 +190,7 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
                     max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                     prev_log_likelihood=-jnp.inf,
                     callback: Callable | None = None,
-                    return_info: bool = False):
+                    return_info: bool = False, throw: bool = False):
   """Fits a Gaussian mixture by SQUAREM-accelerated EM (one ``while_loop``).
 
   Same arguments, stopping rule and result as :func:`gmmjax.fit`, with EM's
@@ -220,6 +220,8 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     callback: optional host ``callback(n_iter, log_likelihood, change)``.
     return_info: also return an :class:`AccelInfo` (accepted/rejected
       extrapolations).
+    throw: raise an error when the fit fails, does not converge or
+      degenerates, as :func:`gmmjax.fit`'s ``throw``.
 
   Returns:
     A :class:`gmmjax.FitResult`, or ``(FitResult, AccelInfo)``.
@@ -234,6 +236,8 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     ...     r.history[:int(r.n_iter)]) >= -1e-6))
     (True, True)
   """
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)
   max_iter = engine.check_max_iter(max_iter)
   result, info = _fit_squarem(X, params, w, jnp.asarray(tol, X.dtype),
@@ -242,4 +246,6 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
                               np.int32(max_iter),
                               history_len=engine.history_length(max_iter),
                               callback=callback)
+  if throw:
+    result = engine.error_if_bad(result, "gmmjax.fit_accelerated")
   return (result, info) if return_info else result

@@ -85,6 +85,32 @@ def as_data(X, name: str = "X"):
   return X
 
 
+@jax.jit
+def _all_finite(x):
+  return jnp.all(jnp.isfinite(x))
+
+
+def check_finite(x, name: str = "X") -> None:
+  """A ``ValueError`` if a concrete ``x`` holds NaN or infinity.
+
+  Tracers pass: their values are not known when the program is built, and
+  a fit under ``jit`` reports such data with a NaN ``log_likelihood`` and
+  ``failed`` set. NumPy input is checked on the host, before any transfer.
+  """
+  if x is None or isinstance(x, jax.core.Tracer):
+    return
+  if isinstance(x, jax.Array):
+    finite = (not jnp.issubdtype(x.dtype, jnp.inexact)) or bool(_all_finite(x))
+  else:
+    x = np.asarray(x)
+    finite = (not np.issubdtype(x.dtype, np.inexact)) or bool(
+        np.isfinite(x).all())
+  if not finite:
+    raise ValueError(
+        f"{name} contains NaN or infinity: a Gaussian mixture cannot be "
+        f"fitted to it. Drop or impute those entries first.")
+
+
 def check_params_data(params: GMMParams, X) -> None:
   """``X`` has as many features as ``params`` has."""
   if not isinstance(params, GMMParams):

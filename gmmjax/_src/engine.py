@@ -20,6 +20,7 @@ written here once. The compiled loop is :func:`batching.while_loop`, whose
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -239,6 +240,53 @@ def finish(params: GMMParams, log_likelihood, b: Books, n_positive,
                    history=b.history, failed=failed, jitter=b.jitter,
                    n_degenerate=count_degenerate(params, n_positive,
                                                  reg_covar, mask))
+
+
+class FitError(RuntimeError):
+  """A fit asked to ``throw`` failed, did not converge or degenerated."""
+
+
+def _fit_error(name: str, failed, converged, n_degenerate, n_iter):
+  """The message for results that ``throw`` refuses (``None``: all good)."""
+  failed, converged, n_degenerate, n_iter = (
+      np.asarray(v) for v in (failed, converged, n_degenerate, n_iter))
+  reasons = []
+  if failed.any():
+    reasons.append("a step went non-finite (failed=True): check the data "
+                   "for NaN or inf, or increase reg_covar")
+  elif not converged.all():
+    reasons.append(f"it did not converge in {int(n_iter.max())} iterations "
+                   f"(converged=False): increase max_iter or tol")
+  if (n_degenerate > 0).any():
+    reasons.append(f"{int(n_degenerate.max())} component(s) are empty or "
+                   f"collapsed (n_degenerate > 0): use fewer components or "
+                   f"a larger reg_covar")
+  if not reasons:
+    return None
+  return f"{name}(throw=True): " + "; ".join(reasons) + "."
+
+
+def _raise_fit_error(name, *values):
+  message = _fit_error(name, *values)
+  if message is not None:
+    raise FitError(message)
+
+
+def error_if_bad(result: FitResult, name: str) -> FitResult:
+  """``result``, or a :class:`FitError` if it failed, did not converge or
+  has degenerate components (``throw=True``).
+
+  Outside a trace the check is made here; inside one (``jit``, ``vmap``,
+  ``grad``) by a host callback of the program, whose error surfaces as a
+  ``JaxRuntimeError`` carrying this message when the program runs.
+  """
+  values = (result.failed, result.converged, result.n_degenerate,
+            result.n_iter)
+  if not any(isinstance(v, jax.core.Tracer) for v in values):
+    _raise_fit_error(name, *jax.device_get(values))
+    return result
+  jax.debug.callback(functools.partial(_raise_fit_error, name), *values)
+  return result
 
 
 # ---------------------------------------------------------------------------

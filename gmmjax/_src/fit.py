@@ -158,7 +158,8 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
         tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-jnp.inf,
         callback: Callable | None = None, prior=None,
         differentiation: str = "implicit",
-        solver: implicit_lib.ImplicitSolver | None = None) -> FitResult:
+        solver: implicit_lib.ImplicitSolver | None = None,
+        throw: bool = False) -> FitResult:
   """Fits a Gaussian mixture by EM from initial parameters.
 
   The whole loop is one compiled ``lax.while_loop``: iterate E-step and
@@ -225,6 +226,12 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
       ``log_likelihood`` stays the plain mean log-likelihood.
     differentiation: ``"implicit"``, ``"unrolled"`` or ``"none"`` (static).
     solver: :class:`ImplicitSolver` settings for the implicit mode.
+    throw: raise an error when the fit fails, does not converge or has
+      degenerate components (``n_degenerate > 0``), instead of reporting it
+      on the result: a ``FitError`` (a ``RuntimeError``) when called
+      outside ``jit``; inside ``jit``, ``vmap`` or ``grad`` a host callback
+      raises it when the program runs (a ``JaxRuntimeError`` carrying its
+      message).
 
   Returns:
     A :class:`FitResult`.
@@ -240,6 +247,8 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     >>> jax.grad(loss)(X).shape
     (200, 2)
   """
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)
   max_iter = check_max_iter(max_iter)
   if differentiation not in DIFFERENTIATION_MODES:
@@ -248,11 +257,11 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   if prior is not None:
     prior = priors_lib.as_prior(prior, X.dtype, params.n_components,
                                 params.n_features)
-  return fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood,
-                     prior, np.int32(max_iter), history_length(max_iter),
-                     callback=callback, differentiation=differentiation,
-                     solver=solver,
-                     unrolled_steps=max_iter + 1)
+  result = fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood,
+                       prior, np.int32(max_iter), history_length(max_iter),
+                       callback=callback, differentiation=differentiation,
+                       solver=solver, unrolled_steps=max_iter + 1)
+  return engine.error_if_bad(result, "gmmjax.fit") if throw else result
 
 
 def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,

@@ -28,6 +28,7 @@ from jax import lax
 from gmmjax._src import checks
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import stats as stats_lib
+from gmmjax._src.engine import check_max_iter, tree_where
 from gmmjax._src.params import GMMParams, all_finite
 from gmmjax._src.unconstrained import (
     UnconstrainedParams,
@@ -128,9 +129,8 @@ def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
     new_loss = loss_fn(u)
     ok = (jnp.isfinite(new_loss) & jnp.isfinite(value)
           & all_finite(u))
-    keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
     return _Carry(
-        u=keep(u, c.u), opt_state=keep(state, c.opt_state),
+        u=tree_where(ok, u, c.u), opt_state=tree_where(ok, state, c.opt_state),
         loss=jnp.where(ok, new_loss, c.loss).astype(dtype),
         n_iter=c.n_iter + ok.astype(jnp.int32),
         history=jnp.where(ok, c.history.at[c.n_iter].set(value), c.history),
@@ -186,8 +186,7 @@ def fit_gradient(X, params: GMMParams,
     True
   """
   params, X, w = checks.prepare(params, X, sample_weight)
-  if not isinstance(max_iter, int) or max_iter < 0:
-    raise ValueError(f"max_iter should be a non-negative int, got {max_iter!r}.")
+  max_iter = check_max_iter(max_iter)
   if optimizer is None:
     optimizer = _default_optimizer()
   return _fit_gradient(X, params, w, jnp.asarray(tol, X.dtype),

@@ -30,6 +30,7 @@ from gmmjax._src import checks
 from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
+from gmmjax._src.engine import tree_where
 from gmmjax._src.params import GMMParams, all_finite
 from gmmjax._src.stats import SuffStats
 
@@ -75,7 +76,7 @@ def _online_init(X, params, w, reg_covar):
       stats, shift, params.covariance_type, reg_covar)
   ok = all_finite(new)
   return OnlineState(
-      params=jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, params),
+      params=tree_where(ok, new, params),
       stats=stats, shift=shift, step=jnp.zeros((), jnp.int32), n_seen=count,
       log_likelihood=stats.log_likelihood, failed=~ok,
       jitter=jnp.where(ok, jitter, 0.0).astype(X.dtype))
@@ -122,11 +123,9 @@ def _online_update(state: OnlineState, X, w, alpha, reg_covar):
   new, jitter = stats_lib.params_and_jitter_from_stats(
       stats, state.shift, params.covariance_type, reg_covar)
   ok = all_finite(new) & jnp.isfinite(batch.log_likelihood)
-
-  def keep(a, b):
-    return jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
   return OnlineState(
-      params=keep(new, params), stats=keep(stats, state.stats),
+      params=tree_where(ok, new, params),
+      stats=tree_where(ok, stats, state.stats),
       shift=state.shift, step=state.step + ok.astype(jnp.int32),
       n_seen=state.n_seen + jnp.where(ok, count, 0),
       log_likelihood=batch.log_likelihood, failed=~ok,
