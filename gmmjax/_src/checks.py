@@ -93,14 +93,19 @@ def _all_finite(x):
 def check_finite(x, name: str = "X") -> None:
   """A ``ValueError`` if a concrete ``x`` holds NaN or infinity.
 
-  Tracers pass: their values are not known when the program is built, and
-  a fit under ``jit`` reports such data with a NaN ``log_likelihood`` and
-  ``failed`` set. NumPy input is checked on the host, before any transfer.
+  Tracers (and concrete arrays captured by a user's ``jit``) pass: their
+  values are not known when the program is built, and a fit under ``jit``
+  reports such data with a NaN ``log_likelihood`` and ``failed`` set. NumPy input is checked on the host, before any transfer.
   """
   if x is None or isinstance(x, jax.core.Tracer):
     return
   if isinstance(x, jax.Array):
-    finite = (not jnp.issubdtype(x.dtype, jnp.inexact)) or bool(_all_finite(x))
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+      return
+    finite = _all_finite(x)
+    if isinstance(finite, jax.core.Tracer):  # a concrete array a jit captured
+      return
+    finite = bool(finite)
   else:
     x = np.asarray(x)
     finite = (not np.issubdtype(x.dtype, np.inexact)) or bool(

@@ -129,6 +129,18 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
                              failed, jitter))
 
 
+def _check_k_range(k_range) -> list[int]:
+  ks = [k for k in k_range]
+  if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(
+      k, bool) and k >= 1 for k in ks):
+    raise ValueError(f"k_range should be a non-empty sequence of positive "
+                     f"ints, got {k_range!r}.")
+  ks = [int(k) for k in ks]
+  if len(set(ks)) != len(ks):
+    raise ValueError(f"k_range has repeated values: {ks}.")
+  return ks
+
+
 def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
                         *, covariance_type: str = "full", n_init: int = 1,
                         init_params: str = "kmeans", max_iter: int = 100,
@@ -183,14 +195,7 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
   if init_params not in init_lib.INIT_METHODS:
     raise ValueError(f"init_params should be one of "
                      f"{list(init_lib.INIT_METHODS)}, got {init_params!r}.")
-  ks = [k for k in k_range]
-  if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(
-      k, bool) and k >= 1 for k in ks):
-    raise ValueError(f"k_range should be a non-empty sequence of positive "
-                     f"ints, got {k_range!r}.")
-  ks = [int(k) for k in ks]
-  if len(set(ks)) != len(ks):
-    raise ValueError(f"k_range has repeated values: {ks}.")
+  ks = _check_k_range(k_range)
   if not isinstance(n_init, int) or n_init < 1:
     raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
   max_iter = engine.check_max_iter(max_iter)
