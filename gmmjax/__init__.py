@@ -22,6 +22,7 @@ from gmmjax._src.em import (
     predict_proba,
     sample,
 )
+from gmmjax._src.engine import FitError
 from gmmjax._src.estimator import GaussianMixture
 from gmmjax._src.fit import (
     DIFFERENTIATION_MODES,
@@ -92,6 +93,7 @@ __all__ = [
     "ConjugatePrior",
     "ConvergenceWarning",
     "DIFFERENTIATION_MODES",
+    "FitError",
     "FitResult",
     "GMMParams",
     "GaussianMixture",

@@ -79,9 +79,9 @@ def test_throw_passes_a_good_fit(data):
 
 def test_throw_raises_outside_jit(data):
   X, p0 = data
-  with pytest.raises(engine.FitError, match="did not converge in 1 "):
+  with pytest.raises(gx.FitError, match="did not converge in 1 "):
     gx.fit(X, p0, tol=0.0, max_iter=1, throw=True)
-  with pytest.raises(engine.FitError, match="did not converge"):
+  with pytest.raises(gx.FitError, match="did not converge"):
     gx.fit_accelerated(X, p0, tol=0.0, max_iter=3, throw=True)
   # Without throw, the same fit is reported, not raised.
   assert not bool(gx.fit(X, p0, tol=0.0, max_iter=1).converged)
@@ -115,7 +115,7 @@ def test_throw_reports_failure_and_degenerate_components(data):
                       jnp.ones((3, 2)), "diag")
   res = gx.fit(two, p3, reg_covar=1e-3)
   assert int(res.n_degenerate) > 0
-  with pytest.raises(engine.FitError, match="n_degenerate"):
+  with pytest.raises(gx.FitError, match="n_degenerate"):
     gx.fit(two, p3, reg_covar=1e-3, throw=True)
 
 

@@ -228,7 +228,7 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     solver: :class:`ImplicitSolver` settings for the implicit mode.
     throw: raise an error when the fit fails, does not converge or has
       degenerate components (``n_degenerate > 0``), instead of reporting it
-      on the result: a ``FitError`` (a ``RuntimeError``) when called
+      on the result: a :class:`FitError` (a ``RuntimeError``) when called
       outside ``jit``; inside ``jit``, ``vmap`` or ``grad`` a host callback
       raises it when the program runs (a ``JaxRuntimeError`` carrying its
       message).
