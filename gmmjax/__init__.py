@@ -22,7 +22,6 @@ from gmmjax._src.em import (
     predict_proba,
     sample,
 )
-from gmmjax._src.engine import FitError
 from gmmjax._src.estimator import GaussianMixture
 from gmmjax._src.fit import (
     DIFFERENTIATION_MODES,
@@ -49,6 +48,7 @@ from gmmjax._src.priors import (
     map_params_from_stats,
 )
 from gmmjax._src.restarts import best_restart, fit_restarts
+from gmmjax._src.results import FitError
 from gmmjax._src.scale import (
     chunk_source,
     data_mesh,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import checks, engine
+from gmmjax._src import checks, engine, results
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.engine import tree_where
@@ -172,7 +172,7 @@ class SquaremStep(NamedTuple):
     return params, final.log_likelihood / final.count
 
   def n_positive(self, problem: engine.Problem):
-    return engine.n_positive_samples(problem.X, problem.sample_weight)
+    return results.n_positive_samples(problem.X, problem.sample_weight)
 
 
 @functools.partial(jax.jit, static_argnames=("history_len", "callback"))
@@ -244,8 +244,8 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
                               jnp.asarray(reg_covar, X.dtype),
                               jnp.asarray(prev_log_likelihood, X.dtype),
                               np.int32(max_iter),
-                              history_len=engine.history_length(max_iter),
+                              history_len=results.history_length(max_iter),
                               callback=callback)
   if throw:
-    result = engine.error_if_bad(result, "gmmjax.fit_accelerated")
+    result = results.error_if_bad(result, "gmmjax.fit_accelerated")
   return (result, info) if return_info else result

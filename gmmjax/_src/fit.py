@@ -15,14 +15,15 @@ from gmmjax._src import checks, compiling, engine
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.engine import (  # noqa: F401 - the estimator reads
+from gmmjax._src.engine import check_max_iter
+from gmmjax._src.params import GMMParams
+from gmmjax._src.results import (  # noqa: F401 - the estimator reads
   FitResult,  # count_degenerate and lower_bound from here
-  check_max_iter,
   count_degenerate,
+  error_if_bad,
   history_length,
   lower_bound,
 )
-from gmmjax._src.params import GMMParams
 
 DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
 
@@ -261,7 +262,7 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
                        prior, np.int32(max_iter), history_length(max_iter),
                        callback=callback, differentiation=differentiation,
                        solver=solver, unrolled_steps=max_iter + 1)
-  return engine.error_if_bad(result, "gmmjax.fit") if throw else result
+  return error_if_bad(result, "gmmjax.fit") if throw else result
 
 
 def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,

@@ -38,10 +38,10 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gmmjax._src import checks, engine
+from gmmjax._src import checks, engine, results
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.engine import FitResult
 from gmmjax._src.params import GMMParams
+from gmmjax._src.results import FitResult
 from gmmjax._src.stats import SuffStats
 
 DEFAULT_CHUNK_SIZE = 65536
@@ -510,7 +510,7 @@ def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
     def one(p):
       result, _ = engine.run(step, p, problem, prev_ll=prev_ll,
                              max_iter=max_iter,
-                             history_len=engine.history_length(max_iter),
+                             history_len=results.history_length(max_iter),
                              compact=False)
       return result
     return jax.vmap(one)(params) if batched else one(params)

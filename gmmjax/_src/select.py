@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import batching, checks, engine, padding
+from gmmjax._src import batching, checks, engine, padding, results
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import init as init_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
@@ -80,7 +80,7 @@ def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
                            jnp.asarray(reg_covar, X.dtype), mask=mask)
   r, state = engine.run(engine.EMStep(), params, problem, prev_ll=-jnp.inf,
                         max_iter=max_iter,
-                        history_len=engine.history_length(max_iter),
+                        history_len=results.history_length(max_iter),
                         callback=callback)
   return (r.params, state.stats.log_likelihood, state.stats.count, r.n_iter,
           r.converged, r.failed, r.jitter)
