@@ -112,7 +112,7 @@ def test_throw_reports_failure_and_degenerate_components(data):
   two = np.repeat(np.array([[0.0, 0.0], [5.0, 5.0]], np.float32), 20, axis=0)
   p3 = gx.make_params(jnp.ones(3) / 3, jnp.array([[0.0, 0.0], [5.0, 5.0],
                                                    [5.0, 5.0]]),
-                      jnp.ones((3, 2)), "diag")
+                      jnp.ones((3, 2)), covariance_type="diag")
   res = gx.fit(two, p3, reg_covar=1e-3)
   assert int(res.n_degenerate) > 0
   with pytest.raises(gx.FitError, match="n_degenerate"):

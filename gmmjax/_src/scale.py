@@ -651,7 +651,6 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
     _check_n_init,
     best_restart,
     init_restarts,
-    take,
   )
 
   _check_n_init(n_init)  # before the mesh is inspected
@@ -665,4 +664,4 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   results = fit_sharded(X, params0, sample_weight=sample_weight, mesh=mesh,
                         axis_name=axes, max_iter=max_iter, tol=tol,
                         reg_covar=reg_covar)
-  return take(results, best_restart(results)), results
+  return best_restart(results), results
