@@ -344,11 +344,12 @@ def select(args) -> int:
          if _want_progress(args) else None)
   start = time.perf_counter()
   try:
-    result = gx.select_n_components(
-        X, ks, args.criterion, covariance_type=args.covariance_type,
-        n_init=args.n_init, init_params=args.init_params,
-        max_iter=args.max_iter, tol=args.tol, reg_covar=args.reg_covar,
-        key=jax.random.key(args.seed), callback=bar)
+    result = gx.select_n_components(jax.random.key(args.seed), X, ks,
+                                    covariance_type=args.covariance_type,
+                                    n_init=args.n_init, method=args.init_params,
+                                    max_iter=args.max_iter, tol=args.tol,
+                                    reg_covar=args.reg_covar, callback=bar,
+                                    criterion=args.criterion)
   finally:
     if bar is not None:
       bar.close()

@@ -34,8 +34,8 @@ def fits(request):
     acc, info = fit_accelerated(X, p0, max_iter=5000, tol=1e-11,
                                 return_info=True)
     # One more EM step from each end point: how far from a fixed point.
-    em_next, _ = gx.em_step(em.params, X)
-    acc_next, _ = gx.em_step(acc.params, X)
+    em_next, _ = gx.em_step(X, em.params)
+    acc_next, _ = gx.em_step(X, acc.params)
     yield dict(X=X, p0=p0, em=em, acc=acc, info=info, em_next=em_next,
                acc_next=acc_next)
 
@@ -79,8 +79,8 @@ def test_log_likelihood_never_decreases(fits):
 def test_alpha_one_is_two_em_steps(x64):
   X = jnp.asarray(_overlapping(1)[:300])
   p0 = gx.init_params(jax.random.key(2), X, 3, covariance_type="full")
-  p1, _ = gx.em_step(p0, X)
-  p2, _ = gx.em_step(p1, X)
+  p1, _ = gx.em_step(X, p0)
+  p2, _ = gx.em_step(X, p1)
   point, alpha = squarem_point(p0, p1, p2, jnp.asarray(1.0))
   assert float(alpha) == 1.0
   for a, b in zip(jax.tree.leaves(point), jax.tree.leaves(p2)):

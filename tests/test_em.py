@@ -93,7 +93,9 @@ def test_one_em_iteration_matches_numpy_reference(data, cov_type, weighted,
   np.testing.assert_allclose(np.asarray(new.covariances), rcov, rtol=1e-9,
                              atol=1e-10)
   # em_step (the fused statistics path used by fit) gives the same.
-  fused, fused_ll = gx.em_step(params, X, sw if weighted else None, reg)
+  fused, fused_ll = gx.em_step(X, params,
+                               sample_weight=sw if weighted else None,
+                               reg_covar=reg)
   np.testing.assert_allclose(float(fused_ll), rll, rtol=1e-12)
   np.testing.assert_allclose(np.asarray(fused.covariances), rcov, rtol=1e-9,
                              atol=1e-10)

@@ -140,7 +140,7 @@ def test_traced_max_iter_names_the_argument_and_the_fix(data, name):
       "fit_accelerated": lambda m: gx.fit_accelerated(X, p0, max_iter=m),
       "fit_chunked": lambda m: gx.fit_chunked(X, p0, max_iter=m),
       "fit_sharded": lambda m: gx.fit_sharded(X, p0, max_iter=m),
-      "select": lambda m: gx.select_n_components(X, [1, 2], max_iter=m),
+      "select": lambda m: gx.select_n_components(jax.random.key(0), X, [1, 2], max_iter=m),
   }
   with pytest.raises(ValueError,
                      match=r"max_iter is traced.*static_argnames='max_iter'"):

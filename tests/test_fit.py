@@ -36,7 +36,8 @@ def test_history_never_decreases_and_result_is_consistent(X, cov_type, x64):
   assert float(res.log_likelihood) >= hist[n - 1] - 1e-12
   assert float(res.lower_bound) == hist[n - 1]
   # params are exactly n_iter EM iterations from p0.
-  step = jax.jit(lambda p: gx.em_step(p, X, None, 1e-6)[0])
+  step = jax.jit(lambda p: gx.em_step(X, p, sample_weight=None,
+                                      reg_covar=1e-6)[0])
   p = p0
   for _ in range(n):
     p = step(p)

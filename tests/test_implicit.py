@@ -242,7 +242,7 @@ def _em_jacobian(X, params, reg):
 
   def step(v):
     p = implicit.params_from_theta(unravel(v), ctype)
-    new, _ = fit_lib.em_step(p, X, None, reg)
+    new, _ = fit_lib.em_step(X, p, sample_weight=None, reg_covar=reg)
     return jax.flatten_util.ravel_pytree(implicit.theta_from_params(new))[0]
 
   return flat, unravel, step, jax.jit(jax.jacfwd(step))(flat)
@@ -264,7 +264,7 @@ def test_fixed_point_system_is_nonsingular_and_krylov_matches_dense(x64):
 
   def step_inputs(theta, X):
     p = implicit.params_from_theta(theta, "full")
-    new, _ = fit_lib.em_step(p, X, None, REG)
+    new, _ = fit_lib.em_step(X, p, sample_weight=None, reg_covar=REG)
     return implicit.theta_from_params(new)
 
   theta = unravel(flat)

@@ -108,8 +108,9 @@ def test_e_step_stats_matches_numpy(x64, request, ctype, chunked,
   if per_component:
     shift = means + 0.1
   params = gx.make_params(w, means, cov, covariance_type=ctype)
-  got = stats_lib.e_step_stats(params, jnp.asarray(X), jnp.asarray(sw),
-                               jnp.asarray(shift))
+  got = stats_lib.e_step_stats(params, jnp.asarray(X),
+                               sample_weight=jnp.asarray(sw),
+                               shift=jnp.asarray(shift))
   ref, wlp = _ref_stats(X, w, means, cov, ctype, sw, shift)
   _check_stats(got, ref, 1e-10)
   np.testing.assert_allclose(
@@ -248,7 +249,7 @@ def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
   sw = jnp.asarray(np.random.default_rng(10).uniform(0.5, 1.5, 260))
 
   def objective(X, sw, means):
-    s = stats_lib.e_step_stats(params.replace(means=means), X, sw)
+    s = stats_lib.e_step_stats(params.replace(means=means), X, sample_weight=sw)
     return (s.log_likelihood + jnp.sum(jnp.sin(s.sx)) + jnp.sum(s.sxx ** 2)
             * 1e-4 + jnp.sum(jnp.cos(s.nk)))
 
@@ -330,7 +331,6 @@ def test_direct_e_step_stats_match_numpy(x64, ctype, k, d):
   (3, 2) takes the unrolled tiny-D, tiny-K code; (10, 6) the einsum one.
   """
   direct = chunks.ChunkOptions(direct_max_entries=1 << 30)
-  e_step_stats = functools.partial(stats_lib.e_step_stats, chunking=direct)
   w, means, cov = _random_params(30 + d, ctype, K=k, D=d)
   rng = np.random.default_rng(31)
   X = jnp.asarray(rng.normal(0, 3, (200, d)))
@@ -338,6 +338,11 @@ def test_direct_e_step_stats_match_numpy(x64, ctype, k, d):
   params = gx.make_params(w, means, cov, covariance_type=ctype)
   shift = means + 0.1
   args = (params, X, jnp.asarray(sw), jnp.asarray(shift))
+
+  def e_step_stats(p, X, w, shift):
+    return stats_lib.e_step_stats(p, X, sample_weight=w, shift=shift,
+                                  chunking=direct)
+
   # No guard: its batch-wide predicate (any_in_batch) is absent.
   assert "custom_vmap" not in str(jax.make_jaxpr(e_step_stats)(*args))
   got = e_step_stats(*args)
@@ -366,9 +371,13 @@ def test_exact_fallbacks_in_pieces_match_numpy(x64, retrace, ctype):
   params = gx.make_params(w, means + 50.0, cov, covariance_type=ctype)
   shift = np.asarray(params.means) + 0.1
   args = (params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
-  jaxpr = str(jax.make_jaxpr(stats_lib.e_step_stats)(*args))
+
+  def e_step_stats(p, X, w, shift):
+    return stats_lib.e_step_stats(p, X, sample_weight=w, shift=shift)
+
+  jaxpr = str(jax.make_jaxpr(e_step_stats)(*args))
   assert jaxpr.count("scan") >= 2  # both fallbacks loop
-  got = stats_lib.e_step_stats(*args)
+  got = e_step_stats(*args)
   ref, _ = _ref_stats(X, w, means + 50.0, cov, ctype, sw, shift)
   _check_stats(got, ref, 1e-10)
 
@@ -571,9 +580,12 @@ def test_params_from_stats_with_component_shift(x64, ctype):
   X = _data(21)
   resp = rng.dirichlet(np.ones(K), N)
   shift = rng.normal(size=(K, D))
-  stats = stats_lib.stats_from_resp(jnp.asarray(X), jnp.asarray(resp), None,
-                                    jnp.asarray(shift), ctype)
-  p = stats_lib.params_from_stats(stats, jnp.asarray(shift), ctype, 1e-3)
+  stats = stats_lib.stats_from_resp(jnp.asarray(X), jnp.asarray(resp),
+                                    sample_weight=None,
+                                    shift=jnp.asarray(shift),
+                                    covariance_type=ctype)
+  p = stats_lib.params_from_stats(stats, jnp.asarray(shift),
+                                  covariance_type=ctype, reg_covar=1e-3)
   ref = gx.m_step(jnp.asarray(X), jnp.log(jnp.asarray(resp)),
                   covariance_type=ctype, reg_covar=1e-3)
   np.testing.assert_allclose(np.asarray(p.means), np.asarray(ref.means),
@@ -603,8 +615,8 @@ def test_float32_nearly_singular_component_with_component_shift():
     r = jnp.asarray(resp, dtype)
     # Shifts: the responsibility-weighted means, rounded to the dtype.
     shift = (r.T @ Xj) / jnp.sum(r, axis=0)[:, None]
-    s = stats_lib.stats_from_resp(Xj, r, None, shift, "full")
-    return stats_lib.params_from_stats(s, shift, "full", 1e-6)
+    s = stats_lib.stats_from_resp(Xj, r, sample_weight=None, shift=shift, covariance_type="full")
+    return stats_lib.params_from_stats(s, shift, covariance_type="full", reg_covar=1e-6)
 
   p32 = m_step(np.float32)
   with jax.enable_x64(True):

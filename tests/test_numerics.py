@@ -246,6 +246,6 @@ def test_count_degenerate_against_numpy(ctype, x64):
   else:
     smallest = cov.min(axis=1) if ctype == "diag" else cov
   expected = np.sum((weights * n < 1) | (smallest <= 2 * reg))
-  got = int(gx.count_degenerate(p, n, reg))
+  got = int(gx.count_degenerate(p, n, reg_covar=reg))
   assert got == expected
   assert got == {"full": 2, "tied": 4, "diag": 2, "spherical": 2}[ctype]

@@ -222,8 +222,9 @@ def test_online_reports_the_cholesky_jitter(guarded_kernels):
       assert growths == 0
     # Empty components are counted against the rows of positive weight, as
     # fit does; against the total weight (0.4) every component would be.
-    assert gm.n_degenerate_ == int(gx.count_degenerate(
-        gm._online_state.params, 400, gm.reg_covar))
+    assert gm.n_degenerate_ == int(gx.count_degenerate(gm._online_state.params,
+                                                       400,
+                                                       reg_covar=gm.reg_covar))
     if name == "independent":
       assert gm.n_degenerate_ == 0 and gm.jitter_ == 0.0
   # Unweighted collinear batches need a jitter: partial_fit warns, as fit

@@ -74,7 +74,8 @@ def _init(X, ctype):
 def test_map_objective_never_decreases(x64, data, covariance_type):
   X = jnp.asarray(data)
   prior = make_prior(X, K, strength=2.0)
-  step = jax.jit(lambda p: fit_lib.em_step(p, X, None, 0.0, prior))
+  step = jax.jit(lambda p: fit_lib.em_step(X, p, sample_weight=None,
+                                           reg_covar=0.0, prior=prior))
   params = _init(X, covariance_type)
   previous = -np.inf
   for _ in range(15):
@@ -99,7 +100,8 @@ def test_map_step_maximises_q_plus_log_prior(x64, data, covariance_type):
           [1.5, 2.0, 3.0]))
   params = _init(X, covariance_type)
   log_resp = gx.e_step(params, X)[0]
-  new, _ = fit_lib.em_step(params, X, None, 0.0, prior)
+  new, _ = fit_lib.em_step(X, params, sample_weight=None, reg_covar=0.0,
+                           prior=prior)
   n = X.shape[0]
 
   def objective(theta):

@@ -24,8 +24,9 @@ def four_component_data(seed=0, n_per=120):
 def sweep():
   X = four_component_data()
   before = select._sweep._cache_size()
-  result = select.select_n_components(X, range(1, 8), "bic", n_init=2,
-                                      key=jax.random.key(0))
+  result = select.select_n_components(jax.random.key(0), X, range(1, 8),
+                                      n_init=2, criterion="bic",
+                                      method="kmeans")
   compiles = select._sweep._cache_size() - before
   return X, result, compiles
 
@@ -45,8 +46,8 @@ def test_whole_sweep_is_one_program(sweep):
   assert compiles == 1
   # Other k values of the same count and maximum reuse that program.
   before = select._sweep._cache_size()
-  select.select_n_components(X, [7, 1, 3, 4, 5, 6, 2], n_init=2,
-                             key=jax.random.key(1))
+  select.select_n_components(jax.random.key(1), X, [7, 1, 3, 4, 5, 6, 2],
+                             n_init=2, method="kmeans")
   assert select._sweep._cache_size() == before
 
 
@@ -145,8 +146,8 @@ def test_table_reports_the_cholesky_jitter(guarded_kernels):
   base = rng.normal(0, 30, (800, 2))
   collinear = np.concatenate([base, base[:, :1] - 2 * base[:, 1:]], axis=1)
   for X, needs in ((collinear, True), (rng.normal(0, 3, (800, 3)), False)):
-    result = gx.select_n_components(X.astype(np.float32), [2, 3],
-                                    max_iter=20)
+    result = gx.select_n_components(jax.random.key(0), X.astype(np.float32),
+                                    [2, 3], max_iter=20, method="kmeans")
     jitter = result.table["jitter"]
     assert jitter.shape == (2,) and np.all(jitter >= 0)
     assert bool(np.all(jitter > 0)) == needs, jitter
@@ -155,17 +156,17 @@ def test_table_reports_the_cholesky_jitter(guarded_kernels):
 def test_bad_arguments():
   X = np.random.default_rng(0).normal(size=(10, 2))
   with pytest.raises(ValueError, match="criterion"):
-    select.select_n_components(X, [1, 2], "icl")
+    select.select_n_components(jax.random.key(0), X, [1, 2], criterion="icl")
   with pytest.raises(ValueError, match="non-empty sequence of positive"):
-    select.select_n_components(X, [])
+    select.select_n_components(jax.random.key(0), X, [])
   with pytest.raises(ValueError, match="positive ints"):
-    select.select_n_components(X, [0, 1])
+    select.select_n_components(jax.random.key(0), X, [0, 1])
   with pytest.raises(ValueError, match="repeated"):
-    select.select_n_components(X, [2, 2])
+    select.select_n_components(jax.random.key(0), X, [2, 2])
   with pytest.raises(ValueError, match="n_samples >= n_components"):
-    select.select_n_components(X, [1, 11])
+    select.select_n_components(jax.random.key(0), X, [1, 11])
   with pytest.raises(ValueError, match="2-D array"):
-    select.select_n_components(X[:, 0], [1, 2])
+    select.select_n_components(jax.random.key(0), X[:, 0], [1, 2])
 
 
 def test_compacted_sweep_equals_plain_and_reports_running_fits(x64, request):
@@ -180,8 +181,8 @@ def test_compacted_sweep_equals_plain_and_reports_running_fits(x64, request):
   def sweep():
     calls = []
     result = select.select_n_components(
-        X, [1, 2, 3, 5], covariance_type="diag", init_params="random",
-        tol=1e-6, max_iter=60, key=jax.random.key(2),
+        jax.random.key(2), X, [1, 2, 3, 5], covariance_type="diag",
+        method="random", tol=1e-6, max_iter=60,
         callback=lambda n, ll, change: calls.append((int(n), float(ll))))
     jax.effects_barrier()
     return result, calls
@@ -210,10 +211,10 @@ def test_rows_equal_single_k_sweeps_with_restarts(x64):
   key 5 the restarts' fits differ (pairing keys by repeat instead of tile
   gives -4.92 against -4.317 for k=3)."""
   X = four_component_data(seed=5, n_per=40)
-  kw = dict(covariance_type="full", n_init=3, init_params="random",
-            key=jax.random.key(5), tol=1e-8, max_iter=40)
-  both = select.select_n_components(X, [1, 3], **kw)
-  alone = select.select_n_components(X, [3], **kw)
+  kw = dict(covariance_type="full", n_init=3, method="random", tol=1e-8,
+            max_iter=40)
+  both = select.select_n_components(jax.random.key(5), X, [1, 3], **kw)
+  alone = select.select_n_components(jax.random.key(5), X, [3], **kw)
   for name in ("log_likelihood", "n_iter", "bic"):
     np.testing.assert_allclose(both.table[name][1], alone.table[name][0],
                                rtol=1e-12)

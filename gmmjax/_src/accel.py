@@ -131,8 +131,9 @@ class SquaremStep(NamedTuple):
 
   def step(self, c: _State, problem: engine.Problem, started):
     del started
-    new, ll, jitter = em_step_jitter(c.point, problem.X,
-                                     problem.sample_weight, problem.reg_covar)
+    new, ll, jitter = em_step_jitter(problem.X, c.point,
+                                     sample_weight=problem.sample_weight,
+                                     reg_covar=problem.reg_covar)
     ok = all_finite(new) & jnp.isfinite(ll)
     p0, p1, p2 = c.phase == 0, c.phase == 1, c.phase == 2
     accept = p2 & ok & (ll >= c.ll1)
@@ -168,7 +169,8 @@ class SquaremStep(NamedTuple):
     keeps the last finite iterate.
     """
     params = tree_where(c.phase == 0, c.base, c.mid)
-    final = stats_lib.e_step_stats(params, problem.X, problem.sample_weight)
+    final = stats_lib.e_step_stats(params, problem.X,
+                                   sample_weight=problem.sample_weight)
     return params, final.log_likelihood / final.count
 
   def n_positive(self, problem: engine.Problem):

@@ -105,8 +105,11 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
   # Per-component centres (the weighted means): no cancellation in float32.
   shift = jax.lax.stop_gradient(
       mm.matmul(rw.T, X) / (jnp.sum(rw, axis=0)[:, None] + 10 * jnp.finfo(X.dtype).eps))
-  stats = stats_lib.stats_from_resp(X, resp, w, shift, covariance_type)
-  return stats_lib.params_from_stats(stats, shift, covariance_type, reg_covar)
+  stats = stats_lib.stats_from_resp(X, resp, sample_weight=w, shift=shift,
+                                    covariance_type=covariance_type)
+  return stats_lib.params_from_stats(stats, shift,
+                                     covariance_type=covariance_type,
+                                     reg_covar=reg_covar)
 
 
 @jax.jit

@@ -123,7 +123,8 @@ def finish(params: GMMParams, log_likelihood, b: Books, n_positive,
                    n_iter=b.n_iter, converged=b.converged & ~failed,
                    history=b.history, failed=failed, jitter=b.jitter,
                    n_degenerate=count_degenerate(params, n_positive,
-                                                 reg_covar, mask))
+                                                 reg_covar=reg_covar,
+                                                 mask=mask))
 
 
 # ---------------------------------------------------------------------------
@@ -212,8 +213,9 @@ class EMStep(NamedTuple):
   def evaluate(self, params: GMMParams, problem: Problem):
     """The E-step's statistics of ``params`` over all the data."""
     shift = stats_lib.component_shift(params)
-    stats = stats_lib.e_step_stats(params, problem.X, problem.sample_weight,
-                                   shift)
+    stats = stats_lib.e_step_stats(params, problem.X,
+                                   sample_weight=problem.sample_weight,
+                                   shift=shift)
     return stats if self.reduce is None else self.reduce(stats)
 
   def conclude(self, state: EMState, started, new, jitter, stats,

@@ -710,8 +710,9 @@ class GaussianMixture:
     self._set_fitted(
         state.params, converged=False, n_iter=int(state.step) + 1,
         lower_bound=state.log_likelihood, jitter=state.jitter,
-        n_degenerate=fit_lib.count_degenerate(
-            state.params, self._online_n_positive, float(self.reg_covar)))
+        n_degenerate=fit_lib.count_degenerate(state.params,
+                                              self._online_n_positive,
+                                              reg_covar=float(self.reg_covar)))
     return self
 
   def sample(self, n_samples=1):

@@ -29,13 +29,15 @@ DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
 
 
 @jax.jit
-def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
+def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
             prior=None):
   """One EM iteration (E then M) through the sufficient statistics.
 
+  Data first, as in :func:`fit` (``em_step(X, params)``).
+
   Args:
-    params: current parameters.
     X: ``(N, D)`` samples.
+    params: current parameters.
     sample_weight: optional ``(N,)`` non-negative weights.
     reg_covar: non-negative regulariser added to covariance diagonals.
     prior: optional :class:`ConjugatePrior`: MAP-EM (the M-step is the
@@ -46,16 +48,17 @@ def em_step(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
     ``params`` (computed by the E-step): the mean log-likelihood, plus
     ``log_prior(params) / sum(sample_weight)`` with a prior.
   """
-  new, objective, _ = em_step_jitter(params, X, sample_weight, reg_covar,
-                                     prior)
+  new, objective, _ = em_step_jitter(X, params, sample_weight=sample_weight,
+                                     reg_covar=reg_covar, prior=prior)
   return new, objective
 
 
-def em_step_jitter(params: GMMParams, X, sample_weight=None, reg_covar=1e-6,
-                   prior=None):
+def em_step_jitter(X, params: GMMParams, *, sample_weight=None,
+                   reg_covar=1e-6, prior=None):
   """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
   shift = stats_lib.component_shift(params)
-  stats = stats_lib.e_step_stats(params, X, sample_weight, shift)
+  stats = stats_lib.e_step_stats(params, X, sample_weight=sample_weight,
+                                 shift=shift)
   new, jitter = engine.m_step_from_stats(params, stats, reg_covar, prior)
   return new, engine.objective(params, stats, prior), jitter
 
@@ -123,8 +126,8 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
 
   def step(theta, inp):
     x, w, reg, pri = inp
-    new, _ = em_step(implicit_lib.params_from_theta(theta, ctype, prec_chol),
-                     x, w, reg, pri)
+    new, _ = em_step(x, implicit_lib.params_from_theta(theta, ctype, prec_chol),
+                     sample_weight=w, reg_covar=reg, prior=pri)
     return implicit_lib.theta_from_params(new)
 
   theta = implicit_lib.theta_from_params(out.params)

@@ -121,7 +121,7 @@ def as_prior(prior: ConjugatePrior, dtype, n_components: int,
   return p
 
 
-def map_params_from_stats(stats: SuffStats, shift, covariance_type: str,
+def map_params_from_stats(stats: SuffStats, shift, *, covariance_type: str,
                           reg_covar, prior: ConjugatePrior) -> GMMParams:
   """The MAP M-step: the mode of the posterior given the statistics.
 

@@ -67,7 +67,7 @@ def history_length(max_iter: int) -> int:
   return max(8, 1 << (int(max_iter) - 1).bit_length())
 
 
-def count_degenerate(params: GMMParams, n_samples, reg_covar,
+def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
                      mask=None) -> jax.Array:
   """Number of empty or collapsed components of ``params`` (int32 scalar).
 

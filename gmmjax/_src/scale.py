@@ -77,7 +77,7 @@ def _balanced_rows(n: int, chunk_size: int | None) -> int:
   return max(-(-n // n_chunks), 1)
 
 
-def chunk_source(data, sample_weight=None, chunk_size: int | None = None
+def chunk_source(data, *, sample_weight=None, chunk_size: int | None = None
                  ) -> Callable[[], Iterator[tuple[Any, Any]]]:
   """A function that returns a fresh iterator of ``(X_chunk, w_chunk)``.
 
@@ -227,7 +227,8 @@ def _accumulate(acc, params: GMMParams, X, w, shift):
   """Adds a chunk's statistics and its count of positive-weight rows."""
   stats, n_positive = acc
   return (stats_lib.add_stats(stats,
-                              stats_lib.e_step_stats(params, X, w, shift)),
+                              stats_lib.e_step_stats(params, X, sample_weight=w,
+                                                     shift=shift)),
           n_positive + jnp.sum(w > 0).astype(n_positive.dtype))
 
 
@@ -238,7 +239,8 @@ def _zero_stats(params: GMMParams, rows: int, dtype):
   float32, 2**53 in float64); only the degenerate-component count uses it.
   """
   shapes = jax.eval_shape(
-      stats_lib.e_step_stats, params,
+      lambda p, X, w, shift: stats_lib.e_step_stats(
+          p, X, sample_weight=w, shift=shift), params,
       jax.ShapeDtypeStruct((rows, params.n_features), dtype),
       jax.ShapeDtypeStruct((rows,), dtype),
       jax.ShapeDtypeStruct((params.n_features,), dtype))
@@ -337,7 +339,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   _refuse_tracers(data, params, sample_weight, tol, reg_covar,
                   prev_log_likelihood)
   max_iter = engine.check_max_iter(max_iter)
-  source = chunk_source(data, sample_weight, chunk_size)
+  source = chunk_source(data, sample_weight=sample_weight,
+                        chunk_size=chunk_size)
   if _is_array_like(data):
     sample = np.zeros((0, data.shape[1]), data.dtype)
     rows = _balanced_rows(data.shape[0], chunk_size)
@@ -409,7 +412,7 @@ def process_sum(tree):
       gathered, tree)
 
 
-def data_mesh(axis_name: str = "data", devices=None) -> Mesh:
+def data_mesh(axis_name: str = "data", *, devices=None) -> Mesh:
   """A 1-D mesh over all devices (of every process), for sample sharding.
 
   Axes are ``Auto`` so that plain ``jit``-ed code (and :func:`gmmjax.fit`)
@@ -420,7 +423,7 @@ def data_mesh(axis_name: str = "data", devices=None) -> Mesh:
               axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def global_data(X_local, sample_weight_local=None, *, mesh: Mesh | None = None,
+def global_data(X_local, *, sample_weight=None, mesh: Mesh | None = None,
                 axis_name: str = "data"):
   """Global sample-sharded arrays from each process's own rows.
 
@@ -432,7 +435,7 @@ def global_data(X_local, sample_weight_local=None, *, mesh: Mesh | None = None,
 
   Args:
     X_local: ``(n_local, D)`` rows held by this process.
-    sample_weight_local: optional ``(n_local,)`` weights.
+    sample_weight: optional ``(n_local,)`` weights of the local rows.
     mesh: a mesh whose ``axis_name`` axis spans all devices (default:
       :func:`data_mesh`).
     axis_name: the mesh axis to shard samples along.
@@ -454,8 +457,8 @@ def global_data(X_local, sample_weight_local=None, *, mesh: Mesh | None = None,
   if X_local.ndim != 2:
     raise ValueError(f"X_local should be 2-D, got shape {X_local.shape}.")
   n = X_local.shape[0]
-  w = (np.ones(n, dtype) if sample_weight_local is None
-       else np.asarray(sample_weight_local, dtype).reshape(n))
+  w = (np.ones(n, dtype) if sample_weight is None
+       else np.asarray(sample_weight, dtype).reshape(n))
   counts = np.asarray([n])
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -633,7 +636,7 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
 
 
 def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
-                         covariance_type: str = "full", method: str = "kmeans",
+                         covariance_type: str = "full", method: str = "k-means++",
                          sample_weight=None, mesh: Mesh | None = None,
                          axis_name=None, max_iter: int = 100, tol=1e-3,
                          reg_covar=1e-6) -> tuple[FitResult, FitResult]:

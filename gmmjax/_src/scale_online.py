@@ -63,7 +63,7 @@ def _check_alpha(alpha):
 
 
 def _batch_stats(params, X, w, shift):
-  s = stats_lib.e_step_stats(params, X, w, shift)
+  s = stats_lib.e_step_stats(params, X, sample_weight=w, shift=shift)
   return jax.tree.map(lambda a: a / s.count, s), s.count
 
 

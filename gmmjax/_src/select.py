@@ -141,11 +141,11 @@ def _check_k_range(k_range) -> list[int]:
   return ks
 
 
-def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
-                        *, covariance_type: str = "full", n_init: int = 1,
-                        init_params: str = "kmeans", max_iter: int = 100,
-                        tol=1e-3, reg_covar=1e-6, sample_weight=None,
-                        key=None, callback: Callable | None = None
+def select_n_components(key, X, k_range: Sequence[int] | range, *,
+                        criterion: str = "bic", covariance_type: str = "full",
+                        n_init: int = 1, method: str = "k-means++",
+                        max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
+                        sample_weight=None, callback: Callable | None = None
                         ) -> SelectionResult:
   """Fits a mixture for every ``k`` in ``k_range`` and picks the best by BIC/AIC.
 
@@ -161,17 +161,17 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
   samples and ``p`` the number of free parameters; lower is better.
 
   Args:
+    key: a ``jax.random`` key for the initialisations.
     X: ``(N, D)`` samples (NumPy or JAX; float64 is kept only under x64).
     k_range: candidate numbers of components (positive ints, e.g.
       ``range(1, 11)``), each at most ``N``.
     criterion: ``"bic"`` or ``"aic"``.
     covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
     n_init: restarts per ``k`` (the best log-likelihood is kept).
-    init_params: ``"kmeans"``, ``"k-means++"``, ``"random"`` or
+    method: ``"k-means++"``, ``"kmeans"``, ``"random"`` or
       ``"random_from_data"``, as in :func:`gmmjax.init_params`.
     max_iter, tol, reg_covar: as in :func:`gmmjax.fit`.
     sample_weight: optional ``(N,)`` non-negative weights.
-    key: a ``jax.random`` key (default ``jax.random.key(0)``).
     callback: optional host function ``callback(n_iter, log_likelihood,
       change)`` called by every fit after every iteration (progress).
 
@@ -180,11 +180,11 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
     all padded params.
 
   Example:
-    >>> import numpy as np, gmmjax as gx
-    >>> from gmmjax._src.select import select_n_components
+    >>> import jax, numpy as np, gmmjax as gx
     >>> rng = np.random.default_rng(0)
     >>> X = np.concatenate([rng.normal(m, 0.5, (100, 2)) for m in (-4, 0, 4)])
-    >>> res = select_n_components(X, range(1, 6), covariance_type="diag")
+    >>> res = gx.select_n_components(jax.random.key(0), X, range(1, 6),
+    ...                              covariance_type="diag")
     >>> res.best_k, res.table["k"].tolist()
     (3, [1, 2, 3, 4, 5])
   """
@@ -192,9 +192,9 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
     raise ValueError(f"criterion should be one of {list(CRITERIA)}, got "
                      f"{criterion!r}.")
   check_covariance_type(covariance_type)
-  if init_params not in init_lib.INIT_METHODS:
-    raise ValueError(f"init_params should be one of "
-                     f"{list(init_lib.INIT_METHODS)}, got {init_params!r}.")
+  if method not in init_lib.INIT_METHODS:
+    raise ValueError(f"method should be one of "
+                     f"{list(init_lib.INIT_METHODS)}, got {method!r}.")
   ks = _check_k_range(k_range)
   if not isinstance(n_init, int) or n_init < 1:
     raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
@@ -209,12 +209,10 @@ def select_n_components(X, k_range: Sequence[int] | range, criterion="bic",
   # sweep's fits are unchanged, and nearby sample counts share its program.
   X, w = padding.pad_samples(X, sample_weight=w, n_rows=padding.padded_rows(n_samples,
                                                               n_features))
-  if key is None:
-    key = jax.random.key(0)
   out = _sweep(key, X, w, jnp.asarray(ks, jnp.int32),
                jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
                n_slots=max(ks), n_init=n_init,
-               covariance_type=covariance_type, method=init_params,
+               covariance_type=covariance_type, method=method,
                max_iter=max_iter, callback=callback)
   params, total_ll, count, n_iter, converged, failed, jitter = (
       jax.device_get(out))
@@ -257,12 +255,11 @@ def format_table(result: SelectionResult) -> str:
     One header line and one line per candidate ``k``.
 
   Example:
-    >>> import numpy as np
-    >>> from gmmjax._src.select import select_n_components, format_table
+    >>> import jax, numpy as np, gmmjax as gx
     >>> rng = np.random.default_rng(0)
     >>> X = np.concatenate([rng.normal(m, 0.5, (100, 2)) for m in (-4, 0, 4)])
-    >>> table = format_table(select_n_components(X, range(1, 6),
-    ...                                          covariance_type="diag"))
+    >>> table = gx.format_table(gx.select_n_components(
+    ...     jax.random.key(0), X, range(1, 6), covariance_type="diag"))
     >>> print(table.splitlines()[0])
         k           bic           aic  log-likelihood  n_iter  converged
     >>> table.splitlines()[3].endswith("*")  # k = 3

@@ -117,8 +117,8 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
                    log_likelihood=ll)
 
 
-def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
-                    log_prob_norm=None) -> SuffStats:
+def stats_from_resp(X, resp, *, sample_weight=None, shift,
+                    covariance_type: str, log_prob_norm=None) -> SuffStats:
   """Statistics of samples ``X`` with responsibilities ``resp`` ``(N, K)``.
 
   ``shift`` is ``(D,)`` (one centre) or ``(K, D)`` (one per component, the
@@ -140,8 +140,8 @@ def stats_from_resp(X, resp, sample_weight, shift, covariance_type: str,
 
 
 @functools.partial(jax.jit, static_argnames=("chunking",))
-def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
-                 temperature=None, *,
+def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
+                 temperature=None,
                  chunking: chunks.ChunkOptions | None = None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
@@ -189,7 +189,7 @@ def e_step_stats(params: GMMParams, X, sample_weight=None, shift=None,
 
 
 @functools.partial(jax.jit, static_argnames=("covariance_type",))
-def params_from_stats(stats: SuffStats, shift, covariance_type: str,
+def params_from_stats(stats: SuffStats, shift, *, covariance_type: str,
                       reg_covar) -> GMMParams:
   """The M-step: new parameters from statistics (no data needed).
 
