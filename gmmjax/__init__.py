@@ -38,7 +38,7 @@ from gmmjax._src.gradfit import (
 )
 from gmmjax._src.implicit import ImplicitSolver, fixed_point_jvp
 from gmmjax._src.init import INIT_METHODS, init_params, kmeans, kmeans_plusplus
-from gmmjax._src.io import load, save
+from gmmjax._src.io import load, read_metadata, save
 from gmmjax._src.padding import pad_samples
 from gmmjax._src.params import GMMParams, make_params
 from gmmjax._src.priors import (
@@ -136,6 +136,7 @@ __all__ = [
     "kmeans",
     "kmeans_plusplus",
     "load",
+    "read_metadata",
     "local_copy",
     "log_likelihood",
     "log_prior",

@@ -230,10 +230,9 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
 
   Example:
     >>> import jax, gmmjax as gx
-    >>> from gmmjax._src.accel import fit_accelerated
     >>> X = jax.random.normal(jax.random.key(0), (300, 2))
     >>> p0 = gx.init_params(jax.random.key(1), X, 2, covariance_type="diag")
-    >>> r = fit_accelerated(X, p0, tol=1e-6, max_iter=500)
+    >>> r = gx.fit_accelerated(X, p0, tol=1e-6, max_iter=500)
     >>> bool(r.converged), bool(jax.numpy.all(jax.numpy.diff(
     ...     r.history[:int(r.n_iter)]) >= -1e-6))
     (True, True)

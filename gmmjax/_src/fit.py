@@ -174,7 +174,7 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   under ``jax.jit`` and ``jax.vmap`` (over a batch of initial params or of
   problems): each member's result equals its separate fit, and on CPU a
   large batch iterates only the members still running, in blocks, so that
-  finished members cost nothing (:mod:`gmmjax._src.batching`).
+  finished members cost nothing.
 
   Numerical trouble is reported on the result, never returned as NaN:
 

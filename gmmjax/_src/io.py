@@ -586,12 +586,11 @@ def read_metadata(path) -> dict:
 
   Example:
     >>> import os, tempfile, jax.numpy as jnp, gmmjax as gx
-    >>> from gmmjax._src.io import save, read_metadata
     >>> p = gx.make_params(jnp.ones(1), jnp.zeros((1, 2)), jnp.ones((1, 2)),
     ...                    covariance_type="diag")
     >>> path = os.path.join(tempfile.mkdtemp(), "p.npz")
-    >>> save(path, p)
-    >>> meta = read_metadata(path)
+    >>> gx.save(path, p)
+    >>> meta = gx.read_metadata(path)
     >>> meta["format_version"], meta["kind"], meta["n_features"]
     (1, 'params', 2)
   """

@@ -75,9 +75,8 @@ def make_prior(X, n_components: int, *, strength=1.0, sample_weight=None,
 
   Example:
     >>> import jax, gmmjax as gx
-    >>> from gmmjax._src.priors import make_prior
     >>> X = jax.random.normal(jax.random.key(0), (100, 2))
-    >>> prior = make_prior(X, 3, strength=0.1)
+    >>> prior = gx.make_prior(X, 3, strength=0.1)
     >>> prior.covariance_prior.shape, round(float(prior.covariance_dof), 6)
     ((2, 2), 0.4)
   """
@@ -192,11 +191,10 @@ def log_prior(params: GMMParams, prior: ConjugatePrior):
 
   Example:
     >>> import jax.numpy as jnp, gmmjax as gx
-    >>> from gmmjax._src.priors import ConjugatePrior, log_prior
     >>> p = gx.make_params(jnp.array([0.5, 0.5]), jnp.zeros((2, 1)),
     ...                    jnp.ones(2), covariance_type="spherical")
-    >>> flat = ConjugatePrior(1.0, jnp.zeros(1), 0.0, jnp.zeros((1, 1)), 0.0)
-    >>> float(log_prior(p, flat))
+    >>> flat = gx.ConjugatePrior(1.0, jnp.zeros(1), 0.0, jnp.zeros((1, 1)), 0.0)
+    >>> float(gx.log_prior(p, flat))
     0.0
   """
   dtype = params.means.dtype

@@ -96,8 +96,8 @@ def chunk_source(data, *, sample_weight=None, chunk_size: int | None = None
   instead (``lambda: gen()``), or use :func:`fit_online`.
 
   Example:
-    >>> import numpy as np
-    >>> source = chunk_source(np.zeros((10, 2)), chunk_size=4)
+    >>> import numpy as np, gmmjax as gx
+    >>> source = gx.chunk_source(np.zeros((10, 2)), chunk_size=4)
     >>> [x.shape[0] for x, _ in source()]
     [4, 4, 2]
   """
@@ -328,10 +328,9 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
 
   Example:
     >>> import jax, numpy as np, gmmjax as gx
-    >>> from gmmjax._src.scale import fit_chunked
     >>> X = np.random.default_rng(0).normal(size=(1000, 2)).astype("float32")
     >>> p0 = gx.init_params(jax.random.key(0), X, 2, covariance_type="diag")
-    >>> a = fit_chunked(X, p0, chunk_size=256)
+    >>> a = gx.fit_chunked(X, p0, chunk_size=256)
     >>> b = gx.fit(X, p0)
     >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-4), int(a.n_iter) == int(b.n_iter)
     (True, True)
@@ -399,8 +398,8 @@ def process_sum(tree):
   ``jax.distributed.initialize``, each process streaming its own data.
 
   Example:
-    >>> import jax.numpy as jnp
-    >>> process_sum({"a": jnp.ones(2)})["a"].tolist()  # one process
+    >>> import jax.numpy as jnp, gmmjax as gx
+    >>> gx.process_sum({"a": jnp.ones(2)})["a"].tolist()  # one process
     [1.0, 1.0]
   """
   if jax.process_count() == 1:
@@ -445,8 +444,8 @@ def global_data(X_local, *, sample_weight=None, mesh: Mesh | None = None,
     ``(N',)`` sharded along samples (``N'`` the padded total).
 
   Example:
-    >>> import numpy as np
-    >>> X, w = global_data(np.ones((5, 2)))  # one process, one device
+    >>> import numpy as np, gmmjax as gx
+    >>> X, w = gx.global_data(np.ones((5, 2)))  # one process, one device
     >>> X.shape, float(w.sum())
     ((5, 2), 5.0)
   """
@@ -591,10 +590,9 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
 
   Example:
     >>> import jax, numpy as np, gmmjax as gx
-    >>> from gmmjax._src.scale import fit_sharded
     >>> X = np.random.default_rng(0).normal(size=(1000, 2)).astype("float32")
     >>> p0 = gx.init_params(jax.random.key(0), X, 2, covariance_type="diag")
-    >>> a, b = fit_sharded(X, p0), gx.fit(X, p0)
+    >>> a, b = gx.fit_sharded(X, p0), gx.fit(X, p0)
     >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-4)
     True
   """

@@ -146,7 +146,7 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
   The samples are processed in chunks (``lax.scan`` over ``dynamic_slice``
-  windows of ``X``, sized by :func:`gmmjax._src.chunks.chunk_size`):
+  windows of ``X``, sized by the memory budget of ``chunking``):
   each chunk's responsibilities are reduced to statistics at once, so no
   ``(N, K)`` or ``(N, K, D)`` array is ever materialised and peak memory is
   the data plus a few megabytes. The per-chunk work is two large GEMMs
