@@ -325,3 +325,20 @@ def test_two_processes_equal_one(x64, problem, two_processes, ctype):
   ref = reference(problem, ctype)
   assert_same_fit(out, ref, prefix=f"sharded/{ctype}/")
   assert_same_fit(out, ref, prefix=f"chunked/{ctype}/")
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_sharded_float32_chunks_of_the_guarded_form_equal_fit(
+    covariance_type):
+  # 5,000 x 8 is past the direct form's size: inside shard_map the
+  # rounding guard's branches must have the same (varying) types; a
+  # constant "nothing to redo" made fit_sharded a TypeError in float32.
+  X = np.random.default_rng(0).normal(size=(5000, 8)).astype(np.float32)
+  p0 = gx.init_params(jax.random.key(0), X, 4,
+                      covariance_type=covariance_type)
+  a, b = gx.fit_sharded(X, p0, max_iter=10), gx.fit(X, p0, max_iter=10)
+  assert int(a.n_iter) == int(b.n_iter)
+  np.testing.assert_allclose(a.history[:int(b.n_iter)],
+                             b.history[:int(b.n_iter)], rtol=1e-5)
+  np.testing.assert_allclose(a.params.means, b.params.means, rtol=1e-4,
+                             atol=1e-4)

@@ -101,8 +101,11 @@ def guarded_mahalanobis(xb, centre, means, prec_chol, covariance_type,
 
   # The (n, K) estimate only where the chunk-wide bound does not settle it.
   bound = ct.fast_form_bound(xc_sg, mc_sg, pc_sg)
+  # "Nothing to redo" derived from the chunk's own distances, not a
+  # constant: inside shard_map it must vary over the data axis as
+  # entrywise's result does (a constant is a different type there).
   redo = lax.cond(any_in_batch(jnp.any(bound > tol)), entrywise,
-                  lambda: jnp.zeros((k,), bool))
+                  lambda: jnp.zeros_like(maha_sg[0], dtype=bool))
   return lax.cond(
       any_in_batch(jnp.any(redo)),
       lambda: _exact_columns(xb, means, prec_chol, ct, maha, redo),
@@ -122,15 +125,15 @@ def _exact_columns(xb, means, prec_chol, covariance_type, maha, redo):
   per-component residuals either.
   """
   ct = cov_lib.get(covariance_type)
-  n = xb.shape[0]
 
   def column(k):
     def exact():
       mean = lax.dynamic_slice_in_dim(means, k, 1)
       prec = ct.component_factor(prec_chol, k)
       return direct_mahalanobis(xb, mean, prec, ct)[:, 0]
+    # Zeros shaped (and, under shard_map, varying) like a column of maha.
     return lax.cond(any_in_batch(redo[k]), exact,
-                    lambda: jnp.zeros((n,), maha.dtype))
+                    lambda: jnp.zeros_like(maha[:, 0]))
 
   cols = lax.map(jax.checkpoint(column), jnp.arange(means.shape[0]))
   return jnp.where(redo[None, :], cols.T.astype(maha.dtype), maha)
