@@ -170,3 +170,22 @@ def test_books_record_the_stopping_rule():
   assert bool(books.converged) and not bool(engine.running(books))
   np.testing.assert_allclose(np.asarray(books.history[:2]), [1.0, 1.05])
   assert np.all(np.isnan(np.asarray(books.history[2:])))
+
+
+def test_nan_gradients_only_where_the_fixed_point_was_not_reached(data):
+  X, p0 = data
+
+  def loss(X, max_iter, nan_gradients):
+    r = gx.fit(X, p0, tol=1e-4, max_iter=max_iter,
+               nan_gradients=nan_gradients)
+    return r.log_likelihood + jnp.sum(r.params.means ** 2)
+
+  grad = jax.jit(jax.grad(loss), static_argnums=(1, 2))
+  # Converged: the option changes nothing.
+  np.testing.assert_array_equal(grad(X, 200, True), grad(X, 200, False))
+  assert np.all(np.isfinite(grad(X, 200, True)))
+  # Stopped after one iteration: a number by default (the result's
+  # `converged` says it is not a fixed point), NaN on request.
+  assert not bool(gx.fit(X, p0, tol=1e-4, max_iter=1).converged)
+  assert np.all(np.isfinite(grad(X, 1, False)))
+  assert np.all(np.isnan(grad(X, 1, True)))

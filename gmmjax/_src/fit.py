@@ -92,6 +92,7 @@ class _Static(NamedTuple):
   history_len: int
   callback: Callable | None
   solver: implicit_lib.ImplicitSolver
+  nan_gradients: bool = False
 
 
 def _mean_log_likelihood(params: GMMParams, X, sample_weight):
@@ -142,6 +143,16 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
     return p, _mean_log_likelihood(p, x, w)
 
   _, (d_params, d_ll) = jax.jvp(outputs, (theta, inputs), (d_theta, d_inputs))
+  if static.nan_gradients:
+    # The implicit derivative holds at a fixed point only: a fit that
+    # failed, stopped before converging or kept a degenerate component
+    # has none, and its tangents are NaN rather than a plausible number.
+    # A product, not a select: reverse mode transposes it into the
+    # cotangents too (a select's constant branch would transpose to 0).
+    bad = out.failed | ~out.converged | (out.n_degenerate > 0)
+    d_params, d_ll = jax.tree.map(
+        lambda t: t * jnp.where(bad, jnp.nan, 1.0).astype(t.dtype),
+        (d_params, d_ll))
   d_out = FitResult(
       params=d_params,
       log_likelihood=d_ll.astype(out.log_likelihood.dtype),
@@ -163,7 +174,7 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
         callback: Callable | None = None, prior=None,
         differentiation: str = "implicit",
         solver: implicit_lib.ImplicitSolver | None = None,
-        throw: bool = False) -> FitResult:
+        throw: bool = False, nan_gradients: bool = False) -> FitResult:
   """Fits a Gaussian mixture by EM from initial parameters.
 
   The whole loop is one compiled ``lax.while_loop``: iterate E-step and
@@ -236,6 +247,11 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
       outside ``jit``; inside ``jit``, ``vmap`` or ``grad`` a host callback
       raises it when the program runs (a ``JaxRuntimeError`` carrying its
       message).
+    nan_gradients: with implicit differentiation, make the derivatives
+      (``jax.grad``, ``jax.jvp``) NaN when the fit failed, did not
+      converge or has degenerate components, where the fixed-point
+      derivative does not hold (by default they are returned and the
+      result's ``failed``, ``converged`` and ``n_degenerate`` say so).
 
   Returns:
     A :class:`FitResult`.
@@ -264,14 +280,16 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   result = fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood,
                        prior, np.int32(max_iter), history_length(max_iter),
                        callback=callback, differentiation=differentiation,
-                       solver=solver, unrolled_steps=max_iter + 1)
+                       solver=solver, unrolled_steps=max_iter + 1,
+                       nan_gradients=nan_gradients)
   return error_if_bad(result, "gmmjax.fit") if throw else result
 
 
 def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len: int, *, callback=None,
                 differentiation="implicit", solver=None,
-                unrolled_steps: int | None = None, mask=None) -> FitResult:
+                unrolled_steps: int | None = None, mask=None,
+                nan_gradients: bool = False) -> FitResult:
   """:func:`fit` on checked arguments; ``max_iter`` may be traced here
   (``history_len`` static), e.g. inside a vmapped restart program.
 
@@ -292,7 +310,7 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                                    prev_log_likelihood))):
     static = _Static(history_len, callback,
                      implicit_lib.ImplicitSolver() if solver is None
-                     else solver)
+                     else solver, bool(nan_gradients))
     return _fit_implicit(static, X, params, w, tol, reg_covar,
                          jnp.asarray(prev_log_likelihood, X.dtype), prior,
                          max_iter)
