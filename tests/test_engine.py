@@ -189,3 +189,14 @@ def test_nan_gradients_only_where_the_fixed_point_was_not_reached(data):
   assert not bool(gx.fit(X, p0, tol=1e-4, max_iter=1).converged)
   assert np.all(np.isfinite(grad(X, 1, False)))
   assert np.all(np.isnan(grad(X, 1, True)))
+
+
+@pytest.mark.parametrize("entry", ["fit_restarts", "select_n_components"])
+def test_restarts_and_selection_refuse_non_finite_data(data, entry):
+  X, _ = data
+  key = jax.random.key(0)
+  call = {"fit_restarts": lambda X: gx.fit_restarts(key, X, 2),
+          "select_n_components": lambda X: gx.select_n_components(
+              key, X, [1, 2])}[entry]
+  with pytest.raises(ValueError, match="X contains NaN or infinity"):
+    call(with_bad_entry(X, np.nan))

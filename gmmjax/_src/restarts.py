@@ -145,6 +145,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
     >>> runs.log_likelihood.shape, bool(best.log_likelihood >= runs.log_likelihood.max())
     ((4,), True)
   """
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
   results = restart_results(key, X, n_components, n_init=n_init,
                             covariance_type=covariance_type, method=method,
                             max_iter=max_iter, tol=tol, reg_covar=reg_covar,

@@ -141,6 +141,23 @@ def _check_k_range(k_range) -> list[int]:
   return ks
 
 
+def _check_options(X, sample_weight, k_range, criterion, covariance_type,
+                   method, n_init) -> list[int]:
+  """The checked ``k_range``, or a ``ValueError`` naming the bad option."""
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
+  if criterion not in CRITERIA:
+    raise ValueError(f"criterion should be one of {list(CRITERIA)}, got "
+                     f"{criterion!r}.")
+  check_covariance_type(covariance_type)
+  if method not in init_lib.INIT_METHODS:
+    raise ValueError(f"method should be one of "
+                     f"{list(init_lib.INIT_METHODS)}, got {method!r}.")
+  if not isinstance(n_init, int) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  return _check_k_range(k_range)
+
+
 def select_n_components(key, X, k_range: Sequence[int] | range, *,
                         criterion: str = "bic", covariance_type: str = "full",
                         n_init: int = 1, method: str = "k-means++",
@@ -188,16 +205,8 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
     >>> res.best_k, res.table["k"].tolist()
     (3, [1, 2, 3, 4, 5])
   """
-  if criterion not in CRITERIA:
-    raise ValueError(f"criterion should be one of {list(CRITERIA)}, got "
-                     f"{criterion!r}.")
-  check_covariance_type(covariance_type)
-  if method not in init_lib.INIT_METHODS:
-    raise ValueError(f"method should be one of "
-                     f"{list(init_lib.INIT_METHODS)}, got {method!r}.")
-  ks = _check_k_range(k_range)
-  if not isinstance(n_init, int) or n_init < 1:
-    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  ks = _check_options(X, sample_weight, k_range, criterion,
+                      covariance_type, method, n_init)
   max_iter = engine.check_max_iter(max_iter)
   X = checks.as_data(X)
   n_samples, n_features = X.shape
@@ -207,8 +216,8 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
   w = checks.as_sample_weight(sample_weight, n_samples, X.dtype)
   # Padded to the ladder with rows of weight 0 (padding.pad_samples): the
   # sweep's fits are unchanged, and nearby sample counts share its program.
-  X, w = padding.pad_samples(X, sample_weight=w, n_rows=padding.padded_rows(n_samples,
-                                                              n_features))
+  X, w = padding.pad_samples(
+      X, sample_weight=w, n_rows=padding.padded_rows(n_samples, n_features))
   out = _sweep(key, X, w, jnp.asarray(ks, jnp.int32),
                jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
                n_slots=max(ks), n_init=n_init,
