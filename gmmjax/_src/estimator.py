@@ -27,7 +27,15 @@ import warnings
 import jax
 import numpy as np
 
-from gmmjax._src import cache, compiling, em, padding, restarts, scale_online
+from gmmjax._src import (
+    cache,
+    checks,
+    compiling,
+    em,
+    padding,
+    restarts,
+    scale_online,
+)
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
@@ -287,6 +295,17 @@ class GaussianMixture:
   def _fitted_type(self) -> str:
     return getattr(self, "_fitted_covariance_type", self.covariance_type)
 
+  def _continue_fit(self, X, prev_log_likelihood, kwargs):
+    """``gx.fit`` from the fitted parameters on data ``_validate_X`` and
+    ``check_sample_weight`` already checked: ``gx.fit``'s own finiteness
+    check would be a second pass (and a program) over the same data."""
+    params, X, w = checks.prepare(self._params(), X, kwargs["sample_weight"])
+    max_iter = kwargs["max_iter"]
+    return fit_lib.fit_checked(
+        X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
+        None, np.int32(max_iter), fit_lib.history_length(max_iter),
+        callback=kwargs["callback"])
+
   def _params(self, n_slots: int | None = None) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``
     component slots (the extra ones of weight 0)."""
@@ -538,8 +557,7 @@ class GaussianMixture:
     if warm:
       prev = (self.lower_bound_ if np.isfinite(self.lower_bound_)
               else -np.inf)
-      results = fit_lib.fit(X, self._params(), prev_log_likelihood=prev,
-                            **kwargs)
+      results = self._continue_fit(X, prev, kwargs)
     else:
       results = self._fit_restarts(X, kwargs)
     result, lower_bound = self._kept_restart(results, warm, start)
