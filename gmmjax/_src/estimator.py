@@ -1,10 +1,11 @@
 """``GaussianMixture``: a scikit-learn-style estimator over the functional core.
 
-It converts and validates NumPy input, runs the compiled core and stores
-NumPy results. scikit-learn is not needed: ``get_params``/``set_params``
-follow its conventions, so ``clone``, ``Pipeline`` and ``GridSearchCV`` work,
-and ``sklearn.utils.estimator_checks.check_estimator`` passes (its tags come
-from ``__sklearn_tags__``, which imports scikit-learn only when asked).
+It converts and validates NumPy input (and DataFrames, whose column names
+become ``feature_names_in_``), runs the compiled core and stores NumPy
+results. scikit-learn is optional: when it is importable the estimator is a
+``sklearn.base.BaseEstimator`` and ``DensityMixin`` (sklearn_compat), and
+``sklearn.utils.estimator_checks.check_estimator`` passes; without it, the
+same parameter protocol and checks work on their own.
 
 Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
 
@@ -20,7 +21,6 @@ Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 import warnings
 
@@ -38,6 +38,7 @@ from gmmjax._src import (
 )
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
+from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
 from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
 
@@ -116,7 +117,7 @@ def _best_by_lower_bound(lower_bounds, failed) -> int:
   return 0 if best is None else best
 
 
-class GaussianMixture:
+class GaussianMixture(compat.DensityEstimator):
   """Gaussian mixture fitted by EM, with scikit-learn's interface.
 
   Parameters, defaults and fitted attributes are those of
@@ -136,6 +137,11 @@ class GaussianMixture:
     warm_start: continue from the fitted parameters on the next ``fit``.
     verbose: 0 silent, 1 iteration numbers, 2 also log-likelihood and timing.
     verbose_interval: iterations between progress lines.
+
+  Fitted on a pandas DataFrame whose column names are all strings, it also
+  sets ``feature_names_in_``; later data with other, missing or reordered
+  columns are refused (and data without names warned about), as in
+  scikit-learn.
 
   Beyond scikit-learn's fitted attributes, ``fit`` sets two diagnostics of
   the kept restart (:class:`gmmjax.FitResult`): ``jitter_``, the largest
@@ -162,6 +168,17 @@ class GaussianMixture:
     [-5.0, 5.0]
   """
 
+  _parameter_spec = dict(
+      n_components=compat.integer(1),
+      covariance_type=compat.options(*COVARIANCE_TYPES),
+      tol=compat.real(0.0), reg_covar=compat.real(0.0),
+      max_iter=compat.integer(0), n_init=compat.integer(1),
+      init_params=compat.options(*init_lib.INIT_METHODS),
+      weights_init=compat.ARRAY_OR_NONE, means_init=compat.ARRAY_OR_NONE,
+      precisions_init=compat.ARRAY_OR_NONE,
+      random_state=compat.RANDOM_STATE, warm_start=compat.BOOLEAN,
+      verbose=compat.VERBOSE, verbose_interval=compat.integer(1))
+
   def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
                weights_init=None, means_init=None, precisions_init=None,
@@ -182,68 +199,16 @@ class GaussianMixture:
     self.verbose = verbose
     self.verbose_interval = verbose_interval
 
-  # -- scikit-learn's parameter protocol -----------------------------------
-
-  @classmethod
-  def _get_param_names(cls):
-    sig = inspect.signature(cls.__init__)
-    return sorted(p.name for p in sig.parameters.values()
-                  if p.name != "self" and p.kind != p.VAR_KEYWORD)
-
-  def get_params(self, deep=True):
-    """Constructor parameters as a dict (scikit-learn's protocol)."""
-    del deep  # no nested estimators
-    return {name: getattr(self, name) for name in self._get_param_names()}
-
-  def set_params(self, **params):
-    """Sets constructor parameters; returns ``self``."""
-    valid = self._get_param_names()
-    for name, value in params.items():
-      if name not in valid:
-        raise ValueError(f"Invalid parameter {name!r} for estimator {self}. "
-                         f"Valid parameters are: {valid!r}.")
-      setattr(self, name, value)
-    return self
-
-  def __repr__(self):
-    defaults = {name: p.default for name, p in
-                inspect.signature(type(self).__init__).parameters.items()}
-    changed = []
-    for name in self._get_param_names():
-      value = getattr(self, name)
-      default = defaults.get(name)
-      if isinstance(value, np.ndarray) or value is not default and (
-          value != default):
-        changed.append(f"{name}={value!r}")
-    return f"{type(self).__name__}({', '.join(changed)})"
-
   def __sklearn_is_fitted__(self):
     return hasattr(self, "means_")
-
-  def __sklearn_tags__(self):
-    """scikit-learn's estimator tags (needs scikit-learn, imported lazily).
-
-    A density estimator that takes 2-D float input, no NaN, no sparse data
-    and no ``y``, like ``sklearn.mixture.GaussianMixture``.
-    """
-    from sklearn.utils import Tags, TargetTags
-    return Tags(estimator_type="density_estimator",
-                target_tags=TargetTags(required=False))
 
   # -- validation -----------------------------------------------------------
 
   def _check_parameters(self):
-    val.check_param("n_components", self.n_components, "int", low=1)
-    val.check_param("covariance_type", self.covariance_type, "str",
-                    options=COVARIANCE_TYPES)
-    val.check_param("tol", self.tol, "float", low=0.0)
-    val.check_param("reg_covar", self.reg_covar, "float", low=0.0)
-    val.check_param("max_iter", self.max_iter, "int", low=0)
-    val.check_param("n_init", self.n_init, "int", low=1)
-    val.check_param("init_params", self.init_params, "str",
-                    options=init_lib.INIT_METHODS)
-    val.check_param("verbose", self.verbose, "int", low=0)
-    val.check_param("verbose_interval", self.verbose_interval, "int", low=1)
+    """Constructor parameters against ``_parameter_spec``: scikit-learn's
+    ``InvalidParameterError`` when it is installed, else a ``ValueError``
+    in its wording (sklearn_compat)."""
+    self._validate_params()
 
   def _check_is_fitted(self):
     if not hasattr(self, "means_"):
@@ -253,6 +218,7 @@ class GaussianMixture:
 
   def _validate_X(self, X, *, reset: bool):
     cache.enable_default_cache()  # every fit and predict passes here
+    self._validate_feature_names(X, reset=reset)
     ensure = 2 if reset else 1
     if isinstance(X, np.ndarray) and X.dtype == object:
       # Numbers stored as objects are accepted (scikit-learn's rule); any

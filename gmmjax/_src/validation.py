@@ -237,7 +237,7 @@ def check_sample_weight(sample_weight, n_samples: int,
   return w
 
 
-_INT32_MAX = int(np.iinfo(np.int32).max)
+INT32_MAX = _INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def check_param(name: str, value, kind: str, low=None, high=None,
