@@ -1,24 +1,21 @@
 """scikit-learn conformance: check_estimator, Pipeline, GridSearchCV, clone.
 
 Every check of ``sklearn.utils.estimator_checks`` (scikit-learn 1.9) runs as
-its own test (so ``pytest -n 2`` spreads them), with JAX's default float32
-computation; two numerically sensitive ones run again with x64 on (float64
-computation), since gmmjax computes in float32 unless x64 is on.
+its own test (so ``pytest -n 2`` spreads them), for every estimator of
+``ESTIMATORS``, with JAX's default float32 computation; two numerically
+sensitive ones run again with x64 on (float64 computation), since gmmjax
+computes in float32 unless x64 is on. Two checks that scikit-learn runs on
+its own estimators but not in ``check_estimator`` run too (``EXTRA_CHECKS``:
+DataFrame column names, parameter validation).
 
-Deliberately not run (no check is skipped for gmmjax's sake):
+pandas is a test dependency, so the pandas checks run. Deliberately not run
+(no check is skipped for gmmjax's sake): ``check_array_api_input`` needs
+``SCIPY_ARRAY_API=1`` (and array-api-strict); scikit-learn raises
+``SkipTest`` without it, accepted here. gmmjax converts input with NumPy, it
+has no array-API dispatch.
 
-* ``check_sample_weights_pandas_series``: needs pandas; when pandas is not
-  installed scikit-learn raises ``SkipTest`` and the test accepts that.
-  With pandas installed it runs.
-* ``check_array_api_input``: needs ``SCIPY_ARRAY_API=1`` (and
-  array-api-strict); scikit-learn raises ``SkipTest`` without it, accepted
-  here. gmmjax converts input with NumPy, it has no array-API dispatch.
-
-No check is expected to fail. Known deviation accepted by the checks: the
-estimator does not inherit from ``sklearn.base.BaseEstimator`` (scikit-learn
-is optional), so check_estimator warns about it; the protocol
-(``get_params``/``set_params``/``__sklearn_tags__``/``__sklearn_is_fitted__``)
-is implemented directly.
+No check is expected to fail, and none warns that the estimator is not a
+``BaseEstimator``: with scikit-learn installed it is one (sklearn_compat).
 """
 
 import functools
@@ -32,14 +29,26 @@ from sklearn.exceptions import NotFittedError as SkNotFittedError
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
-from sklearn.utils.estimator_checks import estimator_checks_generator
+from sklearn.utils.estimator_checks import (
+    check_dataframe_column_names_consistency,
+    check_param_validation,
+    estimator_checks_generator,
+)
 
 import gmmjax as gx
 
+# Each estimator gmmjax has, as check_estimator takes it (a new estimator
+# is added here).
+ESTIMATORS = [gx.GaussianMixture()]
+
 ENVIRONMENT_SKIPS = {
-    "check_sample_weights_pandas_series": "pandas is not installed",
     "check_array_api_input": "SCIPY_ARRAY_API is not set",
 }
+
+# scikit-learn's own test suite runs these on its estimators; check_estimator
+# does not.
+EXTRA_CHECKS = (check_dataframe_column_names_consistency,
+                check_param_validation)
 
 # Checks comparing numbers across fits, dtypes or sample weights: also run
 # with float64 computation (each check costs a few compiles, so only these).
@@ -57,10 +66,16 @@ def _name(check):
 
 
 def _collect():
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # "does not inherit from BaseEstimator"
-    return [(_name(c), e, c) for e, c in
-            estimator_checks_generator(gx.GaussianMixture(), legacy=True)]
+  checks = []
+  for estimator in ESTIMATORS:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")  # e.g. "does not inherit from Base..."
+      checks += [(_name(c), e, c) for e, c in
+                 estimator_checks_generator(estimator, legacy=True)]
+    checks += [(_name(c), estimator,
+                functools.partial(c, type(estimator).__name__))
+               for c in EXTRA_CHECKS]
+  return checks
 
 
 CHECKS = _collect()
@@ -78,8 +93,13 @@ def _run(name, estimator, check):
       assert base in ENVIRONMENT_SKIPS, f"{name} unexpectedly skipped: {e}"
 
 
+def _id(name, estimator):
+  prefix = type(estimator).__name__
+  return name if prefix == "GaussianMixture" else f"{prefix}-{name}"
+
+
 @pytest.mark.parametrize("name,estimator,check", CHECKS,
-                         ids=[c[0] for c in CHECKS])
+                         ids=[_id(n, e) for n, e, _ in CHECKS])
 def test_sklearn_check(name, estimator, check):
   _run(name, estimator, check)
 
@@ -87,7 +107,8 @@ def test_sklearn_check(name, estimator, check):
 X64 = [c for c in CHECKS if c[0].split("[")[0] in X64_CHECKS]
 
 
-@pytest.mark.parametrize("name,estimator,check", X64, ids=[c[0] for c in X64])
+@pytest.mark.parametrize("name,estimator,check", X64,
+                         ids=[_id(n, e) for n, e, _ in X64])
 def test_sklearn_check_float64(name, estimator, check, x64):
   _run(name, estimator, check)
 
@@ -96,8 +117,11 @@ def test_all_checks_collected():
   names = {n.split("[")[0] for n, _, _ in CHECKS}
   assert X64_CHECKS <= names
   assert {"check_estimators_unfitted", "check_fit_idempotent",
-          "check_estimators_pickle", "check_dtype_object"} <= names
-  assert len(CHECKS) >= 45
+          "check_estimators_pickle", "check_dtype_object",
+          "check_sample_weights_pandas_series",
+          "check_dataframe_column_names_consistency",
+          "check_param_validation"} <= names
+  assert len(CHECKS) >= 47 * len(ESTIMATORS)
 
 
 # The tests below share one data shape and one configuration, so they share

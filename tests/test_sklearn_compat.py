@@ -1,0 +1,327 @@
+"""scikit-learn citizenship (sklearn_compat): BaseEstimator, feature names
+from DataFrames, parameter validation, metadata routing; and the fallback
+that keeps the protocol when scikit-learn is not installed.
+
+The fits share one data shape (60 x 3, padded to 64 rows) and one
+configuration, so they share compiled programs.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+from sklearn.base import BaseEstimator, DensityMixin, clone
+from sklearn.model_selection import GridSearchCV, cross_validate
+from sklearn.utils import get_tags
+from sklearn.utils._param_validation import InvalidParameterError
+
+import gmmjax as gx
+from gmmjax._src import sklearn_compat as compat
+
+COLUMNS = ["a", "b", "c"]
+
+
+@pytest.fixture(scope="module")
+def frame():
+  rng = np.random.default_rng(0)
+  X = np.concatenate([rng.normal(-3, 1, (30, 3)), rng.normal(3, 1, (30, 3))])
+  return pd.DataFrame(X, columns=COLUMNS)
+
+
+@pytest.fixture(scope="module")
+def fitted(frame):
+  return gx.GaussianMixture(2, random_state=0).fit(frame)
+
+
+def test_is_a_scikit_learn_density_estimator():
+  gm = gx.GaussianMixture(3, covariance_type="diag")
+  assert compat.HAVE_SKLEARN
+  assert isinstance(gm, BaseEstimator) and isinstance(gm, DensityMixin)
+  assert get_tags(gm).estimator_type == "density_estimator"
+  assert repr(gm) == "GaussianMixture(covariance_type='diag', n_components=3)"
+  html = gm._repr_html_()
+  assert "GaussianMixture" in html and "covariance_type" in html
+  assert set(gm._parameter_constraints) == set(gm.get_params())
+
+
+def test_feature_names_from_a_dataframe(fitted, frame):
+  assert isinstance(fitted.feature_names_in_, np.ndarray)
+  assert fitted.feature_names_in_.dtype == object
+  assert fitted.feature_names_in_.tolist() == COLUMNS
+  labels = fitted.predict(frame)
+  with pytest.warns(UserWarning, match="X does not have valid feature names"):
+    np.testing.assert_array_equal(labels, fitted.predict(frame.to_numpy()))
+  # Reordered columns would give other labels: refused, as scikit-learn does.
+  reordered = frame[["c", "a", "b"]]
+  for method in (fitted.predict, fitted.predict_proba, fitted.score,
+                 fitted.score_samples, fitted.bic, fitted.aic):
+    with pytest.raises(ValueError, match="must be in the same order"):
+      method(reordered)
+  with pytest.raises(ValueError, match="unseen at fit time:\n- d\n"):
+    fitted.predict(frame.rename(columns={"c": "d"}))
+  with pytest.raises(ValueError, match="yet now missing:\n- c\n"):
+    fitted.predict(frame[["a", "b"]])
+
+
+def test_feature_name_warnings_and_reset(fitted, frame):
+  with pytest.warns(UserWarning, match="X does not have valid feature names"):
+    fitted.predict(frame.to_numpy())
+  gm = clone(fitted).fit(frame.to_numpy())
+  assert not hasattr(gm, "feature_names_in_")
+  with pytest.warns(UserWarning, match="X has feature names, but "
+                    "GaussianMixture was fitted without"):
+    gm.predict(frame)
+  gm.fit(frame)  # a refit on a DataFrame records the names again
+  assert gm.feature_names_in_.tolist() == COLUMNS
+  gm.fit(frame.to_numpy())  # and on an array forgets them
+  assert not hasattr(gm, "feature_names_in_")
+
+
+def test_feature_names_need_all_strings(frame):
+  numbered = frame.set_axis([0, 1, 2], axis=1)
+  gm = gx.GaussianMixture(2, random_state=0).fit(numbered)
+  assert not hasattr(gm, "feature_names_in_")  # non-string names: none
+  with pytest.raises(TypeError, match="all input features have string"):
+    gx.GaussianMixture(2).fit(frame.set_axis(["a", 1, "c"], axis=1))
+
+
+def test_partial_fit_and_warm_start_check_names(fitted, frame):
+  # Both continue the fitted model: its names are checked (before anything
+  # compiles), not reset.
+  reordered = frame[["b", "a", "c"]]
+  with pytest.raises(ValueError, match="same order"):
+    copy.deepcopy(fitted).partial_fit(reordered)
+  warm = copy.deepcopy(fitted).set_params(warm_start=True)
+  with pytest.raises(ValueError, match="same order"):
+    warm.fit(reordered)
+  assert warm.feature_names_in_.tolist() == COLUMNS
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(n_components=0), "The 'n_components' parameter of GaussianMixture "
+     "must be an int in the range [1, 2147483647]. Got 0 instead."),
+    (dict(n_components="3"), "The 'n_components' parameter of "
+     "GaussianMixture must be an int in the range [1, 2147483647]. Got '3' "
+     "instead."),
+    (dict(tol=float("inf")), "The 'tol' parameter of GaussianMixture must be "
+     "a float in the range [0.0, inf). Got inf instead."),
+    (dict(warm_start="yes"), "The 'warm_start' parameter of GaussianMixture "
+     "must be an instance of 'bool' or an instance of 'numpy.bool'"),
+    (dict(random_state=-1), "The 'random_state' parameter of "
+     "GaussianMixture must be an int in the range [0, 4294967295]"),
+])
+def test_invalid_parameters_raise_scikit_learns_error(frame, params, message):
+  for method in ("fit", "fit_predict", "partial_fit"):
+    with pytest.raises(InvalidParameterError) as info:
+      getattr(gx.GaussianMixture(**params), method)(frame)
+    assert str(info.value).startswith(message)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, TypeError)
+
+
+def test_generator_random_state_is_accepted():
+  # A superset of scikit-learn's random_state, as before.
+  gm = gx.GaussianMixture(2, random_state=np.random.default_rng(0))
+  gm._validate_params()
+
+
+def _splits(n):
+  """Two 'folds' that fit and score on all ``n`` rows (in two orders): the
+  same shapes as the ``fitted`` fixture's, hence no new compile."""
+  rows = np.arange(n)
+  return [(rows, rows), (rows[::-1], rows[::-1].copy())]
+
+
+def _weights(n):
+  w = np.ones(n)
+  w[::3] = 0.0  # a third of the rows left out of the weighted fits
+  return w
+
+
+def test_grid_search_routes_sample_weight_to_fit(frame):
+  X = frame.to_numpy()
+  w = _weights(len(X))
+  cv = _splits(len(X))
+  with sklearn.config_context(enable_metadata_routing=True):
+    est = gx.GaussianMixture(random_state=0).set_fit_request(
+        sample_weight=True)
+    search = GridSearchCV(est, {"n_components": [2]}, cv=cv).fit(
+        X, sample_weight=w)
+    # Not requested: scikit-learn refuses to drop the weights silently.
+    with pytest.raises(sklearn.exceptions.UnsetMetadataPassedError):
+      GridSearchCV(gx.GaussianMixture(random_state=0),
+                   {"n_components": [2]}, cv=cv).fit(X, sample_weight=w)
+  # Refit on all the data with the weights; folds scored unweighted (score's
+  # weights are not requested by default).
+  ref = gx.GaussianMixture(2, random_state=0).fit(X, sample_weight=w)
+  np.testing.assert_array_equal(search.best_estimator_.means_, ref.means_)
+  for i, (train, test) in enumerate(cv):
+    fold = gx.GaussianMixture(2, random_state=0).fit(
+        X[train], sample_weight=w[train])
+    np.testing.assert_allclose(search.cv_results_[f"split{i}_test_score"][0],
+                               fold.score(X[test]), rtol=1e-6)
+
+
+def test_score_weights_routed_when_requested(frame):
+  X = frame.to_numpy()
+  w = _weights(len(X))
+  cv = _splits(len(X))
+  with sklearn.config_context(enable_metadata_routing=True):
+    est = gx.GaussianMixture(2, random_state=0).set_fit_request(
+        sample_weight=True).set_score_request(sample_weight=True)
+    scores = cross_validate(est, X, cv=cv, params={"sample_weight": w})
+  for i, (train, test) in enumerate(cv):
+    fold = gx.GaussianMixture(2, random_state=0).fit(
+        X[train], sample_weight=w[train])
+    np.testing.assert_allclose(scores["test_score"][i], fold.score(
+        X[test], sample_weight=w[test]), rtol=1e-6)
+
+
+def test_routing_off_passes_fit_params_as_before(frame):
+  X = frame.to_numpy()
+  w = _weights(len(X))
+  search = GridSearchCV(gx.GaussianMixture(random_state=0),
+                        {"n_components": [2]}, cv=_splits(len(X))).fit(X, sample_weight=w)
+  ref = gx.GaussianMixture(2, random_state=0).fit(X, sample_weight=w)
+  np.testing.assert_array_equal(search.best_estimator_.means_, ref.means_)
+
+
+# -- without scikit-learn ------------------------------------------------------
+
+
+class _Plain(compat.FallbackBase):
+  _parameter_spec = dict(k=compat.integer(1), tol=compat.real(0.0),
+                         kind=compat.options("x", "y"), flag=compat.BOOLEAN,
+                         verbose=compat.VERBOSE, seed=compat.RANDOM_STATE)
+
+  def __init__(self, k=1, *, tol=1e-3, kind="x", flag=False, verbose=0,
+               seed=None):
+    self.k, self.tol, self.kind = k, tol, kind
+    self.flag, self.verbose, self.seed = flag, verbose, seed
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(k=0), "The 'k' parameter of _Plain must be an int in the range "
+     "[1, 2147483647]. Got 0 instead."),
+    (dict(k=2.0), "must be an int"),
+    (dict(tol=-1.0), "The 'tol' parameter of _Plain must be a float in the "
+     "range [0.0, inf). Got -1.0 instead."),
+    (dict(tol=np.nan), "'tol'"),
+    (dict(kind="z"), "The 'kind' parameter of _Plain must be a str among"),
+    (dict(flag=1), "The 'flag' parameter of _Plain must be an instance of "
+     "'bool'. Got 1 instead."),
+    (dict(verbose=-1), "'verbose'"),
+])
+def test_fallback_parameter_checks(params, message):
+  _Plain(verbose=True, flag=np.bool_(True), seed=-5)._validate_params()
+  with pytest.raises(ValueError) as info:
+    _Plain(**params)._validate_params()
+  assert message in str(info.value)
+  assert not isinstance(info.value, InvalidParameterError)
+
+
+def test_fallback_parameter_protocol():
+  p = _Plain(3, kind="y")
+  assert p.get_params() == dict(k=3, tol=1e-3, kind="y", flag=False,
+                                verbose=0, seed=None)
+  assert repr(p) == "_Plain(k=3, kind='y')"
+  assert p.set_params(tol=0.5) is p and p.tol == 0.5
+  with pytest.raises(ValueError, match="Invalid parameter 'bogus'"):
+    p.set_params(bogus=1)
+
+
+def _sklearn_message(fitted, X):
+  """scikit-learn's own error for ``X``'s names (None when it accepts)."""
+  from sklearn.utils.validation import _check_feature_names
+  try:
+    _check_feature_names(fitted, X, reset=False)
+  except ValueError as e:
+    return str(e)
+  return None
+
+
+@pytest.mark.parametrize("columns", [
+    COLUMNS, ["c", "b", "a"], ["a", "b", "d"], ["a", "b"],
+    list("abcdefghi"), ["a", "b", "c", "z1", "z2", "z3", "z4", "z5", "z6"]])
+def test_fallback_feature_names_match_scikit_learn(frame, columns):
+  est = _Plain()
+  compat.check_feature_names(est, frame, reset=True)
+  assert est.feature_names_in_.tolist() == COLUMNS
+  X = pd.DataFrame(np.zeros((2, len(columns))), columns=columns)
+  expected = _sklearn_message(est, X)
+  if expected is None:
+    compat.check_feature_names(est, X, reset=False)
+  else:
+    with pytest.raises(ValueError) as info:
+      compat.check_feature_names(est, X, reset=False)
+    assert str(info.value) == expected
+
+
+def test_fallback_feature_name_warnings(frame):
+  est = _Plain()
+  compat.check_feature_names(est, frame, reset=True)
+  with pytest.warns(UserWarning, match="X does not have valid feature names, "
+                    "but _Plain was fitted with feature names"):
+    compat.check_feature_names(est, frame.to_numpy(), reset=False)
+  compat.check_feature_names(est, frame.to_numpy(), reset=True)
+  assert not hasattr(est, "feature_names_in_")
+  with pytest.warns(UserWarning, match="X has feature names, but _Plain was "
+                    "fitted without feature names"):
+    compat.check_feature_names(est, frame, reset=False)
+  assert compat.feature_names(frame.set_axis([0, 1, 2], axis=1)) is None
+  with pytest.raises(TypeError, match="all input features have string"):
+    compat.feature_names(frame.set_axis(["a", 1, "c"], axis=1))
+
+
+_NO_SKLEARN = textwrap.dedent("""
+    import sys
+    class Block:
+      def find_spec(self, name, path=None, target=None):
+        if name == "sklearn" or name.startswith("sklearn."):
+          raise ImportError("scikit-learn blocked for this test")
+    sys.meta_path.insert(0, Block())
+    import numpy as np, pandas as pd
+    import gmmjax as gx
+    from gmmjax._src import sklearn_compat
+    assert not sklearn_compat.HAVE_SKLEARN
+    X = pd.DataFrame([[-3.0, 0.0], [3.0, 1.0], [-2.0, 0.5]],
+                     columns=["a", "b"])
+    try:
+      gx.GaussianMixture(0).fit(X)  # refused before anything compiles
+    except ValueError as e:
+      print("params:", type(e).__name__, e)
+    # A fitted model without a fit (no EM to compile): names from X.
+    gm = gx.GaussianMixture.from_params(gx.make_params(
+        np.array([0.5, 0.5]), np.array([[-3.0, 0.0], [3.0, 0.0]]),
+        np.array([1.0, 1.0]), covariance_type="spherical"), random_state=0)
+    gm._validate_feature_names(X, reset=True)
+    print(repr(gm), list(gm.feature_names_in_))
+    print(gm.predict(X).tolist())
+    try:
+      gm.predict(X[["b", "a"]])
+    except ValueError as e:
+      print("names:", str(e).splitlines()[1])
+    print(gm.set_params(n_components=3).get_params()["n_components"])
+    assert "sklearn" not in sys.modules
+""")
+
+
+def test_works_without_scikit_learn():
+  out = subprocess.run([sys.executable, "-c", _NO_SKLEARN],
+                       capture_output=True, text=True, env=dict(os.environ),
+                       timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == [
+      "params: ValueError The 'n_components' parameter of GaussianMixture "
+      "must be an int in the range [1, 2147483647]. Got 0 instead.",
+      "GaussianMixture(covariance_type='spherical', n_components=2, "
+      "random_state=0) ['a', 'b']",
+      "[0, 1, 0]",
+      "names: Feature names must be in the same order as they were in fit.",
+      "3"]
