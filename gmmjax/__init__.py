@@ -47,6 +47,7 @@ from gmmjax._src.priors import (
     make_prior,
     map_params_from_stats,
 )
+from gmmjax._src.progress import progress_bar
 from gmmjax._src.restarts import best_restart, fit_restarts
 from gmmjax._src.results import FitError
 from gmmjax._src.scale import (
@@ -154,6 +155,7 @@ __all__ = [
     "predict",
     "predict_proba",
     "process_sum",
+    "progress_bar",
     "sample",
     "save",
     "select_n_components",

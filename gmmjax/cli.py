@@ -176,53 +176,13 @@ def _check_out(path, formats):
 # -- progress -----------------------------------------------------------------
 
 
-class ProgressBar:
-  """A one-line text bar over EM iterations, updated by the host callback.
-
-  The compiled loop calls it after every iteration (under ``vmap``, once per
-  restart); it redraws at most every ``min_interval`` seconds and shows the
-  furthest iteration reached, the latest log-likelihood and change.
-  """
-
-  def __init__(self, total: int, label: str = "EM", stream=None,
-               width: int = 30, min_interval: float = 0.1):
-    self.total = max(int(total), 1)
-    self.label = label
-    self.stream = sys.stderr if stream is None else stream
-    self.width = width
-    self.min_interval = min_interval
-    self.n = 0
-    self.last = None
-    self.last_draw = 0.0
-    self.drawn = False
-
-  def __call__(self, n_iter, log_likelihood, change):
-    n = int(n_iter)
-    self.n = max(self.n, n)
-    self.last = (float(log_likelihood), float(change))
-    now = time.perf_counter()
-    if now - self.last_draw < self.min_interval and self.n < self.total:
-      return
-    self.last_draw = now
-    self._draw()
-
-  def _draw(self):
-    log_likelihood, change = self.last
-    filled = int(self.width * min(self.n, self.total) / self.total)
-    bar = "#" * filled + "-" * (self.width - filled)
-    self.stream.write(f"\r{self.label} [{bar}] {self.n}/{self.total} iter  "
-                      f"ll {float(log_likelihood):.5f}  change "
-                      f"{float(change):.2e}   ")
-    self.stream.flush()
-    self.drawn = True
-
-  def close(self):
-    """Draws the final state and ends the line."""
-    if self.last is not None:
-      self._draw()
-    if self.drawn:
-      self.stream.write("\n")
-      self.stream.flush()
+def __getattr__(name):
+  # The text bar moved to gmmjax._src.progress (the library shows it too);
+  # imported on use, so that ``gmmjax --help`` stays quick.
+  if name == "ProgressBar":
+    from gmmjax._src.progress import TextBar
+    return TextBar
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _want_progress(args) -> bool:
@@ -252,16 +212,12 @@ def fit(args) -> int:
       random_state=args.seed, verbose=2 if args.verbose else 0,
       verbose_interval=args.verbose_interval)
   # --verbose prints lines of its own: a bar between them would garble both.
-  bar = (ProgressBar(args.max_iter)
-         if _want_progress(args) and not args.verbose else None)
+  # The bar is tqdm's when tqdm is installed, else a text line.
+  show = _want_progress(args) and not args.verbose
   start = time.perf_counter()
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    try:
-      gm.fit(X, callback=bar)
-    finally:
-      if bar is not None:
-        bar.close()
+    gm.fit(X, progress=show)
   for w in caught:
     print(f"gmmjax: warning: {w.message}", file=sys.stderr)
   lapse = time.perf_counter() - start
@@ -328,6 +284,7 @@ def select(args) -> int:
   import jax
 
   import gmmjax as gx
+  from gmmjax._src import progress
   X = read_data(args.data)
   if args.k_min < 1 or args.k_max < args.k_min:
     raise UserError(f"need 1 <= --k-min <= --k-max, got --k-min {args.k_min} "
@@ -340,19 +297,16 @@ def select(args) -> int:
   if args.plot:
     _check_out(args.plot, (".png", ".pdf", ".svg"))
   ks = list(range(args.k_min, args.k_max + 1))
-  bar = (ProgressBar(args.max_iter, label=f"EM over k={ks[0]}..{ks[-1]}")
-         if _want_progress(args) else None)
   start = time.perf_counter()
-  try:
+  with progress.showing(_want_progress(args), args.max_iter,
+                        f"EM over k={ks[0]}..{ks[-1]}") as bar:
     result = gx.select_n_components(jax.random.key(args.seed), X, ks,
                                     covariance_type=args.covariance_type,
                                     n_init=args.n_init, method=args.init_params,
                                     max_iter=args.max_iter, tol=args.tol,
-                                    reg_covar=args.reg_covar, callback=bar,
+                                    reg_covar=args.reg_covar,
+                                    callback=bar and bar.callback,
                                     criterion=args.criterion)
-  finally:
-    if bar is not None:
-      bar.close()
   lapse = time.perf_counter() - start
   print(f"{len(ks)} {args.covariance_type} mixtures (k = {ks[0]}..{ks[-1]}, "
         f"{args.n_init} restart(s) each) fitted to {X.shape[0]} samples x "

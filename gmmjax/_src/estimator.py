@@ -20,7 +20,6 @@ Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
 
 from __future__ import annotations
 
-import functools
 import time
 import warnings
 
@@ -38,6 +37,7 @@ from gmmjax._src import (
 )
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
+from gmmjax._src import progress as progress_lib
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
 from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
@@ -64,40 +64,6 @@ def key_from_random_state(random_state):
     # program of its own, which a first fit would compile (~0.2 s).
     return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
   return jax.random.key(seed)
-
-
-@functools.cache
-def _progress_printer(verbose: int, interval: int):
-  """A host callback printing progress lines; cached so jit sees one object."""
-  start = [time.perf_counter()]
-
-  def callback(n_iter, log_likelihood, change):
-    n_iter = int(n_iter)
-    if n_iter == 1:
-      start[0] = time.perf_counter()
-    if n_iter % interval:
-      return
-    if verbose >= 2:
-      lapse = time.perf_counter() - start[0]
-      print(f"  Iteration {n_iter}\t time lapse {lapse:.5f}s\t "
-            f"log-likelihood {float(log_likelihood):.5f}\t ll change "
-            f"{float(change):.5f}", flush=True)
-    else:
-      print(f"  Iteration {n_iter}", flush=True)
-
-  return callback
-
-
-@functools.lru_cache(maxsize=16)
-def _both(first, second):
-  """One host callback calling ``first`` then ``second``; cached so that a
-  fit repeated with the same hook reuses its compiled program."""
-
-  def callback(*values):
-    first(*values)
-    second(*values)
-
-  return callback
 
 
 def _best_by_lower_bound(lower_bounds, failed) -> int:
@@ -445,22 +411,25 @@ class GaussianMixture(compat.DensityEstimator):
         precisions=None if self.precisions_init is None else
         val.check_precisions_init(self.precisions_init, ctype, k, n_features))
 
-  def _progress_callback(self, callback=None):
+  def _progress_callback(self, callback=None, progress=False):
     """The host callback the compiled loop calls each iteration, or None.
 
-    ``verbose``'s printer, the user's ``callback``, or both in turn. With
-    neither no callback is compiled at all, so progress costs nothing.
+    ``verbose``'s printer, the shared hook of the progress bar (``progress``)
+    and the user's ``callback``, in turn. With none of them no callback is
+    compiled at all, so progress costs nothing.
     """
     if callback is not None and not callable(callback):
       raise TypeError(f"callback should be None or a callable "
                       f"callback(n_iter, log_likelihood, change), got "
                       f"{type(callback).__name__}.")
-    if not self.verbose:
-      return callback
-    printer = _progress_printer(int(self.verbose), int(self.verbose_interval))
-    return printer if callback is None else _both(printer, callback)
+    printer = (progress_lib.printer(int(self.verbose),
+                                    int(self.verbose_interval))
+               if self.verbose else None)
+    return progress_lib.chain(printer, progress_lib.forward if progress
+                              else None, callback)
 
-  def fit(self, X, y=None, sample_weight=None, *, callback=None):
+  def fit(self, X, y=None, sample_weight=None, *, callback=None,
+          progress=False):
     """Fits the mixture to ``X`` ``(n_samples, n_features)``; returns self.
 
     Args:
@@ -479,19 +448,24 @@ class GaussianMixture(compat.DensityEstimator):
         the model (it is neither cloned, compared nor saved). It is a
         static argument of the compiled loop, so pass the same object to
         reuse the program; ``None`` compiles no callback.
+      progress: show a progress bar over the EM iterations while the fit
+        runs (:func:`gmmjax.progress_bar`: tqdm's, a widget in Jupyter,
+        when tqdm is installed; else a text line on stderr). Every bar
+        shares one compiled hook, so this compiles once, not per fit.
     """
     del y
-    self._fit(X, sample_weight, callback)
+    self._fit(X, sample_weight, callback, progress)
     return self
 
-  def fit_predict(self, X, y=None, sample_weight=None, *, callback=None):
+  def fit_predict(self, X, y=None, sample_weight=None, *, callback=None,
+                  progress=False):
     """Fits and returns the component of each sample (after a final E-step,
     in the predict program every n_components of a slot rung shares);
-    ``callback`` as in :meth:`fit`."""
+    ``callback`` and ``progress`` as in :meth:`fit`."""
     del y
-    return self._fit(X, sample_weight, callback).predict(X)
+    return self._fit(X, sample_weight, callback, progress).predict(X)
 
-  def _fit(self, X, sample_weight, callback=None):
+  def _fit(self, X, sample_weight, callback=None, progress=False):
     """The fit behind ``fit`` and ``fit_predict``; returns ``self``.
 
     ``fit`` needs no labels: skipping them saves a pass over the data and,
@@ -517,16 +491,16 @@ class GaussianMixture(compat.DensityEstimator):
     X, w = self._on_device(X, w)
     kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
                   tol=float(self.tol), reg_covar=float(self.reg_covar),
-                  callback=self._progress_callback(callback))
+                  callback=self._progress_callback(callback, progress))
     start = time.perf_counter()
-
-    if warm:
-      prev = (self.lower_bound_ if np.isfinite(self.lower_bound_)
-              else -np.inf)
-      results = self._continue_fit(X, prev, kwargs)
-    else:
-      results = self._fit_restarts(X, kwargs)
-    result, lower_bound = self._kept_restart(results, warm, start)
+    with progress_lib.showing(progress, int(self.max_iter), "EM"):
+      if warm:
+        prev = (self.lower_bound_ if np.isfinite(self.lower_bound_)
+                else -np.inf)
+        results = self._continue_fit(X, prev, kwargs)
+      else:
+        results = self._fit_restarts(X, kwargs)
+      result, lower_bound = self._kept_restart(results, warm, start)
     if float(result.jitter) > 0:
       self._warn_jitter(float(result.jitter))
     if not bool(result.converged) and self.max_iter > 0:
