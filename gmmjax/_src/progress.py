@@ -161,7 +161,7 @@ def showing(enabled: bool, total: int, label: str):
   when ``enabled``, else nothing."""
   if not enabled:
     return contextlib.nullcontext()
-  return progress_bar(total, label)
+  return progress_bar(total, label=label)
 
 
 @functools.cache
@@ -173,7 +173,7 @@ def have_tqdm() -> bool:
   return True
 
 
-def progress_bar(total: int, label: str = "EM", stream=None):
+def progress_bar(total: int, *, label: str = "EM", stream=None):
   """A progress bar over ``total`` EM iterations: tqdm's when installed.
 
   Use it as ``callback=bar.callback`` inside ``with bar:`` (fits share one
