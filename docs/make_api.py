@@ -157,18 +157,22 @@ KINDS = ("Functions", "Classes", "Exceptions and warnings", "Constants",
 
 
 def _methods(cls) -> list[tuple[str, object]]:
-  """Public methods and properties the class itself defines and documents."""
+  """Public methods and properties the class and its gmmjax bases define
+  and document (not those scikit-learn's bases add)."""
   if issubclass(cls, tuple):  # NamedTuples: the signature lists the fields
     return []
-  out = []
-  for name, obj in vars(cls).items():
-    if name.startswith("_"):
+  out = {}
+  for base in reversed(cls.__mro__):
+    if not base.__module__.startswith("gmmjax"):
       continue
-    if isinstance(obj, staticmethod | classmethod):
-      obj = obj.__func__
-    if inspect.isfunction(obj) or isinstance(obj, property):
-      out.append((name, obj))
-  return sorted(out)
+    for name, obj in vars(base).items():
+      if name.startswith("_"):
+        continue
+      if isinstance(obj, staticmethod | classmethod):
+        obj = obj.__func__
+      if inspect.isfunction(obj) or isinstance(obj, property):
+        out[name] = obj  # the subclass's own wins (later in this walk)
+  return sorted(out.items())
 
 
 def _method_signature(fn, name: str) -> str:

@@ -103,6 +103,19 @@ def test_partial_fit_and_warm_start_check_names(fitted, frame):
   assert warm.feature_names_in_.tolist() == COLUMNS
 
 
+def test_save_and_load_keep_feature_names(fitted, frame, tmp_path):
+  gx.save(tmp_path / "m.npz", fitted)
+  loaded = gx.load(tmp_path / "m.npz")
+  assert loaded.feature_names_in_.dtype == object
+  assert loaded.feature_names_in_.tolist() == COLUMNS
+  np.testing.assert_array_equal(loaded.predict(frame), fitted.predict(frame))
+  with pytest.raises(ValueError, match="same order"):
+    loaded.predict(frame[["c", "a", "b"]])
+  with pytest.raises(ValueError, match="should be 3 strings"):
+    gx.GaussianMixture.from_params(fitted.params_,
+                                   fitted={"feature_names_in_": ["a", "b"]})
+
+
 @pytest.mark.parametrize("params, message", [
     (dict(n_components=0), "The 'n_components' parameter of GaussianMixture "
      "must be an int in the range [1, 2147483647]. Got 0 instead."),

@@ -26,44 +26,14 @@ import warnings
 import jax
 import numpy as np
 
-from gmmjax._src import (
-    cache,
-    checks,
-    compiling,
-    em,
-    padding,
-    restarts,
-    scale_online,
-)
+from gmmjax._src import checks, padding, restarts, scale_online
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import progress as progress_lib
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
-from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
-
-
-def key_from_random_state(random_state):
-  """A JAX key from scikit-learn's ``random_state`` (None, int, RandomState)."""
-  if random_state is None:
-    seed = np.random.randint(np.iinfo(np.int32).max)
-  elif isinstance(random_state, (int, np.integer)) and not isinstance(
-      random_state, bool):
-    seed = int(random_state)
-  elif isinstance(random_state, np.random.RandomState):
-    seed = random_state.randint(np.iinfo(np.int32).max)
-  elif isinstance(random_state, np.random.Generator):
-    seed = int(random_state.integers(np.iinfo(np.int32).max))
-  else:
-    raise ValueError(f"{random_state!r} cannot be used to seed a random "
-                     "number generator: use None, an int or a "
-                     "numpy.random.RandomState.")
-  seed %= 2**32
-  if jax.config.jax_default_prng_impl == "threefry2x32":
-    # jax.random.key(seed)'s own bits, built on the host: the seeding is a
-    # program of its own, which a first fit would compile (~0.2 s).
-    return jax.random.wrap_key_data(np.array([0, seed], np.uint32))
-  return jax.random.key(seed)
+from gmmjax._src.estimator_base import MixtureBase, key_from_random_state
+from gmmjax._src.params import COVARIANCE_TYPES
 
 
 def _best_by_lower_bound(lower_bounds, failed) -> int:
@@ -83,7 +53,7 @@ def _best_by_lower_bound(lower_bounds, failed) -> int:
   return 0 if best is None else best
 
 
-class GaussianMixture(compat.DensityEstimator):
+class GaussianMixture(MixtureBase, compat.DensityEstimator):
   """Gaussian mixture fitted by EM, with scikit-learn's interface.
 
   Parameters, defaults and fitted attributes are those of
@@ -165,9 +135,6 @@ class GaussianMixture(compat.DensityEstimator):
     self.verbose = verbose
     self.verbose_interval = verbose_interval
 
-  def __sklearn_is_fitted__(self):
-    return hasattr(self, "means_")
-
   # -- validation -----------------------------------------------------------
 
   def _check_parameters(self):
@@ -176,56 +143,7 @@ class GaussianMixture(compat.DensityEstimator):
     in its wording (sklearn_compat)."""
     self._validate_params()
 
-  def _check_is_fitted(self):
-    if not hasattr(self, "means_"):
-      raise val.sklearn_compatible(val.NotFittedError, "NotFittedError")(
-          f"This {type(self).__name__} instance is not fitted yet. Call "
-          "'fit' with appropriate arguments before using this estimator.")
-
-  def _validate_X(self, X, *, reset: bool):
-    cache.enable_default_cache()  # every fit and predict passes here
-    self._validate_feature_names(X, reset=reset)
-    ensure = 2 if reset else 1
-    if isinstance(X, np.ndarray) and X.dtype == object:
-      # Numbers stored as objects are accepted (scikit-learn's rule); any
-      # other object is a TypeError, as NumPy and scikit-learn raise it.
-      X = X.astype(np.float64)
-    # Data for a fitted model take the model's dtype (the one it was fitted
-    # or loaded in); n_features_in_ is set with the rest of the fitted state.
-    known = None if reset else self.means_.dtype
-    X = val.check_array(X, ensure_min_samples=ensure, dtype=known)
-    if not reset and X.shape[1] != self.n_features_in_:
-      raise ValueError(
-          f"X has {X.shape[1]} features, but {type(self).__name__} is "
-          f"expecting {self.n_features_in_} features as input.")
-    return X.astype(val.compute_dtype(X) if reset else known, copy=False)
-
-  @staticmethod
-  def _on_device(X, sample_weight=None):
-    """``(X, weights)`` padded to the ladder (padding.padded_rows) as JAX
-    arrays: nearby sample counts share every compiled program."""
-    n, d = X.shape
-    Xp, wp = padding.pad_samples(X, sample_weight=sample_weight,
-                                 n_rows=padding.padded_rows(n, d))
-    # device_put: jnp.asarray of a NumPy array compiles a copy per shape.
-    return jax.device_put(Xp), jax.device_put(wp)
-
-  def _evaluate(self, fn, X):
-    """``fn(params, X)`` per sample, on padded data and in component slots
-    (padding.component_slots), both paddings dropped from the result."""
-    self._check_is_fitted()
-    X = self._validate_X(X, reset=False)
-    Xp, _ = self._on_device(X)
-    k = self.weights_.shape[0]
-    slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
-                                    self._fitted_type(), 1.0)
-    out = np.asarray(fn(self._params(slots), Xp))[:X.shape[0]]
-    return out[:, :k] if out.ndim == 2 else out
-
   # -- fitting --------------------------------------------------------------
-
-  def _fitted_type(self) -> str:
-    return getattr(self, "_fitted_covariance_type", self.covariance_type)
 
   def _continue_fit(self, X, prev_log_likelihood, kwargs):
     """``gx.fit`` from the fitted parameters on data ``_validate_X`` and
@@ -237,128 +155,6 @@ class GaussianMixture(compat.DensityEstimator):
         X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
         None, np.int32(max_iter), fit_lib.history_length(max_iter),
         callback=kwargs["callback"])
-
-  def _params(self, n_slots: int | None = None) -> GMMParams:
-    """The fitted parameters on the device, optionally in ``n_slots``
-    component slots (the extra ones of weight 0)."""
-    leaves = (self.weights_, self.means_, self.covariances_,
-              self.precisions_cholesky_)
-    if n_slots is not None:
-      leaves = padding.pad_components(*leaves, self._fitted_type(), n_slots)
-    return GMMParams(*jax.device_put(leaves), self._fitted_type())
-
-  def _set_fitted(self, params: GMMParams, *, converged: bool = True,
-                  n_iter: int = 0, lower_bound: float = -np.inf,
-                  lower_bounds=(), jitter: float | None = None,
-                  n_degenerate: int | None = None):
-    """Sets the fitted state: the one place fitted attributes are assigned.
-
-    ``fit``, ``partial_fit`` and :meth:`from_params` (hence
-    :func:`gmmjax.load` and the command line) all come here, so the
-    attributes always describe one model. The leaves are kept as NumPy
-    arrays with their dtype (bit for bit); ``jitter_`` and
-    ``n_degenerate_`` are removed when not given (nothing measured them).
-    """
-    self.weights_ = np.asarray(params.weights)
-    self.means_ = np.asarray(params.means)
-    self.covariances_ = np.asarray(params.covariances)
-    self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
-    self._fitted_covariance_type = params.covariance_type
-    p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
-    self.precisions_ = (p @ np.swapaxes(p, -1, -2)
-                        if params.covariance_type in ("full", "tied")
-                        else p * p)
-    self.n_features_in_ = int(self.means_.shape[1])
-    self.converged_ = bool(converged)
-    self.n_iter_ = int(n_iter)
-    self.lower_bound_ = float(lower_bound)
-    self.lower_bounds_ = [float(v) for v in lower_bounds]
-    for name, value, kind in (("jitter_", jitter, float),
-                              ("n_degenerate_", n_degenerate, int)):
-      if value is None:
-        self.__dict__.pop(name, None)
-      else:
-        setattr(self, name, kind(value))
-
-  @property
-  def params_(self) -> GMMParams:
-    """The fitted mixture as a :class:`gmmjax.GMMParams` of JAX arrays.
-
-    What the functional API takes: ``gx.log_prob(gm.params_, X)`` is
-    ``gm.score_samples(X)``, ``gx.fit(X, gm.params_)`` continues the fit and
-    ``gmmjax.plot`` draws it. A new pytree on each access (the estimator
-    keeps NumPy arrays). Raises :class:`gmmjax.NotFittedError` (an
-    ``AttributeError``) before the estimator is fitted.
-    """
-    self._check_is_fitted()
-    return self._params()
-
-  @classmethod
-  def from_params(cls, params: GMMParams, *, fitted=None,
-                  **estimator_kwargs) -> GaussianMixture:
-    """A fitted estimator holding ``params``, without running EM.
-
-    The way back from the functional API (``gx.fit``, ``gx.fit_restarts``,
-    ``gx.select_n_components``, ...) to the estimator's methods; ``load``
-    builds the estimators it reads this way. ``from_params(gm.params_)``
-    predicts and scores as ``gm`` does.
-
-    Args:
-      params: one mixture (``weights`` of shape ``(K,)``); its arrays are
-        kept with their dtype.
-      fitted: optional mapping of the fitted scalars to restore, by
-        attribute name: ``converged_``, ``n_iter_``, ``lower_bound_``,
-        ``lower_bounds_``, ``jitter_``, ``n_degenerate_``. By default those
-        of a model no fit has run on: ``converged_=True``, ``n_iter_=0``,
-        ``lower_bound_=-inf``, ``lower_bounds_=[]`` and no ``jitter_`` or
-        ``n_degenerate_``.
-      **estimator_kwargs: constructor parameters (``random_state``,
-        ``reg_covar``, ...: they matter for ``sample`` and later fits).
-        ``n_components`` and ``covariance_type`` default to the params' and
-        must agree with them.
-
-    Returns:
-      A fitted :class:`GaussianMixture`.
-
-    Raises:
-      ValueError: for invalid constructor parameters, ones that disagree
-        with ``params``, batched params or an unknown ``fitted`` name.
-
-    Example:
-      >>> import jax.numpy as jnp, numpy as np, gmmjax as gx
-      >>> p = gx.make_params(jnp.array([0.5, 0.5]),
-      ...                    jnp.array([[-3.0], [3.0]]), jnp.array([1.0, 1.0]),
-      ...                    covariance_type="spherical")
-      >>> gm = gx.GaussianMixture.from_params(p, random_state=0)
-      >>> gm.predict(np.array([[-2.5], [4.0]])).tolist()
-      [0, 1]
-      >>> gm.params_.covariance_type, gm.n_features_in_
-      ('spherical', 1)
-    """
-    fitted = dict(fitted or {})
-    names = ("converged_", "n_iter_", "lower_bound_", "lower_bounds_",
-             "jitter_", "n_degenerate_")
-    unknown = sorted(set(fitted) - set(names))
-    if unknown:
-      raise ValueError(f"from_params got unknown fitted attributes "
-                       f"{unknown}; known: {list(names)}.")
-    if np.ndim(params.weights) != 1:
-      raise ValueError(
-          "from_params expects one mixture (weights of shape (K,)), got "
-          f"weights of shape {np.shape(params.weights)}.")
-    estimator_kwargs.setdefault("n_components", int(params.n_components))
-    estimator_kwargs.setdefault("covariance_type", params.covariance_type)
-    gm = cls(**estimator_kwargs)
-    gm._check_parameters()
-    if (gm.n_components, gm.covariance_type) != (
-        params.n_components, params.covariance_type):
-      raise ValueError(
-          f"n_components={gm.n_components}, covariance_type="
-          f"{gm.covariance_type!r} disagree with the params' "
-          f"({params.n_components}, {params.covariance_type!r}).")
-    gm._set_fitted(params, **{name[:-1]: value
-                              for name, value in fitted.items()})
-    return gm
 
   def _check_warm_start(self):
     """A warm start continues the fitted model: its shape must not change.
@@ -554,40 +350,6 @@ class GaussianMixture(compat.DensityEstimator):
 
   # -- inference ------------------------------------------------------------
 
-  def predict(self, X):
-    """Component labels ``(n_samples,)``."""
-    return self._evaluate(em.predict, X)
-
-  def predict_proba(self, X):
-    """Responsibilities ``(n_samples, n_components)``."""
-    return self._evaluate(em.predict_proba, X)
-
-  def score_samples(self, X):
-    """Per-sample log density ``(n_samples,)``."""
-    return self._evaluate(em.log_prob, X)
-
-  def score(self, X, y=None, sample_weight=None):
-    """Mean (weighted) per-sample log-likelihood of ``X``."""
-    del y
-    logp = self.score_samples(X)
-    w = val.check_sample_weight(sample_weight, logp.shape[0])
-    return float(np.average(logp, weights=w))
-
-  def bic(self, X, sample_weight=None):
-    """Bayesian information criterion on ``X`` (lower is better)."""
-    logp = self.score_samples(X)
-    w = val.check_sample_weight(sample_weight, logp.shape[0])
-    n = logp.shape[0] if w is None else float(np.sum(w))
-    total = float(np.sum(logp if w is None else w * logp))
-    return -2.0 * total + self._n_parameters() * np.log(n)
-
-  def aic(self, X, sample_weight=None):
-    """Akaike information criterion on ``X`` (lower is better)."""
-    logp = self.score_samples(X)
-    w = val.check_sample_weight(sample_weight, logp.shape[0])
-    total = float(np.sum(logp if w is None else w * logp))
-    return -2.0 * total + 2.0 * self._n_parameters()
-
   def _warn_few_distinct_points(self, X, w):
     """scikit-learn's k-means warning, where the data explain a degenerate
     fit: fewer distinct samples (of positive weight) than components."""
@@ -608,9 +370,6 @@ class GaussianMixture(compat.DensityEstimator):
         f"top of reg_covar={self.reg_covar!r}, to factorise it (jitter_). "
         "Increase reg_covar, remove collinear or duplicated features, or "
         "fit in float64.", val.convergence_warning(), stacklevel=3)
-
-  def _n_parameters(self):
-    return em.n_parameters(self._params())
 
   def partial_fit(self, X, y=None, sample_weight=None):
     """One online-EM (stepwise EM) update with the batch ``X``; returns self.
@@ -673,18 +432,3 @@ class GaussianMixture(compat.DensityEstimator):
                                               reg_covar=float(self.reg_covar)))
     return self
 
-  def sample(self, n_samples=1):
-    """Draws ``(X, y)``: samples grouped by component, and their labels."""
-    self._check_is_fitted()
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-      raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The "
-                       "sampling requires at least one sample.")
-    cache.enable_default_cache()
-    key = key_from_random_state(self.random_state)
-    # Drawn in a ladder size (compiling.ladder_size), so that nearby counts
-    # share one program; the surplus is dropped on the host.
-    n = int(n_samples)
-    X, y = em.sample(key, self._params(), compiling.ladder_size(n, 256))
-    X, y = np.asarray(X)[:n], np.asarray(y)[:n]
-    order = np.argsort(y, kind="stable")
-    return X[order], y[order]

@@ -18,8 +18,8 @@ The JSON document records ``format`` (``"gmmjax-model"``),
 ``"estimator"``), ``covariance_type``, ``dtype``, ``n_components``,
 ``n_features``, each array's shape and dtype, and, for an estimator, its
 constructor parameters and fitted scalars (``converged_``, ``n_iter_``,
-``lower_bound_``, ..., and the diagnostics ``jitter_`` and
-``n_degenerate_``). A SHA-256 digest over the JSON document and every
+``lower_bound_``, ..., the diagnostics ``jitter_`` and ``n_degenerate_``,
+and ``feature_names_in_`` when it was fitted on a DataFrame). A SHA-256 digest over the JSON document and every
 array's bytes catches truncated, corrupted or hand-edited files (it guards
 against accidents, not against someone who recomputes it; safety against code
 execution comes from the absence of pickle).
@@ -112,6 +112,9 @@ def _estimator_payload(estimator):
                                                   [])],
       "n_features_in_": int(estimator.n_features_in_),
   }
+  if hasattr(estimator, "feature_names_in_"):  # fitted on a DataFrame
+    fitted["feature_names_in_"] = [str(c) for c in
+                                   estimator.feature_names_in_]
   # The diagnostics fit and partial_fit set (absent on a bare estimator).
   if hasattr(estimator, "jitter_"):
     fitted["jitter_"] = float(estimator.jitter_)
@@ -513,6 +516,12 @@ def _fitted_scalars(fitted, meta) -> dict:
   out = dict(converged_=converged, n_iter_=n_iter,
              lower_bound_=float(lower_bound),
              lower_bounds_=[float(v) for v in bounds])
+  if "feature_names_in_" in fitted:
+    columns = fitted["feature_names_in_"]
+    if not (isinstance(columns, list) and len(columns) == n_in
+            and all(isinstance(c, str) for c in columns)):
+      raise TypeError("wrong feature_names_in_")
+    out["feature_names_in_"] = columns
   if "jitter_" in fitted or "n_degenerate_" in fitted:
     jitter, n_degenerate = fitted["jitter_"], fitted["n_degenerate_"]
     if not (isinstance(jitter, (int, float)) and not isinstance(jitter, bool)
