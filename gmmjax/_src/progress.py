@@ -11,7 +11,9 @@ argument of the compiled program, so a new callable means a new compile.
 The command line shows ``progress_bar`` on a terminal; the estimator's
 ``fit(X, progress=True)`` shows one too. tqdm (``pip install
 "gmmjax[progress]"``) draws a widget in Jupyter (``tqdm.auto``) and a bar on
-terminals; without it, :class:`TextBar` draws one text line.
+terminals; without it, :class:`TextBar` draws one text line. The active
+bar is process-wide: fits showing progress at the same time in two threads
+feed the bar entered last.
 """
 
 from __future__ import annotations
