@@ -84,8 +84,9 @@ def test_feature_name_warnings_and_reset(fitted, frame):
 
 
 def test_feature_names_need_all_strings(frame):
-  numbered = frame.set_axis([0, 1, 2], axis=1)
-  gm = gx.GaussianMixture(2, random_state=0).fit(numbered)
+  gm = gx.GaussianMixture(2, random_state=0)
+  X = gm._validate_X(frame.set_axis([0, 1, 2], axis=1), reset=True)
+  assert X.shape == (60, 3)
   assert not hasattr(gm, "feature_names_in_")  # non-string names: none
   with pytest.raises(TypeError, match="all input features have string"):
     gx.GaussianMixture(2).fit(frame.set_axis(["a", 1, "c"], axis=1))
