@@ -19,7 +19,10 @@ import sklearn
 from sklearn.base import BaseEstimator, DensityMixin, clone
 from sklearn.model_selection import GridSearchCV, cross_validate
 from sklearn.utils import get_tags
-from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils._param_validation import (
+    InvalidParameterError,
+    validate_parameter_constraints,
+)
 
 import gmmjax as gx
 from gmmjax._src import sklearn_compat as compat
@@ -139,6 +142,18 @@ def test_invalid_parameters_raise_scikit_learns_error(frame, params, message):
     assert isinstance(info.value, TypeError)
 
 
+def test_optional_parameters_in_scikit_learns_constraints():
+  constraints = compat.sklearn_constraints(
+      dict(rank=compat.integer(1, or_none=True), how=compat.options("a")))
+  assert constraints["rank"][1:] == [None]
+  assert len(constraints["how"]) == 1
+  with pytest.raises(InvalidParameterError, match="an int in the range "
+                     r"\[1, 2147483647\] or None. Got 0 instead"):
+    validate_parameter_constraints(constraints, dict(rank=0, how="a"),
+                                   "Est")
+  validate_parameter_constraints(constraints, dict(rank=None, how="a"), "Est")
+
+
 def test_generator_random_state_is_accepted():
   # A superset of scikit-learn's random_state, as before.
   gm = gx.GaussianMixture(2, random_state=np.random.default_rng(0))
@@ -212,12 +227,13 @@ def test_routing_off_passes_fit_params_as_before(frame):
 class _Plain(compat.FallbackBase):
   _parameter_spec = dict(k=compat.integer(1), tol=compat.real(0.0),
                          kind=compat.options("x", "y"), flag=compat.BOOLEAN,
-                         verbose=compat.VERBOSE, seed=compat.RANDOM_STATE)
+                         verbose=compat.VERBOSE, seed=compat.RANDOM_STATE,
+                         rank=compat.integer(1, or_none=True))
 
   def __init__(self, k=1, *, tol=1e-3, kind="x", flag=False, verbose=0,
-               seed=None):
+               seed=None, rank=None):
     self.k, self.tol, self.kind = k, tol, kind
-    self.flag, self.verbose, self.seed = flag, verbose, seed
+    self.flag, self.verbose, self.seed, self.rank = flag, verbose, seed, rank
 
 
 @pytest.mark.parametrize("params, message", [
@@ -231,9 +247,11 @@ class _Plain(compat.FallbackBase):
     (dict(flag=1), "The 'flag' parameter of _Plain must be an instance of "
      "'bool'. Got 1 instead."),
     (dict(verbose=-1), "'verbose'"),
+    (dict(rank=0), "The 'rank' parameter of _Plain must be an int"),
 ])
 def test_fallback_parameter_checks(params, message):
   _Plain(verbose=True, flag=np.bool_(True), seed=-5)._validate_params()
+  _Plain(rank=2)._validate_params()
   with pytest.raises(ValueError) as info:
     _Plain(**params)._validate_params()
   assert message in str(info.value)
@@ -243,7 +261,7 @@ def test_fallback_parameter_checks(params, message):
 def test_fallback_parameter_protocol():
   p = _Plain(3, kind="y")
   assert p.get_params() == dict(k=3, tol=1e-3, kind="y", flag=False,
-                                verbose=0, seed=None)
+                                verbose=0, seed=None, rank=None)
   assert repr(p) == "_Plain(k=3, kind='y')"
   assert p.set_params(tol=0.5) is p and p.tol == 0.5
   with pytest.raises(ValueError, match="Invalid parameter 'bogus'"):

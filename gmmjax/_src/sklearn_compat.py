@@ -51,30 +51,34 @@ ARRAY_OR_NONE = "array-like or None"  # checked later, against the data
 
 class Range(NamedTuple):
   """A number of ``kind`` ("int" or "real") in ``[low, high]`` (``high``
-  None: ``[low, inf)``, infinity excluded)."""
+  None: ``[low, inf)``, infinity excluded); ``None`` too if ``or_none``."""
   kind: str
   low: float
   high: float | None = None
+  or_none: bool = False
 
 
 class Options(NamedTuple):
-  """One of the strings ``names``."""
+  """One of the strings ``names``; ``None`` too if ``or_none``."""
   names: tuple
+  or_none: bool = False
 
 
-def integer(low: int, high: int = val.INT32_MAX) -> Range:
+def integer(low: int, high: int = val.INT32_MAX, *,
+            or_none: bool = False) -> Range:
   """An int in ``[low, high]``; counts the compiled program holds in int32
   are bounded by ``2**31 - 1`` by default."""
-  return Range("int", low, high)
+  return Range("int", low, high, or_none)
 
 
-def real(low: float, high: float | None = None) -> Range:
+def real(low: float, high: float | None = None, *,
+         or_none: bool = False) -> Range:
   """A finite real number in ``[low, high]`` (``[low, inf)`` by default)."""
-  return Range("real", low, high)
+  return Range("real", low, high, or_none)
 
 
-def options(*names: str) -> Options:
-  return Options(tuple(names))
+def options(*names: str, or_none: bool = False) -> Options:
+  return Options(tuple(names), or_none)
 
 
 def sklearn_constraints(spec: dict) -> dict:
@@ -87,6 +91,8 @@ def sklearn_constraints(spec: dict) -> dict:
       out[name] = [Interval(kind, rule.low, rule.high, closed=closed)]
     elif isinstance(rule, Options):
       out[name] = [StrOptions(set(rule.names))]
+    if isinstance(rule, Range | Options):
+      out[name] += [None] if rule.or_none else []
     elif rule == RANDOM_STATE:
       out[name] = ["random_state", np.random.Generator]
     elif rule == ARRAY_OR_NONE:
@@ -101,6 +107,8 @@ def check_params(spec: dict, params: dict, estimator: str) -> None:
   a ``ValueError`` in scikit-learn's wording for the first bad one."""
   for name, rule in spec.items():
     value = params[name]
+    if value is None and getattr(rule, "or_none", False):
+      continue
     if isinstance(rule, Range):
       val.check_param(name, value, "int" if rule.kind == "int" else "float",
                       low=rule.low, high=rule.high, estimator=estimator)
