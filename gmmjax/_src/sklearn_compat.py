@@ -6,7 +6,17 @@ An estimator becomes a scikit-learn citizen by inheriting
 :func:`options` and the names :data:`BOOLEAN`, :data:`VERBOSE`,
 :data:`RANDOM_STATE`, :data:`ARRAY_OR_NONE`). It then calls
 ``self._validate_params()`` at the start of ``fit`` and
-``self._validate_feature_names(X, reset=...)`` wherever it takes ``X``.
+``self._validate_feature_names(X, reset=...)`` wherever it takes ``X``
+(``estimator_base.MixtureBase._validate_X`` does). A second estimator
+adopts both by inheriting them, e.g.::
+
+  class BayesianGaussianMixture(MixtureBase, DensityEstimator):
+    _parameter_spec = dict(n_components=integer(1),
+                           weight_concentration_prior=real(0.0, or_none=True),
+                           ...)  # one entry per constructor parameter
+
+and joins ``ESTIMATORS`` in ``tests/test_sklearn_conformance.py``, whose
+``check_param_validation`` requires an entry for every parameter.
 
 When scikit-learn is importable (the pattern of other libraries with
 optional scikit-learn support), :class:`DensityEstimator` derives from
