@@ -170,25 +170,29 @@ def expected_log_weights(post: BayesParams):
   """``E[log pi_k]`` ``(K,)`` (scikit-learn's ``_estimate_log_weights``)."""
   wc = post.weight_concentration
   if post.weight_concentration_prior_type == "dirichlet_process":
-    digamma_sum = digamma(wc[0] + wc[1])
-    log_v = digamma(wc[0]) - digamma_sum
-    log_1mv = digamma(wc[1]) - digamma_sum
-    before = jnp.concatenate([jnp.zeros((1,), wc.dtype),
-                              jnp.cumsum(log_1mv)[:-1]])
-    return log_v + before
-  return digamma(wc) - digamma(jnp.sum(wc))
+    a, b = wc[..., 0, :], wc[..., 1, :]
+    digamma_sum = digamma(a + b)
+    log_1mv = digamma(b) - digamma_sum
+    return digamma(a) - digamma_sum + _exclusive(jnp.cumsum, log_1mv, 0.0)
+  return digamma(wc) - digamma(jnp.sum(wc, axis=-1, keepdims=True))
+
+
+def _exclusive(scan, x, first):
+  """``[first, scan(x)[0], ..., scan(x)[-2]]`` along the last axis."""
+  head = jnp.full(x.shape[:-1] + (1,), first, x.dtype)
+  return jnp.concatenate([head, scan(x[..., :-1], axis=-1)], axis=-1)
 
 
 def expected_weights(post: BayesParams):
-  """The posterior mean weights (scikit-learn's ``weights_``)."""
+  """The posterior mean weights (scikit-learn's ``weights_``); batched
+  posteriors (leading axes) too."""
   wc = post.weight_concentration
   if post.weight_concentration_prior_type == "dirichlet_process":
-    total = wc[0] + wc[1]
-    rest = wc[1] / total
-    w = wc[0] / total * jnp.concatenate([jnp.ones((1,), wc.dtype),
-                                         jnp.cumprod(rest[:-1])])
-    return w / jnp.sum(w)
-  return wc / jnp.sum(wc)
+    a, b = wc[..., 0, :], wc[..., 1, :]
+    w = a / (a + b) * _exclusive(jnp.cumprod, b / (a + b), 1.0)
+  else:
+    w = wc
+  return w / jnp.sum(w, axis=-1, keepdims=True)
 
 
 def _feature_offsets(dof, d: int):
@@ -262,11 +266,40 @@ def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
 
 
 def posterior_from_stats(stats: SuffStats, shift, prior: BayesPrior, *,
-                         covariance_type: str, prior_type: str, reg_covar):
-  """The variational M-step: :func:`posterior_from_moments` of the
-  statistics (computed around ``shift``, ``(D,)`` or ``(K, D)``), with
-  scikit-learn's ``10 * eps`` floor on the masses. Returns
-  ``(BayesParams, jitter)``."""
+                         covariance_type: str,
+                         prior_type: str = "dirichlet_process",
+                         reg_covar=1e-6) -> BayesParams:
+  """The variational M-step: posterior hyper-parameters from statistics.
+
+  scikit-learn's ``_m_step`` (``_estimate_weights``, ``_estimate_means``,
+  ``_estimate_wishart_*``) on the component masses, means and covariances
+  that the statistics give (computed around ``shift``, ``(D,)`` or
+  ``(K, D)``; masses floored by ``10 * eps``), so it works with every way of
+  summing statistics. A full/tied scale that is not positive definite up to
+  rounding gets the M-step's diagonal jitter.
+
+  Args:
+    stats: :class:`~gmmjax.SuffStats` (e.g. of the variational E-step).
+    shift: the statistics' centre(s).
+    prior: a :class:`BayesPrior`.
+    covariance_type: the type.
+    prior_type: ``"dirichlet_process"`` or ``"dirichlet_distribution"``.
+    reg_covar: added to the data covariances' diagonals, as scikit-learn
+      does.
+
+  Returns:
+    :class:`BayesParams`.
+  """
+  return posterior_and_jitter_from_stats(
+      stats, shift, prior, covariance_type=covariance_type,
+      prior_type=prior_type, reg_covar=reg_covar)[0]
+
+
+def posterior_and_jitter_from_stats(stats: SuffStats, shift,
+                                    prior: BayesPrior, *,
+                                    covariance_type: str, prior_type: str,
+                                    reg_covar):
+  """:func:`posterior_from_stats` and the largest jitter it added."""
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   diff = stats.sx / nk[:, None]
@@ -280,10 +313,45 @@ def posterior_from_stats(stats: SuffStats, shift, prior: BayesPrior, *,
 
 
 def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
-                        covariance_type: str, prior_type: str, reg_covar):
-  """The first M-step, from responsibilities ``(N, K)`` (scikit-learn's
-  ``_initialize``): each component's scatter summed around its own mean,
-  as ``init.params_from_resp`` does. Returns ``(BayesParams, jitter)``."""
+                        covariance_type: str = "full",
+                        prior_type: str = "dirichlet_process",
+                        reg_covar=1e-6) -> BayesParams:
+  """The first variational M-step, from responsibilities (scikit-learn's
+  ``_initialize``): how a fit starts.
+
+  Each component's scatter is summed around its own mean (as
+  ``gmmjax.init_params`` does), exact for hard responsibilities.
+
+  Args:
+    X: ``(N, D)`` samples.
+    resp: ``(N, K)`` responsibilities (rows summing to 1).
+    prior: a :class:`BayesPrior`.
+    sample_weight: optional ``(N,)`` weights.
+    covariance_type, prior_type, reg_covar: as in
+      :func:`posterior_from_stats`.
+
+  Returns:
+    :class:`BayesParams`.
+  """
+  X = checks.as_data(X)
+  resp = jnp.asarray(resp, X.dtype)
+  if resp.ndim != 2 or resp.shape[0] != X.shape[0]:
+    raise ValueError(f"resp should have shape ({X.shape[0]}, n_components), "
+                     f"got {resp.shape}.")
+  check_prior_type(prior_type)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  prior = BayesPrior(*(jnp.asarray(a, X.dtype) for a in prior))
+  return posterior_and_jitter_from_resp(
+      X, resp, prior, sample_weight=w, covariance_type=covariance_type,
+      prior_type=prior_type, reg_covar=reg_covar)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type",
+                                             "prior_type"))
+def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
+                                   sample_weight, covariance_type: str,
+                                   prior_type: str, reg_covar):
+  """:func:`posterior_from_resp` on checked arguments, and its jitter."""
   dtype = X.dtype
   w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
   rw = resp * w[:, None]

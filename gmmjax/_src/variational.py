@@ -105,7 +105,7 @@ class VariationalStep(NamedTuple):
 
   def advance(self, state: VBState, problem: engine.Problem, started):
     post = state.posterior
-    stepped, jitter = bp.posterior_from_stats(
+    stepped, jitter = bp.posterior_and_jitter_from_stats(
         state.stats, jax.lax.stop_gradient(post.means), problem.prior,
         covariance_type=post.covariance_type,
         prior_type=post.weight_concentration_prior_type,
