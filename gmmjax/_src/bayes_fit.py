@@ -121,9 +121,13 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
 def _as_posterior(post: bp.BayesParams, X) -> bp.BayesParams:
   if not isinstance(post, bp.BayesParams):
     raise TypeError(f"posterior should be a BayesParams, got {type(post)}.")
-  if post.means.ndim != 2 or post.means.shape[1] != X.shape[1]:
+  if post.means.ndim != 2:
     raise ValueError(f"posterior.means should have shape (n_components, "
-                     f"{X.shape[1]}), got {post.means.shape}.")
+                     f"n_features), got {post.means.shape}; for a batch of "
+                     f"posteriors use jax.vmap.")
+  if post.means.shape[1] != X.shape[1]:
+    raise ValueError(f"X has {X.shape[1]} features, but the posterior has "
+                     f"{post.means.shape[1]}.")
   bp.check_prior_type(post.weight_concentration_prior_type)
   return jax.tree.map(lambda a: jnp.asarray(a, X.dtype), post)
 

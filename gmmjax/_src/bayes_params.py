@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 from typing import Any, NamedTuple
 
@@ -166,15 +167,36 @@ def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
 # Expectations under the posterior.
 
 
-def expected_log_weights(post: BayesParams):
-  """``E[log pi_k]`` ``(K,)`` (scikit-learn's ``_estimate_log_weights``)."""
+def special_many(fn, *arrays):
+  """``[fn(a) for a in arrays]`` as one call of ``fn`` on their
+  concatenation: XLA expands ``digamma`` and ``lgamma`` into long
+  polynomial programs, one per call site, and compile time grows with
+  each."""
+  flat = jnp.concatenate([jnp.ravel(a) for a in arrays])
+  out = fn(flat)
+  sizes = [math.prod(jnp.shape(a)) for a in arrays]
+  pieces = jnp.split(out, list(itertools.accumulate(sizes))[:-1])
+  return [p.reshape(jnp.shape(a)) for p, a in zip(pieces, arrays)]
+
+
+def expected_log_weights(post: BayesParams, extra=None):
+  """``E[log pi_k]`` ``(K,)`` (scikit-learn's ``_estimate_log_weights``).
+
+  ``extra``: an optional array whose digamma is computed in the same call
+  (returned second)."""
   wc = post.weight_concentration
+  more = () if extra is None else (extra,)
   if post.weight_concentration_prior_type == "dirichlet_process":
     a, b = wc[..., 0, :], wc[..., 1, :]
-    digamma_sum = digamma(a + b)
-    log_1mv = digamma(b) - digamma_sum
-    return digamma(a) - digamma_sum + _exclusive(jnp.cumsum, log_1mv, 0.0)
-  return digamma(wc) - digamma(jnp.sum(wc, axis=-1, keepdims=True))
+    dig_a, dig_b, digamma_sum, *rest = special_many(digamma, a, b, a + b,
+                                                    *more)
+    log_1mv = dig_b - digamma_sum
+    out = dig_a - digamma_sum + _exclusive(jnp.cumsum, log_1mv, 0.0)
+  else:
+    dig, dig_sum, *rest = special_many(
+        digamma, wc, jnp.sum(wc, axis=-1, keepdims=True), *more)
+    out = dig - dig_sum
+  return out if extra is None else (out, rest[0])
 
 
 def _exclusive(scan, x, first):
@@ -207,11 +229,11 @@ def variational_log_weights(post: BayesParams):
   d = post.n_features
   dtype = post.means.dtype
   dof = post.degrees_of_freedom
-  log_lambda = d * math.log(2.0) + jnp.sum(digamma(_feature_offsets(dof, d)),
-                                           axis=-1)
+  log_weights, dig = expected_log_weights(post, _feature_offsets(dof, d))
+  log_lambda = d * math.log(2.0) + jnp.sum(dig, axis=-1)
   extra = (0.5 * (log_lambda - d / post.mean_precision)
            - 0.5 * d * jnp.log(dof))
-  return (expected_log_weights(post) + extra).astype(dtype)
+  return (log_weights + extra).astype(dtype)
 
 
 def variational_mixture(post: BayesParams, *, normalise: bool = True
