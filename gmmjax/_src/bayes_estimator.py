@@ -172,7 +172,7 @@ class BayesianGaussianMixture(GaussianMixture):
     self.weight_concentration_ = ((wc[0], wc[1]) if wc.ndim == 2 else wc)
     self.mean_precision_ = np.asarray(post.mean_precision)
     self.degrees_of_freedom_ = np.asarray(post.degrees_of_freedom)
-    weights = np.asarray(bp.expected_weights(post))
+    weights = _expected_weights(wc)
     super()._set_fitted(
         GMMParams(weights, np.asarray(post.means),
                   np.asarray(post.covariances),
@@ -195,6 +195,17 @@ class BayesianGaussianMixture(GaussianMixture):
   def _evaluation_params(self, n_slots=None) -> GMMParams:
     del n_slots  # evaluated in exactly the fitted components
     return bp.variational_mixture(self.posterior_, normalise=False)
+
+
+def _expected_weights(wc) -> np.ndarray:
+  """scikit-learn's ``weights_`` from ``weight_concentration_``, in NumPy
+  (:func:`bayes_params.expected_weights` without a program to compile)."""
+  if wc.ndim == 2:  # dirichlet_process: the stick breaks' means
+    total = wc[0] + wc[1]
+    w = wc[0] / total * np.hstack((1, np.cumprod(wc[1][:-1] / total[:-1])))
+  else:
+    w = wc
+  return w / np.sum(w)
 
 
 def _checked_array(value, shape, name) -> np.ndarray:

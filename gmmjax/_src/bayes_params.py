@@ -136,14 +136,10 @@ def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
   """
   X = checks.as_data(X)
   dtype = X.dtype
-  n, d = X.shape
+  d = X.shape[1]
   ct = cov_lib.get(covariance_type)
-  w = checks.as_sample_weight(sample_weight, n, dtype)
-  ww = jnp.ones(n, dtype) if w is None else w
-  total = jnp.sum(ww)
-  mean = mm.matmul(ww, X) / total
-  xc = X - mean
-  data_cov = mm.matmul((xc * ww[:, None]).T, xc) / (total - 1.0)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], dtype)
+  mean, data_cov = _data_moments(X, w, covariance_type=covariance_type)
 
   def pick(value, default, shape):
     out = jnp.asarray(default if value is None else value, dtype)
@@ -158,9 +154,21 @@ def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
       mean_precision_prior=pick(mean_precision_prior, 1.0, ()),
       mean_prior=pick(mean_prior, mean, (d,)),
       degrees_of_freedom_prior=pick(degrees_of_freedom_prior, float(d), ()),
-      covariance_prior=pick(covariance_prior, ct.from_full(data_cov),
+      covariance_prior=pick(covariance_prior, data_cov,
                             ct.shape(1, d)[1:] if ct.name != "tied"
                             else (d, d)))
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type",))
+def _data_moments(X, w, *, covariance_type: str):
+  """The (weighted) data mean and ``ddof=1`` covariance in the type's
+  shape: one small program, not a dispatch per operation."""
+  ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
+  total = jnp.sum(ww)
+  mean = mm.matmul(ww, X) / total
+  xc = X - mean
+  cov = mm.matmul((xc * ww[:, None]).T, xc) / (total - 1.0)
+  return mean, cov_lib.get(covariance_type).from_full(cov)
 
 
 # ---------------------------------------------------------------------------
@@ -236,6 +244,7 @@ def variational_log_weights(post: BayesParams):
   return (log_weights + extra).astype(dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("normalise",))
 def variational_mixture(post: BayesParams, *, normalise: bool = True
                         ) -> GMMParams:
   """The mixture whose E-step is the variational E-step.
