@@ -48,6 +48,11 @@ class BayesianGaussianMixture(GaussianMixture):
 
   Besides scikit-learn's attributes, ``posterior_`` is the fitted
   :class:`gmmjax.BayesParams` and ``prior_`` the :class:`gmmjax.BayesPrior`.
+  ``params_`` is the plug-in mixture (``weights_``, ``means_``,
+  ``covariances_``), what ``sample`` draws from and ``gmmjax.plot`` draws;
+  ``predict`` and ``score_samples`` evaluate the variational mixture
+  (:func:`gmmjax.variational_mixture` of the posterior), as scikit-learn's
+  do.
 
   Example:
     >>> import numpy as np, gmmjax as gx
@@ -90,7 +95,6 @@ class BayesianGaussianMixture(GaussianMixture):
   aic = _Absent()
   partial_fit = _Absent()
   from_params = _Absent()
-  params_ = _Absent()
 
   def _check_parameters(self):
     super()._check_parameters()
