@@ -16,6 +16,7 @@ from gmmjax._src.bayes_params import (
     posterior_from_stats,
     variational_mixture,
 )
+from gmmjax._src.bayes_scale import fit_bayes_chunked
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.covariance import COVARIANCE_TYPES
@@ -136,6 +137,7 @@ __all__ = [
     "fit",
     "fit_accelerated",
     "fit_bayes",
+    "fit_bayes_chunked",
     "fit_bayes_restarts",
     "fit_chunked",
     "fit_gradient",

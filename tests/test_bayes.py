@@ -20,6 +20,7 @@ from sklearn.datasets import load_iris, load_wine, make_blobs
 from sklearn.mixture import BayesianGaussianMixture as SkBGMM
 
 import gmmjax as gx
+from gmmjax import datasets
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -138,8 +139,7 @@ def test_bound_terms_match_scipy():
 def test_dirichlet_process_prunes():
   """10 components on 3 separated clusters keep at most 4 of weight > 0.01,
   as scikit-learn's do."""
-  X, _ = make_blobs(n_samples=300, centers=3, cluster_std=0.5,
-                    random_state=0)
+  X, _ = datasets.blobs(n_samples=600, n_centers=3, seed=0)  # README's
   kwargs = dict(n_components=10, random_state=0, max_iter=500)
   ours = gx.BayesianGaussianMixture(**kwargs).fit(X)
   theirs = SkBGMM(**kwargs).fit(X)
@@ -177,6 +177,19 @@ def test_sample_weight_is_repetition(tiny):
   assert_allclose(a.history[:5], b.history[:5], rtol=1e-10)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     assert_allclose(x, y, rtol=1e-9, atol=1e-12)
+
+
+def test_chunked_is_the_in_memory_fit(tiny):
+  """The host loop over chunks runs the same variational iterations."""
+  X, prior, post0 = tiny
+  with jax.enable_x64(True):
+    a = gx.fit_bayes(X, post0, prior, max_iter=5, tol=0.0)
+    b = gx.fit_bayes_chunked(np.asarray(X), post0, prior, chunk_size=16,
+                             max_iter=5, tol=0.0)
+  assert int(b.n_iter) == 5
+  assert_allclose(b.history[:5], a.history[:5], rtol=1e-12)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    assert_allclose(x, y, rtol=1e-10, atol=1e-12)
 
 
 def test_implicit_gradient_matches_finite_differences(tiny):

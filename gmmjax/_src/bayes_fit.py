@@ -311,11 +311,12 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
 
   Example:
     >>> import jax, gmmjax as gx
-    >>> X = jax.random.normal(jax.random.key(0), (300, 2))
-    >>> best, results = gx.fit_bayes_restarts(jax.random.key(1), X, 5,
-    ...                                       n_init=3)
+    >>> X = jax.random.normal(jax.random.key(0), (200, 2))
+    >>> best, results = gx.fit_bayes_restarts(
+    ...     jax.random.key(1), X, 3, n_init=2, covariance_type="diag",
+    ...     method="random_from_data")
     >>> results.n_iter.shape, best.params.means.shape
-    ((3,), (5, 2))
+    ((2,), (3, 2))
   """
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")

@@ -144,9 +144,20 @@ class VariationalStep(NamedTuple):
                                    shift=stats_lib.component_shift(mix))
     return stats if self.reduce is None else self.reduce(stats)
 
-  def conclude(self, state: VBState, started, new, mix, jitter, stats):
+  def evaluated(self, post: bp.BayesParams) -> GMMParams:
+    """The mixture whose E-step statistics the step reads."""
+    return bp.variational_mixture(post)
+
+  def conclude(self, state: VBState, started, new, jitter, stats, problem):
+    """:meth:`conclude_with` (``engine.host_fit``'s signature)."""
+    del problem
+    return self.conclude_with(state, started, new, self.evaluated(new),
+                              jitter, stats)
+
+  def conclude_with(self, state: VBState, started, new, mix, jitter, stats):
     """The next state; the bound of the iteration from the previous
-    E-step's responsibilities and the new posterior."""
+    E-step's responsibilities and the new posterior (``mix`` its
+    variational mixture, computed once per iteration)."""
     bound = responsibility_entropy(state.mixture, state.stats) + bound_terms(
         new)
     ok = (all_finite(new) & all_finite(stats)
@@ -163,8 +174,8 @@ class VariationalStep(NamedTuple):
   def step(self, state: VBState, problem: engine.Problem, started):
     new, jitter = self.advance(state, problem, started)
     mix = bp.variational_mixture(new)
-    return self.conclude(state, started, new, mix, jitter,
-                         self.evaluate(mix, problem))
+    return self.conclude_with(state, started, new, mix, jitter,
+                              self.evaluate(mix, problem))
 
   def result(self, state: VBState, problem: engine.Problem):
     """The posterior and its lower bound with its own responsibilities."""
