@@ -244,3 +244,11 @@ def test_bad_input_is_a_clear_error(tiny):
   with pytest.raises(ValueError, match="degrees_of_freedom_prior"):
     gx.BayesianGaussianMixture(degrees_of_freedom_prior=0.5).fit(
         np.asarray(X))
+
+
+def test_save_refuses_a_bayesian_mixture(tmp_path):
+  """gx.save would write the plug-in mixture as a GaussianMixture and lose
+  the posterior: refused (no fit needed to check it)."""
+  bgm = gx.BayesianGaussianMixture()
+  with pytest.raises(TypeError, match="BayesianGaussianMixture"):
+    gx.save(tmp_path / "m.gmmjax", bgm)
