@@ -5,7 +5,11 @@ Pure functions on immutable parameter pytrees (``init_params``, ``e_step``,
 a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
-from gmmjax._src.accel import AccelInfo, fit_accelerated
+from gmmjax._src.accel import (
+    AccelInfo,
+    fit_accelerated,
+    fit_accelerated_with_info,
+)
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.covariance import COVARIANCE_TYPES
@@ -122,6 +126,7 @@ __all__ = [
     "enable_default_cache",
     "fit",
     "fit_accelerated",
+    "fit_accelerated_with_info",
     "fit_chunked",
     "fit_gradient",
     "fit_online",
