@@ -54,15 +54,14 @@ from gmmjax._src.priors import (
 from gmmjax._src.restarts import best_restart, fit_restarts
 from gmmjax._src.results import FitError
 from gmmjax._src.scale import (
-    chunk_source,
     data_mesh,
-    fit_chunked,
     fit_restarts_sharded,
     fit_sharded,
     global_data,
     local_copy,
     process_sum,
 )
+from gmmjax._src.scale_chunked import chunk_source, fit_chunked
 from gmmjax._src.scale_online import (
     OnlineState,
     fit_online,
