@@ -779,14 +779,14 @@ def wl7(args, libs):
 
 
 def _acc_one(X, ctype, args):
-  from gmmjax._src.accel import fit_accelerated
+  from gmmjax import fit_accelerated_with_info
   with jax.enable_x64(True):
     Xj = jnp.asarray(X)
     p0 = gx.init_params(jax.random.key(0), Xj, 4, covariance_type=ctype,
                         method="kmeans")
     kw = dict(max_iter=3000, tol=1e-9, reg_covar=REG)
     f_em = jax.jit(lambda X, p: gx.fit(X, p, **kw))
-    f_acc = jax.jit(lambda X, p: fit_accelerated(X, p, return_info=True, **kw))
+    f_acc = jax.jit(lambda X, p: fit_accelerated_with_info(X, p, **kw))
     em = _block(f_em(Xj, p0))
     acc, info = _block(f_acc(Xj, p0))
     t_em = med(time_runs(lambda: _block(f_em(Xj, p0)), args.repeats))

@@ -5,7 +5,11 @@ Pure functions on immutable parameter pytrees (``init_params``, ``e_step``,
 a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
-from gmmjax._src.accel import AccelInfo, fit_accelerated
+from gmmjax._src.accel import (
+    AccelInfo,
+    fit_accelerated,
+    fit_accelerated_with_info,
+)
 from gmmjax._src.bayes_estimator import BayesianGaussianMixture
 from gmmjax._src.bayes_fit import fit_bayes, fit_bayes_restarts
 from gmmjax._src.bayes_params import (
@@ -61,15 +65,14 @@ from gmmjax._src.priors import (
 from gmmjax._src.restarts import best_restart, fit_restarts
 from gmmjax._src.results import FitError
 from gmmjax._src.scale import (
-    chunk_source,
     data_mesh,
-    fit_chunked,
     fit_restarts_sharded,
     fit_sharded,
     global_data,
     local_copy,
     process_sum,
 )
+from gmmjax._src.scale_chunked import chunk_source, fit_chunked
 from gmmjax._src.scale_online import (
     OnlineState,
     fit_online,
@@ -136,6 +139,7 @@ __all__ = [
     "enable_default_cache",
     "fit",
     "fit_accelerated",
+    "fit_accelerated_with_info",
     "fit_bayes",
     "fit_bayes_chunked",
     "fit_bayes_restarts",

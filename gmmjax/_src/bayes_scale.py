@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from gmmjax._src import bayes_params as bp
-from gmmjax._src import engine, scale
+from gmmjax._src import engine, scale_chunked
 from gmmjax._src import variational as vb
 from gmmjax._src.bayes_fit import _as_prior
 from gmmjax._src.results import FitResult
@@ -54,13 +54,13 @@ def fit_bayes_chunked(data, posterior: bp.BayesParams, prior: bp.BayesPrior,
     ...     abs(a.lower_bound - b.lower_bound) < 1e-4 * abs(b.lower_bound))
     (True, True)
   """
-  scale._refuse_tracers(data, posterior, sample_weight, tol, reg_covar,
+  scale_chunked._refuse_tracers(data, posterior, sample_weight, tol, reg_covar,
                         prev_lower_bound)
   max_iter = engine.check_max_iter(max_iter)
   if not isinstance(posterior, bp.BayesParams):
     raise TypeError(f"posterior should be a BayesParams, got "
                     f"{type(posterior)}.")
-  _, stats_pass, dtype = scale.chunked_stats_pass(
+  _, stats_pass, dtype = scale_chunked.chunked_stats_pass(
       data, bp.variational_mixture(posterior), sample_weight=sample_weight,
       chunk_size=chunk_size, reduce=reduce, prefetch=prefetch,
       device=device)

@@ -395,7 +395,9 @@ class GaussianMixture:
 
     Raises:
       ValueError: for invalid constructor parameters, ones that disagree
-        with ``params``, batched params or an unknown ``fitted`` name.
+        with ``params``, batched params, factors that do not match the
+        covariances (``GMMParams.recompute_factors``) or an unknown
+        ``fitted`` name.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, gmmjax as gx
@@ -419,6 +421,7 @@ class GaussianMixture:
       raise ValueError(
           "from_params expects one mixture (weights of shape (K,)), got "
           f"weights of shape {np.shape(params.weights)}.")
+    checks.check_factors(params)
     estimator_kwargs.setdefault("n_components", int(params.n_components))
     estimator_kwargs.setdefault("covariance_type", params.covariance_type)
     gm = cls(**estimator_kwargs)

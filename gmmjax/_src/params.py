@@ -51,6 +51,31 @@ class GMMParams:
     """Returns a copy with the given fields replaced."""
     return dataclasses.replace(self, **kwargs)
 
+  def recompute_factors(self) -> GMMParams:
+    """The same parameters with ``precisions_cholesky`` derived from
+    ``covariances`` again.
+
+    The factors are a second representation of the covariances, so
+    arithmetic on the leaves (``jax.tree.map`` averaging or interpolating
+    two parameter sets) leaves them inconsistent; the functional entry
+    points refuse such parameters with a ``ValueError`` (outside ``jit``)
+    and this method makes them canonical again.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gmmjax as gx
+      >>> a = gx.make_params(jnp.ones(1), jnp.zeros((1, 1)), jnp.ones((1, 1)),
+      ...                    covariance_type="diag")
+      >>> b = a.replace(covariances=4 * a.covariances,
+      ...               precisions_cholesky=a.precisions_cholesky / 2)
+      >>> mid = jax.tree.map(lambda u, v: (u + v) / 2, a, b)
+      >>> mid.precisions_cholesky.tolist()  # not 1 / sqrt(2.5)
+      [[0.75]]
+      >>> mid.recompute_factors().precisions_cholesky.tolist()
+      [[0.6324555...]]
+    """
+    return make_params(self.weights, self.means, self.covariances,
+                       covariance_type=self.covariance_type, dtype=self.dtype)
+
   @property
   def n_components(self) -> int:
     return self.means.shape[-2]
