@@ -10,6 +10,17 @@ from gmmjax._src.accel import (
     fit_accelerated,
     fit_accelerated_with_info,
 )
+from gmmjax._src.bayes_estimator import BayesianGaussianMixture
+from gmmjax._src.bayes_fit import fit_bayes, fit_bayes_restarts
+from gmmjax._src.bayes_params import (
+    BayesParams,
+    BayesPrior,
+    make_bayes_prior,
+    posterior_from_resp,
+    posterior_from_stats,
+    variational_mixture,
+)
+from gmmjax._src.bayes_scale import fit_bayes_chunked
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.covariance import COVARIANCE_TYPES
@@ -92,6 +103,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccelInfo",
+    "BayesParams",
+    "BayesPrior",
+    "BayesianGaussianMixture",
     "COVARIANCE_TYPES",
     "ConjugatePrior",
     "ConvergenceWarning",
@@ -126,6 +140,9 @@ __all__ = [
     "fit",
     "fit_accelerated",
     "fit_accelerated_with_info",
+    "fit_bayes",
+    "fit_bayes_chunked",
+    "fit_bayes_restarts",
     "fit_chunked",
     "fit_gradient",
     "fit_online",
@@ -140,12 +157,12 @@ __all__ = [
     "kmeans",
     "kmeans_plusplus",
     "load",
-    "read_metadata",
     "local_copy",
     "log_likelihood",
     "log_prior",
     "log_prob",
     "m_step",
+    "make_bayes_prior",
     "make_params",
     "make_prior",
     "map_params_from_stats",
@@ -155,12 +172,16 @@ __all__ = [
     "online_update",
     "pad_samples",
     "params_from_stats",
+    "posterior_from_resp",
+    "posterior_from_stats",
     "predict",
     "predict_proba",
     "process_sum",
+    "read_metadata",
     "sample",
     "save",
     "select_n_components",
     "stats_from_resp",
     "to_unconstrained",
+    "variational_mixture",
 ]

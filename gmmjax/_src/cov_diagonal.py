@@ -119,6 +119,14 @@ class Diag(ScaleType):
                    - 0.5 * (jnp.diagonal(psi)[None, :] + kappa * dev * dev)
                    / cov)
 
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    dof = dof0 + nk
+    cov = psi[None] + nk[:, None] * sk + shrink[:, None] * dev ** 2
+    return dof, cov / dof[:, None]
+
+  def from_full(self, cov):
+    return jnp.diagonal(cov)
+
   def sample_noise(self, z, pc, cov, labels):
     return z * jnp.sqrt(cov)[labels]
 
@@ -192,6 +200,14 @@ class Spherical(ScaleType):
     return jnp.sum(-0.5 * n0 * d * jnp.log(cov)
                    - 0.5 * (jnp.trace(psi) + kappa * jnp.sum(dev * dev, 1))
                    / cov)
+
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    dof = dof0 + nk
+    cov = psi + nk * sk + shrink * jnp.mean(dev ** 2, axis=-1)
+    return dof, cov / dof
+
+  def from_full(self, cov):
+    return jnp.mean(jnp.diagonal(cov))
 
   def sample_noise(self, z, pc, cov, labels):
     return z * jnp.sqrt(cov)[labels][:, None]

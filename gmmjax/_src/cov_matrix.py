@@ -223,6 +223,15 @@ class Full(MatrixType):
     maha = jnp.sum(mm.einsum("kd,kde->ke", dev, pc) ** 2, axis=-1)
     return jnp.sum(-0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha)
 
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    dof = dof0 + nk
+    cov = (psi[None] + nk[:, None, None] * sk
+           + shrink[:, None, None] * (dev[:, :, None] * dev[:, None, :]))
+    return dof, cov / dof[:, None, None]
+
+  def from_full(self, cov):
+    return cov
+
   def mask_inactive(self, cov, pc, mask):
     eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)[None]
     return (jnp.where(mask[:, None, None], cov, eye),
@@ -307,6 +316,17 @@ class Tied(MatrixType):
     tr = mm.einsum("di,de,ei->", pc, psi, pc)
     maha = jnp.sum(mm.matmul(dev, pc) ** 2)
     return -0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha
+
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    k = nk.shape[0]
+    mean_nk = jnp.sum(nk) / k
+    dof = dof0 + mean_nk
+    cov = (psi + sk * mean_nk
+           + mm.einsum("k,kd,ke->de", shrink, dev, dev) / k)
+    return dof, cov / dof
+
+  def from_full(self, cov):
+    return cov
 
   def mask_inactive(self, cov, pc, mask):
     # One shared covariance; inactive slots add exactly 0 to it.

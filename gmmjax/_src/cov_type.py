@@ -134,6 +134,19 @@ class CovarianceType:
     """The Normal-inverse-Wishart terms of ``priors.log_prior``."""
     raise NotImplementedError
 
+  # Variational Bayes (``bayes_params.py``).
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    """``(dof, cov)``: the posterior Wishart's degrees of freedom and its
+    scale as a covariance, ``W^-1 / dof`` (scikit-learn's
+    ``_estimate_wishart_*``). ``sk`` the M-step's covariances (``reg_covar``
+    included), ``dev`` ``xbar_k - m0``, ``shrink`` ``N_k beta0 / beta_k``,
+    ``psi`` the covariance prior in this type's shape."""
+    raise NotImplementedError
+
+  def from_full(self, cov):
+    """A ``(D, D)`` covariance in this type's (one-component) shape."""
+    raise NotImplementedError
+
   # Whole parameters.
   def mask_inactive(self, cov, pc, mask):
     """``(cov, pc)`` with the unit covariance in slots where ``mask`` is

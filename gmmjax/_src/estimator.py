@@ -287,8 +287,13 @@ class GaussianMixture:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    out = np.asarray(fn(self._params(slots), Xp))[:X.shape[0]]
+    out = np.asarray(fn(self._evaluation_params(slots), Xp))[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
+
+  def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
+    """The mixture ``predict``, ``predict_proba`` and ``score_samples``
+    evaluate (the fitted one; a Bayesian mixture's variational one)."""
+    return self._params(n_slots)
 
   # -- fitting --------------------------------------------------------------
 

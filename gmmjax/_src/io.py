@@ -123,6 +123,8 @@ def save(path, model) -> None:
     >>> q.covariance_type, q.covariances.tolist()
     ('spherical', [1.0, 2.0])
   """
+  # here: gmmjax imports this module
+  from gmmjax._src.bayes_estimator import BayesianGaussianMixture
   meta = {"format": model_file.FORMAT_NAME, "format_version": model_file.FORMAT_VERSION,
           "gmmjax_version": model_file.gmmjax_version()}
   if isinstance(model, GMMParams):
@@ -134,6 +136,11 @@ def save(path, model) -> None:
           "separately.")
     ctype = model.covariance_type
     meta["kind"] = "params"
+  elif isinstance(model, BayesianGaussianMixture):
+    raise TypeError(
+        "save does not write a BayesianGaussianMixture yet (its posterior "
+        "would be lost); save bgm.posterior_'s arrays, or pickle the "
+        "estimator.")
   elif hasattr(model, "get_params") and hasattr(model, "covariance_type"):
     ctype, extra, arrays = _estimator_payload(model)
     meta["kind"] = "estimator"

@@ -322,6 +322,24 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   _refuse_tracers(data, params, sample_weight, tol, reg_covar,
                   prev_log_likelihood)
   max_iter = engine.check_max_iter(max_iter)
+  params, stats_pass, dtype = chunked_stats_pass(
+      data, params, sample_weight=sample_weight, chunk_size=chunk_size,
+      reduce=reduce, prefetch=prefetch, device=device)
+  problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
+                           jnp.asarray(reg_covar, dtype))
+  return engine.host_fit(params, problem, stats_pass,
+                         prev_ll=jnp.asarray(prev_log_likelihood, dtype),
+                         max_iter=max_iter, callback=callback)
+
+
+def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
+                       chunk_size=None, reduce=None, prefetch: int = 2,
+                       device=None):
+  """``(params, stats_pass, dtype)`` for :func:`engine.host_fit` over
+  chunks: ``params`` (any mixture of the problem's shape; only its shapes
+  matter here) checked and on ``device``, and ``stats_pass(mixture)``, one
+  pass of E-step statistics of ``mixture`` over all the chunks (see
+  :func:`fit_chunked`, whose arguments these are)."""
   source = chunk_source(data, sample_weight=sample_weight,
                         chunk_size=chunk_size)
   if _is_array_like(data):
@@ -347,11 +365,7 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
                   lambda a, X, w: _accumulate(a, p, X, w, shift), zero)
     return acc if reduce is None else reduce(acc)
 
-  problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
-                           jnp.asarray(reg_covar, dtype))
-  return engine.host_fit(params, problem, stats_pass,
-                         prev_ll=jnp.asarray(prev_log_likelihood, dtype),
-                         max_iter=max_iter, callback=callback)
+  return params, stats_pass, dtype
 
 
 def _refuse_tracers(data, *args):
