@@ -42,6 +42,7 @@ import zipfile
 import numpy as np
 
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import io_lowrank
 from gmmjax._src.params import GMMParams
 
 FORMAT_NAME = "gmmjax-model"
@@ -116,6 +117,11 @@ def _estimator_payload(estimator):
   if hasattr(estimator, "jitter_"):
     fitted["jitter_"] = float(estimator.jitter_)
     fitted["n_degenerate_"] = int(estimator.n_degenerate_)
+  if estimator.covariance_type == "lowrank":  # the packed leaves
+    p = estimator.params_
+    arrays.update({k: np.asarray(getattr(p, k)) for k in _PARAM_ARRAYS})
+    return estimator.covariance_type, {"constructor": ctor,
+                                       "fitted": fitted}, arrays
   params = dict(weights=estimator.weights_, means=estimator.means_,
                 covariances=estimator.covariances_,
                 precisions_cholesky=estimator.precisions_cholesky_)
@@ -393,9 +399,18 @@ def _check_params_arrays(path, meta, arrays):
   if not (_is_count(k) and _is_count(d)):
     raise _bad(path, f"n_components={k!r:.50}, n_features={d!r:.50} are "
                "invalid.")
-  expected = {"weights": (k,), "means": (k, d),
-              "covariances": cov_ops.covariance_shape(ctype, k, d),
-              "precisions_cholesky": cov_ops.covariance_shape(ctype, k, d)}
+  expected = {"weights": (k,), "means": (k, d)}
+  if ctype == "lowrank":
+    lowrank = io_lowrank.shapes(arrays, k, d)
+    if lowrank is None:
+      raise _bad(path, f"covariances have shape {arrays['covariances'].shape}"
+                 f"; a lowrank mixture with {k} components and {d} features "
+                 "needs (K, D, q + 1) with 1 <= q < D.")
+    expected.update(lowrank)
+  else:
+    expected.update({
+        "covariances": cov_ops.covariance_shape(ctype, k, d),
+        "precisions_cholesky": cov_ops.covariance_shape(ctype, k, d)})
   if "precisions" in arrays:
     expected["precisions"] = expected["covariances"]
   dtype = meta.get("dtype")
@@ -415,8 +430,14 @@ def _check_params_arrays(path, meta, arrays):
   w = arrays["weights"].astype(np.float64)
   if np.any(w < 0) or not math.isclose(float(np.sum(w)), 1.0, rel_tol=1e-4):
     raise _bad(path, "its weights are not a probability vector.")
-  _check_covariances(path, ctype, arrays["covariances"],
-                     arrays["precisions_cholesky"])
+  if ctype == "lowrank":
+    why = io_lowrank.check(arrays["covariances"],
+                           arrays["precisions_cholesky"])
+    if why is not None:
+      raise _bad(path, why)
+  else:
+    _check_covariances(path, ctype, arrays["covariances"],
+                       arrays["precisions_cholesky"])
   if "precisions" in arrays:
     prec = arrays["precisions"].astype(np.float64)
     factor = arrays["precisions_cholesky"].astype(np.float64)
@@ -477,7 +498,7 @@ def _estimator_from(path, meta, arrays):
   if ctor.get("covariance_type", "full") != meta["covariance_type"]:
     raise _bad(path, "the estimator's covariance_type disagrees with the "
                "file's.")
-  if "precisions" not in arrays:
+  if "precisions" not in arrays and meta["covariance_type"] != "lowrank":
     raise _bad(path, "array 'precisions' is missing.")
   try:
     fitted = _fitted_scalars(fitted, meta)
