@@ -231,6 +231,9 @@ class GaussianMixture:
     # precisions_ and precisions_cholesky_ of a low-rank fit.
     if name in est_lowrank.DENSE and "loadings_" in self.__dict__:
       return est_lowrank.dense(self, name)
+    prop = getattr(type(self), name, None)
+    if isinstance(prop, property):  # its own error (NotFittedError), not ours
+      return prop.fget(self)
     raise AttributeError(f"{type(self).__name__!r} object has no attribute "
                          f"{name!r}")
 
