@@ -237,6 +237,10 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     ...     r.history[:int(r.n_iter)]) >= -1e-6))
     (True, True)
   """
+  if params.covariance_type == "lowrank":
+    raise ValueError("fit_accelerated does not support covariance_type="
+                     "'lowrank' (its extrapolation works on triangular "
+                     "precision factors); use gx.fit.")
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)

@@ -11,12 +11,16 @@ work as for the other types. Two packed leaves of ``GMMParams``:
 :func:`dense_covariances`).
 
 ``precisions_cholesky`` ``(K, D + 2q, q + 1)``: the whitening factors, rows
-``[Q_k | s_k]``, ``[R_k | 0]``, ``[L_k | 0]`` with ``s_k = psi_k^{-1/2}``,
-``Q_k R_k = diag(s_k) W_k`` a thin QR and ``L_k L_k^T = I + R_k R_k^T`` a
-``q x q`` Cholesky. With ``y = diag(s_k)(x - mu_k)`` and ``z = Q_k^T y``,
-Woodbury gives ``(x - mu)^T Sigma^-1 (x - mu) = |y - Q z|^2 + |L^-1 z|^2``
-and the determinant lemma ``log det Sigma = -2 sum log s + 2 sum log diag
-L``. Nothing forms a ``D x D`` matrix except the dense accessors.
+``[Q_k | s_k]``, ``[R_k | 0]``, ``[T_k | 0]`` with ``s_k = psi_k^{-1/2}``,
+``Q_k R_k = diag(s_k) W_k`` a thin QR and ``T_k = L_k^{-1}``, ``L_k L_k^T = I
++ R_k R_k^T`` a ``q x q`` Cholesky (``T`` by a triangular solve; ``L``'s
+eigenvalues are at least 1, so nothing is ill-conditioned there). With ``y =
+diag(s_k)(x - mu_k)`` and ``z = Q_k^T y``, Woodbury gives ``(x - mu)^T
+Sigma^-1 (x - mu) = |y - Q z|^2 + |T z|^2`` and the determinant lemma ``log
+det Sigma = -2 sum log s - 2 sum log diag T``. Nothing forms a ``D x D``
+matrix except the dense accessors. (``T`` rather than ``L``: per-sample
+products with a ``q x q`` matrix are batched GEMMs, where XLA's batched
+triangular solves over many right-hand sides ran several times slower.)
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def dense_covariances(cov):
 
 
 def split_factor(pc):
-  """``(Q, s, R, L)`` of packed whitening factors ``(..., D + 2q, q + 1)``."""
+  """``(Q, s, R, T)`` of packed whitening factors ``(..., D + 2q, q + 1)``."""
   q = pc.shape[-1] - 1
   d = pc.shape[-2] - 2 * q
   return (pc[..., :d, :q], pc[..., :d, q], pc[..., d:d + q, :q],
@@ -75,16 +79,16 @@ def factor(cov):
   Q, R = jnp.linalg.qr(W * s[..., :, None])
   eye = jnp.eye(q, dtype=cov.dtype)
   L = jnp.linalg.cholesky(eye + mm.matmul(R, jnp.swapaxes(R, -1, -2)))
+  T = solve_triangular(L, jnp.broadcast_to(eye, L.shape), lower=True)
   zero = jnp.zeros(R.shape[:-1] + (1,), cov.dtype)
   return jnp.concatenate([jnp.concatenate([Q, s[..., None]], -1),
                           jnp.concatenate([R, zero], -1),
-                          jnp.concatenate([L, zero], -1)], axis=-2)
+                          jnp.concatenate([T, zero], -1)], axis=-2)
 
 
-def _solve_l(L, z):
-  """``L_k^{-1} z_k`` for ``z`` ``(n, K, q)`` (batched over components)."""
-  t = solve_triangular(L, jnp.transpose(z, (1, 2, 0)), lower=True)
-  return jnp.transpose(t, (2, 0, 1))
+def _apply(M, z):
+  """``M_k z_ik`` for ``M`` ``(K, q, q)`` and ``z`` ``(n, K, q)``."""
+  return mm.einsum("kij,nkj->nki", M, z)
 
 
 def latent_scores(xc, mc, pc):
@@ -98,12 +102,12 @@ def latent_scores(xc, mc, pc):
 
 
 def posterior_means(z, pc):
-  """``E[u | x_ik] = R^T L^-T L^-1 z`` ``(n, K, q)``, the factor scores."""
-  _, _, R, L = split_factor(pc)
-  t = _solve_l(L, z)
-  back = jnp.transpose(solve_triangular(
-      L, jnp.transpose(t, (1, 2, 0)), lower=True, trans=1), (2, 0, 1))
-  return mm.einsum("kij,nki->nkj", R, back)
+  """``E[u | x_ik] = R^T T^T T z`` ``(n, K, q)``, the factor scores
+  (``beta (x - mu)`` with ``beta = W^T Sigma^-1``, by push-through)."""
+  _, _, R, T = split_factor(pc)
+  gain = mm.matmul(jnp.swapaxes(R, -1, -2),
+                   mm.matmul(jnp.swapaxes(T, -1, -2), T))
+  return _apply(gain, z)
 
 
 def posterior_covariance(pc):
@@ -164,10 +168,9 @@ class LowRank(CovarianceType):
                      "precisions.")
 
   def precisions_from_cholesky(self, pc):
-    Q, s, _, L = split_factor(pc)
+    Q, s, _, T = split_factor(pc)
     d = Q.shape[-2]
-    a = jnp.swapaxes(solve_triangular(L, jnp.swapaxes(Q, -1, -2),
-                                      lower=True), -1, -2)  # Q L^-T
+    a = mm.matmul(Q, jnp.swapaxes(T, -1, -2))  # Q L^-T
     inner = (jnp.eye(d, dtype=pc.dtype) - mm.matmul(Q, jnp.swapaxes(Q, -1, -2))
              + mm.matmul(a, jnp.swapaxes(a, -1, -2)))
     return s[..., :, None] * inner * s[..., None, :]
@@ -177,9 +180,9 @@ class LowRank(CovarianceType):
     return pack(mm.matmul(Q, R) / s[..., :, None], 1.0 / (s * s))
 
   def log_det(self, pc, d):
-    _, s, _, L = split_factor(pc)
+    _, s, _, T = split_factor(pc)
     return (jnp.sum(jnp.log(s), -1)
-            - jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), -1))
+            + jnp.sum(jnp.log(jnp.diagonal(T, axis1=-2, axis2=-1)), -1))
 
   def to_unconstrained(self, cov, pc):
     return pack(loadings(cov), jnp.log(noise(cov)))
@@ -189,20 +192,20 @@ class LowRank(CovarianceType):
     return cov, factor(cov)
 
   def centred_mahalanobis(self, xc, mc, pc):
-    _, s, _, L = split_factor(pc)
+    _, s, _, T = split_factor(pc)
     z = latent_scores(xc, mc, pc)
-    t = _solve_l(L, z)
+    t = _apply(T, z)
     out = (self._diag.centred_mahalanobis(xc, mc, s) - jnp.sum(z * z, -1)
            + jnp.sum(t * t, -1))
     return jnp.maximum(out, 0.0)
 
   def direct_mahalanobis(self, diff, pc):
     # The residual y - Q z formed as a vector: no |y|^2 - |z|^2 cancellation.
-    Q, s, _, L = split_factor(pc)
+    Q, s, _, T = split_factor(pc)
     y = diff * s[None]
     z = mm.einsum("nkd,kdj->nkj", y, Q)
     r = y - mm.einsum("nkj,kdj->nkd", z, Q)
-    t = _solve_l(L, z)
+    t = _apply(T, z)
     return jnp.sum(r * r, -1) + jnp.sum(t * t, -1)
 
   def component_factor(self, pc, k):

@@ -26,7 +26,11 @@ TYPES: dict[str, CovarianceType] = {
     "full": Full(), "tied": Tied(), "diag": Diag(), "spherical": Spherical(),
     "lowrank": LowRank()}
 
-COVARIANCE_TYPES = tuple(TYPES)
+# scikit-learn's four types (the public ``gmmjax.COVARIANCE_TYPES``, whose
+# covariances have scikit-learn's shapes); every name of ``TYPES``, the
+# low-rank one included, is accepted wherever a type is.
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+ALL_TYPES = tuple(TYPES)
 
 
 def get(covariance_type: str | CovarianceType) -> CovarianceType:

@@ -40,7 +40,7 @@ from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
-from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
+from gmmjax._src.params import ALL_TYPES, GMMParams
 
 
 def key_from_random_state(random_state):
@@ -255,7 +255,7 @@ class GaussianMixture:
   def _check_parameters(self):
     val.check_param("n_components", self.n_components, "int", low=1)
     val.check_param("covariance_type", self.covariance_type, "str",
-                    options=COVARIANCE_TYPES)
+                    options=ALL_TYPES)
     val.check_param("tol", self.tol, "float", low=0.0)
     val.check_param("reg_covar", self.reg_covar, "float", low=0.0)
     val.check_param("max_iter", self.max_iter, "int", low=0)

@@ -390,7 +390,7 @@ def _check_params_arrays(path, meta, arrays):
   Non-native byte orders are converted in place in ``arrays``.
   """
   ctype = meta.get("covariance_type")
-  if not isinstance(ctype, str) or ctype not in cov_ops.COVARIANCE_TYPES:
+  if not isinstance(ctype, str) or ctype not in cov_ops.ALL_TYPES:
     raise _bad(path, f"unknown covariance_type {ctype!r:.100}.")
   for name in _PARAM_ARRAYS:
     if name not in arrays:

@@ -43,11 +43,12 @@ def check(cov, pc) -> str | None:
   scale = 1.0 + np.max(np.abs(W * s[..., None]))
   if np.any(np.abs(Q @ R - W * s[..., None]) > tol * scale):
     return "its lowrank factors do not match its loadings."
-  diag = np.diagonal(L, axis1=-2, axis2=-1)
-  if np.any(np.triu(L, 1) != 0) or np.any(diag <= 0):
+  T = L  # the inverse Cholesky factor of I + R R^T
+  diag = np.diagonal(T, axis1=-2, axis2=-1)
+  if np.any(np.triu(T, 1) != 0) or np.any(diag <= 0):
     return "its lowrank factors are not lower triangular and positive."
   gram = eye + R @ np.swapaxes(R, -1, -2)
-  if np.any(np.abs(L @ np.swapaxes(L, -1, -2) - gram)
+  if np.any(np.abs(T @ gram @ np.swapaxes(T, -1, -2) - eye)
             > tol * np.max(np.abs(gram))):
     return "its lowrank factors are not consistent."
   return None

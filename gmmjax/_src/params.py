@@ -14,6 +14,7 @@ from gmmjax._src import cov_lowrank
 from gmmjax._src import covariance as cov_ops
 
 COVARIANCE_TYPES = cov_ops.COVARIANCE_TYPES
+ALL_TYPES = cov_ops.ALL_TYPES
 
 
 @functools.partial(
@@ -138,10 +139,10 @@ def _given_rank(covariance_type: str, given, n_features: int):
 
 
 def check_covariance_type(covariance_type: str) -> None:
-  if covariance_type not in COVARIANCE_TYPES:
+  if covariance_type not in ALL_TYPES:
     raise ValueError(
         f"Invalid value for 'covariance_type': {covariance_type!r}. "
-        f"'covariance_type' should be in {list(COVARIANCE_TYPES)}.")
+        f"'covariance_type' should be in {list(ALL_TYPES)}.")
 
 
 def make_params(weights, means, covariances=None, *,
