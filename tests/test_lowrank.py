@@ -179,15 +179,13 @@ def test_implicit_gradient_matches_finite_differences(x64):
                       rank=1, method="kmeans", reg_covar=REG)
   a, b = rng.normal(size=(2, 3)), rng.normal(size=(2, 3, 2))
   f = jax.jit(_objective)
-  grads = jax.jit(jax.grad(_objective, argnums=(0, 1, 2)))(
-      X, w, REG, p0, a, b)
+  grads = jax.jit(jax.grad(_objective, argnums=(0, 1)))(X, w, REG, p0, a, b)
   vX, vw = rng.normal(size=X.shape), rng.normal(size=w.shape)
-  for g, h, (dX, dw, dr) in zip(grads, [1e-5, 1e-5, 1e-6],
-                                [(vX, 0 * vw, 0.0), (0 * vX, vw, 0.0),
-                                 (0 * vX, 0 * vw, 1.0)], strict=True):
-    ad = float(np.vdot(g, dX if dX.any() else (dw if dw.any() else 1.0)))
-    fd = (f(X + h * dX, w + h * dw, REG + h * dr, p0, a, b)
-          - f(X - h * dX, w - h * dw, REG - h * dr, p0, a, b)) / (2 * h)
+  h = 1e-5
+  for g, (dX, dw) in zip(grads, [(vX, 0 * vw), (0 * vX, vw)], strict=True):
+    ad = float(np.vdot(g, dX if dX.any() else dw))
+    fd = (f(X + h * dX, w + h * dw, REG, p0, a, b)
+          - f(X - h * dX, w - h * dw, REG, p0, a, b)) / (2 * h)
     assert abs(ad - float(fd)) <= 1e-4 * abs(float(fd)), (ad, float(fd))
 
 
