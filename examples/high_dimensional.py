@@ -5,8 +5,8 @@ shipped with scikit-learn), dequantised with uniform noise so that they have
 a density. A mixture of 10 components is fitted on 1,200 images with
 ``covariance_type="diag"``, ``"full"`` and ``"lowrank"`` (mixtures of factor
 analysers, ``W W^T + diag(psi)``) at a few ranks ``q``; each is scored on the
-597 held-out images, timed (a second fit, after compiling), and its BIC on
-the training images computed: the rank with the lowest BIC is the usual
+597 held-out images, timed (the fastest of 3 fits after one that
+compiles), and its BIC on the training images computed: the rank with the lowest BIC is the usual
 choice of ``q``.
 
 Run: ``python examples/high_dimensional.py [out.png]``.
@@ -33,16 +33,20 @@ def load(seed=0):
   return X[:1200], X[1200:]
 
 
-def fit_one(X, covariance_type, rank=None):
-  """``(model, seconds)``: the second of two identical fits is timed."""
+def fit_one(X, covariance_type, rank=None, repeats=3):
+  """``(model, seconds)``: the fastest of ``repeats`` fits after a first
+  one that compiles (the minimum: robust to a busy machine)."""
   kwargs = dict(covariance_type=covariance_type, random_state=0,
                 reg_covar=1e-3, max_iter=200, n_init=2)
   if rank is not None:
     kwargs["rank"] = rank
   gx.GaussianMixture(K, **kwargs).fit(X)  # compiles
-  start = time.perf_counter()
-  gm = gx.GaussianMixture(K, **kwargs).fit(X)
-  return gm, time.perf_counter() - start
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    gm = gx.GaussianMixture(K, **kwargs).fit(X)
+    times.append(time.perf_counter() - start)
+  return gm, min(times)
 
 
 def run(out=None):
