@@ -45,6 +45,9 @@ import numpy as np
 
 import gmmjax as gx
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_lowrank  # noqa: E402
+
 try:
   import sklearn
   from sklearn.exceptions import ConvergenceWarning
@@ -935,8 +938,9 @@ def main(argv=None):
   ap.add_argument("--quick", action="store_true",
                   help="small shapes and 3 repeats (smoke run)")
   ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc",
-                  help="comma-separated subset of 1,2,3,4,5,6,7,acc,gpu "
-                  "(gpu: 1,000,000 x 64, K=64, not in the default)")
+                  help="comma-separated subset of 1,2,3,4,5,6,7,acc,gpu,"
+                  "lowrank (gpu: 1,000,000 x 64, K=64, and lowrank: 100,000 "
+                  "x 256, K=32, q=8 against full, not in the default)")
   ap.add_argument("--repeats", type=int, default=None)
   ap.add_argument("--iters", type=int, default=None,
                   help="extra fixed iterations for the per-iteration slope")
@@ -987,6 +991,11 @@ def main(argv=None):
       "bayes2": lambda: wl_bayes("bayes2", 100000 // s, 16, 16, args, libs),
       "bayes3": lambda: wl_bayes("bayes3", 65536 // s, 32, 64, args, libs),
       "acc": lambda: wl_acc(args, libs),
+      # Issue 23: lowrank q=8 against full, 100,000 x 256, K=32 (not in the
+      # default: the full-covariance iterations take minutes).
+      "lowrank": lambda: [dict(
+          workload="lowrank", library="gmmjax", mode="one iteration",
+          **bench_lowrank.run(n=100000 // s, repeats=args.repeats))],
       # The issue's accelerator target: 1,000,000 x 64, K=64 full, float32,
       # against the measured float32 product rate. scikit-learn is left out
       # (minutes per iteration on a CPU); meant for a GPU, where it is run

@@ -2,7 +2,8 @@
 
 Subcommands::
 
-  gmmjax fit DATA --n-components K [--covariance-type T] [--n-init N]
+  gmmjax fit DATA --n-components K [--covariance-type T] [--rank Q]
+             [--n-init N]
              [--max-iter N] [--tol T] [--reg-covar R] [--init-params M]
              [--seed S] [--verbose] --out MODEL
   gmmjax predict MODEL DATA [--proba] [--out FILE]
@@ -115,7 +116,7 @@ def fit(args) -> int:
       n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
       reg_covar=args.reg_covar, init_params=args.init_params,
       random_state=args.seed, verbose=2 if args.verbose else 0,
-      verbose_interval=args.verbose_interval)
+      verbose_interval=args.verbose_interval, rank=args.rank)
   # --verbose prints lines of its own: a bar between them would garble both.
   bar = (ProgressBar(args.max_iter)
          if _want_progress(args) and not args.verbose else None)
@@ -300,7 +301,11 @@ def _add_fit_options(p, *, n_components: bool):
     p.add_argument("--n-components", "-k", type=int, required=True,
                    help="number of mixture components")
   p.add_argument("--covariance-type", default="full",
-                 choices=("full", "tied", "diag", "spherical"))
+                 choices=("full", "tied", "diag", "spherical", "lowrank"))
+  if n_components:
+    p.add_argument("--rank", type=int, default=None,
+                   help="factors per component of --covariance-type "
+                   "lowrank (W W^T + diag(psi), 1 <= rank < n_features)")
   p.add_argument("--n-init", type=int, default=1,
                  help="restarts (run together, vmapped)")
   p.add_argument("--init-params", default="kmeans",

@@ -259,6 +259,10 @@ def fit_accelerated_with_info(X, params: GMMParams, *, sample_weight=None,
     >>> int(info.n_accepted + info.n_rejected) > 0
     True
   """
+  if params.covariance_type == "lowrank":
+    raise ValueError("fit_accelerated does not support covariance_type="
+                     "'lowrank' (its extrapolation works on triangular "
+                     "precision factors); use gx.fit.")
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)

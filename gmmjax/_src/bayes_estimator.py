@@ -64,6 +64,10 @@ class BayesianGaussianMixture(GaussianMixture):
     3
   """
 
+  # Low-rank covariances are GaussianMixture's alone (no Wishart posterior
+  # for them): the inherited checks read this in place of a rank parameter.
+  rank = None
+
   def __init__(self, *, n_components=1, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
                weight_concentration_prior_type="dirichlet_process",

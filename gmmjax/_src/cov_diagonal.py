@@ -62,6 +62,9 @@ class Diag(ScaleType):
   def n_parameters(self, k, d):
     return k * d
 
+  def placeholder_sxx(self, cov, k, d):
+    return cov * 1.0
+
   def log_det(self, pc, d):
     return jnp.sum(jnp.log(pc), axis=-1)
 
@@ -141,6 +144,9 @@ class Spherical(ScaleType):
 
   def n_parameters(self, k, d):
     return k
+
+  def placeholder_sxx(self, cov, k, d):
+    return cov * d
 
   def log_det(self, pc, d):
     return d * jnp.log(pc)

@@ -140,6 +140,9 @@ class Full(MatrixType):
   def n_parameters(self, k, d):
     return k * d * (d + 1) // 2
 
+  def placeholder_sxx(self, cov, k, d):
+    return cov * 1.0
+
   def chunk_width(self, k, d, dtype):
     if use_expanded_full(dtype):
       return max(packing.n_moment_features(d), 3 * k), False
@@ -252,6 +255,9 @@ class Tied(MatrixType):
 
   def n_parameters(self, k, d):
     return d * (d + 1) // 2
+
+  def placeholder_sxx(self, cov, k, d):
+    return cov * k
 
   def centred_mahalanobis(self, xc, mc, pc):
     y = mm.matmul(xc, pc)

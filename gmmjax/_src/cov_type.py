@@ -19,6 +19,9 @@ class CovarianceType:
 
   name: str = ""
   is_matrix: bool = False
+  # Whether the E-step's statistics need the current factors (low-rank:
+  # the posterior factor scores), not only responsibilities and data.
+  moments_need_factors: bool = False
 
   def __repr__(self) -> str:
     return f"CovarianceType({self.name!r})"
@@ -105,6 +108,22 @@ class CovarianceType:
       reg_covar: non-negative regulariser added to the diagonal.
     """
     raise NotImplementedError
+
+  def m_step(self, nk, sx, sxx, reg_covar):
+    """``(diff, covariances)``: the new means minus the shift, and the
+    covariances, from floored masses ``nk`` and shifted sums ``sx``,
+    ``sxx``."""
+    diff = sx / nk[:, None]
+    return diff, self.estimate(nk, diff, sxx, reg_covar)
+
+  def placeholder_sxx(self, cov, k: int, d: int):
+    """``sxx`` whose M-step (with ``N_k = 1``, ``s_x = 0``) gives ``cov``
+    back, up to ``reg_covar`` (``engine.placeholder_stats``)."""
+    raise NotImplementedError
+
+  def noise_width(self, d: int, cov) -> int:
+    """Standard normals per sample that :meth:`sample_noise` reads."""
+    return d
 
   def centred_moments(self, xc, rw):
     """``(sx, sxx)`` around one centre by GEMMs (the fast form)."""

@@ -30,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from gmmjax._src import batching
+from gmmjax._src import covariance as cov_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, all_finite
@@ -172,10 +173,10 @@ def placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:
   k, d = params.means.shape
   dtype = params.means.dtype
   cov = lax.stop_gradient(params.covariances)
-  scale = {"full": 1.0, "tied": k, "diag": 1.0, "spherical": d}
+  sxx = cov_lib.get(params.covariance_type).placeholder_sxx(cov, k, d)
   return stats_lib.SuffStats(
       count=jnp.asarray(k, dtype), nk=jnp.ones((k,), dtype),
-      sx=jnp.zeros((k, d), dtype), sxx=cov * scale[params.covariance_type],
+      sx=jnp.zeros((k, d), dtype), sxx=sxx,
       log_likelihood=jnp.full((), jnp.nan, dtype))
 
 

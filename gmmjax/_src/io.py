@@ -85,6 +85,12 @@ def _estimator_payload(estimator):
   if hasattr(estimator, "jitter_"):
     fitted["jitter_"] = float(estimator.jitter_)
     fitted["n_degenerate_"] = int(estimator.n_degenerate_)
+  if estimator.covariance_type == "lowrank":  # the packed leaves
+    p = estimator.params_
+    arrays.update({k: np.asarray(getattr(p, k))
+                   for k in model_file.PARAM_ARRAYS})
+    return estimator.covariance_type, {"constructor": ctor,
+                                       "fitted": fitted}, arrays
   params = dict(weights=estimator.weights_, means=estimator.means_,
                 covariances=estimator.covariances_,
                 precisions_cholesky=estimator.precisions_cholesky_)
@@ -207,7 +213,7 @@ def _estimator_from(path, meta, arrays):
   if ctor.get("covariance_type", "full") != meta["covariance_type"]:
     raise model_file.bad(path, "the estimator's covariance_type disagrees with the "
                "file's.")
-  if "precisions" not in arrays:
+  if "precisions" not in arrays and meta["covariance_type"] != "lowrank":
     raise model_file.bad(path, "array 'precisions' is missing.")
   try:
     fitted = _fitted_scalars(fitted, meta)

@@ -21,6 +21,7 @@ import zipfile
 import numpy as np
 
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import io_lowrank
 from gmmjax._src.params import GMMParams
 
 FORMAT_NAME = "gmmjax-model"
@@ -237,7 +238,7 @@ def check_params_arrays(path, meta, arrays):
   Non-native byte orders are converted in place in ``arrays``.
   """
   ctype = meta.get("covariance_type")
-  if not isinstance(ctype, str) or ctype not in cov_ops.COVARIANCE_TYPES:
+  if not isinstance(ctype, str) or ctype not in cov_ops.ALL_TYPES:
     raise bad(path, f"unknown covariance_type {ctype!r:.100}.")
   for name in PARAM_ARRAYS:
     if name not in arrays:
@@ -246,9 +247,18 @@ def check_params_arrays(path, meta, arrays):
   if not (is_count(k) and is_count(d)):
     raise bad(path, f"n_components={k!r:.50}, n_features={d!r:.50} are "
                "invalid.")
-  expected = {"weights": (k,), "means": (k, d),
-              "covariances": cov_ops.covariance_shape(ctype, k, d),
-              "precisions_cholesky": cov_ops.covariance_shape(ctype, k, d)}
+  expected = {"weights": (k,), "means": (k, d)}
+  if ctype == "lowrank":
+    lowrank = io_lowrank.shapes(arrays, k, d)
+    if lowrank is None:
+      raise bad(path, f"covariances have shape {arrays['covariances'].shape}"
+                f"; a lowrank mixture with {k} components and {d} features "
+                "needs (K, D, q + 1) with 1 <= q < D.")
+    expected.update(lowrank)
+  else:
+    expected.update({
+        "covariances": cov_ops.covariance_shape(ctype, k, d),
+        "precisions_cholesky": cov_ops.covariance_shape(ctype, k, d)})
   if "precisions" in arrays:
     expected["precisions"] = expected["covariances"]
   dtype = meta.get("dtype")
@@ -268,8 +278,14 @@ def check_params_arrays(path, meta, arrays):
   w = arrays["weights"].astype(np.float64)
   if np.any(w < 0) or not math.isclose(float(np.sum(w)), 1.0, rel_tol=1e-4):
     raise bad(path, "its weights are not a probability vector.")
-  _check_covariances(path, ctype, arrays["covariances"],
-                     arrays["precisions_cholesky"])
+  if ctype == "lowrank":
+    why = io_lowrank.check(arrays["covariances"],
+                           arrays["precisions_cholesky"])
+    if why is not None:
+      raise bad(path, why)
+  else:
+    _check_covariances(path, ctype, arrays["covariances"],
+                       arrays["precisions_cholesky"])
   if "precisions" in arrays:
     prec = arrays["precisions"].astype(np.float64)
     factor = arrays["precisions_cholesky"].astype(np.float64)
