@@ -384,13 +384,8 @@ def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
                                    prior_type: str, reg_covar):
   """:func:`posterior_from_resp` on checked arguments, and its jitter."""
   dtype = X.dtype
-  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
-  rw = resp * w[:, None]
-  nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
-  center = mm.matmul(w, X) / jnp.sum(w)
-  xc = X - center[None, :]
-  diff = mm.matmul(rw.T, xc) / nk[:, None]
-  _, sxx = moments.chunked_component_moments(xc, rw, diff, covariance_type)
+  nk, center, diff, sxx, _, _ = moments.resp_moments(
+      X, resp, sample_weight, covariance_type)
   sk = cov_lib.get(covariance_type).estimate(
       nk, jnp.zeros_like(diff), sxx, jnp.asarray(reg_covar, dtype))
   return posterior_from_moments(nk, center[None, :] + diff, sk, prior,

@@ -198,15 +198,8 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   own mean from the differences ``x_i - mu_k`` (in chunks of bounded
   memory), so a one-point component gets exactly ``reg_covar``.
   """
-  dtype = X.dtype
-  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
-  rw = resp * w[:, None]
-  nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
-  center = mm.matmul(w, X) / jnp.sum(w)
-  xc = X - center[None, :]
-  diff = mm.matmul(rw.T, xc) / nk[:, None]
-  # Scatter around each component's new mean.
-  _, sxx = moments.chunked_component_moments(xc, rw, diff, covariance_type)
+  nk, center, diff, sxx, _, _ = moments.resp_moments(
+      X, resp, sample_weight, covariance_type)
   covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
                                              covariance_type, reg_covar)
   # Float32 moments of collinear or repeated data can come out indefinite

@@ -66,13 +66,8 @@ def params_from_resp(key, X, resp, sample_weight, rank: int,
                      reg_covar) -> GMMParams:
   """Low-rank parameters from responsibilities ``(N, K)`` (see the module)."""
   dtype = X.dtype
-  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
-  rw = resp * w[:, None]
-  nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
-  center = mm.matmul(w, X) / jnp.sum(w)
-  xc = X - center[None, :]
-  diff = mm.matmul(rw.T, xc) / nk[:, None]
-  _, sxx = moments.chunked_component_moments(xc, rw, diff, Diag())
+  nk, center, diff, sxx, xc, rw = moments.resp_moments(X, resp, sample_weight,
+                                                       Diag())
   var = sxx / nk[:, None]  # (K, D)
   u, lam = principal_axes(key, xc, rw, diff, rank)
   lam = lam / nk[:, None]
