@@ -27,7 +27,8 @@ SUBMODULES = {"gmmjax.plot": "plot", "gmmjax.datasets": "datasets"}
 
 # Constants have no docstring of their own.
 CONSTANT_SUMMARIES = {
-    "COVARIANCE_TYPES": "The accepted `covariance_type` values.",
+    "COVARIANCE_TYPES": ("scikit-learn's `covariance_type` values; `\"lowrank\"` "
+                         "(with `rank=q`) is accepted too."),
     "DIFFERENTIATION_MODES": "The accepted `differentiation` values of "
                              "`fit`.",
     "INIT_METHODS": "The accepted `init_params` values.",
@@ -172,6 +173,8 @@ def _methods(cls) -> list[tuple[str, object]]:
         obj = obj.__func__
       if inspect.isfunction(obj) or isinstance(obj, property):
         out[name] = obj  # the subclass's own wins (later in this walk)
+      else:  # a member a subclass removes (bayes_estimator._Absent)
+        out.pop(name, None)
   return sorted(out.items())
 
 

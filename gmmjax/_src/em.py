@@ -228,7 +228,7 @@ def sample(key, params: GMMParams, n_samples: int):
 def n_parameters(params: GMMParams) -> int:
   """Number of free parameters of the mixture (for BIC/AIC)."""
   return cov_ops.n_parameters(params.covariance_type, params.n_components,
-                              params.n_features)
+                              params.n_features, params.rank)
 
 
 def _total_log_likelihood(params, X, sample_weight):

@@ -32,8 +32,12 @@ from gmmjax._src import init as init_lib
 from gmmjax._src import progress as progress_lib
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
-from gmmjax._src.estimator_base import MixtureBase, key_from_random_state
-from gmmjax._src.params import COVARIANCE_TYPES
+from gmmjax._src.estimator_base import (
+    MIXTURE_PARAMETERS,
+    MixtureBase,
+    key_from_random_state,
+)
+from gmmjax._src.params import ALL_TYPES
 
 
 def _best_by_lower_bound(lower_bounds, failed) -> int:
@@ -61,7 +65,9 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
 
   Args:
     n_components: number of mixture components.
-    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"``, ``"spherical"`` or
+      ``"lowrank"`` (``W W^T + diag(psi)``, a mixture of factor analysers;
+      needs ``rank``).
     tol: convergence threshold on the change of the mean log-likelihood.
     reg_covar: non-negative regulariser added to covariance diagonals.
     max_iter: EM iterations per restart.
@@ -73,6 +79,11 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     warm_start: continue from the fitted parameters on the next ``fit``.
     verbose: 0 silent, 1 iteration numbers, 2 also log-likelihood and timing.
     verbose_interval: iterations between progress lines.
+    rank: the number of factors ``q`` of ``covariance_type="lowrank"``
+      (``1 <= rank < n_features``); ``None`` for the other types. A low-rank
+      fit sets ``loadings_`` ``(K, D, q)`` and ``noise_`` ``(K, D)``;
+      ``covariances_``, ``precisions_`` and ``precisions_cholesky_`` are
+      then the dense ``(K, D, D)`` matrices, computed on each access.
 
   Fitted on a pandas DataFrame whose column names are all strings, it also
   sets ``feature_names_in_``; later data with other, missing or reordered
@@ -105,21 +116,16 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
   """
 
   _parameter_spec = dict(
-      n_components=compat.integer(1),
-      covariance_type=compat.options(*COVARIANCE_TYPES),
-      tol=compat.real(0.0), reg_covar=compat.real(0.0),
-      max_iter=compat.integer(0), n_init=compat.integer(1),
-      init_params=compat.options(*init_lib.INIT_METHODS),
+      MIXTURE_PARAMETERS, covariance_type=compat.options(*ALL_TYPES),
       weights_init=compat.ARRAY_OR_NONE, means_init=compat.ARRAY_OR_NONE,
       precisions_init=compat.ARRAY_OR_NONE,
-      random_state=compat.RANDOM_STATE, warm_start=compat.BOOLEAN,
-      verbose=compat.VERBOSE, verbose_interval=compat.integer(1))
+      rank=compat.integer(1, or_none=True))
 
   def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
                weights_init=None, means_init=None, precisions_init=None,
                random_state=None, warm_start=False, verbose=0,
-               verbose_interval=10):
+               verbose_interval=10, rank=None):
     self.n_components = n_components
     self.covariance_type = covariance_type
     self.tol = tol
@@ -134,14 +140,27 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     self.warm_start = warm_start
     self.verbose = verbose
     self.verbose_interval = verbose_interval
+    self.rank = rank
 
   # -- validation -----------------------------------------------------------
 
   def _check_parameters(self):
     """Constructor parameters against ``_parameter_spec``: scikit-learn's
     ``InvalidParameterError`` when it is installed, else a ``ValueError``
-    in its wording (sklearn_compat)."""
+    in its wording (sklearn_compat); then the rules that tie parameters
+    together (``rank`` goes with ``covariance_type="lowrank"``)."""
     self._validate_params()
+    if self.covariance_type == "lowrank":
+      if self.rank is None:
+        raise ValueError("covariance_type='lowrank' needs rank=q, the "
+                         "number of factors (1 <= q < n_features).")
+      if self.precisions_init is not None:
+        raise ValueError("precisions_init is not supported with "
+                         "covariance_type='lowrank'; give weights_init and "
+                         "means_init only.")
+    elif self.rank is not None:
+      raise ValueError(f"rank={self.rank!r} is only for covariance_type="
+                       f"'lowrank', not {self.covariance_type!r}.")
 
   # -- fitting --------------------------------------------------------------
 
@@ -164,7 +183,9 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     """
     fitted_k = self.weights_.shape[0]
     fitted_type = self._fitted_type()
-    if fitted_k != self.n_components or fitted_type != self.covariance_type:
+    fitted_rank = getattr(self, "loadings_", np.zeros((0, 0, 0))).shape[-1]
+    if (fitted_k != self.n_components or fitted_type != self.covariance_type
+        or (fitted_type == "lowrank" and fitted_rank != self.rank)):
       raise ValueError(
           f"warm_start=True continues the fitted model ({fitted_k} "
           f"components, covariance_type={fitted_type!r}), but the "
@@ -186,7 +207,7 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
         key_from_random_state(self.random_state), X,
         k if slots is None else slots, n_init=int(self.n_init),
         covariance_type=ctype, method=self.init_params, overrides=overrides,
-        n_active=None if slots is None else k, **kwargs)
+        n_active=None if slots is None else k, rank=self._rank(), **kwargs)
 
   def _slotted_overrides(self, overrides, slots, d):
     """User-given initial values padded to ``slots`` components (weight 0,
@@ -410,7 +431,7 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
                 key_from_random_state(self.random_state), X,
                 int(self.n_components), covariance_type=self.covariance_type,
                 method=self.init_params, reg_covar=float(self.reg_covar),
-                sample_weight=w),
+                sample_weight=w, rank=self._rank()),
             **self._initial_overrides(X.shape[1]))
       state = scale_online.online_init(X, params, sample_weight=w,
                                        reg_covar=float(self.reg_covar))

@@ -9,8 +9,9 @@ the padding of data to the ladder of sizes (``_on_device``), and
 ``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``,
 ``aic`` and ``sample``.
 
-A subclass provides ``n_components``, ``covariance_type``,
-``random_state`` and ``_check_parameters``, and inherits
+A subclass provides ``n_components``, ``covariance_type``, ``rank``
+(None but for ``covariance_type="lowrank"``), ``random_state`` and
+``_check_parameters``, and inherits
 :class:`gmmjax._src.sklearn_compat.DensityEstimator` after this class (for
 ``_validate_feature_names``).
 """
@@ -20,9 +21,23 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from gmmjax._src import cache, compiling, em, padding
+from gmmjax._src import cache, checks, compiling, em, padding
+from gmmjax._src import estimator_lowrank as est_lowrank
+from gmmjax._src import init as init_lib
+from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
 from gmmjax._src.params import GMMParams
+
+# The constructor parameters every mixture estimator has, with
+# scikit-learn's constraints (its ``BaseMixture._parameter_constraints``);
+# an estimator's ``_parameter_spec`` adds ``covariance_type`` and its own.
+MIXTURE_PARAMETERS = dict(
+    n_components=compat.integer(1), tol=compat.real(0.0),
+    reg_covar=compat.real(0.0), max_iter=compat.integer(0),
+    n_init=compat.integer(1),
+    init_params=compat.options(*init_lib.INIT_METHODS),
+    random_state=compat.RANDOM_STATE, warm_start=compat.BOOLEAN,
+    verbose=compat.VERBOSE, verbose_interval=compat.integer(1))
 
 
 def key_from_random_state(random_state):
@@ -53,6 +68,17 @@ class MixtureBase:
 
   # -- fitted state ---------------------------------------------------------
 
+  def __getattr__(self, name):
+    # Only called when ordinary lookup fails: the dense covariances_,
+    # precisions_ and precisions_cholesky_ of a low-rank fit.
+    if name in est_lowrank.DENSE and "loadings_" in self.__dict__:
+      return est_lowrank.dense(self, name)
+    prop = getattr(type(self), name, None)
+    if isinstance(prop, property):  # its own error (NotFittedError), not ours
+      return prop.fget(self)
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute "
+                         f"{name!r}")
+
   def __sklearn_is_fitted__(self):
     return hasattr(self, "means_")
 
@@ -65,11 +91,18 @@ class MixtureBase:
   def _fitted_type(self) -> str:
     return getattr(self, "_fitted_covariance_type", self.covariance_type)
 
+  def _rank(self):
+    """The number of factors of a low-rank model, else None."""
+    return self.rank if self.covariance_type == "lowrank" else None
+
   def _params(self, n_slots: int | None = None) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``
     component slots (the extra ones of weight 0)."""
-    leaves = (self.weights_, self.means_, self.covariances_,
-              self.precisions_cholesky_)
+    if self._fitted_type() == "lowrank":
+      leaves = (self.weights_, self.means_, *est_lowrank.leaves(self))
+    else:
+      leaves = (self.weights_, self.means_, self.covariances_,
+                self.precisions_cholesky_)
     if n_slots is not None:
       leaves = padding.pad_components(*leaves, self._fitted_type(), n_slots)
     return GMMParams(*jax.device_put(leaves), self._fitted_type())
@@ -88,13 +121,17 @@ class MixtureBase:
     """
     self.weights_ = np.asarray(params.weights)
     self.means_ = np.asarray(params.means)
-    self.covariances_ = np.asarray(params.covariances)
-    self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
     self._fitted_covariance_type = params.covariance_type
-    p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
-    self.precisions_ = (p @ np.swapaxes(p, -1, -2)
-                        if params.covariance_type in ("full", "tied")
-                        else p * p)
+    if params.covariance_type == "lowrank":  # dense covariances on access
+      est_lowrank.set_fitted(self, params)
+    else:
+      est_lowrank.clear(self)
+      self.covariances_ = np.asarray(params.covariances)
+      self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
+      p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
+      self.precisions_ = (p @ np.swapaxes(p, -1, -2)
+                          if params.covariance_type in ("full", "tied")
+                          else p * p)
     self.n_features_in_ = int(self.means_.shape[1])
     self.converged_ = bool(converged)
     self.n_iter_ = int(n_iter)
@@ -150,7 +187,9 @@ class MixtureBase:
 
     Raises:
       ValueError: for invalid constructor parameters, ones that disagree
-        with ``params``, batched params or an unknown ``fitted`` name.
+        with ``params``, batched params, factors that do not match the
+        covariances (``GMMParams.recompute_factors``) or an unknown
+        ``fitted`` name.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, gmmjax as gx
@@ -174,12 +213,15 @@ class MixtureBase:
       raise ValueError(
           "from_params expects one mixture (weights of shape (K,)), got "
           f"weights of shape {np.shape(params.weights)}.")
+    checks.check_factors(params)
     estimator_kwargs.setdefault("n_components", int(params.n_components))
     estimator_kwargs.setdefault("covariance_type", params.covariance_type)
+    if params.rank is not None:
+      estimator_kwargs.setdefault("rank", params.rank)
     gm = cls(**estimator_kwargs)
     gm._check_parameters()
-    if (gm.n_components, gm.covariance_type) != (
-        params.n_components, params.covariance_type):
+    if (gm.n_components, gm.covariance_type, gm._rank()) != (
+        params.n_components, params.covariance_type, params.rank):
       raise ValueError(
           f"n_components={gm.n_components}, covariance_type="
           f"{gm.covariance_type!r} disagree with the params' "
@@ -240,8 +282,13 @@ class MixtureBase:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    out = np.asarray(fn(self._params(slots), Xp))[:X.shape[0]]
+    out = np.asarray(fn(self._evaluation_params(slots), Xp))[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
+
+  def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
+    """The mixture ``predict``, ``predict_proba`` and ``score_samples``
+    evaluate (the fitted one; a Bayesian mixture's variational one)."""
+    return self._params(n_slots)
 
   # -- inference ------------------------------------------------------------
 

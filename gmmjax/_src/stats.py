@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import chunks, kernels, moments
+from gmmjax._src import chunks, kernels, moments, moments_lowrank
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
@@ -105,8 +105,11 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
     rw, count, ll = resp, jnp.asarray(xb.shape[0], xb.dtype), jnp.sum(log_norm)
   else:
     rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
-  if per_component and chunks.use_direct(xb.shape[0], *shift.shape,
-                                         chunking):
+  if ct.moments_need_factors:
+    sx, sxx = moments_lowrank.block_moments(xb, rw, shift, centre, params,
+                                            chunking)
+  elif per_component and chunks.use_direct(xb.shape[0], *shift.shape,
+                                           chunking):
     sx, sxx = moments.component_moments(xb, rw, shift, ct)
   else:
     sx, sxx = ct.centred_moments(xb - centre, rw)
@@ -213,11 +216,10 @@ def params_and_jitter_from_stats(stats: SuffStats, shift,
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   weights = nk / jnp.sum(nk)
-  diff = stats.sx / nk[:, None]
+  ct = cov_lib.get(covariance_type)
+  diff, covariances = ct.m_step(nk, stats.sx, stats.sxx, reg_covar)
   shift = jnp.asarray(shift, dtype)
   means = (shift if shift.ndim == 2 else shift[None, :]) + diff
-  ct = cov_lib.get(covariance_type)
-  covariances = ct.estimate(nk, diff, stats.sxx, reg_covar)
   covariances, prec_chol, jitter = ct.precision_cholesky_jittered(covariances)
   return (GMMParams(weights, means, covariances, prec_chol, covariance_type),
           jitter)
