@@ -5,12 +5,13 @@ Pure functions on immutable parameter pytrees (``init_params``, ``e_step``,
 a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
+import importlib
+
 from gmmjax._src.accel import (
     AccelInfo,
     fit_accelerated,
     fit_accelerated_with_info,
 )
-from gmmjax._src.bayes_estimator import BayesianGaussianMixture
 from gmmjax._src.bayes_fit import fit_bayes, fit_bayes_restarts
 from gmmjax._src.bayes_params import (
     BayesParams,
@@ -37,7 +38,6 @@ from gmmjax._src.em import (
     predict_proba,
     sample,
 )
-from gmmjax._src.estimator import GaussianMixture
 from gmmjax._src.fit import (
     DIFFERENTIATION_MODES,
     FitResult,
@@ -101,6 +101,28 @@ from gmmjax._src.unconstrained import (
 from gmmjax._src.validation import ConvergenceWarning, NotFittedError
 
 __version__ = "0.1.0"
+
+# The estimators load on first use (PEP 562): with scikit-learn installed
+# they are its BaseEstimators, and importing scikit-learn (~1-2 s) is a
+# cost the functional API and the command line's --help need not pay.
+_LAZY = {
+    "BayesianGaussianMixture": "gmmjax._src.bayes_estimator",
+    "GaussianMixture": "gmmjax._src.estimator",
+}
+
+
+def __getattr__(name):
+  module = _LAZY.get(name)
+  if module is None:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  value = getattr(importlib.import_module(module), name)
+  globals()[name] = value  # later lookups are ordinary ones
+  return value
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "AccelInfo",

@@ -1,5 +1,8 @@
 """The public names of DESIGN.md exist and are exported."""
 
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -34,6 +37,30 @@ def test_estimator_methods():
                  "score_samples", "sample", "bic", "aic", "get_params",
                  "set_params"]:
     assert callable(getattr(gx.GaussianMixture, method)), method
+
+
+def test_import_does_not_import_scikit_learn():
+  """``import gmmjax`` stays light (issue 19): scikit-learn (~1-2 s) loads
+  with the estimators, on first use (a fresh process: this one has it)."""
+  code = ("import sys, gmmjax; assert 'sklearn' not in sys.modules, "
+          "sorted(m for m in sys.modules if m.startswith('sklearn'))[:5]")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_lazy_estimators_are_ordinary_names():
+  from sklearn.base import BaseEstimator
+
+  from gmmjax import BayesianGaussianMixture, GaussianMixture
+  assert {"GaussianMixture", "BayesianGaussianMixture"} <= set(dir(gx))
+  assert gx.GaussianMixture is GaussianMixture
+  assert gx.BayesianGaussianMixture is BayesianGaussianMixture
+  assert issubclass(GaussianMixture, BaseEstimator)
+  assert issubclass(BayesianGaussianMixture, BaseEstimator)
+
+
+def test_unknown_attribute_is_an_attribute_error():
+  with pytest.raises(AttributeError, match="has no attribute 'Gaussian'"):
+    gx.Gaussian  # noqa: B018
 
 
 # Covariance shapes per type for K components of D features, scikit-learn's.

@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import warnings
 
@@ -132,8 +133,6 @@ def save(path, model) -> None:
     >>> q.covariance_type, q.covariances.tolist()
     ('spherical', [1.0, 2.0])
   """
-  # here: gmmjax imports this module
-  from gmmjax._src.bayes_estimator import BayesianGaussianMixture
   meta = {"format": model_file.FORMAT_NAME, "format_version": model_file.FORMAT_VERSION,
           "gmmjax_version": model_file.gmmjax_version()}
   if isinstance(model, GMMParams):
@@ -145,7 +144,7 @@ def save(path, model) -> None:
           "separately.")
     ctype = model.covariance_type
     meta["kind"] = "params"
-  elif isinstance(model, BayesianGaussianMixture):
+  elif _is_bayesian(model):
     raise TypeError(
         "save does not write a BayesianGaussianMixture yet (its posterior "
         "would be lost); save bgm.posterior_'s arrays, or pickle the "
@@ -182,8 +181,19 @@ def save(path, model) -> None:
     raise
 
 
+def _is_bayesian(model) -> bool:
+  """Whether ``model`` is a BayesianGaussianMixture, without importing its
+  module (that imports scikit-learn, which saving params does not need):
+  if nobody imported it, ``model`` is not one."""
+  module = sys.modules.get("gmmjax._src.bayes_estimator")
+  return module is not None and isinstance(model,
+                                           module.BayesianGaussianMixture)
+
+
 def _estimator_from(path, meta, arrays):
-  from gmmjax import GaussianMixture  # here: gmmjax imports this module
+  # Imported here: the estimator imports scikit-learn when it is installed,
+  # which gmmjax (that imports this module) does not (gmmjax/__init__.py).
+  from gmmjax._src.estimator import GaussianMixture
   info = meta.get("estimator")
   if not isinstance(info, dict) or info.get("class") != "GaussianMixture":
     raise model_file.bad(path, "its estimator section is missing or of an unknown "
