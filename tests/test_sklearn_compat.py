@@ -228,12 +228,16 @@ class _Plain(compat.FallbackBase):
   _parameter_spec = dict(k=compat.integer(1), tol=compat.real(0.0),
                          kind=compat.options("x", "y"), flag=compat.BOOLEAN,
                          verbose=compat.VERBOSE, seed=compat.RANDOM_STATE,
-                         rank=compat.integer(1, or_none=True))
+                         rank=compat.integer(1, or_none=True),
+                         prior=compat.real(0.0, open_low=True, or_none=True),
+                         cov=compat.any_of(compat.ARRAY_OR_NONE,
+                                           compat.real(0.0, open_low=True)))
 
   def __init__(self, k=1, *, tol=1e-3, kind="x", flag=False, verbose=0,
-               seed=None, rank=None):
+               seed=None, rank=None, prior=None, cov=None):
     self.k, self.tol, self.kind = k, tol, kind
     self.flag, self.verbose, self.seed, self.rank = flag, verbose, seed, rank
+    self.prior, self.cov = prior, cov
 
 
 @pytest.mark.parametrize("params, message", [
@@ -245,23 +249,41 @@ class _Plain(compat.FallbackBase):
     (dict(tol=np.nan), "'tol'"),
     (dict(kind="z"), "The 'kind' parameter of _Plain must be a str among"),
     (dict(flag=1), "The 'flag' parameter of _Plain must be an instance of "
-     "'bool'. Got 1 instead."),
+     "'bool' or an instance of 'numpy.bool'. Got 1 instead."),
     (dict(verbose=-1), "'verbose'"),
-    (dict(rank=0), "The 'rank' parameter of _Plain must be an int"),
+    (dict(rank=0), "The 'rank' parameter of _Plain must be an int in the "
+     "range [1, 2147483647] or None. Got 0 instead."),
+    (dict(prior=0.0), "The 'prior' parameter of _Plain must be a float in "
+     "the range (0.0, inf) or None. Got 0.0 instead."),
+    (dict(cov=-1.0), "The 'cov' parameter of _Plain must be an array-like, "
+     "None or a float in the range (0.0, inf). Got -1.0 instead."),
+    (dict(cov="big"), "'cov'"),
 ])
 def test_fallback_parameter_checks(params, message):
   _Plain(verbose=True, flag=np.bool_(True), seed=-5)._validate_params()
-  _Plain(rank=2)._validate_params()
+  _Plain(rank=2, prior=0.5, cov=[[1.0]])._validate_params()
+  _Plain(cov=2.0)._validate_params()
   with pytest.raises(ValueError) as info:
     _Plain(**params)._validate_params()
   assert message in str(info.value)
   assert not isinstance(info.value, InvalidParameterError)
+  # scikit-learn, given the spec's constraints, says the same (but for the
+  # order of a set of options, which varies with the string hash seed).
+  with pytest.raises(InvalidParameterError) as sk_info:
+    validate_parameter_constraints(
+        compat.sklearn_constraints(_Plain._parameter_spec),
+        _Plain(**params).get_params(), "_Plain")
+  ours, theirs = str(info.value), str(sk_info.value)
+  if "kind" in params:
+    ours, theirs = ours.split("{")[0], theirs.split("{")[0]
+  assert theirs == ours
 
 
 def test_fallback_parameter_protocol():
   p = _Plain(3, kind="y")
   assert p.get_params() == dict(k=3, tol=1e-3, kind="y", flag=False,
-                                verbose=0, seed=None, rank=None)
+                                verbose=0, seed=None, rank=None, prior=None,
+                                cov=None)
   assert repr(p) == "_Plain(k=3, kind='y')"
   assert p.set_params(tol=0.5) is p and p.tol == 0.5
   with pytest.raises(ValueError, match="Invalid parameter 'bogus'"):
