@@ -154,6 +154,59 @@ def test_optional_parameters_in_scikit_learns_constraints():
   validate_parameter_constraints(constraints, dict(rank=None, how="a"), "Est")
 
 
+# BayesianGaussianMixture's parameters: values scikit-learn's own class
+# refuses (and ones it accepts, on the edges of its constraints).
+BAYES_INVALID = [
+    dict(weight_concentration_prior_type="dirichlet"),
+    dict(weight_concentration_prior=0.0), dict(mean_precision_prior=-1.0),
+    dict(degrees_of_freedom_prior=0), dict(covariance_prior=0.0),
+    dict(covariance_prior="big"), dict(mean_prior=2.0),
+    dict(covariance_type="lowrank"), dict(n_components=0), dict(tol=-1.0),
+]
+BAYES_VALID = [
+    dict(weight_concentration_prior=1e-9, mean_precision_prior=None,
+         covariance_prior=2.0, mean_prior=[0.0, 1.0],
+         weight_concentration_prior_type="dirichlet_distribution"),
+    dict(covariance_prior=np.eye(2), degrees_of_freedom_prior=0.5,
+         covariance_type="spherical"),
+]
+
+
+def test_bayesian_mixture_is_a_citizen():
+  from sklearn.mixture import BayesianGaussianMixture as SkBGMM
+  bgm = gx.BayesianGaussianMixture(n_components=3)
+  assert isinstance(bgm, BaseEstimator) and isinstance(bgm, DensityMixin)
+  assert get_tags(bgm).estimator_type == "density_estimator"
+  assert repr(bgm) == "BayesianGaussianMixture(n_components=3)"
+  assert set(bgm._parameter_constraints) == set(bgm.get_params())
+  assert bgm.get_params() == SkBGMM(n_components=3).get_params()
+  for params in BAYES_VALID:
+    gx.BayesianGaussianMixture(**params)._validate_params()
+    SkBGMM(**params)._validate_params()
+  for params in BAYES_INVALID:
+    with pytest.raises(InvalidParameterError) as info:
+      gx.BayesianGaussianMixture(**params).fit(np.zeros((4, 2)))
+    with pytest.raises(InvalidParameterError) as sk_info:
+      SkBGMM(**params)._validate_params()
+    # The same constraints, in scikit-learn's words (the order of the
+    # allowed cases may differ).
+    name = next(iter(params))
+    assert str(info.value).startswith(f"The {name!r} parameter of "
+                                      "BayesianGaussianMixture must be ")
+    assert str(info.value).split(". Got ")[1] == str(sk_info.value).split(
+        ". Got ")[1]
+
+
+def test_bayesian_mixture_routes_fit_weights_only():
+  est = gx.BayesianGaussianMixture()
+  with sklearn.config_context(enable_metadata_routing=True):
+    routing = est.set_fit_request(sample_weight=True).get_metadata_routing()
+    assert routing.consumes("fit", ["sample_weight"]) == {"sample_weight"}
+    assert routing.consumes("score", ["sample_weight"]) == set()
+    assert gx.BayesianGaussianMixture().get_metadata_routing().consumes(
+        "score", ["sample_weight"]) == set()
+
+
 def test_generator_random_state_is_accepted():
   # A superset of scikit-learn's random_state, as before.
   gm = gx.GaussianMixture(2, random_state=np.random.default_rng(0))
@@ -346,10 +399,12 @@ _NO_SKLEARN = textwrap.dedent("""
     assert not sklearn_compat.HAVE_SKLEARN
     X = pd.DataFrame([[-3.0, 0.0], [3.0, 1.0], [-2.0, 0.5]],
                      columns=["a", "b"])
-    try:
-      gx.GaussianMixture(0).fit(X)  # refused before anything compiles
-    except ValueError as e:
-      print("params:", type(e).__name__, e)
+    for bad in (gx.GaussianMixture(0),  # refused before anything compiles
+                gx.BayesianGaussianMixture(covariance_prior=-1.0)):
+      try:
+        bad.fit(X)
+      except ValueError as e:
+        print("params:", type(e).__name__, e)
     # A fitted model without a fit (no EM to compile): names from X.
     gm = gx.GaussianMixture.from_params(gx.make_params(
         np.array([0.5, 0.5]), np.array([[-3.0, 0.0], [3.0, 0.0]]),
@@ -374,6 +429,9 @@ def test_works_without_scikit_learn():
   assert out.stdout.splitlines() == [
       "params: ValueError The 'n_components' parameter of GaussianMixture "
       "must be an int in the range [1, 2147483647]. Got 0 instead.",
+      "params: ValueError The 'covariance_prior' parameter of "
+      "BayesianGaussianMixture must be an array-like, None or a float in "
+      "the range (0.0, inf). Got -1.0 instead.",
       "GaussianMixture(covariance_type='spherical', n_components=2, "
       "random_state=0) ['a', 'b']",
       "[0, 1, 0]",

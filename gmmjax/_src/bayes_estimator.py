@@ -18,7 +18,6 @@ from gmmjax._src import bayes_fit
 from gmmjax._src import bayes_params as bp
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import sklearn_compat as compat
-from gmmjax._src import validation as val
 from gmmjax._src.estimator import GaussianMixture
 from gmmjax._src.estimator_base import MIXTURE_PARAMETERS, key_from_random_state
 from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
@@ -37,6 +36,9 @@ class _Absent:
                          "(scikit-learn's has none either).")
 
 
+_POSITIVE_OR_NONE = compat.real(0.0, open_low=True, or_none=True)
+
+
 class BayesianGaussianMixture(GaussianMixture):
   """Variational Bayesian Gaussian mixture, with scikit-learn's interface.
 
@@ -46,7 +48,10 @@ class BayesianGaussianMixture(GaussianMixture):
   (weighted counts and sums; the default priors use the weighted data mean
   and covariance). Restarts run as one vmapped program; the fit is
   :func:`gmmjax.fit_bayes` on the EM driver. With the Dirichlet-process
-  prior, components the data do not need get weights near 0.
+  prior, components the data do not need get weights near 0. It is a
+  scikit-learn estimator as :class:`~gmmjax.GaussianMixture` is (its
+  parameters checked with scikit-learn's constraints for this class,
+  ``feature_names_in_`` from DataFrames, metadata routing).
 
   Besides scikit-learn's attributes, ``posterior_`` is the fitted
   :class:`gmmjax.BayesParams` and ``prior_`` the :class:`gmmjax.BayesPrior`.
@@ -70,8 +75,16 @@ class BayesianGaussianMixture(GaussianMixture):
   # for them): the inherited checks read this in place of a rank parameter.
   rank = None
 
-  _parameter_spec = dict(MIXTURE_PARAMETERS,
-                         covariance_type=compat.options(*COVARIANCE_TYPES))
+  # scikit-learn's BayesianGaussianMixture._parameter_constraints.
+  _parameter_spec = dict(
+      MIXTURE_PARAMETERS, covariance_type=compat.options(*COVARIANCE_TYPES),
+      weight_concentration_prior_type=compat.options(*bp.PRIOR_TYPES),
+      weight_concentration_prior=_POSITIVE_OR_NONE,
+      mean_precision_prior=_POSITIVE_OR_NONE,
+      mean_prior=compat.ARRAY_OR_NONE,
+      degrees_of_freedom_prior=_POSITIVE_OR_NONE,
+      covariance_prior=compat.any_of(compat.ARRAY_OR_NONE,
+                                     compat.real(0.0, open_low=True)))
 
   def __init__(self, *, n_components=1, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
@@ -103,21 +116,6 @@ class BayesianGaussianMixture(GaussianMixture):
   aic = _Absent()
   partial_fit = _Absent()
   from_params = _Absent()
-
-  def _check_parameters(self):
-    super()._check_parameters()
-    name = "BayesianGaussianMixture"
-    val.check_param("weight_concentration_prior_type",
-                    self.weight_concentration_prior_type, "str",
-                    options=bp.PRIOR_TYPES, estimator=name)
-    for key in ("weight_concentration_prior", "mean_precision_prior"):
-      value = getattr(self, key)
-      if value is not None:
-        val.check_param(key, value, "float", low=0.0, estimator=name)
-        if value <= 0:
-          raise ValueError(f"The {key!r} parameter of {name} must be a "
-                           f"float in the range (0.0, inf). Got {value!r} "
-                           "instead.")
 
   def _prior(self, X, sample_weight) -> bp.BayesPrior:
     """The ``*_prior_`` values (scikit-learn's ``_check_parameters``),

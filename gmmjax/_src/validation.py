@@ -7,7 +7,6 @@ coming from it recognise them, and say what to do.
 from __future__ import annotations
 
 import functools
-import numbers
 import sys
 
 import jax
@@ -237,39 +236,9 @@ def check_sample_weight(sample_weight, n_samples: int,
   return w
 
 
-INT32_MAX = _INT32_MAX = int(np.iinfo(np.int32).max)
-
-
-def check_param(name: str, value, kind: str, low=None, high=None,
-                options=None, estimator: str = "GaussianMixture") -> None:
-  """scikit-learn-style check of one constructor parameter.
-
-  Integer parameters are counts the compiled program holds in int32 (the
-  iteration counter, shapes), so they are also bounded by ``2**31 - 1``.
-  """
-  if options is not None:
-    if not isinstance(value, str) or value not in options:
-      raise ValueError(
-          f"The {name!r} parameter of {estimator} must be a str among "
-          f"{set(options)}. Got {value!r} instead.")
-    return
-  if kind == "int" and high is None:
-    high = _INT32_MAX
-  ok_type = (isinstance(value, numbers.Integral) if kind == "int" else
-             isinstance(value, numbers.Real)) and not isinstance(
-                 value, (bool, np.bool_))
-  ok_range = ok_type and (low is None or value >= low) and (
-      high is None or value <= high)
-  if ok_range and kind == "float" and not np.isfinite(float(value)):
-    ok_range = False
-  if not ok_range:
-    lo = "-inf" if low is None else low
-    hi = "inf" if high is None else high
-    close = "]" if high is not None else ")"
-    raise ValueError(
-        f"The {name!r} parameter of {estimator} must be "
-        f"{'an int' if kind == 'int' else 'a float'} in the range [{lo}, "
-        f"{hi}{close}. Got {value!r} instead.")
+# Counts the compiled program holds in int32 (the iteration counter, shapes)
+# are bounded by this (sklearn_compat.integer).
+INT32_MAX = int(np.iinfo(np.int32).max)
 
 
 def check_weights_init(weights, n_components: int) -> np.ndarray:
