@@ -28,19 +28,24 @@ import jax
 import numpy as np
 
 from gmmjax._src import (
-    cache,
-    checks,
-    compiling,
-    em,
-    padding,
-    restarts,
-    scale_online,
+  cache,
+  checks,
+  compiling,
+  em,
+  padding,
+  restarts,
+  scale_online,
 )
 from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import validation as val
 from gmmjax._src.params import ALL_TYPES, GMMParams
+
+# predict, predict_proba and score_samples of a fitted model: compiled with
+# the options of the problem's size (compiling.pick), as the fit was.
+_evaluators = compiling.jit_by_size(lambda fn, params, X: fn(params, X),
+                                    static_argnames="fn")
 
 
 def key_from_random_state(random_state):
@@ -320,7 +325,9 @@ class GaussianMixture:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    out = np.asarray(fn(self._evaluation_params(slots), Xp))[:X.shape[0]]
+    program = compiling.pick(_evaluators, Xp.shape[0], slots, Xp.shape[1])
+    out = np.asarray(program(fn, self._evaluation_params(slots), Xp))
+    out = out[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
 
   def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
