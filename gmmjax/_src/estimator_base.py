@@ -39,6 +39,11 @@ MIXTURE_PARAMETERS = dict(
     random_state=compat.RANDOM_STATE, warm_start=compat.BOOLEAN,
     verbose=compat.VERBOSE, verbose_interval=compat.integer(1))
 
+# predict, predict_proba and score_samples of a fitted model: compiled with
+# the options of the problem's size (compiling.pick), as the fit was.
+_evaluators = compiling.jit_by_size(lambda fn, params, X: fn(params, X),
+                                    static_argnames="fn")
+
 
 def key_from_random_state(random_state):
   """A JAX key from scikit-learn's ``random_state`` (None, int, RandomState)."""
@@ -282,7 +287,11 @@ class MixtureBase:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    out = np.asarray(fn(self._evaluation_params(slots), Xp))[:X.shape[0]]
+    # No slots (low-rank models, large problems): exactly k components.
+    program = compiling.pick(_evaluators, Xp.shape[0],
+                             k if slots is None else slots, Xp.shape[1])
+    out = np.asarray(program(fn, self._evaluation_params(slots), Xp))
+    out = out[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
 
   def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
