@@ -188,17 +188,30 @@ def test_sample_weight_is_repetition(tiny):
     assert_allclose(x, y, rtol=1e-9, atol=1e-12)
 
 
-def test_chunked_is_the_in_memory_fit(tiny):
-  """The host loop over chunks runs the same variational iterations."""
+def test_chunked_and_sharded_are_the_in_memory_fit(tiny):
+  """The host loop over chunks and the sharded loop (one device here; four
+  in test_scale.py) run the same variational iterations; the sharded loop
+  takes a batch of posteriors (restarts), each fitted as on its own."""
   X, prior, post0 = tiny
   with jax.enable_x64(True):
-    a = gx.fit_bayes(X, post0, prior, max_iter=5, tol=0.0)
+    resp = _resp(40, 5)[:, :3]
+    post1 = gx.posterior_from_resp(X, resp / resp.sum(1, keepdims=True),
+                                   prior, covariance_type="diag")
+    a = [gx.fit_bayes(X, p, prior, max_iter=5, tol=0.0)
+         for p in (post0, post1)]
     b = gx.fit_bayes_chunked(np.asarray(X), post0, prior, chunk_size=16,
                              max_iter=5, tol=0.0)
-  assert int(b.n_iter) == 5
-  assert_allclose(b.history[:5], a.history[:5], rtol=1e-12)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    both = jax.tree.map(lambda u, v: jnp.stack([u, v]), post0, post1)
+    c = gx.fit_bayes_sharded(X, both, prior, max_iter=5, tol=0.0)
+  assert int(b.n_iter) == 5 and c.n_iter.tolist() == [5, 5]
+  assert_allclose(b.history[:5], a[0].history[:5], rtol=1e-12)
+  for x, y in zip(jax.tree.leaves(a[0].params), jax.tree.leaves(b.params)):
     assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+  for i in (0, 1):
+    assert_allclose(c.history[i, :5], a[i].history[:5], rtol=1e-12)
+    for x, y in zip(jax.tree.leaves(a[i].params), jax.tree.leaves(c.params)):
+      assert_allclose(y[i], x, rtol=1e-10, atol=1e-12)
+  assert not np.allclose(c.params.means[0], c.params.means[1])
 
 
 def test_implicit_gradient_matches_finite_differences(tiny):

@@ -1,5 +1,6 @@
-"""Variational fits of data no program holds at once: the chunked path of
-``scale.py`` with :class:`~gmmjax._src.variational.VariationalStep`."""
+"""Variational fits at scale: the chunked host loop (``scale_chunked.py``)
+and the sharded compiled loop (``scale.py``) with
+:class:`~gmmjax._src.variational.VariationalStep` as their step."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax._src import bayes_params as bp
-from gmmjax._src import engine, scale_chunked
+from gmmjax._src import engine, scale, scale_chunked
 from gmmjax._src import variational as vb
-from gmmjax._src.bayes_fit import _as_prior
+from gmmjax._src.bayes_fit import _as_posterior, _as_prior
 from gmmjax._src.results import FitResult
 
 
@@ -74,3 +76,61 @@ def fit_bayes_chunked(data, posterior: bp.BayesParams, prior: bp.BayesPrior,
                          prev_ll=jnp.asarray(prev_lower_bound, dtype),
                          max_iter=max_iter, callback=callback,
                          step=vb.VariationalStep())
+
+
+def fit_bayes_sharded(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
+                      sample_weight=None, mesh=None, axis_name=None,
+                      max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
+                      prev_lower_bound=-np.inf) -> FitResult:
+  """:func:`gmmjax.fit_bayes` on samples sharded over devices.
+
+  The loop of :func:`gmmjax.fit_sharded` with the variational step: each
+  device computes the E-step statistics of its rows under the variational
+  mixture, one ``lax.psum`` per iteration adds them, and every device makes
+  the same variational M-step, so the posterior stays replicated. With
+  several processes, pass the global arrays of :func:`gmmjax.global_data`.
+  The result equals :func:`gmmjax.fit_bayes` on one device up to summation
+  order.
+
+  Args:
+    X: ``(N, D)`` samples (see :func:`gmmjax.fit_sharded` for placement and
+      padding).
+    posterior: the initial :class:`BayesParams`, optionally with a leading
+      restart axis (vmapped inside every device's program).
+    prior: a :class:`BayesPrior`.
+    sample_weight, mesh, axis_name: as in :func:`gmmjax.fit_sharded`.
+    max_iter, tol, reg_covar, prev_lower_bound: as in
+      :func:`gmmjax.fit_bayes`.
+
+  Returns:
+    A :class:`FitResult` (posterior in ``params``, lower bound in
+    ``log_likelihood``), replicated on the mesh.
+
+  Example:
+    >>> import jax, numpy as np, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (200, 2))
+    >>> prior = gx.make_bayes_prior(X, 3, covariance_type="diag")
+    >>> resp = jax.nn.softmax(jax.random.normal(jax.random.key(1), (200, 3)))
+    >>> p0 = gx.posterior_from_resp(X, resp, prior, covariance_type="diag")
+    >>> a = gx.fit_bayes_sharded(X, p0, prior)
+    >>> b = gx.fit_bayes(X, p0, prior)
+    >>> int(a.n_iter) == int(b.n_iter), bool(
+    ...     abs(a.lower_bound - b.lower_bound) < 1e-4 * abs(b.lower_bound))
+    (True, True)
+  """
+  max_iter = engine.check_max_iter(max_iter)
+  if not isinstance(posterior, bp.BayesParams):
+    raise TypeError(f"posterior should be a BayesParams, got "
+                    f"{type(posterior)}.")
+  batched = posterior.means.ndim == 3
+  ref = jax.tree.map(lambda a: a[0], posterior) if batched else posterior
+  mesh, axes, X, w, dtype = scale.sharded_operands(
+      X, lambda x: _as_posterior(ref, x), sample_weight, mesh, axis_name)
+  post = jax.tree.map(lambda a: jnp.asarray(a, dtype), posterior)
+  prior = _as_prior(prior, dtype)
+  scalars = [np.asarray(v, dtype) for v in (tol, reg_covar, prev_lower_bound)]
+  if jax.process_count() > 1:  # host values are taken as replicated
+    post, prior = jax.tree.map(np.asarray, (post, prior))
+  fn = scale._sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
+                             vb.VariationalStep)
+  return fn(X, w, post, *scalars, prior)
