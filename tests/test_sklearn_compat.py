@@ -132,6 +132,10 @@ def test_save_and_load_keep_feature_names(fitted, frame, tmp_path):
      "must be an instance of 'bool' or an instance of 'numpy.bool'"),
     (dict(random_state=-1), "The 'random_state' parameter of "
      "GaussianMixture must be an int in the range [0, 4294967295]"),
+    # To scikit-learn a bool is an int; gmmjax refuses it as a count.
+    (dict(n_components=True), "The 'n_components' parameter of "
+     "GaussianMixture must be an int in the range [1, 2147483647]. Got True "
+     "instead."),
 ])
 def test_invalid_parameters_raise_scikit_learns_error(frame, params, message):
   for method in ("fit", "fit_predict", "partial_fit"):

@@ -47,7 +47,11 @@ from gmmjax._src import validation as val
 try:
   from sklearn.base import BaseEstimator as _SkBaseEstimator
   from sklearn.base import DensityMixin as _SkDensityMixin
-  from sklearn.utils._param_validation import Interval, StrOptions
+  from sklearn.utils._param_validation import (
+      Interval,
+      InvalidParameterError,
+      StrOptions,
+  )
   from sklearn.utils.validation import _check_feature_names
   HAVE_SKLEARN = True
 except ImportError:  # scikit-learn is optional (a test dependency)
@@ -189,9 +193,10 @@ def _describe(rule) -> list[str]:
   return out + (["None"] if getattr(rule, "or_none", False) else [])
 
 
-def check_params(spec: dict, params: dict, estimator: str) -> None:
+def check_params(spec: dict, params: dict, estimator: str, *,
+                 error: type[Exception] = ValueError) -> None:
   """gmmjax's own check of ``params`` against ``spec`` (no scikit-learn):
-  a ``ValueError`` in scikit-learn's wording for the first bad one."""
+  an ``error`` in scikit-learn's wording for the first bad one."""
   for name, rule in spec.items():
     value = params[name]
     if _allows(rule, value):
@@ -199,8 +204,8 @@ def check_params(spec: dict, params: dict, estimator: str) -> None:
     cases = _describe(rule)
     allowed = (cases[0] if len(cases) == 1 else
                f"{', '.join(cases[:-1])} or {cases[-1]}")
-    raise ValueError(f"The {name!r} parameter of {estimator} must be "
-                     f"{allowed}. Got {value!r} instead.")
+    raise error(f"The {name!r} parameter of {estimator} must be "
+                f"{allowed}. Got {value!r} instead.")
 
 
 # -- feature names ------------------------------------------------------------
@@ -344,6 +349,15 @@ class DensityEstimator(*_BASES):
     super().__init_subclass__(**kwargs)
     if HAVE_SKLEARN:
       cls._parameter_constraints = sklearn_constraints(cls._parameter_spec)
+
+  def _validate_params(self):
+    """scikit-learn's parameter check where it is installed (its errors,
+    its wording), then gmmjax's, which also refuses a bool given as a
+    number (``n_components=True``: to scikit-learn a bool is an int)."""
+    super()._validate_params()
+    if HAVE_SKLEARN:
+      check_params(self._parameter_spec, self.get_params(deep=False),
+                   type(self).__name__, error=InvalidParameterError)
 
   def _validate_feature_names(self, X, *, reset: bool) -> None:
     """Sets (``reset``) or checks ``feature_names_in_`` from ``X``'s
