@@ -1,6 +1,8 @@
 """Variational fits at scale: the chunked host loop (``scale_chunked.py``)
 and the sharded compiled loop (``scale.py``) with
-:class:`~gmmjax._src.variational.VariationalStep` as their step."""
+:class:`~gmmjax._src.variational.VariationalStep` as their step, and the
+stepwise updates of ``scale_online.py`` with the variational M-step
+(stochastic variational inference)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmmjax._src import bayes_params as bp
-from gmmjax._src import engine, scale, scale_chunked
+from gmmjax._src import checks, engine, scale, scale_chunked, scale_online
 from gmmjax._src import variational as vb
 from gmmjax._src.bayes_fit import _as_posterior, _as_prior
 from gmmjax._src.results import FitResult
@@ -134,3 +136,97 @@ def fit_bayes_sharded(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
   fn = scale._sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
                              vb.VariationalStep)
   return fn(X, w, post, *scalars, prior)
+
+
+def _online_operands(X, posterior, prior, sample_weight, n_samples,
+                     reg_covar):
+  X = checks.as_data(X)
+  post = _as_posterior(posterior, X)
+  if not (isinstance(n_samples, (int, float, np.integer, np.floating))
+          and n_samples > 0):
+    raise ValueError(f"n_samples should be the positive (weighted) size of "
+                     f"the whole data set, got {n_samples!r}.")
+  bayes = (_as_prior(prior, X.dtype), jnp.asarray(n_samples, X.dtype))
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  return X, post, w, bayes, jnp.asarray(reg_covar, X.dtype)
+
+
+def online_bayes_init(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
+                      n_samples, sample_weight=None,
+                      reg_covar=1e-6) -> scale_online.OnlineState:
+  """Starts stochastic variational inference on the first batch.
+
+  :func:`gmmjax.online_init` with the variational M-step: the state keeps
+  per-sample averages of the E-step statistics (under the posterior's
+  variational mixture), and its posterior is the variational M-step of
+  ``n_samples`` samples with those averages (Hoffman et al., 2013: the
+  posterior's natural parameters are linear in the statistics, so
+  averaging statistics is the natural-gradient step).
+
+  Args:
+    X: ``(n, D)`` first batch.
+    posterior: initial :class:`BayesParams` (e.g.
+      :func:`gmmjax.posterior_from_resp` on the batch).
+    prior: a :class:`BayesPrior`.
+    n_samples: the (weighted) size of the whole stream, which the prior is
+      weighed against.
+    sample_weight: optional ``(n,)`` weights.
+    reg_covar: regulariser added to covariance diagonals.
+
+  Returns:
+    An :class:`OnlineState` whose ``params`` is the posterior and whose
+    ``log_likelihood`` is the batch's mean log-normaliser under the
+    variational mixture (a progress signal, not the lower bound).
+
+  Example:
+    >>> import jax, numpy as np, gmmjax as gx
+    >>> rng = np.random.default_rng(0)
+    >>> X0 = rng.normal(size=(500, 2))
+    >>> prior = gx.make_bayes_prior(X0, 3, covariance_type="diag")
+    >>> resp = rng.dirichlet(np.ones(3), size=500)
+    >>> p0 = gx.posterior_from_resp(X0, resp, prior, covariance_type="diag")
+    >>> state = gx.online_bayes_init(X0, p0, prior, n_samples=5000)
+    >>> state = gx.online_bayes_update(rng.normal(size=(500, 2)), state,
+    ...                                prior, n_samples=5000)
+    >>> int(state.step), state.params.means.shape
+    (1, (3, 2))
+  """
+  X, post, w, bayes, reg = _online_operands(X, posterior, prior,
+                                            sample_weight, n_samples,
+                                            reg_covar)
+  return scale_online._online_init(X, post, w, reg, bayes)
+
+
+def online_bayes_update(X, state: scale_online.OnlineState,
+                        prior: bp.BayesPrior, *, n_samples,
+                        sample_weight=None, alpha=0.6,
+                        reg_covar=1e-6) -> scale_online.OnlineState:
+  """One step of stochastic variational inference with a new batch.
+
+  :func:`gmmjax.online_update` with the variational M-step (see
+  :func:`online_bayes_init`): ``s <- (1 - gamma) s + gamma s_bar(X)``, the
+  posterior the variational M-step of ``n_samples`` samples of average
+  statistics ``s``, ``gamma = (step + 2) ** -alpha``. A batch whose update
+  would give a non-finite posterior is skipped (``failed`` set).
+
+  Args:
+    X: ``(n, D)`` batch.
+    state: from :func:`online_bayes_init` or a previous update.
+    prior, n_samples, sample_weight, reg_covar: as in
+      :func:`online_bayes_init`.
+    alpha: step-size exponent in ``(0.5, 1]``.
+
+  Returns:
+    The new :class:`OnlineState`.
+  """
+  if not (isinstance(state, scale_online.OnlineState)
+          and isinstance(state.params, bp.BayesParams)):
+    raise TypeError("online_bayes_update takes the batch first, then the "
+                    "state of online_bayes_init: online_bayes_update(X, "
+                    "state, prior, n_samples=...).")
+  scale_online._check_alpha(alpha)
+  X, post, w, bayes, reg = _online_operands(X, state.params, prior,
+                                            sample_weight, n_samples,
+                                            reg_covar)
+  return scale_online._online_update(state._replace(params=post), X, w,
+                                     jnp.asarray(alpha, X.dtype), reg, bayes)
