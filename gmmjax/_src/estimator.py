@@ -325,7 +325,8 @@ class GaussianMixture:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    program = compiling.pick(_evaluators, Xp.shape[0], slots, Xp.shape[1])
+    program = compiling.pick(_evaluators, Xp.shape[0], slots or k,
+                             Xp.shape[1])
     out = np.asarray(program(fn, self._evaluation_params(slots), Xp))
     out = out[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
