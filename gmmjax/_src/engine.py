@@ -139,6 +139,7 @@ class Problem(NamedTuple):
   reg_covar: jax.Array
   prior: priors_lib.ConjugatePrior | None = None
   mask: jax.Array | None = None  # (K,) bools, the active component slots
+  observed: jax.Array | None = None  # (N, D) bools, the observed entries
 
 
 def objective(params: GMMParams, stats: stats_lib.SuffStats, prior=None):
@@ -215,7 +216,7 @@ class EMStep(NamedTuple):
     shift = stats_lib.component_shift(params)
     stats = stats_lib.e_step_stats(params, problem.X,
                                    sample_weight=problem.sample_weight,
-                                   shift=shift)
+                                   shift=shift, observed=problem.observed)
     return stats if self.reduce is None else self.reduce(stats)
 
   def conclude(self, state: EMState, started, new, jitter, stats,

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import chunks, kernels, moments
+from gmmjax._src import chunks, kernels, missing, moments
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
-from gmmjax._src.reductions import logsumexp_small
+from gmmjax._src.reductions import any_in_batch, logsumexp_small
 
 
 class SuffStats(NamedTuple):
@@ -64,8 +64,17 @@ def component_shift(params: GMMParams):
 
 
 def weighted_log_prob(params: GMMParams, X,
-                      chunking: chunks.ChunkOptions | None = None):
-  """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks)."""
+                      chunking: chunks.ChunkOptions | None = None,
+                      observed=None):
+  """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks).
+
+  With ``observed`` (``(N, D)`` bools), the density of each sample's
+  observed coordinates (:mod:`gmmjax._src.missing`).
+  """
+  if observed is not None:
+    return missing.map_observed(
+        lambda xb, ob: missing.weighted_log_prob(params, xb, ob), params, X,
+        observed, chunking)
   return (kernels.log_gaussian_prob(X, params.means,
                                     params.precisions_cholesky,
                                     params.covariance_type, chunking)
@@ -96,15 +105,7 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
   log_det = ct.log_det(prec_chol, d)
   wlp = (-0.5 * (d * math.log(2 * math.pi) + maha) + log_det
          + jnp.log(params.weights)[None, :])
-  log_norm = logsumexp_small(wlp, axis=1)
-  if temperature is None:
-    resp = jnp.exp(wlp - log_norm[:, None])
-  else:
-    resp = jax.nn.softmax(wlp / temperature, axis=1)
-  if wb is None:
-    rw, count, ll = resp, jnp.asarray(xb.shape[0], xb.dtype), jnp.sum(log_norm)
-  else:
-    rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
+  rw, count, ll = _weighted_resp(wlp, wb, temperature)
   if per_component and chunks.use_direct(xb.shape[0], *shift.shape,
                                          chunking):
     sx, sxx = moments.component_moments(xb, rw, shift, ct)
@@ -115,6 +116,50 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
                                         params.covariances, ct, chunking)
   return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)
+
+
+def _weighted_resp(wlp, wb, temperature):
+  """``(r_ik w_i, sum w_i, sum w_i log p(x_i))`` of one chunk."""
+  log_norm = logsumexp_small(wlp, axis=1)
+  if temperature is None:
+    resp = jnp.exp(wlp - log_norm[:, None])
+  else:
+    resp = jax.nn.softmax(wlp / temperature, axis=1)
+  if wb is None:
+    return (resp, jnp.asarray(wlp.shape[0], wlp.dtype), jnp.sum(log_norm))
+  return resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
+
+
+def _masked_stats(params: GMMParams, xb, ob, wb, shift, temperature,
+                  chunking) -> SuffStats:
+  """Statistics of a chunk with missing entries (``missing.completed``),
+  in pieces of bounded memory."""
+  def piece(x, o, w=None):
+    log_gauss, xhat, cond = missing.completed(params, x, o)
+    wlp = log_gauss + jnp.log(params.weights)[None, :]
+    rw, count, ll = _weighted_resp(wlp, w, temperature)
+    sx, sxx = missing.moments(params, rw, xhat, cond, shift)
+    return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+                     log_likelihood=ll)
+  n = xb.shape[0]
+  arrays = (xb, ob) if wb is None else (xb, ob, wb)
+  return chunks.sum_chunks(
+      piece, n, missing.sub_chunk(params, n, xb.dtype, chunking), *arrays)
+
+
+def _observed_block(params: GMMParams, xb, ob, wb, shift, temperature,
+                    chunking) -> SuffStats:
+  """A chunk's statistics: the complete-data block where nothing in it is
+  missing (the same program and numbers as without a mask), the masked one
+  otherwise."""
+  def complete():
+    return _block_stats(params, missing.fill(xb, ob), wb, shift, temperature,
+                        chunking)
+
+  def masked():
+    return _masked_stats(params, xb, ob, wb, shift, temperature, chunking)
+
+  return lax.cond(any_in_batch(jnp.any(~ob)), masked, complete)
 
 
 def stats_from_resp(X, resp, *, sample_weight=None, shift,
@@ -142,7 +187,8 @@ def stats_from_resp(X, resp, *, sample_weight=None, shift,
 @functools.partial(jax.jit, static_argnames=("chunking",))
 def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
                  temperature=None,
-                 chunking: chunks.ChunkOptions | None = None) -> SuffStats:
+                 chunking: chunks.ChunkOptions | None = None,
+                 observed=None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
   The samples are processed in chunks (``lax.scan`` over ``dynamic_slice``
@@ -164,6 +210,12 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
       ``softmax(log(w_k N_k(x)) / temperature)`` (1 is plain EM).
     chunking: chunk sizes and memory budgets (a hashable
       ``ChunkOptions``, static); ``None`` for the measured defaults.
+    observed: optional ``(N, D)`` boolean mask, True where an entry of
+      ``X`` was observed: the others are missing at random (their values
+      are ignored). Responsibilities and ``log_likelihood`` then come from
+      each sample's observed marginal, and ``sx``, ``sxx`` are the expected
+      statistics of the completed samples (conditional means of the missing
+      entries, conditional covariances added to the second moments).
 
   Returns:
     :class:`SuffStats` whose ``log_likelihood`` is ``sum_i w_i log p(x_i)``.
@@ -181,6 +233,15 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
   n, d = X.shape
   chunk = chunks.chunk_size(n, params.means.shape[0], d,
                             params.covariance_type, X.dtype, options=chunking)
+  if observed is not None:
+    missing.check_type(params.covariance_type)
+    observed = missing.as_observed(observed, X)
+    arrays = ((X, observed) if sample_weight is None
+              else (X, observed, sample_weight))
+    return chunks.sum_chunks(
+        lambda xb, ob, wb=None: _observed_block(params, xb, ob, wb, shift,
+                                                temperature, chunking),
+        n, chunk, *arrays)
   arrays = (X,) if sample_weight is None else (X, sample_weight)
   return chunks.sum_chunks(
       lambda xb, wb=None: _block_stats(params, xb, wb, shift, temperature,
