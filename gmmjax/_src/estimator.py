@@ -28,16 +28,18 @@ import jax
 import numpy as np
 
 from gmmjax._src import (
-    cache,
-    checks,
-    compiling,
-    em,
-    padding,
-    restarts,
-    scale_online,
+  cache,
+  checks,
+  compiling,
+  conditional,
+  em,
+  padding,
+  restarts,
+  scale_online,
 )
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
+from gmmjax._src import nan_policy as nan_lib
 from gmmjax._src import validation as val
 from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
 
@@ -136,6 +138,13 @@ class GaussianMixture:
     warm_start: continue from the fitted parameters on the next ``fit``.
     verbose: 0 silent, 1 iteration numbers, 2 also log-likelihood and timing.
     verbose_interval: iterations between progress lines.
+    nan_policy: ``"raise"`` (default, as scikit-learn: NaN in ``X`` is a
+      ``ValueError``) or ``"marginalize"``: NaN entries are missing at
+      random; ``fit`` maximises the observed-data likelihood, and
+      ``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``
+      and ``aic`` use each row's observed marginal. Rows with no observed
+      entry are refused. :meth:`impute` fills NaN entries with their
+      conditional means (under either policy).
 
   Beyond scikit-learn's fitted attributes, ``fit`` sets two diagnostics of
   the kept restart (:class:`gmmjax.FitResult`): ``jitter_``, the largest
@@ -166,7 +175,7 @@ class GaussianMixture:
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
                weights_init=None, means_init=None, precisions_init=None,
                random_state=None, warm_start=False, verbose=0,
-               verbose_interval=10):
+               verbose_interval=10, nan_policy="raise"):
     self.n_components = n_components
     self.covariance_type = covariance_type
     self.tol = tol
@@ -181,6 +190,7 @@ class GaussianMixture:
     self.warm_start = warm_start
     self.verbose = verbose
     self.verbose_interval = verbose_interval
+    self.nan_policy = nan_policy
 
   # -- scikit-learn's parameter protocol -----------------------------------
 
@@ -244,6 +254,8 @@ class GaussianMixture:
                     options=init_lib.INIT_METHODS)
     val.check_param("verbose", self.verbose, "int", low=0)
     val.check_param("verbose_interval", self.verbose_interval, "int", low=1)
+    val.check_param("nan_policy", self.nan_policy, "str",
+                    options=nan_lib.NAN_POLICIES)
 
   def _check_is_fitted(self):
     if not hasattr(self, "means_"):
@@ -268,6 +280,14 @@ class GaussianMixture:
           f"expecting {self.n_features_in_} features as input.")
     return X.astype(val.compute_dtype(X) if reset else known, copy=False)
 
+  def _validate_observed(self, X, *, reset: bool, policy=None):
+    """``(X, observed)``: :meth:`_validate_X` of ``X`` with NaN entries
+    filled (``nan_policy="marginalize"``), and the mask of observed entries
+    (``None`` when nothing is missing)."""
+    policy = getattr(self, "nan_policy", "raise") if policy is None else policy
+    X, observed = nan_lib.split_missing(X, policy)
+    return self._validate_X(X, reset=reset), observed
+
   @staticmethod
   def _on_device(X, sample_weight=None):
     """``(X, weights)`` padded to the ladder (padding.padded_rows) as JAX
@@ -278,16 +298,19 @@ class GaussianMixture:
     # device_put: jnp.asarray of a NumPy array compiles a copy per shape.
     return jax.device_put(Xp), jax.device_put(wp)
 
-  def _evaluate(self, fn, X):
+  def _evaluate(self, fn, X, policy=None):
     """``fn(params, X)`` per sample, on padded data and in component slots
-    (padding.component_slots), both paddings dropped from the result."""
+    (padding.component_slots), both paddings dropped from the result; with
+    missing entries ``fn(params, X, observed=mask)``."""
     self._check_is_fitted()
-    X = self._validate_X(X, reset=False)
+    X, observed = self._validate_observed(X, reset=False, policy=policy)
     Xp, _ = self._on_device(X)
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    out = np.asarray(fn(self._params(slots), Xp))[:X.shape[0]]
+    extra = ({} if observed is None else dict(observed=jax.device_put(
+        nan_lib.pad_observed(observed, Xp.shape[0]))))
+    out = np.asarray(fn(self._params(slots), Xp, **extra))[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
 
   # -- fitting --------------------------------------------------------------
@@ -304,7 +327,7 @@ class GaussianMixture:
     return fit_lib.fit_checked(
         X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
         None, np.int32(max_iter), fit_lib.history_length(max_iter),
-        callback=kwargs["callback"])
+        callback=kwargs["callback"], observed=kwargs.get("observed"))
 
   def _params(self, n_slots: int | None = None) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``
@@ -537,9 +560,7 @@ class GaussianMixture:
     warm = bool(self.warm_start and hasattr(self, "converged_"))
     if warm:
       self._check_warm_start()
-      X = self._validate_X(X, reset=False)
-    else:
-      X = self._validate_X(X, reset=True)
+    X, observed = self._validate_observed(X, reset=not warm)
     n_samples, n_features = X.shape
     if n_samples < self.n_components:
       raise ValueError(
@@ -552,6 +573,9 @@ class GaussianMixture:
     kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
                   tol=float(self.tol), reg_covar=float(self.reg_covar),
                   callback=self._progress_callback(callback))
+    if observed is not None:
+      kwargs["observed"] = jax.device_put(
+          nan_lib.pad_observed(observed, X.shape[0]))
     start = time.perf_counter()
 
     if warm:
@@ -647,6 +671,21 @@ class GaussianMixture:
     w = val.check_sample_weight(sample_weight, logp.shape[0])
     total = float(np.sum(logp if w is None else w * logp))
     return -2.0 * total + 2.0 * self._n_parameters()
+
+  def impute(self, X):
+    """``X`` with its NaN entries replaced by their conditional means
+    ``E[x_missing | x_observed]`` under the fitted mixture (observed
+    entries unchanged); see :func:`gmmjax.impute`. Rows with no observed
+    entry are refused."""
+    self._check_is_fitted()
+    X, observed = self._validate_observed(X, reset=False,
+                                          policy="marginalize")
+    if observed is None:
+      return np.array(X)
+    Xp, _ = self._on_device(X)
+    mask = jax.device_put(nan_lib.pad_observed(observed, Xp.shape[0]))
+    return np.asarray(conditional.impute(self._params(), Xp,
+                                         observed=mask))[:X.shape[0]]
 
   def _warn_few_distinct_points(self, X, w):
     """scikit-learn's k-means warning, where the data explain a degenerate

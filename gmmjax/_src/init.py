@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import checks, compiling, moments
+from gmmjax._src import checks, compiling, missing, moments
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -279,7 +279,7 @@ _init_programs = compiling.jit_by_size(
 
 def init_params(key, X, n_components: int, *, covariance_type: str = "full",
                 method: str = "k-means++", reg_covar=1e-6,
-                sample_weight=None) -> GMMParams:
+                sample_weight=None, observed=None) -> GMMParams:
   """Initial mixture parameters by one of scikit-learn's methods.
 
   ``"kmeans"`` runs Lloyd's algorithm (in JAX) and uses its hard labels;
@@ -297,6 +297,9 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
       ``"random_from_data"``.
     reg_covar: regulariser added to covariance diagonals.
     sample_weight: optional ``(N,)`` non-negative weights.
+    observed: optional ``(N, D)`` boolean mask of observed entries: the
+      missing ones (values ignored) are set to their feature's observed
+      mean before initialising (EM then treats them as missing).
 
   Returns:
     :class:`GMMParams` in ``X``'s floating dtype.
@@ -309,6 +312,11 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
     >>> batch.means.shape
     (4, 2, 3)
   """
+  if observed is not None:
+    X = checks.as_data(X)
+    X = missing.fill_means(
+        missing.fill(X, missing.as_observed(observed, X)), observed,
+        checks.as_sample_weight(sample_weight, X.shape[0], X.dtype))
   return _checked_init(key, X, n_components, covariance_type, method,
                        reg_covar, sample_weight, first_of_split=False)
 

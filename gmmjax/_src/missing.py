@@ -71,6 +71,17 @@ def fill(X, observed, value=0.0):
   return jnp.where(observed, X, jnp.asarray(value, X.dtype))
 
 
+def fill_means(X, observed, sample_weight=None):
+  """``X`` with each missing entry set to its feature's (weighted) observed
+  mean: what initialisations (k-means, k-means++) run on."""
+  w = (jnp.ones(X.shape[0], X.dtype) if sample_weight is None
+       else sample_weight)
+  ow = observed * w[:, None]
+  means = (jnp.sum(jnp.where(observed, X, 0.0) * w[:, None], axis=0)
+           / jnp.maximum(jnp.sum(ow, axis=0), jnp.finfo(X.dtype).tiny))
+  return jnp.where(observed, X, means[None, :])
+
+
 def _matrix_terms(params: GMMParams, xb, ob):
   """Full/tied: ``(log N(x_O|k) (n, K), xhat (n, K, D), C (n, Kc, D, D))``.
 

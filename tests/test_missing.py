@@ -1,0 +1,327 @@
+"""Missing values: EM over observed coordinates, conditioning, imputation.
+
+The reference is missing-data EM written here in NumPy/SciPy, sample by
+sample and component by component (Ghahramani & Jordan, 1994): observed
+marginals from ``scipy.stats.multivariate_normal``, conditional means and
+covariances by ``np.linalg.solve`` on the observed block.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+from scipy.stats import multivariate_normal as mvn
+
+import gmmjax as gx
+from gmmjax._src import chunks
+
+TYPES = ["full", "tied", "diag", "spherical"]
+N, D, K = 120, 4, 2
+REG = 1e-6
+
+
+def _patterns():
+  rng = np.random.default_rng(3)
+  mcar = rng.random((N, D)) > 0.3
+  mcar[np.arange(N), rng.integers(0, D, N)] = True  # no empty row
+  blocks = np.ones((N, D), bool)
+  blocks[:60, :2] = False
+  blocks[60:90, 3] = False
+  single = np.zeros((N, D), bool)
+  single[np.arange(N), np.arange(N) % D] = True
+  return {"mcar": mcar, "blocks": blocks, "single": single}
+
+
+PATTERNS = _patterns()
+
+
+@pytest.fixture(scope="module")
+def data():
+  rng = np.random.default_rng(0)
+  X = rng.normal(size=(N, D)) @ (np.eye(D) + 0.5 * rng.normal(size=(D, D)))
+  X[: N // 2] += 3.0
+  return X
+
+
+def dense_covariances(p):
+  cov = np.asarray(p.covariances)
+  k, d = np.asarray(p.means).shape
+  if p.covariance_type == "full":
+    return cov
+  if p.covariance_type == "tied":
+    return np.broadcast_to(cov, (k, d, d))
+  if p.covariance_type == "diag":
+    return np.stack([np.diag(c) for c in cov])
+  return np.stack([c * np.eye(d) for c in cov])
+
+
+def reference_terms(X, obs, p):
+  """Per sample and component: log w_k N(x_O|k), completed x, cond. cov."""
+  w, mu, cov = np.asarray(p.weights), np.asarray(p.means), dense_covariances(p)
+  n, d = X.shape
+  k = w.shape[0]
+  logp, xhat, cond = np.zeros((n, k)), np.zeros((n, k, d)), np.zeros(
+      (n, k, d, d))
+  for i in range(n):
+    o, m = obs[i], ~obs[i]
+    for j in range(k):
+      s_oo = cov[j][np.ix_(o, o)]
+      logp[i, j] = np.log(w[j]) + mvn.logpdf(X[i, o], mu[j, o], s_oo)
+      gain = np.linalg.solve(s_oo, cov[j][np.ix_(o, m)]).T  # S_MO S_OO^-1
+      xhat[i, j] = np.where(o, X[i], 0.0)
+      xhat[i, j, m] = mu[j, m] + gain @ (X[i, o] - mu[j, o])
+      cond[i, j][np.ix_(m, m)] = cov[j][np.ix_(m, m)] - gain @ cov[j][
+          np.ix_(o, m)]
+  return logp, xhat, cond
+
+
+def reference_em_step(X, obs, p, reg=REG):
+  """One missing-data EM iteration: new (weights, means, covariances) and
+  the mean observed-data log-likelihood of ``p``."""
+  logp, xhat, cond = reference_terms(X, obs, p)
+  ll = logsumexp(logp, axis=1)
+  r = np.exp(logp - ll[:, None])
+  nk = r.sum(0) + 10 * np.finfo(np.float64).eps
+  means = np.einsum("nk,nkd->kd", r, xhat) / nk[:, None]
+  z = xhat - means[None]
+  full = (np.einsum("nk,nkd,nke->kde", r, z, z)
+          + np.einsum("nk,nkde->kde", r, cond)) / nk[:, None, None]
+  ctype, d = p.covariance_type, X.shape[1]
+  if ctype == "full":
+    cov = full + reg * np.eye(d)
+  elif ctype == "tied":
+    cov = np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
+  elif ctype == "diag":
+    cov = np.stack([np.diag(c) for c in full]) + reg
+  else:
+    cov = np.stack([np.diag(c).mean() for c in full]) + reg
+  return (nk / nk.sum(), means, cov), ll.mean(), r
+
+
+def start_params(X, ctype):
+  """A fixed, non-trivial starting point (two k-means-like halves)."""
+  resp = np.zeros((X.shape[0], K))
+  resp[: N // 2, 0] = 1.0
+  resp[N // 2:, 1] = 1.0
+  resp = 0.8 * resp + 0.1
+  return gx.m_step(X, jnp.log(resp), covariance_type=ctype, reg_covar=0.1)
+
+
+@pytest.mark.parametrize("pattern", list(PATTERNS))
+@pytest.mark.parametrize("ctype", TYPES)
+def test_em_step_matches_numpy_reference(data, ctype, pattern, x64):
+  obs = PATTERNS[pattern]
+  Xn = np.where(obs, data, np.nan)
+  p = start_params(data, ctype)
+  (w, mu, cov), ll, r = reference_em_step(data, obs, p)
+  new, objective = gx.em_step(Xn, p, observed=obs, reg_covar=REG)
+  np.testing.assert_allclose(float(objective), ll, rtol=1e-10)
+  np.testing.assert_allclose(new.weights, w, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(new.means, mu, rtol=1e-10, atol=1e-10)
+  np.testing.assert_allclose(new.covariances, cov, rtol=1e-10, atol=1e-10)
+  # The separate steps: e_step's responsibilities, m_step given them.
+  log_resp, mean_ll = gx.e_step(p, Xn, observed=obs)
+  np.testing.assert_allclose(np.exp(log_resp), r, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(float(mean_ll), ll, rtol=1e-10)
+  stepped = gx.m_step(Xn, log_resp, covariance_type=ctype, reg_covar=REG,
+                      observed=obs, params=p)
+  np.testing.assert_allclose(stepped.covariances, cov, rtol=1e-10,
+                             atol=1e-10)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_log_prob_is_the_scipy_marginal_density(data, ctype, x64):
+  obs = PATTERNS["mcar"]
+  p = start_params(data, ctype)
+  logp, _, _ = reference_terms(data, obs, p)
+  Xn = np.where(obs, data, np.nan)
+  got = gx.log_prob(p, Xn, observed=obs)
+  np.testing.assert_allclose(got, logsumexp(logp, axis=1), rtol=1e-10)
+  # The marginal mixture over a subset of features scores the same.
+  rows = np.flatnonzero((obs == [True, False, True, False]).all(axis=1))
+  marg = gx.marginal(p, [0, 2])
+  np.testing.assert_allclose(gx.log_prob(marg, data[rows][:, [0, 2]]),
+                             np.asarray(got)[rows], rtol=1e-10)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_impute_is_the_conditional_expectation(data, ctype, x64):
+  obs = PATTERNS["mcar"]
+  p = start_params(data, ctype)
+  logp, xhat, _ = reference_terms(data, obs, p)
+  r = np.exp(logp - logsumexp(logp, axis=1)[:, None])
+  expected = np.einsum("nk,nkd->nd", r, xhat)
+  got = np.asarray(gx.impute(p, np.where(obs, data, np.nan)))
+  np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
+  assert np.array_equal(got[obs], data[obs])
+  draws = np.asarray(gx.impute_samples(jax.random.key(0), p,
+                                       np.where(obs, data, np.nan)))
+  assert np.array_equal(draws[obs], data[obs])
+  assert np.all(np.isfinite(draws))
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_condition_is_bayes_rule(data, ctype, x64):
+  """log p(x_R | x_F = v) = log p(x) - log p(x_F), at a few points; the
+  conditional's moments by the closed form for one component."""
+  p = start_params(data, ctype)
+  feats, rest = [1, 3], [0, 2]
+  for x in data[:3]:
+    c = gx.condition(p, feats, x[feats])
+    joint = float(gx.log_prob(p, x[None])[0])
+    given = float(gx.log_prob(gx.marginal(p, feats), x[None, feats])[0])
+    got = float(gx.log_prob(c, x[None, rest])[0])
+    np.testing.assert_allclose(got, joint - given, rtol=1e-10)
+  cov = dense_covariances(p)[0]
+  mu = np.asarray(p.means)[0]
+  x = data[0]
+  gain = cov[np.ix_(rest, feats)] @ np.linalg.inv(cov[np.ix_(feats, feats)])
+  c = gx.condition(p, feats, x[feats])
+  np.testing.assert_allclose(c.means[0], mu[rest] + gain @ (x[feats]
+                                                          - mu[feats]),
+                             rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ctype", TYPES)
+def test_fit_is_monotone_and_a_full_mask_changes_nothing(data, ctype, x64):
+  obs = PATTERNS["mcar"]
+  p = start_params(data, ctype)
+  result = gx.fit(np.where(obs, data, np.nan), p, observed=obs, tol=1e-10,
+                  max_iter=60)
+  history = np.asarray(result.history)[: int(result.n_iter)]
+  assert np.all(np.diff(history) >= -1e-10 * np.abs(history[1:]))
+  assert np.isfinite(float(result.log_likelihood))
+  # All observed: bit for bit the fit without a mask (a concrete mask is
+  # dropped), and the E-step's traced masked program picks the same
+  # complete-data block.
+  full = np.ones_like(obs)
+  plain = gx.fit(data, p, max_iter=5)
+  masked = gx.fit(data, p, max_iter=5, observed=full)
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(masked)):
+    assert np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+  if ctype == "full":
+    s0 = gx.e_step_stats(p, data)
+    s1 = gx.e_step_stats(p, data, observed=full)
+    for a, b in zip(s0, s1):
+      assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_chunks_and_weights_give_the_same_statistics(data, x64):
+  """Small chunks and sub-pieces sum to the one-chunk statistics; integer
+  weights equal repeated rows."""
+  obs = PATTERNS["mcar"]
+  p = start_params(data, "full")
+  tiny = chunks.ChunkOptions(cpu_bytes=1, accelerator_bytes=1, min_chunk=16)
+  one = gx.e_step_stats(p, data, observed=obs)
+  many = gx.e_step_stats(p, data, observed=obs, chunking=tiny)
+  for a, b in zip(one, many):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+  w = np.tile([0.0, 1.0, 2.0], N // 3)
+  weighted = gx.e_step_stats(p, data, observed=obs, sample_weight=w)
+  rep = np.repeat(np.arange(N), w.astype(int))
+  repeated = gx.e_step_stats(p, data[rep], observed=obs[rep])
+  for a, b in zip(weighted, repeated):
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_gradient_through_a_fit_matches_finite_differences(data, x64):
+  """Implicit derivatives of a converged fit with missing entries (diag:
+  the masked path's compile is the cheapest) w.r.t. observed entries."""
+  obs = PATTERNS["mcar"]
+  p = start_params(data, "diag")
+  loss = lambda X: gx.fit(X, p, observed=obs, tol=1e-13,  # noqa: E731
+                          max_iter=400).log_likelihood
+  X = jnp.asarray(np.where(obs, data, 0.0))
+  grad = np.asarray(jax.grad(loss)(X))
+  assert np.all(grad[~obs] == 0.0)
+  eps = 1e-5
+  for i, j in [(0, 2), (70, 0), (100, 3)]:
+    i = i + int(np.argmax(obs[i:, j]))  # an observed entry
+    e = np.zeros_like(data)
+    e[i, j] = eps
+    fd = (float(loss(X + e)) - float(loss(X - e))) / (2 * eps)
+    np.testing.assert_allclose(grad[i, j], fd, rtol=1e-5, atol=1e-9)
+
+
+def test_gradient_of_the_observed_density_full(data, x64):
+  """Derivatives of the masked Cholesky forms (full): the observed-data
+  log-likelihood w.r.t. the data and the means, by finite differences."""
+  obs = PATTERNS["mcar"]
+  p = start_params(data, "full")
+  X = jnp.asarray(np.where(obs, data, 0.0))
+
+  def loss(X, means):
+    return gx.log_likelihood(p.replace(means=means), X, observed=obs)
+
+  gx_, gm = jax.grad(loss, argnums=(0, 1))(X, p.means)
+  assert np.all(np.asarray(gx_)[~obs] == 0.0)
+  eps = 1e-6
+  for i, j in [(1, 1), (50, 2)]:
+    e = np.zeros(X.shape)
+    e[i, j] = eps
+    fd = (float(loss(X + e, p.means)) - float(loss(X - e, p.means))) / (2 * eps)
+    np.testing.assert_allclose(gx_[i, j], fd, rtol=1e-6, atol=1e-10)
+  e = np.zeros(p.means.shape)
+  e[1, 3] = eps
+  fd = (float(loss(X, p.means + e)) - float(loss(X, p.means - e))) / (2 * eps)
+  np.testing.assert_allclose(gm[1, 3], fd, rtol=1e-6, atol=1e-10)
+
+
+def test_estimator_marginalize(data, x64):
+  obs = PATTERNS["mcar"]
+  Xn = np.where(obs, data, np.nan)
+  with pytest.raises(ValueError, match="NaN"):
+    gx.GaussianMixture(2).fit(Xn)
+  with pytest.raises(ValueError, match="nan_policy"):
+    gx.GaussianMixture(2, nan_policy="drop").fit(data)
+  gm = gx.GaussianMixture(2, covariance_type="diag", nan_policy="marginalize",
+                          n_init=2, random_state=0, tol=1e-8).fit(Xn)
+  assert gm.converged_
+  expected = gx.log_prob(gm.params_, Xn, observed=obs)
+  np.testing.assert_allclose(gm.score_samples(Xn), expected, rtol=1e-10)
+  np.testing.assert_allclose(gm.score(Xn), float(np.mean(expected)),
+                             rtol=1e-10)
+  np.testing.assert_allclose(gm.predict_proba(Xn),
+                             gx.predict_proba(gm.params_, Xn, observed=obs),
+                             rtol=1e-10, atol=1e-14)
+  assert gm.predict(Xn).shape == (N,)
+  assert np.isfinite(gm.bic(Xn)) and np.isfinite(gm.aic(Xn))
+  filled = gm.impute(Xn)
+  np.testing.assert_allclose(filled, gx.impute(gm.params_, Xn), rtol=1e-10)
+  assert not np.isnan(filled).any()
+  bad = Xn.copy()
+  bad[5] = np.nan
+  with pytest.raises(ValueError, match="observed entry"):
+    gm.score_samples(bad)
+  with pytest.raises(ValueError, match="observed entry"):
+    gx.GaussianMixture(2, nan_policy="marginalize").fit(bad)
+
+
+def test_missing_data_em_recovers_the_truth(x64):
+  """Fast version of the 200,000-point check (examples/missing_values.py,
+  benchmarks/bench_missing.py): 20% of entries missing completely at
+  random from a known two-component mixture; missing-value EM lands near
+  the true parameters, mean imputation visibly off."""
+  rng = np.random.default_rng(1)
+  n = 3000
+  means = np.array([[0.0, 0.0, 0.0], [3.0, 3.0, 0.0]])
+  cov = np.array([[1.0, 0.8, 0.3], [0.8, 1.0, 0.4], [0.3, 0.4, 1.0]])
+  labels = rng.random(n) < 0.4
+  X = rng.multivariate_normal(np.zeros(3), cov, n) + means[labels.astype(int)]
+  obs = rng.random(X.shape) > 0.2
+  obs[np.arange(n), rng.integers(0, 3, n)] = True
+  p0 = gx.make_params(np.array([0.5, 0.5]), means + 0.5, np.stack([np.eye(3)] * 2))
+  fit = gx.fit(np.where(obs, X, np.nan), p0, observed=obs, tol=1e-9,
+               max_iter=500)
+  order = np.argsort(np.asarray(fit.params.means)[:, 0])
+  err_em = np.abs(np.asarray(fit.params.covariances)[order] - cov).max()
+  np.testing.assert_allclose(np.asarray(fit.params.means)[order], means,
+                             atol=0.12)
+  np.testing.assert_allclose(np.asarray(fit.params.weights)[order],
+                             [0.6, 0.4], atol=0.03)
+  col_means = np.nanmean(np.where(obs, X, np.nan), axis=0)
+  imputed = gx.fit(np.where(obs, X, col_means), p0, tol=1e-9, max_iter=500)
+  order = np.argsort(np.asarray(imputed.params.means)[:, 0])
+  err_mean = np.abs(np.asarray(imputed.params.covariances)[order] - cov).max()
+  assert err_em < 0.12 and err_mean > 2 * err_em
