@@ -731,11 +731,13 @@ class GaussianMixture:
     state = getattr(self, "_online_state", None)
     new_stream = state is None
     fitted = hasattr(self, "means_")
-    X = self._validate_X(X, reset=not fitted)
+    X, observed = self._validate_observed(X, reset=not fitted)
     w = val.check_sample_weight(sample_weight, X.shape[0])
     # Rows with positive weight: the count n_degenerate_ is measured against.
     n_pos = X.shape[0] if w is None else int(np.count_nonzero(w))
     X, w = self._on_device(X, w)  # batches of nearby sizes share programs
+    if observed is not None:
+      observed = jax.device_put(nan_lib.pad_observed(observed, X.shape[0]))
     if state is None:
       if fitted:  # continue a batch fit online
         params = self._params()
@@ -753,10 +755,12 @@ class GaussianMixture:
                 sample_weight=w),
             **self._initial_overrides(X.shape[1]))
       state = scale_online.online_init(X, params, sample_weight=w,
-                                       reg_covar=float(self.reg_covar))
+                                       reg_covar=float(self.reg_covar),
+                                       observed=observed)
     else:
       state = scale_online.online_update(X, state, sample_weight=w,
-                                         reg_covar=float(self.reg_covar))
+                                         reg_covar=float(self.reg_covar),
+                                         observed=observed)
     # Rows with positive weight seen so far (skipped batches excepted).
     previous = 0 if new_stream else self._online_n_positive
     self._online_n_positive = previous + (0 if bool(state.failed) else n_pos)

@@ -38,7 +38,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gmmjax._src import checks, engine, results
+from gmmjax._src import checks, engine, missing, results
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams
 from gmmjax._src.results import FitResult
@@ -222,13 +222,20 @@ def _prefetch(make_iter: Callable[[], Iterator], depth: int, device):
     thread.join()
 
 
-@jax.jit
-def _accumulate(acc, params: GMMParams, X, w, shift):
-  """Adds a chunk's statistics and its count of positive-weight rows."""
+@functools.partial(jax.jit, static_argnames=("nan_as_missing",))
+def _accumulate(acc, params: GMMParams, X, w, shift,
+                nan_as_missing: bool = False):
+  """Adds a chunk's statistics and its count of positive-weight rows
+  (``nan_as_missing``: NaN entries are missing values)."""
   stats, n_positive = acc
+  observed = None
+  if nan_as_missing:
+    observed = ~jnp.isnan(X)
+    X = missing.fill(X, observed)
   return (stats_lib.add_stats(stats,
                               stats_lib.e_step_stats(params, X, sample_weight=w,
-                                                     shift=shift)),
+                                                     shift=shift,
+                                                     observed=observed)),
           n_positive + jnp.sum(w > 0).astype(n_positive.dtype))
 
 
@@ -282,7 +289,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
                 reg_covar=1e-6, prev_log_likelihood=-np.inf,
                 callback: Callable | None = None,
                 reduce: Callable[[SuffStats], SuffStats] | None = None,
-                prefetch: int = 2, device=None) -> FitResult:
+                prefetch: int = 2, device=None,
+                nan_as_missing: bool = False) -> FitResult:
   """Exact EM over data streamed in chunks; the same result as :func:`fit`.
 
   Every EM iteration streams all chunks through one compiled kernel that adds
@@ -322,6 +330,9 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
       e.g. :func:`process_sum` to add every process's.
     prefetch: chunks read and transferred ahead (0: no background thread).
     device: device to compute on (default: this process's first device).
+    nan_as_missing: NaN entries of the chunks are missing values (EM over
+      the observed coordinates, as :func:`gmmjax.fit` with ``observed=``);
+      otherwise NaN makes the fit fail, as it would in :func:`gmmjax.fit`.
 
   Returns:
     A :class:`FitResult` (parameters on ``device``).
@@ -360,7 +371,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   def stats_pass(p):
     shift = stats_lib.component_shift(p)
     acc = _stream(pad, source, prefetch, device, in_flight,
-                  lambda a, X, w: _accumulate(a, p, X, w, shift), zero)
+                  lambda a, X, w: _accumulate(a, p, X, w, shift,
+                                              bool(nan_as_missing)), zero)
     return acc if reduce is None else reduce(acc)
 
   problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
@@ -498,7 +510,7 @@ def local_copy(tree):
 
 @functools.lru_cache(maxsize=64)
 def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
-                    weighted: bool, batched: bool):
+                    weighted: bool, batched: bool, nan_as_missing: bool = False):
   axis = axes if len(axes) > 1 else axes[0]
 
   # Statistics (and positive rows) are added over the shards: every device
@@ -507,7 +519,11 @@ def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
   step = engine.EMStep(reduce=functools.partial(lax.psum, axis_name=axis))
 
   def local_fit(X, w, params, tol, reg_covar, prev_ll):
-    problem = engine.Problem(X, w, tol, reg_covar)
+    observed = None
+    if nan_as_missing:
+      observed = ~jnp.isnan(X)
+      X = missing.fill(X, observed)
+    problem = engine.Problem(X, w, tol, reg_covar, observed=observed)
 
     def one(p):
       result, _ = engine.run(step, p, problem, prev_ll=prev_ll,
@@ -555,8 +571,8 @@ def _pad_rows(X, w, fill: int, sharding):
 
 def fit_sharded(X, params: GMMParams, *, sample_weight=None,
                 mesh: Mesh | None = None, axis_name=None, max_iter: int = 100,
-                tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-np.inf
-                ) -> FitResult:
+                tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-np.inf,
+                nan_as_missing: bool = False) -> FitResult:
   """EM on samples sharded over devices: local statistics, ``psum``, M-step.
 
   The whole loop of :func:`gmmjax.fit` runs in one compiled program under
@@ -583,6 +599,8 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     axis_name: mesh axis name(s) the samples are split over (default: ``X``'s
       sharding, else every mesh axis).
     max_iter, tol, reg_covar, prev_log_likelihood: as in :func:`gmmjax.fit`.
+    nan_as_missing: NaN entries of ``X`` are missing values (EM over the
+      observed coordinates, as :func:`gmmjax.fit` with ``observed=``).
 
   Returns:
     A :class:`FitResult`, replicated on the mesh (leading restart axis if
@@ -629,7 +647,10 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     # Across processes every input must be global: host values (the same on
     # every process) are taken as replicated.
     params = jax.tree.map(np.asarray, params)
-  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched)
+  if nan_as_missing:
+    missing.check_type(ref.covariance_type)
+  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
+                       bool(nan_as_missing))
   return fn(X, w, params, *scalars)
 
 
