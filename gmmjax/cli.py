@@ -4,9 +4,9 @@ Subcommands::
 
   gmmjax fit DATA --n-components K [--covariance-type T] [--n-init N]
              [--max-iter N] [--tol T] [--reg-covar R] [--init-params M]
-             [--seed S] [--verbose] --out MODEL
-  gmmjax predict MODEL DATA [--proba] [--out FILE]
-  gmmjax score MODEL DATA
+             [--seed S] [--verbose] [--nan-policy P] --out MODEL
+  gmmjax predict MODEL DATA [--proba] [--nan-policy P] [--out FILE]
+  gmmjax score MODEL DATA [--nan-policy P]
   gmmjax sample MODEL -n N [--seed S] --out FILE
   gmmjax select DATA --k-min 1 --k-max 20 [--criterion bic|aic]
              [--plot PNG] [--out MODEL]
@@ -14,7 +14,10 @@ Subcommands::
 
 DATA is ``.npy``, ``.npz`` (one array, or the one named ``X``), ``.csv``
 (comma separated, header optional) or ``.parquet`` (needs pyarrow), with one
-row per sample. MODEL is a file written by ``gmmjax fit`` or
+row per sample; empty CSV fields (and NaN in any format) are missing
+values, refused unless ``--nan-policy marginalize`` (EM over the observed
+entries; a model fitted so scores incomplete rows by default). MODEL is a
+file written by ``gmmjax fit`` or
 ``gmmjax.save``. Mistakes in the input (a missing file, an unknown format,
 NaN in the data, a model/data feature mismatch) print ``gmmjax: error: ...``
 and exit with status 1; no traceback.
@@ -38,6 +41,12 @@ class UserError(Exception):
 # -- reading and writing data -------------------------------------------------
 
 
+def _cell(text):
+  """A CSV field as a float; an empty field is missing (NaN)."""
+  text = text.strip()
+  return float(text) if text else float("nan")
+
+
 def _read_csv(path):
   import numpy as np
   with open(path, encoding="utf-8") as f:
@@ -50,6 +59,11 @@ def _read_csv(path):
   try:
     return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2,
                       dtype=np.float64)
+  except ValueError:
+    pass
+  try:  # again, with empty fields as missing values
+    return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2,
+                      dtype=np.float64, converters=_cell)
   except ValueError as e:
     raise UserError(f"could not parse {path} as numeric CSV: {e}") from e
 
@@ -71,8 +85,9 @@ def _read_parquet(path):
   return np.column_stack(cols)
 
 
-def read_data(path):
-  """A 2-D float64 NumPy array from a data file, or a :class:`UserError`."""
+def read_data(path, allow_nan: bool = False):
+  """A 2-D float64 NumPy array from a data file, or a :class:`UserError`
+  (NaN, i.e. missing values, only with ``allow_nan``)."""
   import numpy as np
   if not os.path.exists(path):
     raise UserError(f"data file {path!r} does not exist")
@@ -116,12 +131,13 @@ def read_data(path):
                     "(n_samples, n_features)")
   if X.shape[0] == 0:
     raise UserError(f"{path} holds no samples")
-  if np.isnan(X).any():
+  if np.isnan(X).any() and not allow_nan:
     rows = np.unique(np.nonzero(np.isnan(X))[0])
     raise UserError(f"{path} contains NaN (missing values) in {len(rows)} "
                     f"row(s), the first at row index {rows[0]} (0-based): "
-                    "remove or impute them")
-  if not np.isfinite(X).all():
+                    "remove or impute them, or pass --nan-policy "
+                    "marginalize to treat them as missing")
+  if np.isinf(X).any():
     raise UserError(f"{path} contains infinite values")
   return X.astype(np.float64, copy=False)
 
@@ -240,7 +256,7 @@ def fit(args) -> int:
   import numpy as np
 
   import gmmjax as gx
-  X = read_data(args.data)
+  X = read_data(args.data, allow_nan=args.nan_policy == "marginalize")
   _check_out(args.out, (".npz",))
   if X.shape[0] < args.n_components:
     raise UserError(f"{args.data} has {X.shape[0]} samples, fewer than "
@@ -250,7 +266,7 @@ def fit(args) -> int:
       n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
       reg_covar=args.reg_covar, init_params=args.init_params,
       random_state=args.seed, verbose=2 if args.verbose else 0,
-      verbose_interval=args.verbose_interval)
+      verbose_interval=args.verbose_interval, nan_policy=args.nan_policy)
   # --verbose prints lines of its own: a bar between them would garble both.
   bar = (ProgressBar(args.max_iter)
          if _want_progress(args) and not args.verbose else None)
@@ -278,10 +294,19 @@ def fit(args) -> int:
   return 0
 
 
+def _model_and_data(args):
+  """The model (its ``nan_policy`` set by ``--nan-policy`` if given) and
+  the data, NaN allowed where the policy marginalizes."""
+  model = load_model(args.model)
+  if args.nan_policy is not None:
+    model.set_params(nan_policy=args.nan_policy)
+  policy = getattr(model, "nan_policy", "raise")
+  return model, read_data(args.data, allow_nan=policy == "marginalize")
+
+
 def predict(args) -> int:
   import numpy as np
-  model = load_model(args.model)
-  X = read_data(args.data)
+  model, X = _model_and_data(args)
   _check_features(model, X, args.data)
   if args.out:
     _check_out(args.out, OUTPUT_FORMATS)
@@ -297,8 +322,7 @@ def predict(args) -> int:
 
 
 def score(args) -> int:
-  model = load_model(args.model)
-  X = read_data(args.data)
+  model, X = _model_and_data(args)
   _check_features(model, X, args.data)
   print(f"log-likelihood: {model.score(X):.6f} (mean per sample, "
         f"{X.shape[0]} samples)")
@@ -453,6 +477,14 @@ def _add_fit_options(p, *, n_components: bool):
                         action="store_false")
 
 
+def _add_nan_policy(p, default):
+  p.add_argument("--nan-policy", default=default,
+                 choices=("raise", "marginalize"),
+                 help="missing values (NaN, empty CSV fields): 'raise' "
+                 "refuses them, 'marginalize' uses each row's observed "
+                 "entries" + ("" if default else " (default: the model's)"))
+
+
 def _positive_int(text):
   try:
     value = int(text)
@@ -475,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--verbose", "-v", action="store_true",
                  help="print iteration, log-likelihood and change")
   p.add_argument("--verbose-interval", type=_positive_int, default=10)
+  _add_nan_policy(p, "raise")
   p.add_argument("--out", "-o", required=True, help="model file (.npz)")
   p.set_defaults(func=fit)
 
@@ -485,11 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--proba", action="store_true",
                  help="write responsibilities (n_samples, n_components)")
   p.add_argument("--out", "-o", help=".npy, .npz or .csv (default: print)")
+  _add_nan_policy(p, None)
   p.set_defaults(func=predict)
 
   p = sub.add_parser("score", help="mean log-likelihood, BIC and AIC of data")
   p.add_argument("model")
   p.add_argument("data")
+  _add_nan_policy(p, None)
   p.set_defaults(func=score)
 
   p = sub.add_parser("sample", help="draw samples from a model")
