@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import checks, chunks, missing
+from gmmjax._src import checks, chunks, missing, missing_slots
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
@@ -167,15 +167,14 @@ def _observed_of(X, observed):
   return missing.fill(X, observed), observed
 
 
-def _posterior(params: GMMParams, xb, ob):
+def _posterior(params: GMMParams, xb, ob, slots=None):
   """Responsibilities given the observed entries, and the completed
   samples and conditional covariance terms (``missing.completed``)."""
-  log_gauss, xhat, cond = missing.completed(params, xb, ob)
+  log_gauss, xhat, cond = missing.completed(params, xb, ob, slots)
   resp = jax.nn.softmax(log_gauss + jnp.log(params.weights)[None, :], axis=1)
   return resp, xhat, cond
 
 
-@jax.jit
 def impute(params: GMMParams, X, *, observed=None):
   """``X`` with its missing entries replaced by their conditional means.
 
@@ -200,12 +199,16 @@ def impute(params: GMMParams, X, *, observed=None):
   """
   params, _, _ = checks.prepare(params, X)
   X, observed = _observed_of(X, observed)
+  return _impute(params, X, observed, slots=missing.max_missing(observed))
 
+
+@functools.partial(jax.jit, static_argnames=("slots",))
+def _impute(params: GMMParams, X, observed, slots):
   def fn(xb, ob):
-    resp, xhat, _ = _posterior(params, xb, ob)
+    resp, xhat, _ = _posterior(params, xb, ob, slots)
     return jnp.where(ob, xb, mm.einsum("nk,nkd->nd", resp, xhat))
 
-  return missing.map_observed(fn, params, X, observed)
+  return missing.map_observed(fn, params, X, observed, slots=slots)
 
 
 def _draw_missing(params: GMMParams, xb, ob, ub, zb):
@@ -215,6 +218,7 @@ def _draw_missing(params: GMMParams, xb, ob, ub, zb):
   rows = jnp.arange(xb.shape[0])
   mean = xhat[rows, labels]
   if cov_lib.get(params.covariance_type).is_matrix:
+    cond = missing_slots.dense_conditional(cond, xb.shape[1])
     c = cond[rows, 0] if cond.shape[1] == 1 else cond[rows, labels]
     # The missing block's factor: identity on the observed rows/columns.
     factor = jnp.linalg.cholesky(c + jnp.eye(xb.shape[1], dtype=xb.dtype)

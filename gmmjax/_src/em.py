@@ -291,6 +291,22 @@ def sample(key, params: GMMParams, n_samples: int):
   return params.means[labels] + noise, labels
 
 
+@functools.partial(jax.jit, static_argnames=("what", "slots"))
+def evaluate_observed(params: GMMParams, X, observed, *, what: str,
+                      slots: int | None):
+  """``log_prob``, ``predict`` or ``predict_proba`` (``what``) with
+  missing entries, the missing blocks in ``slots`` slots (static; the
+  estimator passes ``missing.max_missing`` of its concrete mask)."""
+  params, X, _, observed = _prepare(params, X, None, observed)
+  wlp = stats_lib.weighted_log_prob(params, X, observed=observed, slots=slots)
+  log_norm = jax.nn.logsumexp(wlp, axis=1)
+  if what == "log_prob":
+    return log_norm
+  if what == "predict":
+    return jnp.argmax(wlp, axis=1).astype(jnp.int32)
+  return jnp.exp(wlp - log_norm[:, None])
+
+
 def n_parameters(params: GMMParams) -> int:
   """Number of free parameters of the mixture (for BIC/AIC)."""
   return cov_ops.n_parameters(params.covariance_type, params.n_components,

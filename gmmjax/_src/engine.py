@@ -195,6 +195,7 @@ class EMStep(NamedTuple):
   initial params: one E-step in the compiled program.
   """
   reduce: Callable | None = None  # adds statistics over shards (lax.psum)
+  slots: int | None = None  # missing-entry slots per row (stats.e_step_stats)
   evaluates_first = True  # the first pass is not an iteration
 
   def init(self, params: GMMParams, problem: Problem) -> EMState:
@@ -216,7 +217,8 @@ class EMStep(NamedTuple):
     shift = stats_lib.component_shift(params)
     stats = stats_lib.e_step_stats(params, problem.X,
                                    sample_weight=problem.sample_weight,
-                                   shift=shift, observed=problem.observed)
+                                   shift=shift, observed=problem.observed,
+                                   slots=self.slots)
     return stats if self.reduce is None else self.reduce(stats)
 
   def conclude(self, state: EMState, started, new, jitter, stats,

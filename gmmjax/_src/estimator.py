@@ -33,6 +33,7 @@ from gmmjax._src import (
   compiling,
   conditional,
   em,
+  missing,
   padding,
   restarts,
   scale_online,
@@ -116,6 +117,16 @@ def _best_by_lower_bound(lower_bounds, failed) -> int:
     if best is None or lb > best_lb or best_lb == -np.inf:
       best, best_lb = i, lb
   return 0 if best is None else best
+
+
+def _evaluation(what: str):
+  """``em.<what>(params, X)``; with missing entries
+  ``em.evaluate_observed`` (the mask's slots static)."""
+  def fn(params, X, observed=None, slots=None):
+    if observed is None:
+      return getattr(em, what)(params, X)
+    return em.evaluate_observed(params, X, observed, what=what, slots=slots)
+  return fn
 
 
 class GaussianMixture:
@@ -308,9 +319,14 @@ class GaussianMixture:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    extra = ({} if observed is None else dict(observed=jax.device_put(
-        nan_lib.pad_observed(observed, Xp.shape[0]))))
-    out = np.asarray(fn(self._params(slots), Xp, **extra))[:X.shape[0]]
+    params = self._params(slots)
+    if observed is None:
+      out = fn(params, Xp)
+    else:
+      mask = nan_lib.pad_observed(observed, Xp.shape[0])
+      out = fn(params, Xp, observed=jax.device_put(mask),
+               slots=missing.max_missing(mask))
+    out = np.asarray(out)[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
 
   # -- fitting --------------------------------------------------------------
@@ -640,15 +656,15 @@ class GaussianMixture:
 
   def predict(self, X):
     """Component labels ``(n_samples,)``."""
-    return self._evaluate(em.predict, X)
+    return self._evaluate(_evaluation("predict"), X)
 
   def predict_proba(self, X):
     """Responsibilities ``(n_samples, n_components)``."""
-    return self._evaluate(em.predict_proba, X)
+    return self._evaluate(_evaluation("predict_proba"), X)
 
   def score_samples(self, X):
     """Per-sample log density ``(n_samples,)``."""
-    return self._evaluate(em.log_prob, X)
+    return self._evaluate(_evaluation("log_prob"), X)
 
   def score(self, X, y=None, sample_weight=None):
     """Mean (weighted) per-sample log-likelihood of ``X``."""
@@ -683,7 +699,7 @@ class GaussianMixture:
     if observed is None:
       return np.array(X)
     Xp, _ = self._on_device(X)
-    mask = jax.device_put(nan_lib.pad_observed(observed, Xp.shape[0]))
+    mask = nan_lib.pad_observed(observed, Xp.shape[0])
     return np.asarray(conditional.impute(self._params(), Xp,
                                          observed=mask))[:X.shape[0]]
 

@@ -60,21 +60,22 @@ def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
 
 
 def em_step_jitter(X, params: GMMParams, *, sample_weight=None,
-                   reg_covar=1e-6, prior=None, observed=None):
+                   reg_covar=1e-6, prior=None, observed=None, slots=None):
   """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight=sample_weight,
-                                 shift=shift, observed=observed)
+                                 shift=shift, observed=observed, slots=slots)
   new, jitter = engine.m_step_from_stats(params, stats, reg_covar, prior)
   return new, engine.objective(params, stats, prior), jitter
 
 
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len: int, callback: Callable | None,
-              unrolled_steps: int | None = None, mask=None, observed=None):
+              unrolled_steps: int | None = None, mask=None, observed=None,
+              slots: int | None = None):
   problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask,
                            observed)
-  result, _ = engine.run(engine.EMStep(), params, problem,
+  result, _ = engine.run(engine.EMStep(slots=slots), params, problem,
                          prev_ll=prev_log_likelihood, max_iter=max_iter,
                          history_len=history_len, callback=callback,
                          unrolled_steps=unrolled_steps)
@@ -82,7 +83,8 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
 
 
 _fit_programs = compiling.jit_by_size(
-    _fit_impl, static_argnames=("history_len", "callback", "unrolled_steps"))
+    _fit_impl, static_argnames=("history_len", "callback", "unrolled_steps",
+                                "slots"))
 
 
 def _fit_program(X, params):
@@ -100,11 +102,13 @@ class _Static(NamedTuple):
   callback: Callable | None
   solver: implicit_lib.ImplicitSolver
   nan_gradients: bool = False
+  slots: int | None = None
 
 
-def _mean_log_likelihood(params: GMMParams, X, sample_weight, observed=None):
-  logp = jax.nn.logsumexp(
-      stats_lib.weighted_log_prob(params, X, observed=observed), axis=1)
+def _mean_log_likelihood(params: GMMParams, X, sample_weight, observed=None,
+                         slots=None):
+  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(
+      params, X, observed=observed, slots=slots), axis=1)
   if sample_weight is None:
     return jnp.mean(logp)
   return jnp.sum(sample_weight * logp) / jnp.sum(sample_weight)
@@ -115,7 +119,7 @@ def _fit_implicit(static: _Static, X, params, sample_weight, tol, reg_covar,
                   prev_log_likelihood, prior, max_iter, observed):
   return _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len=static.history_len,
-              callback=static.callback, observed=observed)
+              callback=static.callback, observed=observed, slots=static.slots)
 
 
 @_fit_implicit.defjvp
@@ -136,9 +140,10 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
 
   def step(theta, inp):
     x, w, reg, pri = inp
-    new, _ = em_step(x, implicit_lib.params_from_theta(theta, ctype, prec_chol),
-                     sample_weight=w, reg_covar=reg, prior=pri,
-                     observed=observed)
+    new, _, _ = em_step_jitter(
+        x, implicit_lib.params_from_theta(theta, ctype, prec_chol),
+        sample_weight=w, reg_covar=reg, prior=pri, observed=observed,
+        slots=static.slots)
     return implicit_lib.theta_from_params(new)
 
   theta = implicit_lib.theta_from_params(out.params)
@@ -150,7 +155,7 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
   def outputs(th, inp):
     x, w, _, _ = inp
     p = implicit_lib.params_from_theta(th, ctype, prec_chol)
-    return p, _mean_log_likelihood(p, x, w, observed)
+    return p, _mean_log_likelihood(p, x, w, observed, static.slots)
 
   _, (d_params, d_ll) = jax.jvp(outputs, (theta, inputs), (d_theta, d_inputs))
   if static.nan_gradients:
@@ -305,7 +310,8 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
                        prior, np.int32(max_iter), history_length(max_iter),
                        callback=callback, differentiation=differentiation,
                        solver=solver, unrolled_steps=max_iter + 1,
-                       nan_gradients=nan_gradients, observed=observed)
+                       nan_gradients=nan_gradients, observed=observed,
+                       slots=missing.max_missing(observed))
   return error_if_bad(result, "gmmjax.fit") if throw else result
 
 
@@ -327,21 +333,23 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len: int, *, callback=None,
                 differentiation="implicit", solver=None,
                 unrolled_steps: int | None = None, mask=None,
-                nan_gradients: bool = False, observed=None) -> FitResult:
+                nan_gradients: bool = False, observed=None,
+                slots: int | None = None) -> FitResult:
   """:func:`fit` on checked arguments; ``max_iter`` may be traced here
   (``history_len`` static), e.g. inside a vmapped restart program.
 
   ``mask``: optional ``(K,)`` bools, the active component slots of
   ``params`` (the others have weight 0 and stay so). Not differentiated.
   ``observed``: optional ``(N, D)`` bools, the observed entries of ``X``
-  (whose missing entries are already zeroed).
+  (whose missing entries are already zeroed); ``slots`` (static) at least
+  the most entries a row misses (``missing.max_missing``; ``None``: ``D``).
   """
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
   if mask is not None:
     return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len=history_len, callback=callback,
-                mask=mask, observed=observed)
+                mask=mask, observed=observed, slots=slots)
   # An eager call (no tracer: nothing differentiates it) skips the
   # custom_jvp wrapper, which traces on every call (~2 ms per fit).
   if differentiation == "implicit" and any(
@@ -350,7 +358,7 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                                    prev_log_likelihood))):
     static = _Static(history_len, callback,
                      implicit_lib.ImplicitSolver() if solver is None
-                     else solver, bool(nan_gradients))
+                     else solver, bool(nan_gradients), slots)
     return _fit_implicit(static, X, params, w, tol, reg_covar,
                          jnp.asarray(prev_log_likelihood, X.dtype), prior,
                          max_iter, observed)
@@ -360,4 +368,4 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
   return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
               max_iter, history_len=history_len, callback=callback,
               unrolled_steps=(unrolled_steps if differentiation == "unrolled"
-                              else None), observed=observed)
+                              else None), observed=observed, slots=slots)

@@ -18,26 +18,22 @@ component; :func:`moments` reduces them to the spine's ``(sx, sxx)``, so
 every path that sums statistics (chunks, shards, processes, online
 averages, vmapped restarts, implicit derivatives) works unchanged.
 
-Full and tied: no grouping by missingness pattern. Each sample's observed
-block is factorised in place as ``Sigma~ = Sigma`` on observed rows and
-columns and the identity elsewhere: ``Sigma~`` is block diagonal (observed
-block, identity), so its Cholesky factor gives ``log det Sigma_OO`` and the
-observed Mahalanobis distance exactly, and one more triangular solve the
-conditional mean and covariance. That is one ``D x D`` factorisation per
-sample and component (per sample for tied, whose conditional covariances do
-not depend on the component): ``O(D^3)`` work against the ``O(D^2)`` of
-complete data. Diag and spherical need none: coordinates are independent
-given the component.
+Full and tied: no grouping by missingness pattern. Everything comes from
+the complete-data products on zero-filled data and the missing block of
+each component's precision, factorised per sample in ``m`` slots (the most
+entries a row misses): ``missing_slots.py``. Diag and spherical need no
+factorisation: coordinates are independent given the component.
 """
 
 from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
-from gmmjax._src import chunks
+from gmmjax._src import chunks, missing_slots
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
@@ -82,48 +78,6 @@ def fill_means(X, observed, sample_weight=None):
   return jnp.where(observed, X, means[None, :])
 
 
-def _matrix_terms(params: GMMParams, xb, ob):
-  """Full/tied: ``(log N(x_O|k) (n, K), xhat (n, K, D), C (n, Kc, D, D))``.
-
-  ``Kc`` is ``K`` (full) or 1 (tied, one conditional covariance per sample).
-  """
-  tied = params.covariance_type == "tied"
-  cov = params.covariances[None] if tied else params.covariances  # (Kc,D,D)
-  d = xb.shape[-1]
-  eye = jnp.eye(d, dtype=xb.dtype)
-  pair = ob[:, None, :, None] & ob[:, None, None, :]  # (n, 1, D, D)
-  chol = jnp.linalg.cholesky(jnp.where(pair, cov[None], eye))  # (n,Kc,D,D)
-  z = jnp.where(ob[:, None, :], xb[:, None, :] - params.means[None], 0.0)
-  # Right-hand sides (n, Kc, D, R): one column per sample (full), or the K
-  # components' columns against one factor per sample (tied).
-  rhs = jnp.swapaxes(z, 1, 2)[:, None] if tied else z[..., None]
-  y = lax.linalg.triangular_solve(chol, rhs, left_side=True, lower=True)
-  alpha = lax.linalg.triangular_solve(chol, y, left_side=True, lower=True,
-                                      transpose_a=True)  # Sigma~^-1 z
-  if tied:
-    y, alpha = jnp.swapaxes(y[:, 0], 1, 2), jnp.swapaxes(alpha[:, 0], 1, 2)
-    fill_in = mm.matmul(alpha, params.covariances)
-  else:
-    y, alpha = y[..., 0], alpha[..., 0]
-    fill_in = mm.einsum("kde,nke->nkd", params.covariances, alpha)
-  log_det = 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)),
-                          axis=-1)  # log det Sigma_OO, (n, Kc)
-  n_obs = jnp.sum(ob, axis=1).astype(xb.dtype)[:, None]
-  log_gauss = -0.5 * (n_obs * math.log(2 * math.pi) + log_det
-                      + jnp.sum(y * y, axis=-1))
-  xhat = jnp.where(ob[:, None, :], xb[:, None, :],
-                   params.means[None] + fill_in)
-  # Conditional covariance of the missing block: Sigma - B^T B with
-  # B = L~^-1 Sigma_O. (the observed rows of Sigma), on missing pairs only.
-  b = lax.linalg.triangular_solve(
-      chol, jnp.where(ob[:, None, :, None], cov[None], 0.0), left_side=True,
-      lower=True)
-  cond = cov[None] - mm.einsum("nkda,nkdb->nkab", b, b)
-  miss = ~ob
-  cond = jnp.where(miss[:, None, :, None] & miss[:, None, None, :], cond, 0.0)
-  return log_gauss, xhat, cond
-
-
 def _scale_terms(params: GMMParams, xb, ob):
   """Diag/spherical: ``(log N(x_O|k), xhat, missing indicators (n, D))``."""
   pc = params.precisions_cholesky
@@ -140,19 +94,34 @@ def _scale_terms(params: GMMParams, xb, ob):
   return log_gauss, xhat, 1.0 - of
 
 
-def completed(params: GMMParams, xb, ob):
+def max_missing(observed) -> int | None:
+  """Slots per row for a concrete mask: the most entries a row misses,
+  rounded up to a power of two (at most ``D``); ``None`` for a traced one
+  (then every row gets ``D`` slots)."""
+  if observed is None or isinstance(observed, jax.core.Tracer):
+    return None
+  observed = np.asarray(observed)
+  d = observed.shape[1]
+  most = int((~observed).sum(axis=1).max()) if observed.size else 0
+  return min(d, 1 << max(most - 1, 0).bit_length())
+
+
+def completed(params: GMMParams, xb, ob, slots: int | None = None):
   """Observed log densities and completed samples of one chunk.
 
   Returns ``(log_gauss, xhat, cond)``: ``log N(x_O | mu_kO, Sigma_kOO)``
   ``(n, K)``, the completed samples ``(n, K, D)`` and the conditional
-  covariance term in the type's own form (full ``(n, K, D, D)``, tied
-  ``(n, 1, D, D)``, diag/spherical the ``(n, D)`` missing indicators, by
-  which the variances are multiplied in :func:`moments`).
+  covariance term in the type's own form (full/tied: the inverses of the
+  missing blocks of the precisions and the slots they sit in
+  (``missing_slots.matrix_terms``, ``slots`` at least the most entries a
+  row misses, ``None`` for ``D``); diag/spherical the ``(n, D)`` missing
+  indicators, by which the variances are multiplied in :func:`moments`).
   """
   check_type(params.covariance_type)
   xb = fill(xb, ob)
   if cov_lib.get(params.covariance_type).is_matrix:
-    return _matrix_terms(params, xb, ob)
+    m = xb.shape[1] if slots is None else max(int(slots), 1)
+    return missing_slots.matrix_terms(params, xb, ob, m)
   return _scale_terms(params, xb, ob)
 
 
@@ -165,10 +134,9 @@ def moments(params: GMMParams, rw, xhat, cond, shift):
   rz = rw[:, :, None] * z
   sx = jnp.sum(rz, axis=0)
   sxx = ct.component_sxx(rz, z, 0)
-  if ctype == "full":
-    sxx = sxx + mm.einsum("nk,nkde->kde", rw, cond)
-  elif ctype == "tied":
-    sxx = sxx + mm.einsum("n,nde->de", jnp.sum(rw, axis=1), cond[:, 0])
+  if ct.is_matrix:
+    sxx = sxx + missing_slots.scatter_conditional(
+        rw, cond, xhat.shape[-1], ctype == "tied")
   elif ctype == "diag":
     sxx = sxx + mm.matmul(rw.T, cond) * params.covariances
   else:
@@ -176,24 +144,28 @@ def moments(params: GMMParams, rw, xhat, cond, shift):
   return sx, sxx
 
 
-def weighted_log_prob(params: GMMParams, xb, ob):
+def weighted_log_prob(params: GMMParams, xb, ob, slots: int | None = None):
   """``log w_k + log N(x_O | k)`` of one chunk, ``(n, K)``."""
-  return completed(params, xb, ob)[0] + jnp.log(params.weights)[None, :]
+  return (completed(params, xb, ob, slots)[0]
+          + jnp.log(params.weights)[None, :])
 
 
 def sub_chunk(params: GMMParams, n: int, dtype,
-              options: chunks.ChunkOptions | None = None) -> int:
-  """Rows per piece of the masked forms, whose widest intermediate is
-  ``(n, K, D, D)`` (full), ``(n, D, D)`` (tied) or ``(n, K, D)``."""
+              options: chunks.ChunkOptions | None = None,
+              slots: int | None = None) -> int:
+  """Rows per piece of the masked forms, whose widest intermediates are
+  ``(n, K, D)`` and the ``(n, K, m, m)`` missing blocks (full/tied)."""
   k, d = params.means.shape
-  width = {"full": k * d * d, "tied": max(d * d, k * d)}.get(
-      params.covariance_type, k * d)
+  m = d if slots is None else slots
+  width = 3 * k * d + (k * m * m if cov_lib.get(
+      params.covariance_type).is_matrix else 0)
   return chunks.fallback_chunk(n, 1, width, dtype, options)
 
 
 def map_observed(fn, params: GMMParams, X, observed,
-                 options: chunks.ChunkOptions | None = None):
+                 options: chunks.ChunkOptions | None = None,
+                 slots: int | None = None):
   """``fn(xb, ob)`` over row pieces of bounded memory, concatenated."""
   n = X.shape[0]
-  return chunks.map_chunks(fn, n, sub_chunk(params, n, X.dtype, options),
-                           X, observed)
+  return chunks.map_chunks(
+      fn, n, sub_chunk(params, n, X.dtype, options, slots), X, observed)

@@ -157,8 +157,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
-                  n_active, observed=None, *, n_components, n_init, covariance_type, method,
-                  history_len, callback):
+                  n_active, observed=None, *, n_components, n_init,
+                  covariance_type, method, history_len, callback, slots=None):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
@@ -197,7 +197,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   def fit_one(params):
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
                        None, max_iter, history_len, callback=callback,
-                       mask=mask, observed=observed)
+                       mask=mask, observed=observed, slots=slots)
 
   if n_init == 1:
     return fit_one(init(key, True))
@@ -215,7 +215,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
 _init_and_fit_programs = compiling.jit_by_size(
     _init_and_fit, static_argnames=("n_components", "n_init",
                                     "covariance_type", "method",
-                                    "history_len", "callback"))
+                                    "history_len", "callback", "slots"))
 
 
 def restart_results(key, X, n_components: int, *, n_init: int,
@@ -255,7 +255,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                  None if n_active is None else np.int32(n_active), observed,
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
-                 history_len=history_length(max_iter), callback=callback)
+                 history_len=history_length(max_iter), callback=callback,
+                 slots=missing.max_missing(observed))
 
 
 def _host_scalar(value, dtype):

@@ -65,7 +65,7 @@ def component_shift(params: GMMParams):
 
 def weighted_log_prob(params: GMMParams, X,
                       chunking: chunks.ChunkOptions | None = None,
-                      observed=None):
+                      observed=None, slots: int | None = None):
   """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks).
 
   With ``observed`` (``(N, D)`` bools), the density of each sample's
@@ -73,8 +73,8 @@ def weighted_log_prob(params: GMMParams, X,
   """
   if observed is not None:
     return missing.map_observed(
-        lambda xb, ob: missing.weighted_log_prob(params, xb, ob), params, X,
-        observed, chunking)
+        lambda xb, ob: missing.weighted_log_prob(params, xb, ob, slots),
+        params, X, observed, chunking, slots)
   return (kernels.log_gaussian_prob(X, params.means,
                                     params.precisions_cholesky,
                                     params.covariance_type, chunking)
@@ -131,11 +131,11 @@ def _weighted_resp(wlp, wb, temperature):
 
 
 def _masked_stats(params: GMMParams, xb, ob, wb, shift, temperature,
-                  chunking) -> SuffStats:
+                  chunking, slots) -> SuffStats:
   """Statistics of a chunk with missing entries (``missing.completed``),
   in pieces of bounded memory."""
   def piece(x, o, w=None):
-    log_gauss, xhat, cond = missing.completed(params, x, o)
+    log_gauss, xhat, cond = missing.completed(params, x, o, slots)
     wlp = log_gauss + jnp.log(params.weights)[None, :]
     rw, count, ll = _weighted_resp(wlp, w, temperature)
     sx, sxx = missing.moments(params, rw, xhat, cond, shift)
@@ -144,11 +144,12 @@ def _masked_stats(params: GMMParams, xb, ob, wb, shift, temperature,
   n = xb.shape[0]
   arrays = (xb, ob) if wb is None else (xb, ob, wb)
   return chunks.sum_chunks(
-      piece, n, missing.sub_chunk(params, n, xb.dtype, chunking), *arrays)
+      piece, n, missing.sub_chunk(params, n, xb.dtype, chunking, slots),
+      *arrays)
 
 
 def _observed_block(params: GMMParams, xb, ob, wb, shift, temperature,
-                    chunking) -> SuffStats:
+                    chunking, slots) -> SuffStats:
   """A chunk's statistics: the complete-data block where nothing in it is
   missing (the same program and numbers as without a mask), the masked one
   otherwise."""
@@ -157,7 +158,8 @@ def _observed_block(params: GMMParams, xb, ob, wb, shift, temperature,
                         chunking)
 
   def masked():
-    return _masked_stats(params, xb, ob, wb, shift, temperature, chunking)
+    return _masked_stats(params, xb, ob, wb, shift, temperature, chunking,
+                         slots)
 
   return lax.cond(any_in_batch(jnp.any(~ob)), masked, complete)
 
@@ -184,11 +186,11 @@ def stats_from_resp(X, resp, *, sample_weight=None, shift,
                    log_likelihood=ll)
 
 
-@functools.partial(jax.jit, static_argnames=("chunking",))
+@functools.partial(jax.jit, static_argnames=("chunking", "slots"))
 def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
                  temperature=None,
                  chunking: chunks.ChunkOptions | None = None,
-                 observed=None) -> SuffStats:
+                 observed=None, slots: int | None = None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
   The samples are processed in chunks (``lax.scan`` over ``dynamic_slice``
@@ -216,6 +218,10 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
       each sample's observed marginal, and ``sx``, ``sxx`` are the expected
       statistics of the completed samples (conditional means of the missing
       entries, conditional covariances added to the second moments).
+    slots: with ``observed`` (static), at least the most entries any row
+      misses: full and tied covariances factorise ``slots x slots`` missing
+      blocks (``None``: ``D``, always enough; :func:`fit` passes the
+      smallest power of two that is).
 
   Returns:
     :class:`SuffStats` whose ``log_likelihood`` is ``sum_i w_i log p(x_i)``.
@@ -240,7 +246,7 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
               else (X, observed, sample_weight))
     return chunks.sum_chunks(
         lambda xb, ob, wb=None: _observed_block(params, xb, ob, wb, shift,
-                                                temperature, chunking),
+                                                temperature, chunking, slots),
         n, chunk, *arrays)
   arrays = (X,) if sample_weight is None else (X, sample_weight)
   return chunks.sum_chunks(
