@@ -211,8 +211,8 @@ def _impute(params: GMMParams, X, observed, slots):
   return missing.map_observed(fn, params, X, observed, slots=slots)
 
 
-def _draw_missing(params: GMMParams, xb, ob, ub, zb):
-  resp, xhat, cond = _posterior(params, xb, ob)
+def _draw_missing(params: GMMParams, xb, ob, ub, zb, slots=None):
+  resp, xhat, cond = _posterior(params, xb, ob, slots)
   labels = jnp.sum(jnp.cumsum(resp, axis=1) < ub[:, None], axis=1)
   labels = jnp.minimum(labels, resp.shape[1] - 1)
   rows = jnp.arange(xb.shape[0])
@@ -231,7 +231,6 @@ def _draw_missing(params: GMMParams, xb, ob, ub, zb):
   return jnp.where(ob, xb, mean + noise)
 
 
-@jax.jit
 def impute_samples(key, params: GMMParams, X, *, observed=None):
   """``X`` with its missing entries drawn from their conditional law.
 
@@ -249,13 +248,28 @@ def impute_samples(key, params: GMMParams, X, *, observed=None):
 
   Returns:
     ``(N, D)`` samples, the observed entries unchanged.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, gmmjax as gx
+    >>> p = gx.make_params(jnp.array([1.0]), jnp.array([[0.0, 0.0]]),
+    ...                    jnp.array([[[1.0, 0.5], [0.5, 1.0]]]))
+    >>> X = jnp.array([[2.0, jnp.nan]])
+    >>> draw = gx.impute_samples(jax.random.key(0), p, X)
+    >>> float(draw[0, 0]), bool(jnp.isfinite(draw[0, 1]))
+    (2.0, True)
   """
   params, _, _ = checks.prepare(params, X)
   X, observed = _observed_of(X, observed)
+  return _impute_samples(key, params, X, observed,
+                         slots=missing.max_missing(observed))
+
+
+@functools.partial(jax.jit, static_argnames=("slots",))
+def _impute_samples(key, params: GMMParams, X, observed, slots):
   key_u, key_z = jax.random.split(key)
   u = jax.random.uniform(key_u, X.shape[:1], X.dtype)
   z = jax.random.normal(key_z, X.shape, X.dtype)
   n = X.shape[0]
   return chunks.map_chunks(
-      functools.partial(_draw_missing, params), n,
-      missing.sub_chunk(params, n, X.dtype), X, observed, u, z)
+      functools.partial(_draw_missing, params, slots=slots), n,
+      missing.sub_chunk(params, n, X.dtype, slots=slots), X, observed, u, z)
