@@ -17,7 +17,8 @@ Workloads (issue 6): 1 tutorial 1,000 x 2 K=5 (cold/warm), 2 100,000 x 16
 K=16 full, 3 65,536 x 32 K=64 full (f32 and f64), 4 200,000 x 64 K=64
 diag/tied/spherical, 5 20,000 x 8 K=8 n_init=16, 6 1,000 problems 400 x 2
 K=2, 7 4,000,000 x 32 K=64 full f32 (subprocess, peak memory), acc SQUAREM
-against plain EM on overlapping clusters.
+against plain EM on overlapping clusters, missing 100,000 x 16 K=16 full
+f32 with 10% of entries missing (issue 22, bench_missing.py).
 """
 
 from __future__ import annotations
@@ -744,6 +745,19 @@ def wl_acc(args, libs):
   return rows
 
 
+def wl_missing(args, libs):
+  """Issue 22: one EM iteration on 100,000 x 16, K=16 full, float32, with
+  10% of the entries missing at random, against the complete-data one
+  (target: at most 3x) and scikit-learn's (bench_missing.cost)."""
+  sys.path.insert(0, HERE)
+  from bench_missing import cost
+  s = 10 if args.quick else 1
+  row = cost(n=100000 // s, repeats=args.repeats)
+  if "sklearn" not in libs:
+    row.pop("sklearn_complete_s", None)
+  return [dict(workload="missing", ctype="full", dtype="float32", **row)]
+
+
 # -------------------------------------------------------------- reporting
 
 
@@ -854,9 +868,9 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true",
                   help="small shapes and 3 repeats (smoke run)")
-  ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc",
-                  help="comma-separated subset of 1,2,3,4,5,6,7,acc,gpu "
-                  "(gpu: 1,000,000 x 64, K=64, not in the default)")
+  ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc,missing",
+                  help="comma-separated subset of 1,2,3,4,5,6,7,acc,missing,"
+                  "gpu (gpu: 1,000,000 x 64, K=64, not in the default)")
   ap.add_argument("--repeats", type=int, default=None)
   ap.add_argument("--iters", type=int, default=None,
                   help="extra fixed iterations for the per-iteration slope")
@@ -903,6 +917,7 @@ def main(argv=None):
       "6": lambda: wl6(args, libs),
       "7": lambda: wl7(args, libs),
       "acc": lambda: wl_acc(args, libs),
+      "missing": lambda: wl_missing(args, libs),
       # The issue's accelerator target: 1,000,000 x 64, K=64 full, float32,
       # against the measured float32 product rate. scikit-learn is left out
       # (minutes per iteration on a CPU); meant for a GPU, where it is run

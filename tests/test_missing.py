@@ -155,13 +155,14 @@ def test_impute_is_the_conditional_expectation(data, ctype, x64):
   got = np.asarray(gx.impute(p, np.where(obs, data, np.nan)))
   np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
   assert np.array_equal(got[obs], data[obs])
-  draws = np.asarray(gx.impute_samples(jax.random.key(0), p,
-                                       np.where(obs, data, np.nan)))
-  assert np.array_equal(draws[obs], data[obs])
-  assert np.all(np.isfinite(draws))
+  if ctype == "full":
+    draws = np.asarray(gx.impute_samples(jax.random.key(0), p,
+                                         np.where(obs, data, np.nan)))
+    assert np.array_equal(draws[obs], data[obs])
+    assert np.all(np.isfinite(draws))
 
 
-@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("ctype", ["full", "diag"])
 def test_condition_is_bayes_rule(data, ctype, x64):
   """log p(x_R | x_F = v) = log p(x) - log p(x_F), at a few points; the
   conditional's moments by the closed form for one component."""
@@ -183,7 +184,7 @@ def test_condition_is_bayes_rule(data, ctype, x64):
                              rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("ctype", TYPES)
+@pytest.mark.parametrize("ctype", ["full", "diag"])
 def test_fit_is_monotone_and_a_full_mask_changes_nothing(data, ctype, x64):
   obs = PATTERNS["mcar"]
   p = start_params(data, ctype)
@@ -207,9 +208,8 @@ def test_fit_is_monotone_and_a_full_mask_changes_nothing(data, ctype, x64):
       assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_chunks_and_weights_give_the_same_statistics(data, x64):
-  """Small chunks and sub-pieces sum to the one-chunk statistics; integer
-  weights equal repeated rows."""
+def test_chunks_give_the_same_statistics(data, x64):
+  """Small chunks and sub-pieces sum to the one-chunk statistics."""
   obs = PATTERNS["mcar"]
   p = start_params(data, "full")
   tiny = chunks.ChunkOptions(cpu_bytes=1, accelerator_bytes=1, min_chunk=16)
@@ -217,31 +217,26 @@ def test_chunks_and_weights_give_the_same_statistics(data, x64):
   many = gx.e_step_stats(p, data, observed=obs, chunking=tiny)
   for a, b in zip(one, many):
     np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
-  w = np.tile([0.0, 1.0, 2.0], N // 3)
-  weighted = gx.e_step_stats(p, data, observed=obs, sample_weight=w)
-  rep = np.repeat(np.arange(N), w.astype(int))
-  repeated = gx.e_step_stats(p, data[rep], observed=obs[rep])
-  for a, b in zip(weighted, repeated):
-    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_gradient_through_a_fit_matches_finite_differences(data, x64):
   """Implicit derivatives of a converged fit with missing entries (diag:
-  the masked path's compile is the cheapest) w.r.t. observed entries."""
+  the masked path's compile is the cheapest) w.r.t. the data; reverse
+  mode transposes the same linear solve (tests/test_implicit.py)."""
   obs = PATTERNS["mcar"]
   p = start_params(data, "diag")
   loss = lambda X: gx.fit(X, p, observed=obs, tol=1e-13,  # noqa: E731
                           max_iter=400).log_likelihood
   X = jnp.asarray(np.where(obs, data, 0.0))
-  grad = np.asarray(jax.grad(loss)(X))
-  assert np.all(grad[~obs] == 0.0)
+  # Forward mode (one program, cheaper to compile than reverse), along a
+  # direction over observed entries, and one over missing ones (no effect).
+  v = np.where(obs, np.random.default_rng(5).normal(size=data.shape), 0.0)
+  _, dl = jax.jvp(loss, (X,), (jnp.asarray(v),))
   eps = 1e-5
-  for i, j in [(0, 2), (70, 0), (100, 3)]:
-    i = i + int(np.argmax(obs[i:, j]))  # an observed entry
-    e = np.zeros_like(data)
-    e[i, j] = eps
-    fd = (float(loss(X + e)) - float(loss(X - e))) / (2 * eps)
-    np.testing.assert_allclose(grad[i, j], fd, rtol=1e-5, atol=1e-9)
+  fd = (float(loss(X + eps * v)) - float(loss(X - eps * v))) / (2 * eps)
+  np.testing.assert_allclose(float(dl), fd, rtol=1e-5)
+  _, none = jax.jvp(loss, (X,), (jnp.asarray(np.where(obs, 0.0, 1.0)),))
+  assert float(none) == 0.0
 
 
 def test_gradient_of_the_observed_density_full(data, x64):
@@ -325,3 +320,26 @@ def test_missing_data_em_recovers_the_truth(x64):
   order = np.argsort(np.asarray(imputed.params.means)[:, 0])
   err_mean = np.abs(np.asarray(imputed.params.covariances)[order] - cov).max()
   assert err_em < 0.12 and err_mean > 2 * err_em
+
+
+def test_command_line_reads_empty_csv_fields(data, tmp_path, x64, capsys):
+  from gmmjax import cli
+  obs = PATTERNS["mcar"]
+  lines = [",".join(repr(float(v)) if o else "" for v, o in zip(r, ob))
+           for r, ob in zip(data, obs)]
+  csv = tmp_path / "x.csv"
+  csv.write_text("a,b,c,d\n" + "\n".join(lines) + "\n")
+  loaded = cli.read_data(str(csv), allow_nan=True)
+  assert np.array_equal(loaded, np.where(obs, data, np.nan), equal_nan=True)
+  model = str(tmp_path / "m.npz")
+  fit = ["fit", str(csv), "-k", "2", "--covariance-type", "diag",
+         "--n-init", "2", "--tol", "1e-8", "--no-progress", "--out", model]
+  assert cli.main(fit) == 1
+  assert "--nan-policy marginalize" in capsys.readouterr().err
+  assert cli.main(fit + ["--nan-policy", "marginalize"]) == 0
+  capsys.readouterr()
+  assert cli.main(["score", model, str(csv)]) == 0  # the model's policy
+  gm = gx.load(model)
+  expected = gm.score(np.where(obs, data, np.nan))
+  assert f"{expected:.6f}" in capsys.readouterr().out
+  assert cli.main(["score", model, str(csv), "--nan-policy", "raise"]) == 1
