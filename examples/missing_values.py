@@ -14,7 +14,14 @@ the incomplete training rows:
 Each is scored on the held-out rows by the same measure, the mean
 log-density of each row's *observed* entries (the marginal of the fitted
 mixture, ``score_samples`` with ``nan_policy="marginalize"``): higher is
-better. The figure shows it against the share of entries removed.
+better. The figure shows it against the share of entries removed (compare
+the methods at one rate: a row with fewer observed entries has a density
+over fewer coordinates, so the values across rates are not comparable).
+
+Measured (CPU, this script's defaults): at 5% missing the three are close
+(203 of 309 training rows complete); at 10%, 20% and 30% missing-value EM
+scores -7.97, -7.61, -7.27, mean imputation -8.39, -8.05, -7.97, and
+dropping incomplete rows -8.65, -9.18, -17.95 (120, 56, 24 rows left).
 
 Run: python examples/missing_values.py [--out missing_values.png]
 """

@@ -343,7 +343,8 @@ class GaussianMixture:
     return fit_lib.fit_checked(
         X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
         None, np.int32(max_iter), fit_lib.history_length(max_iter),
-        callback=kwargs["callback"], observed=kwargs.get("observed"))
+        callback=kwargs["callback"], observed=kwargs.get("observed"),
+        slots=missing.max_missing(kwargs.get("observed")))
 
   def _params(self, n_slots: int | None = None) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``
