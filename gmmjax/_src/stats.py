@@ -142,10 +142,17 @@ def _masked_stats(params: GMMParams, xb, ob, wb, shift, temperature,
     return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                      log_likelihood=ll)
   n = xb.shape[0]
+  size = missing.sub_chunk(params, n, xb.dtype, chunking, slots)
+  if n % size:
+    # Zero-weight rows up to whole pieces: one scan and no remainder piece,
+    # whose (unrolled) program would be compiled a second time.
+    pad = size - n % size
+    xb = jnp.concatenate([xb, jnp.zeros((pad, xb.shape[1]), xb.dtype)])
+    ob = jnp.concatenate([ob, jnp.ones((pad, ob.shape[1]), bool)])
+    wb = jnp.concatenate([jnp.ones(n, xb.dtype) if wb is None else wb,
+                          jnp.zeros(pad, xb.dtype)])
   arrays = (xb, ob) if wb is None else (xb, ob, wb)
-  return chunks.sum_chunks(
-      piece, n, missing.sub_chunk(params, n, xb.dtype, chunking, slots),
-      *arrays)
+  return chunks.sum_chunks(piece, xb.shape[0], size, *arrays)
 
 
 def _observed_block(params: GMMParams, xb, ob, wb, shift, temperature,
