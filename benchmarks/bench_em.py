@@ -12,13 +12,16 @@ Usage::
   python benchmarks/bench_em.py --quick         # small shapes, a smoke run
   python benchmarks/bench_em.py --workloads 2,3 # a selection
   python benchmarks/bench_em.py --workloads acc # accelerated EM only
+  python benchmarks/bench_em.py --workloads 2,3,bayes2,bayes3  # EM and VB
 
 Workloads (issue 6): 1 tutorial 1,000 x 2 K=5 (cold/warm), 2 100,000 x 16
 K=16 full, 3 65,536 x 32 K=64 full (f32 and f64), 4 200,000 x 64 K=64
 diag/tied/spherical, 5 20,000 x 8 K=8 n_init=16, 6 1,000 problems 400 x 2
 K=2, 7 4,000,000 x 32 K=64 full f32 (subprocess, peak memory), acc SQUAREM
 against plain EM on overlapping clusters, missing 100,000 x 16 K=16 full
-f32 with 10% of entries missing (issue 22, bench_missing.py).
+f32 with 10% of entries missing (issue 22, bench_missing.py); bayes2 and
+bayes3 (not in the default) BayesianGaussianMixture per variational
+iteration on workload 2's and 3's data.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import os
 import platform
@@ -41,6 +45,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import gmmjax as gx
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_lowrank  # noqa: E402
 
 try:
   import sklearn
@@ -448,6 +455,82 @@ def wl_standard(name, n, d, k, ctypes, dtypes, args, libs):
   return rows
 
 
+def _bayes_resp(X, init):
+  """Hard responsibilities of the nearest initial mean (the same start for
+  both libraries)."""
+  m = init[1].astype(np.float32)
+  d2 = (np.sum(X * X, 1)[:, None] - 2 * X @ m.T + np.sum(m * m, 1)[None])
+  return np.eye(len(m))[np.argmin(d2, axis=1)]
+
+
+def _run_block(fn, *args):
+  return _block(fn(*args))
+
+
+def wl_bayes(name, n, d, k, args, libs):
+  """Per variational iteration of BayesianGaussianMixture (issue 21), on
+  workload 2's or 3's data, full covariances, Dirichlet-process prior:
+  gmmjax's ``fit_bayes`` at tol=0 (1 and 1 + iters iterations, the
+  difference) against scikit-learn's loop body (``_e_step``, ``_m_step``,
+  ``_compute_lower_bound``) from the same initial responsibilities."""
+  seed = int(name[-1]) * 7 + 1
+  X = make_blobs(n, d, k, seed=seed)
+  resp = _bayes_resp(X, initial_params(X, k, "full"))
+  iters, rows = args.iters, []
+  for dtype in (np.float64, np.float32):
+    with jax.enable_x64(dtype == np.float64):
+      Xj = jnp.asarray(X, dtype)
+      prior = gx.make_bayes_prior(Xj, k)
+      post0 = gx.posterior_from_resp(Xj, jnp.asarray(resp, dtype), prior)
+
+      def fit_fn(m):
+        return jax.jit(lambda x, p, pr: gx.fit_bayes(x, p, pr, max_iter=m,
+                                                     tol=0.0))
+      short, _ = compile_time(fit_fn(1), Xj, post0, prior)
+      long, c_long = compile_time(fit_fn(1 + iters), Xj, post0, prior)
+      ts, tl = [], []
+      for _ in range(args.repeats):  # interleaved
+        ts += time_runs(functools.partial(_run_block, short, Xj, post0,
+                                          prior), 1)
+        tl += time_runs(functools.partial(_run_block, long, Xj, post0,
+                                          prior), 1)
+      bound = float(long(Xj, post0, prior).history[iters])
+    rows.append(dict(workload=name, library="gmmjax",
+                     dtype=np.dtype(dtype).name, ctype="full",
+                     compile_s=c_long, fixed_iters=1 + iters,
+                     ll_fixed=bound, finite=bool(np.isfinite(bound)),
+                     repeats=args.repeats,
+                     per_iter_s=per_iteration(ts, tl, iters),
+                     fit_fixed_s=med(tl)))
+  if "sklearn" in libs and sklearn is not None:
+    from sklearn.mixture import BayesianGaussianMixture as SkBGMM
+
+    class Injected(SkBGMM):
+      def _initialize_parameters(self, X, random_state, xp=None):
+        self._initialize(X, resp)
+
+    X64 = np.asarray(X, np.float64)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", ConvergenceWarning)
+      g = Injected(n_components=k, max_iter=1, tol=0.0,
+                   reg_covar=REG).fit(X64)
+
+    def one_iter():
+      log_prob_norm, log_resp = g._e_step(X64)
+      g._m_step(X64, log_resp)
+      g._compute_lower_bound(log_resp, log_prob_norm)
+
+    t0 = time.perf_counter()
+    one_iter()
+    reps = budget_repeats(time.perf_counter() - t0, args.repeats,
+                          SK_BUDGET_S)
+    rows.append(dict(workload=name, library="sklearn", dtype="float64",
+                     ctype="full", compile_s=0.0, repeats=reps,
+                     fixed_iters=1 + iters, ll_fixed=None, finite=True,
+                     per_iter_s=med(time_runs(one_iter, reps))))
+  return rows
+
+
 # Iterations of the end-to-end estimator rows (issue 19): workload 2 for 20,
 # workload 3 for 5, as a user would time a short fit.
 ESTIMATOR_ITERS = {"2": 20, "3": 5}
@@ -700,14 +783,14 @@ def wl7(args, libs):
 
 
 def _acc_one(X, ctype, args):
-  from gmmjax._src.accel import fit_accelerated
+  from gmmjax import fit_accelerated_with_info
   with jax.enable_x64(True):
     Xj = jnp.asarray(X)
     p0 = gx.init_params(jax.random.key(0), Xj, 4, covariance_type=ctype,
                         method="kmeans")
     kw = dict(max_iter=3000, tol=1e-9, reg_covar=REG)
     f_em = jax.jit(lambda X, p: gx.fit(X, p, **kw))
-    f_acc = jax.jit(lambda X, p: fit_accelerated(X, p, return_info=True, **kw))
+    f_acc = jax.jit(lambda X, p: fit_accelerated_with_info(X, p, **kw))
     em = _block(f_em(Xj, p0))
     acc, info = _block(f_acc(Xj, p0))
     t_em = med(time_runs(lambda: _block(f_em(Xj, p0)), args.repeats))
@@ -870,7 +953,8 @@ def main(argv=None):
                   help="small shapes and 3 repeats (smoke run)")
   ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc,missing",
                   help="comma-separated subset of 1,2,3,4,5,6,7,acc,missing,"
-                  "gpu (gpu: 1,000,000 x 64, K=64, not in the default)")
+                  "gpu,lowrank (gpu: 1,000,000 x 64, K=64, and lowrank: "
+                  "100,000 x 256, K=32, q=8 against full, not in the default)")
   ap.add_argument("--repeats", type=int, default=None)
   ap.add_argument("--iters", type=int, default=None,
                   help="extra fixed iterations for the per-iteration slope")
@@ -916,8 +1000,17 @@ def main(argv=None):
       "5": lambda: wl5(args, libs),
       "6": lambda: wl6(args, libs),
       "7": lambda: wl7(args, libs),
+      # BayesianGaussianMixture per variational iteration on workloads 2
+      # and 3 (issue 21); not in the default run.
+      "bayes2": lambda: wl_bayes("bayes2", 100000 // s, 16, 16, args, libs),
+      "bayes3": lambda: wl_bayes("bayes3", 65536 // s, 32, 64, args, libs),
       "acc": lambda: wl_acc(args, libs),
       "missing": lambda: wl_missing(args, libs),
+      # Issue 23: lowrank q=8 against full, 100,000 x 256, K=32 (not in the
+      # default: the full-covariance iterations take minutes).
+      "lowrank": lambda: [dict(
+          workload="lowrank", library="gmmjax", mode="one iteration",
+          **bench_lowrank.run(n=100000 // s, repeats=args.repeats))],
       # The issue's accelerator target: 1,000,000 x 64, K=64 full, float32,
       # against the measured float32 product rate. scikit-learn is left out
       # (minutes per iteration on a CPU); meant for a GPU, where it is run

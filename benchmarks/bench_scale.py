@@ -56,7 +56,7 @@ def child(args):
   import numpy as np
 
   import gmmjax as gx
-  from gmmjax._src.scale import fit_chunked
+  from gmmjax import fit_chunked
 
   n, d, k, mode = args.n, args.d, args.k, args.mode
   rows = args.chunk_size

@@ -27,7 +27,8 @@ SUBMODULES = {"gmmjax.plot": "plot", "gmmjax.datasets": "datasets"}
 
 # Constants have no docstring of their own.
 CONSTANT_SUMMARIES = {
-    "COVARIANCE_TYPES": "The accepted `covariance_type` values.",
+    "COVARIANCE_TYPES": ("scikit-learn's `covariance_type` values; `\"lowrank\"` "
+                         "(with `rank=q`) is accepted too."),
     "DIFFERENTIATION_MODES": "The accepted `differentiation` values of "
                              "`fit`.",
     "INIT_METHODS": "The accepted `init_params` values.",

@@ -5,7 +5,22 @@ Pure functions on immutable parameter pytrees (``init_params``, ``e_step``,
 a scikit-learn-style estimator, :class:`GaussianMixture`.
 """
 
-from gmmjax._src.accel import AccelInfo, fit_accelerated
+from gmmjax._src.accel import (
+    AccelInfo,
+    fit_accelerated,
+    fit_accelerated_with_info,
+)
+from gmmjax._src.bayes_estimator import BayesianGaussianMixture
+from gmmjax._src.bayes_fit import fit_bayes, fit_bayes_restarts
+from gmmjax._src.bayes_params import (
+    BayesParams,
+    BayesPrior,
+    make_bayes_prior,
+    posterior_from_resp,
+    posterior_from_stats,
+    variational_mixture,
+)
+from gmmjax._src.bayes_scale import fit_bayes_chunked
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.conditional import (
@@ -56,15 +71,14 @@ from gmmjax._src.priors import (
 from gmmjax._src.restarts import best_restart, fit_restarts
 from gmmjax._src.results import FitError
 from gmmjax._src.scale import (
-    chunk_source,
     data_mesh,
-    fit_chunked,
     fit_restarts_sharded,
     fit_sharded,
     global_data,
     local_copy,
     process_sum,
 )
+from gmmjax._src.scale_chunked import chunk_source, fit_chunked
 from gmmjax._src.scale_online import (
     OnlineState,
     fit_online,
@@ -95,6 +109,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AccelInfo",
+    "BayesParams",
+    "BayesPrior",
+    "BayesianGaussianMixture",
     "COVARIANCE_TYPES",
     "ConjugatePrior",
     "ConvergenceWarning",
@@ -129,6 +146,10 @@ __all__ = [
     "enable_default_cache",
     "fit",
     "fit_accelerated",
+    "fit_accelerated_with_info",
+    "fit_bayes",
+    "fit_bayes_chunked",
+    "fit_bayes_restarts",
     "fit_chunked",
     "fit_gradient",
     "fit_online",
@@ -145,12 +166,12 @@ __all__ = [
     "kmeans",
     "kmeans_plusplus",
     "load",
-    "read_metadata",
     "local_copy",
     "log_likelihood",
     "log_prior",
     "log_prob",
     "m_step",
+    "make_bayes_prior",
     "make_params",
     "make_prior",
     "map_params_from_stats",
@@ -161,12 +182,16 @@ __all__ = [
     "online_update",
     "pad_samples",
     "params_from_stats",
+    "posterior_from_resp",
+    "posterior_from_stats",
     "predict",
     "predict_proba",
     "process_sum",
+    "read_metadata",
     "sample",
     "save",
     "select_n_components",
     "stats_from_resp",
     "to_unconstrained",
+    "variational_mixture",
 ]

@@ -99,6 +99,8 @@ def _covariance_matrices(params) -> np.ndarray:
   ctype = params.covariance_type
   if ctype == "full":
     return cov
+  if ctype == "lowrank":
+    return np.asarray(params.dense_covariances)
   if ctype == "tied":
     return np.broadcast_to(cov, (k, d, d))
   if ctype == "diag":

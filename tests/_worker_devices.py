@@ -17,7 +17,6 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import gmmjax as gx  # noqa: E402
-from gmmjax._src import scale  # noqa: E402
 
 
 def flat(prefix, result, out):
@@ -44,7 +43,7 @@ def main(src, dst):
   X, X_odd, w = data["X"], data["X_odd"], data["w"]
   kw = dict(tol=float(data["tol"]), max_iter=int(data["max_iter"]))
   out = {"n_devices": np.asarray(jax.device_count())}
-  auto = scale.data_mesh("data")
+  auto = gx.data_mesh("data")
   explicit = jax.make_mesh((4,), ("data",),
                            axis_types=(jax.sharding.AxisType.Explicit,))
   out["explicit_mesh"] = np.asarray(
@@ -56,20 +55,20 @@ def main(src, dst):
     p0 = params_from(data, ctype)
     # Plain gx.fit on a sharded array: XLA partitions the sums (Auto mesh).
     flat(f"plain/{ctype}", gx.fit(X_auto, p0, **kw), out)
-    flat(f"sharded/{ctype}", scale.fit_sharded(X_auto, p0, **kw), out)
+    flat(f"sharded/{ctype}", gx.fit_sharded(X_auto, p0, **kw), out)
   p0 = params_from(data, "full")
   # Plain gx.fit on an Explicit mesh: viewed through an Auto one.
   flat("plain_explicit/full", gx.fit(X_explicit, p0, **kw), out)
   w_explicit = jax.device_put(w, NamedSharding(explicit, P("data")))
   flat("plain_explicit_weighted/full",
        gx.fit(X_explicit, p0, sample_weight=w_explicit, **kw), out)
-  flat("explicit/full", scale.fit_sharded(X_explicit, p0, **kw), out)
-  flat("weighted/full", scale.fit_sharded(X_auto, p0, sample_weight=w, **kw),
+  flat("explicit/full", gx.fit_sharded(X_explicit, p0, **kw), out)
+  flat("weighted/full", gx.fit_sharded(X_auto, p0, sample_weight=w, **kw),
        out)
   # N not divisible by 4: padded with zero-weight rows.
-  flat("odd/diag", scale.fit_sharded(X_odd, params_from(data, "diag"), **kw),
+  flat("odd/diag", gx.fit_sharded(X_odd, params_from(data, "diag"), **kw),
        out)
-  best, runs = scale.fit_restarts_sharded(
+  best, runs = gx.fit_restarts_sharded(
       jax.random.key(int(data["seed"])), X_explicit, 3, n_init=2,
       covariance_type="full", method="kmeans", **kw)
   flat("restarts_best", best, out)

@@ -22,7 +22,6 @@ def main(port, process_id, src, dst):
                              num_processes=2, process_id=process_id,
                              initialization_timeout=60)
   import gmmjax as gx
-  from gmmjax._src import scale
 
   data = dict(np.load(src))
   split = int(data["split"])
@@ -32,18 +31,18 @@ def main(port, process_id, src, dst):
   out = {"process_count": np.asarray(jax.process_count()),
          "device_count": np.asarray(jax.device_count()),
          "local_rows": np.asarray(X_local.shape[0])}
-  Xg, wg = scale.global_data(X_local)
+  Xg, wg = gx.global_data(X_local)
   out["global_rows"] = np.asarray(Xg.shape[0])
   for ctype in ("full", "diag"):
     p0 = gx.make_params(data[f"p0_{ctype}/weights"],
                         data[f"p0_{ctype}/means"],
                         data[f"p0_{ctype}/covariances"], covariance_type=ctype)
     results = {
-        "sharded": scale.fit_sharded(Xg, p0, sample_weight=wg, **kw),
-        "chunked": scale.fit_chunked(X_local, p0, chunk_size=40,
-                                     reduce=scale.process_sum, **kw)}
+        "sharded": gx.fit_sharded(Xg, p0, sample_weight=wg, **kw),
+        "chunked": gx.fit_chunked(X_local, p0, chunk_size=40,
+                                     reduce=gx.process_sum, **kw)}
     for mode, result in results.items():
-      result = scale.local_copy(result)
+      result = gx.local_copy(result)
       p = result.params
       for name, value in [("weights", p.weights), ("means", p.means),
                           ("covariances", p.covariances),

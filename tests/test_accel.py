@@ -31,8 +31,7 @@ def fits(request):
     p0 = gx.init_params(jax.random.key(1), X, 3, covariance_type=ctype,
                         method="random")
     em = gx.fit(X, p0, max_iter=5000, tol=1e-11)
-    acc, info = fit_accelerated(X, p0, max_iter=5000, tol=1e-11,
-                                return_info=True)
+    acc, info = gx.fit_accelerated_with_info(X, p0, max_iter=5000, tol=1e-11)
     # One more EM step from each end point: how far from a fixed point.
     em_next, _ = gx.em_step(X, em.params)
     acc_next, _ = gx.em_step(X, acc.params)

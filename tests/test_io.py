@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
-from gmmjax._src import io
+from gmmjax._src import io, model_file
 
 K, D = 3, 2
 
@@ -57,7 +57,7 @@ def test_params_round_trip_float64(tmp_path, ctype, x64):
   io.save(path, p)
   meta = io.read_metadata(path)
   assert meta["dtype"] == "float64" and meta["covariance_type"] == ctype
-  assert meta["format_version"] == io.FORMAT_VERSION
+  assert meta["format_version"] == model_file.FORMAT_VERSION
   assert meta["gmmjax_version"] == gx.__version__
   assert_params_identical(p, io.load(path))
 
@@ -124,7 +124,7 @@ def rewrite(src, dst, *, arrays=None, meta_update=None, redigest=False):
   contents.update(arrays or {})
   meta.update(meta_update or {})
   if redigest:
-    meta["sha256"] = io._digest(meta, contents)
+    meta["sha256"] = model_file.digest(meta, contents)
   blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
   with open(dst, "wb") as f:
     np.savez(f, **{"metadata.json": blob}, **contents)

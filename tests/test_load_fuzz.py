@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
-from gmmjax._src import io
+from gmmjax._src import io, model_file
 
 K, D = 2, 3
 MSG = "not a valid gmmjax model file"
@@ -57,7 +57,7 @@ def saved(tmp_path_factory):
 
 def _read(path):
   """Metadata and arrays of a valid file (through the real reader)."""
-  meta, arrays = io._read_archive(path)
+  meta, arrays = model_file.read_archive(path)
   return meta, dict(arrays)
 
 
@@ -81,7 +81,7 @@ def _write(path, meta, arrays, *, digest=True, raw=None, meta_bytes=None,
                         "dtype": np.asarray(v).dtype.str}
                     for k, v in sorted(arrays.items())}
   if digest:
-    meta["sha256"] = io._digest(meta, arrays)
+    meta["sha256"] = model_file.digest(meta, arrays)
   text = json.dumps(meta).encode() if meta_bytes is None else meta_bytes
   blob = np.frombuffer(text, np.uint8)
   with zipfile.ZipFile(path, "w", compression) as z:

@@ -14,7 +14,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 import gmmjax as gx
-from gmmjax._src.scale import fit_chunked
+from gmmjax import fit_chunked
 from gmmjax._src.scale_online import (
     fit_online,
     online_init,

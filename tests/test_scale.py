@@ -19,7 +19,6 @@ import pytest
 from conftest import make_blobs
 
 import gmmjax as gx
-from gmmjax._src import scale
 
 HERE = Path(__file__).parent
 TOL = 1e-8
@@ -85,7 +84,7 @@ def reference(problem, ctype, X=None, **kw):
 def test_chunked_array_equals_fit(x64, problem, ctype):
   # 300 rows in chunks of 64: the last chunk is padded with zero weights.
   ref = reference(problem, ctype)
-  got = scale.fit_chunked(problem["X"], problem["inits"][ctype],
+  got = gx.fit_chunked(problem["X"], problem["inits"][ctype],
                           chunk_size=64, tol=TOL, max_iter=MAX_ITER)
   assert_same_fit(got, ref)
 
@@ -98,7 +97,7 @@ def test_chunked_memmap_and_weights(x64, problem, tmp_path):
   mm.flush()
   data = np.memmap(path, dtype=np.float64, mode="r", shape=X.shape)
   ref = reference(problem, "full", sample_weight=w)
-  got = scale.fit_chunked(data, problem["inits"]["full"], sample_weight=w,
+  got = gx.fit_chunked(data, problem["inits"]["full"], sample_weight=w,
                           chunk_size=64, tol=TOL, max_iter=MAX_ITER)
   assert_same_fit(got, ref)
 
@@ -116,7 +115,7 @@ def test_chunked_factory_of_uneven_pairs(x64, problem):
       yield X[a:b], w[a:b]
 
   ref = reference(problem, "diag", sample_weight=w)
-  got = scale.fit_chunked(chunks, problem["inits"]["diag"], tol=TOL,
+  got = gx.fit_chunked(chunks, problem["inits"]["diag"], tol=TOL,
                           max_iter=MAX_ITER, prefetch=0)
   assert_same_fit(got, ref)
   # One read to learn the chunk shape, one per iteration, one for the final
@@ -130,7 +129,7 @@ def test_chunked_list_of_chunks_and_callback(x64, problem):
   seen_ref, seen = [], []
   ref = reference(problem, "spherical",
                   callback=lambda *a: seen_ref.append([float(v) for v in a]))
-  got = scale.fit_chunked(chunks, problem["inits"]["spherical"], tol=TOL,
+  got = gx.fit_chunked(chunks, problem["inits"]["spherical"], tol=TOL,
                           max_iter=MAX_ITER,
                           callback=lambda *a: seen.append([float(v) for v in
                                                            a]))
@@ -150,7 +149,7 @@ def test_chunked_failure_matches_fit(x64):
   p0 = gx.make_params(jnp.array([0.5, 0.5]), jnp.array([[0.0], [7.0]]),
                       jnp.array([[[1.0]], [[4.0]]]), covariance_type="full")
   ref = gx.fit(X, p0, reg_covar=-0.6, max_iter=20)
-  got = scale.fit_chunked(X, p0, reg_covar=-0.6, max_iter=20, chunk_size=8)
+  got = gx.fit_chunked(X, p0, reg_covar=-0.6, max_iter=20, chunk_size=8)
   assert bool(ref.failed)
   assert bool(got.failed) and not bool(got.converged)
   assert int(got.n_iter) == int(ref.n_iter)
@@ -162,7 +161,7 @@ def test_chunked_failure_matches_fit(x64):
 def test_chunked_float32_follows_input(problem):
   X = problem["X"].astype(np.float32)
   p0 = problem["inits"]["full"]
-  got = scale.fit_chunked(X, p0, chunk_size=128, max_iter=20)
+  got = gx.fit_chunked(X, p0, chunk_size=128, max_iter=20)
   ref = gx.fit(X, p0, max_iter=20)
   assert got.params.means.dtype == jnp.float32
   assert got.history.dtype == jnp.float32
@@ -173,12 +172,12 @@ def test_chunked_float32_follows_input(problem):
 def test_chunked_refuses_one_shot_iterator(problem):
   gen = (c for c in [problem["X"]])
   with pytest.raises(TypeError, match="re-iterable|one-shot"):
-    scale.fit_chunked(gen, problem["inits"]["full"])
+    gx.fit_chunked(gen, problem["inits"]["full"])
 
 
 def test_chunk_source_covers_rows_once():
   X = np.arange(23.0).reshape(-1, 1)
-  parts = [x for x, _ in scale.chunk_source(X, chunk_size=5)()]
+  parts = [x for x, _ in gx.chunk_source(X, chunk_size=5)()]
   np.testing.assert_array_equal(np.concatenate(parts), X)
   assert [p.shape[0] for p in parts] == [5, 5, 5, 5, 3]
 
@@ -199,7 +198,7 @@ def test_sharded_batched_restarts_equal_separate_fits(x64, problem):
   keys = jax.random.split(jax.random.key(5), 3)
   batch = jax.vmap(lambda k: gx.init_params(k, X, 3, covariance_type="diag",
                                             method="random"))(keys)
-  got = scale.fit_sharded(X, batch, tol=TOL, max_iter=MAX_ITER)
+  got = gx.fit_sharded(X, batch, tol=TOL, max_iter=MAX_ITER)
   assert got.params.means.shape == (3, 3, 3)
   for i in range(3):
     ref = gx.fit(X, jax.tree.map(lambda a, i=i: a[i], batch), tol=TOL,

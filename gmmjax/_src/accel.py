@@ -191,8 +191,7 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
 def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
                     max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                     prev_log_likelihood=-jnp.inf,
-                    callback: Callable | None = None,
-                    return_info: bool = False, throw: bool = False):
+                    callback: Callable | None = None, throw: bool = False):
   """Fits a Gaussian mixture by SQUAREM-accelerated EM (one ``while_loop``).
 
   Same arguments, stopping rule and result as :func:`gmmjax.fit`, with EM's
@@ -220,13 +219,12 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     reg_covar: non-negative regulariser added to covariance diagonals.
     prev_log_likelihood: log-likelihood the first change is measured from.
     callback: optional host ``callback(n_iter, log_likelihood, change)``.
-    return_info: also return an :class:`AccelInfo` (accepted/rejected
-      extrapolations).
     throw: raise an error when the fit fails, does not converge or
       degenerates, as :func:`gmmjax.fit`'s ``throw``.
 
   Returns:
-    A :class:`gmmjax.FitResult`, or ``(FitResult, AccelInfo)``.
+    A :class:`gmmjax.FitResult` (:func:`fit_accelerated_with_info` adds the
+    counts of accepted and rejected extrapolations).
 
   Example:
     >>> import jax, gmmjax as gx
@@ -237,6 +235,34 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     ...     r.history[:int(r.n_iter)]) >= -1e-6))
     (True, True)
   """
+  return fit_accelerated_with_info(
+      X, params, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
+      reg_covar=reg_covar, prev_log_likelihood=prev_log_likelihood,
+      callback=callback, throw=throw)[0]
+
+
+def fit_accelerated_with_info(X, params: GMMParams, *, sample_weight=None,
+                              max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
+                              prev_log_likelihood=-jnp.inf,
+                              callback: Callable | None = None,
+                              throw: bool = False):
+  """:func:`fit_accelerated`, also returning its :class:`AccelInfo`.
+
+  Same arguments and result; returns ``(FitResult, AccelInfo)``, the
+  numbers of accepted and rejected SQUAREM extrapolations.
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (300, 2))
+    >>> p0 = gx.init_params(jax.random.key(1), X, 2, covariance_type="diag")
+    >>> r, info = gx.fit_accelerated_with_info(X, p0, tol=1e-6)
+    >>> int(info.n_accepted + info.n_rejected) > 0
+    True
+  """
+  if params.covariance_type == "lowrank":
+    raise ValueError("fit_accelerated does not support covariance_type="
+                     "'lowrank' (its extrapolation works on triangular "
+                     "precision factors); use gx.fit.")
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)
@@ -249,4 +275,4 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
                               callback=callback)
   if throw:
     result = results.error_if_bad(result, "gmmjax.fit_accelerated")
-  return (result, info) if return_info else result
+  return result, info

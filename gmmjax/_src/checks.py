@@ -158,9 +158,71 @@ def as_sample_weight(sample_weight, n_samples: int, dtype):
   return w if w.dtype == dtype else w.astype(dtype)
 
 
+# Largest ``|P^T Sigma P w - w|`` (``w`` a unit probe) that passes as
+# rounding in a well-conditioned component: the factors of a leaf-wise
+# average of two parameter sets miss by tens of percent. The float rounding
+# of a factor grows with the conditioning, so an ill-conditioned component
+# (a jittered, nearly singular float32 covariance misses by O(1)) is allowed
+# ``CONDITION_SLACK * eps * cond`` more, ``cond`` (of the correlations)
+# estimated from the factor's diagonal.
+CONSISTENCY_TOL = 0.05
+CONDITION_SLACK = 64.0
+
+
+def factor_mismatch(params: GMMParams):
+  """How far ``precisions_cholesky`` is from a factor of ``covariances``'
+  inverse, per component, and the rounding allowed for it: ``(error,
+  allowed)``, ``(K,)`` each (``(1,)`` for tied).
+
+  ``error`` is ``max |P^T Sigma P w - w|`` for a fixed unit probe ``w``
+  (``max |p^2 sigma - 1|`` for diag and spherical), computed in float64 on
+  the host in ``O(K D^2)``; it is 0 up to rounding for parameters gmmjax
+  made."""
+  eps = float(np.finfo(np.dtype(params.precisions_cholesky.dtype)).eps)
+  cov = np.asarray(params.covariances, np.float64)
+  pc = np.asarray(params.precisions_cholesky, np.float64)
+  if params.covariance_type in ("diag", "spherical"):
+    err = np.abs(pc * pc * cov - 1.0)
+    err = err.reshape(err.shape[0], -1).max(axis=1)
+    return err, np.full_like(err, CONSISTENCY_TOL)
+  if params.covariance_type == "tied":
+    cov, pc = cov[None], pc[None]
+  w = np.cos(np.arange(1, cov.shape[-1] + 1.0))
+  w /= np.linalg.norm(w)
+  u = np.einsum("kij,j->ki", pc, w)
+  r = np.einsum("kji,kj->ki", pc, np.einsum("kij,kj->ki", cov, u))
+  # The conditioning of the correlations: rounding is blind to the scales
+  # of the features (Cholesky commutes with a diagonal scaling).
+  diag = np.abs(np.diagonal(pc, axis1=-2, axis2=-1)) * np.sqrt(np.abs(
+      np.diagonal(cov, axis1=-2, axis2=-1)))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    cond = (diag.max(axis=1) / diag.min(axis=1)) ** 2
+  allowed = CONSISTENCY_TOL + CONDITION_SLACK * eps * cond
+  return np.abs(r - w).max(axis=1), allowed
+
+
+def check_factors(params: GMMParams) -> None:
+  """A ``ValueError`` if concrete ``params`` hold factors that do not match
+  their covariances (tracers pass: values unknown)."""
+  leaves = (params.covariances, params.precisions_cholesky)
+  if (params.covariance_type not in ("full", "tied", "diag", "spherical")
+      or any(isinstance(a, jax.core.Tracer) for a in leaves)):
+    return
+  err, allowed = factor_mismatch(params)
+  if np.any(err > allowed):  # (NaN factors are the finiteness checks' job)
+    raise ValueError(
+        f"params.precisions_cholesky is not a Cholesky factor of "
+        f"inv(params.covariances) (mismatch {np.max(err):.3g}); this happens after "
+        f"arithmetic on the leaves of GMMParams (jax.tree.map averaging or "
+        f"interpolating parameter sets), which changes both independently. "
+        f"Call params.recompute_factors() to derive the factors from the "
+        f"covariances again.")
+
+
 def prepare(params: GMMParams, X, sample_weight=None):
   """Common entry of the core functions: checked, dtype-consistent inputs."""
   X = as_data(X)
   check_params_data(params, X)
+  check_factors(params)
   params = as_params(params, X.dtype)
   return params, X, as_sample_weight(sample_weight, X.shape[0], X.dtype)

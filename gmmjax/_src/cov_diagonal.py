@@ -62,6 +62,9 @@ class Diag(ScaleType):
   def n_parameters(self, k, d):
     return k * d
 
+  def placeholder_sxx(self, cov, k, d):
+    return cov * 1.0
+
   def log_det(self, pc, d):
     return jnp.sum(jnp.log(pc), axis=-1)
 
@@ -119,6 +122,14 @@ class Diag(ScaleType):
                    - 0.5 * (jnp.diagonal(psi)[None, :] + kappa * dev * dev)
                    / cov)
 
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    dof = dof0 + nk
+    cov = psi[None] + nk[:, None] * sk + shrink[:, None] * dev ** 2
+    return dof, cov / dof[:, None]
+
+  def from_full(self, cov):
+    return jnp.diagonal(cov)
+
   def sample_noise(self, z, pc, cov, labels):
     return z * jnp.sqrt(cov)[labels]
 
@@ -133,6 +144,9 @@ class Spherical(ScaleType):
 
   def n_parameters(self, k, d):
     return k
+
+  def placeholder_sxx(self, cov, k, d):
+    return cov * d
 
   def log_det(self, pc, d):
     return d * jnp.log(pc)
@@ -192,6 +206,14 @@ class Spherical(ScaleType):
     return jnp.sum(-0.5 * n0 * d * jnp.log(cov)
                    - 0.5 * (jnp.trace(psi) + kappa * jnp.sum(dev * dev, 1))
                    / cov)
+
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    dof = dof0 + nk
+    cov = psi + nk * sk + shrink * jnp.mean(dev ** 2, axis=-1)
+    return dof, cov / dof
+
+  def from_full(self, cov):
+    return jnp.mean(jnp.diagonal(cov))
 
   def sample_noise(self, z, pc, cov, labels):
     return z * jnp.sqrt(cov)[labels][:, None]

@@ -140,6 +140,9 @@ class Full(MatrixType):
   def n_parameters(self, k, d):
     return k * d * (d + 1) // 2
 
+  def placeholder_sxx(self, cov, k, d):
+    return cov * 1.0
+
   def chunk_width(self, k, d, dtype):
     if use_expanded_full(dtype):
       return max(packing.n_moment_features(d), 3 * k), False
@@ -223,6 +226,15 @@ class Full(MatrixType):
     maha = jnp.sum(mm.einsum("kd,kde->ke", dev, pc) ** 2, axis=-1)
     return jnp.sum(-0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha)
 
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    dof = dof0 + nk
+    cov = (psi[None] + nk[:, None, None] * sk
+           + shrink[:, None, None] * (dev[:, :, None] * dev[:, None, :]))
+    return dof, cov / dof[:, None, None]
+
+  def from_full(self, cov):
+    return cov
+
   def mask_inactive(self, cov, pc, mask):
     eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)[None]
     return (jnp.where(mask[:, None, None], cov, eye),
@@ -243,6 +255,9 @@ class Tied(MatrixType):
 
   def n_parameters(self, k, d):
     return d * (d + 1) // 2
+
+  def placeholder_sxx(self, cov, k, d):
+    return cov * k
 
   def centred_mahalanobis(self, xc, mc, pc):
     y = mm.matmul(xc, pc)
@@ -307,6 +322,17 @@ class Tied(MatrixType):
     tr = mm.einsum("di,de,ei->", pc, psi, pc)
     maha = jnp.sum(mm.matmul(dev, pc) ** 2)
     return -0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha
+
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    k = nk.shape[0]
+    mean_nk = jnp.sum(nk) / k
+    dof = dof0 + mean_nk
+    cov = (psi + sk * mean_nk
+           + mm.einsum("k,kd,ke->de", shrink, dev, dev) / k)
+    return dof, cov / dof
+
+  def from_full(self, cov):
+    return cov
 
   def mask_inactive(self, cov, pc, mask):
     # One shared covariance; inactive slots add exactly 0 to it.

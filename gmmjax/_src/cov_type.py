@@ -19,6 +19,9 @@ class CovarianceType:
 
   name: str = ""
   is_matrix: bool = False
+  # Whether the E-step's statistics need the current factors (low-rank:
+  # the posterior factor scores), not only responsibilities and data.
+  moments_need_factors: bool = False
 
   def __repr__(self) -> str:
     return f"CovarianceType({self.name!r})"
@@ -106,6 +109,22 @@ class CovarianceType:
     """
     raise NotImplementedError
 
+  def m_step(self, nk, sx, sxx, reg_covar):
+    """``(diff, covariances)``: the new means minus the shift, and the
+    covariances, from floored masses ``nk`` and shifted sums ``sx``,
+    ``sxx``."""
+    diff = sx / nk[:, None]
+    return diff, self.estimate(nk, diff, sxx, reg_covar)
+
+  def placeholder_sxx(self, cov, k: int, d: int):
+    """``sxx`` whose M-step (with ``N_k = 1``, ``s_x = 0``) gives ``cov``
+    back, up to ``reg_covar`` (``engine.placeholder_stats``)."""
+    raise NotImplementedError
+
+  def noise_width(self, d: int, cov) -> int:
+    """Standard normals per sample that :meth:`sample_noise` reads."""
+    return d
+
   def centred_moments(self, xc, rw):
     """``(sx, sxx)`` around one centre by GEMMs (the fast form)."""
     raise NotImplementedError
@@ -132,6 +151,19 @@ class CovarianceType:
 
   def log_prior(self, pc, cov, dev, psi, n0, kappa):
     """The Normal-inverse-Wishart terms of ``priors.log_prior``."""
+    raise NotImplementedError
+
+  # Variational Bayes (``bayes_params.py``).
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+    """``(dof, cov)``: the posterior Wishart's degrees of freedom and its
+    scale as a covariance, ``W^-1 / dof`` (scikit-learn's
+    ``_estimate_wishart_*``). ``sk`` the M-step's covariances (``reg_covar``
+    included), ``dev`` ``xbar_k - m0``, ``shrink`` ``N_k beta0 / beta_k``,
+    ``psi`` the covariance prior in this type's shape."""
+    raise NotImplementedError
+
+  def from_full(self, cov):
+    """A ``(D, D)`` covariance in this type's (one-component) shape."""
     raise NotImplementedError
 
   # Whole parameters.

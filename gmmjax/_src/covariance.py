@@ -18,13 +18,19 @@ callers use most.
 from __future__ import annotations
 
 from gmmjax._src.cov_diagonal import Diag, Spherical
+from gmmjax._src.cov_lowrank import LowRank
 from gmmjax._src.cov_matrix import Full, Tied
 from gmmjax._src.cov_type import CovarianceType
 
 TYPES: dict[str, CovarianceType] = {
-    "full": Full(), "tied": Tied(), "diag": Diag(), "spherical": Spherical()}
+    "full": Full(), "tied": Tied(), "diag": Diag(), "spherical": Spherical(),
+    "lowrank": LowRank()}
 
-COVARIANCE_TYPES = tuple(TYPES)
+# scikit-learn's four types (the public ``gmmjax.COVARIANCE_TYPES``, whose
+# covariances have scikit-learn's shapes); every name of ``TYPES``, the
+# low-rank one included, is accepted wherever a type is.
+COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
+ALL_TYPES = tuple(TYPES)
 
 
 def get(covariance_type: str | CovarianceType) -> CovarianceType:
@@ -40,16 +46,27 @@ def get(covariance_type: str | CovarianceType) -> CovarianceType:
 
 
 def covariance_shape(covariance_type: str, n_components: int,
-                     n_features: int) -> tuple[int, ...]:
-  """scikit-learn's shape of ``covariances`` for a covariance type."""
-  return get(covariance_type).shape(n_components, n_features)
+                     n_features: int, rank: int | None = None
+                     ) -> tuple[int, ...]:
+  """scikit-learn's shape of ``covariances`` for a covariance type
+  (``"lowrank"``: ``(K, D, rank + 1)``, loadings and noise packed)."""
+  ct = get(covariance_type)
+  if rank is None:
+    return ct.shape(n_components, n_features)
+  return ct.shape(n_components, n_features, rank)
 
 
 def n_parameters(covariance_type: str, n_components: int,
-                 n_features: int) -> int:
-  """Number of free parameters of a mixture (weights, means, covariances)."""
+                 n_features: int, rank: int | None = None) -> int:
+  """Number of free parameters of a mixture (weights, means, covariances).
+
+  ``"lowrank"`` counts ``K (D q - q (q - 1) / 2 + D)`` covariance parameters
+  (the loadings up to a rotation, and the noise).
+  """
   k, d = n_components, n_features
-  cov = get(covariance_type).n_parameters(k, d)
+  ct = get(covariance_type)
+  cov = (ct.n_parameters(k, d) if rank is None
+         else ct.n_parameters(k, d, rank))
   return int(cov + k * d + k - 1)
 
 

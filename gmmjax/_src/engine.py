@@ -20,6 +20,7 @@ written here once. The compiled loop is :func:`batching.while_loop`, whose
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ import numpy as np
 from jax import lax
 
 from gmmjax._src import batching
+from gmmjax._src import covariance as cov_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, all_finite
@@ -172,10 +174,10 @@ def placeholder_stats(params: GMMParams) -> stats_lib.SuffStats:
   k, d = params.means.shape
   dtype = params.means.dtype
   cov = lax.stop_gradient(params.covariances)
-  scale = {"full": 1.0, "tied": k, "diag": 1.0, "spherical": d}
+  sxx = cov_lib.get(params.covariance_type).placeholder_sxx(cov, k, d)
   return stats_lib.SuffStats(
       count=jnp.asarray(k, dtype), nk=jnp.ones((k,), dtype),
-      sx=jnp.zeros((k, d), dtype), sxx=cov * scale[params.covariance_type],
+      sx=jnp.zeros((k, d), dtype), sxx=sxx,
       log_likelihood=jnp.full((), jnp.nan, dtype))
 
 
@@ -235,6 +237,11 @@ class EMStep(NamedTuple):
     return EMState(params=tree_where(ok, new, state.params),
                    stats=tree_where(ok, stats, state.stats),
                    objective=jnp.where(ok, value, state.objective)), report
+
+  def evaluated(self, params: GMMParams) -> GMMParams:
+    """The mixture whose E-step statistics the step reads (``host_fit``'s
+    ``stats_pass`` sums them): EM's own iterate."""
+    return params
 
   def step(self, state: EMState, problem: Problem, started):
     new, jitter = self.advance(state, problem, started)
@@ -311,46 +318,55 @@ def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
                 problem.reg_covar, problem.mask), out.state
 
 
-@jax.jit
-def _host_advance(state: EMState, problem: Problem, started):
-  return EMStep().advance(state, problem, started)
+@functools.partial(jax.jit, static_argnames=("step",))
+def _host_advance(state, problem: Problem, started, step):
+  new, jitter = step.advance(state, problem, started)
+  return new, jitter, step.evaluated(new)
 
 
-@jax.jit
-def _host_conclude(state: EMState, books: Books, new, jitter, stats,
-                   problem: Problem):
-  state, report = EMStep().conclude(state, books.started, new, jitter, stats,
-                                    problem)
+@functools.partial(jax.jit, static_argnames=("step",))
+def _host_conclude(state, books: Books, new, jitter, stats,
+                   problem: Problem, step):
+  state, report = step.conclude(state, books.started, new, jitter, stats,
+                                problem)
   books = record(books, report, problem.tol)
   return state, books, report, running(books)
 
 
-def host_fit(params: GMMParams, problem: Problem, stats_pass: Callable, *,
-             prev_ll, max_iter: int, callback: Callable | None = None
-             ) -> FitResult:
-  """:func:`run` of :class:`EMStep` with the loop on the host.
+@functools.partial(jax.jit, static_argnames=("step",))
+def _host_result(state, problem: Problem, step):
+  return step.result(state, problem)
 
-  For data that no program holds at once: ``stats_pass(params)`` returns
-  the statistics of ``params`` over all the data (around
-  :func:`stats.component_shift` of ``params``, summed however the caller
-  likes) and the number of rows with a positive weight. ``problem.X`` is
+
+def host_fit(params, problem: Problem, stats_pass: Callable, *,
+             prev_ll, max_iter: int, callback: Callable | None = None,
+             step=None) -> FitResult:
+  """:func:`run` of ``step`` (:class:`EMStep` by default) with the loop on
+  the host.
+
+  For data that no program holds at once: ``stats_pass(mixture)`` returns
+  the statistics of ``mixture`` (``step.evaluated`` of the new iterate:
+  EM's params themselves) over all the data (around
+  :func:`stats.component_shift` of it, summed however the caller likes)
+  and the number of rows with a positive weight. ``problem.X`` is
   ``None``. ``callback`` is called on the host after every iteration.
   """
-  step = EMStep()
+  step = EMStep() if step is None else step
   state = step.init(params, problem)
   books = init_books(params.means.dtype, prev_ll, max_iter,
                      history_length(max_iter),
                      started=not step.evaluates_first)
   going = True
   while going:
-    new, jitter = _host_advance(state, problem, books.started)
-    stats, n_positive = stats_pass(new)
+    new, jitter, evaluated = _host_advance(state, problem, books.started,
+                                           step=step)
+    stats, n_positive = stats_pass(evaluated)
     before = books
-    state, books, report, going = _host_conclude(state, books, new, jitter,
-                                                 stats, problem)
+    state, books, report, going = _host_conclude(
+        state, books, new, jitter, stats, problem, step=step)
     if callback is not None and bool(report.counted):
       value = np.asarray(report.objective)
       callback(int(before.n_iter) + 1, value, value - np.asarray(before.prev))
     going = bool(going)
-  fitted, ll = step.result(state, problem)
+  fitted, ll = _host_result(state, problem, step=step)
   return finish(fitted, ll, books, n_positive, problem.reg_covar)

@@ -28,21 +28,22 @@ import jax
 import numpy as np
 
 from gmmjax._src import (
-  cache,
-  checks,
-  compiling,
-  conditional,
-  em,
-  missing,
-  padding,
-  restarts,
-  scale_online,
+    cache,
+    checks,
+    compiling,
+    conditional,
+    em,
+    missing,
+    padding,
+    restarts,
+    scale_online,
 )
+from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import nan_policy as nan_lib
 from gmmjax._src import validation as val
-from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
+from gmmjax._src.params import ALL_TYPES, GMMParams
 
 
 def key_from_random_state(random_state):
@@ -137,7 +138,9 @@ class GaussianMixture:
 
   Args:
     n_components: number of mixture components.
-    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"``, ``"spherical"`` or
+      ``"lowrank"`` (``W W^T + diag(psi)``, a mixture of factor analysers;
+      needs ``rank``).
     tol: convergence threshold on the change of the mean log-likelihood.
     reg_covar: non-negative regulariser added to covariance diagonals.
     max_iter: EM iterations per restart.
@@ -149,6 +152,11 @@ class GaussianMixture:
     warm_start: continue from the fitted parameters on the next ``fit``.
     verbose: 0 silent, 1 iteration numbers, 2 also log-likelihood and timing.
     verbose_interval: iterations between progress lines.
+    rank: the number of factors ``q`` of ``covariance_type="lowrank"``
+      (``1 <= rank < n_features``); ``None`` for the other types. A low-rank
+      fit sets ``loadings_`` ``(K, D, q)`` and ``noise_`` ``(K, D)``;
+      ``covariances_``, ``precisions_`` and ``precisions_cholesky_`` are
+      then the dense ``(K, D, D)`` matrices, computed on each access.
     nan_policy: ``"raise"`` (default, as scikit-learn: NaN in ``X`` is a
       ``ValueError``) or ``"marginalize"``: NaN entries are missing at
       random; ``fit`` maximises the observed-data likelihood, and
@@ -186,7 +194,7 @@ class GaussianMixture:
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
                weights_init=None, means_init=None, precisions_init=None,
                random_state=None, warm_start=False, verbose=0,
-               verbose_interval=10, nan_policy="raise"):
+               verbose_interval=10, rank=None, nan_policy="raise"):
     self.n_components = n_components
     self.covariance_type = covariance_type
     self.tol = tol
@@ -201,6 +209,7 @@ class GaussianMixture:
     self.warm_start = warm_start
     self.verbose = verbose
     self.verbose_interval = verbose_interval
+    self.rank = rank
     self.nan_policy = nan_policy
 
   # -- scikit-learn's parameter protocol -----------------------------------
@@ -238,6 +247,17 @@ class GaussianMixture:
         changed.append(f"{name}={value!r}")
     return f"{type(self).__name__}({', '.join(changed)})"
 
+  def __getattr__(self, name):
+    # Only called when ordinary lookup fails: the dense covariances_,
+    # precisions_ and precisions_cholesky_ of a low-rank fit.
+    if name in est_lowrank.DENSE and "loadings_" in self.__dict__:
+      return est_lowrank.dense(self, name)
+    prop = getattr(type(self), name, None)
+    if isinstance(prop, property):  # its own error (NotFittedError), not ours
+      return prop.fget(self)
+    raise AttributeError(f"{type(self).__name__!r} object has no attribute "
+                         f"{name!r}")
+
   def __sklearn_is_fitted__(self):
     return hasattr(self, "means_")
 
@@ -256,7 +276,7 @@ class GaussianMixture:
   def _check_parameters(self):
     val.check_param("n_components", self.n_components, "int", low=1)
     val.check_param("covariance_type", self.covariance_type, "str",
-                    options=COVARIANCE_TYPES)
+                    options=ALL_TYPES)
     val.check_param("tol", self.tol, "float", low=0.0)
     val.check_param("reg_covar", self.reg_covar, "float", low=0.0)
     val.check_param("max_iter", self.max_iter, "int", low=0)
@@ -265,8 +285,26 @@ class GaussianMixture:
                     options=init_lib.INIT_METHODS)
     val.check_param("verbose", self.verbose, "int", low=0)
     val.check_param("verbose_interval", self.verbose_interval, "int", low=1)
+    lowrank = self.covariance_type == "lowrank"
+    if lowrank:
+      if self.rank is None:
+        raise ValueError("covariance_type='lowrank' needs rank=q, the "
+                         "number of factors (1 <= q < n_features).")
+      val.check_param("rank", self.rank, "int", low=1)
+      if self.precisions_init is not None:
+        raise ValueError("precisions_init is not supported with "
+                         "covariance_type='lowrank'; give weights_init and "
+                         "means_init only.")
+    elif self.rank is not None:
+      raise ValueError(f"rank={self.rank!r} is only for covariance_type="
+                       f"'lowrank', not {self.covariance_type!r}.")
     val.check_param("nan_policy", self.nan_policy, "str",
                     options=nan_lib.NAN_POLICIES)
+    if self.nan_policy == "marginalize" and lowrank:
+      raise ValueError("nan_policy='marginalize' is not supported with "
+                       "covariance_type='lowrank'; use 'full', 'tied', "
+                       "'diag' or 'spherical', or impute the missing values "
+                       "first.")
 
   def _check_is_fitted(self):
     if not hasattr(self, "means_"):
@@ -319,7 +357,7 @@ class GaussianMixture:
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    params = self._params(slots)
+    params = self._evaluation_params(slots)
     if observed is None:
       out = fn(params, Xp)
     else:
@@ -328,6 +366,11 @@ class GaussianMixture:
                slots=missing.max_missing(mask))
     out = np.asarray(out)[:X.shape[0]]
     return out[:, :k] if out.ndim == 2 else out
+
+  def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
+    """The mixture ``predict``, ``predict_proba`` and ``score_samples``
+    evaluate (the fitted one; a Bayesian mixture's variational one)."""
+    return self._params(n_slots)
 
   # -- fitting --------------------------------------------------------------
 
@@ -349,8 +392,11 @@ class GaussianMixture:
   def _params(self, n_slots: int | None = None) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``
     component slots (the extra ones of weight 0)."""
-    leaves = (self.weights_, self.means_, self.covariances_,
-              self.precisions_cholesky_)
+    if self._fitted_type() == "lowrank":
+      leaves = (self.weights_, self.means_, *est_lowrank.leaves(self))
+    else:
+      leaves = (self.weights_, self.means_, self.covariances_,
+                self.precisions_cholesky_)
     if n_slots is not None:
       leaves = padding.pad_components(*leaves, self._fitted_type(), n_slots)
     return GMMParams(*jax.device_put(leaves), self._fitted_type())
@@ -369,13 +415,17 @@ class GaussianMixture:
     """
     self.weights_ = np.asarray(params.weights)
     self.means_ = np.asarray(params.means)
-    self.covariances_ = np.asarray(params.covariances)
-    self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
     self._fitted_covariance_type = params.covariance_type
-    p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
-    self.precisions_ = (p @ np.swapaxes(p, -1, -2)
-                        if params.covariance_type in ("full", "tied")
-                        else p * p)
+    if params.covariance_type == "lowrank":  # dense covariances on access
+      est_lowrank.set_fitted(self, params)
+    else:
+      est_lowrank.clear(self)
+      self.covariances_ = np.asarray(params.covariances)
+      self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
+      p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
+      self.precisions_ = (p @ np.swapaxes(p, -1, -2)
+                          if params.covariance_type in ("full", "tied")
+                          else p * p)
     self.n_features_in_ = int(self.means_.shape[1])
     self.converged_ = bool(converged)
     self.n_iter_ = int(n_iter)
@@ -430,7 +480,9 @@ class GaussianMixture:
 
     Raises:
       ValueError: for invalid constructor parameters, ones that disagree
-        with ``params``, batched params or an unknown ``fitted`` name.
+        with ``params``, batched params, factors that do not match the
+        covariances (``GMMParams.recompute_factors``) or an unknown
+        ``fitted`` name.
 
     Example:
       >>> import jax.numpy as jnp, numpy as np, gmmjax as gx
@@ -454,12 +506,15 @@ class GaussianMixture:
       raise ValueError(
           "from_params expects one mixture (weights of shape (K,)), got "
           f"weights of shape {np.shape(params.weights)}.")
+    checks.check_factors(params)
     estimator_kwargs.setdefault("n_components", int(params.n_components))
     estimator_kwargs.setdefault("covariance_type", params.covariance_type)
+    if params.rank is not None:
+      estimator_kwargs.setdefault("rank", params.rank)
     gm = cls(**estimator_kwargs)
     gm._check_parameters()
-    if (gm.n_components, gm.covariance_type) != (
-        params.n_components, params.covariance_type):
+    if (gm.n_components, gm.covariance_type, gm._rank()) != (
+        params.n_components, params.covariance_type, params.rank):
       raise ValueError(
           f"n_components={gm.n_components}, covariance_type="
           f"{gm.covariance_type!r} disagree with the params' "
@@ -476,7 +531,9 @@ class GaussianMixture:
     """
     fitted_k = self.weights_.shape[0]
     fitted_type = self._fitted_type()
-    if fitted_k != self.n_components or fitted_type != self.covariance_type:
+    fitted_rank = getattr(self, "loadings_", np.zeros((0, 0, 0))).shape[-1]
+    if (fitted_k != self.n_components or fitted_type != self.covariance_type
+        or (fitted_type == "lowrank" and fitted_rank != self.rank)):
       raise ValueError(
           f"warm_start=True continues the fitted model ({fitted_k} "
           f"components, covariance_type={fitted_type!r}), but the "
@@ -498,7 +555,10 @@ class GaussianMixture:
         key_from_random_state(self.random_state), X,
         k if slots is None else slots, n_init=int(self.n_init),
         covariance_type=ctype, method=self.init_params, overrides=overrides,
-        n_active=None if slots is None else k, **kwargs)
+        n_active=None if slots is None else k, rank=self._rank(), **kwargs)
+
+  def _rank(self):
+    return self.rank if self.covariance_type == "lowrank" else None
 
   def _slotted_overrides(self, overrides, slots, d):
     """User-given initial values padded to ``slots`` components (weight 0,
@@ -769,7 +829,7 @@ class GaussianMixture:
                 key_from_random_state(self.random_state), X,
                 int(self.n_components), covariance_type=self.covariance_type,
                 method=self.init_params, reg_covar=float(self.reg_covar),
-                sample_weight=w),
+                sample_weight=w, rank=self._rank()),
             **self._initial_overrides(X.shape[1]))
       state = scale_online.online_init(X, params, sample_weight=w,
                                        reg_covar=float(self.reg_covar),

@@ -12,15 +12,18 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from gmmjax._src import checks, compiling, missing, moments
+from gmmjax._src import checks, compiling, init_lowrank, missing, moments
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
+# Methods that put each component on one sample.
+SEEDINGS = ("k-means++", "random_from_data")
 
 
 def _sq_distances(X, centers):
@@ -195,15 +198,8 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   own mean from the differences ``x_i - mu_k`` (in chunks of bounded
   memory), so a one-point component gets exactly ``reg_covar``.
   """
-  dtype = X.dtype
-  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
-  rw = resp * w[:, None]
-  nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
-  center = mm.matmul(w, X) / jnp.sum(w)
-  xc = X - center[None, :]
-  diff = mm.matmul(rw.T, xc) / nk[:, None]
-  # Scatter around each component's new mean.
-  _, sxx = moments.chunked_component_moments(xc, rw, diff, covariance_type)
+  nk, center, diff, sxx, _, _ = moments.resp_moments(
+      X, resp, sample_weight, covariance_type)
   covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
                                              covariance_type, reg_covar)
   # Float32 moments of collinear or repeated data can come out indefinite
@@ -215,13 +211,19 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
 
 
 def init_traced(key, X, sample_weight, reg_covar, n_components,
-                covariance_type, method, first_of_split=False) -> GMMParams:
+                covariance_type, method, first_of_split=False,
+                rank=None) -> GMMParams:
   """:func:`init_params` on checked arguments, to trace into a program."""
   if first_of_split:
     key = jax.random.split(key, 1)[0]
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]  # k-means distances are expanded
   resp = initial_responsibilities(key, xc, n_components, method, sample_weight)
+  if rank is not None:  # low-rank: clusters' principal axes
+    if method in SEEDINGS:
+      resp = init_lowrank.hard_assignment(xc, resp)
+    return init_lowrank.params_from_resp(jax.random.fold_in(key, 1), X, resp,
+                                         sample_weight, rank, reg_covar)
   return params_from_resp(X, resp, sample_weight, covariance_type, reg_covar)
 
 
@@ -274,12 +276,13 @@ def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
 # (default, small) compiled programs; init_params picks one by size.
 _init_programs = compiling.jit_by_size(
     init_traced, static_argnames=("n_components", "covariance_type", "method",
-                                  "first_of_split"))
+                                  "first_of_split", "rank"))
 
 
 def init_params(key, X, n_components: int, *, covariance_type: str = "full",
                 method: str = "k-means++", reg_covar=1e-6,
-                sample_weight=None, observed=None) -> GMMParams:
+                sample_weight=None, rank: int | None = None,
+                observed=None) -> GMMParams:
   """Initial mixture parameters by one of scikit-learn's methods.
 
   ``"kmeans"`` runs Lloyd's algorithm (in JAX) and uses its hard labels;
@@ -288,15 +291,25 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
   ``"random"`` uses uniform random responsibilities. One M-step turns the
   responsibilities into parameters.
 
+  ``covariance_type="lowrank"`` (``Sigma_k = W_k W_k^T + diag(psi_k)``, a
+  mixture of factor analysers) needs ``rank=q``: each component gets its
+  cluster's mean and top ``q`` principal axes (probabilistic PCA's loadings,
+  the residual diagonal as noise); the seedings (``"k-means++"``,
+  ``"random_from_data"``) assign every sample to its nearest seed first.
+
   Args:
     key: ``jax.random.key`` or legacy ``PRNGKey``.
     X: ``(N, D)`` samples.
     n_components: number of components ``K`` (static).
-    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"``, ``"spherical"`` or
+      ``"lowrank"``.
     method: ``"kmeans"``, ``"k-means++"``, ``"random"`` or
       ``"random_from_data"``.
-    reg_covar: regulariser added to covariance diagonals.
+    reg_covar: regulariser added to covariance diagonals (low-rank: the
+      noise's floor).
     sample_weight: optional ``(N,)`` non-negative weights.
+    rank: the number of factors ``q`` (static), ``1 <= q < n_features``;
+      only for ``"lowrank"``.
     observed: optional ``(N, D)`` boolean mask of observed entries: the
       missing ones (values ignored) are set to their feature's observed
       mean before initialising (EM then treats them as missing).
@@ -318,18 +331,39 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
         missing.fill(X, missing.as_observed(observed, X)), observed,
         checks.as_sample_weight(sample_weight, X.shape[0], X.dtype))
   return _checked_init(key, X, n_components, covariance_type, method,
-                       reg_covar, sample_weight, first_of_split=False)
+                       reg_covar, sample_weight, first_of_split=False,
+                       rank=rank)
 
 
 def init_first_of_split(key, X, n_components: int, *, covariance_type: str,
-                        method: str, reg_covar, sample_weight) -> GMMParams:
+                        method: str, reg_covar, sample_weight,
+                        rank: int | None = None) -> GMMParams:
   """``init_params(jax.random.split(key, 1)[0], ...)``, the split compiled in.
 
   Restart 0 of one: an eager split would compile two more programs (about
   0.2 s of a first fit).
   """
   return _checked_init(key, X, n_components, covariance_type, method,
-                       reg_covar, sample_weight, first_of_split=True)
+                       reg_covar, sample_weight, first_of_split=True,
+                       rank=rank)
+
+
+def check_rank(rank, covariance_type: str, n_features: int):
+  """``rank`` checked against the type and the data: ``None`` unless
+  ``covariance_type="lowrank"``, where ``1 <= rank < n_features``."""
+  if covariance_type != "lowrank":
+    if rank is not None:
+      raise ValueError(f"rank={rank!r} is only for covariance_type="
+                       f"'lowrank', not {covariance_type!r}.")
+    return None
+  if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)):
+    raise ValueError("covariance_type='lowrank' needs rank=q, an int with "
+                     f"1 <= q < n_features, got {rank!r}.")
+  if not 1 <= rank < n_features:
+    raise ValueError(f"rank should satisfy 1 <= rank < n_features = "
+                     f"{n_features}, got {rank}; use covariance_type='full' "
+                     "for a full-rank covariance.")
+  return int(rank)
 
 
 def check_init_args(X, n_components, covariance_type, method):
@@ -350,12 +384,13 @@ def check_init_args(X, n_components, covariance_type, method):
 
 
 def _checked_init(key, X, n_components, covariance_type, method, reg_covar,
-                  sample_weight, first_of_split):
+                  sample_weight, first_of_split, rank=None):
   X = check_init_args(X, n_components, covariance_type, method)
+  rank = check_rank(rank, covariance_type, X.shape[1])
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   args = (key, X, w, jnp.asarray(reg_covar, X.dtype))
   n, d = X.shape
   program = compiling.pick(_init_programs, n, n_components, d)
   return program(*args, n_components=n_components,
                  covariance_type=covariance_type, method=method,
-                 first_of_split=first_of_split)
+                 first_of_split=first_of_split, rank=rank)

@@ -12,11 +12,14 @@ digits.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax.numpy as jnp
 from jax import lax
 
 from gmmjax._src import chunks
 from gmmjax._src import covariance as cov_lib
+from gmmjax._src import matmul as mm
 from gmmjax._src.kernels import fast_form_tol
 from gmmjax._src.reductions import UNROLLED_MAX_ORDER, any_in_batch
 
@@ -105,3 +108,30 @@ def guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
   return lax.cond(any_in_batch(bad), exact, lambda: (sx, sxx))
 
 
+class RespMoments(NamedTuple):
+  nk: object  # (K,) floored masses
+  center: object  # (D,) weighted data mean
+  diff: object  # (K, D) new means minus ``center``
+  sxx: object  # the type's scatter around each new mean
+  xc: object  # (N, D) data minus ``center``
+  rw: object  # (N, K) responsibilities times sample weights
+
+
+def resp_moments(X, resp, sample_weight, covariance_type) -> RespMoments:
+  """Masses, centre, new means and scatter of responsibilities ``(N, K)``
+  around each component's own new mean: the two-pass M-step of the
+  initialisations (hard responsibilities, where one-pass shifted moments
+  would cancel).
+
+  Returns:
+    A :class:`RespMoments` (``sxx`` by :func:`chunked_component_moments`).
+  """
+  dtype = X.dtype
+  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
+  rw = resp * w[:, None]
+  nk = jnp.sum(rw, axis=0) + 10 * jnp.finfo(dtype).eps
+  center = mm.matmul(w, X) / jnp.sum(w)
+  xc = X - center[None, :]
+  diff = mm.matmul(rw.T, xc) / nk[:, None]
+  _, sxx = chunked_component_moments(xc, rw, diff, covariance_type)
+  return RespMoments(nk, center, diff, sxx, xc, rw)

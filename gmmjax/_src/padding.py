@@ -100,6 +100,8 @@ def component_slots(n_components: int, n_rows: int, n_features: int,
   None also with ``reg_covar=0``: an empty slot's covariance would be 0
   before it is masked, and its Cholesky jitter would be reported.
   """
+  if covariance_type == "lowrank":  # fitted in exactly its components
+    return None
   slots = max(SLOTS_MIN, 1 << (int(n_components) - 1).bit_length())
   per_slot = n_features * (n_features if covariance_type in ("full", "tied")
                            else 1)

@@ -10,9 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmmjax._src import cov_lowrank
 from gmmjax._src import covariance as cov_ops
 
 COVARIANCE_TYPES = cov_ops.COVARIANCE_TYPES
+ALL_TYPES = cov_ops.ALL_TYPES
 
 
 @functools.partial(
@@ -28,9 +30,13 @@ class GMMParams:
     weights              (K,)        mixture weights, summing to 1
     means                (K, D)      component means
     covariances          full (K, D, D) | tied (D, D) | diag (K, D) | spherical (K,)
+                         | lowrank (K, D, q + 1): loadings W and noise psi
+                         packed [W | psi], Sigma = W W^T + diag(psi)
     precisions_cholesky  same shape as ``covariances``: a factor ``P`` with
                          ``P @ P.T == inv(covariance)`` (full/tied), or
-                         ``1 / sqrt(variance)`` (diag/spherical)
+                         ``1 / sqrt(variance)`` (diag/spherical); lowrank:
+                         the packed Woodbury factors (K, D + 2q, q + 1)
+                         (``cov_lowrank.py``)
 
   ``covariance_type`` is auxiliary data, not a leaf, so ``jit`` treats it as
   static and a batch of parameters (one leading axis on every leaf, as made by
@@ -51,6 +57,31 @@ class GMMParams:
     """Returns a copy with the given fields replaced."""
     return dataclasses.replace(self, **kwargs)
 
+  def recompute_factors(self) -> GMMParams:
+    """The same parameters with ``precisions_cholesky`` derived from
+    ``covariances`` again.
+
+    The factors are a second representation of the covariances, so
+    arithmetic on the leaves (``jax.tree.map`` averaging or interpolating
+    two parameter sets) leaves them inconsistent; the functional entry
+    points refuse such parameters with a ``ValueError`` (outside ``jit``)
+    and this method makes them canonical again.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, gmmjax as gx
+      >>> a = gx.make_params(jnp.ones(1), jnp.zeros((1, 1)), jnp.ones((1, 1)),
+      ...                    covariance_type="diag")
+      >>> b = a.replace(covariances=4 * a.covariances,
+      ...               precisions_cholesky=a.precisions_cholesky / 2)
+      >>> mid = jax.tree.map(lambda u, v: (u + v) / 2, a, b)
+      >>> mid.precisions_cholesky.tolist()  # not 1 / sqrt(2.5)
+      [[0.75]]
+      >>> mid.recompute_factors().precisions_cholesky.tolist()
+      [[0.6324555...]]
+    """
+    return make_params(self.weights, self.means, self.covariances,
+                       covariance_type=self.covariance_type, dtype=self.dtype)
+
   @property
   def n_components(self) -> int:
     return self.means.shape[-2]
@@ -62,6 +93,39 @@ class GMMParams:
   @property
   def dtype(self):
     return self.means.dtype
+
+  @property
+  def rank(self) -> int | None:
+    """The number of factors ``q`` of ``"lowrank"`` params, else ``None``."""
+    if self.covariance_type != cov_lowrank.NAME:
+      return None
+    return cov_lowrank.rank_of(self.covariances)
+
+  @property
+  def loadings(self):
+    """``"lowrank"``: the loadings ``W`` ``(K, D, q)``."""
+    self._need_lowrank("loadings")
+    return cov_lowrank.loadings(self.covariances)
+
+  @property
+  def noise(self):
+    """``"lowrank"``: the diagonal noise ``psi`` ``(K, D)``."""
+    self._need_lowrank("noise")
+    return cov_lowrank.noise(self.covariances)
+
+  @property
+  def dense_covariances(self):
+    """Covariances in scikit-learn's shapes; ``"lowrank"``: the dense
+    ``W W^T + diag(psi)`` ``(K, D, D)``, computed here (the fit never forms
+    it)."""
+    if self.covariance_type != cov_lowrank.NAME:
+      return self.covariances
+    return cov_lowrank.dense_covariances(self.covariances)
+
+  def _need_lowrank(self, what: str) -> None:
+    if self.covariance_type != cov_lowrank.NAME:
+      raise AttributeError(f"{what} are those of covariance_type='lowrank' "
+                           f"params, not {self.covariance_type!r}.")
 
   @property
   def precisions(self):
@@ -87,11 +151,23 @@ class GMMParams:
     return "\n".join(line.rstrip() for line in text.split("\n"))
 
 
+def _given_rank(covariance_type: str, given, n_features: int):
+  """The low-rank ``q`` of given packed covariances (else ``None``)."""
+  if covariance_type != cov_lowrank.NAME:
+    return None
+  if given.ndim != 3 or not 1 <= given.shape[-1] - 1 < n_features:
+    raise ValueError(
+        "covariances for covariance_type='lowrank' are (loadings, noise) of "
+        "shapes (K, D, q) and (K, D), or packed [W | psi] of shape (K, D, "
+        f"q + 1) with 1 <= q < D = {n_features}; got shape {given.shape}.")
+  return given.shape[-1] - 1
+
+
 def check_covariance_type(covariance_type: str) -> None:
-  if covariance_type not in COVARIANCE_TYPES:
+  if covariance_type not in ALL_TYPES:
     raise ValueError(
         f"Invalid value for 'covariance_type': {covariance_type!r}. "
-        f"'covariance_type' should be in {list(COVARIANCE_TYPES)}.")
+        f"'covariance_type' should be in {list(ALL_TYPES)}.")
 
 
 def make_params(weights, means, covariances=None, *,
@@ -105,10 +181,11 @@ def make_params(weights, means, covariances=None, *,
   Args:
     weights: ``(K,)`` mixture weights.
     means: ``(K, D)`` component means.
-    covariances: full ``(K, D, D)``, tied ``(D, D)``, diag ``(K, D)`` or
-      spherical ``(K,)``.
+    covariances: full ``(K, D, D)``, tied ``(D, D)``, diag ``(K, D)``,
+      spherical ``(K,)``; lowrank the pair ``(loadings (K, D, q), noise (K,
+      D))`` or both packed ``[W | psi]`` ``(K, D, q + 1)``.
     covariance_type: one of ``"full"``, ``"tied"``, ``"diag"``,
-      ``"spherical"``.
+      ``"spherical"``, ``"lowrank"``.
     precisions: alternative to ``covariances``, same shapes.
     dtype: floating dtype of the leaves; defaults to that of ``means`` (or
       JAX's default float for integer input).
@@ -140,9 +217,14 @@ def make_params(weights, means, covariances=None, *,
   if weights.shape != (n_components,):
     raise ValueError(f"`weights` should have shape ({n_components},), got "
                      f"{weights.shape}.")
+  if covariance_type == cov_lowrank.NAME and isinstance(covariances, tuple):
+    covariances = cov_lowrank.pack(*(jnp.asarray(a, dtype)
+                                     for a in covariances))
   given = covariances if precisions is None else precisions
   given = jnp.asarray(given, dtype)
-  expected = cov_ops.covariance_shape(covariance_type, n_components, n_features)
+  rank = _given_rank(covariance_type, given, n_features)
+  expected = cov_ops.covariance_shape(covariance_type, n_components,
+                                      n_features, rank)
   if given.shape != expected:
     name = "covariances" if precisions is None else "precisions"
     raise ValueError(f"`{name}` for covariance_type={covariance_type!r} should "

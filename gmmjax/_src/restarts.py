@@ -53,15 +53,15 @@ def take(tree, index):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "n_components", "n_init", "covariance_type", "method"))
+    "n_components", "n_init", "covariance_type", "method", "rank"))
 def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
-                covariance_type, method):
+                covariance_type, method, rank=None):
   keys = jax.random.split(key, n_init)
 
   def one(k):
     return init_lib.init_params(
         k, X, n_components, covariance_type=covariance_type, method=method,
-        reg_covar=reg_covar, sample_weight=sample_weight)
+        reg_covar=reg_covar, sample_weight=sample_weight, rank=rank)
 
   # Each restart's initialisation holds (N, K) responsibilities and k-means
   # distances: restarts run in blocks (batching.map_members), one at a time
@@ -82,16 +82,17 @@ def _check_n_init(n_init) -> None:
 
 
 def _init_one(key, X, n_components, covariance_type, method, reg_covar,
-              sample_weight) -> GMMParams:
+              sample_weight, rank=None) -> GMMParams:
   """Restart 0 of ``n_init=1``: the first key of ``split(key, 1)``."""
   return init_lib.init_first_of_split(
       key, X, n_components, covariance_type=covariance_type, method=method,
-      reg_covar=reg_covar, sample_weight=sample_weight)
+      reg_covar=reg_covar, sample_weight=sample_weight, rank=rank)
 
 
 def init_restarts(key, X, n_components: int, *, n_init: int = 1,
                   covariance_type: str = "full", method: str = "k-means++",
-                  reg_covar=1e-6, sample_weight=None) -> GMMParams:
+                  reg_covar=1e-6, sample_weight=None,
+                  rank: int | None = None) -> GMMParams:
   """``n_init`` initial params (a leading batch axis) from ``split(key)``.
 
   Restart ``i`` is ``init_params(jax.random.split(key, n_init)[i], ...)``.
@@ -102,18 +103,21 @@ def init_restarts(key, X, n_components: int, *, n_init: int = 1,
   _check_n_init(n_init)
   if n_init == 1:
     return _add_axis(_init_one(key, X, n_components, covariance_type, method,
-                               reg_covar, sample_weight))
+                               reg_covar, sample_weight, rank))
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   return _init_batch(key, X, w, jnp.asarray(reg_covar, X.dtype),
                      n_components=n_components, n_init=n_init,
-                     covariance_type=covariance_type, method=method)
+                     covariance_type=covariance_type, method=method,
+                     rank=init_lib.check_rank(rank, covariance_type,
+                                              X.shape[1]))
 
 
 def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                  covariance_type: str = "full", method: str = "k-means++",
                  max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                  sample_weight=None,
-                 callback: Callable | None = None
+                 callback: Callable | None = None,
+                 rank: int | None = None
                  ) -> tuple[FitResult, FitResult]:
   """``n_init`` initialisations and EM fits, as one compiled program.
 
@@ -128,7 +132,7 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
     X: ``(N, D)`` samples.
     n_components: number of components.
     n_init: number of restarts (static).
-    covariance_type, method, reg_covar, sample_weight: as in
+    covariance_type, method, reg_covar, sample_weight, rank: as in
       :func:`init_params`.
     max_iter, tol, callback: as in :func:`fit`.
 
@@ -150,7 +154,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
   results = restart_results(key, X, n_components, n_init=n_init,
                             covariance_type=covariance_type, method=method,
                             max_iter=max_iter, tol=tol, reg_covar=reg_covar,
-                            sample_weight=sample_weight, callback=callback)
+                            sample_weight=sample_weight, callback=callback,
+                            rank=rank)
   if n_init == 1:
     return results, _add_axis(results)
   return best_restart(results), results
@@ -158,7 +163,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
                   n_active, observed=None, *, n_components, n_init,
-                  covariance_type, method, history_len, callback, slots=None):
+                  covariance_type, method, history_len, callback, rank=None,
+                  slots=None):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
@@ -177,7 +183,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
     if mask is None:
       return init_lib.init_traced(k, X, sample_weight, reg_covar,
                                   n_components, covariance_type, method,
-                                  first_of_split)
+                                  first_of_split, rank)
     if first_of_split:
       k = jax.random.split(k, 1)[0]
     return init_lib.init_masked(k, X, sample_weight, reg_covar, n_components,
@@ -189,6 +195,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
     # Weights, means and precisions all given replace the whole draw: skip
     # it (k-means on the data can cost as much as the fit), as a branch on
     # a traced flag, so that the program stays the one of every *_init.
+    if "precisions" not in overrides:  # low rank: no precisions_init
+      return _with_given(drawn(k, first_of_split), overrides)
     return jax.lax.cond(
         _all_given(overrides),
         lambda: _only_given(overrides, covariance_type),
@@ -215,7 +223,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
 _init_and_fit_programs = compiling.jit_by_size(
     _init_and_fit, static_argnames=("n_components", "n_init",
                                     "covariance_type", "method",
-                                    "history_len", "callback", "slots"))
+                                    "history_len", "callback", "rank",
+                                    "slots"))
 
 
 def restart_results(key, X, n_components: int, *, n_init: int,
@@ -223,6 +232,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                     reg_covar, sample_weight, callback,
                     overrides: dict | None = None,
                     n_active: int | None = None,
+                    rank: int | None = None,
                     observed=None) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
@@ -240,6 +250,10 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   X = init_lib.check_init_args(X, n_components, covariance_type, method)
   _check_n_init(n_init)
   max_iter = check_max_iter(max_iter)
+  rank = init_lib.check_rank(rank, covariance_type, X.shape[1])
+  if rank is not None and n_active is not None:
+    raise ValueError("covariance_type='lowrank' is not supported in "
+                     "component-count selection; compare bic over fits.")
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   n, d = X.shape
   if observed is not None:
@@ -256,7 +270,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback,
-                 slots=missing.max_missing(observed))
+                 rank=rank, slots=missing.max_missing(observed))
 
 
 def _host_scalar(value, dtype):
@@ -273,11 +287,11 @@ def _given_values(overrides, k, d, covariance_type, dtype):
   if overrides is None:
     return {}
   eye = np.eye(d)
-  placeholder = dict(
-      weights=np.full(k, 1.0 / k), means=np.zeros((k, d)),
-      precisions={"full": np.broadcast_to(eye, (k, d, d)), "tied": eye,
-                  "diag": np.ones((k, d)),
-                  "spherical": np.ones(k)}[covariance_type])
+  placeholder = dict(weights=np.full(k, 1.0 / k), means=np.zeros((k, d)))
+  if covariance_type != "lowrank":  # no precisions_init for low rank
+    placeholder["precisions"] = {
+        "full": np.broadcast_to(eye, (k, d, d)), "tied": eye,
+        "diag": np.ones((k, d)), "spherical": np.ones(k)}[covariance_type]
   return {name: (jax.device_put(np.asarray(
       placeholder[name] if overrides.get(name) is None
       else overrides[name], dtype)), np.bool_(overrides.get(name) is not None))
@@ -303,6 +317,10 @@ def _with_given(params: GMMParams, given) -> GMMParams:
   pick = {name: value for name, (value, _) in given.items()}
   new = params_with_overrides(params, **pick)
   use = {name: flag for name, (_, flag) in given.items()}
+  if "precisions" not in use:
+    return params.replace(
+        weights=jnp.where(use["weights"], new.weights, params.weights),
+        means=jnp.where(use["means"], new.means, params.means))
   return params.replace(
       weights=jnp.where(use["weights"], new.weights, params.weights),
       means=jnp.where(use["means"], new.means, params.means),

@@ -87,6 +87,10 @@ def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
     smallest = jnp.min(jnp.linalg.eigvalsh(cov), axis=-1)
   elif ctype == "diag":
     smallest = jnp.min(cov, axis=-1)
+  elif ctype == "lowrank":
+    # The smallest eigenvalue of W W^T + diag(psi) is at least min(psi),
+    # and with q < D at most max(psi): the noise says whether it collapsed.
+    smallest = jnp.min(cov[..., -1], axis=-1)
   else:
     smallest = cov
   smallest = jnp.broadcast_to(smallest, params.weights.shape)

@@ -11,6 +11,7 @@ def sample_noise(key, prec_chol, covariances, labels, covariance_type,
                  n_features: int, dtype):
   """Zero-mean Gaussian draws ``(n, D)``, row ``i`` with the covariance of
   component ``labels[i]``."""
-  z = jax.random.normal(key, (labels.shape[0], n_features), dtype)
-  return cov_lib.get(covariance_type).sample_noise(z, prec_chol, covariances,
-                                                   labels)
+  ct = cov_lib.get(covariance_type)
+  width = ct.noise_width(n_features, covariances)
+  z = jax.random.normal(key, (labels.shape[0], width), dtype)
+  return ct.sample_noise(z, prec_chol, covariances, labels)

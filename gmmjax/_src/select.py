@@ -150,6 +150,10 @@ def _check_options(X, sample_weight, k_range, criterion, covariance_type,
     raise ValueError(f"criterion should be one of {list(CRITERIA)}, got "
                      f"{criterion!r}.")
   check_covariance_type(covariance_type)
+  if covariance_type == "lowrank":
+    raise ValueError("select_n_components does not fit covariance_type="
+                     "'lowrank'; compare GaussianMixture(k, covariance_type="
+                     "'lowrank', rank=q).fit(X).bic(X) over k and q instead.")
   if method not in init_lib.INIT_METHODS:
     raise ValueError(f"method should be one of "
                      f"{list(init_lib.INIT_METHODS)}, got {method!r}.")

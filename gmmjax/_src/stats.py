@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import chunks, kernels, missing, moments
+from gmmjax._src import chunks, kernels, missing, moments, moments_lowrank
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
@@ -106,8 +106,11 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
   wlp = (-0.5 * (d * math.log(2 * math.pi) + maha) + log_det
          + jnp.log(params.weights)[None, :])
   rw, count, ll = _weighted_resp(wlp, wb, temperature)
-  if per_component and chunks.use_direct(xb.shape[0], *shift.shape,
-                                         chunking):
+  if ct.moments_need_factors:
+    sx, sxx = moments_lowrank.block_moments(xb, rw, shift, centre, params,
+                                            chunking)
+  elif per_component and chunks.use_direct(xb.shape[0], *shift.shape,
+                                           chunking):
     sx, sxx = moments.component_moments(xb, rw, shift, ct)
   else:
     sx, sxx = ct.centred_moments(xb - centre, rw)
@@ -287,11 +290,10 @@ def params_and_jitter_from_stats(stats: SuffStats, shift,
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   weights = nk / jnp.sum(nk)
-  diff = stats.sx / nk[:, None]
+  ct = cov_lib.get(covariance_type)
+  diff, covariances = ct.m_step(nk, stats.sx, stats.sxx, reg_covar)
   shift = jnp.asarray(shift, dtype)
   means = (shift if shift.ndim == 2 else shift[None, :]) + diff
-  ct = cov_lib.get(covariance_type)
-  covariances = ct.estimate(nk, diff, stats.sxx, reg_covar)
   covariances, prec_chol, jitter = ct.precision_cholesky_jittered(covariances)
   return (GMMParams(weights, means, covariances, prec_chol, covariance_type),
           jitter)

@@ -1,0 +1,341 @@
+"""Fitting Bayesian mixtures: :func:`fit_bayes` (the driver of engine.py
+with :class:`~gmmjax._src.variational.VariationalStep`), differentiable at
+the fixed point, and :func:`fit_bayes_restarts` (initialisations and fits
+of ``n_init`` restarts as one vmapped program)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from gmmjax._src import batching, checks, compiling, engine
+from gmmjax._src import bayes_params as bp
+from gmmjax._src import covariance as cov_lib
+from gmmjax._src import implicit as implicit_lib
+from gmmjax._src import init as init_lib
+from gmmjax._src import matmul as mm
+from gmmjax._src import variational as vb
+from gmmjax._src.fit import DIFFERENTIATION_MODES
+from gmmjax._src.restarts import best_restart
+from gmmjax._src.results import FitResult, history_length
+
+
+def _fit_impl(X, post, sample_weight, tol, reg_covar, prev, prior, max_iter,
+              history_len: int, callback: Callable | None):
+  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior)
+  result, _ = engine.run(vb.VariationalStep(), post, problem, prev_ll=prev,
+                         max_iter=max_iter, history_len=history_len,
+                         callback=callback)
+  return result
+
+
+_fit_programs = compiling.jit_by_size(
+    _fit_impl, static_argnames=("history_len", "callback"))
+
+
+def _fit(X, post, *args, **kwargs):
+  k, d = post.means.shape[-2:]
+  program = compiling.pick(_fit_programs, X.shape[-2], k, d)
+  return program(X, post, *args, **kwargs)
+
+
+class _Static(NamedTuple):
+  history_len: int
+  callback: Callable | None
+  solver: implicit_lib.ImplicitSolver
+
+
+class _Theta(NamedTuple):
+  """The posterior's coordinates at the fixed point (factors derived)."""
+  weight_concentration: jax.Array
+  mean_precision: jax.Array
+  means: jax.Array
+  degrees_of_freedom: jax.Array
+  covariances: jax.Array
+
+
+def _post_from_theta(theta: _Theta, like: bp.BayesParams) -> bp.BayesParams:
+  pc = cov_lib.precision_cholesky_given(
+      theta.covariances, like.precisions_cholesky, like.covariance_type)
+  return bp.BayesParams(*theta, pc, like.covariance_type,
+                        like.weight_concentration_prior_type)
+
+
+def _theta(post: bp.BayesParams) -> _Theta:
+  return _Theta(post.weight_concentration, post.mean_precision, post.means,
+                post.degrees_of_freedom, post.covariances)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _fit_implicit(static: _Static, X, post, sample_weight, tol, reg_covar,
+                  prev, prior, max_iter):
+  return _fit(X, post, sample_weight, tol, reg_covar, prev, prior, max_iter,
+              history_len=static.history_len, callback=static.callback)
+
+
+@_fit_implicit.defjvp
+def _fit_implicit_jvp(static: _Static, primals, tangents):
+  X, _, sample_weight, _, reg_covar, _, prior, _ = primals
+  dX, _, dw, _, dreg, _, dprior, _ = tangents
+  out = _fit_implicit(static, *primals)
+  fixed = out.params
+  inputs, d_inputs = (X, sample_weight, reg_covar, prior), (dX, dw, dreg,
+                                                            dprior)
+
+  def step(theta, inp):
+    x, w, reg, pri = inp
+    post = _post_from_theta(theta, fixed)
+    _, stats = vb.variational_stats(post, x, w)
+    new, _ = bp.posterior_and_jitter_from_stats(
+        stats, lax.stop_gradient(post.means), pri,
+        covariance_type=post.covariance_type,
+        prior_type=post.weight_concentration_prior_type, reg_covar=reg)
+    return _theta(new)
+
+  d_theta = implicit_lib.fixed_point_jvp(step, _theta(fixed), inputs,
+                                         d_inputs, solver=static.solver)
+
+  def outputs(th, inp):
+    x, w, _, _ = inp
+    post = _post_from_theta(th, fixed)
+    return post, vb.lower_bound_of(post, x, w)
+
+  _, (d_post, d_bound) = jax.jvp(outputs, (_theta(fixed), inputs),
+                                 (d_theta, d_inputs))
+  zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+  d_out = FitResult(
+      params=d_post, log_likelihood=d_bound.astype(out.log_likelihood.dtype),
+      n_iter=zero(out.n_iter), converged=zero(out.converged),
+      history=jnp.zeros_like(out.history), failed=zero(out.failed),
+      jitter=jnp.zeros_like(out.jitter),
+      n_degenerate=zero(out.n_degenerate))
+  return out, d_out
+
+
+def _as_posterior(post: bp.BayesParams, X) -> bp.BayesParams:
+  if not isinstance(post, bp.BayesParams):
+    raise TypeError(f"posterior should be a BayesParams, got {type(post)}.")
+  if post.means.ndim != 2:
+    raise ValueError(f"posterior.means should have shape (n_components, "
+                     f"n_features), got {post.means.shape}; for a batch of "
+                     f"posteriors use jax.vmap.")
+  if post.means.shape[1] != X.shape[1]:
+    raise ValueError(f"X has {X.shape[1]} features, but the posterior has "
+                     f"{post.means.shape[1]}.")
+  bp.check_prior_type(post.weight_concentration_prior_type)
+  return jax.tree.map(lambda a: jnp.asarray(a, X.dtype), post)
+
+
+def _as_prior(prior: bp.BayesPrior, dtype) -> bp.BayesPrior:
+  if not isinstance(prior, bp.BayesPrior):
+    raise TypeError(f"prior should be a BayesPrior (gx.make_bayes_prior), "
+                    f"got {type(prior)}.")
+  return bp.BayesPrior(*(jnp.asarray(a, dtype) for a in prior))
+
+
+def fit_bayes(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
+              sample_weight=None, max_iter: int = 100, tol=1e-3,
+              reg_covar=1e-6, prev_lower_bound=-jnp.inf,
+              callback: Callable | None = None,
+              differentiation: str = "implicit",
+              solver: implicit_lib.ImplicitSolver | None = None
+              ) -> FitResult:
+  """Fits a Bayesian Gaussian mixture by variational EM from a posterior.
+
+  scikit-learn's ``BayesianGaussianMixture`` iteration on the spine: the
+  variational E-step (:func:`variational_mixture`'s E-step) and M-step
+  (posterior hyper-parameters from the statistics), one compiled
+  ``lax.while_loop`` until the lower bound changes by less than ``tol``
+  (not divided by the sample count, as in scikit-learn) or ``max_iter``.
+  Works under ``jit`` and ``vmap``; ``jax.grad``/``jax.jvp`` with respect to
+  ``X``, ``sample_weight``, ``reg_covar`` and ``prior`` by implicit
+  differentiation at the converged fixed point (``differentiation``:
+  ``"implicit"`` or ``"none"``).
+
+  Args:
+    X: ``(N, D)`` samples.
+    posterior: the initial :class:`BayesParams` (e.g.
+      :func:`posterior_from_resp`, or a previous fit's).
+    prior: a :class:`BayesPrior` (:func:`make_bayes_prior`).
+    sample_weight: optional ``(N,)`` non-negative weights (weighted counts
+      and sums; zero rows change nothing).
+    max_iter, tol, reg_covar, callback: as in :func:`gmmjax.fit`.
+    prev_lower_bound: the bound the first change is measured from.
+    differentiation: ``"implicit"`` or ``"none"``.
+    solver: :class:`ImplicitSolver` settings.
+
+  Returns:
+    A :class:`FitResult` whose ``params`` is the :class:`BayesParams`
+    posterior, ``history`` the lower bounds (``lower_bound`` is
+    scikit-learn's ``lower_bound_``) and ``log_likelihood`` the lower
+    bound of the returned posterior with its own responsibilities.
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (200, 2))
+    >>> prior = gx.make_bayes_prior(X, 3, covariance_type="diag")
+    >>> resp = jax.nn.softmax(jax.random.normal(jax.random.key(1), (200, 3)))
+    >>> post0 = gx.posterior_from_resp(X, resp, prior,
+    ...                                covariance_type="diag")
+    >>> result = gx.fit_bayes(X, post0, prior)
+    >>> result.params.weight_concentration.shape
+    (2, 3)
+  """
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
+  X = checks.as_data(X)
+  post = _as_posterior(posterior, X)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  prior = _as_prior(prior, X.dtype)
+  max_iter = engine.check_max_iter(max_iter)
+  if differentiation not in ("implicit", "none"):
+    raise ValueError(f"differentiation should be 'implicit' or 'none' for "
+                     f"fit_bayes, got {differentiation!r} (modes of "
+                     f"gx.fit: {list(DIFFERENTIATION_MODES)}).")
+  return fit_bayes_checked(X, post, w, tol, reg_covar, prev_lower_bound,
+                           prior, np.int32(max_iter),
+                           history_length(max_iter), callback=callback,
+                           differentiation=differentiation, solver=solver)
+
+
+def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
+                      history_len: int, *, callback=None,
+                      differentiation="implicit", solver=None) -> FitResult:
+  """:func:`fit_bayes` on checked arguments (``max_iter`` may be traced)."""
+  tol = jnp.asarray(tol, X.dtype)
+  reg_covar = jnp.asarray(reg_covar, X.dtype)
+  prev = jnp.asarray(prev, X.dtype)
+  args = (X, post, w, tol, reg_covar, prev, prior, max_iter)
+  if differentiation == "implicit" and any(
+      isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
+    static = _Static(history_len, callback,
+                     implicit_lib.ImplicitSolver() if solver is None
+                     else solver)
+    return _fit_implicit(static, *args)
+  if differentiation == "none":
+    args = lax.stop_gradient(args[:7]) + (max_iter,)
+  return _fit(*args, history_len=history_len, callback=callback)
+
+
+def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
+                    covariance_type, prior_type, method):
+  """One restart's initial posterior: scikit-learn's initial
+  responsibilities (``init_params``), then the first M-step."""
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
+  resp = init_lib.initial_responsibilities(key, xc, n_components, method,
+                                           sample_weight)
+  return bp.posterior_and_jitter_from_resp(
+      X, resp, prior, sample_weight=sample_weight,
+      covariance_type=covariance_type, prior_type=prior_type,
+      reg_covar=reg_covar)[0]
+
+
+def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, prior, *,
+                  n_components, n_init, covariance_type, prior_type, method,
+                  history_len, callback):
+  """Initialisations and fits of every restart: one program (restart ``i``
+  draws with ``split(key, n_init)[i]``; one restart is unbatched)."""
+  keys = jax.random.split(key, n_init)
+
+  def init(k):
+    return _init_posterior(k, X, sample_weight, reg_covar, prior,
+                           n_components, covariance_type, prior_type, method)
+
+  def fit_one(post):
+    return _fit_impl(X, post, sample_weight, tol, reg_covar,
+                     jnp.asarray(-jnp.inf, X.dtype), prior, max_iter,
+                     history_len, callback)
+
+  if n_init == 1:
+    return fit_one(init(keys[0]))
+  posts = batching.map_members(
+      init, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
+  return jax.vmap(fit_one)(posts)
+
+
+_init_and_fit_programs = compiling.jit_by_size(
+    _init_and_fit, static_argnames=("n_components", "n_init",
+                                    "covariance_type", "prior_type",
+                                    "method", "history_len", "callback"))
+
+
+def bayes_restart_results(key, X, n_components: int, *, n_init: int,
+                          covariance_type: str, prior_type: str, method: str,
+                          max_iter: int, tol, reg_covar, sample_weight,
+                          prior: bp.BayesPrior, callback) -> FitResult:
+  """Every restart's result (batched; unbatched for one restart), on
+  checked arguments: initialisation and fit as one compiled program."""
+  program = compiling.pick(_init_and_fit_programs, X.shape[0], n_components,
+                           X.shape[1])
+  return program(key, X, sample_weight, jnp.asarray(tol, X.dtype),
+                 jnp.asarray(reg_covar, X.dtype), np.int32(max_iter), prior,
+                 n_components=n_components, n_init=n_init,
+                 covariance_type=covariance_type, prior_type=prior_type,
+                 method=method, history_len=history_length(max_iter),
+                 callback=callback)
+
+
+def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
+                       covariance_type: str = "full",
+                       weight_concentration_prior_type: str =
+                       "dirichlet_process", method: str = "kmeans",
+                       prior: bp.BayesPrior | None = None,
+                       max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
+                       sample_weight=None, callback: Callable | None = None):
+  """``n_init`` variational fits from different initialisations, vmapped.
+
+  Key first, as every drawing function. Returns ``(best, results)``: the
+  restart with the highest final lower bound and all of them (a leading
+  restart axis), as :func:`gmmjax.fit_restarts` does.
+
+  Args:
+    key: a ``jax.random.key`` or legacy ``PRNGKey``.
+    X: ``(N, D)`` samples.
+    n_components: ``K`` (the Dirichlet process prunes unneeded ones).
+    n_init: restarts, fitted together in one program.
+    covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
+    weight_concentration_prior_type: ``"dirichlet_process"`` or
+      ``"dirichlet_distribution"``.
+    method: scikit-learn's ``init_params`` names.
+    prior: a :class:`BayesPrior`; ``None`` for :func:`make_bayes_prior`'s
+      defaults.
+    max_iter, tol, reg_covar, sample_weight, callback: as in
+      :func:`fit_bayes`.
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (200, 2))
+    >>> best, results = gx.fit_bayes_restarts(
+    ...     jax.random.key(1), X, 3, n_init=2, covariance_type="diag",
+    ...     method="random_from_data")
+    >>> results.n_iter.shape, best.params.means.shape
+    ((2,), (3, 2))
+  """
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
+  init_lib.check_init_args(X, n_components, covariance_type, method)
+  bp.check_prior_type(weight_concentration_prior_type)
+  X = checks.as_data(X)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  if not isinstance(n_init, int) or isinstance(n_init, bool) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+  max_iter = engine.check_max_iter(max_iter)
+  prior = (bp.make_bayes_prior(X, n_components,
+                               covariance_type=covariance_type,
+                               sample_weight=w)
+           if prior is None else _as_prior(prior, X.dtype))
+  results = bayes_restart_results(
+      key, X, n_components, n_init=n_init, covariance_type=covariance_type,
+      prior_type=weight_concentration_prior_type, method=method,
+      max_iter=max_iter, tol=tol, reg_covar=reg_covar, sample_weight=w,
+      prior=prior, callback=callback)
+  if n_init == 1:
+    return results, jax.tree.map(lambda a: jnp.expand_dims(a, 0), results)
+  return best_restart(results), results

@@ -1,0 +1,393 @@
+"""Variational Bayesian mixtures: the posterior pytree, its prior, and the
+variational M-step from sufficient statistics.
+
+The model is scikit-learn's ``BayesianGaussianMixture`` (Bishop, PRML
+chapter 10; Blei & Jordan 2006 for the Dirichlet process): a Dirichlet
+(``"dirichlet_distribution"``) or stick-breaking (``"dirichlet_process"``)
+prior on the weights and a Normal-Wishart prior on each component. The
+variational posterior has the same form, and its parameters are
+:class:`BayesParams`.
+
+Variational EM is the spine's E-step/M-step pair on the same
+:class:`~gmmjax.SuffStats`:
+
+* the M-step (:func:`posterior_from_stats`) turns the per-component counts,
+  sums and shifted second moments into posterior hyper-parameters;
+* the E-step is an ordinary E-step on :func:`variational_mixture`, the
+  mixture whose log-weights are the expected log-weights plus the
+  expected log-determinant and mean-precision terms, and whose precisions
+  are the expected precisions. So the chunked, guarded and sharded E-step
+  of plain EM serves the variational fit unchanged.
+
+Formulas, names and shapes follow scikit-learn's ``_bayesian_mixture.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.scipy.special import digamma
+
+from gmmjax._src import checks, moments
+from gmmjax._src import covariance as cov_lib
+from gmmjax._src import matmul as mm
+from gmmjax._src.params import GMMParams
+from gmmjax._src.stats import SuffStats
+
+PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["weight_concentration", "mean_precision", "means",
+                 "degrees_of_freedom", "covariances", "precisions_cholesky"],
+    meta_fields=["covariance_type", "weight_concentration_prior_type"])
+@dataclasses.dataclass(frozen=True)
+class BayesParams:
+  """The variational posterior of a Bayesian Gaussian mixture (a pytree).
+
+  Array leaves (scikit-learn's fitted attributes of the same names)::
+
+    weight_concentration  dirichlet_process (2, K): the Beta parameters of
+                          the stick breaks; dirichlet_distribution (K,)
+    mean_precision        (K,)   beta_k
+    means                 (K, D) m_k
+    degrees_of_freedom    (K,)   nu_k (tied: ())
+    covariances           the Wishart scale as a covariance, W_k^-1 / nu_k,
+                          in scikit-learn's shapes per type
+    precisions_cholesky   its precision factor (``GMMParams``' convention)
+
+  ``covariance_type`` and ``weight_concentration_prior_type`` are static.
+  """
+
+  weight_concentration: Any
+  mean_precision: Any
+  means: Any
+  degrees_of_freedom: Any
+  covariances: Any
+  precisions_cholesky: Any
+  covariance_type: str = "full"
+  weight_concentration_prior_type: str = "dirichlet_process"
+
+  def replace(self, **kwargs) -> BayesParams:
+    return dataclasses.replace(self, **kwargs)
+
+  @property
+  def n_components(self) -> int:
+    return self.means.shape[-2]
+
+  @property
+  def n_features(self) -> int:
+    return self.means.shape[-1]
+
+  @property
+  def weights(self):
+    """The posterior mean weights (scikit-learn's ``weights_``)."""
+    return expected_weights(self)
+
+  @property
+  def precisions(self):
+    return cov_lib.precisions_from_cholesky(self.precisions_cholesky,
+                                            self.covariance_type)
+
+
+class BayesPrior(NamedTuple):
+  """The prior's hyper-parameters (scikit-learn's ``*_prior_`` values)."""
+
+  weight_concentration_prior: jax.Array  # shape=(), gamma_0 or alpha_0
+  mean_precision_prior: jax.Array  # shape=(), beta_0 > 0
+  mean_prior: jax.Array  # shape=(D,), m_0
+  degrees_of_freedom_prior: jax.Array  # shape=(), nu_0 > D - 1
+  covariance_prior: jax.Array  # full/tied (D, D), diag (D,), spherical ()
+
+
+def check_prior_type(prior_type: str) -> None:
+  if prior_type not in PRIOR_TYPES:
+    raise ValueError(
+        f"Invalid value for 'weight_concentration_prior_type': "
+        f"{prior_type!r}; it should be in {list(PRIOR_TYPES)}.")
+
+
+def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
+                     sample_weight=None, weight_concentration_prior=None,
+                     mean_precision_prior=None, mean_prior=None,
+                     degrees_of_freedom_prior=None,
+                     covariance_prior=None) -> BayesPrior:
+  """scikit-learn's priors, each default computed from the data.
+
+  Defaults: ``weight_concentration_prior = 1 / K``, ``mean_precision_prior
+  = 1``, ``mean_prior`` the (weighted) data mean, ``degrees_of_freedom_prior
+  = D``, ``covariance_prior`` the (weighted, ``ddof=1``) data covariance in
+  the type's shape (diag its diagonal, spherical the mean variance).
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (100, 2))
+    >>> prior = gx.make_bayes_prior(X, 4, covariance_type="diag")
+    >>> prior.covariance_prior.shape, float(prior.weight_concentration_prior)
+    ((2,), 0.25)
+  """
+  X = checks.as_data(X)
+  dtype = X.dtype
+  d = X.shape[1]
+  ct = cov_lib.get(covariance_type)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], dtype)
+  mean, data_cov = _data_moments(X, w, covariance_type=covariance_type)
+
+  def pick(value, default, shape):
+    out = jnp.asarray(default if value is None else value, dtype)
+    if out.shape != shape:
+      raise ValueError(f"The prior should have shape {shape}, got "
+                       f"{out.shape}.")
+    return out
+
+  return BayesPrior(
+      weight_concentration_prior=pick(weight_concentration_prior,
+                                      1.0 / n_components, ()),
+      mean_precision_prior=pick(mean_precision_prior, 1.0, ()),
+      mean_prior=pick(mean_prior, mean, (d,)),
+      degrees_of_freedom_prior=pick(degrees_of_freedom_prior, float(d), ()),
+      covariance_prior=pick(covariance_prior, data_cov,
+                            ct.shape(1, d)[1:] if ct.name != "tied"
+                            else (d, d)))
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type",))
+def _data_moments(X, w, *, covariance_type: str):
+  """The (weighted) data mean and ``ddof=1`` covariance in the type's
+  shape: one small program, not a dispatch per operation."""
+  ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
+  total = jnp.sum(ww)
+  mean = mm.matmul(ww, X) / total
+  xc = X - mean
+  cov = mm.matmul((xc * ww[:, None]).T, xc) / (total - 1.0)
+  return mean, cov_lib.get(covariance_type).from_full(cov)
+
+
+# ---------------------------------------------------------------------------
+# Expectations under the posterior.
+
+
+def special_many(fn, *arrays):
+  """``[fn(a) for a in arrays]`` as one call of ``fn`` on their
+  concatenation: XLA expands ``digamma`` and ``lgamma`` into long
+  polynomial programs, one per call site, and compile time grows with
+  each."""
+  flat = jnp.concatenate([jnp.ravel(a) for a in arrays])
+  out = fn(flat)
+  sizes = [math.prod(jnp.shape(a)) for a in arrays]
+  pieces = jnp.split(out, list(itertools.accumulate(sizes))[:-1])
+  return [p.reshape(jnp.shape(a)) for p, a in zip(pieces, arrays)]
+
+
+def expected_log_weights(post: BayesParams, extra=None):
+  """``E[log pi_k]`` ``(K,)`` (scikit-learn's ``_estimate_log_weights``).
+
+  ``extra``: an optional array whose digamma is computed in the same call
+  (returned second)."""
+  wc = post.weight_concentration
+  more = () if extra is None else (extra,)
+  if post.weight_concentration_prior_type == "dirichlet_process":
+    a, b = wc[..., 0, :], wc[..., 1, :]
+    dig_a, dig_b, digamma_sum, *rest = special_many(digamma, a, b, a + b,
+                                                    *more)
+    log_1mv = dig_b - digamma_sum
+    out = dig_a - digamma_sum + _exclusive(jnp.cumsum, log_1mv, 0.0)
+  else:
+    dig, dig_sum, *rest = special_many(
+        digamma, wc, jnp.sum(wc, axis=-1, keepdims=True), *more)
+    out = dig - dig_sum
+  return out if extra is None else (out, rest[0])
+
+
+def _exclusive(scan, x, first):
+  """``[first, scan(x)[0], ..., scan(x)[-2]]`` along the last axis."""
+  head = jnp.full(x.shape[:-1] + (1,), first, x.dtype)
+  return jnp.concatenate([head, scan(x[..., :-1], axis=-1)], axis=-1)
+
+
+def expected_weights(post: BayesParams):
+  """The posterior mean weights (scikit-learn's ``weights_``); batched
+  posteriors (leading axes) too."""
+  wc = post.weight_concentration
+  if post.weight_concentration_prior_type == "dirichlet_process":
+    a, b = wc[..., 0, :], wc[..., 1, :]
+    w = a / (a + b) * _exclusive(jnp.cumprod, b / (a + b), 1.0)
+  else:
+    w = wc
+  return w / jnp.sum(w, axis=-1, keepdims=True)
+
+
+def _feature_offsets(dof, d: int):
+  """``0.5 * (nu - j)`` for ``j < D``: shape ``nu.shape + (D,)``."""
+  return 0.5 * (dof[..., None] - jnp.arange(d, dtype=dof.dtype))
+
+
+def variational_log_weights(post: BayesParams):
+  """``E[log pi_k] + 1/2 E[log det Lambda_k] - D / (2 beta_k)`` minus the
+  plug-in log-determinant's ``D/2 log nu_k`` (scikit-learn's
+  ``_estimate_log_prob`` terms besides the Gaussian): ``(K,)``."""
+  d = post.n_features
+  dtype = post.means.dtype
+  dof = post.degrees_of_freedom
+  log_weights, dig = expected_log_weights(post, _feature_offsets(dof, d))
+  log_lambda = d * math.log(2.0) + jnp.sum(dig, axis=-1)
+  extra = (0.5 * (log_lambda - d / post.mean_precision)
+           - 0.5 * d * jnp.log(dof))
+  return (log_weights + extra).astype(dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("normalise",))
+def variational_mixture(post: BayesParams, *, normalise: bool = True
+                        ) -> GMMParams:
+  """The mixture whose E-step is the variational E-step.
+
+  Its precisions are the expected precisions ``nu_k W_k`` (the inverse of
+  ``post.covariances``) and its (unnormalised) weights
+  ``exp(`` :func:`variational_log_weights` ``)``, so that
+  ``log w_k + log N(x | m_k, Sigma_k)`` is scikit-learn's
+  ``_estimate_weighted_log_prob``. With ``normalise`` the weights are
+  divided by the largest (responsibilities do not change; no underflow);
+  without, ``log_prob`` of the mixture is scikit-learn's ``score_samples``.
+  """
+  lw = variational_log_weights(post)
+  if normalise:
+    lw = lw - lax.stop_gradient(jnp.max(lw))
+  return GMMParams(jnp.exp(lw), post.means, post.covariances,
+                   post.precisions_cholesky, post.covariance_type)
+
+
+# ---------------------------------------------------------------------------
+# The variational M-step.
+
+
+def _weight_concentration(nk, prior0, prior_type: str):
+  if prior_type == "dirichlet_process":
+    after = jnp.concatenate([jnp.cumsum(nk[::-1])[-2::-1],
+                             jnp.zeros((1,), nk.dtype)])
+    return jnp.stack([1.0 + nk, prior0 + after])
+  return prior0 + nk
+
+
+def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
+                           covariance_type: str, prior_type: str):
+  """Posterior hyper-parameters from floored masses ``nk`` ``(K,)``,
+  component means ``xk`` ``(K, D)`` and covariances ``sk`` (``reg_covar``
+  included): scikit-learn's ``_estimate_weights``, ``_estimate_means`` and
+  ``_estimate_wishart_*``. Returns ``(BayesParams, jitter)``."""
+  ct = cov_lib.get(covariance_type)
+  beta0 = prior.mean_precision_prior
+  beta = beta0 + nk
+  means = (beta0 * prior.mean_prior[None, :] + nk[:, None] * xk) / beta[:, None]
+  dev = xk - prior.mean_prior[None, :]
+  dof, cov = ct.wishart_posterior(nk, sk, dev, nk * beta0 / beta,
+                                  prior.covariance_prior,
+                                  prior.degrees_of_freedom_prior)
+  cov, prec_chol, jitter = ct.precision_cholesky_jittered(cov)
+  wc = _weight_concentration(nk, prior.weight_concentration_prior, prior_type)
+  return BayesParams(wc, beta, means, dof, cov, prec_chol, covariance_type,
+                     prior_type), jitter
+
+
+def posterior_from_stats(stats: SuffStats, shift, prior: BayesPrior, *,
+                         covariance_type: str,
+                         prior_type: str = "dirichlet_process",
+                         reg_covar=1e-6) -> BayesParams:
+  """The variational M-step: posterior hyper-parameters from statistics.
+
+  scikit-learn's ``_m_step`` (``_estimate_weights``, ``_estimate_means``,
+  ``_estimate_wishart_*``) on the component masses, means and covariances
+  that the statistics give (computed around ``shift``, ``(D,)`` or
+  ``(K, D)``; masses floored by ``10 * eps``), so it works with every way of
+  summing statistics. A full/tied scale that is not positive definite up to
+  rounding gets the M-step's diagonal jitter.
+
+  Args:
+    stats: :class:`~gmmjax.SuffStats` (e.g. of the variational E-step).
+    shift: the statistics' centre(s).
+    prior: a :class:`BayesPrior`.
+    covariance_type: the type.
+    prior_type: ``"dirichlet_process"`` or ``"dirichlet_distribution"``.
+    reg_covar: added to the data covariances' diagonals, as scikit-learn
+      does.
+
+  Returns:
+    :class:`BayesParams`.
+  """
+  return posterior_and_jitter_from_stats(
+      stats, shift, prior, covariance_type=covariance_type,
+      prior_type=prior_type, reg_covar=reg_covar)[0]
+
+
+def posterior_and_jitter_from_stats(stats: SuffStats, shift,
+                                    prior: BayesPrior, *,
+                                    covariance_type: str, prior_type: str,
+                                    reg_covar):
+  """:func:`posterior_from_stats` and the largest jitter it added."""
+  dtype = stats.sx.dtype
+  nk = stats.nk + 10 * jnp.finfo(dtype).eps
+  diff = stats.sx / nk[:, None]
+  shift = jnp.asarray(shift, dtype)
+  xk = (shift if shift.ndim == 2 else shift[None, :]) + diff
+  sk = cov_lib.get(covariance_type).estimate(nk, diff, stats.sxx,
+                                             jnp.asarray(reg_covar, dtype))
+  return posterior_from_moments(nk, xk, sk, prior,
+                                covariance_type=covariance_type,
+                                prior_type=prior_type)
+
+
+def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
+                        covariance_type: str = "full",
+                        prior_type: str = "dirichlet_process",
+                        reg_covar=1e-6) -> BayesParams:
+  """The first variational M-step, from responsibilities (scikit-learn's
+  ``_initialize``): how a fit starts.
+
+  Each component's scatter is summed around its own mean (as
+  ``gmmjax.init_params`` does), exact for hard responsibilities.
+
+  Args:
+    X: ``(N, D)`` samples.
+    resp: ``(N, K)`` responsibilities (rows summing to 1).
+    prior: a :class:`BayesPrior`.
+    sample_weight: optional ``(N,)`` weights.
+    covariance_type, prior_type, reg_covar: as in
+      :func:`posterior_from_stats`.
+
+  Returns:
+    :class:`BayesParams`.
+  """
+  X = checks.as_data(X)
+  resp = jnp.asarray(resp, X.dtype)
+  if resp.ndim != 2 or resp.shape[0] != X.shape[0]:
+    raise ValueError(f"resp should have shape ({X.shape[0]}, n_components), "
+                     f"got {resp.shape}.")
+  check_prior_type(prior_type)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  prior = BayesPrior(*(jnp.asarray(a, X.dtype) for a in prior))
+  return posterior_and_jitter_from_resp(
+      X, resp, prior, sample_weight=w, covariance_type=covariance_type,
+      prior_type=prior_type, reg_covar=reg_covar)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("covariance_type",
+                                             "prior_type"))
+def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
+                                   sample_weight, covariance_type: str,
+                                   prior_type: str, reg_covar):
+  """:func:`posterior_from_resp` on checked arguments, and its jitter."""
+  dtype = X.dtype
+  nk, center, diff, sxx, _, _ = moments.resp_moments(
+      X, resp, sample_weight, covariance_type)
+  sk = cov_lib.get(covariance_type).estimate(
+      nk, jnp.zeros_like(diff), sxx, jnp.asarray(reg_covar, dtype))
+  return posterior_from_moments(nk, center[None, :] + diff, sk, prior,
+                                covariance_type=covariance_type,
+                                prior_type=prior_type)
