@@ -168,11 +168,12 @@ def _observed_of(X, observed):
 
 
 def _posterior(params: GMMParams, xb, ob, slots=None):
-  """Responsibilities given the observed entries, and the completed
-  samples and conditional covariance terms (``missing.completed``)."""
-  log_gauss, xhat, cond = missing.completed(params, xb, ob, slots)
+  """Responsibilities given the observed entries, the completed samples
+  and the conditional terms (``missing.observed_terms``)."""
+  m = xb.shape[1] if slots is None else slots
+  log_gauss, terms = missing.observed_terms(params, xb, ob, m)
   resp = jax.nn.softmax(log_gauss + jnp.log(params.weights)[None, :], axis=1)
-  return resp, xhat, cond
+  return resp, missing.completed(params, xb, ob, terms), terms
 
 
 def impute(params: GMMParams, X, *, observed=None):
@@ -208,7 +209,7 @@ def _impute(params: GMMParams, X, observed, slots):
     resp, xhat, _ = _posterior(params, xb, ob, slots)
     return jnp.where(ob, xb, mm.einsum("nk,nkd->nd", resp, xhat))
 
-  return missing.map_observed(fn, params, X, observed, slots=slots)
+  return missing.map_observed(fn, params, X, observed)
 
 
 def _draw_missing(params: GMMParams, xb, ob, ub, zb, slots=None):
@@ -272,4 +273,4 @@ def _impute_samples(key, params: GMMParams, X, observed, slots):
   n = X.shape[0]
   return chunks.map_chunks(
       functools.partial(_draw_missing, params, slots=slots), n,
-      missing.sub_chunk(params, n, X.dtype, slots=slots), X, observed, u, z)
+      missing.piece_size(params, n, X.dtype), X, observed, u, z)

@@ -156,13 +156,15 @@ def _m_step_observed(X, resp, w, observed, params, covariance_type,
   rw = resp if w is None else resp * w[:, None]
   shift = stats_lib.component_shift(params)
 
+  m = X.shape[1]  # a traced mask: every row may miss up to D entries
+
   def piece(x, o, r):
-    _, xhat, cond = missing.completed(params, x, o)
-    return missing.moments(params, r, xhat, cond, shift)
+    _, terms = missing.observed_terms(params, x, o, m)
+    return missing.moments(params, r, x, o, terms, shift)
 
   n = X.shape[0]
   sx, sxx = chunks.sum_chunks(
-      piece, n, missing.sub_chunk(params, n, X.dtype), X, observed, rw)
+      piece, n, missing.piece_size(params, n, X.dtype), X, observed, rw)
   stats = stats_lib.SuffStats(
       count=jnp.asarray(n, X.dtype) if w is None else jnp.sum(w),
       nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,

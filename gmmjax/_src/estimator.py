@@ -353,6 +353,9 @@ class GaussianMixture:
     missing entries ``fn(params, X, observed=mask)``."""
     self._check_is_fitted()
     X, observed = self._validate_observed(X, reset=False, policy=policy)
+    order = missing.sort_rows(observed)  # rows by their missing entries
+    if order is not None:
+      X, observed = np.asarray(X)[order], observed[order]
     Xp, _ = self._on_device(X)
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
@@ -365,6 +368,8 @@ class GaussianMixture:
       out = fn(params, Xp, observed=jax.device_put(mask),
                slots=missing.max_missing(mask))
     out = np.asarray(out)[:X.shape[0]]
+    if order is not None:
+      out = out[np.argsort(order)]
     return out[:, :k] if out.ndim == 2 else out
 
   def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
@@ -382,12 +387,14 @@ class GaussianMixture:
     ``check_sample_weight`` already checked: ``gx.fit``'s own finiteness
     check would be a second pass (and a program) over the same data."""
     params, X, w = checks.prepare(self._params(), X, kwargs["sample_weight"])
+    observed = kwargs.get("observed")
+    X, w, observed = missing.sorted_rows(X, w, observed)
     max_iter = kwargs["max_iter"]
     return fit_lib.fit_checked(
         X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
         None, np.int32(max_iter), fit_lib.history_length(max_iter),
-        callback=kwargs["callback"], observed=kwargs.get("observed"),
-        slots=missing.max_missing(kwargs.get("observed")))
+        callback=kwargs["callback"], observed=observed,
+        slots=missing.max_missing(observed))
 
   def _params(self, n_slots: int | None = None) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``

@@ -120,10 +120,15 @@ def chunk_source(data, *, sample_weight=None, chunk_size: int | None = None
 
 
 class _Pad:
-  """Host-side chunk preparation: dtype, padding to one static shape."""
+  """Host-side chunk preparation: dtype, padding to one static shape, and
+  (``sort_missing``) rows sorted by their number of NaN entries, so that
+  most pieces of a chunk take a small missing-value kernel (a chunk's
+  statistics are sums over its rows)."""
 
-  def __init__(self, rows: int, n_features: int, dtype):
+  def __init__(self, rows: int, n_features: int, dtype,
+               sort_missing: bool = False):
     self.rows, self.n_features, self.dtype = rows, n_features, np.dtype(dtype)
+    self.sort_missing = sort_missing
 
   def __call__(self, X, w):
     # Copying here reads a memmap inside the prefetch thread (not lazily
@@ -140,6 +145,9 @@ class _Pad:
       m = part.shape[0]
       if m == 0:
         continue
+      if self.sort_missing:
+        order = np.argsort(np.isnan(part).sum(axis=1), kind="stable")
+        part, wpart = part[order], wpart[order]
       if m < self.rows:
         # Zero-weight copies of a real row: same compiled shape, no effect on
         # any sum, and finite log-densities (0 * -inf would be NaN).
@@ -370,7 +378,7 @@ def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
   checks.check_params_data(params, jnp.zeros((0, sample.shape[1]), dtype))
   device = device or jax.local_devices()[0]
   params = jax.device_put(checks.as_params(params, dtype), device)
-  pad = _Pad(rows, sample.shape[1], dtype)
+  pad = _Pad(rows, sample.shape[1], dtype, sort_missing=bool(nan_as_missing))
   in_flight = max(int(prefetch), 1)
   zero = jax.device_put(_zero_stats(params, rows, dtype), device)
 

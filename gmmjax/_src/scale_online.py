@@ -114,17 +114,20 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
     (1, (2, 2))
   """
   params, X, w = checks.prepare(params, X, sample_weight)
-  X, observed = _observed(params, X, observed)
+  X, w, observed = _observed(params, X, w, observed)
   return _online_init(X, params, w, jnp.asarray(reg_covar, X.dtype),
                       observed)
 
 
-def _observed(params, X, observed):
+def _observed(params, X, w, observed):
+  """``(X, w, observed)``: the mask checked, the missing entries zeroed and
+  the rows sorted by their number of missing entries (the batch's
+  statistics are sums over its rows)."""
   if observed is None:
-    return X, None
+    return X, w, None
   missing.check_type(params.covariance_type)
   observed = missing.as_observed(observed, X)
-  return missing.fill(X, observed), observed
+  return missing.sorted_rows(missing.fill(X, observed), w, observed)
 
 
 @jax.jit
@@ -175,7 +178,7 @@ def online_update(X, state: OnlineState, *, sample_weight=None, alpha=0.6,
   _check_alpha(alpha)
   params, X, w = checks.prepare(state.params, X, sample_weight)
   state = state._replace(params=params)
-  X, observed = _observed(params, X, observed)
+  X, w, observed = _observed(params, X, w, observed)
   return _online_update(state, X, w, jnp.asarray(alpha, X.dtype),
                         jnp.asarray(reg_covar, X.dtype), observed)
 

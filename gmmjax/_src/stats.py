@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import chunks, kernels, missing, moments, moments_lowrank
+from gmmjax._src import (
+    chunks,
+    kernels,
+    missing,
+    missing_slots,
+    moments,
+    moments_lowrank,
+)
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
@@ -72,9 +79,7 @@ def weighted_log_prob(params: GMMParams, X,
   observed coordinates (:mod:`gmmjax._src.missing`).
   """
   if observed is not None:
-    return missing.map_observed(
-        lambda xb, ob: missing.weighted_log_prob(params, xb, ob, slots),
-        params, X, observed, chunking, slots)
+    return _masked_log_prob(params, X, observed, chunking, slots)
   return (kernels.log_gaussian_prob(X, params.means,
                                     params.precisions_cholesky,
                                     params.covariance_type, chunking)
@@ -133,45 +138,96 @@ def _weighted_resp(wlp, wb, temperature):
   return resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
 
 
-def _masked_stats(params: GMMParams, xb, ob, wb, shift, temperature,
-                  chunking, slots) -> SuffStats:
-  """Statistics of a chunk with missing entries (``missing.completed``),
-  in pieces of bounded memory."""
-  def piece(x, o, w=None):
-    log_gauss, xhat, cond = missing.completed(params, x, o, slots)
-    wlp = log_gauss + jnp.log(params.weights)[None, :]
-    rw, count, ll = _weighted_resp(wlp, w, temperature)
-    sx, sxx = missing.moments(params, rw, xhat, cond, shift)
-    return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
-                     log_likelihood=ll)
-  n = xb.shape[0]
-  size = missing.sub_chunk(params, n, xb.dtype, chunking, slots)
-  if n % size:
-    # Zero-weight rows up to whole pieces: one scan and no remainder piece,
-    # whose (unrolled) program would be compiled a second time.
-    pad = size - n % size
-    xb = jnp.concatenate([xb, jnp.zeros((pad, xb.shape[1]), xb.dtype)])
-    ob = jnp.concatenate([ob, jnp.ones((pad, ob.shape[1]), bool)])
-    wb = jnp.concatenate([jnp.ones(n, xb.dtype) if wb is None else wb,
-                          jnp.zeros(pad, xb.dtype)])
-  arrays = (xb, ob) if wb is None else (xb, ob, wb)
-  return chunks.sum_chunks(piece, xb.shape[0], size, *arrays)
+def _masked_stats(params: GMMParams, X, ob, w, shift, temperature, chunking,
+                  slots) -> SuffStats:
+  """Statistics of samples with missing entries, in pieces of bounded
+  memory. Each piece takes the kernel its most-missing row needs
+  (``missing.branch_index``): the complete-data block where nothing is
+  missing (the same numbers as without a mask), else the masked kernel of
+  the smallest slot count that holds that row (:func:`_masked_piece`).
+  A piece whose fast moments lost digits is recomputed by the exact form
+  in the ladder's top slot count (one program for all of them)."""
+  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots)
+  fast = cov_lib.get(params.covariance_type).is_matrix
+  branches = [functools.partial(_complete_piece, params, shift, temperature,
+                                chunking)]
+  branches += [functools.partial(_masked_piece, params, shift, temperature,
+                                 m, fast) for m in sizes]
+
+  def piece(xb, ob, wb):
+    stats, bad = lax.switch(missing.branch_index(ob, sizes), branches,
+                            xb, ob, wb)
+    return lax.cond(any_in_batch(bad), lambda: _masked_piece(
+        params, shift, temperature, sizes[-1], False, xb, ob, wb)[0],
+                    lambda: stats)
+
+  size = missing.piece_size(params, X.shape[0], X.dtype, chunking)
+  X, ob, w = missing.pad_to_pieces(size, missing.fill(X, ob), ob, w)
+  return chunks.sum_chunks(piece, X.shape[0], size, X, ob, w)
 
 
-def _observed_block(params: GMMParams, xb, ob, wb, shift, temperature,
-                    chunking, slots) -> SuffStats:
-  """A chunk's statistics: the complete-data block where nothing in it is
-  missing (the same program and numbers as without a mask), the masked one
-  otherwise."""
-  def complete():
-    return _block_stats(params, missing.fill(xb, ob), wb, shift, temperature,
-                        chunking)
+def _complete_piece(params, shift, temperature, chunking, xb, ob, wb):
+  del ob
+  # "Not bad" derived from the data: under shard_map it varies over the
+  # data axis as the other branches' flags do.
+  return (_block_stats(params, xb, wb, shift, temperature, chunking),
+          jnp.zeros_like(xb[0, 0], dtype=bool))
 
-  def masked():
-    return _masked_stats(params, xb, ob, wb, shift, temperature, chunking,
-                         slots)
 
-  return lax.cond(any_in_batch(jnp.any(~ob)), masked, complete)
+def _masked_piece(params, shift, temperature, m: int, fast: bool, xb, ob,
+                  wb):
+  """``(stats, bad)`` of one piece whose rows miss at most ``m`` entries.
+
+  ``fast`` (full/tied): the moments of the completed rows by GEMMs around
+  the centre (``missing_slots.centred_moments``), moved to per-component
+  shifts; ``bad`` where ``moments.moved_moments`` says the move lost
+  digits. Otherwise the exact per-component form (``missing.moments``).
+  """
+  per_component = shift.ndim == 2
+  centre = lax.stop_gradient(jnp.mean(shift, axis=0) if per_component
+                             else shift)
+  log_gauss, terms = missing.observed_terms(params, xb, ob, m, centre)
+  rw, count, ll = _weighted_resp(
+      log_gauss + jnp.log(params.weights)[None, :], wb, temperature)
+  bad = jnp.zeros_like(xb[0, 0], dtype=bool)
+  if fast:
+    a = jnp.where(ob, xb - centre[None, :], 0.0)
+    sx, sxx = missing_slots.centred_moments(params, rw, a, terms, centre)
+    if per_component:
+      sx, sxx, bad = moments.moved_moments(rw, shift, centre, sx, sxx,
+                                           params.covariances,
+                                           params.covariance_type)
+  else:
+    sx, sxx = missing.moments(params, rw, xb, ob, terms, shift)
+  return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+                   log_likelihood=ll), bad
+
+
+def _masked_log_prob(params: GMMParams, X, ob, chunking, slots):
+  """``log w_k + log N(x_O | k)`` ``(N, K)`` of samples with missing
+  entries, piece by piece as :func:`_masked_stats`."""
+  log_w = jnp.log(params.weights)[None, :]
+  centre = lax.stop_gradient(jnp.mean(params.means, axis=0))
+
+  def masked(m):
+    def run(xb, ob):
+      return missing.observed_terms(params, xb, ob, m, centre)[0] + log_w
+    return run
+
+  def complete(xb, ob):
+    del ob
+    return kernels.log_gaussian_prob(xb, params.means,
+                                     params.precisions_cholesky,
+                                     params.covariance_type, chunking) + log_w
+
+  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots)
+  branches = [complete] + [masked(m) for m in sizes]
+  n = X.shape[0]
+  size = missing.piece_size(params, n, X.dtype, chunking)
+  X, ob, _ = missing.pad_to_pieces(size, missing.fill(X, ob), ob, None)
+  return chunks.map_chunks(
+      lambda xb, ob: lax.switch(missing.branch_index(ob, sizes), branches,
+                                xb, ob), X.shape[0], size, X, ob)[:n]
 
 
 def stats_from_resp(X, resp, *, sample_weight=None, shift,
@@ -229,9 +285,11 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
       statistics of the completed samples (conditional means of the missing
       entries, conditional covariances added to the second moments).
     slots: with ``observed`` (static), at least the most entries any row
-      misses: full and tied covariances factorise ``slots x slots`` missing
-      blocks (``None``: ``D``, always enough; :func:`fit` passes the
-      smallest power of two that is).
+      misses (``None``: ``D``, always enough; :func:`fit` passes the
+      smallest power of two that is): the largest missing block full and
+      tied covariances factorise. Rows sorted by their number of missing
+      entries (as :func:`fit` sorts them) make the statistics cheaper: each
+      piece of rows factorises the blocks of its most-missing row.
 
   Returns:
     :class:`SuffStats` whose ``log_likelihood`` is ``sum_i w_i log p(x_i)``.
@@ -252,12 +310,8 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
   if observed is not None:
     missing.check_type(params.covariance_type)
     observed = missing.as_observed(observed, X)
-    arrays = ((X, observed) if sample_weight is None
-              else (X, observed, sample_weight))
-    return chunks.sum_chunks(
-        lambda xb, ob, wb=None: _observed_block(params, xb, ob, wb, shift,
-                                                temperature, chunking, slots),
-        n, chunk, *arrays)
+    return _masked_stats(params, X, observed, sample_weight, shift,
+                         temperature, chunking, slots)
   arrays = (X,) if sample_weight is None else (X, sample_weight)
   return chunks.sum_chunks(
       lambda xb, wb=None: _block_stats(params, xb, wb, shift, temperature,
