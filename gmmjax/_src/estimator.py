@@ -388,7 +388,8 @@ class GaussianMixture:
     check would be a second pass (and a program) over the same data."""
     params, X, w = checks.prepare(self._params(), X, kwargs["sample_weight"])
     observed = kwargs.get("observed")
-    X, w, observed = missing.sorted_rows(X, w, observed)
+    X, w, observed = missing.sorted_rows(X, w, observed,
+                                         params.n_components)
     max_iter = kwargs["max_iter"]
     return fit_lib.fit_checked(
         X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,

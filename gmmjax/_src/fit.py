@@ -299,7 +299,8 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
   if observed is not None:
     missing.check_type(params.covariance_type)
     observed = missing.as_observed(observed, X)
-    X, w, observed = missing.sorted_rows(X, w, observed)
+    X, w, observed = missing.sorted_rows(X, w, observed,
+                                         params.n_components)
   max_iter = check_max_iter(max_iter)
   if differentiation not in DIFFERENTIATION_MODES:
     raise ValueError(f"differentiation should be one of "

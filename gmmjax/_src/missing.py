@@ -108,17 +108,29 @@ def sort_rows(observed):
   return np.argsort(counts, kind="stable")
 
 
-def sorted_rows(X, sample_weight, observed):
-  """``(X, sample_weight, observed)`` with the rows in :func:`sort_rows`'
-  order, where that gains something: a fit's statistics are sums over
-  rows, and sorted rows let most pieces take a small kernel. (A gather,
-  so derivatives with respect to ``X`` flow back to the caller's rows.)"""
+def sorted_rows(X, sample_weight, observed, n_components: int):
+  """``(X, sample_weight, observed)`` ready for a fit's loop: the rows in
+  :func:`sort_rows`' order (a fit's statistics are sums over rows, and
+  sorted rows let most pieces take a small kernel), then zero-weight,
+  fully observed rows up to a whole number of pieces
+  (:func:`pad_to_pieces`, done here once instead of copying the data in
+  every iteration). Gathers and concatenations: derivatives with respect
+  to ``X`` and the weights flow back to the caller's rows. Unchanged for
+  a traced mask or none."""
   order = sort_rows(observed)
-  if order is None:
+  if observed is None or isinstance(observed, jax.core.Tracer):
     return X, sample_weight, observed
-  order = jnp.asarray(order, jnp.int32)
-  return tuple(None if a is None else jnp.take(a, order, axis=0)
-               for a in (X, sample_weight, observed))
+  if order is not None:
+    order = jnp.asarray(order, jnp.int32)
+    X, sample_weight, observed = (
+        None if a is None else jnp.take(a, order, axis=0)
+        for a in (X, sample_weight, observed))
+  n, d = X.shape
+  size = piece_rows(n_components, d, n, X.dtype)
+  if n % size:
+    X, observed, sample_weight = pad_to_pieces(size, X, observed,
+                                               sample_weight)
+  return X, sample_weight, observed
 
 
 def slot_sizes(covariance_type: str, d: int, slots: int | None):
@@ -206,19 +218,41 @@ def completed(params: GMMParams, xb, ob, terms):
 
 def piece_size(params: GMMParams, n: int, dtype,
                options: chunks.ChunkOptions | None = None) -> int:
-  """Rows per piece of the masked kernels: about four ``(n, K, D)``
-  intermediates (the GEMM's two halves, the completed rows' offsets and
-  their cross terms) within the budget of the complete-data whitened
-  chunks (``chunks.chunk_size``): 2,048 rows for K = D = 16 in float32 on
-  CPU, large enough for XLA to split its loops over the CPU's threads."""
+  """Rows per piece of the masked kernels (:func:`piece_rows`)."""
   k, d = params.means.shape
-  return chunks.chunk_size(n, 4 * k, d, "full", dtype, options=options)
+  return piece_rows(k, d, n, dtype, options)
+
+
+def piece_rows(n_components: int, n_features: int, n: int, dtype,
+               options: chunks.ChunkOptions | None = None) -> int:
+  """About four ``(n, K, D)`` intermediates (the GEMMs' outputs, the
+  completed rows' offsets and their cross terms) within the budget of the
+  complete-data whitened chunks (``chunks.chunk_size``): 2,048 rows for K
+  = D = 16 in float32 on CPU, large enough for XLA to split its loops over
+  the CPU's threads; at most ``n``."""
+  return chunks.chunk_size(n, 4 * n_components, n_features, "full", dtype,
+                           options=options)
+
+
+def slot_rows(params: GMMParams, m: int, size: int, dtype,
+              options: chunks.ChunkOptions | None = None) -> int:
+  """Rows per part of a piece of ``size`` rows in the kernel of ``m``
+  slots: the factorisation's entry-major blocks, about three ``(m, m, n,
+  K)`` arrays, within the chunk budget too (at most ``size``, and a
+  divisor of it: no remainder part, whose program would compile again)."""
+  k, d = params.means.shape
+  rows = chunks.chunk_size(size, 3 * k * m, m, "full", dtype, options=options)
+  parts = -(-size // rows)
+  while size % parts:
+    parts += 1
+  return size // parts
 
 
 def pad_to_pieces(size: int, X, ob, w):
   """``(X, ob, w)`` with zero-weight, fully observed rows up to a whole
   number of pieces of ``size`` rows (one scan, no remainder piece, whose
-  program would be compiled a second time); ``w`` is materialised."""
+  program would be compiled a second time); ``w`` is materialised. The
+  fits pad once (:func:`sorted_rows`); then nothing is copied here."""
   n = X.shape[0]
   w = jnp.ones(n, X.dtype) if w is None else w
   pad = -n % size

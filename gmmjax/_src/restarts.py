@@ -259,7 +259,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   if observed is not None:
     missing.check_type(covariance_type)
     observed = missing.as_observed(observed, X)
-    X, w, observed = missing.sorted_rows(X, w, observed)
+    X, w, observed = missing.sorted_rows(X, w, observed, n_components)
   overrides = _given_values(overrides, n_components, d, covariance_type,
                             X.dtype)
   program = compiling.pick(_init_and_fit_programs, n, n_components, d)

@@ -127,7 +127,8 @@ def _observed(params, X, w, observed):
     return X, w, None
   missing.check_type(params.covariance_type)
   observed = missing.as_observed(observed, X)
-  return missing.sorted_rows(missing.fill(X, observed), w, observed)
+  return missing.sorted_rows(missing.fill(X, observed), w, observed,
+                             params.n_components)
 
 
 @jax.jit

@@ -144,44 +144,40 @@ def _masked_stats(params: GMMParams, X, ob, w, shift, temperature, chunking,
   memory. Each piece takes the kernel its most-missing row needs
   (``missing.branch_index``): the complete-data block where nothing is
   missing (the same numbers as without a mask), else the masked kernel of
-  the smallest slot count that holds that row (:func:`_masked_piece`).
-  A piece whose fast moments lost digits is recomputed by the exact form
-  in the ladder's top slot count (one program for all of them)."""
+  the smallest slot count that holds that row (:func:`_masked_piece`)."""
   sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots)
-  fast = cov_lib.get(params.covariance_type).is_matrix
+  size = missing.piece_size(params, X.shape[0], X.dtype, chunking)
   branches = [functools.partial(_complete_piece, params, shift, temperature,
                                 chunking)]
-  branches += [functools.partial(_masked_piece, params, shift, temperature,
-                                 m, fast) for m in sizes]
+  for m in sizes:
+    part = missing.slot_rows(params, m, size, X.dtype, chunking)
+    branches.append(functools.partial(
+        chunks.sum_chunks, functools.partial(
+            _masked_piece, params, shift, temperature, m), size, part))
 
   def piece(xb, ob, wb):
-    stats, bad = lax.switch(missing.branch_index(ob, sizes), branches,
-                            xb, ob, wb)
-    return lax.cond(any_in_batch(bad), lambda: _masked_piece(
-        params, shift, temperature, sizes[-1], False, xb, ob, wb)[0],
-                    lambda: stats)
+    # Missing entries zeroed piece by piece (NaN is fine): a whole-data
+    # copy per iteration otherwise.
+    return lax.switch(missing.branch_index(ob, sizes), branches,
+                      missing.fill(xb, ob), ob, wb)
 
-  size = missing.piece_size(params, X.shape[0], X.dtype, chunking)
-  X, ob, w = missing.pad_to_pieces(size, missing.fill(X, ob), ob, w)
+  X, ob, w = missing.pad_to_pieces(size, X, ob, w)
   return chunks.sum_chunks(piece, X.shape[0], size, X, ob, w)
 
 
 def _complete_piece(params, shift, temperature, chunking, xb, ob, wb):
   del ob
-  # "Not bad" derived from the data: under shard_map it varies over the
-  # data axis as the other branches' flags do.
-  return (_block_stats(params, xb, wb, shift, temperature, chunking),
-          jnp.zeros_like(xb[0, 0], dtype=bool))
+  return _block_stats(params, xb, wb, shift, temperature, chunking)
 
 
-def _masked_piece(params, shift, temperature, m: int, fast: bool, xb, ob,
-                  wb):
-  """``(stats, bad)`` of one piece whose rows miss at most ``m`` entries.
+def _masked_piece(params, shift, temperature, m: int, xb, ob, wb):
+  """The statistics of one piece whose rows miss at most ``m`` entries.
 
-  ``fast`` (full/tied): the moments of the completed rows by GEMMs around
-  the centre (``missing_slots.centred_moments``), moved to per-component
-  shifts; ``bad`` where ``moments.moved_moments`` says the move lost
-  digits. Otherwise the exact per-component form (``missing.moments``).
+  Full/tied: the moments of the completed rows by GEMMs around the centre
+  (``missing_slots.centred_moments``), moved to per-component shifts;
+  where ``moments.moved_moments`` says the move lost digits, the exact
+  per-component form (``missing.moments``), from the same E-step terms.
+  Diag/spherical: that form.
   """
   per_component = shift.ndim == 2
   centre = lax.stop_gradient(jnp.mean(shift, axis=0) if per_component
@@ -189,18 +185,22 @@ def _masked_piece(params, shift, temperature, m: int, fast: bool, xb, ob,
   log_gauss, terms = missing.observed_terms(params, xb, ob, m, centre)
   rw, count, ll = _weighted_resp(
       log_gauss + jnp.log(params.weights)[None, :], wb, temperature)
-  bad = jnp.zeros_like(xb[0, 0], dtype=bool)
-  if fast:
+
+  def exact():
+    return missing.moments(params, rw, xb, ob, terms, shift)
+
+  if not cov_lib.get(params.covariance_type).is_matrix:
+    sx, sxx = exact()
+  else:
     a = jnp.where(ob, xb - centre[None, :], 0.0)
     sx, sxx = missing_slots.centred_moments(params, rw, a, terms, centre)
     if per_component:
       sx, sxx, bad = moments.moved_moments(rw, shift, centre, sx, sxx,
                                            params.covariances,
                                            params.covariance_type)
-  else:
-    sx, sxx = missing.moments(params, rw, xb, ob, terms, shift)
+      sx, sxx = lax.cond(any_in_batch(bad), exact, lambda: (sx, sxx))
   return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
-                   log_likelihood=ll), bad
+                   log_likelihood=ll)
 
 
 def _masked_log_prob(params: GMMParams, X, ob, chunking, slots):
@@ -221,13 +221,16 @@ def _masked_log_prob(params: GMMParams, X, ob, chunking, slots):
                                      params.covariance_type, chunking) + log_w
 
   sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots)
-  branches = [complete] + [masked(m) for m in sizes]
   n = X.shape[0]
   size = missing.piece_size(params, n, X.dtype, chunking)
-  X, ob, _ = missing.pad_to_pieces(size, missing.fill(X, ob), ob, None)
+  branches = [complete] + [functools.partial(
+      chunks.map_chunks, masked(m), size,
+      missing.slot_rows(params, m, size, X.dtype, chunking)) for m in sizes]
+  X, ob, _ = missing.pad_to_pieces(size, X, ob, None)
   return chunks.map_chunks(
       lambda xb, ob: lax.switch(missing.branch_index(ob, sizes), branches,
-                                xb, ob), X.shape[0], size, X, ob)[:n]
+                                missing.fill(xb, ob), ob),
+      X.shape[0], size, X, ob)[:n]
 
 
 def stats_from_resp(X, resp, *, sample_weight=None, shift,
