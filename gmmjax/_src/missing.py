@@ -133,11 +133,14 @@ def sorted_rows(X, sample_weight, observed, n_components: int):
   return X, sample_weight, observed
 
 
-def slot_sizes(covariance_type: str, d: int, slots: int | None):
+def slot_sizes(covariance_type: str, d: int, slots: int | None,
+               one_piece: bool = False):
   """The slot counts of the masked kernels: powers of two below the top
-  (``slots``, or ``D``), then the top. Diag/spherical: one kernel."""
+  (``slots``, or ``D``), then the top. Diag/spherical, and data of
+  ``one_piece`` (whose one piece takes one kernel anyway: compiling the
+  others would be most of a small fit's cost): the top alone."""
   top = d if slots is None else max(1, min(int(slots), d))
-  if not cov_lib.get(covariance_type).is_matrix:
+  if one_piece or not cov_lib.get(covariance_type).is_matrix:
     return (top,)
   sizes, m = [], 1
   while m < top:

@@ -145,15 +145,17 @@ def _masked_stats(params: GMMParams, X, ob, w, shift, temperature, chunking,
   (``missing.branch_index``): the complete-data block where nothing is
   missing (the same numbers as without a mask), else the masked kernel of
   the smallest slot count that holds that row (:func:`_masked_piece`)."""
-  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots)
   size = missing.piece_size(params, X.shape[0], X.dtype, chunking)
+  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots,
+                             one_piece=size >= X.shape[0])
   branches = [functools.partial(_complete_piece, params, shift, temperature,
                                 chunking)]
   for m in sizes:
     part = missing.slot_rows(params, m, size, X.dtype, chunking)
     branches.append(functools.partial(
         chunks.sum_chunks, functools.partial(
-            _masked_piece, params, shift, temperature, m), size, part))
+            _masked_piece, params, shift, temperature, m, chunking), size,
+        part))
 
   def piece(xb, ob, wb):
     # Missing entries zeroed piece by piece (NaN is fine): a whole-data
@@ -170,14 +172,16 @@ def _complete_piece(params, shift, temperature, chunking, xb, ob, wb):
   return _block_stats(params, xb, wb, shift, temperature, chunking)
 
 
-def _masked_piece(params, shift, temperature, m: int, xb, ob, wb):
+def _masked_piece(params, shift, temperature, m: int, chunking, xb, ob, wb):
   """The statistics of one piece whose rows miss at most ``m`` entries.
 
   Full/tied: the moments of the completed rows by GEMMs around the centre
   (``missing_slots.centred_moments``), moved to per-component shifts;
   where ``moments.moved_moments`` says the move lost digits, the exact
   per-component form (``missing.moments``), from the same E-step terms.
-  Diag/spherical: that form.
+  Diag/spherical, and pieces small enough for the complete data's exact
+  forms (``chunks.use_direct``: no gain from GEMMs, half the compile):
+  that form.
   """
   per_component = shift.ndim == 2
   centre = lax.stop_gradient(jnp.mean(shift, axis=0) if per_component
@@ -189,7 +193,8 @@ def _masked_piece(params, shift, temperature, m: int, xb, ob, wb):
   def exact():
     return missing.moments(params, rw, xb, ob, terms, shift)
 
-  if not cov_lib.get(params.covariance_type).is_matrix:
+  if (not cov_lib.get(params.covariance_type).is_matrix
+      or chunks.use_direct(xb.shape[0], *params.means.shape, chunking)):
     sx, sxx = exact()
   else:
     a = jnp.where(ob, xb - centre[None, :], 0.0)
@@ -220,9 +225,10 @@ def _masked_log_prob(params: GMMParams, X, ob, chunking, slots):
                                      params.precisions_cholesky,
                                      params.covariance_type, chunking) + log_w
 
-  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots)
   n = X.shape[0]
   size = missing.piece_size(params, n, X.dtype, chunking)
+  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots,
+                             one_piece=size >= n)
   branches = [complete] + [functools.partial(
       chunks.map_chunks, masked(m), size,
       missing.slot_rows(params, m, size, X.dtype, chunking)) for m in sizes]
