@@ -361,3 +361,69 @@ def test_command_line_reads_empty_csv_fields(data, tmp_path, x64, capsys):
   expected = gm.score(np.where(obs, data, np.nan))
   assert f"{expected:.6f}" in capsys.readouterr().out
   assert cli.main(["score", model, str(csv), "--nan-policy", "raise"]) == 1
+
+
+def test_low_rank_and_bayesian_mixtures_refuse_missing_values(data):
+  """Low-rank covariances and BayesianGaussianMixture have no missing-value
+  EM: clear errors before anything compiles."""
+  obs = PATTERNS["mcar"]
+  Xn = np.where(obs, data, np.nan)
+  with pytest.raises(ValueError, match="lowrank"):
+    gx.GaussianMixture(2, covariance_type="lowrank", rank=1,
+                       nan_policy="marginalize").fit(data)
+  rng = np.random.default_rng(0)
+  p = gx.make_params(np.array([0.5, 0.5]), data[:2],
+                     (rng.normal(size=(2, D, 1)), np.ones((2, D))),
+                     covariance_type="lowrank")
+  for call in (lambda: gx.fit(Xn, p, observed=obs),
+               lambda: gx.e_step(p, Xn, observed=obs),
+               lambda: gx.log_prob(p, Xn, observed=obs),
+               lambda: gx.impute(p, Xn)):
+    with pytest.raises(ValueError, match="lowrank"):
+      call()
+  bgm = gx.BayesianGaussianMixture(n_components=2)
+  assert "nan_policy" not in bgm.get_params()
+  with pytest.raises(ValueError, match="NaN"):
+    bgm.fit(Xn)
+  with pytest.raises(ValueError, match="nan_policy"):
+    bgm.set_params(nan_policy="marginalize")
+  assert not hasattr(bgm, "impute")
+
+
+def test_many_slots_match_the_reference(x64):
+  """The block-step factorisation (three slots and more: the large data's
+  ladder goes to 6, 8, ...) and the fast moments, on rows missing up to
+  six of eight features: densities, completed rows and moments against
+  the NumPy reference and the exact per-component moments."""
+  from gmmjax._src import missing_slots
+  rng = np.random.default_rng(2)
+  n, d = 40, 8
+  X = rng.normal(size=(n, d)) @ (np.eye(d) + 0.3 * rng.normal(size=(d, d)))
+  obs = np.ones((n, d), bool)
+  for i in range(n):
+    obs[i, rng.permutation(d)[:i % 7]] = False
+  a = rng.normal(size=(K, d, d))
+  p = gx.make_params(np.array([0.4, 0.6]), rng.normal(size=(K, d)),
+                     a @ np.swapaxes(a, 1, 2) + np.eye(d))
+  logp, xhat, _ = reference_terms(X, obs, p)
+  centre = jnp.mean(p.means, axis=0)
+  ob = jnp.asarray(obs)
+  xb = jnp.where(ob, X, 0.0)
+
+  @jax.jit
+  def terms_and_moments(xb, ob, rw):
+    st = missing_slots.terms(p, xb, ob, missing_slots.slot_indices(ob, 6),
+                             centre)
+    a = jnp.where(ob, xb - centre, 0.0)
+    fast = missing_slots.centred_moments(p, rw, a, st, centre)
+    exact = missing_slots.moments(p, rw, xb, ob, st, centre)
+    return st.log_gauss, missing_slots.completed(p, xb, ob, st), fast, exact
+
+  rw = jnp.asarray(rng.random((n, K)))
+  log_gauss, completed, fast, exact = terms_and_moments(xb, ob, rw)
+  np.testing.assert_allclose(log_gauss + np.log(np.asarray(p.weights)), logp,
+                             rtol=1e-10)
+  np.testing.assert_allclose(np.swapaxes(completed, 0, 1), xhat, rtol=1e-10,
+                             atol=1e-10)
+  for f, e in zip(fast, exact):
+    np.testing.assert_allclose(f, e, rtol=1e-10, atol=1e-10)
