@@ -20,7 +20,7 @@ over fewer coordinates, so the values across rates are not comparable).
 
 Measured (CPU, this script's defaults): at 5% missing the three are close
 (203 of 309 training rows complete); at 10%, 20% and 30% missing-value EM
-scores -7.97, -7.61, -7.27, mean imputation -8.39, -8.05, -7.97, and
+scores -7.70, -7.61, -7.39, mean imputation -8.39, -8.05, -7.97, and
 dropping incomplete rows -8.65, -9.18, -17.95 (120, 56, 24 rows left).
 
 Run: python examples/missing_values.py [--out missing_values.png]
