@@ -22,6 +22,7 @@ from scipy.stats import multivariate_normal as mvn
 
 import gmmjax as gx
 from gmmjax._src import chunks
+from tests.conftest import numpy_covariances
 
 TYPES = ["full", "tied", "diag", "spherical"]
 N, D, K = 120, 4, 2
@@ -95,15 +96,7 @@ def reference_em_step(X, obs, p, reg=REG):
   z = xhat - means[None]
   full = (np.einsum("nk,nkd,nke->kde", r, z, z)
           + np.einsum("nk,nkde->kde", r, cond)) / nk[:, None, None]
-  ctype, d = p.covariance_type, X.shape[1]
-  if ctype == "full":
-    cov = full + reg * np.eye(d)
-  elif ctype == "tied":
-    cov = np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
-  elif ctype == "diag":
-    cov = np.stack([np.diag(c) for c in full]) + reg
-  else:
-    cov = np.stack([np.diag(c).mean() for c in full]) + reg
+  cov = numpy_covariances(full, nk, p.covariance_type, reg, X.shape[1])
   return (nk / nk.sum(), means, cov), ll.mean(), r
 
 
