@@ -215,9 +215,17 @@ R.update(init_params_s=T2 - T1, lower_s=T3 - T2, compile_s=T4 - T3,
 EPILOGUE = "print(json.dumps(R))\n"
 
 
+# --tiny-max-entries: an A/B of compiling.TINY_MAX_ENTRIES (0 turns the
+# tiny programs, LLVM optimisation level 0, off); None keeps the library's.
+TINY_OVERRIDE = [None]
+
+
 def child_code(lib, body, extra_imports="", count_compiles=False,
                imports=None):
   code = HEADER + (IMPORTS[lib] if imports is None else imports)
+  if lib == "gmmjax" and TINY_OVERRIDE[0] is not None:
+    code += ("from gmmjax._src import compiling as _c\n"
+             f"_c.TINY_MAX_ENTRIES = {int(TINY_OVERRIDE[0])}\n")
   code += extra_imports + AFTER_IMPORT
   if lib == "sklearn" and imports is None:
     code += DATASETS_BY_PATH
@@ -610,7 +618,11 @@ def main(argv=None):
                   help="seconds one child process may take")
   ap.add_argument("--out", default=os.path.join(HERE, "results"))
   ap.add_argument("--tag", default="")
+  ap.add_argument("--tiny-max-entries", type=int, default=None,
+                  help="override compiling.TINY_MAX_ENTRIES in gmmjax's "
+                  "children (0: no tiny programs), for an A/B")
   args = ap.parse_args(argv)
+  TINY_OVERRIDE[0] = args.tiny_max_entries
   args.repeats = args.repeats or (2 if args.quick else 5)
   if args.repeats < 1:
     ap.error("--repeats must be at least 1")
@@ -629,6 +641,7 @@ def main(argv=None):
               executable=sys.executable, load_start=load1(),
               quick=args.quick, repeats=args.repeats, only=sel,
               timeout_s=args.timeout, sweep=sweep_params(args),
+              tiny_max_entries=args.tiny_max_entries,
               env={k: v for k, v in os.environ.items()
                    if k.startswith(("JAX_", "XLA_", "GMMJAX_"))})
   print(f"latency benchmark: {sel}, {args.repeats} repeats, load "

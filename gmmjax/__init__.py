@@ -20,7 +20,12 @@ from gmmjax._src.bayes_params import (
     posterior_from_stats,
     variational_mixture,
 )
-from gmmjax._src.bayes_scale import fit_bayes_chunked
+from gmmjax._src.bayes_scale import (
+    fit_bayes_chunked,
+    fit_bayes_sharded,
+    online_bayes_init,
+    online_bayes_update,
+)
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.conditional import (
@@ -149,6 +154,9 @@ __all__ = [
     "fit_accelerated_with_info",
     "fit_bayes",
     "fit_bayes_chunked",
+    "fit_bayes_sharded",
+    "online_bayes_init",
+    "online_bayes_update",
     "fit_bayes_restarts",
     "fit_chunked",
     "fit_gradient",

@@ -188,17 +188,30 @@ def test_sample_weight_is_repetition(tiny):
     assert_allclose(x, y, rtol=1e-9, atol=1e-12)
 
 
-def test_chunked_is_the_in_memory_fit(tiny):
-  """The host loop over chunks runs the same variational iterations."""
+def test_chunked_and_sharded_are_the_in_memory_fit(tiny):
+  """The host loop over chunks and the sharded loop (one device here; four
+  in test_scale.py) run the same variational iterations; the sharded loop
+  takes a batch of posteriors (restarts), each fitted as on its own."""
   X, prior, post0 = tiny
   with jax.enable_x64(True):
-    a = gx.fit_bayes(X, post0, prior, max_iter=5, tol=0.0)
+    resp = _resp(40, 5)[:, :3]
+    post1 = gx.posterior_from_resp(X, resp / resp.sum(1, keepdims=True),
+                                   prior, covariance_type="diag")
+    a = [gx.fit_bayes(X, p, prior, max_iter=5, tol=0.0)
+         for p in (post0, post1)]
     b = gx.fit_bayes_chunked(np.asarray(X), post0, prior, chunk_size=16,
                              max_iter=5, tol=0.0)
-  assert int(b.n_iter) == 5
-  assert_allclose(b.history[:5], a.history[:5], rtol=1e-12)
-  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    both = jax.tree.map(lambda u, v: jnp.stack([u, v]), post0, post1)
+    c = gx.fit_bayes_sharded(X, both, prior, max_iter=5, tol=0.0)
+  assert int(b.n_iter) == 5 and c.n_iter.tolist() == [5, 5]
+  assert_allclose(b.history[:5], a[0].history[:5], rtol=1e-12)
+  for x, y in zip(jax.tree.leaves(a[0].params), jax.tree.leaves(b.params)):
     assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+  for i in (0, 1):
+    assert_allclose(c.history[i, :5], a[i].history[:5], rtol=1e-12)
+    for x, y in zip(jax.tree.leaves(a[i].params), jax.tree.leaves(c.params)):
+      assert_allclose(y[i], x, rtol=1e-10, atol=1e-12)
+  assert not np.allclose(c.params.means[0], c.params.means[1])
 
 
 def test_implicit_gradient_matches_finite_differences(tiny):
@@ -239,6 +252,56 @@ def test_restarts_one_program(tiny):
         jax.random.key(0), X, 3, n_init=1, covariance_type="diag",
         prior=prior, method="random", max_iter=50)
   assert_allclose(one.params.means, results.params.means[0], rtol=1e-9)
+
+
+def test_online_first_batch_is_one_variational_iteration(tiny):
+  """Stochastic variational inference's first step on the whole data set
+  (``n_samples`` its size) is the first iteration of fit_bayes (the
+  statistics kept around the data mean, not the components': rounding)."""
+  X, prior, post0 = tiny
+  with jax.enable_x64(True):
+    state = gx.online_bayes_init(X, post0, prior, n_samples=40)
+    one = gx.fit_bayes(X, post0, prior, max_iter=1, tol=0.0)
+  assert int(state.step) == 0 and not bool(state.failed)
+  for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(one.params)):
+    assert_allclose(x, y, rtol=1e-10, atol=1e-12)
+
+
+def test_online_stream_finds_the_mixture():
+  """20 batches of 300 from three unit Gaussians, 6 components started two
+  per cluster: after one pass the posterior's mixture scores held-out data
+  within 0.01 nats of the true density (stochastic variational inference
+  merges duplicate components slowly; the density is what it fits)."""
+  rng = np.random.default_rng(0)
+  centres = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])
+  labels = [rng.integers(0, 3, 300) for _ in range(21)]
+  batches = [centres[lab] + rng.normal(size=(300, 2)) for lab in labels]
+  X0, X_test = batches[0], batches.pop()
+  seeds = X0[np.concatenate([np.flatnonzero(labels[0] == c)[:2]
+                             for c in range(3)])]
+  resp = np.eye(6)[((X0[:, None] - seeds[None]) ** 2).sum(-1).argmin(1)]
+  prior = gx.make_bayes_prior(np.concatenate(batches), 6,
+                              covariance_type="diag")
+  p0 = gx.posterior_from_resp(X0, resp, prior, covariance_type="diag")
+  state = gx.online_bayes_init(X0, p0, prior, n_samples=6000)
+  for Xb in batches[1:]:
+    state = gx.online_bayes_update(Xb, state, prior, n_samples=6000,
+                                   alpha=0.7)
+  assert int(state.step) == 19 and float(state.n_seen) == 6000.0
+  post = state.params
+  plug_in = gx.make_params(post.weights, post.means, post.covariances,
+                           covariance_type="diag")
+  ours = float(gx.log_likelihood(plug_in, X_test))
+  sq = ((X_test[:, None, :] - centres[None]) ** 2).sum(-1)
+  truth = np.mean(np.log(np.mean(np.exp(-0.5 * sq), axis=1) / (2 * np.pi)))
+  assert abs(ours - truth) < 0.01, (ours, truth)
+  for c in centres:  # every cluster has a component of real weight
+    near = np.linalg.norm(np.asarray(post.means) - c, axis=1) < 1.0
+    assert np.asarray(post.weights)[near].sum() > 0.25
+  with pytest.raises(ValueError, match="n_samples"):
+    gx.online_bayes_update(X0, state, prior, n_samples=0)
+  with pytest.raises(TypeError, match="batch first"):
+    gx.online_bayes_update(state, X0, prior, n_samples=6000)
 
 
 @pytest.mark.usefixtures("x64")

@@ -121,14 +121,21 @@ def test_vmapped_problems_compacted_equal_separate_fits(
   assert len(set(n_iters)) > 3, n_iters
 
 
-def test_small_eager_fits_use_the_fast_compiling_program(X, x64):
+def test_small_eager_fits_use_the_fast_compiling_programs(X, x64):
   p0 = gx.init_params(jax.random.key(0), X, 3)
-  default, small = fit_lib._fit_programs
+  default, small, tiny = fit_lib._fit_programs
   if jax.default_backend() != "cpu":  # the options are XLA CPU's
     assert fit_lib._fit_program(X, p0) is default
     return
   assert compiling._small_options_work()
-  assert fit_lib._fit_program(X, p0) is small
+  assert X.shape[0] * 3 * 2 <= compiling.TINY_MAX_ENTRIES
+  assert fit_lib._fit_program(X, p0) is tiny
+  # Restarts run as one batch: the tiny bound holds for all of them.
+  n = X.shape[0]
+  assert compiling.pick(fit_lib._fit_programs, n, 3, 2, batch=2) is tiny
+  assert compiling.pick(fit_lib._fit_programs, n, 3, 2, batch=100) is small
+  mid = np.tile(np.asarray(X), (20, 1))  # 3,600 x 2 x 3: one chunk, not tiny
+  assert fit_lib._fit_program(mid, p0) is small
   big = np.tile(np.asarray(X), (200, 1))  # 36,000 x 2 x 3 > one chunk
   assert fit_lib._fit_program(big, p0) is default
   # Under a trace the default program is inlined (options are top-level
@@ -141,14 +148,15 @@ def test_small_eager_fits_use_the_fast_compiling_program(X, x64):
   jax.jit(lambda: gx.fit(Xj, gx.init_params(jax.random.key(0), Xj, 3,
                                             reg_covar=reg),
                          reg_covar=reg, tol=reg).log_likelihood)()
-  # Both code generators give the same fit.
+  # The three code generators give the same fit.
   args = (X, p0, None, 1e-8, 1e-6, -np.inf, None, 100)
-  a = small(*args, history_len=128, callback=None)
   b = default(*args, history_len=128, callback=None)
-  assert int(a.n_iter) == int(b.n_iter)
-  for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float),
-                               rtol=1e-9, atol=1e-12)
+  for program in (small, tiny):
+    a = program(*args, history_len=128, callback=None)
+    assert int(a.n_iter) == int(b.n_iter)
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_allclose(np.asarray(u, float), np.asarray(v, float),
+                                 rtol=1e-9, atol=1e-12)
 
 
 def test_jit_and_compile_once_per_shape(X):

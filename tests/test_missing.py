@@ -422,8 +422,9 @@ def test_many_slots_match_the_reference(x64):
     np.testing.assert_allclose(f, e, rtol=1e-10, atol=1e-10)
 
 
-def test_chunked_and_online_paths(data, x64):
-  """fit_chunked(nan_as_missing=True) is the in-memory fit with observed=;
+def test_chunked_sharded_and_online_paths(data, x64):
+  """fit_chunked and fit_sharded (nan_as_missing=True) are the in-memory
+  fit with observed=;
   online_init on a batch with missing entries is one EM iteration on it
   (diag: the cheapest programs)."""
   obs = PATTERNS["mcar"]
@@ -433,10 +434,12 @@ def test_chunked_and_online_paths(data, x64):
   memory = gx.fit(Xn, p, observed=obs, **kw)
   chunked = gx.fit_chunked(Xn, p, chunk_size=50, nan_as_missing=True,
                            prefetch=0, **kw)
-  assert int(chunked.n_iter) == int(memory.n_iter) == 4
-  for a, b in zip(jax.tree.leaves(chunked.params),
-                  jax.tree.leaves(memory.params)):
-    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+  sharded = gx.fit_sharded(Xn, p, nan_as_missing=True, **kw)
+  for other in (chunked, sharded):
+    assert int(other.n_iter) == int(memory.n_iter) == 4
+    for a, b in zip(jax.tree.leaves(other.params),
+                    jax.tree.leaves(memory.params)):
+      np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
   state = gx.online_init(Xn, p, observed=obs, reg_covar=REG)
   stepped, _ = gx.em_step(Xn, p, observed=obs, reg_covar=REG)
   np.testing.assert_allclose(state.params.covariances, stepped.covariances,

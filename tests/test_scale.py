@@ -211,7 +211,8 @@ def test_sharded_batched_restarts_equal_separate_fits(x64, problem):
 
 def _inputs(problem, path):
   data = dict(X=problem["X"], X_odd=problem["X_odd"], w=problem["w"],
-              tol=TOL, max_iter=MAX_ITER, seed=3, split=149)
+              tol=TOL, max_iter=MAX_ITER, seed=3, split=149,
+              resp_odd=_resp_odd(problem))
   for ct in ("full", "diag"):
     p = problem["inits"][ct]
     data.update({f"p0_{ct}/weights": np.asarray(p.weights),
@@ -280,6 +281,35 @@ def test_four_devices_restarts_times_shards(x64, problem, four_devices):
   assert_same_fit(four_devices, runs, prefix="restarts_all/")
   # gx.fit_restarts itself on the Explicit-mesh array.
   assert_same_fit(four_devices, best, prefix="plain_restarts_best/")
+
+
+def _resp_odd(problem):
+  """Initial responsibilities of the 302 rows of ``X_odd`` (fixed seed)."""
+  rng = np.random.default_rng(7)
+  return rng.dirichlet(np.ones(3), size=problem["X_odd"].shape[0])
+
+
+def test_four_devices_variational_equals_one(x64, problem, four_devices):
+  X = problem["X_odd"]
+  # As tests/_worker_devices.py makes them:
+  prior = gx.make_bayes_prior(X, 3, covariance_type="full")
+  post0 = gx.posterior_from_resp(X, _resp_odd(problem), prior,
+                                 covariance_type="full")
+  w = np.concatenate([problem["w"], [1.5, 0.5]])
+  ref = gx.fit_bayes(X, post0, prior, sample_weight=w, tol=TOL,
+                     max_iter=MAX_ITER)
+  out = four_devices
+  assert int(out["bayes/n_iter"]) == int(ref.n_iter) > 2
+  assert bool(out["bayes/converged"]) == bool(ref.converged)
+  for name in ("weight_concentration", "mean_precision", "means",
+               "degrees_of_freedom", "covariances", "precisions_cholesky"):
+    np.testing.assert_allclose(out[f"bayes/{name}"],
+                               np.asarray(getattr(ref.params, name)),
+                               rtol=RTOL, atol=ATOL, err_msg=name)
+  np.testing.assert_allclose(out["bayes/log_likelihood"],
+                             float(ref.log_likelihood), rtol=1e-10)
+  np.testing.assert_allclose(out["bayes/history"], np.asarray(ref.history),
+                             rtol=1e-10)
 
 
 # -- two processes, in subprocesses -----------------------------------------

@@ -1,15 +1,19 @@
 """Compile options by problem size: small programs compile faster.
 
-XLA's CPU code generator has two paths for loops and fusions: the default
-"fusion emitters" and the older loop emitters. For the small programs of a
-tutorial-sized fit, the older ones compile about a third faster and run as
-fast (benchmarks/README.md, "Compile options by size"), and compile time is
-most of such a fit's first call. Large problems keep XLA's defaults, which
-are what the benchmarks measure.
+Compile time is most of a small fit's first call. XLA's CPU code generator
+has two paths for loops and fusions: the default "fusion emitters" and the
+older loop emitters, which compile about a third faster and run as fast on
+problems of one exact-form chunk. For tutorial-sized problems (the
+scikit-learn examples, at most a few thousand ``(n, K, D)`` entries) LLVM's
+optimisation level 0 halves the compile again; its unoptimised loops run
+3-8x slower, which there costs milliseconds against a second saved. The
+figures are in benchmarks/README.md ("Figures behind the kernels'
+defaults"). Large problems keep XLA's defaults, which are what the
+benchmarks measure.
 
-:func:`jit_by_size` makes both programs of a function; the caller picks one
-by the problem's size (:func:`pick`). Inside a user's ``jit`` the default
-is inlined into the user's program.
+:func:`jit_by_size` makes the three programs of a function; the caller
+picks one by the problem's size (:func:`pick`). Inside a user's ``jit`` the
+default is inlined into the user's program.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from jax.extend import core as jax_core
 from gmmjax._src import chunks
 
 SMALL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+TINY_OPTIONS = {**SMALL_OPTIONS, "xla_backend_optimization_level": 0}
+# Problems with at most this many (n, K, D) entries get TINY_OPTIONS: the
+# measured break-even of compile time saved against slower iterations
+# (benchmarks/README.md, "Figures behind the kernels' defaults").
+TINY_MAX_ENTRIES = 1 << 14
 
 
 def ladder_size(n: int, minimum: int = 16) -> int:
@@ -37,18 +46,23 @@ def ladder_size(n: int, minimum: int = 16) -> int:
   return -(-n // (1 << shift)) << shift
 
 
-def pick(programs, n_samples: int, n_components: int, n_features: int):
-  """The small program for problems of one exact-form chunk
-  (``chunks.use_direct``) called outside any trace, else the default.
+def pick(programs, n_samples: int, n_components: int, n_features: int, *,
+         batch: int = 1):
+  """The program for a problem's size, called outside any trace.
 
-  JAX takes compile options on top-level programs only: under a user's
-  ``jit``, ``vmap`` or ``grad`` the default one is inlined.
+  The tiny program for at most :data:`TINY_MAX_ENTRIES` ``(n, K, D)``
+  entries over all ``batch`` problems (restarts) of one call, the small one for problems of one exact-form chunk
+  (``chunks.use_direct``), else the default. JAX takes compile options on
+  top-level programs only: under a user's ``jit``, ``vmap`` or ``grad`` the
+  default one is inlined.
   """
-  default, small = programs
-  if (chunks.use_direct(n_samples, n_components, n_features)
-      and _outside_traces() and _small_options_work()):
-    return small
-  return default
+  default, small, tiny = programs
+  if not (chunks.use_direct(n_samples, n_components, n_features)
+          and _outside_traces() and _small_options_work()):
+    return default
+  if batch * n_samples * n_components * n_features <= TINY_MAX_ENTRIES:
+    return tiny
+  return small
 
 
 def _outside_traces() -> bool:
@@ -68,7 +82,8 @@ def _outside_traces() -> bool:
 
 @functools.cache
 def _small_options_work() -> bool:
-  """Whether this backend's compiler takes :data:`SMALL_OPTIONS`.
+  """Whether this backend's compiler takes :data:`TINY_OPTIONS` (which
+  include :data:`SMALL_OPTIONS`).
 
   CPU only, and checked once by compiling a one-line program: an XLA that
   dropped the option must not break fitting.
@@ -76,7 +91,7 @@ def _small_options_work() -> bool:
   if jax.default_backend() != "cpu":
     return False
   try:
-    jax.jit(lambda x: x + 1, compiler_options=SMALL_OPTIONS).lower(
+    jax.jit(lambda x: x + 1, compiler_options=TINY_OPTIONS).lower(
         np.float32(0)).compile()
   except Exception:  # noqa: BLE001 - any failure means: use the defaults
     return False
@@ -84,8 +99,10 @@ def _small_options_work() -> bool:
 
 
 def jit_by_size(fun=None, **jit_kwargs):
-  """``(default, small)``: ``jax.jit(fun)`` without and with small options."""
+  """``(default, small, tiny)``: ``jax.jit(fun)`` with XLA's default
+  options, :data:`SMALL_OPTIONS` and :data:`TINY_OPTIONS`."""
   if fun is None:
     return functools.partial(jit_by_size, **jit_kwargs)
   return (jax.jit(fun, **jit_kwargs),
-          jax.jit(fun, compiler_options=SMALL_OPTIONS, **jit_kwargs))
+          jax.jit(fun, compiler_options=SMALL_OPTIONS, **jit_kwargs),
+          jax.jit(fun, compiler_options=TINY_OPTIONS, **jit_kwargs))

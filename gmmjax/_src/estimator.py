@@ -45,6 +45,11 @@ from gmmjax._src import nan_policy as nan_lib
 from gmmjax._src import validation as val
 from gmmjax._src.params import ALL_TYPES, GMMParams
 
+# predict, predict_proba and score_samples of a fitted model: compiled with
+# the options of the problem's size (compiling.pick), as the fit was.
+_evaluators = compiling.jit_by_size(lambda fn, params, X: fn(params, X),
+                                    static_argnames="fn")
+
 
 def key_from_random_state(random_state):
   """A JAX key from scikit-learn's ``random_state`` (None, int, RandomState)."""
@@ -118,16 +123,6 @@ def _best_by_lower_bound(lower_bounds, failed) -> int:
     if best is None or lb > best_lb or best_lb == -np.inf:
       best, best_lb = i, lb
   return 0 if best is None else best
-
-
-def _evaluation(what: str):
-  """``em.<what>(params, X)``; with missing entries
-  ``em.evaluate_observed`` (the mask's slots static)."""
-  def fn(params, X, observed=None, slots=None):
-    if observed is None:
-      return getattr(em, what)(params, X)
-    return em.evaluate_observed(params, X, observed, what=what, slots=slots)
-  return fn
 
 
 class GaussianMixture:
@@ -347,10 +342,11 @@ class GaussianMixture:
     # device_put: jnp.asarray of a NumPy array compiles a copy per shape.
     return jax.device_put(Xp), jax.device_put(wp)
 
-  def _evaluate(self, fn, X, policy=None):
-    """``fn(params, X)`` per sample, on padded data and in component slots
-    (padding.component_slots), both paddings dropped from the result; with
-    missing entries ``fn(params, X, observed=mask)``."""
+  def _evaluate(self, what: str, X, policy=None):
+    """``em.<what>(params, X)`` per sample, on padded data and in component
+    slots (padding.component_slots), both paddings dropped from the result;
+    with missing entries ``em.evaluate_observed`` on the rows sorted by
+    their number of missing entries (their order restored)."""
     self._check_is_fitted()
     X, observed = self._validate_observed(X, reset=False, policy=policy)
     order = missing.sort_rows(observed)  # rows by their missing entries
@@ -362,11 +358,13 @@ class GaussianMixture:
                                     self._fitted_type(), 1.0)
     params = self._evaluation_params(slots)
     if observed is None:
-      out = fn(params, Xp)
+      program = compiling.pick(_evaluators, Xp.shape[0], slots or k,
+                               Xp.shape[1])
+      out = program(getattr(em, what), params, Xp)
     else:
       mask = nan_lib.pad_observed(observed, Xp.shape[0])
-      out = fn(params, Xp, observed=jax.device_put(mask),
-               slots=missing.max_missing(mask))
+      out = em.evaluate_observed(params, Xp, jax.device_put(mask),
+                                 what=what, slots=missing.max_missing(mask))
     out = np.asarray(out)[:X.shape[0]]
     if order is not None:
       out = out[np.argsort(order)]
@@ -725,15 +723,15 @@ class GaussianMixture:
 
   def predict(self, X):
     """Component labels ``(n_samples,)``."""
-    return self._evaluate(_evaluation("predict"), X)
+    return self._evaluate("predict", X)
 
   def predict_proba(self, X):
     """Responsibilities ``(n_samples, n_components)``."""
-    return self._evaluate(_evaluation("predict_proba"), X)
+    return self._evaluate("predict_proba", X)
 
   def score_samples(self, X):
     """Per-sample log density ``(n_samples,)``."""
-    return self._evaluate(_evaluation("log_prob"), X)
+    return self._evaluate("log_prob", X)
 
   def score(self, X, y=None, sample_weight=None):
     """Mean (weighted) per-sample log-likelihood of ``X``."""

@@ -262,7 +262,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
     X, w, observed = missing.sorted_rows(X, w, observed, n_components)
   overrides = _given_values(overrides, n_components, d, covariance_type,
                             X.dtype)
-  program = compiling.pick(_init_and_fit_programs, n, n_components, d)
+  program = compiling.pick(_init_and_fit_programs, n, n_components, d,
+                           batch=n_init)
   dtype = X.dtype
   # NumPy scalars: a jnp conversion would be a program of its own.
   return program(key, X, w, _host_scalar(tol, dtype),

@@ -23,6 +23,7 @@ sums.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -148,20 +149,25 @@ def local_copy(tree):
 
 @functools.lru_cache(maxsize=64)
 def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
-                    weighted: bool, batched: bool, nan_as_missing: bool = False):
+                    weighted: bool, batched: bool,
+                    step_type: type = engine.EMStep,
+                    nan_as_missing: bool = False):
+  """The compiled sharded loop of one step type (``engine.EMStep``, or the
+  variational step of :func:`gmmjax.fit_bayes_sharded`); with
+  ``nan_as_missing``, NaN entries of each shard are missing values."""
   axis = axes if len(axes) > 1 else axes[0]
 
   # Statistics (and positive rows) are added over the shards: every device
   # makes the same M-step and the same stopping decision. The loop is a
   # plain while_loop, whose every iteration all devices reach.
-  step = engine.EMStep(reduce=functools.partial(lax.psum, axis_name=axis))
+  step = step_type(reduce=functools.partial(lax.psum, axis_name=axis))
 
-  def local_fit(X, w, params, tol, reg_covar, prev_ll):
+  def local_fit(X, w, params, tol, reg_covar, prev_ll, prior):
     observed = None
     if nan_as_missing:
       observed = ~jnp.isnan(X)
       X = missing.fill(X, observed)
-    problem = engine.Problem(X, w, tol, reg_covar, observed=observed)
+    problem = engine.Problem(X, w, tol, reg_covar, prior, observed=observed)
 
     def one(p):
       result, _ = engine.run(step, p, problem, prev_ll=prev_ll,
@@ -175,7 +181,7 @@ def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
   w_spec = data_spec if weighted else P()
   mapped = jax.shard_map(
       local_fit, mesh=mesh,
-      in_specs=(data_spec, w_spec, P(), P(), P(), P()), out_specs=P())
+      in_specs=(data_spec, w_spec, P(), P(), P(), P(), P()), out_specs=P())
   return jax.jit(mapped)
 
 
@@ -253,6 +259,30 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     True
   """
   max_iter = engine.check_max_iter(max_iter)
+  batched = params.means.ndim == 3
+  ref = jax.tree.map(lambda a: a[0], params) if batched else params
+  mesh, axes, X, w, dtype = sharded_operands(
+      X, functools.partial(checks.check_params_data, ref), sample_weight,
+      mesh, axis_name)
+  params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+  scalars = [np.asarray(v, dtype) for v in (tol, reg_covar,
+                                            prev_log_likelihood)]
+  if jax.process_count() > 1:
+    # Across processes every input must be global: host values (the same on
+    # every process) are taken as replicated.
+    params = jax.tree.map(np.asarray, params)
+  if nan_as_missing:
+    missing.check_type(ref.covariance_type)
+  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
+                       nan_as_missing=bool(nan_as_missing))
+  return fn(X, w, params, *scalars, None)
+
+
+def sharded_operands(X, check: Callable, sample_weight, mesh, axis_name):
+  """``(mesh, axes, X, w, dtype)`` for a sharded loop: the data checked by
+  ``check`` (called with its shape and floating dtype, raises), in that
+  dtype, placed and padded with zero-weight rows to a multiple of the
+  shards."""
   mesh, axes, n_shards = _data_axes(X, mesh, axis_name)
   if not isinstance(X, jax.Array):
     X = checks.as_data(np.asarray(X))
@@ -261,10 +291,7 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
   dtype = checks.float_dtype(X) if not isinstance(X, jax.Array) else (
       X.dtype if jnp.issubdtype(X.dtype, jnp.floating)
       else jnp.result_type(float))
-  batched = params.means.ndim == 3
-  ref = jax.tree.map(lambda a: a[0], params) if batched else params
-  checks.check_params_data(ref, jax.ShapeDtypeStruct((0, X.shape[1]), dtype))
-  params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+  check(jax.ShapeDtypeStruct((0, X.shape[1]), dtype))
   X = X.astype(dtype) if X.dtype != dtype else X
   sharding = NamedSharding(mesh, P(axes if len(axes) > 1 else axes[0]))
   n = X.shape[0]
@@ -279,17 +306,7 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     if w is None:
       w = jnp.ones((n,), dtype)
     X, w = _pad_rows(X, w, fill, sharding)
-  scalars = [np.asarray(v, dtype) for v in (tol, reg_covar,
-                                            prev_log_likelihood)]
-  if jax.process_count() > 1:
-    # Across processes every input must be global: host values (the same on
-    # every process) are taken as replicated.
-    params = jax.tree.map(np.asarray, params)
-  if nan_as_missing:
-    missing.check_type(ref.covariance_type)
-  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
-                       bool(nan_as_missing))
-  return fn(X, w, params, *scalars)
+  return mesh, axes, X, w, dtype
 
 
 def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from gmmjax._src import bayes_params as bp
 from gmmjax._src import checks, missing
 from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
@@ -41,7 +42,8 @@ class OnlineState(NamedTuple):
   Every leaf has a fixed shape: memory does not grow with the stream.
   """
 
-  params: GMMParams  # current parameters, M-step of `stats`
+  params: GMMParams  # current parameters, M-step of `stats` (a
+  # BayesParams posterior in online_bayes_init/online_bayes_update)
   stats: SuffStats  # running average of per-sample statistics (count ~ 1)
   shift: jax.Array  # shape=(D,), centre of the second moments
   step: jax.Array  # shape=(), int32, updates done after the initial batch
@@ -62,20 +64,38 @@ def _check_alpha(alpha):
                      "finite sum of squares.")
 
 
-def _batch_stats(params, X, w, shift, observed=None):
-  s = stats_lib.e_step_stats(params, X, sample_weight=w, shift=shift,
+def _batch_stats(model, X, w, shift, observed=None):
+  """Per-sample averages of the batch's E-step statistics under ``model``
+  (a variational posterior's: those of its variational mixture)."""
+  mix = model if isinstance(model, GMMParams) else bp.variational_mixture(
+      model)
+  s = stats_lib.e_step_stats(mix, X, sample_weight=w, shift=shift,
                              observed=observed)
   return jax.tree.map(lambda a: a / s.count, s), s.count
 
 
+def _m_step(model, stats, shift, reg_covar, bayes):
+  """The model of averaged statistics, and its jitter: EM's M-step, or with
+  ``bayes = (prior, n_samples)`` the variational M-step of ``n_samples``
+  samples with these average statistics (stochastic variational inference:
+  its natural parameters are linear in the statistics)."""
+  if bayes is None:
+    return stats_lib.params_and_jitter_from_stats(
+        stats, shift, model.covariance_type, reg_covar)
+  prior, n_samples = bayes
+  return bp.posterior_and_jitter_from_stats(
+      jax.tree.map(lambda a: a * n_samples, stats), shift, prior,
+      covariance_type=model.covariance_type,
+      prior_type=model.weight_concentration_prior_type, reg_covar=reg_covar)
+
+
 @jax.jit
-def _online_init(X, params, w, reg_covar, observed=None):
+def _online_init(X, params, w, reg_covar, bayes=None, observed=None):
   ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
   centre = X if observed is None else missing.fill_means(X, observed, w)
   shift = lax.stop_gradient(mm.matmul(ww, centre) / jnp.sum(ww))
   stats, count = _batch_stats(params, X, w, shift, observed)
-  new, jitter = stats_lib.params_and_jitter_from_stats(
-      stats, shift, params.covariance_type, reg_covar)
+  new, jitter = _m_step(params, stats, shift, reg_covar, bayes)
   ok = all_finite(new)
   return OnlineState(
       params=tree_where(ok, new, params),
@@ -116,7 +136,7 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
   params, X, w = checks.prepare(params, X, sample_weight)
   X, w, observed = _observed(params, X, w, observed)
   return _online_init(X, params, w, jnp.asarray(reg_covar, X.dtype),
-                      observed)
+                      observed=observed)
 
 
 def _observed(params, X, w, observed):
@@ -132,14 +152,14 @@ def _observed(params, X, w, observed):
 
 
 @jax.jit
-def _online_update(state: OnlineState, X, w, alpha, reg_covar, observed=None):
+def _online_update(state: OnlineState, X, w, alpha, reg_covar, bayes=None,
+                   observed=None):
   params = state.params
   batch, count = _batch_stats(params, X, w, state.shift, observed)
   gamma = (state.step + 2).astype(X.dtype) ** -alpha
   stats = jax.tree.map(lambda s, b: (1 - gamma) * s + gamma * b,
                        state.stats, batch)
-  new, jitter = stats_lib.params_and_jitter_from_stats(
-      stats, state.shift, params.covariance_type, reg_covar)
+  new, jitter = _m_step(params, stats, state.shift, reg_covar, bayes)
   ok = all_finite(new) & jnp.isfinite(batch.log_likelihood)
   return OnlineState(
       params=tree_where(ok, new, params),
@@ -181,7 +201,7 @@ def online_update(X, state: OnlineState, *, sample_weight=None, alpha=0.6,
   state = state._replace(params=params)
   X, w, observed = _observed(params, X, w, observed)
   return _online_update(state, X, w, jnp.asarray(alpha, X.dtype),
-                        jnp.asarray(reg_covar, X.dtype), observed)
+                        jnp.asarray(reg_covar, X.dtype), observed=observed)
 
 
 def fit_online(key, batches: Iterable, *, params: GMMParams | None = None,
