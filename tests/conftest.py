@@ -27,6 +27,16 @@ if os.environ.get("GMMJAX_TEST_CPU_FLAGS", "1") != "0":
       os.environ["XLA_FLAGS"] = " ".join(
           [os.environ.get("XLA_FLAGS", ""), _flag]).strip()
 
+# One OpenMP thread per process: scikit-learn's k-means (the references'
+# default init) runs OpenMP loops, and on the 2-core machine with two xdist
+# workers (and JAX's own threads) two threads per worker oversubscribe it:
+# a tiny k-means then waits on descheduled threads, up to seconds (iris,
+# n_init=8: 4-8 s against 0.2-0.3 s with one thread, 2026-12-03, under
+# load). Results do not depend on it (scikit-learn tests k-means labels
+# equal across thread counts). Set before scikit-learn loads its OpenMP
+# runtime; subprocesses inherit it. A value the user set is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -1,8 +1,12 @@
-"""The ``gmmjax`` command line, run as a real subprocess on files we write.
+"""The ``gmmjax`` command line on files we write.
 
-Every subprocess pays the JAX import (and a compile for commands that fit),
-so the happy path is one chain of commands on one model, and each bad-input
-case is one short run that fails before anything compiles.
+Every subprocess pays the JAX import (and a compile for commands that fit):
+the commands run as real subprocesses where the process is what is tested
+(``fit`` with ``--verbose``, ``predict``, ``select`` with its progress bar,
+the demo under XLA's default code generator, and one bad input's exit
+status and single stderr line), the other runs call ``cli.main(argv)`` in this process, which is what the
+entry point runs (``sys.exit(main())``): its return value is the exit
+status, its output what the process would print.
 """
 
 import importlib.util
@@ -14,6 +18,7 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
+from gmmjax import cli
 from gmmjax._src import io
 
 
@@ -25,6 +30,27 @@ def gmmjax(*args, cwd, default_xla_flags=False):
   return subprocess.run([sys.executable, "-m", "gmmjax", *map(str, args)],
                         capture_output=True, text=True, cwd=cwd, env=env,
                         timeout=300)
+
+
+class InProcess:
+  """``cli.main(argv)`` run here: ``returncode``, ``stdout``, ``stderr``."""
+
+  def __init__(self, capsys, monkeypatch):
+    self.capsys, self.monkeypatch = capsys, monkeypatch
+    monkeypatch.delenv("GMMJAX_DEBUG", raising=False)
+
+  def __call__(self, *args, cwd):
+    self.monkeypatch.chdir(cwd)
+    self.capsys.readouterr()  # drop anything printed before
+    with np.printoptions():  # fit and the demo set NumPy's print options
+      returncode = cli.main([str(a) for a in args])
+    out, err = self.capsys.readouterr()
+    return subprocess.CompletedProcess(args, returncode, out, err)
+
+
+@pytest.fixture
+def in_process(capsys, monkeypatch):
+  return InProcess(capsys, monkeypatch)
 
 
 def three_blobs(seed=0, n_per=80):
@@ -81,12 +107,13 @@ def test_fit_reads_csv_with_header_and_saves_model(fitted):
                              mixture_logpdf(model, X).mean(), atol=1e-4)
 
 
-def test_fit_progress_bar_through_the_fit_callback(workdir, tmp_path):
+def test_fit_progress_bar_through_the_fit_callback(workdir, tmp_path,
+                                                  in_process):
   d, X = workdir
-  r = gmmjax("fit", d / "train.csv", "-k", 3, "--max-iter", 40, "--progress",
-             "--out", "m.npz", cwd=tmp_path)
+  r = in_process("fit", d / "train.csv", "-k", 3, "--max-iter", 40,
+                 "--progress", "--out", "m.npz", cwd=tmp_path)
   assert r.returncode == 0, r.stderr
-  # The bar redraws with "\r" (a newline once text mode has read it).
+  # The bar redraws with "\r" (splitlines splits there too).
   bar = [ln for ln in r.stderr.splitlines() if ln.strip()][-1]
   assert bar.startswith("EM [") and "/40 iter" in bar and "ll -" in bar
   model = io.load(tmp_path / "m.npz")
@@ -94,7 +121,7 @@ def test_fit_progress_bar_through_the_fit_callback(workdir, tmp_path):
   assert f" {model.n_iter_}/40 iter" in bar
 
 
-def test_predict_score_sample(fitted):
+def test_predict_score_sample(fitted, in_process):
   d, X, _ = fitted
   model = io.load(d / "model.npz")
   Xt = X[::3]
@@ -110,19 +137,20 @@ def test_predict_score_sample(fitted):
   np.testing.assert_allclose(proba, comp / comp.sum(1, keepdims=True),
                              atol=1e-5)
 
-  r = gmmjax("predict", "model.npz", "test.npy", cwd=d)  # labels to stdout
+  # The other commands in this process (predict --proba ran as one).
+  r = in_process("predict", "model.npz", "test.npy", cwd=d)  # to stdout
   assert r.returncode == 0, r.stderr
   labels = np.array([int(v) for v in r.stdout.split()])
   np.testing.assert_array_equal(labels, comp.argmax(1))
 
-  r = gmmjax("score", "model.npz", "test.npz", cwd=d)
+  r = in_process("score", "model.npz", "test.npz", cwd=d)
   assert r.returncode == 0, r.stderr
   score = float(r.stdout.split()[1])
   np.testing.assert_allclose(score, mixture_logpdf(model, X[::5]).mean(),
                              atol=1e-4)
 
-  r = gmmjax("sample", "model.npz", "-n", 3000, "--seed", 3, "--out",
-             "draws.npy", "--labels", "draws_labels.csv", cwd=d)
+  r = in_process("sample", "model.npz", "-n", 3000, "--seed", 3, "--out",
+                 "draws.npy", "--labels", "draws_labels.csv", cwd=d)
   assert r.returncode == 0, r.stderr
   draws = np.load(d / "draws.npy")
   y = np.loadtxt(d / "draws_labels.csv", dtype=int)
@@ -206,10 +234,17 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args,message", BAD, ids=[
+# The case also run as a real process: its exit status, and nothing else
+# (a traceback, a warning at import) on its stderr.
+IN_A_PROCESS = 4
+
+
+@pytest.mark.parametrize("case", range(len(BAD)), ids=[
     f"{a[0]}-{i}" for i, (a, _) in enumerate(BAD)])
-def test_bad_input_is_one_clear_line(fitted, bad_files, args, message):
-  r = gmmjax(*args, cwd=bad_files)
+def test_bad_input_is_one_clear_line(fitted, bad_files, in_process, case):
+  args, message = BAD[case]
+  run = gmmjax if case == IN_A_PROCESS else in_process
+  r = run(*args, cwd=bad_files)
   assert r.returncode == 1
   assert "Traceback" not in r.stderr
   assert r.stderr.startswith("gmmjax: error: ")
@@ -217,7 +252,7 @@ def test_bad_input_is_one_clear_line(fitted, bad_files, args, message):
   assert r.stderr.count("\n") == 1
 
 
-def test_parquet(fitted, bad_files):
+def test_parquet(fitted, bad_files, in_process):
   d = bad_files
   path = d / "x.parquet"
   if PYARROW:  # pragma: no cover - pyarrow is optional
@@ -225,10 +260,10 @@ def test_parquet(fitted, bad_files):
     import pyarrow.parquet as pq
     X = three_blobs()[:60]
     pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1]}), path)
-    r = gmmjax("score", "model.npz", "x.parquet", cwd=d)
+    r = in_process("score", "model.npz", "x.parquet", cwd=d)
     assert r.returncode == 0, r.stderr
   else:
     path.write_bytes(b"PAR1")
-    r = gmmjax("score", "model.npz", "x.parquet", cwd=d)
+    r = in_process("score", "model.npz", "x.parquet", cwd=d)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "needs pyarrow: pip install pyarrow" in r.stderr

@@ -1,5 +1,13 @@
-"""E/M kernels (chunked, fused) against straightforward NumPy references."""
+"""E/M kernels (chunked, fused) against straightforward NumPy references.
 
+Compile time is most of this file's time: the kernels' internal functions
+(not jitted themselves) run under ``jax.jit`` here, as the fits run them,
+instead of one small program per operation, and the guarded forms are set
+once for the module, so that programs (and operations) compiled by one test
+serve the next; tests that patch more than that drop the traces they made.
+"""
+
+import dataclasses
 import functools
 
 import jax
@@ -16,10 +24,38 @@ from gmmjax._src.cov_matrix import expanded_full_maha
 
 TYPES = ("full", "tied", "diag", "spherical")
 
-# Every test here checks the guarded GEMM forms (the data are small enough
-# for the direct ones otherwise); test_direct_* check the direct path.
-pytestmark = pytest.mark.usefixtures("guarded_kernels")
 N, D, K = 700, 3, 4  # 700 = 5 chunks of 128 + a remainder of 60
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guarded_kernels_for_the_module():
+  """Every test here checks the guarded GEMM forms (the data are small
+  enough for the direct ones otherwise); test_direct_* check the direct
+  path. conftest's ``guarded_kernels``, set once for the module: its traces
+  are dropped when it starts and ends, not between tests."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(chunks, "DEFAULT_CHUNKS", dataclasses.replace(
+        chunks.DEFAULT_CHUNKS, direct_max_entries=0))
+    jax.clear_caches()
+    yield
+    jax.clear_caches()
+
+
+# The internal functions tested here, each one program (as in a fit).
+make_params = jax.jit(gx.make_params, static_argnames=("covariance_type",))
+weighted_log_prob = jax.jit(stats_lib.weighted_log_prob,
+                            static_argnames=("chunking",))
+stats_from_resp = jax.jit(stats_lib.stats_from_resp,
+                          static_argnames=("covariance_type",))
+
+
+@functools.partial(jax.jit, static_argnames=("ctype",))
+def fast_form(xc, mc, pc, ctype):
+  """``(maha, fast_form_error, fast_form_bound)`` of centred operands."""
+  forms = cov_ops.get(ctype)
+  maha = kernels.mahalanobis_centred(xc, mc, pc, ctype)
+  return (maha, forms.fast_form_error(xc, mc, pc, maha),
+          forms.fast_form_bound(xc, mc, pc))
 
 
 def _random_params(seed, ctype, scale=1.0, offset=0.0, K=K, D=D):
@@ -107,21 +143,20 @@ def test_e_step_stats_matches_numpy(x64, request, ctype, chunked,
   shift = np.array([0.3, -0.2, 0.1])
   if per_component:
     shift = means + 0.1
-  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  params = make_params(w, means, cov, covariance_type=ctype)
   got = stats_lib.e_step_stats(params, jnp.asarray(X),
                                sample_weight=jnp.asarray(sw),
                                shift=jnp.asarray(shift))
   ref, wlp = _ref_stats(X, w, means, cov, ctype, sw, shift)
   _check_stats(got, ref, 1e-10)
   np.testing.assert_allclose(
-      np.asarray(stats_lib.weighted_log_prob(params, jnp.asarray(X))), wlp,
-      rtol=1e-10)
+      np.asarray(weighted_log_prob(params, jnp.asarray(X))), wlp, rtol=1e-10)
 
 
 @pytest.mark.parametrize("ctype", ["full", "diag"])
 def test_chunked_equals_unchunked_with_temperature(x64, retrace, ctype):
   w, means, cov = _random_params(4, ctype)
-  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  params = make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(_data(5))
   whole = stats_lib.e_step_stats(params, X, temperature=2.0)
   force_small_chunks(retrace)
@@ -169,20 +204,25 @@ def test_packed_moment_features_match_numpy(x64, d):
   rng = np.random.default_rng(d)
   x = rng.normal(size=(40, d))
   r = rng.uniform(size=(40, 3))
-  feats = packing.packed_features(jnp.asarray(x))
-  assert feats.shape == (40, packing.n_moment_features(d))
-  sx, sxx = packing.split_packed(jnp.asarray(r).T @ feats, d)
-  np.testing.assert_allclose(sx, r.T @ x, rtol=1e-12)
-  np.testing.assert_allclose(sxx, np.einsum("nk,nd,ne->kde", r, x, x),
-                             rtol=1e-12)
-  np.testing.assert_allclose(
-      moments.second_moments(jnp.asarray(x), jnp.asarray(r), "full"),
-      np.einsum("nk,nd,ne->kde", r, x, x), rtol=1e-12)
   a = rng.normal(size=(3, d, d))
   prec_chol = np.tril(a) + 2 * np.eye(d)
   means = rng.normal(size=(3, d))
-  got = expanded_full_maha(feats, jnp.asarray(means),
-                                   jnp.asarray(prec_chol))
+
+  @jax.jit
+  def packed(x, r, means, prec_chol):
+    feats = packing.packed_features(x)
+    return (feats, *packing.split_packed(r.T @ feats, d),
+            moments.second_moments(x, r, "full"),
+            expanded_full_maha(feats, means, prec_chol))
+
+  feats, sx, sxx, second, got = packed(*map(jnp.asarray,
+                                            (x, r, means, prec_chol)))
+  assert feats.shape == (40, packing.n_moment_features(d))
+  np.testing.assert_allclose(sx, r.T @ x, rtol=1e-12)
+  np.testing.assert_allclose(sxx, np.einsum("nk,nd,ne->kde", r, x, x),
+                             rtol=1e-12)
+  np.testing.assert_allclose(second, np.einsum("nk,nd,ne->kde", r, x, x),
+                             rtol=1e-12)
   y = np.einsum("nkd,kde->nke", x[:, None, :] - means[None], prec_chol)
   np.testing.assert_allclose(got, np.sum(y * y, -1), rtol=1e-9, atol=1e-9)
 
@@ -244,7 +284,7 @@ def test_accelerator_blocks_bound_vmapped_memory(monkeypatch):
 @pytest.mark.parametrize("ctype", ["full"])
 def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
   w, means, cov = _random_params(8, ctype)
-  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  params = make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(_data(9)[:260])
   sw = jnp.asarray(np.random.default_rng(10).uniform(0.5, 1.5, 260))
 
@@ -264,12 +304,14 @@ def test_gradients_chunked_match_unchunked(x64, retrace, ctype):
   # Central finite difference along a random direction of X.
   v = jnp.asarray(np.random.default_rng(11).normal(size=X.shape))
   eps = 1e-6
-  fd = (objective(X + eps * v, sw, params.means)
-        - objective(X - eps * v, sw, params.means)) / (2 * eps)
+  f = jax.jit(objective)
+  fd = (f(X + eps * v, sw, params.means)
+        - f(X - eps * v, sw, params.means)) / (2 * eps)
   np.testing.assert_allclose(float(jnp.sum(chunked[0] * v)), float(fd),
                              rtol=1e-6)
   # Forward mode agrees with reverse mode through the scan.
-  _, tangent = jax.jvp(lambda X: objective(X, sw, params.means), (X,), (v,))
+  _, tangent = jax.jit(lambda X, v: jax.jvp(
+      lambda X: objective(X, sw, params.means), (X,), (v,)))(X, v)
   np.testing.assert_allclose(float(tangent), float(fd), rtol=1e-6)
 
 
@@ -282,45 +324,48 @@ def _blobs(seed, n_per=250):
 
 
 @pytest.mark.parametrize("ctype", TYPES)
-@pytest.mark.parametrize("scale,offset", [(100.0, 1e6), (1e-6, 0.0),
-                                          (1e6, 0.0)])
-def test_float32_agrees_with_float64(retrace, ctype, scale, offset):
+def test_float32_agrees_with_float64(retrace, ctype):
   """Offset or scaled data: float32 EM stays finite and matches float64.
 
   The offsets are 1e4 times the clusters' spread: float32 data carry about
   7 digits, so a larger ratio quantises the data themselves (and means
   stored in float32) beyond a 1e-4 agreement, whatever the kernels do.
+  The three cases differ in values only: one test runs them, on the same
+  programs.
   """
   force_small_chunks(retrace)
-  X32 = (offset + scale * _blobs(12)).astype(np.float32)
-  # Soft responsibilities around the true labels: EM then converges to one
-  # optimum, instead of amplifying round-off while breaking symmetry.
-  rng = np.random.default_rng(13)
-  labels = np.repeat(np.arange(K), X32.shape[0] // K)
-  resp = 0.7 * np.eye(K)[labels] + 0.3 * rng.dirichlet(np.ones(K),
-                                                         X32.shape[0])
-  reg = 1e-6 * scale**2
+  for scale, offset in [(100.0, 1e6), (1e-6, 0.0), (1e6, 0.0)]:
+    case = f"scale={scale}, offset={offset}"
+    X32 = (offset + scale * _blobs(12)).astype(np.float32)
+    # Soft responsibilities around the true labels: EM then converges to
+    # one optimum, instead of amplifying round-off while breaking symmetry.
+    rng = np.random.default_rng(13)
+    labels = np.repeat(np.arange(K), X32.shape[0] // K)
+    resp = 0.7 * np.eye(K)[labels] + 0.3 * rng.dirichlet(np.ones(K),
+                                                           X32.shape[0])
+    reg = 1e-6 * scale**2
 
-  def run(dtype):
-    X = jnp.asarray(X32.astype(dtype))
-    p = gx.m_step(X, jnp.log(jnp.asarray(resp, dtype)), covariance_type=ctype,
-                  reg_covar=reg)
-    return gx.fit(X, p, max_iter=10, tol=0.0, reg_covar=reg)
+    def run(dtype, X32=X32, resp=resp, reg=reg):
+      X = jnp.asarray(X32.astype(dtype))
+      p = gx.m_step(X, jnp.log(jnp.asarray(resp, dtype)),
+                    covariance_type=ctype, reg_covar=reg)
+      return gx.fit(X, p, max_iter=10, tol=0.0, reg_covar=reg)
 
-  r32 = run(np.float32)
-  with jax.enable_x64(True):
-    r64 = run(np.float64)
-  assert not bool(r32.failed)
-  assert np.all(np.isfinite(np.asarray(r32.history)[:10]))
-  # The log-density of data scaled by s shifts by -D log s; compare the
-  # scale-free part.
-  base = D * np.log(scale)
-  np.testing.assert_allclose(float(r32.log_likelihood) + base,
-                             float(r64.log_likelihood) + base, rtol=1e-4,
-                             atol=1e-4)
-  np.testing.assert_allclose(
-      (np.asarray(r32.params.means) - offset) / scale,
-      (np.asarray(r64.params.means) - offset) / scale, rtol=1e-3, atol=1e-3)
+    r32 = run(np.float32)
+    with jax.enable_x64(True):
+      r64 = run(np.float64)
+    assert not bool(r32.failed), case
+    assert np.all(np.isfinite(np.asarray(r32.history)[:10])), case
+    # The log-density of data scaled by s shifts by -D log s; compare the
+    # scale-free part.
+    base = D * np.log(scale)
+    np.testing.assert_allclose(float(r32.log_likelihood) + base,
+                               float(r64.log_likelihood) + base, rtol=1e-4,
+                               atol=1e-4, err_msg=case)
+    np.testing.assert_allclose(
+        (np.asarray(r32.params.means) - offset) / scale,
+        (np.asarray(r64.params.means) - offset) / scale, rtol=1e-3,
+        atol=1e-3, err_msg=case)
 
 
 @pytest.mark.parametrize("ctype", TYPES)
@@ -335,7 +380,7 @@ def test_direct_e_step_stats_match_numpy(x64, ctype, k, d):
   rng = np.random.default_rng(31)
   X = jnp.asarray(rng.normal(0, 3, (200, d)))
   sw = rng.uniform(0.0, 2.0, 200)
-  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  params = make_params(w, means, cov, covariance_type=ctype)
   shift = means + 0.1
   args = (params, X, jnp.asarray(sw), jnp.asarray(shift))
 
@@ -349,7 +394,7 @@ def test_direct_e_step_stats_match_numpy(x64, ctype, k, d):
   ref, wlp = _ref_stats(np.asarray(X), w, means, cov, ctype, sw, shift)
   _check_stats(got, ref, 1e-10)
   np.testing.assert_allclose(
-      np.asarray(stats_lib.weighted_log_prob(params, X, direct)), wlp,
+      np.asarray(weighted_log_prob(params, X, chunking=direct)), wlp,
       rtol=1e-10)
 
 
@@ -368,7 +413,7 @@ def test_exact_fallbacks_in_pieces_match_numpy(x64, retrace, ctype):
   w, means, cov = _random_params(1, ctype)
   X = _data(2, offset=50.0)
   sw = np.random.default_rng(3).uniform(0.0, 2.0, N)
-  params = gx.make_params(w, means + 50.0, cov, covariance_type=ctype)
+  params = make_params(w, means + 50.0, cov, covariance_type=ctype)
   shift = np.asarray(params.means) + 0.1
   args = (params, jnp.asarray(X), jnp.asarray(sw), jnp.asarray(shift))
 
@@ -407,10 +452,10 @@ def test_float32_collapsed_component_recomputes_only_its_column():
       x, centre, m, p, "full"))(X32, m32, p32))
   fast = jax.jit(lambda x, m, p: kernels.mahalanobis_centred(
       x - centre, m - centre, p, "full"))(X32, m32, p32)
-  err = cov_ops.get("full").fast_form_error(X32 - centre, m32 - centre, p32,
-                                            fast)
-  off = np.asarray(err > kernels.fast_form_tol(jnp.float32)
-                   * jnp.maximum(fast, 1.0))
+  err = jax.jit(cov_ops.get("full").fast_form_error)(
+      X32 - centre, m32 - centre, p32, fast)
+  off = np.asarray(err) > kernels.fast_form_tol(jnp.float32) * np.maximum(
+      np.asarray(fast), np.float32(1.0))
   assert off[:, -1].any() and not off[:, :-1].any()  # the case is exercised
 
   # Reference in float64 on the float32-rounded inputs.
@@ -441,16 +486,14 @@ def test_fast_form_bound_bounds_every_entry(x64, ctype, dtype):
   w, means, cov = _random_params(42, ctype, K=k, D=d)
   if ctype != "tied":
     cov[0] = cov[0] * 1e-4  # a narrow component
-  params = gx.make_params(w, means, cov, covariance_type=ctype)
+  params = make_params(w, means, cov, covariance_type=ctype)
   near = means[rng.integers(0, k, 300)] + rng.normal(0, 0.3, (300, d))
   X = np.concatenate([near, [np.full(d, 40.0)], rng.normal(0, 5, (99, d))])
   xc = jnp.asarray(X - means.mean(0), dtype)
   mc = jnp.asarray(means - means.mean(0), dtype)
   pc = jnp.asarray(params.precisions_cholesky, dtype)
-  maha = kernels.mahalanobis_centred(xc, mc, pc, ctype)
-  err = cov_ops.get(ctype).fast_form_error(xc, mc, pc, maha)
-  ratio = np.max(np.asarray(err / jnp.maximum(maha, 1.0)), axis=0)
-  bound = np.asarray(cov_ops.get(ctype).fast_form_bound(xc, mc, pc))
+  maha, err, bound = map(np.asarray, fast_form(xc, mc, pc, ctype))
+  ratio = np.max(err / np.maximum(maha, maha.dtype.type(1.0)), axis=0)
   assert bound.shape == (k,)
   assert np.all(bound >= ratio * (1 - 1e-5)), (bound, ratio)
   # Tight where it can be: a one-sample chunk at whitened distance 1 from a
@@ -463,10 +506,9 @@ def test_fast_form_bound_bounds_every_entry(x64, ctype, dtype):
   for j in range(k):
     x1 = means[j] + np.linalg.cholesky(covs[j]) @ u
     x1c = jnp.asarray((x1 - means.mean(0))[None, :], dtype)
-    m1 = kernels.mahalanobis_centred(x1c, mc, pc, ctype)
-    r1 = np.asarray(cov_ops.get(ctype).fast_form_error(x1c, mc, pc, m1)
-                    / jnp.maximum(m1, 1.0))[0, j]
-    b1 = float(cov_ops.get(ctype).fast_form_bound(x1c, mc, pc)[j])
+    m1, e1, b1 = map(np.asarray, fast_form(x1c, mc, pc, ctype))
+    r1 = (e1 / np.maximum(m1, m1.dtype.type(1.0)))[0, j]
+    b1 = float(b1[j])
     assert b1 >= r1 * (1 - 1e-4), (j, b1, r1)
     if ctype != "tied":
       assert b1 <= r1 * 1.05, (j, b1, r1)  # float32 maha rounds off by ~1%
@@ -494,7 +536,7 @@ def test_guard_shortcut_changes_no_distance(monkeypatch, ctype):
            "narrow": (np.concatenate([ordinary, 30.0 + 1e-3 * rng.normal(
                size=(10, d))]), narrow_means, narrow_cov)}
   for label, (X, mu, c) in cases.items():
-    p = gx.make_params(jnp.asarray(w, jnp.float32),
+    p = make_params(jnp.asarray(w, jnp.float32),
                        jnp.asarray(mu, jnp.float32),
                        jnp.asarray(c, jnp.float32), covariance_type=ctype)
     X32 = jnp.asarray(X, jnp.float32)
@@ -504,8 +546,8 @@ def test_guard_shortcut_changes_no_distance(monkeypatch, ctype):
       return np.asarray(jax.jit(lambda x, m, pc: kernels.guarded_mahalanobis(
           x, centre, m, pc, ctype))(X32, p.means, p.precisions_cholesky))
 
-    bound = cov_ops.get(ctype).fast_form_bound(
-        X32 - centre, p.means - centre, p.precisions_cholesky)
+    _, _, bound = fast_form(X32 - centre, p.means - centre,
+                            p.precisions_cholesky, ctype)
     shortcut = bool(jnp.all(bound <= kernels.fast_form_tol(jnp.float32)))
     if label == "ordinary" and ctype == "full":
       assert shortcut  # whitened float32 distances of ordinary data
@@ -530,7 +572,7 @@ def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
   sets must equal the direct form's, which has no guard at all."""
   retrace(kernels.FAST_FORM_TOL, "float64", 0.0)
   w, means, cov = _random_params(40 + d, ctype, D=d)
-  prec = gx.make_params(w, means, cov, covariance_type=ctype)
+  prec = make_params(w, means, cov, covariance_type=ctype)
   X = jnp.asarray(np.random.default_rng(d).normal(0, 3, (200, d)))
   centre = jnp.mean(prec.means, axis=0)
 
@@ -551,12 +593,13 @@ def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9,
                                atol=1e-12)
   tangents = (jnp.ones_like(args[0]), 0.1 * jnp.ones_like(args[1]))
-  jvps = {k: jax.jvp(functools.partial(value, f), args, tangents)[1]
+  jvps = {k: jax.jit(lambda a, t, f=f: jax.jvp(
+      functools.partial(value, f), a, t)[1])(args, tangents)
           for k, f in fns.items()}
   np.testing.assert_allclose(float(jvps["guarded"]), float(jvps["direct"]),
                              rtol=1e-9)
   batched = jax.tree.map(lambda a: jnp.stack([a, 1.1 * a]), args)
-  outs = {k: jax.vmap(lambda m, p, f=f: f(X, m, p))(*batched)
+  outs = {k: jax.jit(jax.vmap(lambda m, p, f=f: f(X, m, p)))(*batched)
           for k, f in fns.items()}
   np.testing.assert_allclose(np.asarray(outs["guarded"]),
                              np.asarray(outs["direct"]), rtol=1e-10)
@@ -564,7 +607,7 @@ def test_exact_columns_differentiate_and_vmap_like_direct(x64, retrace, ctype,
 
 def test_vmap_over_params_matches_loop(x64):
   X = jnp.asarray(_data(14))
-  batch = [gx.make_params(*_random_params(s, "full")) for s in (15, 16)]
+  batch = [make_params(*_random_params(s, "full")) for s in (15, 16)]
   stacked = jax.tree.map(lambda *a: jnp.stack(a), *batch)
   out = jax.vmap(lambda p: stats_lib.e_step_stats(p, X))(stacked)
   for i, p in enumerate(batch):
@@ -580,10 +623,9 @@ def test_params_from_stats_with_component_shift(x64, ctype):
   X = _data(21)
   resp = rng.dirichlet(np.ones(K), N)
   shift = rng.normal(size=(K, D))
-  stats = stats_lib.stats_from_resp(jnp.asarray(X), jnp.asarray(resp),
-                                    sample_weight=None,
-                                    shift=jnp.asarray(shift),
-                                    covariance_type=ctype)
+  stats = stats_from_resp(jnp.asarray(X), jnp.asarray(resp),
+                          sample_weight=None, shift=jnp.asarray(shift),
+                          covariance_type=ctype)
   p = stats_lib.params_from_stats(stats, jnp.asarray(shift),
                                   covariance_type=ctype, reg_covar=1e-3)
   ref = gx.m_step(jnp.asarray(X), jnp.log(jnp.asarray(resp)),
@@ -610,13 +652,17 @@ def test_float32_nearly_singular_component_with_component_shift():
   resp[:600, 0] = 1.0
   resp[600:, 1] = 1.0
 
-  def m_step(dtype):
-    Xj = jnp.asarray(X.astype(dtype))
-    r = jnp.asarray(resp, dtype)
+  @jax.jit
+  def m_step_jit(Xj, r):
     # Shifts: the responsibility-weighted means, rounded to the dtype.
     shift = (r.T @ Xj) / jnp.sum(r, axis=0)[:, None]
-    s = stats_lib.stats_from_resp(Xj, r, sample_weight=None, shift=shift, covariance_type="full")
-    return stats_lib.params_from_stats(s, shift, covariance_type="full", reg_covar=1e-6)
+    s = stats_lib.stats_from_resp(Xj, r, sample_weight=None, shift=shift,
+                                  covariance_type="full")
+    return stats_lib.params_from_stats(s, shift, covariance_type="full",
+                                       reg_covar=1e-6)
+
+  def m_step(dtype):
+    return m_step_jit(jnp.asarray(X.astype(dtype)), jnp.asarray(resp, dtype))
 
   p32 = m_step(np.float32)
   with jax.enable_x64(True):

@@ -51,10 +51,10 @@ def pick(programs, n_samples: int, n_components: int, n_features: int, *,
   """The program for a problem's size, called outside any trace.
 
   The tiny program for at most :data:`TINY_MAX_ENTRIES` ``(n, K, D)``
-  entries over all ``batch`` problems (restarts) of one call, the small one for problems of one exact-form chunk
-  (``chunks.use_direct``), else the default. JAX takes compile options on
-  top-level programs only: under a user's ``jit``, ``vmap`` or ``grad`` the
-  default one is inlined.
+  entries over all ``batch`` problems (restarts) of one call, the small one
+  for problems of one exact-form chunk (``chunks.use_direct``), else the
+  default. JAX takes compile options on top-level programs only: under a
+  user's ``jit``, ``vmap`` or ``grad`` the default one is inlined.
   """
   default, small, tiny = programs
   if not (chunks.use_direct(n_samples, n_components, n_features)

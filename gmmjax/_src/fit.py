@@ -289,7 +289,7 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     >>> bool(result.converged), result.history.shape
     (True, (128,))
     >>> loss = lambda X: gx.fit(X, p0, tol=1e-6).log_likelihood
-    >>> jax.grad(loss)(X).shape
+    >>> jax.jit(jax.grad(loss))(X).shape  # one program, not one per op
     (200, 2)
   """
   X, observed = checked_observed(X, observed)
