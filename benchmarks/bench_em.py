@@ -18,9 +18,10 @@ Workloads (issue 6): 1 tutorial 1,000 x 2 K=5 (cold/warm), 2 100,000 x 16
 K=16 full, 3 65,536 x 32 K=64 full (f32 and f64), 4 200,000 x 64 K=64
 diag/tied/spherical, 5 20,000 x 8 K=8 n_init=16, 6 1,000 problems 400 x 2
 K=2, 7 4,000,000 x 32 K=64 full f32 (subprocess, peak memory), acc SQUAREM
-against plain EM on overlapping clusters; bayes2 and bayes3 (not in the
-default) BayesianGaussianMixture per variational iteration on workload 2's
-and 3's data.
+against plain EM on overlapping clusters, missing 100,000 x 16 K=16 full
+f32 with 10% of entries missing (issue 22, bench_missing.py); bayes2 and
+bayes3 (not in the default) BayesianGaussianMixture per variational
+iteration on workload 2's and 3's data.
 """
 
 from __future__ import annotations
@@ -827,6 +828,19 @@ def wl_acc(args, libs):
   return rows
 
 
+def wl_missing(args, libs):
+  """Issue 22: one EM iteration on 100,000 x 16, K=16 full, float32, with
+  10% of the entries missing at random, against the complete-data one
+  (target: at most 3x) and scikit-learn's (bench_missing.cost)."""
+  sys.path.insert(0, HERE)
+  from bench_missing import cost
+  s = 10 if args.quick else 1
+  row = cost(n=100000 // s, repeats=args.repeats)
+  if "sklearn" not in libs:
+    row.pop("sklearn_complete_s", None)
+  return [dict(workload="missing", ctype="full", dtype="float32", **row)]
+
+
 # -------------------------------------------------------------- reporting
 
 
@@ -937,10 +951,10 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--quick", action="store_true",
                   help="small shapes and 3 repeats (smoke run)")
-  ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc",
-                  help="comma-separated subset of 1,2,3,4,5,6,7,acc,gpu,"
-                  "lowrank (gpu: 1,000,000 x 64, K=64, and lowrank: 100,000 "
-                  "x 256, K=32, q=8 against full, not in the default)")
+  ap.add_argument("--workloads", default="1,2,3,4,5,6,7,acc,missing",
+                  help="comma-separated subset of 1,2,3,4,5,6,7,acc,missing,"
+                  "gpu,lowrank (gpu: 1,000,000 x 64, K=64, and lowrank: "
+                  "100,000 x 256, K=32, q=8 against full, not in the default)")
   ap.add_argument("--repeats", type=int, default=None)
   ap.add_argument("--iters", type=int, default=None,
                   help="extra fixed iterations for the per-iteration slope")
@@ -991,6 +1005,7 @@ def main(argv=None):
       "bayes2": lambda: wl_bayes("bayes2", 100000 // s, 16, 16, args, libs),
       "bayes3": lambda: wl_bayes("bayes3", 65536 // s, 32, 64, args, libs),
       "acc": lambda: wl_acc(args, libs),
+      "missing": lambda: wl_missing(args, libs),
       # Issue 23: lowrank q=8 against full, 100,000 x 256, K=32 (not in the
       # default: the full-covariance iterations take minutes).
       "lowrank": lambda: [dict(

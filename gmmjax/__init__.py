@@ -29,6 +29,12 @@ from gmmjax._src.bayes_scale import (
 )
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
+from gmmjax._src.conditional import (
+    condition,
+    impute,
+    impute_samples,
+    marginal,
+)
 from gmmjax._src.covariance import COVARIANCE_TYPES
 from gmmjax._src.em import (
     Q,
@@ -158,6 +164,7 @@ __all__ = [
     "cholesky_jitter",
     "chunk_source",
     "component_shift",
+    "condition",
     "count_degenerate",
     "data_mesh",
     "e_step",
@@ -184,6 +191,8 @@ __all__ = [
     "format_table",
     "from_unconstrained",
     "global_data",
+    "impute",
+    "impute_samples",
     "init_params",
     "kmeans",
     "kmeans_plusplus",
@@ -197,6 +206,7 @@ __all__ = [
     "make_params",
     "make_prior",
     "map_params_from_stats",
+    "marginal",
     "n_parameters",
     "negative_log_likelihood",
     "online_init",

@@ -17,6 +17,12 @@ class UserError(Exception):
 # -- reading and writing data -------------------------------------------------
 
 
+def _cell(text):
+  """A CSV field as a float; an empty field is missing (NaN)."""
+  text = text.strip()
+  return float(text) if text else float("nan")
+
+
 def _read_csv(path):
   import numpy as np
   with open(path, encoding="utf-8") as f:
@@ -29,6 +35,11 @@ def _read_csv(path):
   try:
     return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2,
                       dtype=np.float64)
+  except ValueError:
+    pass
+  try:  # again, with empty fields as missing values
+    return np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2,
+                      dtype=np.float64, converters=_cell)
   except ValueError as e:
     raise UserError(f"could not parse {path} as numeric CSV: {e}") from e
 
@@ -50,8 +61,9 @@ def _read_parquet(path):
   return np.column_stack(cols)
 
 
-def read_data(path):
-  """A 2-D float64 NumPy array from a data file, or a :class:`UserError`."""
+def read_data(path, allow_nan: bool = False):
+  """A 2-D float64 NumPy array from a data file, or a :class:`UserError`
+  (NaN, i.e. missing values, only with ``allow_nan``)."""
   import numpy as np
   if not os.path.exists(path):
     raise UserError(f"data file {path!r} does not exist")
@@ -95,12 +107,13 @@ def read_data(path):
                     "(n_samples, n_features)")
   if X.shape[0] == 0:
     raise UserError(f"{path} holds no samples")
-  if np.isnan(X).any():
+  if np.isnan(X).any() and not allow_nan:
     rows = np.unique(np.nonzero(np.isnan(X))[0])
     raise UserError(f"{path} contains NaN (missing values) in {len(rows)} "
                     f"row(s), the first at row index {rows[0]} (0-based): "
-                    "remove or impute them")
-  if not np.isfinite(X).all():
+                    "remove or impute them, or pass --nan-policy "
+                    "marginalize to treat them as missing")
+  if np.isinf(X).any():
     raise UserError(f"{path} contains infinite values")
   return X.astype(np.float64, copy=False)
 

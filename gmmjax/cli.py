@@ -5,9 +5,9 @@ Subcommands::
   gmmjax fit DATA --n-components K [--covariance-type T] [--rank Q]
              [--n-init N]
              [--max-iter N] [--tol T] [--reg-covar R] [--init-params M]
-             [--seed S] [--verbose] --out MODEL
-  gmmjax predict MODEL DATA [--proba] [--out FILE]
-  gmmjax score MODEL DATA
+             [--seed S] [--verbose] [--nan-policy P] --out MODEL
+  gmmjax predict MODEL DATA [--proba] [--nan-policy P] [--out FILE]
+  gmmjax score MODEL DATA [--nan-policy P]
   gmmjax sample MODEL -n N [--seed S] --out FILE
   gmmjax select DATA --k-min 1 --k-max 20 [--criterion bic|aic]
              [--plot PNG] [--out MODEL]
@@ -15,7 +15,10 @@ Subcommands::
 
 DATA is ``.npy``, ``.npz`` (one array, or the one named ``X``), ``.csv``
 (comma separated, header optional) or ``.parquet`` (needs pyarrow), with one
-row per sample. MODEL is a file written by ``gmmjax fit`` or
+row per sample; empty CSV fields (and NaN in any format) are missing
+values, refused unless ``--nan-policy marginalize`` (EM over the observed
+entries; a model fitted so scores incomplete rows by default). MODEL is a
+file written by ``gmmjax fit`` or
 ``gmmjax.save``. Mistakes in the input (a missing file, an unknown format,
 NaN in the data, a model/data feature mismatch) print ``gmmjax: error: ...``
 and exit with status 1; no traceback.
@@ -66,7 +69,7 @@ def fit(args) -> int:
   import numpy as np
 
   import gmmjax as gx
-  X = read_data(args.data)
+  X = read_data(args.data, allow_nan=args.nan_policy == "marginalize")
   check_out(args.out, (".npz",))
   if X.shape[0] < args.n_components:
     raise UserError(f"{args.data} has {X.shape[0]} samples, fewer than "
@@ -76,7 +79,8 @@ def fit(args) -> int:
       n_init=args.n_init, max_iter=args.max_iter, tol=args.tol,
       reg_covar=args.reg_covar, init_params=args.init_params,
       random_state=args.seed, verbose=2 if args.verbose else 0,
-      verbose_interval=args.verbose_interval, rank=args.rank)
+      verbose_interval=args.verbose_interval, rank=args.rank,
+      nan_policy=args.nan_policy)
   # --verbose prints lines of its own: a bar between them would garble both.
   # The bar is tqdm's when tqdm is installed, else a text line.
   show = _want_progress(args) and not args.verbose
@@ -100,10 +104,19 @@ def fit(args) -> int:
   return 0
 
 
+def _model_and_data(args):
+  """The model (its ``nan_policy`` set by ``--nan-policy`` if given) and
+  the data, NaN allowed where the policy marginalizes."""
+  model = load_model(args.model)
+  if args.nan_policy is not None:
+    model.set_params(nan_policy=args.nan_policy)
+  policy = getattr(model, "nan_policy", "raise")
+  return model, read_data(args.data, allow_nan=policy == "marginalize")
+
+
 def predict(args) -> int:
   import numpy as np
-  model = load_model(args.model)
-  X = read_data(args.data)
+  model, X = _model_and_data(args)
   check_features(model, X, args.data)
   if args.out:
     check_out(args.out, OUTPUT_FORMATS)
@@ -119,8 +132,7 @@ def predict(args) -> int:
 
 
 def score(args) -> int:
-  model = load_model(args.model)
-  X = read_data(args.data)
+  model, X = _model_and_data(args)
   check_features(model, X, args.data)
   print(f"log-likelihood: {model.score(X):.6f} (mean per sample, "
         f"{X.shape[0]} samples)")
@@ -277,6 +289,14 @@ def _add_fit_options(p, *, n_components: bool):
                         action="store_false")
 
 
+def _add_nan_policy(p, default):
+  p.add_argument("--nan-policy", default=default,
+                 choices=("raise", "marginalize"),
+                 help="missing values (NaN, empty CSV fields): 'raise' "
+                 "refuses them, 'marginalize' uses each row's observed "
+                 "entries" + ("" if default else " (default: the model's)"))
+
+
 def _positive_int(text):
   try:
     value = int(text)
@@ -299,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--verbose", "-v", action="store_true",
                  help="print iteration, log-likelihood and change")
   p.add_argument("--verbose-interval", type=_positive_int, default=10)
+  _add_nan_policy(p, "raise")
   p.add_argument("--out", "-o", required=True, help="model file (.npz)")
   p.set_defaults(func=fit)
 
@@ -309,11 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--proba", action="store_true",
                  help="write responsibilities (n_samples, n_components)")
   p.add_argument("--out", "-o", help=".npy, .npz or .csv (default: print)")
+  _add_nan_policy(p, None)
   p.set_defaults(func=predict)
 
   p = sub.add_parser("score", help="mean log-likelihood, BIC and AIC of data")
   p.add_argument("model")
   p.add_argument("data")
+  _add_nan_policy(p, None)
   p.set_defaults(func=score)
 
   p = sub.add_parser("sample", help="draw samples from a model")

@@ -192,15 +192,19 @@ def numpy_m_step(X, resp, cov_type, reg):
   full = np.stack([
       (resp[:, j, None] * (X - means[j])).T @ (X - means[j]) / nk[j]
       for j in range(resp.shape[1])])
+  return nk / nk.sum(), means, numpy_covariances(full, nk, cov_type, reg, d)
+
+
+def numpy_covariances(full, nk, cov_type, reg, d):
+  """The type's covariances from per-component full ones ``(K, D, D)`` and
+  the masses ``nk`` (scikit-learn's definitions), ``reg`` on the diagonal."""
   if cov_type == "full":
-    cov = full + reg * np.eye(d)
-  elif cov_type == "tied":
-    cov = np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
-  elif cov_type == "diag":
-    cov = np.stack([np.diag(c) for c in full]) + reg
-  else:
-    cov = np.stack([np.diag(c).mean() for c in full]) + reg
-  return nk / nk.sum(), means, cov
+    return full + reg * np.eye(d)
+  if cov_type == "tied":
+    return np.einsum("k,kde->de", nk, full) / nk.sum() + reg * np.eye(d)
+  if cov_type == "diag":
+    return np.stack([np.diag(c) for c in full]) + reg
+  return np.stack([np.diag(c).mean() for c in full]) + reg
 
 
 @pytest.fixture

@@ -74,6 +74,10 @@ class BayesianGaussianMixture(GaussianMixture):
   # Low-rank covariances are GaussianMixture's alone (no Wishart posterior
   # for them): the inherited checks read this in place of a rank parameter.
   rank = None
+  # So are missing values: NaN is refused, as scikit-learn's Bayesian
+  # mixture does (the variational E-step would need the expected
+  # log-determinant of each row's observed block of the Wishart posterior).
+  nan_policy = "raise"
 
   # scikit-learn's BayesianGaussianMixture._parameter_constraints.
   _parameter_spec = dict(
@@ -116,6 +120,7 @@ class BayesianGaussianMixture(GaussianMixture):
   aic = _Absent()
   partial_fit = _Absent()
   from_params = _Absent()
+  impute = _Absent()
 
   def _prior(self, X, sample_weight) -> bp.BayesPrior:
     """The ``*_prior_`` values (scikit-learn's ``_check_parameters``),

@@ -14,15 +14,31 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from gmmjax._src import checks, sampling
+from gmmjax._src import checks, chunks, missing, sampling
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 
+def _prepare(params, X, sample_weight=None, observed=None):
+  """``checks.prepare``, and the mask of observed entries (checked, with
+  the missing entries of ``X`` zeroed) or ``None``."""
+  params, X, w = checks.prepare(params, X, sample_weight)
+  if observed is None:
+    return params, X, w, None
+  missing.check_type(params.covariance_type)
+  observed = missing.as_observed(observed, X)
+  return params, missing.fill(X, observed), w, observed
+
+
+def _wlp(params, X, observed):
+  return stats_lib.weighted_log_prob(params, X, observed=observed)
+
+
 @jax.jit
-def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None):
+def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None,
+           observed=None):
   """Expectation step: log-responsibilities and mean log-likelihood.
 
   ``log r_ik = log w_k + log N(x_i | mu_k, Sigma_k) - log p(x_i)``.
@@ -34,6 +50,9 @@ def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None):
     temperature: optional positive scalar: ``log_resp`` becomes
       ``log_softmax(log(w_k N(x_i|k)) / temperature)`` (annealed/soft EM;
       ``None`` or 1 is plain EM). The log-likelihood is not tempered.
+    observed: optional ``(N, D)`` boolean mask, True where an entry was
+      observed; the others are missing (their values ignored) and each
+      sample is scored by its observed marginal.
 
   Returns:
     ``(log_resp, mean_log_likelihood)``: ``(N, K)`` and a scalar (the
@@ -47,8 +66,8 @@ def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None):
     >>> jnp.exp(log_resp).sum(axis=1).round(5).tolist()
     [1.0, 1.0]
   """
-  params, X, w = checks.prepare(params, X, sample_weight)
-  wlp = stats_lib.weighted_log_prob(params, X)
+  params, X, w, observed = _prepare(params, X, sample_weight, observed)
+  wlp = _wlp(params, X, observed)
   log_norm = jax.nn.logsumexp(wlp, axis=1)
   if temperature is None:
     log_resp = wlp - log_norm[:, None]
@@ -65,7 +84,8 @@ def _weighted_mean(values, w):
 
 @functools.partial(jax.jit, static_argnames=('covariance_type',))
 def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
-           sample_weight=None) -> GMMParams:
+           sample_weight=None, observed=None,
+           params: GMMParams | None = None) -> GMMParams:
   """Maximisation step: closed-form parameters from responsibilities.
 
   ``N_k = sum_i w_i r_ik``, ``w_k = N_k / sum_k N_k``,
@@ -81,6 +101,11 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
     reg_covar: non-negative scalar added to the covariance diagonals.
     sample_weight: optional ``(N,)`` non-negative weights; integer weights
       give the same parameters as repeating rows.
+    observed: optional ``(N, D)`` boolean mask of observed entries. The
+      M-step then uses the conditional expectations of the missing entries
+      (and their conditional covariances) under ``params``, the mixture
+      whose E-step gave ``log_resp``, which must be given with it.
+    params: with ``observed``, the E-step's parameters.
 
   Returns:
     :class:`GMMParams`.
@@ -101,12 +126,49 @@ def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
                      f"n_components), got {log_resp.shape}.")
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   resp = jnp.exp(log_resp)
+  if observed is not None:
+    return _m_step_observed(X, resp, w, observed, params, covariance_type,
+                            reg_covar)
   rw = resp if w is None else resp * w[:, None]
   # Per-component centres (the weighted means): no cancellation in float32.
   shift = jax.lax.stop_gradient(
       mm.matmul(rw.T, X) / (jnp.sum(rw, axis=0)[:, None] + 10 * jnp.finfo(X.dtype).eps))
   stats = stats_lib.stats_from_resp(X, resp, sample_weight=w, shift=shift,
                                     covariance_type=covariance_type)
+  return stats_lib.params_from_stats(stats, shift,
+                                     covariance_type=covariance_type,
+                                     reg_covar=reg_covar)
+
+
+def _m_step_observed(X, resp, w, observed, params, covariance_type,
+                     reg_covar):
+  """:func:`m_step` with missing entries (conditional expectations under
+  ``params``)."""
+  if params is None:
+    raise ValueError(
+        "m_step with observed= needs params=, the mixture whose E-step gave "
+        "log_resp: the missing entries' conditional expectations depend on "
+        "it.")
+  if params.covariance_type != covariance_type:
+    raise ValueError(f"params.covariance_type is {params.covariance_type!r} "
+                     f"but covariance_type={covariance_type!r}.")
+  params, X, w, observed = _prepare(params, X, w, observed)
+  rw = resp if w is None else resp * w[:, None]
+  shift = stats_lib.component_shift(params)
+
+  m = X.shape[1]  # a traced mask: every row may miss up to D entries
+
+  def piece(x, o, r):
+    _, terms = missing.observed_terms(params, x, o, m)
+    return missing.moments(params, r, x, o, terms, shift)
+
+  n = X.shape[0]
+  sx, sxx = chunks.sum_chunks(
+      piece, n, missing.piece_size(params, n, X.dtype), X, observed, rw)
+  stats = stats_lib.SuffStats(
+      count=jnp.asarray(n, X.dtype) if w is None else jnp.sum(w),
+      nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+      log_likelihood=jnp.zeros((), X.dtype))
   return stats_lib.params_from_stats(stats, shift,
                                      covariance_type=covariance_type,
                                      reg_covar=reg_covar)
@@ -157,8 +219,11 @@ def Q(params: GMMParams, X, log_resp, *, sample_weight=None):
 
 
 @jax.jit
-def log_prob(params: GMMParams, X):
+def log_prob(params: GMMParams, X, *, observed=None):
   """Per-sample log density ``log p(x_i)``, shape ``(N,)``.
+
+  With ``observed`` (an ``(N, D)`` boolean mask), the density of each
+  sample's observed coordinates, the mixture's marginal over them.
 
   Example:
     >>> import jax.numpy as jnp, gmmjax as gx
@@ -167,29 +232,32 @@ def log_prob(params: GMMParams, X):
     >>> round(float(gx.log_prob(p, jnp.array([[0.0]]))[0]), 6)
     -0.918939
   """
-  params, X, _ = checks.prepare(params, X)
-  return jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+  params, X, _, observed = _prepare(params, X, None, observed)
+  return jax.nn.logsumexp(_wlp(params, X, observed), axis=1)
 
 
 @jax.jit
-def log_likelihood(params: GMMParams, X, *, sample_weight=None):
-  """Mean (weighted) per-sample log-likelihood, a scalar."""
-  params, X, w = checks.prepare(params, X, sample_weight)
-  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+def log_likelihood(params: GMMParams, X, *, sample_weight=None,
+                   observed=None):
+  """Mean (weighted) per-sample log-likelihood, a scalar (of the observed
+  entries, with an ``observed`` mask)."""
+  params, X, w, observed = _prepare(params, X, sample_weight, observed)
+  logp = jax.nn.logsumexp(_wlp(params, X, observed), axis=1)
   return _weighted_mean(logp, w)
 
 
 @jax.jit
-def predict_proba(params: GMMParams, X):
-  """Responsibilities ``p(k | x_i)``, shape ``(N, K)``; rows sum to 1."""
-  return jnp.exp(e_step(params, X)[0])
+def predict_proba(params: GMMParams, X, *, observed=None):
+  """Responsibilities ``p(k | x_i)``, shape ``(N, K)``; rows sum to 1
+  (given the observed entries, with an ``observed`` mask)."""
+  return jnp.exp(e_step(params, X, observed=observed)[0])
 
 
 @jax.jit
-def predict(params: GMMParams, X):
+def predict(params: GMMParams, X, *, observed=None):
   """Most probable component of each sample, shape ``(N,)`` (int32)."""
-  params, X, _ = checks.prepare(params, X)
-  wlp = stats_lib.weighted_log_prob(params, X)
+  params, X, _, observed = _prepare(params, X, None, observed)
+  wlp = _wlp(params, X, observed)
   return jnp.argmax(wlp, axis=1).astype(jnp.int32)
 
 
@@ -225,33 +293,51 @@ def sample(key, params: GMMParams, n_samples: int):
   return params.means[labels] + noise, labels
 
 
+@functools.partial(jax.jit, static_argnames=("what", "slots"))
+def evaluate_observed(params: GMMParams, X, observed, *, what: str,
+                      slots: int | None):
+  """``log_prob``, ``predict`` or ``predict_proba`` (``what``) with
+  missing entries, the missing blocks in ``slots`` slots (static; the
+  estimator passes ``missing.max_missing`` of its concrete mask)."""
+  params, X, _, observed = _prepare(params, X, None, observed)
+  wlp = stats_lib.weighted_log_prob(params, X, observed=observed, slots=slots)
+  log_norm = jax.nn.logsumexp(wlp, axis=1)
+  if what == "log_prob":
+    return log_norm
+  if what == "predict":
+    return jnp.argmax(wlp, axis=1).astype(jnp.int32)
+  return jnp.exp(wlp - log_norm[:, None])
+
+
 def n_parameters(params: GMMParams) -> int:
   """Number of free parameters of the mixture (for BIC/AIC)."""
   return cov_ops.n_parameters(params.covariance_type, params.n_components,
                               params.n_features, params.rank)
 
 
-def _total_log_likelihood(params, X, sample_weight):
-  params, X, w = checks.prepare(params, X, sample_weight)
-  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+def _total_log_likelihood(params, X, sample_weight, observed):
+  params, X, w, observed = _prepare(params, X, sample_weight, observed)
+  logp = jax.nn.logsumexp(_wlp(params, X, observed), axis=1)
   if w is None:
     return jnp.sum(logp), jnp.asarray(X.shape[0], X.dtype)
   return jnp.sum(w * logp), jnp.sum(w)
 
 
 @jax.jit
-def bic(params: GMMParams, X, *, sample_weight=None):
+def bic(params: GMMParams, X, *, sample_weight=None, observed=None):
   """Bayesian information criterion ``-2 log L + p log n`` (lower is better).
 
   With ``sample_weight``, ``log L`` is the weighted sum and ``n`` the sum of
-  the weights (integer weights equal repeated rows).
+  the weights (integer weights equal repeated rows). With ``observed``,
+  ``log L`` is the observed-data log-likelihood.
   """
-  total, n = _total_log_likelihood(params, X, sample_weight)
+  total, n = _total_log_likelihood(params, X, sample_weight, observed)
   return -2.0 * total + n_parameters(params) * jnp.log(n)
 
 
 @jax.jit
-def aic(params: GMMParams, X, *, sample_weight=None):
-  """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
-  total, _ = _total_log_likelihood(params, X, sample_weight)
+def aic(params: GMMParams, X, *, sample_weight=None, observed=None):
+  """Akaike information criterion ``-2 log L + 2 p`` (lower is better;
+  ``log L`` of the observed entries with ``observed``)."""
+  total, _ = _total_log_likelihood(params, X, sample_weight, observed)
   return -2.0 * total + 2.0 * n_parameters(params)

@@ -141,6 +141,7 @@ class Problem(NamedTuple):
   reg_covar: jax.Array
   prior: priors_lib.ConjugatePrior | None = None
   mask: jax.Array | None = None  # (K,) bools, the active component slots
+  observed: jax.Array | None = None  # (N, D) bools, the observed entries
 
 
 def objective(params: GMMParams, stats: stats_lib.SuffStats, prior=None):
@@ -196,6 +197,7 @@ class EMStep(NamedTuple):
   initial params: one E-step in the compiled program.
   """
   reduce: Callable | None = None  # adds statistics over shards (lax.psum)
+  slots: int | None = None  # missing-entry slots per row (stats.e_step_stats)
   evaluates_first = True  # the first pass is not an iteration
 
   def init(self, params: GMMParams, problem: Problem) -> EMState:
@@ -217,7 +219,8 @@ class EMStep(NamedTuple):
     shift = stats_lib.component_shift(params)
     stats = stats_lib.e_step_stats(params, problem.X,
                                    sample_weight=problem.sample_weight,
-                                   shift=shift)
+                                   shift=shift, observed=problem.observed,
+                                   slots=self.slots)
     return stats if self.reduce is None else self.reduce(stats)
 
   def conclude(self, state: EMState, started, new, jitter, stats,

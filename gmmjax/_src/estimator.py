@@ -26,9 +26,10 @@ import warnings
 import jax
 import numpy as np
 
-from gmmjax._src import checks, padding, restarts, scale_online
+from gmmjax._src import checks, missing, padding, restarts, scale_online
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
+from gmmjax._src import nan_policy as nan_lib
 from gmmjax._src import progress as progress_lib
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
@@ -84,6 +85,13 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
       fit sets ``loadings_`` ``(K, D, q)`` and ``noise_`` ``(K, D)``;
       ``covariances_``, ``precisions_`` and ``precisions_cholesky_`` are
       then the dense ``(K, D, D)`` matrices, computed on each access.
+    nan_policy: ``"raise"`` (default, as scikit-learn: NaN in ``X`` is a
+      ``ValueError``) or ``"marginalize"``: NaN entries are missing at
+      random; ``fit`` maximises the observed-data likelihood, and
+      ``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``
+      and ``aic`` use each row's observed marginal. Rows with no observed
+      entry are refused. :meth:`impute` fills NaN entries with their
+      conditional means (under either policy).
 
   Fitted on a pandas DataFrame whose column names are all strings, it also
   sets ``feature_names_in_``; later data with other, missing or reordered
@@ -119,13 +127,14 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
       MIXTURE_PARAMETERS, covariance_type=compat.options(*ALL_TYPES),
       weights_init=compat.ARRAY_OR_NONE, means_init=compat.ARRAY_OR_NONE,
       precisions_init=compat.ARRAY_OR_NONE,
-      rank=compat.integer(1, or_none=True))
+      rank=compat.integer(1, or_none=True),
+      nan_policy=compat.options(*nan_lib.NAN_POLICIES))
 
   def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
                weights_init=None, means_init=None, precisions_init=None,
                random_state=None, warm_start=False, verbose=0,
-               verbose_interval=10, rank=None):
+               verbose_interval=10, rank=None, nan_policy="raise"):
     self.n_components = n_components
     self.covariance_type = covariance_type
     self.tol = tol
@@ -141,6 +150,14 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     self.verbose = verbose
     self.verbose_interval = verbose_interval
     self.rank = rank
+    self.nan_policy = nan_policy
+
+  def __sklearn_tags__(self):
+    tags = super().__sklearn_tags__()
+    # NaN entries are data under nan_policy="marginalize" (missing values).
+    tags.input_tags.allow_nan = (
+        getattr(self, "nan_policy", "raise") == "marginalize")
+    return tags
 
   # -- validation -----------------------------------------------------------
 
@@ -161,6 +178,12 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     elif self.rank is not None:
       raise ValueError(f"rank={self.rank!r} is only for covariance_type="
                        f"'lowrank', not {self.covariance_type!r}.")
+    if (self.nan_policy == "marginalize"
+        and self.covariance_type == "lowrank"):
+      raise ValueError("nan_policy='marginalize' is not supported with "
+                       "covariance_type='lowrank'; use 'full', 'tied', "
+                       "'diag' or 'spherical', or impute the missing values "
+                       "first.")
 
   # -- fitting --------------------------------------------------------------
 
@@ -169,11 +192,15 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     ``check_sample_weight`` already checked: ``gx.fit``'s own finiteness
     check would be a second pass (and a program) over the same data."""
     params, X, w = checks.prepare(self._params(), X, kwargs["sample_weight"])
+    observed = kwargs.get("observed")
+    X, w, observed = missing.sorted_rows(X, w, observed,
+                                         params.n_components)
     max_iter = kwargs["max_iter"]
     return fit_lib.fit_checked(
         X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
         None, np.int32(max_iter), fit_lib.history_length(max_iter),
-        callback=kwargs["callback"])
+        callback=kwargs["callback"], observed=observed,
+        slots=missing.max_missing(observed))
 
   def _check_warm_start(self):
     """A warm start continues the fitted model: its shape must not change.
@@ -294,9 +321,7 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     warm = bool(self.warm_start and hasattr(self, "converged_"))
     if warm:
       self._check_warm_start()
-      X = self._validate_X(X, reset=False)
-    else:
-      X = self._validate_X(X, reset=True)
+    X, observed = self._validate_observed(X, reset=not warm)
     n_samples, n_features = X.shape
     if n_samples < self.n_components:
       raise ValueError(
@@ -309,6 +334,9 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     kwargs = dict(sample_weight=w, max_iter=int(self.max_iter),
                   tol=float(self.tol), reg_covar=float(self.reg_covar),
                   callback=self._progress_callback(callback, progress))
+    if observed is not None:
+      kwargs["observed"] = jax.device_put(
+          nan_lib.pad_observed(observed, X.shape[0]))
     start = time.perf_counter()
     with progress_lib.showing(progress, int(self.max_iter), "EM"):
       if warm:
@@ -412,11 +440,13 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     state = getattr(self, "_online_state", None)
     new_stream = state is None
     fitted = hasattr(self, "means_")
-    X = self._validate_X(X, reset=not fitted)
+    X, observed = self._validate_observed(X, reset=not fitted)
     w = val.check_sample_weight(sample_weight, X.shape[0])
     # Rows with positive weight: the count n_degenerate_ is measured against.
     n_pos = X.shape[0] if w is None else int(np.count_nonzero(w))
     X, w = self._on_device(X, w)  # batches of nearby sizes share programs
+    if observed is not None:
+      observed = jax.device_put(nan_lib.pad_observed(observed, X.shape[0]))
     if state is None:
       if fitted:  # continue a batch fit online
         params = self._params()
@@ -434,10 +464,12 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
                 sample_weight=w, rank=self._rank()),
             **self._initial_overrides(X.shape[1]))
       state = scale_online.online_init(X, params, sample_weight=w,
-                                       reg_covar=float(self.reg_covar))
+                                       reg_covar=float(self.reg_covar),
+                                       observed=observed)
     else:
       state = scale_online.online_update(X, state, sample_weight=w,
-                                         reg_covar=float(self.reg_covar))
+                                         reg_covar=float(self.reg_covar),
+                                         observed=observed)
     # Rows with positive weight seen so far (skipped batches excepted).
     previous = 0 if new_stream else self._online_n_positive
     self._online_n_positive = previous + (0 if bool(state.failed) else n_pos)

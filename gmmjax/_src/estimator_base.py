@@ -21,9 +21,18 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from gmmjax._src import cache, checks, compiling, em, padding
+from gmmjax._src import (
+  cache,
+  checks,
+  compiling,
+  conditional,
+  em,
+  missing,
+  padding,
+)
 from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import init as init_lib
+from gmmjax._src import nan_policy as nan_lib
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
 from gmmjax._src.params import GMMParams
@@ -250,9 +259,12 @@ class MixtureBase:
 
   # -- data -----------------------------------------------------------------
 
-  def _validate_X(self, X, *, reset: bool):
+  def _validate_X(self, X, *, reset: bool, names_from=None):
+    """``X`` checked (feature names from ``names_from``, the user's data,
+    when ``X`` was derived from it), in the dtype it is computed in."""
     cache.enable_default_cache()  # every fit and predict passes here
-    self._validate_feature_names(X, reset=reset)
+    self._validate_feature_names(X if names_from is None else names_from,
+                                 reset=reset)
     ensure = 2 if reset else 1
     if isinstance(X, np.ndarray) and X.dtype == object:
       # Numbers stored as objects are accepted (scikit-learn's rule); any
@@ -278,20 +290,42 @@ class MixtureBase:
     # device_put: jnp.asarray of a NumPy array compiles a copy per shape.
     return jax.device_put(Xp), jax.device_put(wp)
 
-  def _evaluate(self, fn, X):
-    """``fn(params, X)`` per sample, on padded data and in component slots
-    (padding.component_slots), both paddings dropped from the result."""
+  def _validate_observed(self, X, *, reset: bool, policy=None):
+    """``(X, observed)``: :meth:`_validate_X` of ``X`` with NaN entries
+    filled (``nan_policy="marginalize"``), and the mask of observed entries
+    (``None`` when nothing is missing)."""
+    policy = getattr(self, "nan_policy", "raise") if policy is None else policy
+    filled, observed = nan_lib.split_missing(X, policy)
+    # The names are the user's data's (a filled DataFrame is an array).
+    return self._validate_X(filled, reset=reset, names_from=X), observed
+
+  def _evaluate(self, what: str, X, policy=None):
+    """``em.<what>(params, X)`` per sample, on padded data and in component
+    slots (padding.component_slots), both paddings dropped from the result;
+    with missing entries ``em.evaluate_observed`` on the rows sorted by
+    their number of missing entries (their order restored)."""
     self._check_is_fitted()
-    X = self._validate_X(X, reset=False)
+    X, observed = self._validate_observed(X, reset=False, policy=policy)
+    order = missing.sort_rows(observed)  # rows by their missing entries
+    if order is not None:
+      X, observed = np.asarray(X)[order], observed[order]
     Xp, _ = self._on_device(X)
     k = self.weights_.shape[0]
     slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
                                     self._fitted_type(), 1.0)
-    # No slots (low-rank models, large problems): exactly k components.
-    program = compiling.pick(_evaluators, Xp.shape[0],
-                             k if slots is None else slots, Xp.shape[1])
-    out = np.asarray(program(fn, self._evaluation_params(slots), Xp))
-    out = out[:X.shape[0]]
+    params = self._evaluation_params(slots)
+    if observed is None:
+      # No slots (low-rank models, large problems): exactly k components.
+      program = compiling.pick(_evaluators, Xp.shape[0],
+                               k if slots is None else slots, Xp.shape[1])
+      out = program(getattr(em, what), params, Xp)
+    else:
+      mask = nan_lib.pad_observed(observed, Xp.shape[0])
+      out = em.evaluate_observed(params, Xp, jax.device_put(mask),
+                                 what=what, slots=missing.max_missing(mask))
+    out = np.asarray(out)[:X.shape[0]]
+    if order is not None:
+      out = out[np.argsort(order)]
     return out[:, :k] if out.ndim == 2 else out
 
   def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
@@ -303,15 +337,15 @@ class MixtureBase:
 
   def predict(self, X):
     """Component labels ``(n_samples,)``."""
-    return self._evaluate(em.predict, X)
+    return self._evaluate("predict", X)
 
   def predict_proba(self, X):
     """Responsibilities ``(n_samples, n_components)``."""
-    return self._evaluate(em.predict_proba, X)
+    return self._evaluate("predict_proba", X)
 
   def score_samples(self, X):
     """Per-sample log density ``(n_samples,)``."""
-    return self._evaluate(em.log_prob, X)
+    return self._evaluate("log_prob", X)
 
   def score(self, X, y=None, sample_weight=None):
     """Mean (weighted) per-sample log-likelihood of ``X``."""
@@ -334,6 +368,21 @@ class MixtureBase:
     w = val.check_sample_weight(sample_weight, logp.shape[0])
     total = float(np.sum(logp if w is None else w * logp))
     return -2.0 * total + 2.0 * self._n_parameters()
+
+  def impute(self, X):
+    """``X`` with its NaN entries replaced by their conditional means
+    ``E[x_missing | x_observed]`` under the fitted mixture (observed
+    entries unchanged); see :func:`gmmjax.impute`. Rows with no observed
+    entry are refused."""
+    self._check_is_fitted()
+    X, observed = self._validate_observed(X, reset=False,
+                                          policy="marginalize")
+    if observed is None:
+      return np.array(X)
+    Xp, _ = self._on_device(X)
+    mask = nan_lib.pad_observed(observed, Xp.shape[0])
+    return np.asarray(conditional.impute(self._params(), Xp,
+                                         observed=mask))[:X.shape[0]]
 
   def _n_parameters(self):
     return em.n_parameters(self._params())

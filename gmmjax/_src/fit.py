@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import checks, compiling, engine
+from gmmjax._src import checks, compiling, engine, missing
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
@@ -30,7 +30,7 @@ DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
 
 @jax.jit
 def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
-            prior=None):
+            prior=None, observed=None):
   """One EM iteration (E then M) through the sufficient statistics.
 
   Data first, as in :func:`fit` (``em_step(X, params)``).
@@ -42,32 +42,40 @@ def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
     reg_covar: non-negative regulariser added to covariance diagonals.
     prior: optional :class:`ConjugatePrior`: MAP-EM (the M-step is the
       posterior mode, :func:`map_params_from_stats`).
+    observed: optional ``(N, D)`` boolean mask of observed entries (missing
+      values, see :func:`fit`).
 
   Returns:
     ``(new_params, objective)``: the objective is that of the input
     ``params`` (computed by the E-step): the mean log-likelihood, plus
     ``log_prior(params) / sum(sample_weight)`` with a prior.
   """
+  if observed is not None:
+    observed = missing.as_observed(observed, X)
+    X = missing.fill(X, observed)
   new, objective, _ = em_step_jitter(X, params, sample_weight=sample_weight,
-                                     reg_covar=reg_covar, prior=prior)
+                                     reg_covar=reg_covar, prior=prior,
+                                     observed=observed)
   return new, objective
 
 
 def em_step_jitter(X, params: GMMParams, *, sample_weight=None,
-                   reg_covar=1e-6, prior=None):
+                   reg_covar=1e-6, prior=None, observed=None, slots=None):
   """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight=sample_weight,
-                                 shift=shift)
+                                 shift=shift, observed=observed, slots=slots)
   new, jitter = engine.m_step_from_stats(params, stats, reg_covar, prior)
   return new, engine.objective(params, stats, prior), jitter
 
 
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len: int, callback: Callable | None,
-              unrolled_steps: int | None = None, mask=None):
-  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask)
-  result, _ = engine.run(engine.EMStep(), params, problem,
+              unrolled_steps: int | None = None, mask=None, observed=None,
+              slots: int | None = None):
+  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask,
+                           observed)
+  result, _ = engine.run(engine.EMStep(slots=slots), params, problem,
                          prev_ll=prev_log_likelihood, max_iter=max_iter,
                          history_len=history_len, callback=callback,
                          unrolled_steps=unrolled_steps)
@@ -75,7 +83,8 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
 
 
 _fit_programs = compiling.jit_by_size(
-    _fit_impl, static_argnames=("history_len", "callback", "unrolled_steps"))
+    _fit_impl, static_argnames=("history_len", "callback", "unrolled_steps",
+                                "slots"))
 
 
 def _fit_program(X, params):
@@ -93,10 +102,13 @@ class _Static(NamedTuple):
   callback: Callable | None
   solver: implicit_lib.ImplicitSolver
   nan_gradients: bool = False
+  slots: int | None = None
 
 
-def _mean_log_likelihood(params: GMMParams, X, sample_weight):
-  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(params, X), axis=1)
+def _mean_log_likelihood(params: GMMParams, X, sample_weight, observed=None,
+                         slots=None):
+  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(
+      params, X, observed=observed, slots=slots), axis=1)
   if sample_weight is None:
     return jnp.mean(logp)
   return jnp.sum(sample_weight * logp) / jnp.sum(sample_weight)
@@ -104,16 +116,17 @@ def _mean_log_likelihood(params: GMMParams, X, sample_weight):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _fit_implicit(static: _Static, X, params, sample_weight, tol, reg_covar,
-                  prev_log_likelihood, prior, max_iter):
+                  prev_log_likelihood, prior, max_iter, observed):
   return _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len=static.history_len,
-              callback=static.callback)
+              callback=static.callback, observed=observed, slots=static.slots)
 
 
 @_fit_implicit.defjvp
 def _fit_implicit_jvp(static: _Static, primals, tangents):
-  X, params, sample_weight, tol, reg_covar, prev_ll, prior, _ = primals
-  dX, _, dw, _, dreg, _, dprior, _ = tangents
+  X, params, sample_weight, tol, reg_covar, prev_ll, prior, _, observed = (
+      primals)
+  dX, _, dw, _, dreg, _, dprior, _, _ = tangents
   out = _fit_implicit(static, *primals)
   ctype = params.covariance_type
   inputs = (X, sample_weight, reg_covar, prior)
@@ -127,8 +140,10 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
 
   def step(theta, inp):
     x, w, reg, pri = inp
-    new, _ = em_step(x, implicit_lib.params_from_theta(theta, ctype, prec_chol),
-                     sample_weight=w, reg_covar=reg, prior=pri)
+    new, _, _ = em_step_jitter(
+        x, implicit_lib.params_from_theta(theta, ctype, prec_chol),
+        sample_weight=w, reg_covar=reg, prior=pri, observed=observed,
+        slots=static.slots)
     return implicit_lib.theta_from_params(new)
 
   theta = implicit_lib.theta_from_params(out.params)
@@ -140,7 +155,7 @@ def _fit_implicit_jvp(static: _Static, primals, tangents):
   def outputs(th, inp):
     x, w, _, _ = inp
     p = implicit_lib.params_from_theta(th, ctype, prec_chol)
-    return p, _mean_log_likelihood(p, x, w)
+    return p, _mean_log_likelihood(p, x, w, observed, static.slots)
 
   _, (d_params, d_ll) = jax.jvp(outputs, (theta, inputs), (d_theta, d_inputs))
   if static.nan_gradients:
@@ -174,7 +189,8 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
         callback: Callable | None = None, prior=None,
         differentiation: str = "implicit",
         solver: implicit_lib.ImplicitSolver | None = None,
-        throw: bool = False, nan_gradients: bool = False) -> FitResult:
+        throw: bool = False, nan_gradients: bool = False,
+        observed=None) -> FitResult:
   """Fits a Gaussian mixture by EM from initial parameters.
 
   The whole loop is one compiled ``lax.while_loop``: iterate E-step and
@@ -252,6 +268,15 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
       converge or has degenerate components, where the fixed-point
       derivative does not hold (by default they are returned and the
       result's ``failed``, ``converged`` and ``n_degenerate`` say so).
+    observed: optional ``(N, D)`` boolean mask, True where an entry of
+      ``X`` was observed. The other entries are missing at random (their
+      values are ignored, NaN included): EM then maximises the observed-data
+      likelihood, each sample's E-step using its observed marginal and the
+      M-step the conditional expectations of its missing entries (and their
+      conditional covariances). Every path works with it (vmap, jit,
+      implicit and unrolled derivatives w.r.t. the observed entries). A
+      concrete mask of all True is dropped: the fit is then exactly the one
+      without a mask.
 
   Returns:
     A :class:`FitResult`.
@@ -267,9 +292,15 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     >>> jax.jit(jax.grad(loss))(X).shape  # one program, not one per op
     (200, 2)
   """
+  X, observed = checked_observed(X, observed)
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)
+  if observed is not None:
+    missing.check_type(params.covariance_type)
+    observed = missing.as_observed(observed, X)
+    X, w, observed = missing.sorted_rows(X, w, observed,
+                                         params.n_components)
   max_iter = check_max_iter(max_iter)
   if differentiation not in DIFFERENTIATION_MODES:
     raise ValueError(f"differentiation should be one of "
@@ -281,27 +312,46 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
                        prior, np.int32(max_iter), history_length(max_iter),
                        callback=callback, differentiation=differentiation,
                        solver=solver, unrolled_steps=max_iter + 1,
-                       nan_gradients=nan_gradients)
+                       nan_gradients=nan_gradients, observed=observed,
+                       slots=missing.max_missing(observed))
   return error_if_bad(result, "gmmjax.fit") if throw else result
+
+
+def checked_observed(X, observed):
+  """``(X, observed)`` with the missing entries of ``X`` zeroed; a mask
+  known to be all True becomes ``None`` (the complete-data program)."""
+  if observed is None:
+    return X, None
+  if not isinstance(observed, jax.core.Tracer):
+    host = np.asarray(observed)
+    if host.dtype == bool and host.all():
+      return X, None
+  X = checks.as_data(X)
+  observed = missing.as_observed(observed, X)
+  return missing.fill(X, observed), observed
 
 
 def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len: int, *, callback=None,
                 differentiation="implicit", solver=None,
                 unrolled_steps: int | None = None, mask=None,
-                nan_gradients: bool = False) -> FitResult:
+                nan_gradients: bool = False, observed=None,
+                slots: int | None = None) -> FitResult:
   """:func:`fit` on checked arguments; ``max_iter`` may be traced here
   (``history_len`` static), e.g. inside a vmapped restart program.
 
   ``mask``: optional ``(K,)`` bools, the active component slots of
   ``params`` (the others have weight 0 and stay so). Not differentiated.
+  ``observed``: optional ``(N, D)`` bools, the observed entries of ``X``
+  (whose missing entries are already zeroed); ``slots`` (static) at least
+  the most entries a row misses (``missing.max_missing``; ``None``: ``D``).
   """
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
   if mask is not None:
     return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len=history_len, callback=callback,
-                mask=mask)
+                mask=mask, observed=observed, slots=slots)
   # An eager call (no tracer: nothing differentiates it) skips the
   # custom_jvp wrapper, which traces on every call (~2 ms per fit).
   if differentiation == "implicit" and any(
@@ -310,14 +360,14 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                                    prev_log_likelihood))):
     static = _Static(history_len, callback,
                      implicit_lib.ImplicitSolver() if solver is None
-                     else solver, bool(nan_gradients))
+                     else solver, bool(nan_gradients), slots)
     return _fit_implicit(static, X, params, w, tol, reg_covar,
                          jnp.asarray(prev_log_likelihood, X.dtype), prior,
-                         max_iter)
+                         max_iter, observed)
   if differentiation == "none":
     X, params, w, tol, reg_covar, prior = lax.stop_gradient(
         (X, params, w, tol, reg_covar, prior))
   return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
               max_iter, history_len=history_len, callback=callback,
               unrolled_steps=(unrolled_steps if differentiation == "unrolled"
-                              else None))
+                              else None), observed=observed, slots=slots)

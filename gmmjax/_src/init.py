@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import checks, compiling, init_lowrank, moments
+from gmmjax._src import checks, compiling, init_lowrank, missing, moments
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -281,7 +281,8 @@ _init_programs = compiling.jit_by_size(
 
 def init_params(key, X, n_components: int, *, covariance_type: str = "full",
                 method: str = "k-means++", reg_covar=1e-6,
-                sample_weight=None, rank: int | None = None) -> GMMParams:
+                sample_weight=None, rank: int | None = None,
+                observed=None) -> GMMParams:
   """Initial mixture parameters by one of scikit-learn's methods.
 
   ``"kmeans"`` runs Lloyd's algorithm (in JAX) and uses its hard labels;
@@ -309,6 +310,9 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
     sample_weight: optional ``(N,)`` non-negative weights.
     rank: the number of factors ``q`` (static), ``1 <= q < n_features``;
       only for ``"lowrank"``.
+    observed: optional ``(N, D)`` boolean mask of observed entries: the
+      missing ones (values ignored) are set to their feature's observed
+      mean before initialising (EM then treats them as missing).
 
   Returns:
     :class:`GMMParams` in ``X``'s floating dtype.
@@ -321,6 +325,11 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
     >>> batch.means.shape
     (4, 2, 3)
   """
+  if observed is not None:
+    X = checks.as_data(X)
+    X = missing.fill_means(
+        missing.fill(X, missing.as_observed(observed, X)), observed,
+        checks.as_sample_weight(sample_weight, X.shape[0], X.dtype))
   return _checked_init(key, X, n_components, covariance_type, method,
                        reg_covar, sample_weight, first_of_split=False,
                        rank=rank)

@@ -74,6 +74,25 @@ def chunked_component_moments(X, rw, shift, covariance_type,
       n, chunks.fallback_chunk(n, k, d, X.dtype, options), X, rw)
 
 
+def moved_moments(rw, shift, centre, sx_c, sxx_c, covariances,
+                  covariance_type):
+  """``(sx, sxx, bad)``: moments around ``centre`` moved to the
+  per-component ``shift`` ``(K, D)``, and whether the move lost more than
+  ``fast_form_tol(dtype, moments=True)`` of a component's scatter (see
+  :func:`guarded_moments`, which then recomputes them exactly)."""
+  nk = jnp.sum(rw, axis=0)
+  m = shift - centre[None, :]  # (K, D)
+  sx = sx_c - nk[:, None] * m
+  sxx, scale, result, expected = cov_lib.get(covariance_type).move_moments(
+      sx_c, sxx_c, nk, m, covariances)
+  eps = jnp.finfo(rw.dtype).eps
+  tiny = jnp.sqrt(jnp.finfo(rw.dtype).tiny)
+  bad = jnp.any(lax.stop_gradient(
+      4.0 * eps * scale > fast_form_tol(rw.dtype, moments=True)
+      * jnp.maximum(jnp.abs(result), expected) + tiny))
+  return sx, sxx, bad
+
+
 def guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
                     covariance_type,
                     options: chunks.ChunkOptions | None = None):
@@ -91,16 +110,8 @@ def guarded_moments(xb, rw, shift, centre, sx_c, sxx_c, covariances,
   in every chunk stays below it in the sum. (The chunk's own moments alone
   would trip on chance: one sample near a mean in one coordinate.)
   """
-  nk = jnp.sum(rw, axis=0)
-  m = shift - centre[None, :]  # (K, D)
-  sx = sx_c - nk[:, None] * m
-  sxx, scale, result, expected = cov_lib.get(covariance_type).move_moments(
-      sx_c, sxx_c, nk, m, covariances)
-  eps = jnp.finfo(xb.dtype).eps
-  tiny = jnp.sqrt(jnp.finfo(xb.dtype).tiny)
-  bad = jnp.any(lax.stop_gradient(
-      4.0 * eps * scale > fast_form_tol(xb.dtype, moments=True)
-      * jnp.maximum(jnp.abs(result), expected) + tiny))
+  sx, sxx, bad = moved_moments(rw, shift, centre, sx_c, sxx_c, covariances,
+                               covariance_type)
 
   def exact():
     return chunked_component_moments(xb, rw, shift, covariance_type, options)

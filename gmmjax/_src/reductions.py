@@ -29,6 +29,20 @@ def _any_in_batch_rule(axis_size, in_batched, pred):
   return (jnp.any(pred) if in_batched[0] else pred), False
 
 
+@jax.custom_batching.custom_vmap
+def max_in_batch(value):
+  """``value`` itself; under ``vmap``, its maximum over the batch,
+  unbatched: a ``lax.switch`` on it stays one branch for every member
+  (the largest kernel any member needs, valid for all of them)."""
+  return value
+
+
+@max_in_batch.def_vmap
+def _max_in_batch_rule(axis_size, in_batched, value):
+  del axis_size
+  return (jnp.max(value) if in_batched[0] else value), False
+
+
 # Order up to which tiny-D kernels unroll their products over D instead of
 # calling XLA's dot (which runs K, or vmapped batch x K, D x D products one
 # by one).

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import batching, checks, compiling
+from gmmjax._src import batching, checks, compiling, missing
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import init as init_lib
 from gmmjax._src.fit import (
@@ -162,8 +162,9 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
-                  n_active, *, n_components, n_init, covariance_type, method,
-                  history_len, callback, rank=None):
+                  n_active, observed=None, *, n_components, n_init,
+                  covariance_type, method, history_len, callback, rank=None,
+                  slots=None):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
@@ -175,6 +176,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   """
   mask = (None if n_active is None
           else jnp.arange(n_components) < n_active)
+  if observed is not None:  # initialisations see the observed means
+    X = missing.fill_means(X, observed, sample_weight)
 
   def drawn(k, first_of_split):
     if mask is None:
@@ -202,7 +205,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   def fit_one(params):
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
                        None, max_iter, history_len, callback=callback,
-                       mask=mask)
+                       mask=mask, observed=observed, slots=slots)
 
   if n_init == 1:
     return fit_one(init(key, True))
@@ -220,7 +223,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
 _init_and_fit_programs = compiling.jit_by_size(
     _init_and_fit, static_argnames=("n_components", "n_init",
                                     "covariance_type", "method",
-                                    "history_len", "callback", "rank"))
+                                    "history_len", "callback", "rank",
+                                    "slots"))
 
 
 def restart_results(key, X, n_components: int, *, n_init: int,
@@ -228,7 +232,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                     reg_covar, sample_weight, callback,
                     overrides: dict | None = None,
                     n_active: int | None = None,
-                    rank: int | None = None) -> FitResult:
+                    rank: int | None = None,
+                    observed=None) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
   Initialisation and EM run as one compiled program (a first fit compiles
@@ -238,7 +243,9 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   of which the first ``n_active`` are fitted (the others keep weight 0 and
   a unit covariance); ``overrides`` then have ``n_components`` slots too.
   The estimator reads the results on the host, where the missing axis of
-  one restart costs nothing.
+  one restart costs nothing. ``observed``: optional ``(N, D)`` mask of
+  observed entries (missing values; initialisations see the missing
+  entries filled with their feature's observed mean).
   """
   X = init_lib.check_init_args(X, n_components, covariance_type, method)
   _check_n_init(n_init)
@@ -249,6 +256,10 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                      "component-count selection; compare bic over fits.")
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   n, d = X.shape
+  if observed is not None:
+    missing.check_type(covariance_type)
+    observed = missing.as_observed(observed, X)
+    X, w, observed = missing.sorted_rows(X, w, observed, n_components)
   overrides = _given_values(overrides, n_components, d, covariance_type,
                             X.dtype)
   program = compiling.pick(_init_and_fit_programs, n, n_components, d,
@@ -257,11 +268,11 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   # NumPy scalars: a jnp conversion would be a program of its own.
   return program(key, X, w, _host_scalar(tol, dtype),
                  _host_scalar(reg_covar, dtype), np.int32(max_iter), overrides,
-                 None if n_active is None else np.int32(n_active),
+                 None if n_active is None else np.int32(n_active), observed,
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback,
-                 rank=rank)
+                 rank=rank, slots=missing.max_missing(observed))
 
 
 def _host_scalar(value, dtype):

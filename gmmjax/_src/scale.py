@@ -32,7 +32,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gmmjax._src import checks, engine, results
+from gmmjax._src import checks, engine, missing, results
 from gmmjax._src.params import GMMParams
 from gmmjax._src.results import FitResult
 
@@ -150,9 +150,11 @@ def local_copy(tree):
 @functools.lru_cache(maxsize=64)
 def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
                     weighted: bool, batched: bool,
-                    step_type: type = engine.EMStep):
+                    step_type: type = engine.EMStep,
+                    nan_as_missing: bool = False):
   """The compiled sharded loop of one step type (``engine.EMStep``, or the
-  variational step of :func:`gmmjax.fit_bayes_sharded`)."""
+  variational step of :func:`gmmjax.fit_bayes_sharded`); with
+  ``nan_as_missing``, NaN entries of each shard are missing values."""
   axis = axes if len(axes) > 1 else axes[0]
 
   # Statistics (and positive rows) are added over the shards: every device
@@ -161,7 +163,11 @@ def _sharded_fit_fn(mesh: Mesh, axes: tuple[str, ...], max_iter: int,
   step = step_type(reduce=functools.partial(lax.psum, axis_name=axis))
 
   def local_fit(X, w, params, tol, reg_covar, prev_ll, prior):
-    problem = engine.Problem(X, w, tol, reg_covar, prior)
+    observed = None
+    if nan_as_missing:
+      observed = ~jnp.isnan(X)
+      X = missing.fill(X, observed)
+    problem = engine.Problem(X, w, tol, reg_covar, prior, observed=observed)
 
     def one(p):
       result, _ = engine.run(step, p, problem, prev_ll=prev_ll,
@@ -209,8 +215,8 @@ def _pad_rows(X, w, fill: int, sharding):
 
 def fit_sharded(X, params: GMMParams, *, sample_weight=None,
                 mesh: Mesh | None = None, axis_name=None, max_iter: int = 100,
-                tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-np.inf
-                ) -> FitResult:
+                tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-np.inf,
+                nan_as_missing: bool = False) -> FitResult:
   """EM on samples sharded over devices: local statistics, ``psum``, M-step.
 
   The whole loop of :func:`gmmjax.fit` runs in one compiled program under
@@ -237,6 +243,8 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     axis_name: mesh axis name(s) the samples are split over (default: ``X``'s
       sharding, else every mesh axis).
     max_iter, tol, reg_covar, prev_log_likelihood: as in :func:`gmmjax.fit`.
+    nan_as_missing: NaN entries of ``X`` are missing values (EM over the
+      observed coordinates, as :func:`gmmjax.fit` with ``observed=``).
 
   Returns:
     A :class:`FitResult`, replicated on the mesh (leading restart axis if
@@ -263,7 +271,10 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     # Across processes every input must be global: host values (the same on
     # every process) are taken as replicated.
     params = jax.tree.map(np.asarray, params)
-  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched)
+  if nan_as_missing:
+    missing.check_type(ref.covariance_type)
+  fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
+                       nan_as_missing=bool(nan_as_missing))
   return fn(X, w, params, *scalars, None)
 
 

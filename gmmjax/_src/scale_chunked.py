@@ -13,6 +13,7 @@ fit is one EM over their union.
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import checks, engine
+from gmmjax._src import checks, engine, missing
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams
 from gmmjax._src.results import FitResult
@@ -119,10 +120,15 @@ def chunk_source(data, *, sample_weight=None, chunk_size: int | None = None
 
 
 class _Pad:
-  """Host-side chunk preparation: dtype, padding to one static shape."""
+  """Host-side chunk preparation: dtype, padding to one static shape, and
+  (``sort_missing``) rows sorted by their number of NaN entries, so that
+  most pieces of a chunk take a small missing-value kernel (a chunk's
+  statistics are sums over its rows)."""
 
-  def __init__(self, rows: int, n_features: int, dtype):
+  def __init__(self, rows: int, n_features: int, dtype,
+               sort_missing: bool = False):
     self.rows, self.n_features, self.dtype = rows, n_features, np.dtype(dtype)
+    self.sort_missing = sort_missing
 
   def __call__(self, X, w):
     # Copying here reads a memmap inside the prefetch thread (not lazily
@@ -139,6 +145,9 @@ class _Pad:
       m = part.shape[0]
       if m == 0:
         continue
+      if self.sort_missing:
+        order = np.argsort(np.isnan(part).sum(axis=1), kind="stable")
+        part, wpart = part[order], wpart[order]
       if m < self.rows:
         # Zero-weight copies of a real row: same compiled shape, no effect on
         # any sum, and finite log-densities (0 * -inf would be NaN).
@@ -206,13 +215,20 @@ def _prefetch(make_iter: Callable[[], Iterator], depth: int, device):
     thread.join()
 
 
-@jax.jit
-def _accumulate(acc, params: GMMParams, X, w, shift):
-  """Adds a chunk's statistics and its count of positive-weight rows."""
+@functools.partial(jax.jit, static_argnames=("nan_as_missing",))
+def _accumulate(acc, params: GMMParams, X, w, shift,
+                nan_as_missing: bool = False):
+  """Adds a chunk's statistics and its count of positive-weight rows
+  (``nan_as_missing``: NaN entries are missing values)."""
   stats, n_positive = acc
+  observed = None
+  if nan_as_missing:
+    observed = ~jnp.isnan(X)
+    X = missing.fill(X, observed)
   return (stats_lib.add_stats(stats,
                               stats_lib.e_step_stats(params, X, sample_weight=w,
-                                                     shift=shift)),
+                                                     shift=shift,
+                                                     observed=observed)),
           n_positive + jnp.sum(w > 0).astype(n_positive.dtype))
 
 
@@ -266,7 +282,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
                 reg_covar=1e-6, prev_log_likelihood=-np.inf,
                 callback: Callable | None = None,
                 reduce: Callable[[SuffStats], SuffStats] | None = None,
-                prefetch: int = 2, device=None) -> FitResult:
+                prefetch: int = 2, device=None,
+                nan_as_missing: bool = False) -> FitResult:
   """Exact EM over data streamed in chunks; the same result as :func:`fit`.
 
   Every EM iteration streams all chunks through one compiled kernel that adds
@@ -306,6 +323,9 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
       e.g. :func:`process_sum` to add every process's.
     prefetch: chunks read and transferred ahead (0: no background thread).
     device: device to compute on (default: this process's first device).
+    nan_as_missing: NaN entries of the chunks are missing values (EM over
+      the observed coordinates, as :func:`gmmjax.fit` with ``observed=``);
+      otherwise NaN makes the fit fail, as it would in :func:`gmmjax.fit`.
 
   Returns:
     A :class:`FitResult` (parameters on ``device``).
@@ -324,7 +344,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   max_iter = engine.check_max_iter(max_iter)
   params, stats_pass, dtype = chunked_stats_pass(
       data, params, sample_weight=sample_weight, chunk_size=chunk_size,
-      reduce=reduce, prefetch=prefetch, device=device)
+      reduce=reduce, prefetch=prefetch, device=device,
+      nan_as_missing=nan_as_missing)
   problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
                            jnp.asarray(reg_covar, dtype))
   return engine.host_fit(params, problem, stats_pass,
@@ -334,12 +355,14 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
 
 def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
                        chunk_size=None, reduce=None, prefetch: int = 2,
-                       device=None):
+                       device=None, nan_as_missing: bool = False):
   """``(params, stats_pass, dtype)`` for :func:`engine.host_fit` over
   chunks: ``params`` (any mixture of the problem's shape; only its shapes
   matter here) checked and on ``device``, and ``stats_pass(mixture)``, one
   pass of E-step statistics of ``mixture`` over all the chunks (see
   :func:`fit_chunked`, whose arguments these are)."""
+  if nan_as_missing:
+    missing.check_type(params.covariance_type)
   source = chunk_source(data, sample_weight=sample_weight,
                         chunk_size=chunk_size)
   if _is_array_like(data):
@@ -355,14 +378,15 @@ def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
   checks.check_params_data(params, jnp.zeros((0, sample.shape[1]), dtype))
   device = device or jax.local_devices()[0]
   params = jax.device_put(checks.as_params(params, dtype), device)
-  pad = _Pad(rows, sample.shape[1], dtype)
+  pad = _Pad(rows, sample.shape[1], dtype, sort_missing=bool(nan_as_missing))
   in_flight = max(int(prefetch), 1)
   zero = jax.device_put(_zero_stats(params, rows, dtype), device)
 
   def stats_pass(p):
     shift = stats_lib.component_shift(p)
     acc = _stream(pad, source, prefetch, device, in_flight,
-                  lambda a, X, w: _accumulate(a, p, X, w, shift), zero)
+                  lambda a, X, w: _accumulate(a, p, X, w, shift,
+                                              bool(nan_as_missing)), zero)
     return acc if reduce is None else reduce(acc)
 
   return params, stats_pass, dtype

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from gmmjax._src import bayes_params as bp
-from gmmjax._src import checks
+from gmmjax._src import checks, missing
 from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -64,12 +64,13 @@ def _check_alpha(alpha):
                      "finite sum of squares.")
 
 
-def _batch_stats(model, X, w, shift):
+def _batch_stats(model, X, w, shift, observed=None):
   """Per-sample averages of the batch's E-step statistics under ``model``
   (a variational posterior's: those of its variational mixture)."""
   mix = model if isinstance(model, GMMParams) else bp.variational_mixture(
       model)
-  s = stats_lib.e_step_stats(mix, X, sample_weight=w, shift=shift)
+  s = stats_lib.e_step_stats(mix, X, sample_weight=w, shift=shift,
+                             observed=observed)
   return jax.tree.map(lambda a: a / s.count, s), s.count
 
 
@@ -89,10 +90,11 @@ def _m_step(model, stats, shift, reg_covar, bayes):
 
 
 @jax.jit
-def _online_init(X, params, w, reg_covar, bayes=None):
+def _online_init(X, params, w, reg_covar, bayes=None, observed=None):
   ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
-  shift = lax.stop_gradient(mm.matmul(ww, X) / jnp.sum(ww))
-  stats, count = _batch_stats(params, X, w, shift)
+  centre = X if observed is None else missing.fill_means(X, observed, w)
+  shift = lax.stop_gradient(mm.matmul(ww, centre) / jnp.sum(ww))
+  stats, count = _batch_stats(params, X, w, shift, observed)
   new, jitter = _m_step(params, stats, shift, reg_covar, bayes)
   ok = all_finite(new)
   return OnlineState(
@@ -103,7 +105,7 @@ def _online_init(X, params, w, reg_covar, bayes=None):
 
 
 def online_init(X, params: GMMParams, *, sample_weight=None,
-                reg_covar=1e-6) -> OnlineState:
+                reg_covar=1e-6, observed=None) -> OnlineState:
   """Starts stepwise EM on the first batch.
 
   The shift is the batch's (weighted) mean; the first statistics are the
@@ -116,6 +118,8 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
       K)`` on the same batch, or a previous batch fit.
     sample_weight: optional ``(n,)`` weights.
     reg_covar: regulariser added to covariance diagonals.
+    observed: optional ``(n, D)`` boolean mask of observed entries
+      (missing values, as in :func:`gmmjax.fit`).
 
   Returns:
     An :class:`OnlineState` with ``step == 0``.
@@ -130,13 +134,28 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
     (1, (2, 2))
   """
   params, X, w = checks.prepare(params, X, sample_weight)
-  return _online_init(X, params, w, jnp.asarray(reg_covar, X.dtype))
+  X, w, observed = _observed(params, X, w, observed)
+  return _online_init(X, params, w, jnp.asarray(reg_covar, X.dtype),
+                      observed=observed)
+
+
+def _observed(params, X, w, observed):
+  """``(X, w, observed)``: the mask checked, the missing entries zeroed and
+  the rows sorted by their number of missing entries (the batch's
+  statistics are sums over its rows)."""
+  if observed is None:
+    return X, w, None
+  missing.check_type(params.covariance_type)
+  observed = missing.as_observed(observed, X)
+  return missing.sorted_rows(missing.fill(X, observed), w, observed,
+                             params.n_components)
 
 
 @jax.jit
-def _online_update(state: OnlineState, X, w, alpha, reg_covar, bayes=None):
+def _online_update(state: OnlineState, X, w, alpha, reg_covar, bayes=None,
+                   observed=None):
   params = state.params
-  batch, count = _batch_stats(params, X, w, state.shift)
+  batch, count = _batch_stats(params, X, w, state.shift, observed)
   gamma = (state.step + 2).astype(X.dtype) ** -alpha
   stats = jax.tree.map(lambda s, b: (1 - gamma) * s + gamma * b,
                        state.stats, batch)
@@ -152,7 +171,7 @@ def _online_update(state: OnlineState, X, w, alpha, reg_covar, bayes=None):
 
 
 def online_update(X, state: OnlineState, *, sample_weight=None, alpha=0.6,
-                  reg_covar=1e-6) -> OnlineState:
+                  reg_covar=1e-6, observed=None) -> OnlineState:
   """One stepwise-EM update with a new batch.
 
   ``s <- (1 - gamma) s + gamma s_bar(X; theta)``, ``theta <- M(s)`` with
@@ -169,6 +188,7 @@ def online_update(X, state: OnlineState, *, sample_weight=None, alpha=0.6,
     sample_weight: optional ``(n,)`` weights.
     alpha: step-size exponent in ``(0.5, 1]``.
     reg_covar: regulariser added to covariance diagonals.
+    observed: optional ``(n, D)`` boolean mask of observed entries.
 
   Returns:
     The new :class:`OnlineState`.
@@ -179,8 +199,9 @@ def online_update(X, state: OnlineState, *, sample_weight=None, alpha=0.6,
   _check_alpha(alpha)
   params, X, w = checks.prepare(state.params, X, sample_weight)
   state = state._replace(params=params)
+  X, w, observed = _observed(params, X, w, observed)
   return _online_update(state, X, w, jnp.asarray(alpha, X.dtype),
-                        jnp.asarray(reg_covar, X.dtype))
+                        jnp.asarray(reg_covar, X.dtype), observed=observed)
 
 
 def fit_online(key, batches: Iterable, *, params: GMMParams | None = None,

@@ -22,11 +22,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import chunks, kernels, moments, moments_lowrank
+from gmmjax._src import (
+    chunks,
+    kernels,
+    missing,
+    missing_slots,
+    moments,
+    moments_lowrank,
+)
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
-from gmmjax._src.reductions import logsumexp_small
+from gmmjax._src.reductions import any_in_batch, logsumexp_small
 
 
 class SuffStats(NamedTuple):
@@ -64,8 +71,15 @@ def component_shift(params: GMMParams):
 
 
 def weighted_log_prob(params: GMMParams, X,
-                      chunking: chunks.ChunkOptions | None = None):
-  """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks)."""
+                      chunking: chunks.ChunkOptions | None = None,
+                      observed=None, slots: int | None = None):
+  """``log w_k + log N(x_i | k)``, shape ``(N, K)`` (computed in chunks).
+
+  With ``observed`` (``(N, D)`` bools), the density of each sample's
+  observed coordinates (:mod:`gmmjax._src.missing`).
+  """
+  if observed is not None:
+    return _masked_log_prob(params, X, observed, chunking, slots)
   return (kernels.log_gaussian_prob(X, params.means,
                                     params.precisions_cholesky,
                                     params.covariance_type, chunking)
@@ -96,15 +110,7 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
   log_det = ct.log_det(prec_chol, d)
   wlp = (-0.5 * (d * math.log(2 * math.pi) + maha) + log_det
          + jnp.log(params.weights)[None, :])
-  log_norm = logsumexp_small(wlp, axis=1)
-  if temperature is None:
-    resp = jnp.exp(wlp - log_norm[:, None])
-  else:
-    resp = jax.nn.softmax(wlp / temperature, axis=1)
-  if wb is None:
-    rw, count, ll = resp, jnp.asarray(xb.shape[0], xb.dtype), jnp.sum(log_norm)
-  else:
-    rw, count, ll = resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
+  rw, count, ll = _weighted_resp(wlp, wb, temperature)
   if ct.moments_need_factors:
     sx, sxx = moments_lowrank.block_moments(xb, rw, shift, centre, params,
                                             chunking)
@@ -118,6 +124,119 @@ def _block_stats(params: GMMParams, xb, wb, shift, temperature,
                                         params.covariances, ct, chunking)
   return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
                    log_likelihood=ll)
+
+
+def _weighted_resp(wlp, wb, temperature):
+  """``(r_ik w_i, sum w_i, sum w_i log p(x_i))`` of one chunk."""
+  log_norm = logsumexp_small(wlp, axis=1)
+  if temperature is None:
+    resp = jnp.exp(wlp - log_norm[:, None])
+  else:
+    resp = jax.nn.softmax(wlp / temperature, axis=1)
+  if wb is None:
+    return (resp, jnp.asarray(wlp.shape[0], wlp.dtype), jnp.sum(log_norm))
+  return resp * wb[:, None], jnp.sum(wb), jnp.sum(wb * log_norm)
+
+
+def _masked_stats(params: GMMParams, X, ob, w, shift, temperature, chunking,
+                  slots) -> SuffStats:
+  """Statistics of samples with missing entries, in pieces of bounded
+  memory. Each piece takes the kernel its most-missing row needs
+  (``missing.branch_index``): the complete-data block where nothing is
+  missing (the same numbers as without a mask), else the masked kernel of
+  the smallest slot count that holds that row (:func:`_masked_piece`)."""
+  size = missing.piece_size(params, X.shape[0], X.dtype, chunking)
+  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots,
+                             one_piece=size >= X.shape[0])
+  branches = [functools.partial(_complete_piece, params, shift, temperature,
+                                chunking)]
+  for m in sizes:
+    part = missing.slot_rows(params, m, size, X.dtype, chunking)
+    branches.append(functools.partial(
+        chunks.sum_chunks, functools.partial(
+            _masked_piece, params, shift, temperature, m, chunking), size,
+        part))
+
+  def piece(xb, ob, wb):
+    # Missing entries zeroed piece by piece (NaN is fine): a whole-data
+    # copy per iteration otherwise.
+    return lax.switch(missing.branch_index(ob, sizes), branches,
+                      missing.fill(xb, ob), ob, wb)
+
+  X, ob, w = missing.pad_to_pieces(size, X, ob, w)
+  return chunks.sum_chunks(piece, X.shape[0], size, X, ob, w)
+
+
+def _complete_piece(params, shift, temperature, chunking, xb, ob, wb):
+  del ob
+  return _block_stats(params, xb, wb, shift, temperature, chunking)
+
+
+def _masked_piece(params, shift, temperature, m: int, chunking, xb, ob, wb):
+  """The statistics of one piece whose rows miss at most ``m`` entries.
+
+  Full/tied: the moments of the completed rows by GEMMs around the centre
+  (``missing_slots.centred_moments``), moved to per-component shifts;
+  where ``moments.moved_moments`` says the move lost digits, the exact
+  per-component form (``missing.moments``), from the same E-step terms.
+  Diag/spherical, and pieces small enough for the complete data's exact
+  forms (``chunks.use_direct``: no gain from GEMMs, half the compile):
+  that form.
+  """
+  per_component = shift.ndim == 2
+  centre = lax.stop_gradient(jnp.mean(shift, axis=0) if per_component
+                             else shift)
+  log_gauss, terms = missing.observed_terms(params, xb, ob, m, centre)
+  rw, count, ll = _weighted_resp(
+      log_gauss + jnp.log(params.weights)[None, :], wb, temperature)
+
+  def exact():
+    return missing.moments(params, rw, xb, ob, terms, shift)
+
+  if (not cov_lib.get(params.covariance_type).is_matrix
+      or chunks.use_direct(xb.shape[0], *params.means.shape, chunking)):
+    sx, sxx = exact()
+  else:
+    a = jnp.where(ob, xb - centre[None, :], 0.0)
+    sx, sxx = missing_slots.centred_moments(params, rw, a, terms, centre)
+    if per_component:
+      sx, sxx, bad = moments.moved_moments(rw, shift, centre, sx, sxx,
+                                           params.covariances,
+                                           params.covariance_type)
+      sx, sxx = lax.cond(any_in_batch(bad), exact, lambda: (sx, sxx))
+  return SuffStats(count=count, nk=jnp.sum(rw, axis=0), sx=sx, sxx=sxx,
+                   log_likelihood=ll)
+
+
+def _masked_log_prob(params: GMMParams, X, ob, chunking, slots):
+  """``log w_k + log N(x_O | k)`` ``(N, K)`` of samples with missing
+  entries, piece by piece as :func:`_masked_stats`."""
+  log_w = jnp.log(params.weights)[None, :]
+  centre = lax.stop_gradient(jnp.mean(params.means, axis=0))
+
+  def masked(m):
+    def run(xb, ob):
+      return missing.observed_terms(params, xb, ob, m, centre)[0] + log_w
+    return run
+
+  def complete(xb, ob):
+    del ob
+    return kernels.log_gaussian_prob(xb, params.means,
+                                     params.precisions_cholesky,
+                                     params.covariance_type, chunking) + log_w
+
+  n = X.shape[0]
+  size = missing.piece_size(params, n, X.dtype, chunking)
+  sizes = missing.slot_sizes(params.covariance_type, X.shape[1], slots,
+                             one_piece=size >= n)
+  branches = [complete] + [functools.partial(
+      chunks.map_chunks, masked(m), size,
+      missing.slot_rows(params, m, size, X.dtype, chunking)) for m in sizes]
+  X, ob, _ = missing.pad_to_pieces(size, X, ob, None)
+  return chunks.map_chunks(
+      lambda xb, ob: lax.switch(missing.branch_index(ob, sizes), branches,
+                                missing.fill(xb, ob), ob),
+      X.shape[0], size, X, ob)[:n]
 
 
 def stats_from_resp(X, resp, *, sample_weight=None, shift,
@@ -142,10 +261,11 @@ def stats_from_resp(X, resp, *, sample_weight=None, shift,
                    log_likelihood=ll)
 
 
-@functools.partial(jax.jit, static_argnames=("chunking",))
+@functools.partial(jax.jit, static_argnames=("chunking", "slots"))
 def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
                  temperature=None,
-                 chunking: chunks.ChunkOptions | None = None) -> SuffStats:
+                 chunking: chunks.ChunkOptions | None = None,
+                 observed=None, slots: int | None = None) -> SuffStats:
   """Fused E-step: responsibilities of ``X`` reduced to statistics.
 
   The samples are processed in chunks (``lax.scan`` over ``dynamic_slice``
@@ -167,6 +287,18 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
       ``softmax(log(w_k N_k(x)) / temperature)`` (1 is plain EM).
     chunking: chunk sizes and memory budgets (a hashable
       ``ChunkOptions``, static); ``None`` for the measured defaults.
+    observed: optional ``(N, D)`` boolean mask, True where an entry of
+      ``X`` was observed: the others are missing at random (their values
+      are ignored). Responsibilities and ``log_likelihood`` then come from
+      each sample's observed marginal, and ``sx``, ``sxx`` are the expected
+      statistics of the completed samples (conditional means of the missing
+      entries, conditional covariances added to the second moments).
+    slots: with ``observed`` (static), at least the most entries any row
+      misses (``None``: ``D``, always enough; :func:`fit` passes the
+      smallest power of two that is): the largest missing block full and
+      tied covariances factorise. Rows sorted by their number of missing
+      entries (as :func:`fit` sorts them) make the statistics cheaper: each
+      piece of rows factorises the blocks of its most-missing row.
 
   Returns:
     :class:`SuffStats` whose ``log_likelihood`` is ``sum_i w_i log p(x_i)``.
@@ -184,6 +316,11 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
   n, d = X.shape
   chunk = chunks.chunk_size(n, params.means.shape[0], d,
                             params.covariance_type, X.dtype, options=chunking)
+  if observed is not None:
+    missing.check_type(params.covariance_type)
+    observed = missing.as_observed(observed, X)
+    return _masked_stats(params, X, observed, sample_weight, shift,
+                         temperature, chunking, slots)
   arrays = (X,) if sample_weight is None else (X, sample_weight)
   return chunks.sum_chunks(
       lambda xb, wb=None: _block_stats(params, xb, wb, shift, temperature,
