@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
+from gmmjax import ConvergenceWarning
 from gmmjax._src import compiling
 from tests.conftest import make_blobs
 
@@ -91,7 +92,8 @@ def test_padded_fit_equals_unpadded_float32(X, weighted):
 
 def test_estimator_reuses_programs_within_a_rung(X, compiles):
   """A fit and the predict family on a new sample count of the same rung
-  compile nothing; max_iter, tol and reg_covar change no program."""
+  compile nothing; max_iter (any up to 128: the max_iter=1 of warm-start
+  loops too), tol and reg_covar change no program."""
   Xf = np.concatenate([X, X[::-1] + 0.1])  # 420 rows: the 448 rung
   gm = gx.GaussianMixture(3, covariance_type="diag", random_state=0).fit(Xf)
   gm.predict(Xf), gm.score(Xf), gm.predict_proba(Xf), gm.sample(5)
@@ -101,6 +103,9 @@ def test_estimator_reuses_programs_within_a_rung(X, compiles):
   other.fit(Xf[:430])  # 430 rows: 448 too
   other.predict(Xf[:441]), other.score(Xf[:420]), other.predict_proba(Xf)
   other.bic(Xf), other.sample(99)
+  with pytest.warns(ConvergenceWarning):  # one iteration: not converged
+    gx.GaussianMixture(3, covariance_type="diag", max_iter=1,
+                       random_state=0).fit(Xf)
   assert compiles == []
 
 

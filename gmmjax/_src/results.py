@@ -58,13 +58,16 @@ def lower_bound(history, n_iter, xp=jnp):
 
 
 def history_length(max_iter: int) -> int:
-  """Entries of ``FitResult.history`` for ``max_iter``: a power of two >= 8.
+  """Entries of ``FitResult.history`` for ``max_iter``: a power of two >= 128.
 
   ``max_iter`` itself is a traced value of the compiled loop, so every
-  ``max_iter`` of one bucket (e.g. 65..128) runs the same program; only the
-  history's length is static. ``max_iter=0`` still gets a (NaN) history.
+  ``max_iter`` of one bucket runs the same program; only the history's
+  length is static. Every ``max_iter`` up to 128 (scikit-learn's default
+  100, and the ``max_iter=1`` of warm-start loops) shares one bucket: a
+  history of 128 floats costs nothing, a program of its own a compile.
+  ``max_iter=0`` still gets a (NaN) history.
   """
-  return max(8, 1 << (int(max_iter) - 1).bit_length())
+  return max(128, 1 << (int(max_iter) - 1).bit_length())
 
 
 def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
