@@ -391,12 +391,13 @@ def test_fallback_feature_name_warnings(frame):
 
 
 _NO_SKLEARN = textwrap.dedent("""
-    import sys
+    import os, sys
     class Block:
       def find_spec(self, name, path=None, target=None):
         if name == "sklearn" or name.startswith("sklearn."):
           raise ImportError("scikit-learn blocked for this test")
-    sys.meta_path.insert(0, Block())
+    if not os.environ.get("GMMJAX_NO_SKLEARN"):
+      sys.meta_path.insert(0, Block())
     import numpy as np, pandas as pd
     import gmmjax as gx
     from gmmjax._src import sklearn_compat
@@ -421,14 +422,20 @@ _NO_SKLEARN = textwrap.dedent("""
     except ValueError as e:
       print("names:", str(e).splitlines()[1])
     print(gm.set_params(n_components=3).get_params()["n_components"])
+    print("sklearn imported:", "sklearn" in sys.modules)
     assert "sklearn" not in sys.modules
 """)
 
 
-def test_works_without_scikit_learn():
+@pytest.mark.parametrize("how", ["not importable", "GMMJAX_NO_SKLEARN=1"])
+def test_works_without_scikit_learn(how):
+  """The fallback, without scikit-learn or with it opted out (what the
+  command line does for its process)."""
+  env = {k: v for k, v in os.environ.items() if k != "GMMJAX_NO_SKLEARN"}
+  if how != "not importable":
+    env["GMMJAX_NO_SKLEARN"] = "1"
   out = subprocess.run([sys.executable, "-c", _NO_SKLEARN],
-                       capture_output=True, text=True, env=dict(os.environ),
-                       timeout=300)
+                       capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr
   assert out.stdout.splitlines() == [
       "params: ValueError The 'n_components' parameter of GaussianMixture "
@@ -440,4 +447,4 @@ def test_works_without_scikit_learn():
       "random_state=0) ['a', 'b']",
       "[0, 1, 0]",
       "names: Feature names must be in the same order as they were in fit.",
-      "3"]
+      "3", "sklearn imported: False"]

@@ -30,12 +30,16 @@ friends, from the method signatures), parameter validation
 scikit-learn's wording) and ``feature_names_in_`` checks (its errors and
 warnings). Without scikit-learn, a small fallback keeps the same protocol:
 ``get_params``/``set_params``/repr, the same checks with plain
-``ValueError``s and the same feature-name messages.
+``ValueError``s and the same feature-name messages. ``GMMJAX_NO_SKLEARN=1``
+in the environment chooses the fallback with scikit-learn installed (its
+import costs 1.5-2 s on the first use of an estimator); the command line
+does so for its own process.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -44,18 +48,24 @@ import numpy as np
 
 from gmmjax._src import validation as val
 
-try:
-  from sklearn.base import BaseEstimator as _SkBaseEstimator
-  from sklearn.base import DensityMixin as _SkDensityMixin
-  from sklearn.utils._param_validation import (
-      Interval,
-      InvalidParameterError,
-      StrOptions,
-  )
-  from sklearn.utils.validation import _check_feature_names
-  HAVE_SKLEARN = True
-except ImportError:  # scikit-learn is optional (a test dependency)
-  HAVE_SKLEARN = False
+# Importing scikit-learn's base costs 1.5-2 s on a 2-core machine (SciPy and
+# its utilities), paid on the first use of an estimator. GMMJAX_NO_SKLEARN=1
+# opts out (the fallback below, as without scikit-learn); the command line
+# sets it for itself (gmmjax/__main__.py), which needs nothing of it.
+HAVE_SKLEARN = False
+if os.environ.get("GMMJAX_NO_SKLEARN", "") in ("", "0"):
+  try:
+    from sklearn.base import BaseEstimator as _SkBaseEstimator
+    from sklearn.base import DensityMixin as _SkDensityMixin
+    from sklearn.utils._param_validation import (
+        Interval,
+        InvalidParameterError,
+        StrOptions,
+    )
+    from sklearn.utils.validation import _check_feature_names
+    HAVE_SKLEARN = True
+  except ImportError:  # scikit-learn is optional (a test dependency)
+    pass
 
 # -- parameter specs: one table, checked by scikit-learn or by gmmjax -------
 
