@@ -12,7 +12,9 @@ import sys
 
 def run() -> int:
   os.environ.setdefault("GMMJAX_NO_SKLEARN", "1")
-  from gmmjax.cli import main  # noqa: PLC0415 (after the setting above)
+  # The estimators (and sklearn_compat, which reads the setting) load on
+  # first use, after this: `import gmmjax` does not load them.
+  from gmmjax.cli import main  # noqa: PLC0415
   return main()
 
 

@@ -36,6 +36,9 @@ if os.environ.get("GMMJAX_TEST_CPU_FLAGS", "1") != "0":
 # equal across thread counts). Set before scikit-learn loads its OpenMP
 # runtime; subprocesses inherit it. A value the user set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite tests the estimators as scikit-learn citizens: a developer's
+# GMMJAX_NO_SKLEARN (sklearn_compat) must not turn that off.
+os.environ.pop("GMMJAX_NO_SKLEARN", None)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -272,6 +272,27 @@ def test_gradient_of_the_observed_density_full(data, x64):
   np.testing.assert_allclose(gm[1, 3], fd, rtol=1e-6, atol=1e-10)
 
 
+def test_marginalize_reads_frames_and_object_arrays():
+  """NaN, None and pandas' NA are missing entries whatever the container:
+  a DataFrame with a bool column, a nullable Float64 one, an object array
+  (they used to be refused with the policy's own error)."""
+  import pandas as pd  # noqa: PLC0415 (a test extra; this test alone)
+
+  from gmmjax._src import nan_policy
+  frame = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0],
+                        "b": [True, False, True, False],
+                        "c": pd.array([0.5, 1.5, None, 2.5], dtype="Float64")})
+  expected_obs = np.array([[1, 1, 1], [0, 1, 1], [1, 1, 0], [1, 1, 1]], bool)
+  filled, obs = nan_policy.split_missing(frame, "marginalize")
+  np.testing.assert_array_equal(obs, expected_obs)
+  np.testing.assert_allclose(filled, [[1, 1, 0.5], [8 / 3, 0, 1.5],
+                                      [3, 1, 1.5], [4, 0, 2.5]])
+  objects = np.array([[1.0, None], [2, 3.0], [None, 4]], dtype=object)
+  filled, obs = nan_policy.split_missing(objects, "marginalize")
+  np.testing.assert_array_equal(obs, [[1, 0], [1, 1], [0, 1]])
+  np.testing.assert_allclose(filled, [[1, 3.5], [2, 3], [1.5, 4]])
+
+
 def test_estimator_marginalize(data, x64):
   obs = PATTERNS["mcar"]
   Xn = np.where(obs, data, np.nan)

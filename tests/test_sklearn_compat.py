@@ -53,6 +53,15 @@ def test_is_a_scikit_learn_density_estimator():
   assert set(gm._parameter_constraints) == set(gm.get_params())
 
 
+def test_allow_nan_tag_follows_the_nan_policy():
+  """scikit-learn reads allow_nan to decide whether NaN is data (its checks
+  then feed NaN instead of expecting an error)."""
+  assert not get_tags(gx.GaussianMixture()).input_tags.allow_nan
+  assert get_tags(gx.GaussianMixture(
+      nan_policy="marginalize")).input_tags.allow_nan
+  assert not get_tags(gx.BayesianGaussianMixture()).input_tags.allow_nan
+
+
 def test_feature_names_from_a_dataframe(fitted, frame):
   assert isinstance(fitted.feature_names_in_, np.ndarray)
   assert fitted.feature_names_in_.dtype == object

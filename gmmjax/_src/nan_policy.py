@@ -23,7 +23,12 @@ def split_missing(X, nan_policy: str):
   if nan_policy != "marginalize":
     return X, None
   try:
-    arr = np.asarray(X)
+    if hasattr(X, "to_numpy"):  # DataFrames: bool columns, pandas' NA
+      arr = X.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+      arr = np.asarray(X)
+      if arr.dtype == object:  # numbers stored as objects (None is NaN)
+        arr = arr.astype(np.float64)
   except (TypeError, ValueError):
     return X, None  # check_array says why
   if arr.dtype.kind not in "fc" or arr.ndim != 2:

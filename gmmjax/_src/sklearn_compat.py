@@ -50,10 +50,12 @@ from gmmjax._src import validation as val
 
 # Importing scikit-learn's base costs 1.5-2 s on a 2-core machine (SciPy and
 # its utilities), paid on the first use of an estimator. GMMJAX_NO_SKLEARN=1
-# opts out (the fallback below, as without scikit-learn); the command line
-# sets it for itself (gmmjax/__main__.py), which needs nothing of it.
+# (or true, yes, on) opts out: the fallback below, as without scikit-learn.
+# It is read once, when the estimators first load. The command line sets it
+# for itself (gmmjax/__main__.py), which needs nothing of it.
 HAVE_SKLEARN = False
-if os.environ.get("GMMJAX_NO_SKLEARN", "") in ("", "0"):
+if os.environ.get("GMMJAX_NO_SKLEARN", "").lower() not in ("1", "true", "yes",
+                                                        "on"):
   try:
     from sklearn.base import BaseEstimator as _SkBaseEstimator
     from sklearn.base import DensityMixin as _SkDensityMixin
