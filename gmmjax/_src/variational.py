@@ -111,7 +111,6 @@ class VBState(NamedTuple):
   posterior: bp.BayesParams  # the current iterate
   mixture: GMMParams  # its variational mixture (the E-step's)
   stats: stats_lib.SuffStats  # its E-step statistics (around its means)
-  bound: jax.Array  # the last recorded lower bound
   recent: jax.Array  # (WINDOW,) the last recorded bounds, oldest first
 
 
@@ -147,7 +146,6 @@ class VariationalStep(NamedTuple):
     del problem
     mix = bp.variational_mixture(post)
     return VBState(post, mix, engine.placeholder_stats(mix),
-                   jnp.full((), -jnp.inf, post.means.dtype),
                    jnp.full((WINDOW,), -jnp.inf, post.means.dtype))
 
   def advance(self, state: VBState, problem: engine.Problem, started):
@@ -196,7 +194,6 @@ class VariationalStep(NamedTuple):
     return VBState(posterior=keep(new, state.posterior),
                    mixture=keep(mix, state.mixture),
                    stats=keep(stats, state.stats),
-                   bound=jnp.where(counted, bound, state.bound),
                    recent=jnp.where(counted, recent, state.recent)), report
 
   def step(self, state: VBState, problem: engine.Problem, started):
