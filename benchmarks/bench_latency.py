@@ -121,7 +121,8 @@ T2 = time.perf_counter()
 gm = GaussianMixture(5, random_state=0).fit(X)
 T3 = time.perf_counter()
 R.update(data_s=T2 - T1, fit_s=T3 - T2, total_s=T3 - T0,
-         n_iter=int(gm.n_iter_), lower_bound=float(gm.lower_bound_))
+         n_iter=int(gm.n_iter_), lower_bound=float(gm.lower_bound_),
+         sklearn_imported="sklearn" in sys.modules)
 """
 
 BODY_NEW_N = """\
@@ -543,7 +544,8 @@ def markdown(meta, rows, counts, runs):
   lines = [f"# Latency benchmark ({meta['date']})", "",
            f"CPU: {meta['cpu_model']}, {meta['cpus']} CPUs; Python "
            f"{meta['python']}; jax {meta['jax']}, jaxlib {meta['jaxlib']}, "
-           f"scikit-learn {meta['sklearn']}; gmmjax at {meta['commit']}. "
+           f"scikit-learn {meta['sklearn']}, numpy {meta['numpy']}, ml_dtypes "
+           f"{meta['ml_dtypes']}; gmmjax at {meta['commit']}. "
            f"Load (1 min) at start {meta['load_start']}, at end "
            f"{meta['load_end']}. {meta['repeats']} fresh processes per "
            f"figure{' (--quick)' if meta['quick'] else ''}.", ""]
@@ -637,7 +639,7 @@ def main(argv=None):
               cpu_model=cpu_model(), cpus=os.cpu_count(),
               python=platform.python_version(), jax=version("jax"),
               jaxlib=version("jaxlib"), sklearn=version("scikit-learn"),
-              numpy=version("numpy"), commit=git_commit(),
+              numpy=version("numpy"), ml_dtypes=version("ml_dtypes"), commit=git_commit(),
               executable=sys.executable, load_start=load1(),
               quick=args.quick, repeats=args.repeats, only=sel,
               timeout_s=args.timeout, sweep=sweep_params(args),

@@ -159,12 +159,14 @@ KINDS = ("Functions", "Classes", "Exceptions and warnings", "Constants",
 
 def _methods(cls) -> list[tuple[str, object]]:
   """Public methods and properties the class and its gmmjax bases define
-  and document (not those scikit-learn's bases add)."""
+  and document (not those scikit-learn's bases add, nor their stand-in
+  without scikit-learn, sklearn_compat.FallbackBase: the same either way)."""
   if issubclass(cls, tuple):  # NamedTuples: the signature lists the fields
     return []
   out = {}
   for base in reversed(cls.__mro__):
-    if not base.__module__.startswith("gmmjax"):
+    if (not base.__module__.startswith("gmmjax")
+        or base.__name__ == "FallbackBase"):
       continue
     for name, obj in vars(base).items():
       if name.startswith("_"):

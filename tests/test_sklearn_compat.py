@@ -44,7 +44,7 @@ def fitted(frame):
 
 def test_is_a_scikit_learn_density_estimator():
   gm = gx.GaussianMixture(3, covariance_type="diag")
-  assert compat.HAVE_SKLEARN
+  assert compat.sklearn_adopted()
   assert isinstance(gm, BaseEstimator) and isinstance(gm, DensityMixin)
   assert get_tags(gm).estimator_type == "density_estimator"
   assert repr(gm) == "GaussianMixture(covariance_type='diag', n_components=3)"
@@ -405,12 +405,13 @@ _NO_SKLEARN = textwrap.dedent("""
       def find_spec(self, name, path=None, target=None):
         if name == "sklearn" or name.startswith("sklearn."):
           raise ImportError("scikit-learn blocked for this test")
-    if not os.environ.get("GMMJAX_NO_SKLEARN"):
+    how = sys.argv[1]
+    if how == "not importable":
       sys.meta_path.insert(0, Block())
     import numpy as np, pandas as pd
     import gmmjax as gx
     from gmmjax._src import sklearn_compat
-    assert not sklearn_compat.HAVE_SKLEARN
+    assert not sklearn_compat.sklearn_adopted()
     X = pd.DataFrame([[-3.0, 0.0], [3.0, 1.0], [-2.0, 0.5]],
                      columns=["a", "b"])
     for bad in (gx.GaussianMixture(0),  # refused before anything compiles
@@ -433,19 +434,37 @@ _NO_SKLEARN = textwrap.dedent("""
     print(gm.set_params(n_components=3).get_params()["n_components"])
     print("sklearn imported:", "sklearn" in sys.modules)
     assert "sklearn" not in sys.modules
+    if how == "imported later":  # the same estimator, now scikit-learn's
+      import sklearn
+      from sklearn.base import BaseEstimator, clone
+      from sklearn.utils._param_validation import InvalidParameterError
+      print(gm.get_params()["n_components"], isinstance(gm, BaseEstimator),
+            type(clone(gm)).__mro__[3].__name__)
+      try:
+        gx.GaussianMixture(0).fit(X)
+      except InvalidParameterError as e:
+        print("params:", type(e).__name__)
+      with sklearn.config_context(enable_metadata_routing=True):
+        print(gx.BayesianGaussianMixture().set_fit_request(sample_weight=True)
+              .get_metadata_routing().fit.requests["sample_weight"])
 """)
 
 
-@pytest.mark.parametrize("how", ["not importable", "GMMJAX_NO_SKLEARN=1"])
+@pytest.mark.parametrize("how", ["not importable", "GMMJAX_NO_SKLEARN=1",
+                                 "imported later"])
 def test_works_without_scikit_learn(how):
-  """The fallback, without scikit-learn or with it opted out (what the
-  command line does for its process)."""
+  """The fallback, without scikit-learn, with it opted out, and with it
+  installed but not imported: gmmjax does not import it for a fit (1.5-2 s),
+  and once the user imports it the estimators made before are scikit-learn
+  estimators (bases, clone, its parameter errors, metadata routing)."""
   env = {k: v for k, v in os.environ.items() if k != "GMMJAX_NO_SKLEARN"}
-  if how != "not importable":
+  if how == "GMMJAX_NO_SKLEARN=1":
     env["GMMJAX_NO_SKLEARN"] = "1"
-  out = subprocess.run([sys.executable, "-c", _NO_SKLEARN],
+  out = subprocess.run([sys.executable, "-c", _NO_SKLEARN, how],
                        capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr
+  later = ["3 True DensityMixin", "params: InvalidParameterError",
+           "True"] if how == "imported later" else []
   assert out.stdout.splitlines() == [
       "params: ValueError The 'n_components' parameter of GaussianMixture "
       "must be an int in the range [1, 2147483647]. Got 0 instead.",
@@ -456,4 +475,4 @@ def test_works_without_scikit_learn(how):
       "random_state=0) ['a', 'b']",
       "[0, 1, 0]",
       "names: Feature names must be in the same order as they were in fit.",
-      "3", "sklearn imported: False"]
+      "3", "sklearn imported: False", *later]

@@ -2,7 +2,7 @@
 
 It converts and validates NumPy input (and DataFrames, whose column names
 become ``feature_names_in_``), runs the compiled core and stores NumPy
-results. scikit-learn is optional: when it is importable the estimator is a
+results. scikit-learn is optional: once it is imported the estimator is a
 ``sklearn.base.BaseEstimator`` and ``DensityMixin`` (sklearn_compat), and
 ``sklearn.utils.estimator_checks.check_estimator`` passes; without it, the
 same parameter protocol and checks work on their own.

@@ -20,26 +20,35 @@ starting from the parameters they share
 Each is in ``ESTIMATORS`` in ``tests/test_sklearn_conformance.py``, whose
 ``check_param_validation`` requires an entry for every parameter.
 
-When scikit-learn is importable (the pattern of other libraries with
-optional scikit-learn support), :class:`DensityEstimator` derives from
+With scikit-learn in use, :class:`DensityEstimator` derives from
 ``sklearn.base.DensityMixin`` and ``sklearn.base.BaseEstimator``, so the
 estimator has scikit-learn's ``get_params``/``set_params``, repr and HTML
 repr (``_repr_html_``), tags, metadata routing (``set_fit_request`` and
 friends, from the method signatures), parameter validation
 (``InvalidParameterError``, a ``ValueError`` and a ``TypeError``, with
 scikit-learn's wording) and ``feature_names_in_`` checks (its errors and
-warnings). Without scikit-learn, a small fallback keeps the same protocol:
+warnings). Until then a small fallback keeps the same protocol:
 ``get_params``/``set_params``/repr, the same checks with plain
-``ValueError``s and the same feature-name messages. ``GMMJAX_NO_SKLEARN=1``
-in the environment chooses the fallback with scikit-learn installed (its
-import costs 1.5-2 s on the first use of an estimator); the command line
-does so for its own process.
+``ValueError``s and the same feature-name messages.
+
+"In use" is decided lazily, because importing scikit-learn costs 1.5-2 s
+(SciPy's statistics, pandas), more than importing JAX: gmmjax never
+imports it for a fit. The estimators adopt scikit-learn's bases
+(:func:`adopt_sklearn`) as soon as ``sklearn.base`` has been imported by
+anyone, checked when an estimator is created or asked for its parameters,
+tags or validation, and gmmjax imports it itself only for what exists only
+in scikit-learn (metadata routing's ``set_*_request`` and
+``get_metadata_routing``, the HTML repr). Adopting changes the base class
+in place (``DensityEstimator.__bases__``), so instances made before become
+``BaseEstimator``s too. ``GMMJAX_NO_SKLEARN=1`` (or true, yes, on) keeps
+the fallback for good.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import sys
 import warnings
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -48,26 +57,9 @@ import numpy as np
 
 from gmmjax._src import validation as val
 
-# Importing scikit-learn's base costs 1.5-2 s on a 2-core machine (SciPy and
-# its utilities), paid on the first use of an estimator. GMMJAX_NO_SKLEARN=1
-# (or true, yes, on) opts out: the fallback below, as without scikit-learn.
-# It is read once, when the estimators first load. The command line sets it
-# for itself (gmmjax/__main__.py), which needs nothing of it.
-HAVE_SKLEARN = False
-if os.environ.get("GMMJAX_NO_SKLEARN", "").lower() not in ("1", "true", "yes",
-                                                        "on"):
-  try:
-    from sklearn.base import BaseEstimator as _SkBaseEstimator
-    from sklearn.base import DensityMixin as _SkDensityMixin
-    from sklearn.utils._param_validation import (
-        Interval,
-        InvalidParameterError,
-        StrOptions,
-    )
-    from sklearn.utils.validation import _check_feature_names
-    HAVE_SKLEARN = True
-  except ImportError:  # scikit-learn is optional (a test dependency)
-    pass
+# Read once, when the estimators first load.
+OPTED_OUT = os.environ.get("GMMJAX_NO_SKLEARN", "").lower() in ("1", "true",
+                                                                "yes", "on")
 
 # -- parameter specs: one table, checked by scikit-learn or by gmmjax -------
 
@@ -123,6 +115,7 @@ def any_of(*rules) -> AnyOf:
 
 def _sklearn_constraint(rule) -> list:
   """One spec entry as scikit-learn's list of constraints."""
+  from sklearn.utils._param_validation import Interval, StrOptions
   if isinstance(rule, AnyOf):
     return [c for r in rule.rules for c in _sklearn_constraint(r)]
   if rule == RANDOM_STATE:
@@ -292,7 +285,8 @@ def check_feature_names(estimator, X, *, reset: bool) -> None:
 class FallbackBase:
   """scikit-learn's parameter protocol without scikit-learn: ``get_params``,
   ``set_params``, a repr of the changed parameters, and parameter checks
-  (:func:`check_params`)."""
+  (:func:`check_params`). Each method first hands over to scikit-learn's
+  when scikit-learn has been imported since (:func:`adopt_sklearn`)."""
 
   @classmethod
   def _get_param_names(cls):
@@ -302,11 +296,15 @@ class FallbackBase:
 
   def get_params(self, deep=True):
     """Constructor parameters as a dict (scikit-learn's protocol)."""
+    if _handed_over(self):
+      return self.get_params(deep=deep)
     del deep  # no nested estimators
     return {name: getattr(self, name) for name in self._get_param_names()}
 
   def set_params(self, **params):
     """Sets constructor parameters; returns ``self``."""
+    if _handed_over(self):
+      return self.set_params(**params)
     valid = self._get_param_names()
     for name, value in params.items():
       if name not in valid:
@@ -316,6 +314,8 @@ class FallbackBase:
     return self
 
   def __repr__(self):
+    if _handed_over(self):
+      return repr(self)
     defaults = {name: p.default for name, p in
                 inspect.signature(type(self).__init__).parameters.items()}
     changed = []
@@ -332,17 +332,38 @@ class FallbackBase:
                  type(self).__name__)
 
   def __sklearn_tags__(self):
-    """scikit-learn's tags, for a scikit-learn imported after all."""
+    """scikit-learn's tags (only scikit-learn asks for them)."""
+    if _handed_over(self, load=True):
+      return self.__sklearn_tags__()
     from sklearn.utils import Tags, TargetTags
     return Tags(estimator_type="density_estimator",
                 target_tags=TargetTags(required=False))
 
 
-_BASES = (_SkDensityMixin, _SkBaseEstimator) if HAVE_SKLEARN else (
-    FallbackBase,)
+def _handed_over(obj, *, load: bool = False) -> bool:
+  """Whether ``obj``, an instance of a class that derived from
+  :class:`FallbackBase` when the call began, now has scikit-learn's
+  methods instead (:func:`adopt_sklearn`)."""
+  return adopt_sklearn(load=load) and not isinstance(obj, FallbackBase)
 
 
-class DensityEstimator(*_BASES):
+class _SklearnConstraints:
+  """``_parameter_constraints``, scikit-learn's form of ``_parameter_spec``,
+  built when scikit-learn asks (its parameter checks read it)."""
+
+  def __get__(self, obj, cls):
+    return sklearn_constraints(cls._parameter_spec)
+
+
+# Attributes only scikit-learn has (metadata routing, the HTML repr): asking
+# for one adopts scikit-learn's bases, importing it if need be.
+_SKLEARN_ONLY = frozenset({
+    "get_metadata_routing", "_get_metadata_request", "_get_default_requests",
+    "_repr_html_", "_repr_html_inner", "_repr_mimebundle_",
+    "__sklearn_clone__"})
+
+
+class DensityEstimator(FallbackBase):
   """Base of gmmjax's estimators: a scikit-learn density estimator.
 
   A subclass declares ``_parameter_spec`` (see the module docstring); its
@@ -351,30 +372,88 @@ class DensityEstimator(*_BASES):
   routing (``set_score_request(sample_weight=True)`` asks for it), so that
   ``GridSearchCV(...).fit(X, sample_weight=w)`` with only
   ``set_fit_request(sample_weight=True)`` routes the weights to ``fit`` and
-  scores with the default scorer, as without routing.
+  scores with the default scorer, as without routing. Its bases are
+  :class:`FallbackBase` until scikit-learn is in use, then scikit-learn's
+  (:func:`adopt_sklearn`).
   """
 
   _parameter_spec: dict = {}
+  _parameter_constraints = _SklearnConstraints()
   __metadata_request__score = {"sample_weight": False}
 
-  def __init_subclass__(cls, **kwargs):
-    super().__init_subclass__(**kwargs)
-    if HAVE_SKLEARN:
-      cls._parameter_constraints = sklearn_constraints(cls._parameter_spec)
+  def __new__(cls, *args, **kwargs):
+    del args, kwargs  # for __init__
+    adopt_sklearn()
+    return super().__new__(cls)
+
+  def __getattr__(self, name):
+    # Only reached for attributes the instance and its classes lack.
+    if (name in _SKLEARN_ONLY or name.startswith("set_")
+        and name.endswith("_request")) and adopt_sklearn(load=True):
+      return object.__getattribute__(self, name)
+    raise AttributeError(
+        f"{type(self).__name__!r} object has no attribute {name!r}")
 
   def _validate_params(self):
-    """scikit-learn's parameter check where it is installed (its errors,
-    its wording), then gmmjax's, which also refuses a bool given as a
-    number (``n_components=True``: to scikit-learn a bool is an int)."""
-    super()._validate_params()
-    if HAVE_SKLEARN:
+    """scikit-learn's parameter check when it is in use (its errors, its
+    wording), then gmmjax's, which also refuses a bool given as a number
+    (``n_components=True``: to scikit-learn a bool is an int)."""
+    if adopt_sklearn():
+      super()._validate_params()
+      from sklearn.utils._param_validation import InvalidParameterError
       check_params(self._parameter_spec, self.get_params(deep=False),
                    type(self).__name__, error=InvalidParameterError)
+    else:
+      super()._validate_params()
 
   def _validate_feature_names(self, X, *, reset: bool) -> None:
     """Sets (``reset``) or checks ``feature_names_in_`` from ``X``'s
-    columns, with scikit-learn's function when it is there."""
-    if HAVE_SKLEARN:
+    columns, with scikit-learn's function when it is in use."""
+    if adopt_sklearn():
+      from sklearn.utils.validation import _check_feature_names
       _check_feature_names(self, X, reset=reset)
     else:
       check_feature_names(self, X, reset=reset)
+
+
+_ADOPTED = [False]  # whether DensityEstimator's bases are scikit-learn's
+
+
+def sklearn_adopted() -> bool:
+  """Whether gmmjax's estimators derive from scikit-learn's bases now."""
+  return _ADOPTED[0]
+
+
+def adopt_sklearn(*, load: bool = False) -> bool:
+  """Makes :class:`DensityEstimator`, and so every gmmjax estimator (made
+  before or after), derive from ``sklearn.base.DensityMixin`` and
+  ``BaseEstimator`` when ``sklearn.base`` has been imported (or, with
+  ``load``, when it can be); returns whether they do.
+
+  Cheap when there is nothing to do (a dict lookup): estimators call it as
+  they are created and used. Never with ``GMMJAX_NO_SKLEARN`` set.
+  """
+  if _ADOPTED[0]:
+    return True
+  if OPTED_OUT or not load and "sklearn.base" not in sys.modules:
+    return False
+  try:
+    from sklearn.base import BaseEstimator, DensityMixin
+    from sklearn.utils._metadata_requests import _MetadataRequester
+  except ImportError:  # scikit-learn is optional (a test dependency)
+    return False
+  DensityEstimator.__bases__ = (DensityMixin, BaseEstimator)
+  # What scikit-learn does to each subclass as it is defined (the generated
+  # set_{method}_request methods), for the classes defined before; classes
+  # defined after get it from Python, as usual.
+  init_subclass = vars(_MetadataRequester)["__init_subclass__"].__func__
+  todo = [DensityEstimator]
+  while todo:
+    cls = todo.pop(0)
+    init_subclass(cls)
+    todo.extend(cls.__subclasses__())
+  _ADOPTED[0] = True
+  return True
+
+
+adopt_sklearn()  # scikit-learn imported before the estimators
