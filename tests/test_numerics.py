@@ -249,3 +249,55 @@ def test_count_degenerate_against_numpy(ctype, x64):
   got = int(gx.count_degenerate(p, n, reg_covar=reg))
   assert got == expected
   assert got == {"full": 2, "tied": 4, "diag": 2, "spherical": 2}[ctype]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, cholesky.UNROLLED_MAX_DIM,
+                               cholesky.UNROLLED_MAX_DIM + 1])
+def test_small_factorisations_match_lapacks(d, x64):
+  """Up to UNROLLED_MAX_DIM features the Cholesky factor and triangular
+  solves are written out (no LAPACK, no SciPy import on CPU): the same
+  values as JAX's LAPACK-backed functions, the same NaN pattern for a
+  matrix that is not positive definite (a zero or a negative pivot), the
+  same derivatives; one dimension above, JAX's own functions."""
+  del x64
+  import jax.numpy as jnp
+  from jax import lax
+  rng = np.random.default_rng(d)
+  a = rng.normal(size=(4, 3, d, d))
+  spd = a @ np.swapaxes(a, -1, -2) + 0.1 * np.eye(d)
+  bad = spd.copy()
+  bad[0, 0] = -np.eye(d)
+  bad[1, 1, -1, -1] = 0.0 if d == 1 else bad[1, 1, -1, -1] - 1e3
+  lopsided = spd.copy()
+  lopsided[..., 0, -1] += 0.3  # read symmetrised, as jnp.linalg.cholesky
+  for m in (spd, bad, lopsided):
+    ref = np.asarray(jnp.linalg.cholesky(m))
+    got = np.asarray(cholesky.cholesky(jnp.asarray(m)))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    finite = ~np.isnan(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-12,
+                               atol=1e-12)
+  assert np.isnan(np.asarray(cholesky.cholesky(jnp.asarray(bad)))[0, 0]).any()
+  low = np.linalg.cholesky(spd)
+  b = rng.normal(size=low.shape)
+  for left in (True, False):
+    for lower in (True, False):
+      for transpose in (True, False):
+        tri = low if lower else np.swapaxes(low, -1, -2)
+        kw = dict(left_side=left, lower=lower, transpose_a=transpose)
+        np.testing.assert_allclose(
+            cholesky.triangular_solve(jnp.asarray(tri), jnp.asarray(b), **kw),
+            lax.linalg.triangular_solve(tri, b, **kw), rtol=1e-10,
+            atol=1e-12)
+
+  def ours(m):
+    return jnp.sum(jnp.sin(cholesky.precision_from_chol(cholesky.cholesky(m))))
+
+  def jaxs(m):
+    inv = lax.linalg.triangular_solve(jnp.linalg.cholesky(m),
+                                      cholesky.eye_like(m), left_side=True,
+                                      lower=True)
+    return jnp.sum(jnp.sin(jnp.swapaxes(inv, -1, -2)))
+
+  np.testing.assert_allclose(jax.grad(ours)(spd), jax.grad(jaxs)(spd),
+                             rtol=1e-9, atol=1e-12)

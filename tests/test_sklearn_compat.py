@@ -435,6 +435,11 @@ _NO_SKLEARN = textwrap.dedent("""
     print("sklearn imported:", "sklearn" in sys.modules)
     assert "sklearn" not in sys.modules
     if how == "imported later":  # the same estimator, now scikit-learn's
+      # A fit of a few features imports neither scikit-learn nor SciPy
+      # (jaxlib's LAPACK calls would: cholesky.UNROLLED_MAX_DIM).
+      gx.GaussianMixture(2, max_iter=3, random_state=0).fit(X)
+      assert not any(m.split(".")[0] in ("sklearn", "scipy")
+                     for m in sys.modules), sorted(sys.modules)
       import sklearn
       from sklearn.base import BaseEstimator, clone
       from sklearn.utils._param_validation import InvalidParameterError

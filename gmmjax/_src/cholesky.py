@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from gmmjax._src import matmul as mm
@@ -22,10 +23,76 @@ def eye_like(a):
   return jnp.broadcast_to(jnp.eye(a.shape[-1], dtype=a.dtype), a.shape)
 
 
+# -- small matrices without LAPACK ---------------------------------------------
+#
+# On CPU, JAX lowers Cholesky factorisations and triangular solves to LAPACK
+# calls, and the first one lowered in a process imports SciPy's LAPACK
+# (jaxlib.lapack.prepare_lapack_call: 0.34 s on the project's 2-core
+# machine), a cost every fresh process pays, compilation cache or not. Up to
+# UNROLLED_MAX_DIM features the two are written out instead, one column at a
+# time over the batch: the same arithmetic (Cholesky-Banachiewicz, forward
+# and back substitution), a handful of element-wise operations, on every
+# platform.
+UNROLLED_MAX_DIM = 4
+
+
+def cholesky(a):
+  """Lower Cholesky factor of the symmetric ``(..., D, D)`` ``a``, as
+  ``jnp.linalg.cholesky`` computes it: ``a`` symmetrised, and NaN (its
+  lower triangle) where a pivot is not positive (the matrix is not positive definite)."""
+  d = a.shape[-1]
+  if d > UNROLLED_MAX_DIM:
+    return jnp.linalg.cholesky(a)
+  a = 0.5 * (a + jnp.swapaxes(a, -1, -2))
+  zero = jnp.zeros(a.shape[:-2], a.dtype)
+  low = [[zero] * d for _ in range(d)]
+  pivots = []
+  for j in range(d):
+    pivot = a[..., j, j]
+    for k in range(j):
+      pivot = pivot - low[j][k] * low[j][k]
+    pivots.append(pivot)
+    diag = jnp.sqrt(jnp.maximum(pivot, 0))
+    low[j][j] = diag
+    for i in range(j + 1, d):
+      entry = a[..., i, j]
+      for k in range(j):
+        entry = entry - low[i][k] * low[j][k]
+      low[i][j] = entry / diag
+  factor = jnp.stack([jnp.stack(row, axis=-1) for row in low], axis=-2)
+  ok = jnp.all(jnp.stack(pivots, axis=-1) > 0, axis=-1)
+  upper = np.triu(np.ones((d, d), bool), 1)  # zero either way, as JAX's
+  return jnp.where(ok[..., None, None] | upper, factor, jnp.nan)
+
+
+def triangular_solve(a, b, *, left_side: bool, lower: bool,
+                     transpose_a: bool = False):
+  """``lax.linalg.triangular_solve`` (``op(a) x = b`` or ``x op(a) = b``,
+  ``op`` the transpose with ``transpose_a``), for real matrices."""
+  if a.shape[-1] > UNROLLED_MAX_DIM:
+    return lax.linalg.triangular_solve(a, b, left_side=left_side, lower=lower,
+                                       transpose_a=transpose_a)
+  if not left_side:  # x op(a) = b  <=>  op(a)^T x^T = b^T
+    return jnp.swapaxes(triangular_solve(
+        a, jnp.swapaxes(b, -1, -2), left_side=True, lower=lower,
+        transpose_a=not transpose_a), -1, -2)
+  if transpose_a:
+    a, lower = jnp.swapaxes(a, -1, -2), not lower
+  d = a.shape[-1]
+  rows = [None] * d
+  order = range(d) if lower else range(d - 1, -1, -1)
+  for i in order:
+    row = b[..., i, :]
+    for k in (range(i) if lower else range(i + 1, d)):
+      row = row - a[..., i, k, None] * rows[k]
+    rows[i] = row / a[..., i, i, None]
+  return jnp.stack(rows, axis=-2)
+
+
 def precision_from_chol(chol):
   """``P = L^-T`` from the lower factor ``L`` of the covariance."""
-  inv_chol = lax.linalg.triangular_solve(
-      chol, eye_like(chol), left_side=True, lower=True)
+  inv_chol = triangular_solve(chol, eye_like(chol), left_side=True,
+                              lower=True)
   return jnp.swapaxes(inv_chol, -1, -2)
 
 
@@ -41,7 +108,7 @@ def chol_ok(chol):
 
 
 def cholesky_ok(cov):
-  return chol_ok(jnp.linalg.cholesky(cov))
+  return chol_ok(cholesky(cov))
 
 
 def _jitter_ladder(cov, ok):
@@ -65,7 +132,7 @@ def _jitter_ladder(cov, ok):
   # All rungs at once: one batched factorisation, no loop to compile.
   eye = jnp.eye(cov.shape[-1], dtype=dtype)
   trial = cov[..., None, :, :] + rungs[..., None, None] * eye
-  chols = jnp.linalg.cholesky(trial)
+  chols = cholesky(trial)
   good = chol_ok(chols)  # (..., JITTER_STEPS)
   first = jnp.where(jnp.any(good, axis=-1), jnp.argmax(good, axis=-1),
                     JITTER_STEPS - 1)
@@ -99,9 +166,9 @@ def _cholesky_of_jvp(primals, tangents):
   # tangent again (second derivatives) goes through this rule too.
   chol = cholesky_of(cov, lax.stop_gradient(chol))
   dcov = _symmetrised(dcov)
-  tmp = lax.linalg.triangular_solve(chol, dcov, left_side=True, lower=True)
-  x = lax.linalg.triangular_solve(chol, tmp, left_side=False, lower=True,
-                                  transpose_a=True)
+  tmp = triangular_solve(chol, dcov, left_side=True, lower=True)
+  x = triangular_solve(chol, tmp, left_side=False, lower=True,
+                       transpose_a=True)
   return chol, mm.matmul(chol, _phi(x))
 
 
@@ -177,7 +244,7 @@ def precision_cholesky_jittered(covariances):
   # from the one used (cholesky_of): a failed factor is NaN, and reverse
   # mode through any computation of it (a zero cotangent times NaN) would
   # make every gradient NaN, though the branch taken never uses it.
-  chol = lax.stop_gradient(jnp.linalg.cholesky(covariances))
+  chol = lax.stop_gradient(cholesky(covariances))
   ok = chol_ok(chol)
 
   def repair():
@@ -200,7 +267,7 @@ def covariance_factor(prec_chol):
   precision factor ``P`` is upper triangular, so ``Sigma = (P P^T)^-1 =
   P^-T P^-1``. Taken from ``P``, not by refactorising ``Sigma``, which a
   covariance repaired with a jitter can fail by rounding."""
-  inv = lax.linalg.triangular_solve(
-      prec_chol, eye_like(prec_chol), left_side=True, lower=False)
+  inv = triangular_solve(prec_chol, eye_like(prec_chol), left_side=True,
+                         lower=False)
   return jnp.swapaxes(inv, -1, -2)
 

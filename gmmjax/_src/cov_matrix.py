@@ -75,7 +75,7 @@ class MatrixType(CovarianceType):
   is_matrix = True
 
   def precision_cholesky(self, cov):
-    return chol_ops.precision_from_chol(jnp.linalg.cholesky(cov))
+    return chol_ops.precision_from_chol(chol_ops.cholesky(cov))
 
   def precision_cholesky_jittered(self, cov):
     return chol_ops.precision_cholesky_jittered(cov)
@@ -85,7 +85,7 @@ class MatrixType(CovarianceType):
 
   def precision_cholesky_from_precisions(self, prec):
     # The exchange-matrix trick: J Lambda J = L L^T gives U = J L J.
-    chol = jnp.linalg.cholesky(jnp.flip(prec, axis=(-2, -1)))
+    chol = chol_ops.cholesky(jnp.flip(prec, axis=(-2, -1)))
     return jnp.flip(chol, axis=(-2, -1))
 
   def precisions_from_cholesky(self, pc):

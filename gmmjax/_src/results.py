@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from gmmjax._src import cholesky as chol_ops
 from gmmjax._src.params import GMMParams
 
 
@@ -86,18 +87,23 @@ def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
   dtype = params.means.dtype
   cov = lax.stop_gradient(params.covariances)
   ctype = params.covariance_type
+  threshold = 2 * jnp.asarray(reg_covar, dtype)
   if ctype in ("full", "tied"):
-    smallest = jnp.min(jnp.linalg.eigvalsh(cov), axis=-1)
+    # The smallest eigenvalue is at most the threshold exactly when
+    # cov - threshold I is not positive definite, which a Cholesky
+    # factorisation tells for less than an eigendecomposition (and, for a
+    # few features, without LAPACK: cholesky.cholesky).
+    shifted = cov - threshold * chol_ops.eye_like(cov)
+    collapsed = ~chol_ops.chol_ok(chol_ops.cholesky(shifted))
   elif ctype == "diag":
-    smallest = jnp.min(cov, axis=-1)
+    collapsed = jnp.min(cov, axis=-1) <= threshold
   elif ctype == "lowrank":
     # The smallest eigenvalue of W W^T + diag(psi) is at least min(psi),
     # and with q < D at most max(psi): the noise says whether it collapsed.
-    smallest = jnp.min(cov[..., -1], axis=-1)
+    collapsed = jnp.min(cov[..., -1], axis=-1) <= threshold
   else:
-    smallest = cov
-  smallest = jnp.broadcast_to(smallest, params.weights.shape)
-  collapsed = smallest <= 2 * jnp.asarray(reg_covar, dtype)
+    collapsed = cov <= threshold
+  collapsed = jnp.broadcast_to(collapsed, params.weights.shape)
   empty = params.weights * jnp.asarray(n_samples, dtype) < 1
   bad = empty | collapsed
   if mask is not None:
