@@ -381,3 +381,16 @@ def test_fit_callback_reports_each_iteration(X, capfd):
   assert labels.shape == (len(X),)
   with pytest.raises(TypeError, match="callback"):
     gx.GaussianMixture(3).fit(X, callback=3)
+
+
+def test_nan_message_names_the_estimator_and_its_nan_policy():
+  """Refused before anything compiles; the message names the estimator
+  and, where there is one, the way to fit with missing values."""
+  X = np.array([[1.0, np.nan], [0.0, 1.0], [2.0, 2.0]])
+  with pytest.raises(ValueError, match=r"GaussianMixture does not accept "
+                     r"(.|\n)*nan_policy='marginalize'"):
+    gx.GaussianMixture(1).fit(X)
+  with pytest.raises(ValueError) as info:
+    gx.BayesianGaussianMixture(n_components=1).fit(X)
+  assert "BayesianGaussianMixture does not accept" in str(info.value)
+  assert "nan_policy" not in str(info.value)

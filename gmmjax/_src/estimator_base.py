@@ -273,7 +273,11 @@ class MixtureBase:
     # Data for a fitted model take the model's dtype (the one it was fitted
     # or loaded in); n_features_in_ is set with the rest of the fitted state.
     known = None if reset else self.means_.dtype
-    X = val.check_array(X, ensure_min_samples=ensure, dtype=known)
+    hint = (", or fit with nan_policy='marginalize' (missing values "
+            "treated as unobserved)"
+            if "nan_policy" in self._parameter_spec else "")
+    X = val.check_array(X, ensure_min_samples=ensure, dtype=known,
+                        estimator=type(self).__name__, nan_hint=hint)
     if not reset and X.shape[1] != self.n_features_in_:
       raise ValueError(
           f"X has {X.shape[1]} features, but {type(self).__name__} is "

@@ -243,7 +243,9 @@ def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
     max_iter: maximum number of EM iterations: a concrete int, but a
       traced value in the compiled loop (``max_iter`` values up to 128, and
       above that those of one power of two, share a program; ``history``
-      has :func:`history_length` entries). Under a user's ``jit``, mark it static.
+      has :func:`history_length` entries), except under
+      ``differentiation="unrolled"``, whose scan has ``max_iter`` steps
+      (one program per value). Under a user's ``jit``, mark it static.
     tol: convergence threshold on the change of the mean log-likelihood.
     reg_covar: non-negative regulariser added to covariance diagonals.
     prev_log_likelihood: the log-likelihood the first change is measured

@@ -58,7 +58,7 @@ def _overflow_limit(dtype) -> float:
 
 def check_array(X, *, estimator: str = "GaussianMixture",
                 ensure_min_samples: int = 1, name: str = "X",
-                dtype=None) -> np.ndarray:
+                dtype=None, nan_hint: str = "") -> np.ndarray:
   """A finite, numeric, 2-D NumPy array, or a ``ValueError`` that says why.
 
   Accepted as scikit-learn accepts them: integer and boolean arrays (as
@@ -81,7 +81,7 @@ def check_array(X, *, estimator: str = "GaussianMixture",
   """
   arr = _numeric_array(X, estimator, name)
   arr = _two_dimensional(arr, estimator, ensure_min_samples)
-  _check_values(arr, name, estimator, dtype)
+  _check_values(arr, name, estimator, dtype, nan_hint)
   return arr
 
 
@@ -145,14 +145,15 @@ def _two_dimensional(arr, estimator, ensure_min_samples) -> np.ndarray:
   return arr
 
 
-def _check_values(arr, name, estimator, dtype) -> None:
-  """Finite values whose squared deviations fit the fit's dtype."""
+def _check_values(arr, name, estimator, dtype, nan_hint="") -> None:
+  """Finite values whose squared deviations fit the fit's dtype;
+  ``nan_hint`` ends the message about NaN (another way to handle them)."""
   if not np.all(np.isfinite(arr)):
     if np.any(np.isnan(arr)):
       raise ValueError(
           f"Input {name} contains NaN.\n{estimator} does not accept missing "
           "values encoded as NaN natively. Remove or impute the rows with "
-          "missing values (e.g. sklearn.impute.SimpleImputer) first.")
+          f"missing values (e.g. sklearn.impute.SimpleImputer) first{nan_hint}.")
     raise ValueError(f"Input {name} contains infinity or a value too large "
                      f"for dtype({arr.dtype.name!r}).")
   target = compute_dtype(arr) if dtype is None else np.dtype(dtype)
