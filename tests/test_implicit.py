@@ -305,3 +305,24 @@ def test_fisher_identity(x64, weighted):
   ent = -np.sum(r * np.asarray(log_resp), axis=1)
   ent = ent.mean() if w is None else np.sum(w * ent) / np.sum(w)
   np.testing.assert_allclose(q(theta, X) + ent, ll(theta, X), rtol=1e-12)
+
+
+def test_dense_solve_against_numpy(x64):
+  """The dense implicit solve's elimination (no LAPACK): NumPy's solution
+  to rounding, on systems that need row exchanges (a zero and a tiny
+  leading pivot) and on an ill-conditioned one."""
+  del x64
+  from gmmjax._src.implicit import lu_solve
+  rng = np.random.default_rng(0)
+  solve = jax.jit(lu_solve)
+  for n in (1, 2, 7, 40):
+    a = rng.normal(size=(n, n))
+    b = rng.normal(size=n)
+    if n > 1:
+      a[0, 0] = 0.0
+      a[1, 1] = 1e-14
+    np.testing.assert_allclose(solve(a, b), np.linalg.solve(a, b),
+                               rtol=1e-9, atol=1e-12)
+  hilbert = 1.0 / (np.arange(6)[:, None] + np.arange(6)[None, :] + 1.0)
+  x = rng.normal(size=6)
+  np.testing.assert_allclose(solve(hilbert, hilbert @ x), x, rtol=1e-5)

@@ -10,6 +10,8 @@ jitter can fail by rounding.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,9 +42,17 @@ def cholesky(a):
   """Lower Cholesky factor of the symmetric ``(..., D, D)`` ``a``, as
   ``jnp.linalg.cholesky`` computes it: ``a`` symmetrised, and NaN (its
   lower triangle) where a pivot is not positive (the matrix is not positive definite)."""
-  d = a.shape[-1]
-  if d > UNROLLED_MAX_DIM:
+  if a.shape[-1] > UNROLLED_MAX_DIM:
     return jnp.linalg.cholesky(a)
+  return _unrolled_cholesky(a)
+
+
+# A nested jit: traced once per shape, where differentiating or vmapping
+# the operations one by one took a tenth of a second a call (profiled in
+# a gradient through a fit).
+@jax.jit
+def _unrolled_cholesky(a):
+  d = a.shape[-1]
   a = 0.5 * (a + jnp.swapaxes(a, -1, -2))
   zero = jnp.zeros(a.shape[:-2], a.dtype)
   low = [[zero] * d for _ in range(d)]
@@ -72,8 +82,16 @@ def triangular_solve(a, b, *, left_side: bool, lower: bool,
   if a.shape[-1] > UNROLLED_MAX_DIM:
     return lax.linalg.triangular_solve(a, b, left_side=left_side, lower=lower,
                                        transpose_a=transpose_a)
+  return _unrolled_solve(a, b, left_side=left_side, lower=lower,
+                         transpose_a=transpose_a)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("left_side", "lower", "transpose_a"))
+def _unrolled_solve(a, b, *, left_side: bool, lower: bool,
+                    transpose_a: bool):
   if not left_side:  # x op(a) = b  <=>  op(a)^T x^T = b^T
-    return jnp.swapaxes(triangular_solve(
+    return jnp.swapaxes(_unrolled_solve(
         a, jnp.swapaxes(b, -1, -2), left_side=True, lower=lower,
         transpose_a=not transpose_a), -1, -2)
   if transpose_a:

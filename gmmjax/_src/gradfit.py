@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from jax import lax
 
 from gmmjax._src import checks
@@ -35,6 +34,11 @@ from gmmjax._src.unconstrained import (
     from_unconstrained,
     to_unconstrained,
 )
+
+# optax loads on first use (0.1 s of `import gmmjax`, which most programs
+# never need): the functions below import it.
+if TYPE_CHECKING:
+  import optax
 
 
 class GradFitResult(NamedTuple):
@@ -93,6 +97,7 @@ class _Carry(NamedTuple):
 
 
 def _has_stored_value(state) -> bool:
+  import optax  # noqa: PLC0415 (see the imports)
   # L-BFGS and other line-search methods keep the value and gradient at the
   # new iterate in their state; reusing them saves one evaluation a step.
   try:
@@ -106,6 +111,7 @@ def _has_stored_value(state) -> bool:
                                              "penalty"))
 def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
                   penalty):
+  import optax  # noqa: PLC0415 (see the imports)
   opt = optax.with_extra_args_support(optimizer)
   u0 = to_unconstrained(params)
   loss_fn = functools.partial(negative_log_likelihood, X=X,
@@ -196,6 +202,7 @@ def fit_gradient(X, params: GMMParams,
 
 @functools.cache
 def _default_optimizer():
+  import optax  # noqa: PLC0415 (see the imports)
   return optax.lbfgs()
 
 
