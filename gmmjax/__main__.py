@@ -1,12 +1,8 @@
-"""``python -m gmmjax`` and the ``gmmjax`` entry point."""
+"""``python -m gmmjax`` and the ``gmmjax`` entry point (``run``)."""
 
 import sys
 
-
-def run() -> int:
-  from gmmjax.cli import main  # noqa: PLC0415
-  return main()
-
+from gmmjax.cli import main as run
 
 if __name__ == "__main__":
   sys.exit(run())

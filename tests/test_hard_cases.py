@@ -29,7 +29,6 @@ from sklearn.exceptions import ConvergenceWarning as SkConvergenceWarning
 from sklearn.mixture import GaussianMixture as SkGMM
 
 import gmmjax as gx
-from gmmjax._src import cholesky
 from gmmjax._src.validation import check_array, check_sample_weight
 from tests.conftest import numpy_m_step as m_step_from_resp
 
@@ -370,18 +369,28 @@ def test_reg_covar_zero_collapse_is_flagged(x64):
   # The reported log-likelihood is that of the returned params.
   np.testing.assert_allclose(float(res.log_likelihood), float(
       gx.log_likelihood(res.params, jnp.asarray(X))), rtol=1e-9)
-  # Against explicit differences and NumPy's own Cholesky. The collapsed
-  # covariance is rounding noise (condition number about 1e15), so its
-  # Cholesky factor, and the density, differ between implementations: a
-  # GPU's solver (3.3e-4 relative on an H200, 2026-11-26), the factor
-  # gmmjax writes out for a few features (cholesky.UNROLLED_MAX_DIM: 3e-5
-  # on CPU); LAPACK's, as NumPy's, agrees to 1e-9.
-  same_lapack = (jax.default_backend() == "cpu"
-                 and X.shape[1] > cholesky.UNROLLED_MAX_DIM)
-  rtol = 1e-9 if same_lapack else 1e-3
+  # The same from NumPy and the returned precision factor P (log N = log w
+  # - D/2 log 2 pi + sum log diag P - |(x - mu) P|^2 / 2), to rounding.
+  X64 = np.asarray(X, np.float64)
+  prec = np.asarray(res.params.precisions_cholesky, np.float64)
+  means = np.asarray(res.params.means, np.float64)
+  cols = [np.log(float(res.params.weights[j]))
+          - 0.5 * X.shape[1] * np.log(2 * np.pi)
+          + np.sum(np.log(np.diag(prec[j])))
+          - 0.5 * np.sum(((X64 - means[j]) @ prec[j]) ** 2, axis=1)
+          for j in range(K)]
+  np.testing.assert_allclose(float(res.log_likelihood),
+                             np.mean(logsumexp(np.stack(cols, 1), axis=1)),
+                             rtol=1e-9)
+  # Against explicit differences and NumPy's own Cholesky of the returned
+  # covariances. The collapsed covariance is rounding noise (condition
+  # number about 1e15), so its Cholesky factor, and the density, differ
+  # between implementations: a GPU's solver (3.3e-4 relative on an H200,
+  # 2026-11-26), the factor gmmjax writes out for a few features
+  # (cholesky.UNROLLED_MAX_DIM: 3e-5 on CPU).
   np.testing.assert_allclose(float(res.log_likelihood),
                              np.mean(reference_log_prob(res.params, X)),
-                             rtol=rtol)
+                             rtol=1e-3)
 
 
 def test_fit_from_non_finite_params_is_flagged(x64):

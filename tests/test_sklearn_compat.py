@@ -400,7 +400,7 @@ def test_fallback_feature_name_warnings(frame):
 
 
 _NO_SKLEARN = textwrap.dedent("""
-    import os, sys
+    import sys
     class Block:
       def find_spec(self, name, path=None, target=None):
         if name == "sklearn" or name.startswith("sklearn."):
@@ -441,10 +441,10 @@ _NO_SKLEARN = textwrap.dedent("""
       assert not any(m.split(".")[0] in ("sklearn", "scipy")
                      for m in sys.modules), sorted(sys.modules)
       import sklearn
-      from sklearn.base import BaseEstimator, clone
+      from sklearn.base import BaseEstimator, DensityMixin, clone
       from sklearn.utils._param_validation import InvalidParameterError
       print(gm.get_params()["n_components"], isinstance(gm, BaseEstimator),
-            type(clone(gm)).__mro__[3].__name__)
+            isinstance(clone(gm), DensityMixin))
       try:
         gx.GaussianMixture(0).fit(X)
       except InvalidParameterError as e:
@@ -468,7 +468,7 @@ def test_works_without_scikit_learn(how):
   out = subprocess.run([sys.executable, "-c", _NO_SKLEARN, how],
                        capture_output=True, text=True, env=env, timeout=300)
   assert out.returncode == 0, out.stderr
-  later = ["3 True DensityMixin", "params: InvalidParameterError",
+  later = ["3 True True", "params: InvalidParameterError",
            "True"] if how == "imported later" else []
   assert out.stdout.splitlines() == [
       "params: ValueError The 'n_components' parameter of GaussianMixture "

@@ -398,13 +398,12 @@ class DensityEstimator(FallbackBase):
     """scikit-learn's parameter check when it is in use (its errors, its
     wording), then gmmjax's, which also refuses a bool given as a number
     (``n_components=True``: to scikit-learn a bool is an int)."""
-    if adopt_sklearn():
-      super()._validate_params()
+    adopted = adopt_sklearn()
+    super()._validate_params()
+    if adopted:
       from sklearn.utils._param_validation import InvalidParameterError
       check_params(self._parameter_spec, self.get_params(deep=False),
                    type(self).__name__, error=InvalidParameterError)
-    else:
-      super()._validate_params()
 
   def _validate_feature_names(self, X, *, reset: bool) -> None:
     """Sets (``reset``) or checks ``feature_names_in_`` from ``X``'s
