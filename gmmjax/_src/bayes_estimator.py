@@ -207,8 +207,8 @@ class BayesianGaussianMixture(GaussianMixture):
     return bp.BayesParams(*jax.device_put(leaves), self._fitted_type(),
                           self._fitted_prior_type)
 
-  def _evaluation_params(self, n_slots=None) -> GMMParams:
-    del n_slots  # evaluated in exactly the fitted components
+  def _evaluation_params(self, n_slots=None, as_full=False) -> GMMParams:
+    del n_slots, as_full  # exactly the fitted components, in their type
     return bp.variational_mixture(self.posterior_, normalise=False)
 
 

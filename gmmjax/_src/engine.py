@@ -142,6 +142,9 @@ class Problem(NamedTuple):
   prior: priors_lib.ConjugatePrior | None = None
   mask: jax.Array | None = None  # (K,) bools, the active component slots
   observed: jax.Array | None = None  # (N, D) bools, the observed entries
+  # A traced type_switch.CODES value: the full type's program fitting that
+  # covariance type (small problems share one program for the four).
+  structure: jax.Array | None = None
 
 
 def objective(params: GMMParams, stats: stats_lib.SuffStats, prior=None):
@@ -152,13 +155,17 @@ def objective(params: GMMParams, stats: stats_lib.SuffStats, prior=None):
           ) / stats.count
 
 
-def m_step_from_stats(params: GMMParams, stats, reg_covar, prior=None):
+def m_step_from_stats(params: GMMParams, stats, reg_covar, prior=None,
+                      structure=None):
   """The M-step from statistics of ``params`` (around its
-  :func:`stats.component_shift`), plus the largest Cholesky jitter."""
+  :func:`stats.component_shift`), plus the largest Cholesky jitter;
+  ``structure``: see :class:`Problem` (not with a prior)."""
   shift = stats_lib.component_shift(params)
   if prior is None:
     return stats_lib.params_and_jitter_from_stats(
-        stats, shift, params.covariance_type, reg_covar)
+        stats, shift, params.covariance_type, reg_covar, structure)
+  if structure is not None:
+    raise ValueError("a structure code is not supported with a prior.")
   return priors_lib.map_params_and_jitter_from_stats(
       stats, shift, params.covariance_type, reg_covar, prior)
 
@@ -208,7 +215,8 @@ class EMStep(NamedTuple):
   def advance(self, state: EMState, problem: Problem, started):
     """The M-step (the initial params on the first pass), and its jitter."""
     stepped, jitter = m_step_from_stats(state.params, state.stats,
-                                        problem.reg_covar, problem.prior)
+                                        problem.reg_covar, problem.prior,
+                                        problem.structure)
     if problem.mask is not None:  # component slots beyond k stay empty
       stepped = stats_lib.mask_components(stepped, state.stats.nk,
                                           problem.mask)

@@ -26,7 +26,14 @@ import warnings
 import jax
 import numpy as np
 
-from gmmjax._src import checks, missing, padding, restarts, scale_online
+from gmmjax._src import (
+    checks,
+    missing,
+    padding,
+    restarts,
+    scale_online,
+    type_switch,
+)
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import nan_policy as nan_lib
@@ -223,24 +230,38 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
   def _fit_restarts(self, X, kwargs):
     """Every restart's init and EM fit; small problems in component slots
     (padding.component_slots), so that nearby n_components share the
-    program (the caller drops the extra slots on the host)."""
+    program, and in the full type's program fitting any of the four types
+    (type_switch.shared_slots), so that the types share it too (the
+    caller drops the extra slots and converts the shapes on the host)."""
     k, ctype = int(self.n_components), self.covariance_type
     n, d = X.shape
-    slots = padding.component_slots(k, n, d, ctype, float(self.reg_covar))
+    reg = float(self.reg_covar)
     overrides = self._initial_overrides(d)
+    slots = (None if "observed" in kwargs
+             else type_switch.shared_slots(ctype, k, n, d, reg))
+    structure = None
     if slots is not None:
-      overrides = self._slotted_overrides(overrides, slots, d)
+      structure = type_switch.CODES[ctype]
+      if overrides["precisions"] is not None:
+        overrides["precisions"] = type_switch.to_full(
+            overrides["precisions"], ctype, k, d)
+      ctype = "full"
+    else:
+      slots = padding.component_slots(k, n, d, ctype, reg)
+    if slots is not None:
+      overrides = self._slotted_overrides(overrides, slots, d, ctype)
     return restarts.restart_results(
         key_from_random_state(self.random_state), X,
         k if slots is None else slots, n_init=int(self.n_init),
         covariance_type=ctype, method=self.init_params, overrides=overrides,
-        n_active=None if slots is None else k, rank=self._rank(), **kwargs)
+        n_active=None if slots is None else k, rank=self._rank(),
+        structure=structure, **kwargs)
 
-  def _slotted_overrides(self, overrides, slots, d):
+  def _slotted_overrides(self, overrides, slots, d, covariance_type):
     """User-given initial values padded to ``slots`` components (weight 0,
     mean 0, unit precision: padding.pad_components' slots)."""
     fill = dict(weights=0.0, means=0.0,
-                precisions=padding.unit_covariance(self.covariance_type, d))
+                precisions=padding.unit_covariance(covariance_type, d))
     return {name: value if value is None or fill[name] is None
             else padding.grow_components(value, slots, fill[name])
             for name, value in overrides.items()}
@@ -360,7 +381,7 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
                      lower_bounds=np.asarray(result.history)[:n_iter],
                      jitter=result.jitter, n_degenerate=result.n_degenerate)
     if self.n_degenerate_ and not warm:
-      self._warn_few_distinct_points(X[:n_samples], w[:n_samples])
+      self._warn_few_distinct_points(X, w, n_samples)
     return self
 
   def _kept_restart(self, results, warm: bool, start: float):
@@ -370,8 +391,10 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     restart when ``verbose``; raises when the kept one failed.
     """
     results = jax.device_get(results)
-    results = results._replace(params=padding.unpad_components(
-        results.params, int(self.n_components)))
+    params = padding.unpad_components(results.params, int(self.n_components))
+    if params.covariance_type != self.covariance_type:  # type_switch's
+      params = type_switch.params_from_full(params, self.covariance_type)
+    results = results._replace(params=params)
     if warm or int(self.n_init) == 1:
       results = jax.tree.map(lambda a: np.asarray(a)[None], results)
     lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)
@@ -399,10 +422,12 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
 
   # -- inference ------------------------------------------------------------
 
-  def _warn_few_distinct_points(self, X, w):
+  def _warn_few_distinct_points(self, X, w, n_samples):
     """scikit-learn's k-means warning, where the data explain a degenerate
-    fit: fewer distinct samples (of positive weight) than components."""
-    X = np.asarray(X)[np.asarray(w) > 0]
+    fit: fewer distinct samples (of positive weight) than components. The
+    first ``n_samples`` rows, cut on the host (slicing the padded device
+    arrays would compile a program)."""
+    X = np.asarray(X)[:n_samples][np.asarray(w)[:n_samples] > 0]
     distinct = np.unique(X, axis=0).shape[0]
     if distinct < self.n_components:
       warnings.warn(

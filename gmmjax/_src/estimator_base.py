@@ -29,6 +29,7 @@ from gmmjax._src import (
   em,
   missing,
   padding,
+  type_switch,
 )
 from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import init as init_lib
@@ -109,17 +110,25 @@ class MixtureBase:
     """The number of factors of a low-rank model, else None."""
     return self.rank if self.covariance_type == "lowrank" else None
 
-  def _params(self, n_slots: int | None = None) -> GMMParams:
+  def _params(self, n_slots: int | None = None,
+              as_full: bool = False) -> GMMParams:
     """The fitted parameters on the device, optionally in ``n_slots``
-    component slots (the extra ones of weight 0)."""
-    if self._fitted_type() == "lowrank":
+    component slots (the extra ones of weight 0); ``as_full``: as full
+    matrices, for the program the four types share (``type_switch``)."""
+    ctype = self._fitted_type()
+    if ctype == "lowrank":
       leaves = (self.weights_, self.means_, *est_lowrank.leaves(self))
     else:
       leaves = (self.weights_, self.means_, self.covariances_,
                 self.precisions_cholesky_)
+    if as_full:
+      k, d = self.means_.shape
+      leaves = leaves[:2] + tuple(type_switch.to_full(a, ctype, k, d)
+                                  for a in leaves[2:])
+      ctype = "full"
     if n_slots is not None:
-      leaves = padding.pad_components(*leaves, self._fitted_type(), n_slots)
-    return GMMParams(*jax.device_put(leaves), self._fitted_type())
+      leaves = padding.pad_components(*leaves, ctype, n_slots)
+    return GMMParams(*jax.device_put(leaves), ctype)
 
   def _set_fitted(self, params: GMMParams, *, converged: bool = True,
                   n_iter: int = 0, lower_bound: float = -np.inf,
@@ -315,9 +324,14 @@ class MixtureBase:
       X, observed = np.asarray(X)[order], observed[order]
     Xp, _ = self._on_device(X)
     k = self.weights_.shape[0]
-    slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
-                                    self._fitted_type(), 1.0)
-    params = self._evaluation_params(slots)
+    # Small problems: the program the four types share (type_switch).
+    slots = (None if observed is not None else type_switch.shared_slots(
+        self._fitted_type(), k, Xp.shape[0], Xp.shape[1], 1.0))
+    as_full = slots is not None
+    if not as_full:
+      slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
+                                      self._fitted_type(), 1.0)
+    params = self._evaluation_params(slots, as_full)
     if observed is None:
       # No slots (low-rank models, large problems): exactly k components.
       program = compiling.pick(_evaluators, Xp.shape[0],
@@ -332,10 +346,13 @@ class MixtureBase:
       out = out[np.argsort(order)]
     return out[:, :k] if out.ndim == 2 else out
 
-  def _evaluation_params(self, n_slots: int | None = None) -> GMMParams:
+  def _evaluation_params(self, n_slots: int | None = None,
+                         as_full: bool = False) -> GMMParams:
     """The mixture ``predict``, ``predict_proba`` and ``score_samples``
-    evaluate (the fitted one; a Bayesian mixture's variational one)."""
-    return self._params(n_slots)
+    evaluate (the fitted one; a Bayesian mixture's variational one), in
+    ``n_slots`` component slots and as full matrices if asked (see
+    :meth:`_params`; a subclass may ignore both)."""
+    return self._params(n_slots, as_full)
 
   # -- inference ------------------------------------------------------------
 

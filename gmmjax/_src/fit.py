@@ -72,9 +72,9 @@ def em_step_jitter(X, params: GMMParams, *, sample_weight=None,
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len: int, callback: Callable | None,
               unrolled_steps: int | None = None, mask=None, observed=None,
-              slots: int | None = None):
+              slots: int | None = None, structure=None):
   problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask,
-                           observed)
+                           observed, structure)
   result, _ = engine.run(engine.EMStep(slots=slots), params, problem,
                          prev_ll=prev_log_likelihood, max_iter=max_iter,
                          history_len=history_len, callback=callback,
@@ -338,7 +338,7 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 differentiation="implicit", solver=None,
                 unrolled_steps: int | None = None, mask=None,
                 nan_gradients: bool = False, observed=None,
-                slots: int | None = None) -> FitResult:
+                slots: int | None = None, structure=None) -> FitResult:
   """:func:`fit` on checked arguments; ``max_iter`` may be traced here
   (``history_len`` static), e.g. inside a vmapped restart program.
 
@@ -347,13 +347,18 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
   ``observed``: optional ``(N, D)`` bools, the observed entries of ``X``
   (whose missing entries are already zeroed); ``slots`` (static) at least
   the most entries a row misses (``missing.max_missing``; ``None``: ``D``).
+  ``structure`` (with ``mask``): a traced ``type_switch.CODES`` value, full
+  ``params`` fitted as that covariance type (``engine.Problem``).
   """
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
   if mask is not None:
     return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len=history_len, callback=callback,
-                mask=mask, observed=observed, slots=slots)
+                mask=mask, observed=observed, slots=slots,
+                structure=structure)
+  if structure is not None:
+    raise ValueError("structure goes with component slots (mask).")
   # An eager call (no tracer: nothing differentiates it) skips the
   # custom_jvp wrapper, which traces on every call (~2 ms per fit).
   if differentiation == "implicit" and any(

@@ -15,7 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import checks, compiling, init_lowrank, missing, moments
+from gmmjax._src import (
+    checks,
+    compiling,
+    init_lowrank,
+    missing,
+    moments,
+    type_switch,
+)
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -189,7 +196,7 @@ def initial_responsibilities(key, X, n_components: int, method: str,
 
 
 def params_from_resp(X, resp, sample_weight, covariance_type: str,
-                     reg_covar) -> GMMParams:
+                     reg_covar, structure=None) -> GMMParams:
   """An M-step that centres every component on its own new mean (two passes).
 
   Initial responsibilities are often hard (one sample per component for
@@ -197,11 +204,17 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   nearly equal numbers; here each component's scatter is summed around its
   own mean from the differences ``x_i - mu_k`` (in chunks of bounded
   memory), so a one-point component gets exactly ``reg_covar``.
+  ``structure``: full covariances projected onto that type's structure
+  (``type_switch``).
   """
   nk, center, diff, sxx, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
-  covariances = cov_ops.estimate_covariances(nk, jnp.zeros_like(diff), sxx,
-                                             covariance_type, reg_covar)
+  if structure is None:
+    covariances = cov_ops.estimate_covariances(
+        nk, jnp.zeros_like(diff), sxx, covariance_type, reg_covar)
+  else:
+    covariances = type_switch.estimate(nk, jnp.zeros_like(diff), sxx,
+                                       reg_covar, structure)
   # Float32 moments of collinear or repeated data can come out indefinite
   # by rounding: the M-step's jitter ladder keeps the initial factors finite.
   covariances, prec_chol, _ = cov_ops.precision_cholesky_jittered(
@@ -259,17 +272,17 @@ def _masked_resp(key, xc, n_slots, mask, method, sample_weight):
 
 
 def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
-                covariance_type, method) -> GMMParams:
+                covariance_type, method, structure=None) -> GMMParams:
   """Initial params in ``n_slots`` component slots, those where ``mask`` is
   False with weight 0 (:func:`stats.mask_components`): the active slots
   are an initialisation of that many components, in a shape shared by
   every count of active ones. The M-step is :func:`params_from_resp`'s,
-  as for an unmasked initialisation."""
+  as for an unmasked initialisation (``structure``: see there)."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   shift = mm.matmul(w, X) / jnp.sum(w)
   resp = _masked_resp(key, X - shift, n_slots, mask, method, sample_weight)
   params = params_from_resp(X, resp, sample_weight, covariance_type,
-                            reg_covar)
+                            reg_covar, structure)
   return stats_lib.mask_components(params, mm.matmul(w, resp), mask)
 
 

@@ -162,9 +162,9 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
-                  n_active, observed=None, *, n_components, n_init,
-                  covariance_type, method, history_len, callback, rank=None,
-                  slots=None):
+                  n_active, observed=None, structure=None, *, n_components,
+                  n_init, covariance_type, method, history_len, callback,
+                  rank=None, slots=None):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
@@ -172,7 +172,9 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   key (``split(key, 1)[0]``). With ``n_active`` (a traced int), only the
   first ``n_active`` of the ``n_components`` slots are fitted, the others
   held at weight 0: every component count up to ``n_components`` shares
-  the program.
+  the program. With ``structure`` (a traced ``type_switch.CODES`` value,
+  with ``n_active``), full params are fitted as that covariance type: the
+  four types share the program.
   """
   mask = (None if n_active is None
           else jnp.arange(n_components) < n_active)
@@ -187,7 +189,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
     if first_of_split:
       k = jax.random.split(k, 1)[0]
     return init_lib.init_masked(k, X, sample_weight, reg_covar, n_components,
-                                mask, covariance_type, method)
+                                mask, covariance_type, method, structure)
 
   def init(k, first_of_split):
     if not overrides:
@@ -205,7 +207,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   def fit_one(params):
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
                        None, max_iter, history_len, callback=callback,
-                       mask=mask, observed=observed, slots=slots)
+                       mask=mask, observed=observed, slots=slots,
+                       structure=structure)
 
   if n_init == 1:
     return fit_one(init(key, True))
@@ -233,7 +236,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                     overrides: dict | None = None,
                     n_active: int | None = None,
                     rank: int | None = None,
-                    observed=None) -> FitResult:
+                    observed=None, structure: int | None = None
+                    ) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
   Initialisation and EM run as one compiled program (a first fit compiles
@@ -245,7 +249,9 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   The estimator reads the results on the host, where the missing axis of
   one restart costs nothing. ``observed``: optional ``(N, D)`` mask of
   observed entries (missing values; initialisations see the missing
-  entries filled with their feature's observed mean).
+  entries filled with their feature's observed mean). ``structure`` (with
+  ``n_active`` and ``covariance_type="full"``): a ``type_switch.CODES``
+  value, full params fitted as that type in the program the four share.
   """
   X = init_lib.check_init_args(X, n_components, covariance_type, method)
   _check_n_init(n_init)
@@ -254,6 +260,10 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   if rank is not None and n_active is not None:
     raise ValueError("covariance_type='lowrank' is not supported in "
                      "component-count selection; compare bic over fits.")
+  if structure is not None and (n_active is None or covariance_type != "full"
+                                or observed is not None):
+    raise ValueError("structure needs n_active, covariance_type='full' and "
+                     "no missing entries.")
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   n, d = X.shape
   if observed is not None:
@@ -269,6 +279,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   return program(key, X, w, _host_scalar(tol, dtype),
                  _host_scalar(reg_covar, dtype), np.int32(max_iter), overrides,
                  None if n_active is None else np.int32(n_active), observed,
+                 None if structure is None else np.int32(structure),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback,

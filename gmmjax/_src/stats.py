@@ -29,6 +29,7 @@ from gmmjax._src import (
     missing_slots,
     moments,
     moments_lowrank,
+    type_switch,
 )
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
@@ -348,13 +349,23 @@ def params_from_stats(stats: SuffStats, shift, *, covariance_type: str,
 
 
 def params_and_jitter_from_stats(stats: SuffStats, shift,
-                                 covariance_type: str, reg_covar):
-  """:func:`params_from_stats` and the largest jitter it added (a scalar)."""
+                                 covariance_type: str, reg_covar,
+                                 structure=None):
+  """:func:`params_from_stats` and the largest jitter it added (a scalar).
+
+  ``structure`` (a traced ``type_switch.CODES`` value, with full
+  statistics): the full covariances projected onto that type's structure.
+  """
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   weights = nk / jnp.sum(nk)
   ct = cov_lib.get(covariance_type)
-  diff, covariances = ct.m_step(nk, stats.sx, stats.sxx, reg_covar)
+  if structure is None:
+    diff, covariances = ct.m_step(nk, stats.sx, stats.sxx, reg_covar)
+  else:
+    diff = stats.sx / nk[:, None]
+    covariances = type_switch.estimate(nk, diff, stats.sxx, reg_covar,
+                                       structure)
   shift = jnp.asarray(shift, dtype)
   means = (shift if shift.ndim == 2 else shift[None, :]) + diff
   covariances, prec_chol, jitter = ct.precision_cholesky_jittered(covariances)

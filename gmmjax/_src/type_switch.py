@@ -1,0 +1,102 @@
+"""scikit-learn's four covariance types in one program, for small problems.
+
+A model-selection sweep over ``covariance_type`` compiles a fit program and
+an evaluation program per type, and on a small problem compiling is most of
+a fit's time. A tied, diagonal or spherical covariance is also a full
+matrix of a certain structure, so the full type's programs can fit and
+evaluate all four: the M-step estimates full covariances and projects them
+onto the type's structure (a traced code, :data:`CODES`) before they are
+factorised, and the E-step of a diagonal covariance written as a full
+matrix computes the same distances (the zeros off the diagonal add exact
+zeros). The estimator converts the results back to the type's shapes on the
+host, exactly: it is the same model, up to the order of float sums.
+
+Only where it costs little: where the full type's component slots fit
+``padding``'s budget (:func:`shared_slots`), i.e. few features and few
+samples. Elsewhere each type keeps its own program.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from gmmjax._src import cov_matrix, padding
+from gmmjax._src.params import GMMParams
+
+# The traced code of each type (``structure``), the order of project's stack.
+CODES = {"full": 0, "tied": 1, "diag": 2, "spherical": 3}
+
+
+def shared_slots(covariance_type: str, n_components: int, n_rows: int,
+                 n_features: int, reg_covar: float) -> int | None:
+  """Component slots of the shared program for this problem, or None when
+  the type keeps its own program (low rank, or too large a problem)."""
+  if covariance_type not in CODES:
+    return None
+  return padding.component_slots(n_components, n_rows, n_features, "full",
+                                 reg_covar)
+
+
+def project(cov, nk, structure):
+  """Full covariances ``(K, D, D)`` (no ``reg_covar`` yet) with the
+  structure of type ``structure`` (traced :data:`CODES` value), as that
+  type's own M-step estimates them from the same statistics.
+
+  Tied: the mass-weighted mean (``(sum_k N_k S_k) / sum_k N_k``, the tied
+  estimate), in every component. Diagonal: the variances, clipped at 0 as
+  the diagonal type clips them. Spherical: their mean, clipped at 0.
+  """
+  eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+  var = jnp.diagonal(cov, axis1=-2, axis2=-1)
+  tied = jnp.sum(nk[:, None, None] * cov, axis=0) / jnp.sum(nk)
+  diag = jnp.maximum(var, 0.0)[..., None] * eye
+  spherical = jnp.maximum(jnp.mean(var, axis=-1), 0.0)[:, None, None] * eye
+  return jnp.stack([cov, jnp.broadcast_to(tied, cov.shape), diag,
+                    spherical])[structure]
+
+
+def estimate(nk, diff, sxx, reg_covar, structure):
+  """The full type's ``estimate`` with the covariances projected onto
+  ``structure`` before ``reg_covar`` is added (as each type adds it)."""
+  raw = cov_matrix.Full().estimate(nk, diff, sxx, 0.0)
+  eye = jnp.eye(diff.shape[-1], dtype=diff.dtype)
+  return (project(raw, nk, structure)
+          + jnp.asarray(reg_covar, diff.dtype) * eye)
+
+
+# Host conversions, NumPy: nothing to compile.
+
+def to_full(a, covariance_type: str, n_components: int, n_features: int):
+  """A covariance, precision or factor in the type's shape (scikit-learn's)
+  as ``(K, D, D)`` matrices."""
+  a = np.asarray(a)
+  eye = np.eye(n_features, dtype=a.dtype)
+  if covariance_type == "full":
+    return a
+  if covariance_type == "tied":
+    return np.broadcast_to(a, (n_components,) + a.shape).copy()
+  if covariance_type == "diag":
+    return a[..., None] * eye
+  return a[..., None, None] * eye  # spherical
+
+
+def from_full(a, covariance_type: str):
+  """:func:`to_full`'s inverse (a leading batch axis allowed): the type's
+  entries of matrices that have its structure."""
+  a = np.asarray(a)
+  if covariance_type == "full":
+    return a
+  if covariance_type == "tied":  # every component holds the shared one
+    return a[..., 0, :, :]
+  if covariance_type == "diag":
+    return np.diagonal(a, axis1=-2, axis2=-1).copy()
+  return a[..., 0, 0].copy()  # spherical
+
+
+def params_from_full(params: GMMParams, covariance_type: str) -> GMMParams:
+  """NumPy params of the shared program as the type's own params."""
+  return GMMParams(params.weights, params.means,
+                   from_full(params.covariances, covariance_type),
+                   from_full(params.precisions_cholesky, covariance_type),
+                   covariance_type)
