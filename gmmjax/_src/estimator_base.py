@@ -314,7 +314,9 @@ class MixtureBase:
 
   def _evaluate(self, what: str, X, policy=None):
     """``em.<what>(params, X)`` per sample, on padded data and in component
-    slots (padding.component_slots), both paddings dropped from the result;
+    slots (padding.component_slots; small problems as full matrices in the
+    program the four types share, type_switch.shared_slots), both paddings
+    dropped from the result;
     with missing entries ``em.evaluate_observed`` on the rows sorted by
     their number of missing entries (their order restored)."""
     self._check_is_fitted()

@@ -83,7 +83,9 @@ def pad_samples(X, *, sample_weight=None, n_rows: int | None = None):
 # compiled for a power of two of at least SLOTS_MIN components, of which the
 # model's own are active and the others held at weight 0
 # (stats.mask_components), so a sweep over n_components (1..8 here) shares
-# one program per covariance type instead of compiling one per count.
+# one program instead of compiling one per count (and, where the full
+# type's slots fit the budget, the four covariance types share it too:
+# type_switch.py).
 # Only where the extra slots cost little: at most SLOTS_MAX_ENTRIES entries
 # of the E-step's (rows x slots x features [x features]) work. At 2**20,
 # digits (640 x 8 slots x 64 features, diag, K=5) fitted in slots: 8 seeds
