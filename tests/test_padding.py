@@ -33,6 +33,34 @@ def test_ladder_sizes():
   assert compiling.ladder_size(1000) == compiling.ladder_size(999) == 1024
 
 
+def test_estimator_rows_power_of_two_for_small_data():
+  """Small data pad to a power of two (cross-validation folds and the
+  refit share a program), larger data to the ladder; the padded size is
+  never below the count and never decreases with it."""
+  from gmmjax._src import padding
+  assert padding.padded_rows(400, 2) == padding.padded_rows(500, 2) == 512
+  assert padding.padded_rows(4096, 2) == 4096
+  assert padding.padded_rows(4097, 2) == compiling.ladder_size(4097) == 4608
+  assert padding.padded_rows(1, 3) == 16
+  for d in (1, 2, 3, 5, 30):
+    sizes = [padding.padded_rows(n, d) for n in range(1, 9000)]
+    assert all(s >= n for n, s in zip(range(1, 9000), sizes))
+    assert all(b >= a for a, b in zip(sizes, sizes[1:]))
+    assert all(s <= max(16, 2 * n) for n, s in zip(range(1, 9000), sizes))
+
+
+def test_folds_and_refit_share_the_fit_program(X, compiles):
+  """As GridSearchCV runs it: fits on 4/5 of the rows, then the refit on
+  all of them, compile one fit program."""
+  Xf = np.concatenate([X, X[::-1] + 0.1])  # 420 rows
+  gx.GaussianMixture(3, covariance_type="tied", random_state=0).fit(
+      Xf[:336])
+  del compiles[:]
+  gm = gx.GaussianMixture(3, covariance_type="tied", random_state=0)
+  gm.fit(Xf)
+  assert compiles == [] and gm.means_.shape == (3, 2)
+
+
 def test_pad_samples_shapes_and_weights(X):
   Xp, wp = gx.pad_samples(X)
   assert isinstance(Xp, np.ndarray) and Xp.shape == (224, 2)
@@ -94,13 +122,13 @@ def test_estimator_reuses_programs_within_a_rung(X, compiles):
   """A fit and the predict family on a new sample count of the same rung
   compile nothing; max_iter (any up to 128: the max_iter=1 of warm-start
   loops too), tol and reg_covar change no program."""
-  Xf = np.concatenate([X, X[::-1] + 0.1])  # 420 rows: the 448 rung
+  Xf = np.concatenate([X, X[::-1] + 0.1])  # 420 rows: padded to 512
   gm = gx.GaussianMixture(3, covariance_type="diag", random_state=0).fit(Xf)
   gm.predict(Xf), gm.score(Xf), gm.predict_proba(Xf), gm.sample(5)
   del compiles[:]
   other = gx.GaussianMixture(3, covariance_type="diag", random_state=0,
                              max_iter=90, tol=1e-4, reg_covar=1e-5)
-  other.fit(Xf[:430])  # 430 rows: 448 too
+  other.fit(Xf[:430])  # 430 rows: 512 too
   other.predict(Xf[:441]), other.score(Xf[:420]), other.predict_proba(Xf)
   other.bic(Xf), other.sample(99)
   with pytest.warns(ConvergenceWarning):  # one iteration: not converged

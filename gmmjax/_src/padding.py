@@ -23,12 +23,23 @@ from gmmjax._src import compiling
 # is a small part of their fit, and padding would copy them.
 PAD_MAX_ENTRIES = 1 << 24
 MIN_ROWS = 16
+# Small data pad to a power of two instead of the ladder's next size: where
+# a fit runs in milliseconds and a compile takes a second, up to half the
+# rows may be padding, and cross-validation folds and the refit on all the
+# rows (400 and 500 rows: 512) share one program. Only while the padded
+# data stay within this many entries (4,096 rows of 2 features).
+POWER_OF_TWO_MAX_ENTRIES = 1 << 13
 
 
 def padded_rows(n_samples: int, n_features: int) -> int:
-  """Rows the estimator computes with for ``(n_samples, n_features)`` data."""
-  if n_samples * max(n_features, 1) > PAD_MAX_ENTRIES:
+  """Rows the estimator computes with for ``(n_samples, n_features)`` data:
+  the next power of two for small data, else the ladder's next size."""
+  d = max(n_features, 1)
+  if n_samples * d > PAD_MAX_ENTRIES:
     return n_samples
+  power = max(MIN_ROWS, 1 << (int(n_samples) - 1).bit_length())
+  if power * d <= POWER_OF_TWO_MAX_ENTRIES:
+    return power
   return compiling.ladder_size(n_samples, MIN_ROWS)
 
 
