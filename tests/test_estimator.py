@@ -311,8 +311,12 @@ def test_params_round_trip_through_from_params(X, ctype):
   p = gm.params_
   assert isinstance(p, gx.GMMParams) and p.covariance_type == ctype
   np.testing.assert_array_equal(np.asarray(p.means), gm.means_)
-  np.testing.assert_array_equal(np.asarray(gx.log_prob(p, X)),
-                                gm.score_samples(X))
+  # The same model: small tied, diag and spherical models are evaluated
+  # as full matrices in the program the four types share (type_switch),
+  # which rounds differently in the last bits than gx.log_prob's own-type
+  # program under some code generators.
+  np.testing.assert_allclose(np.asarray(gx.log_prob(p, X)),
+                             gm.score_samples(X), rtol=2e-6, atol=2e-6)
   back = gx.GaussianMixture.from_params(p, random_state=0)
   assert (back.n_components, back.covariance_type) == (3, ctype)
   assert back.n_features_in_ == X.shape[1]

@@ -172,7 +172,9 @@ class MixtureBase:
     """The fitted mixture as a :class:`gmmjax.GMMParams` of JAX arrays.
 
     What the functional API takes: ``gx.log_prob(gm.params_, X)`` is
-    ``gm.score_samples(X)``, ``gx.fit(X, gm.params_)`` continues the fit and
+    ``gm.score_samples(X)`` (to float rounding: the estimator evaluates
+    small models in component slots, and tied, diagonal and spherical ones
+    as full matrices), ``gx.fit(X, gm.params_)`` continues the fit and
     ``gmmjax.plot`` draws it. A new pytree on each access (the estimator
     keeps NumPy arrays). Raises :class:`gmmjax.NotFittedError` (an
     ``AttributeError``) before the estimator is fitted.
