@@ -78,7 +78,8 @@ def pytest_unconfigure(config):
 
 # Where the suite's time goes: with GMMJAX_TEST_PROFILE=DIR, each process
 # appends one JSON line per test to DIR/<pid>.jsonl with the seconds JAX
-# spent tracing, lowering and compiling (persistent-cache hits included).
+# spent tracing, lowering and compiling (persistent-cache hits included)
+# and, under "programs", each compiled program's name and seconds.
 _PROFILE_ENV = "GMMJAX_TEST_PROFILE"
 _profile = {"test": None, "seconds": {}}
 
@@ -86,10 +87,13 @@ _profile = {"test": None, "seconds": {}}
 def _start_compile_profile():
   import jax.monitoring
 
-  def listen(event, duration, **_):
+  def listen(event, duration, fun_name=None, **_):
     if _profile["test"] is not None:
       name = event.rsplit("/", 1)[-1]
       _profile["seconds"][name] = _profile["seconds"].get(name, 0.0) + duration
+      if name == "backend_compile_duration":
+        _profile["seconds"].setdefault("programs", []).append(
+            [fun_name, round(duration, 3)])
 
   jax.monitoring.register_event_duration_secs_listener(listen)
 

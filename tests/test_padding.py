@@ -131,6 +131,8 @@ def test_estimator_reuses_programs_within_a_rung(X, compiles):
   other.fit(Xf[:430])  # 430 rows: 512 too
   other.predict(Xf[:441]), other.score(Xf[:420]), other.predict_proba(Xf)
   other.bic(Xf), other.sample(99)
+  gx.GaussianMixture(3, covariance_type="diag", random_state=0,
+                     reg_covar=0.0).fit(Xf).score(Xf)
   with pytest.warns(ConvergenceWarning):  # one iteration: not converged
     gx.GaussianMixture(3, covariance_type="diag", max_iter=1,
                        random_state=0).fit(Xf)
@@ -144,23 +146,29 @@ def test_estimator_fit_is_one_program(X, compiles):
   assert len(compiles) == 1, compiles
 
 
+@pytest.mark.parametrize("reg_covar", [1e-6, 0.0])
 @pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
-def test_estimator_fit_in_slots_equals_the_exact_fit(X, ctype, x64):
+def test_estimator_fit_in_slots_equals_the_exact_fit(X, ctype, reg_covar,
+                                                     x64):
   """The estimator fits 3 components in 8 slots of padded data (one
   program for every n_components up to 8): from the same initial params
-  it is gx.fit's 3-component fit of the unpadded data."""
+  it is gx.fit's 3-component fit of the unpadded data. With reg_covar=0
+  too: the empty slots are factorised as the unit, so they need (and
+  report) no Cholesky jitter."""
   from gmmjax._src import padding
-  assert padding.component_slots(3, 224, 2, ctype, 1e-6) == 8
+  assert padding.component_slots(3, 224, 2, ctype) == 8
   p0 = gx.init_params(jax.random.key(2), X, 3, covariance_type=ctype)
   prec = np.asarray(p0.precisions_cholesky)
   prec = prec @ np.swapaxes(prec, -1, -2) if ctype in ("full", "tied") else (
       prec * prec)
   gm = gx.GaussianMixture(3, covariance_type=ctype, tol=1e-8,
+                          reg_covar=reg_covar,
                           weights_init=np.asarray(p0.weights),
                           means_init=np.asarray(p0.means),
                           precisions_init=prec).fit(X)
-  r = gx.fit(X, p0, tol=1e-8)
+  r = gx.fit(X, p0, tol=1e-8, reg_covar=reg_covar)
   assert gm.n_iter_ == int(r.n_iter) and gm.weights_.shape == (3,)
+  assert gm.jitter_ == float(r.jitter) == 0.0
   for got, want in [(gm.weights_, r.params.weights),
                     (gm.means_, r.params.means),
                     (gm.covariances_, r.params.covariances)]:
@@ -171,6 +179,33 @@ def test_estimator_fit_in_slots_equals_the_exact_fit(X, ctype, x64):
                              np.exp(np.asarray(gx.e_step(r.params, X)[0])),
                              rtol=1e-9, atol=1e-12)
   assert gm.n_degenerate_ == int(r.n_degenerate)
+
+
+@pytest.mark.parametrize("ctype", ["full", "diag"])
+def test_empty_slots_are_factorised_as_the_unit(ctype, x64):
+  """With reg_covar=0 an empty slot's estimate is the zero matrix, whose
+  factorisation is not finite; the M-step's mask puts the unit there
+  first: finite factors, no jitter, the active slot untouched."""
+  from gmmjax._src import stats
+  sxx = np.stack([np.diag([4.0, 9.0]), np.zeros((2, 2))]) * 10
+  st = stats.SuffStats(
+      count=jnp.float64(10.0), nk=jnp.array([10.0, 0.0]),
+      sx=jnp.zeros((2, 2)),
+      sxx=jnp.asarray(sxx if ctype == "full" else np.diagonal(sxx, 0, 1, 2)),
+      log_likelihood=jnp.float64(0.0))
+  unmasked, _ = stats.params_and_jitter_from_stats(st, jnp.zeros(2), ctype,
+                                                   0.0)
+  assert not np.all(np.isfinite(np.asarray(unmasked.precisions_cholesky)))
+  p, jitter = stats.params_and_jitter_from_stats(
+      st, jnp.zeros(2), ctype, 0.0, mask=jnp.array([True, False]))
+  want = np.stack([np.diag([4.0, 9.0]), np.eye(2)])
+  want_pc = np.stack([np.diag([1 / 2, 1 / 3]), np.eye(2)])
+  if ctype == "diag":
+    want, want_pc = np.diagonal(want, 0, 1, 2), np.diagonal(want_pc, 0, 1, 2)
+  np.testing.assert_allclose(np.asarray(p.covariances), want, rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(p.precisions_cholesky), want_pc,
+                             rtol=1e-12)
+  assert float(jitter) == 0.0
 
 
 def test_n_components_of_one_slot_rung_share_programs(X, compiles):

@@ -156,14 +156,16 @@ def objective(params: GMMParams, stats: stats_lib.SuffStats, prior=None):
 
 
 def m_step_from_stats(params: GMMParams, stats, reg_covar, prior=None,
-                      structure=None):
+                      structure=None, mask=None):
   """The M-step from statistics of ``params`` (around its
   :func:`stats.component_shift`), plus the largest Cholesky jitter;
-  ``structure``: see :class:`Problem` (not with a prior)."""
+  ``structure``: see :class:`Problem` (not with a prior); ``mask``: the
+  active component slots, the others factorised as the unit (a prior's
+  M-step keeps its own estimate there; the step masks it afterwards)."""
   shift = stats_lib.component_shift(params)
   if prior is None:
     return stats_lib.params_and_jitter_from_stats(
-        stats, shift, params.covariance_type, reg_covar, structure)
+        stats, shift, params.covariance_type, reg_covar, structure, mask)
   if structure is not None:
     raise ValueError("a structure code is not supported with a prior.")
   return priors_lib.map_params_and_jitter_from_stats(
@@ -216,7 +218,7 @@ class EMStep(NamedTuple):
     """The M-step (the initial params on the first pass), and its jitter."""
     stepped, jitter = m_step_from_stats(state.params, state.stats,
                                         problem.reg_covar, problem.prior,
-                                        problem.structure)
+                                        problem.structure, problem.mask)
     if problem.mask is not None:  # component slots beyond k stay empty
       stepped = stats_lib.mask_components(stepped, state.stats.nk,
                                           problem.mask)

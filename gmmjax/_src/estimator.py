@@ -235,19 +235,15 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
     caller drops the extra slots and converts the shapes on the host)."""
     k, ctype = int(self.n_components), self.covariance_type
     n, d = X.shape
-    reg = float(self.reg_covar)
     overrides = self._initial_overrides(d)
-    slots = (None if "observed" in kwargs
-             else type_switch.shared_slots(ctype, k, n, d, reg))
+    slots, shared = self._slots(k, n, d, "observed" in kwargs)
     structure = None
-    if slots is not None:
+    if shared:
       structure = type_switch.CODES[ctype]
       if overrides["precisions"] is not None:
         overrides["precisions"] = type_switch.to_full(
             overrides["precisions"], ctype, k, d)
       ctype = "full"
-    else:
-      slots = padding.component_slots(k, n, d, ctype, reg)
     if slots is not None:
       overrides = self._slotted_overrides(overrides, slots, d, ctype)
     return restarts.restart_results(

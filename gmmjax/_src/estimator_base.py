@@ -328,13 +328,8 @@ class MixtureBase:
       X, observed = np.asarray(X)[order], observed[order]
     Xp, _ = self._on_device(X)
     k = self.weights_.shape[0]
-    # Small problems: the program the four types share (type_switch).
-    slots = (None if observed is not None else type_switch.shared_slots(
-        self._fitted_type(), k, Xp.shape[0], Xp.shape[1], 1.0))
-    as_full = slots is not None
-    if not as_full:
-      slots = padding.component_slots(k, Xp.shape[0], Xp.shape[1],
-                                      self._fitted_type(), 1.0)
+    slots, as_full = self._slots(k, Xp.shape[0], Xp.shape[1],
+                                 observed is not None, self._fitted_type())
     params = self._evaluation_params(slots, as_full)
     if observed is None:
       # No slots (low-rank models, large problems): exactly k components.
@@ -349,6 +344,19 @@ class MixtureBase:
     if order is not None:
       out = out[np.argsort(order)]
     return out[:, :k] if out.ndim == 2 else out
+
+  def _slots(self, k: int, n_rows: int, n_features: int, missing: bool,
+             covariance_type: str | None = None) -> tuple[int | None, bool]:
+    """``(slots, shared)`` for fitting or evaluating ``k`` components of
+    ``covariance_type`` (default: the estimator's) on ``n_rows`` padded
+    rows: small problems in component slots, and where the full type's
+    slots fit the budget in the program the four types share
+    (``type_switch.slots_for``); with missing entries (their own program)
+    exactly ``k`` components of the type."""
+    if missing:
+      return None, False
+    return type_switch.slots_for(covariance_type or self.covariance_type,
+                                 k, n_rows, n_features)
 
   def _evaluation_params(self, n_slots: int | None = None,
                          as_full: bool = False) -> GMMParams:

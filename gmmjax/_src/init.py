@@ -196,7 +196,7 @@ def initial_responsibilities(key, X, n_components: int, method: str,
 
 
 def params_from_resp(X, resp, sample_weight, covariance_type: str,
-                     reg_covar, structure=None) -> GMMParams:
+                     reg_covar, structure=None, mask=None) -> GMMParams:
   """An M-step that centres every component on its own new mean (two passes).
 
   Initial responsibilities are often hard (one sample per component for
@@ -205,7 +205,8 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   own mean from the differences ``x_i - mu_k`` (in chunks of bounded
   memory), so a one-point component gets exactly ``reg_covar``.
   ``structure``: full covariances projected onto that type's structure
-  (``type_switch``).
+  (``type_switch``). ``mask``: the active component slots, the others
+  factorised as the unit (``stats.params_and_jitter_from_stats``).
   """
   nk, center, diff, sxx, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
@@ -215,6 +216,9 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   else:
     covariances = type_switch.estimate(nk, jnp.zeros_like(diff), sxx,
                                        reg_covar, structure)
+  if mask is not None:
+    covariances = stats_lib.unit_where_inactive(covariances, covariance_type,
+                                                mask)
   # Float32 moments of collinear or repeated data can come out indefinite
   # by rounding: the M-step's jitter ladder keeps the initial factors finite.
   covariances, prec_chol, _ = cov_ops.precision_cholesky_jittered(
@@ -282,7 +286,7 @@ def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
   shift = mm.matmul(w, X) / jnp.sum(w)
   resp = _masked_resp(key, X - shift, n_slots, mask, method, sample_weight)
   params = params_from_resp(X, resp, sample_weight, covariance_type,
-                            reg_covar, structure)
+                            reg_covar, structure, mask)
   return stats_lib.mask_components(params, mm.matmul(w, resp), mask)
 
 

@@ -107,18 +107,19 @@ SLOTS_MAX_ENTRIES = 1 << 18
 
 
 def component_slots(n_components: int, n_rows: int, n_features: int,
-                    covariance_type: str, reg_covar: float) -> int | None:
+                    covariance_type: str) -> int | None:
   """Slots to fit or evaluate ``n_components`` in, or None for exactly them.
 
-  None also with ``reg_covar=0``: an empty slot's covariance would be 0
-  before it is masked, and its Cholesky jitter would be reported.
+  Any ``reg_covar``: the M-step factorises an empty slot as the unit
+  (``stats.params_and_jitter_from_stats``' mask), so even at
+  ``reg_covar=0`` it needs no jitter.
   """
   if covariance_type == "lowrank":  # fitted in exactly its components
     return None
   slots = max(SLOTS_MIN, 1 << (int(n_components) - 1).bit_length())
   per_slot = n_features * (n_features if covariance_type in ("full", "tied")
                            else 1)
-  if reg_covar <= 0 or n_rows * slots * per_slot > SLOTS_MAX_ENTRIES:
+  if n_rows * slots * per_slot > SLOTS_MAX_ENTRIES:
     return None
   return slots
 

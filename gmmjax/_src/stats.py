@@ -350,11 +350,14 @@ def params_from_stats(stats: SuffStats, shift, *, covariance_type: str,
 
 def params_and_jitter_from_stats(stats: SuffStats, shift,
                                  covariance_type: str, reg_covar,
-                                 structure=None):
+                                 structure=None, mask=None):
   """:func:`params_from_stats` and the largest jitter it added (a scalar).
 
   ``structure`` (a traced ``type_switch.CODES`` value, with full
   statistics): the full covariances projected onto that type's structure.
+  ``mask`` (component slots, :func:`mask_components`): the inactive slots
+  get the unit covariance before they are factorised, so that an empty
+  slot (covariance 0 with ``reg_covar=0``) needs and reports no jitter.
   """
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
@@ -368,6 +371,8 @@ def params_and_jitter_from_stats(stats: SuffStats, shift,
                                        structure)
   shift = jnp.asarray(shift, dtype)
   means = (shift if shift.ndim == 2 else shift[None, :]) + diff
+  if mask is not None:
+    covariances = unit_where_inactive(covariances, covariance_type, mask)
   covariances, prec_chol, jitter = ct.precision_cholesky_jittered(covariances)
   return (GMMParams(weights, means, covariances, prec_chol, covariance_type),
           jitter)
@@ -376,6 +381,13 @@ def params_and_jitter_from_stats(stats: SuffStats, shift,
 def add_stats(a: SuffStats, b: SuffStats) -> SuffStats:
   """Statistics of the union of two disjoint batches (same shift)."""
   return jax.tree.map(jnp.add, a, b)
+
+
+def unit_where_inactive(covariances, covariance_type: str, mask):
+  """``covariances`` with the unit covariance in the slots where ``mask``
+  is False (tied: unchanged, inactive slots add exactly 0 to it)."""
+  return cov_lib.get(covariance_type).mask_inactive(
+      covariances, covariances, mask)[0]
 
 
 def mask_components(params: GMMParams, nk, mask) -> GMMParams:

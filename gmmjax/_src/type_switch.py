@@ -12,7 +12,7 @@ zeros). The estimator converts the results back to the type's shapes on the
 host, exactly: it is the same model, up to the order of float sums.
 
 Only where it costs little: where the full type's component slots fit
-``padding``'s budget (:func:`shared_slots`), i.e. few features and few
+``padding``'s budget (:func:`slots_for`), i.e. few features and few
 samples. Elsewhere each type keeps its own program.
 """
 
@@ -21,21 +21,25 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import cov_matrix, padding
+from gmmjax._src import covariance, padding
 from gmmjax._src.params import GMMParams
 
 # The traced code of each type (``structure``), the order of project's stack.
 CODES = {"full": 0, "tied": 1, "diag": 2, "spherical": 3}
 
 
-def shared_slots(covariance_type: str, n_components: int, n_rows: int,
-                 n_features: int, reg_covar: float) -> int | None:
-  """Component slots of the shared program for this problem, or None when
-  the type keeps its own program (low rank, or too large a problem)."""
-  if covariance_type not in CODES:
-    return None
-  return padding.component_slots(n_components, n_rows, n_features, "full",
-                                 reg_covar)
+def slots_for(covariance_type: str, n_components: int, n_rows: int,
+              n_features: int) -> tuple[int | None, bool]:
+  """``(slots, shared)``: the component slots a problem is fitted and
+  evaluated in, and whether they are the full type's (the program the four
+  types share); ``(padding.component_slots, False)`` where the type keeps
+  its own program (low rank, or the full type's slots too large)."""
+  if covariance_type in CODES:
+    slots = padding.component_slots(n_components, n_rows, n_features, "full")
+    if slots is not None:
+      return slots, True
+  return padding.component_slots(n_components, n_rows, n_features,
+                                 covariance_type), False
 
 
 def project(cov, nk, structure):
@@ -59,7 +63,7 @@ def project(cov, nk, structure):
 def estimate(nk, diff, sxx, reg_covar, structure):
   """The full type's ``estimate`` with the covariances projected onto
   ``structure`` before ``reg_covar`` is added (as each type adds it)."""
-  raw = cov_matrix.Full().estimate(nk, diff, sxx, 0.0)
+  raw = covariance.TYPES["full"].estimate(nk, diff, sxx, 0.0)
   eye = jnp.eye(diff.shape[-1], dtype=diff.dtype)
   return (project(raw, nk, structure)
           + jnp.asarray(reg_covar, diff.dtype) * eye)
