@@ -235,14 +235,15 @@ def small_blocks(retrace, monkeypatch):
 
 @pytest.fixture
 def compiles():
-  """A list that records every XLA compile (its event) during the test."""
+  """A list that records every XLA compile (or persistent-cache load)
+  during the test: the compiled program's name."""
   import jax.monitoring
   seen = []
 
-  def listen(event, duration, **_):
+  def listen(event, duration, fun_name=None, **_):
     del duration
     if event.endswith("backend_compile_duration"):
-      seen.append(event)
+      seen.append(fun_name or event)
 
   jax.monitoring.register_event_duration_secs_listener(listen)
   yield seen

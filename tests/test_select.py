@@ -23,6 +23,8 @@ def four_component_data(seed=0, n_per=120):
 @pytest.fixture(scope="module")
 def sweep():
   X = four_component_data()
+  # Another test in this process may have compiled the same sweep.
+  select._sweep.clear_cache()
   before = select._sweep._cache_size()
   result = select.select_n_components(jax.random.key(0), X, range(1, 8),
                                       n_init=2, criterion="bic",

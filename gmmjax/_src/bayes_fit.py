@@ -274,8 +274,9 @@ def bayes_restart_results(key, X, n_components: int, *, n_init: int,
   checked arguments: initialisation and fit as one compiled program."""
   program = compiling.pick(_init_and_fit_programs, X.shape[0], n_components,
                            X.shape[1], batch=n_init)
-  return program(key, X, sample_weight, jnp.asarray(tol, X.dtype),
-                 jnp.asarray(reg_covar, X.dtype), np.int32(max_iter), prior,
+  return program(key, X, sample_weight, checks.as_scalar(tol, X.dtype),
+                 checks.as_scalar(reg_covar, X.dtype), np.int32(max_iter),
+                 prior,
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, prior_type=prior_type,
                  method=method, history_len=history_length(max_iter),

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.special import digamma
 
@@ -142,7 +143,13 @@ def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
   mean, data_cov = _data_moments(X, w, covariance_type=covariance_type)
 
   def pick(value, default, shape):
-    out = jnp.asarray(default if value is None else value, dtype)
+    value = default if value is None else value
+    # Host values are converted on the host (an eager conversion is a
+    # program to compile); arrays (traced too) keep JAX's astype.
+    if isinstance(value, jax.Array):
+      out = value if value.dtype == dtype else value.astype(dtype)
+    else:
+      out = jax.device_put(np.asarray(value, dtype))
     if out.shape != shape:
       raise ValueError(f"The prior should have shape {shape}, got "
                        f"{out.shape}.")

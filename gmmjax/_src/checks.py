@@ -143,6 +143,13 @@ def as_params(params: GMMParams, dtype) -> GMMParams:
       precisions_cholesky=jnp.asarray(params.precisions_cholesky, dtype))
 
 
+def as_scalar(value, dtype):
+  """A scalar argument of a compiled program: JAX values (traced ones
+  too) as they are, host values converted on the host (``jnp.asarray``
+  would compile a conversion program of its own)."""
+  return value if isinstance(value, jax.Array) else np.asarray(value, dtype)
+
+
 def as_sample_weight(sample_weight, n_samples: int, dtype):
   """``sample_weight`` as an ``(N,)`` array of ``dtype`` (``None`` stays)."""
   if sample_weight is None:

@@ -159,7 +159,8 @@ def unpad_components(params, n_components: int):
 
   Works on batched params too (a leading restart axis).
   """
-  if params.weights.shape[-1] == n_components:
+  # The means' component axis: a posterior's weights are computed.
+  if params.means.shape[-2] == n_components:
     return params
   ctype = params.covariance_type
   # Axes after the component axis: full (D, D), diag (D,), spherical ().

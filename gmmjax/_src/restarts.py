@@ -21,6 +21,7 @@ from gmmjax._src.fit import (
 from gmmjax._src.params import GMMParams
 
 
+@jax.jit
 def best_restart(results: FitResult) -> FitResult:
   """The best of a batch of fits (a leading restart axis): the highest final
   log-likelihood.
@@ -38,6 +39,9 @@ def best_restart(results: FitResult) -> FitResult:
     >>> bool(best.log_likelihood == results.log_likelihood.max())
     True
   """
+  # One compiled program (jit): run eagerly, the comparisons and each
+  # leaf's indexing were programs of their own, about 20 small compiles
+  # on a first call.
   return take(results, _best_index(results))
 
 
@@ -72,6 +76,7 @@ def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
       one, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
 
 
+@jax.jit
 def _add_axis(tree):
   return jax.tree.map(lambda a: jnp.expand_dims(a, 0), tree)
 
@@ -276,18 +281,14 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                            batch=n_init)
   dtype = X.dtype
   # NumPy scalars: a jnp conversion would be a program of its own.
-  return program(key, X, w, _host_scalar(tol, dtype),
-                 _host_scalar(reg_covar, dtype), np.int32(max_iter), overrides,
+  return program(key, X, w, checks.as_scalar(tol, dtype),
+                 checks.as_scalar(reg_covar, dtype), np.int32(max_iter), overrides,
                  None if n_active is None else np.int32(n_active), observed,
                  None if structure is None else np.int32(structure),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback,
                  rank=rank, slots=missing.max_missing(observed))
-
-
-def _host_scalar(value, dtype):
-  return value if isinstance(value, jax.Array) else np.asarray(value, dtype)
 
 
 def _given_values(overrides, k, d, covariance_type, dtype):

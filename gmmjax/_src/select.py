@@ -212,18 +212,22 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
   ks = _check_options(X, sample_weight, k_range, criterion,
                       covariance_type, method, n_init)
   max_iter = engine.check_max_iter(max_iter)
+  on_host = isinstance(X, np.ndarray)
   X = checks.as_data(X)
   n_samples, n_features = X.shape
   if max(ks) > n_samples:
     raise ValueError(f"Expected n_samples >= n_components but got "
                      f"n_components = {max(ks)}, n_samples = {n_samples}")
   w = checks.as_sample_weight(sample_weight, n_samples, X.dtype)
+  if on_host:  # padded on the host: eager jnp padding compiles programs
+    X, w = np.asarray(X), None if w is None else np.asarray(w)
   # Padded to the ladder with rows of weight 0 (padding.pad_samples): the
   # sweep's fits are unchanged, and nearby sample counts share its program.
   X, w = padding.pad_samples(
       X, sample_weight=w, n_rows=padding.padded_rows(n_samples, n_features))
-  out = _sweep(key, X, w, jnp.asarray(ks, jnp.int32),
-               jnp.asarray(tol, X.dtype), jnp.asarray(reg_covar, X.dtype),
+  dtype = X.dtype
+  out = _sweep(key, X, w, np.asarray(ks, np.int32),
+               checks.as_scalar(tol, dtype), checks.as_scalar(reg_covar, dtype),
                n_slots=max(ks), n_init=n_init,
                covariance_type=covariance_type, method=method,
                max_iter=max_iter, callback=callback)
@@ -251,8 +255,10 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
     raise ValueError("Every fit of the sweep failed (non-finite parameters): "
                      "increase reg_covar, or scale the input data.")
   best = int(np.argmin(scores))  # ties: the first, i.e. in k_range's order
-  params = jax.tree.map(jnp.asarray, params)
-  best_params = _unpad(jax.tree.map(lambda a: a[best], params), ks[best])
+  # Indexed on the host, then put (indexing device arrays compiles).
+  best_params = jax.device_put(
+      _unpad(jax.tree.map(lambda a: a[best], params), ks[best]))
+  params = jax.device_put(params)
   return SelectionResult(table=table, best_k=ks[best],
                          best_params=best_params, criterion=criterion,
                          params=params)

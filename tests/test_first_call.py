@@ -1,0 +1,66 @@
+"""A first call compiles its program and nothing else (issue 19).
+
+Operations run eagerly on JAX arrays outside a program (indexing each leaf
+of a result, converting a scalar, padding with ``jnp``) are programs of
+their own: each a trace, a lowering and a compile of 10-40 ms on a first
+call. Each test drops JAX's caches first (another test in the process may
+have compiled the same programs) and lists what its call compiled (a
+persistent-cache hit is listed too).
+"""
+
+import jax
+import numpy as np
+import pytest
+
+import gmmjax as gx
+from gmmjax._src import compiling
+from tests.conftest import make_blobs
+
+
+@pytest.fixture(scope="module")
+def X():
+  return make_blobs(3, 40, [[0, 0], [5, 1], [1, 6]])  # 120 x 2
+
+
+@pytest.fixture
+def fresh(compiles):
+  """The ``compiles`` list, after the keys were made, the once-per-process
+  probe of the compile options had run, and caches were dropped."""
+  keys = jax.random.key(0), jax.random.key(1)
+  jax.block_until_ready(keys)
+  compiling._small_options_work()
+  jax.clear_caches()
+  del compiles[:]
+  return keys, compiles
+
+
+def test_fit_restarts_compiles_one_fit_and_one_selection(X, fresh):
+  (key, _), compiles = fresh
+  best, runs = gx.fit_restarts(key, X, 3, n_init=3, method="kmeans")
+  assert sorted(compiles) == ["jit(_init_and_fit)", "jit(best_restart)"]
+  assert runs.log_likelihood.shape == (3,)
+  assert float(best.log_likelihood) == float(np.max(runs.log_likelihood))
+  del compiles[:]
+  one, batch = gx.fit_restarts(key, X, 3, n_init=1, method="kmeans")
+  assert sorted(compiles) == ["jit(_add_axis)", "jit(_init_and_fit)"]
+  assert float(batch.log_likelihood[0]) == float(one.log_likelihood)
+
+
+def test_select_n_components_compiles_its_sweep_alone(X, fresh):
+  (key, _), compiles = fresh
+  result = gx.select_n_components(key, X, range(1, 5), n_init=1)
+  assert compiles == ["jit(_sweep)"]
+  # The best fit indexed on the host is the sweep's own entry.
+  k = result.best_k
+  np.testing.assert_array_equal(np.asarray(result.best_params.means),
+                                np.asarray(result.params.means)[
+                                    result.table["k"].tolist().index(k), :k])
+
+
+def test_bayesian_fit_compiles_its_program_and_the_data_moments(X, fresh):
+  _, compiles = fresh
+  bgm = gx.BayesianGaussianMixture(n_components=4, random_state=0,
+                                   max_iter=200).fit(X)
+  assert sorted(compiles) == ["jit(_data_moments)", "jit(_init_and_fit)"]
+  assert bgm.weights_.shape == (4,)
+  np.testing.assert_allclose(bgm.weights_.sum(), 1.0, rtol=1e-6)
