@@ -25,7 +25,11 @@ counts not seen before, and how many programs JAX compiled for them); 4
 ``sweep`` (K = 1..6 x four covariance types with ``.bic``, a fresh process,
 empty and warm cache); 5 ``gridsearch`` (``GridSearchCV`` over the same
 grid, cv=5); 6 ``grad`` (compiling ``jax.value_and_grad`` of a loss through
-``gmmjax.fit``; no scikit-learn equivalent).
+``gmmjax.fit``; no scikit-learn equivalent); 7 ``first_calls`` (the first
+call of ``fit_restarts(n_init=3)``, ``select_n_components`` over K = 1..4
+and ``BayesianGaussianMixture(4).fit`` on 300 x 2, each in a fresh process
+with an empty cache, against scikit-learn's n_init=3 fit, a loop of fits
+with ``bic`` and its Bayesian mixture).
 
 Each child gets a fresh, empty cache folder of its own: ``GMMJAX_CACHE_DIR``,
 the estimator's default cache (``GMMJAX_NO_CACHE`` and JAX's own cache
@@ -54,7 +58,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 DATASETS_PATH = os.path.join(REPO, "gmmjax", "datasets.py")
 
-FIGURES = ("import", "first_fit", "new_n", "sweep", "gridsearch", "grad")
+FIGURES = ("import", "first_fit", "new_n", "sweep", "gridsearch", "grad",
+           "first_calls")
 CTYPES = ("full", "tied", "diag", "spherical")
 
 
@@ -212,6 +217,41 @@ R.update(init_params_s=T2 - T1, lower_s=T3 - T2, compile_s=T4 - T3,
          total_s=T5 - T0, value=float(value),
          grad_finite=bool(jnp.isfinite(grad).all()))
 """
+
+# Figure 7: the first call of one function (A["what"]) in a fresh process,
+# data made before the clock starts. gmmjax's functional calls against the
+# scikit-learn code that does the same: restarts, a BIC sweep over K, a
+# Bayesian mixture.
+BODY_FIRST_CALLS_GMMJAX = """\
+import jax
+X, _ = datasets.blobs(n_samples=300, n_centers=3, seed=0)
+key = jax.block_until_ready(jax.random.key(0))
+T2 = time.perf_counter()
+if A["what"] == "restarts":
+  best, _ = gmmjax.fit_restarts(key, X, 3, n_init=3, method="kmeans")
+  jax.block_until_ready(best)
+elif A["what"] == "select":
+  gmmjax.select_n_components(key, X, range(1, 5), n_init=1)
+else:
+  gmmjax.BayesianGaussianMixture(n_components=4, random_state=0).fit(X)
+R.update(call_s=time.perf_counter() - T2, total_s=time.perf_counter() - T0,
+         compiles=dict(C))
+"""
+
+BODY_FIRST_CALLS_SKLEARN = """\
+from sklearn.mixture import BayesianGaussianMixture
+X, _ = datasets.blobs(n_samples=300, n_centers=3, seed=0)
+T2 = time.perf_counter()
+if A["what"] == "restarts":
+  GaussianMixture(3, n_init=3, init_params="kmeans", random_state=0).fit(X)
+elif A["what"] == "select":
+  [GaussianMixture(k, random_state=0).fit(X).bic(X) for k in range(1, 5)]
+else:
+  BayesianGaussianMixture(n_components=4, random_state=0).fit(X)
+R.update(call_s=time.perf_counter() - T2, total_s=time.perf_counter() - T0)
+"""
+
+FIRST_CALLS = ("restarts", "select", "bayes")
 
 EPILOGUE = "print(json.dumps(R))\n"
 
@@ -376,8 +416,19 @@ def fig_grad(s, args):
     s.run("grad", "gmmjax", "warm_cache", code, caches=caches)
 
 
+def fig_first_calls(s, args):
+  gx = child_code("gmmjax", BODY_FIRST_CALLS_GMMJAX, count_compiles=True)
+  sk = child_code("sklearn", BODY_FIRST_CALLS_SKLEARN)
+  for _ in range(args.repeats):
+    for what in FIRST_CALLS:
+      s.run(f"first_calls_{what}", "gmmjax", "empty_cache", gx,
+            dict(what=what))
+      s.run(f"first_calls_{what}", "sklearn", "fresh", sk, dict(what=what))
+
+
 RUNNERS = dict(import_=fig_import, first_fit=fig_first_fit, new_n=fig_new_n,
-               sweep=fig_sweep, gridsearch=fig_gridsearch, grad=fig_grad)
+               sweep=fig_sweep, gridsearch=fig_gridsearch, grad=fig_grad,
+               first_calls=fig_first_calls)
 
 # The table: (figure, row label, gmmjax mode, metric, scikit-learn mode or
 # None). scikit-learn's row is its fresh process (no cache to warm).
@@ -425,6 +476,11 @@ for _mode, _tag in (("empty_cache", "empty cache"),
        "lower_compile_first_call_s", None),
       ("grad", f"6 process wall, {_tag}", _mode, "wall_s", None),
   ]
+for _what, _label in (("restarts", "fit_restarts, n_init=3"),
+                      ("select", "select_n_components, K=1..4"),
+                      ("bayes", "BayesianGaussianMixture(4).fit")):
+  ROWS += [(f"first_calls_{_what}", f"7 first {_label}: the call",
+            "empty_cache", "call_s", "fresh")]
 
 
 def stats(values):
@@ -615,7 +671,7 @@ def main(argv=None):
                   help="fresh processes per figure (default 5, 2 --quick)")
   ap.add_argument("--only", default=",".join(FIGURES),
                   help="comma-separated subset of " + ",".join(FIGURES)
-                  + " (or their numbers 1-6)")
+                  + f" (or their numbers 1-{len(FIGURES)})")
   ap.add_argument("--timeout", type=float, default=600.0,
                   help="seconds one child process may take")
   ap.add_argument("--out", default=os.path.join(HERE, "results"))
@@ -633,7 +689,8 @@ def main(argv=None):
     if name.isdigit() and 1 <= int(name) <= len(FIGURES):
       name = FIGURES[int(name) - 1]
     if name not in FIGURES:
-      ap.error(f"--only takes {','.join(FIGURES)} or 1-6, got {name!r}")
+      ap.error(f"--only takes {','.join(FIGURES)} or 1-{len(FIGURES)}, "
+               f"got {name!r}")
     sel.append(name)
   meta = dict(date=datetime.datetime.now().isoformat(timespec="seconds"),
               cpu_model=cpu_model(), cpus=os.cpu_count(),
@@ -657,7 +714,9 @@ def main(argv=None):
       print(f"figure {name}: {time.perf_counter() - t0:.1f} s, load "
             f"{load1()}", flush=True)
       print("\n".join(table([r for r in summarise(s.runs)
-                               if r["figure"] == name])), flush=True)
+                               if r["figure"] == name
+                               or r["figure"].startswith(name + "_")])),
+            flush=True)
   finally:
     shutil.rmtree(root, ignore_errors=True)
   meta["load_end"] = load1()
