@@ -64,3 +64,17 @@ def test_bayesian_fit_compiles_its_program_and_the_data_moments(X, fresh):
   assert sorted(compiles) == ["jit(_data_moments)", "jit(_init_and_fit)"]
   assert bgm.weights_.shape == (4,)
   np.testing.assert_allclose(bgm.weights_.sum(), 1.0, rtol=1e-6)
+
+
+def test_kmeans_compiles_one_program(X, fresh):
+  (key, _), compiles = fresh
+  centers, labels = gx.kmeans(key, X, 3)
+  assert compiles == ["jit(_kmeans_program)"]
+  # Lloyd's fixed point: each centre is the mean of its points, and each
+  # point is labelled with its nearest centre.
+  centers, labels = np.asarray(centers), np.asarray(labels)
+  for j in range(3):
+    np.testing.assert_allclose(centers[j], X[labels == j].mean(0),
+                               rtol=1e-4, atol=1e-4)
+  d = ((X[:, None, :] - centers[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(labels, d.argmin(1))

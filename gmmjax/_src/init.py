@@ -8,6 +8,7 @@ M-step turns into parameters. Everything is JAX: it runs under ``jit`` (with
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -99,9 +100,26 @@ def kmeans(key, X, n_clusters: int, *, sample_weight=None, max_iter: int = 300,
     ``(centers, labels)``: ``(n_clusters, D)`` and ``(N,)`` int32.
   """
   X = checks.as_data(X)
+  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
+  # One compiled program: run eagerly, the seeding and the loop's set-up
+  # were about 55 small programs to compile on a first call.
+  return _kmeans_program(key, X, w, checks.as_scalar(max_iter, np.int32),
+                         checks.as_scalar(tol, X.dtype),
+                         n_clusters=n_clusters)
+
+
+def _kmeans_traced(key, X, n_clusters: int, sample_weight=None,
+                   max_iter=300, tol=1e-4):
+  """:func:`kmeans` on checked arguments, to trace into a program."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight=sample_weight)
   return lloyd(X, centers, w, max_iter=max_iter, tol=tol)
+
+
+@functools.partial(jax.jit, static_argnames=("n_clusters",))
+def _kmeans_program(key, X, sample_weight, max_iter, tol, *,
+                    n_clusters: int):
+  return _kmeans_traced(key, X, n_clusters, sample_weight, max_iter, tol)
 
 
 def lloyd(X, centers, w, mask=None, *, max_iter: int = 300, tol=1e-4):
@@ -180,7 +198,7 @@ def initial_responsibilities(key, X, n_components: int, method: str,
   """
   n = X.shape[0]
   if method == "kmeans":
-    _, labels = kmeans(key, X, n_components, sample_weight=sample_weight)
+    _, labels = _kmeans_traced(key, X, n_components, sample_weight)
     return jax.nn.one_hot(labels, n_components, dtype=X.dtype)
   if method == "random":
     resp = _row_uniforms(key, n, n_components, X.dtype)
