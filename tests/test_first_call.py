@@ -78,3 +78,21 @@ def test_kmeans_compiles_one_program(X, fresh):
                                rtol=1e-4, atol=1e-4)
   d = ((X[:, None, :] - centers[None]) ** 2).sum(-1)
   np.testing.assert_array_equal(labels, d.argmin(1))
+
+
+def test_fit_chunked_compiles_its_loop_programs_once(X, fresh):
+  _, compiles = fresh
+  X32 = X.astype(np.float32)
+  p0 = gx.init_params(jax.random.key(2), X32, 3)
+  del compiles[:]
+  r = gx.fit_chunked(X32, p0, max_iter=30)
+  # The host loop's start, step, statistics pass, conclusion, result and
+  # finish: one program each, whatever the number of iterations.
+  assert sorted(compiles) == sorted([
+      "jit(_host_start)", "jit(_host_advance)", "jit(_accumulate)",
+      "jit(_host_conclude)", "jit(_host_result)", "jit(finish)"]), compiles
+  assert int(r.n_iter) > 2
+  ref = gx.fit(X32, p0, max_iter=30)
+  assert int(ref.n_iter) == int(r.n_iter)
+  np.testing.assert_allclose(float(r.log_likelihood),
+                             float(ref.log_likelihood), rtol=1e-5)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import batching
+from gmmjax._src import batching, checks
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
@@ -362,10 +362,10 @@ def host_fit(params, problem: Problem, stats_pass: Callable, *,
   ``None``. ``callback`` is called on the host after every iteration.
   """
   step = EMStep() if step is None else step
-  state = step.init(params, problem)
-  books = init_books(params.means.dtype, prev_ll, max_iter,
-                     history_length(max_iter),
-                     started=not step.evaluates_first)
+  state, books = _host_start(params, problem, checks.as_scalar(
+      prev_ll, params.means.dtype), checks.as_scalar(max_iter, np.int32),
+      history_len=history_length(max_iter),
+      started=not step.evaluates_first, step=step)
   going = True
   while going:
     new, jitter, evaluated = _host_advance(state, problem, books.started,
@@ -379,4 +379,19 @@ def host_fit(params, problem: Problem, stats_pass: Callable, *,
       callback(int(before.n_iter) + 1, value, value - np.asarray(before.prev))
     going = bool(going)
   fitted, ll = _host_result(state, problem, step=step)
-  return finish(fitted, ll, books, n_positive, problem.reg_covar)
+  return _host_finish(fitted, ll, books, n_positive, problem.reg_covar)
+
+
+# The host loop's set-up and end as programs: run eagerly, the books'
+# initial values and count_degenerate's factorisation were about 30 small
+# programs to compile on a first call.
+@functools.partial(jax.jit, static_argnames=("history_len", "started",
+                                             "step"))
+def _host_start(params, problem, prev_ll, max_iter, *, history_len: int,
+                started: bool, step):
+  return (step.init(params, problem),
+          init_books(params.means.dtype, prev_ll, max_iter, history_len,
+                     started=started))
+
+
+_host_finish = jax.jit(finish)

@@ -244,8 +244,9 @@ def _zero_stats(params: GMMParams, rows: int, dtype):
       jax.ShapeDtypeStruct((rows, params.n_features), dtype),
       jax.ShapeDtypeStruct((rows,), dtype),
       jax.ShapeDtypeStruct((params.n_features,), dtype))
-  stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  return stats, jnp.zeros((), dtype)
+  # NumPy zeros (the caller puts them): jnp.zeros compiles a program each.
+  stats = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  return stats, np.zeros((), dtype)
 
 
 def _stream(pad: _Pad, source, prefetch, device, max_in_flight, step, acc):
@@ -375,7 +376,7 @@ def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
     raise ValueError(f"Chunks should be 2-D (n, n_features), got shape "
                      f"{sample.shape}.")
   dtype = checks.float_dtype(sample[:0])
-  checks.check_params_data(params, jnp.zeros((0, sample.shape[1]), dtype))
+  checks.check_params_data(params, np.zeros((0, sample.shape[1]), dtype))
   device = device or jax.local_devices()[0]
   params = jax.device_put(checks.as_params(params, dtype), device)
   pad = _Pad(rows, sample.shape[1], dtype, sort_missing=bool(nan_as_missing))
