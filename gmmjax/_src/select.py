@@ -212,19 +212,22 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
   ks = _check_options(X, sample_weight, k_range, criterion,
                       covariance_type, method, n_init)
   max_iter = engine.check_max_iter(max_iter)
-  on_host = isinstance(X, np.ndarray)
+  given = X
   X = checks.as_data(X)
   n_samples, n_features = X.shape
   if max(ks) > n_samples:
     raise ValueError(f"Expected n_samples >= n_components but got "
                      f"n_components = {max(ks)}, n_samples = {n_samples}")
   w = checks.as_sample_weight(sample_weight, n_samples, X.dtype)
-  if on_host:  # padded on the host: eager jnp padding compiles programs
-    X, w = np.asarray(X), None if w is None else np.asarray(w)
   # Padded to the ladder with rows of weight 0 (padding.pad_samples): the
   # sweep's fits are unchanged, and nearby sample counts share its program.
-  X, w = padding.pad_samples(
-      X, sample_weight=w, n_rows=padding.padded_rows(n_samples, n_features))
+  n_rows = padding.padded_rows(n_samples, n_features)
+  if n_rows != n_samples and isinstance(given, np.ndarray):
+    # NumPy data are padded on the host, from the caller's array (eager
+    # jnp padding compiles programs; the weights are small).
+    X = np.asarray(given, X.dtype)
+    w = None if w is None else np.asarray(w)
+  X, w = padding.pad_samples(X, sample_weight=w, n_rows=n_rows)
   dtype = X.dtype
   out = _sweep(key, X, w, np.asarray(ks, np.int32),
                checks.as_scalar(tol, dtype), checks.as_scalar(reg_covar, dtype),
