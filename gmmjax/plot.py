@@ -127,7 +127,7 @@ def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
     ax: matplotlib axes.
 
   Returns:
-    The axes.
+    The axes, with each component's ellipses (one per radius) and mean.
 
   Example:
     >>> import matplotlib; matplotlib.use("Agg")
@@ -196,7 +196,7 @@ def plot_density_1d(params, X=None, *, feature=0, grid=None, ax=None):
     ax: matplotlib axes.
 
   Returns:
-    The axes.
+    The axes, with a line per component and one for the mixture.
 
   Example:
     >>> import matplotlib; matplotlib.use("Agg")
@@ -253,7 +253,7 @@ def plot_log_likelihood(history, *, ax=None, label=None):
     label: legend label.
 
   Returns:
-    The axes.
+    The axes, with the history as one line.
 
   Example:
     >>> import matplotlib; matplotlib.use("Agg")
@@ -311,7 +311,7 @@ def plot_criterion(selection, *, criteria=("bic", "aic"), ax=None):
     ax: matplotlib axes.
 
   Returns:
-    The axes.
+    The axes, with a line per criterion, its minimum starred.
 
   Example:
     >>> import matplotlib; matplotlib.use("Agg")

@@ -19,7 +19,11 @@ from gmmjax._src import bayes_params as bp
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src.estimator import GaussianMixture
-from gmmjax._src.estimator_base import MIXTURE_PARAMETERS, key_from_random_state
+from gmmjax._src.estimator_base import (
+  MIXTURE_PARAMETERS,
+  MixtureBase,
+  key_from_random_state,
+)
 from gmmjax._src.params import COVARIANCE_TYPES, GMMParams
 from gmmjax._src.results import history_length
 
@@ -97,23 +101,17 @@ class BayesianGaussianMixture(GaussianMixture):
                mean_prior=None, degrees_of_freedom_prior=None,
                covariance_prior=None, random_state=None, warm_start=False,
                verbose=0, verbose_interval=10):
-    self.n_components = n_components
-    self.covariance_type = covariance_type
-    self.tol = tol
-    self.reg_covar = reg_covar
-    self.max_iter = max_iter
-    self.n_init = n_init
-    self.init_params = init_params
+    # The shared parameters (GaussianMixture's own, such as weights_init,
+    # are not this estimator's).
+    MixtureBase.__init__(self, n_components, covariance_type, tol, reg_covar,
+                         max_iter, n_init, init_params, random_state,
+                         warm_start, verbose, verbose_interval)
     self.weight_concentration_prior_type = weight_concentration_prior_type
     self.weight_concentration_prior = weight_concentration_prior
-    self.mean_precision_prior = mean_precision_prior
-    self.mean_prior = mean_prior
-    self.degrees_of_freedom_prior = degrees_of_freedom_prior
-    self.covariance_prior = covariance_prior
-    self.random_state = random_state
-    self.warm_start = warm_start
-    self.verbose = verbose
-    self.verbose_interval = verbose_interval
+    # The Gaussian-Wishart prior of the components (None: from the data).
+    (self.mean_precision_prior, self.mean_prior, self.degrees_of_freedom_prior,
+     self.covariance_prior) = (mean_precision_prior, mean_prior,
+                               degrees_of_freedom_prior, covariance_prior)
 
   # GaussianMixture members scikit-learn's Bayesian mixture lacks.
   bic = _Absent()

@@ -39,7 +39,7 @@ from jax.scipy.special import digamma
 from gmmjax._src import checks, moments
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
-from gmmjax._src.params import GMMParams
+from gmmjax._src.params import ComponentArrays, GMMParams
 from gmmjax._src.stats import SuffStats
 
 PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
@@ -51,7 +51,7 @@ PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
                  "degrees_of_freedom", "covariances", "precisions_cholesky"],
     meta_fields=["covariance_type", "weight_concentration_prior_type"])
 @dataclasses.dataclass(frozen=True)
-class BayesParams:
+class BayesParams(ComponentArrays):
   """The variational posterior of a Bayesian Gaussian mixture (a pytree).
 
   Array leaves (scikit-learn's fitted attributes of the same names)::
@@ -76,17 +76,6 @@ class BayesParams:
   precisions_cholesky: Any
   covariance_type: str = "full"
   weight_concentration_prior_type: str = "dirichlet_process"
-
-  def replace(self, **kwargs) -> BayesParams:
-    return dataclasses.replace(self, **kwargs)
-
-  @property
-  def n_components(self) -> int:
-    return self.means.shape[-2]
-
-  @property
-  def n_features(self) -> int:
-    return self.means.shape[-1]
 
   @property
   def weights(self):

@@ -112,8 +112,9 @@ def fit_bayes_sharded(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
     >>> import jax, numpy as np, gmmjax as gx
     >>> X = jax.random.normal(jax.random.key(0), (200, 2))
     >>> prior = gx.make_bayes_prior(X, 3, covariance_type="diag")
-    >>> resp = jax.nn.softmax(jax.random.normal(jax.random.key(1), (200, 3)))
-    >>> p0 = gx.posterior_from_resp(X, resp, prior, covariance_type="diag")
+    >>> labels = jax.random.randint(jax.random.key(1), (200,), 0, 3)
+    >>> p0 = gx.posterior_from_resp(X, jax.nn.one_hot(labels, 3), prior,
+    ...                             covariance_type="diag")
     >>> a = gx.fit_bayes_sharded(X, p0, prior)
     >>> b = gx.fit_bayes(X, p0, prior)
     >>> int(a.n_iter) == int(b.n_iter), bool(

@@ -166,28 +166,43 @@ def _symmetrised(m):
   return 0.5 * (m + jnp.swapaxes(m, -1, -2))
 
 
-@jax.custom_jvp
-def cholesky_of(cov, chol):
-  """``chol``, a Cholesky factor of ``cov`` computed elsewhere, with the
-  derivative of ``cholesky(cov)``: ``dL = L Phi(L^-1 dC L^-T)``, ``Phi``
-  the lower triangle with the diagonal halved (``dC`` symmetrised, as
-  ``jnp.linalg.cholesky`` does). ``chol`` itself is not differentiated."""
-  del cov
-  return chol
+def _given_factor(name: str, tangent, doc: str):
+  """``f(cov, factor) = factor``, a factor of ``cov`` computed elsewhere,
+  whose derivative in ``cov`` is ``tangent(factor, dcov)`` (``dcov``
+  symmetrised, as ``jnp.linalg.cholesky`` reads it); ``factor`` itself is
+  not differentiated."""
+
+  def given(cov, factor):
+    del cov
+    return factor
+
+  given.__name__ = given.__qualname__ = name
+  given.__doc__ = doc
+  f = jax.custom_jvp(given)
+
+  @f.defjvp
+  def _jvp(primals, tangents):
+    cov, factor = primals
+    # The factor through the function itself, so that differentiating the
+    # tangent again (second derivatives) goes through this rule too.
+    factor = f(cov, lax.stop_gradient(factor))
+    return factor, tangent(factor, _symmetrised(tangents[0]))
+
+  return f
 
 
-@cholesky_of.defjvp
-def _cholesky_of_jvp(primals, tangents):
-  cov, chol = primals
-  dcov, _ = tangents
-  # The factor through the function itself, so that differentiating the
-  # tangent again (second derivatives) goes through this rule too.
-  chol = cholesky_of(cov, lax.stop_gradient(chol))
-  dcov = _symmetrised(dcov)
+def _cholesky_tangent(chol, dcov):
+  """``dL = L Phi(L^-1 dC L^-T)``."""
   tmp = triangular_solve(chol, dcov, left_side=True, lower=True)
   x = triangular_solve(chol, tmp, left_side=False, lower=True,
                        transpose_a=True)
-  return chol, mm.matmul(chol, _phi(x))
+  return mm.matmul(chol, _phi(x))
+
+
+def _precision_cholesky_tangent(prec, dcov):
+  """``dP = -P Phi(P^T dC P)^T`` (``P = L^-T``), products only."""
+  inner = mm.matmul(jnp.swapaxes(prec, -1, -2), mm.matmul(dcov, prec))
+  return -mm.matmul(prec, jnp.swapaxes(_phi(inner), -1, -2))
 
 
 def _phi(x):
@@ -196,26 +211,20 @@ def _phi(x):
       x, axis1=-2, axis2=-1)[..., None] * eye_like(x)
 
 
-@jax.custom_jvp
-def precision_cholesky_of(cov, prec_chol):
-  """``prec_chol``, the precision factor of ``cov`` (full/tied) known from
-  elsewhere (a fit's result), with the derivative of
-  ``precision_cholesky(cov)``: from ``dL = L Phi(L^-1 dC L^-T)`` and
-  ``P = L^-T``, ``dP = -P Phi(P^T dC P)^T``, products only. Refactorising a
-  covariance that a fit repaired with a jitter can fail by rounding; this
-  never factorises. ``prec_chol`` itself is not differentiated."""
-  del cov
-  return prec_chol
+cholesky_of = _given_factor("cholesky_of", _cholesky_tangent, """
+``chol``, a Cholesky factor of ``cov`` computed elsewhere, with the
+derivative of ``cholesky(cov)``: ``dL = L Phi(L^-1 dC L^-T)``, ``Phi`` the
+lower triangle with the diagonal halved (``dC`` symmetrised, as
+``jnp.linalg.cholesky`` does). ``chol`` itself is not differentiated.""")
 
-
-@precision_cholesky_of.defjvp
-def _precision_cholesky_of_jvp(primals, tangents):
-  cov, prec = primals
-  dcov, _ = tangents
-  prec = precision_cholesky_of(cov, lax.stop_gradient(prec))  # see above
-  dcov = _symmetrised(dcov)
-  inner = mm.matmul(jnp.swapaxes(prec, -1, -2), mm.matmul(dcov, prec))
-  return prec, -mm.matmul(prec, jnp.swapaxes(_phi(inner), -1, -2))
+precision_cholesky_of = _given_factor(
+    "precision_cholesky_of", _precision_cholesky_tangent, """
+``prec_chol``, the precision factor of ``cov`` (full/tied) known from
+elsewhere (a fit's result), with the derivative of
+``precision_cholesky(cov)``: from ``dL = L Phi(L^-1 dC L^-T)`` and
+``P = L^-T``, ``dP = -P Phi(P^T dC P)^T``, products only. Refactorising a
+covariance that a fit repaired with a jitter can fail by rounding; this
+never factorises. ``prec_chol`` itself is not differentiated.""")
 
 
 def covariance_cholesky_given(covariances, precisions_cholesky):

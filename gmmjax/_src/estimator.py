@@ -142,20 +142,12 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
                weights_init=None, means_init=None, precisions_init=None,
                random_state=None, warm_start=False, verbose=0,
                verbose_interval=10, rank=None, nan_policy="raise"):
-    self.n_components = n_components
-    self.covariance_type = covariance_type
-    self.tol = tol
-    self.reg_covar = reg_covar
-    self.max_iter = max_iter
-    self.n_init = n_init
-    self.init_params = init_params
+    super().__init__(n_components, covariance_type, tol, reg_covar, max_iter,
+                     n_init, init_params, random_state, warm_start, verbose,
+                     verbose_interval)
     self.weights_init = weights_init
     self.means_init = means_init
     self.precisions_init = precisions_init
-    self.random_state = random_state
-    self.warm_start = warm_start
-    self.verbose = verbose
-    self.verbose_interval = verbose_interval
     self.rank = rank
     self.nan_policy = nan_policy
 

@@ -81,6 +81,23 @@ def key_from_random_state(random_state):
 class MixtureBase:
   """A fitted Gaussian mixture's state, data checks and inference methods."""
 
+  def __init__(self, n_components, covariance_type, tol, reg_covar, max_iter,
+               n_init, init_params, random_state, warm_start, verbose,
+               verbose_interval):
+    """The parameters every mixture estimator has (scikit-learn's
+    ``BaseMixture.__init__``): each stored as given, checked at ``fit``."""
+    self.n_components = n_components
+    self.covariance_type = covariance_type
+    self.tol = tol
+    self.reg_covar = reg_covar
+    self.max_iter = max_iter
+    self.n_init = n_init
+    self.init_params = init_params
+    self.random_state = random_state
+    self.warm_start = warm_start
+    self.verbose = verbose
+    self.verbose_interval = verbose_interval
+
   # -- fitted state ---------------------------------------------------------
 
   def __getattr__(self, name):

@@ -65,7 +65,8 @@ def negative_log_likelihood(u: UnconstrainedParams, X, *, sample_weight=None,
     penalty: optional ``penalty(params: GMMParams) -> scalar`` added to it.
 
   Returns:
-    A scalar.
+    A scalar: the mean of ``-log p(x)`` over the samples (weighted), plus
+    the penalty.
 
   Example:
     >>> import jax, jax.numpy as jnp, gmmjax as gx

@@ -17,12 +17,29 @@ COVARIANCE_TYPES = cov_ops.COVARIANCE_TYPES
 ALL_TYPES = cov_ops.ALL_TYPES
 
 
+class ComponentArrays:
+  """What a mixture's parameter pytrees share (:class:`GMMParams`, the
+  Bayesian posterior): a ``means`` leaf of shape ``(..., K, D)``."""
+
+  def replace(self, **kwargs):
+    """Returns a copy with the given fields replaced."""
+    return dataclasses.replace(self, **kwargs)
+
+  @property
+  def n_components(self) -> int:
+    return self.means.shape[-2]
+
+  @property
+  def n_features(self) -> int:
+    return self.means.shape[-1]
+
+
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["weights", "means", "covariances", "precisions_cholesky"],
     meta_fields=["covariance_type"])
 @dataclasses.dataclass(frozen=True)
-class GMMParams:
+class GMMParams(ComponentArrays):
   """Parameters of a Gaussian mixture: a pytree with a static covariance type.
 
   Array leaves (scikit-learn's shapes and conventions)::
@@ -53,10 +70,6 @@ class GMMParams:
   precisions_cholesky: Any
   covariance_type: str = "full"
 
-  def replace(self, **kwargs) -> GMMParams:
-    """Returns a copy with the given fields replaced."""
-    return dataclasses.replace(self, **kwargs)
-
   def recompute_factors(self) -> GMMParams:
     """The same parameters with ``precisions_cholesky`` derived from
     ``covariances`` again.
@@ -81,14 +94,6 @@ class GMMParams:
     """
     return make_params(self.weights, self.means, self.covariances,
                        covariance_type=self.covariance_type, dtype=self.dtype)
-
-  @property
-  def n_components(self) -> int:
-    return self.means.shape[-2]
-
-  @property
-  def n_features(self) -> int:
-    return self.means.shape[-1]
 
   @property
   def dtype(self):
