@@ -3,8 +3,8 @@
 On an accelerator each EM fit's E-step chunk is up to 1 GiB
 (``chunks.chunk_bytes``). A vmapped loop over restarts holds one chunk
 per member at a time unless ``batching.block_size`` runs the members in
-blocks of at most ``batching.ACCELERATOR_BLOCK_CHUNKS`` chunks. This script
-fits ``--n-init`` restarts of one problem (``gx.fit_restarts``, init
+blocks of at most ``ChunkOptions.accelerator_block_chunks`` chunks. This
+script fits ``--n-init`` restarts of one problem (``gx.fit_restarts``, init
 included, a fixed number of iterations) and prints the device's peak memory,
 the time and the best log-likelihood; ``--unbounded`` lifts the block bound
 (every member at once, as before the bound) and ``--block-chunks N`` sets
@@ -38,16 +38,17 @@ def main(argv=None):
   ap.add_argument("--n-init", type=int, default=32)
   ap.add_argument("--max-iter", type=int, default=3)
   ap.add_argument("--block-chunks", type=int, default=None,
-                  help="batching.ACCELERATOR_BLOCK_CHUNKS for this run")
+                  help="ChunkOptions.accelerator_block_chunks for this run")
   ap.add_argument("--unbounded", action="store_true",
                   help="run every member at once (no block bound)")
   args = ap.parse_args(argv)
   if args.unbounded and args.block_chunks is not None:
     ap.error("--unbounded and --block-chunks exclude each other")
+  options = gx.ChunkOptions()
   if args.block_chunks is not None:
-    batching.ACCELERATOR_BLOCK_CHUNKS = args.block_chunks
+    options = gx.ChunkOptions(accelerator_block_chunks=args.block_chunks)
   if args.unbounded:
-    batching.ACCELERATOR_BLOCK_CHUNKS = 1 << 40
+    options = gx.ChunkOptions(accelerator_block_chunks=1 << 40)
   dev = jax.devices()[0]
   stats0 = dev.memory_stats() or {}
   rng = np.random.default_rng(0)
@@ -60,16 +61,17 @@ def main(argv=None):
       "device": str(dev), "backend": jax.default_backend(),
       "shape": [args.n, args.d, args.k], "n_init": args.n_init,
       "unbounded": args.unbounded,
-      "block_chunks": batching.ACCELERATOR_BLOCK_CHUNKS,
+      "block_chunks": options.accelerator_block_chunks,
       "bytes_limit": stats0.get("bytes_limit"),
       "chunk_bytes": chunks.chunk_bytes(),
-      "block": batching.block_size(args.n_init, member),
+      "block": batching.block_size(args.n_init, member, options),
   }
   t0 = time.perf_counter()
   try:
     best, runs = gx.fit_restarts(
         jax.random.key(0), X, args.k, n_init=args.n_init,
-        method="random_from_data", max_iter=args.max_iter, tol=0.0)
+        method="random_from_data", max_iter=args.max_iter, tol=0.0,
+        chunking=options)
     jax.block_until_ready(runs)
     row["seconds"] = round(time.perf_counter() - t0, 2)
     row["best_log_likelihood"] = float(best.log_likelihood)

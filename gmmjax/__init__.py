@@ -29,6 +29,7 @@ from gmmjax._src.bayes_scale import (
 )
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
+from gmmjax._src.chunks import ChunkOptions
 from gmmjax._src.conditional import (
     condition,
     impute,
@@ -141,6 +142,7 @@ __all__ = [
     "BayesPrior",
     "BayesianGaussianMixture",
     "COVARIANCE_TYPES",
+    "ChunkOptions",
     "ConjugatePrior",
     "ConvergenceWarning",
     "DIFFERENTIATION_MODES",

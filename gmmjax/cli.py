@@ -27,6 +27,7 @@ and exit with status 1; no traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -43,15 +44,6 @@ from gmmjax._cli_files import (  # noqa: F401 (the command line's API)
 )
 
 # -- progress -----------------------------------------------------------------
-
-
-def __getattr__(name):
-  # The text bar moved to gmmjax._src.progress (the library shows it too);
-  # imported on use, so that ``gmmjax --help`` stays quick.
-  if name == "ProgressBar":
-    from gmmjax._src.progress import TextBar
-    return TextBar
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _want_progress(args) -> bool:
@@ -162,7 +154,6 @@ def select(args) -> int:
   import jax
 
   import gmmjax as gx
-  from gmmjax._src import progress
   X = read_data(args.data)
   if args.k_min < 1 or args.k_max < args.k_min:
     raise UserError(f"need 1 <= --k-min <= --k-max, got --k-min {args.k_min} "
@@ -176,8 +167,9 @@ def select(args) -> int:
     check_out(args.plot, (".png", ".pdf", ".svg"))
   ks = list(range(args.k_min, args.k_max + 1))
   start = time.perf_counter()
-  with progress.showing(_want_progress(args), args.max_iter,
-                        f"EM over k={ks[0]}..{ks[-1]}") as bar:
+  shown = _want_progress(args)
+  with (gx.progress_bar(args.max_iter, label=f"EM over k={ks[0]}..{ks[-1]}")
+        if shown else contextlib.nullcontext()) as bar:
     result = gx.select_n_components(jax.random.key(args.seed), X, ks,
                                     covariance_type=args.covariance_type,
                                     n_init=args.n_init, method=args.init_params,

@@ -30,9 +30,9 @@ if os.environ.get("GMMJAX_TEST_CPU_FLAGS", "1") != "0":
 # One OpenMP thread per process: scikit-learn's k-means (the references'
 # default init) runs OpenMP loops, and on the 2-core machine with two xdist
 # workers (and JAX's own threads) two threads per worker oversubscribe it:
-# a tiny k-means then waits on descheduled threads, up to seconds (iris,
-# n_init=8: 4-8 s against 0.2-0.3 s with one thread, 2026-12-03, under
-# load). Results do not depend on it (scikit-learn tests k-means labels
+# a tiny k-means then waits on descheduled threads, up to seconds
+# (benchmarks/README.md, "Figures behind the kernels' defaults"). Results
+# do not depend on it (scikit-learn tests k-means labels
 # equal across thread counts). Set before scikit-learn loads its OpenMP
 # runtime; subprocesses inherit it. A value the user set is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -214,14 +214,17 @@ def numpy_covariances(full, nk, cov_type, reg, d):
   return np.stack([np.diag(c).mean() for c in full]) + reg
 
 
+# Block budgets that compact any vmapped batch of fits into blocks of 2
+# members (batching.while_loop): pass as ``chunking=`` with ``compactions``.
+SMALL_BLOCKS = chunks.ChunkOptions(block_bytes=1, min_block=2, min_blocks=1)
+
+
 @pytest.fixture
-def small_blocks(retrace, monkeypatch):
-  """Forces batching.while_loop's compaction into blocks of 2 members (on
-  any backend) and records the batches it compacted."""
+def compactions(monkeypatch):
+  """Records the ``(block, batch)`` of every batch batching.while_loop
+  compacts, under the CPU's block rule on any backend, with fresh traces
+  (the record is made while tracing)."""
   monkeypatch.setattr(chunks, "on_cpu", lambda: True)
-  retrace(batching, "BLOCK_BYTES", 1)
-  retrace(batching, "_MIN_BLOCK", 2)
-  retrace(batching, "_MIN_BLOCKS", 1)
   sizes = []
   real = batching._compacted
 
@@ -230,7 +233,19 @@ def small_blocks(retrace, monkeypatch):
     return real(*args)
 
   monkeypatch.setattr(batching, "_compacted", spy)
-  return sizes
+  jax.clear_caches()
+  yield sizes
+  jax.clear_caches()
+
+
+@pytest.fixture
+def small_blocks(compactions, retrace):
+  """:data:`SMALL_BLOCKS` as the defaults, for the entry points that take
+  no ``chunking=`` (the estimator, ``select_n_components``); records the
+  compacted batches as ``compactions``."""
+  retrace(chunks, "DEFAULT_CHUNKS", dataclasses.replace(
+      chunks.DEFAULT_CHUNKS, block_bytes=1, min_block=2, min_blocks=1))
+  return compactions
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import pytest
 
 import gmmjax as gx
 from gmmjax._src.accel import fit_accelerated, squarem_point
+from tests.conftest import SMALL_BLOCKS
 
 
 def _overlapping(seed=0):
@@ -88,7 +89,7 @@ def test_alpha_one_is_two_em_steps(x64):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_float32_and_vmap(x64, small_blocks, dtype):
+def test_float32_and_vmap(x64, compactions, dtype):
   """Float32 stays finite and monotone; a vmapped batch equals single fits
   (compacted: blocks of 2 running members, batching.while_loop).
 
@@ -106,9 +107,9 @@ def test_float32_and_vmap(x64, small_blocks, dtype):
   keys = jax.random.split(jax.random.key(3), 3)
   p0 = jax.vmap(lambda k: gx.init_params(k, X, 3, covariance_type="diag",
                                          method="random"))(keys)
-  batch = jax.vmap(lambda p: fit_accelerated(X, p, max_iter=300,
-                                             tol=1e-5))(p0)
-  assert small_blocks == [(2, 3)]
+  batch = jax.vmap(lambda p: fit_accelerated(X, p, max_iter=300, tol=1e-5,
+                                             chunking=SMALL_BLOCKS))(p0)
+  assert compactions == [(2, 3)]
   exact = dtype == jnp.float64
   for i in range(3):
     one = fit_accelerated(X, jax.tree.map(lambda a, i=i: a[i], p0),

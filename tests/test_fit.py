@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
-from gmmjax._src import batching, chunks, compiling
+from gmmjax._src import chunks, compiling
 from gmmjax._src import fit as fit_lib
-from tests.conftest import make_blobs
+from tests.conftest import SMALL_BLOCKS, make_blobs
 
 COV_TYPES = ["full", "tied", "diag", "spherical"]
 
@@ -82,20 +82,20 @@ def test_vmap_over_initial_params_equals_separate_fits(X, x64):
 
 @pytest.mark.parametrize("block", [2, 1, 3])
 def test_vmapped_problems_compacted_equal_separate_fits(
-    X, x64, small_blocks, retrace, monkeypatch, block):
+    X, x64, compactions, monkeypatch, block):
   # 7 problems (blocks of 2, the last one partial, or of 1: the unbatched
   # body) on different data, so that they stop at different iterations and
   # finished ones are skipped. Block 3: an accelerator's memory bound
   # (backend patched) with 4 KiB chunks: each member's E-step (180 x 3 x 2
   # float64, 8,640 bytes) is capped at one chunk, and blocks hold 3.
+  options = SMALL_BLOCKS
   if block == 1:
-    retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
+    options = dataclasses.replace(options, sequential_member_bytes=1)
   if block == 3:
-    retrace(batching, "ACCELERATOR_BLOCK_CHUNKS", 3)
+    options = dataclasses.replace(options, accelerator_block_chunks=3,
+                                  accelerator_bytes=4096)
     monkeypatch.setattr(chunks, "on_cpu", lambda: False)
     monkeypatch.setattr(chunks, "device_memory", lambda: None)
-    retrace(chunks, "DEFAULT_CHUNKS", dataclasses.replace(
-        chunks.DEFAULT_CHUNKS, accelerator_bytes=4096))
   rng = np.random.default_rng(0)
   Xs = np.stack([np.asarray(X) * rng.uniform(0.5, 1.5)
                  + rng.normal(0, 0.3, X.shape) for _ in range(7)])
@@ -103,8 +103,9 @@ def test_vmapped_problems_compacted_equal_separate_fits(
   p0s = jax.vmap(lambda k, x: gx.init_params(k, x, 3, method="random"))(
       keys, Xs)
   batched = jax.jit(jax.vmap(
-      lambda x, p: gx.fit(x, p, max_iter=200, tol=1e-8)))(Xs, p0s)
-  assert small_blocks == [(block, 7)]
+      lambda x, p: gx.fit(x, p, max_iter=200, tol=1e-8, chunking=options)))(
+          Xs, p0s)
+  assert compactions == [(block, 7)]
   n_iters = []
   for i in range(7):
     single = gx.fit(Xs[i], jax.tree.map(lambda a, i=i: a[i], p0s),
@@ -240,18 +241,19 @@ def test_fit_restarts_picks_the_best(X, x64):
 
 
 @pytest.mark.parametrize("sequential", [False, True])
-def test_restarts_equal_separate_fits(X, x64, sequential, retrace, request):
+def test_restarts_equal_separate_fits(X, x64, sequential, request):
   """Vmapped or one after another (CPU, large data: blocks of one restart),
   each restart is the separate fit of its own initial params, stopping at
   its own iteration."""
   from gmmjax._src import restarts
+  options = None
   if sequential:
-    compacted = request.getfixturevalue("small_blocks")
-    retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
+    compacted = request.getfixturevalue("compactions")
+    options = dataclasses.replace(SMALL_BLOCKS, sequential_member_bytes=1)
   key = jax.random.key(3)
   params0 = restarts.init_restarts(key, X, 3, n_init=3, method="random")
   best, runs = gx.fit_restarts(key, X, 3, n_init=3, method="random",
-                               tol=1e-4, max_iter=50)
+                               tol=1e-4, max_iter=50, chunking=options)
   if sequential:
     assert compacted == [(1, 3)]
   for i in range(3):

@@ -614,13 +614,12 @@ _DEFAULT_CODEGEN_FIT = """
 import json, sys
 import jax.numpy as jnp, numpy as np
 import gmmjax as gx
-from gmmjax._src import chunks
-# The GEMM forms, as guarded_kernels.
-chunks.DEFAULT_CHUNKS = chunks.ChunkOptions(direct_max_entries=0)
 d = np.load(sys.argv[1])
 p0 = gx.make_params(*(jnp.asarray(d[n]) for n in "wmc"),
                     covariance_type="full")
-r = gx.fit(jnp.asarray(d["X"]), p0, max_iter=100, tol=1e-8, reg_covar=1e-6)
+# The GEMM forms, as guarded_kernels.
+r = gx.fit(jnp.asarray(d["X"]), p0, max_iter=100, tol=1e-8, reg_covar=1e-6,
+           chunking=gx.ChunkOptions(direct_max_entries=0))
 print(json.dumps(dict(failed=bool(r.failed), jitter=float(r.jitter),
                       finite=bool(np.all(np.isfinite(np.asarray(r.params.means)))))))
 """

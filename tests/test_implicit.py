@@ -12,7 +12,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import make_blobs
+from conftest import SMALL_BLOCKS, make_blobs
 from jax.test_util import check_grads
 
 import gmmjax as gx
@@ -137,7 +137,7 @@ def test_check_grads_forward_and_reverse(x64):
               eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
-def test_vmap_grad_over_restarts_equals_each_restart_float32(small_blocks):
+def test_vmap_grad_over_restarts_equals_each_restart_float32(compactions):
   # float32, the default dtype: the implicit rule must work there too. The
   # batched fits (shared data, batched params and regularisers) run in
   # blocks of 2 restarts, the finished ones skipped (batching.while_loop).
@@ -147,12 +147,13 @@ def test_vmap_grad_over_restarts_equals_each_restart_float32(small_blocks):
       reg_covar=REG))(jax.random.split(jax.random.key(7), 3))
   # Different regularisers too, so that the restarts end at different fits.
   regs = jnp.asarray([REG, 0.05, 0.3], jnp.float32)
-  loss = lambda X, p0, reg: gx.fit(X, p0, tol=1e-7, max_iter=500,
-                                   reg_covar=reg).log_likelihood
+  loss = lambda X, p0, reg, chunking=None: gx.fit(
+      X, p0, tol=1e-7, max_iter=500, reg_covar=reg,
+      chunking=chunking).log_likelihood
   grad = jax.jit(jax.grad(loss))
-  batched = jax.jit(jax.vmap(jax.grad(loss), in_axes=(None, 0, 0)))(
-      X, p0s, regs)
-  assert small_blocks == [(2, 3)]
+  batched = jax.jit(jax.vmap(jax.grad(functools.partial(
+      loss, chunking=SMALL_BLOCKS)), in_axes=(None, 0, 0)))(X, p0s, regs)
+  assert compactions == [(2, 3)]
   singles = [grad(X, jax.tree.map(lambda a, i=i: a[i], p0s), regs[i])
              for i in range(3)]
   assert batched.dtype == jnp.float32 and np.all(np.isfinite(batched))

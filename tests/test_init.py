@@ -102,8 +102,7 @@ def test_bad_arguments():
 
 
 @pytest.mark.parametrize("blocks", ["vmapped", "pairs", "sequential"])
-def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, monkeypatch,
-                                                blocks):
+def test_restart_inits_are_the_split_keys_inits(X, x64, monkeypatch, blocks):
   """Restart i of init_restarts is init_params(split(key, n)[i]), whether
   the restarts run vmapped (small data), in blocks (lax.map with a batch
   size: 5 restarts in pairs, a remainder of one) or one at a time (large
@@ -113,15 +112,16 @@ def test_restart_inits_are_the_split_keys_inits(X, x64, retrace, monkeypatch,
   real = batching.block_size
   monkeypatch.setattr(batching, "block_size",
                       lambda *a: chosen.append(real(*a)) or chosen[-1])
+  options = None  # the defaults: 5 small restarts, one vmap
   if blocks != "vmapped":
-    retrace(chunks, "on_cpu", lambda: True)
-    retrace(batching, "_MIN_BLOCKS", 1)
-    retrace(batching, "BLOCK_BYTES", 1)
-    retrace(batching, "_MIN_BLOCK", 2)
+    monkeypatch.setattr(chunks, "on_cpu", lambda: True)  # the CPU's rule
+    options = gx.ChunkOptions(min_blocks=1, block_bytes=1, min_block=2)
   if blocks == "sequential":
-    retrace(batching, "SEQUENTIAL_MEMBER_BYTES", 1)
+    options = gx.ChunkOptions(sequential_member_bytes=1)
+  jax.clear_caches()  # block_size is read while tracing
   key = jax.random.key(7)
-  batch = restarts.init_restarts(key, X, 4, n_init=5, method="kmeans")
+  batch = restarts.init_restarts(key, X, 4, n_init=5, method="kmeans",
+                                 chunking=options)
   assert chosen == [{"vmapped": 5, "pairs": 2, "sequential": 1}[blocks]]
   keys = jax.random.split(key, 5)
   for i in range(5):

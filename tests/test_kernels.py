@@ -262,15 +262,15 @@ def test_accelerator_chunk_budget(monkeypatch):
 
 
 def test_accelerator_blocks_bound_vmapped_memory(monkeypatch):
-  """Off CPU, a vmapped EM loop runs at most ACCELERATOR_BLOCK_CHUNKS (2)
-  members' chunks at a time: 100 restarts of 1,000,000 x 64, K=64 (each
+  """Off CPU, a vmapped EM loop runs at most
+  ``ChunkOptions.accelerator_block_chunks`` (2) members' chunks at a time: 100 restarts of 1,000,000 x 64, K=64 (each
   capped at a 1 GiB chunk) in pairs; members smaller than a chunk together
   up to the same bytes; small problems all at once."""
   from gmmjax._src import batching
   monkeypatch.setattr(chunks, "on_cpu", lambda: False)
   monkeypatch.setattr(chunks, "device_memory", lambda: 96 << 30)
   gib = 1 << 30
-  assert batching.ACCELERATOR_BLOCK_CHUNKS == 2
+  assert chunks.DEFAULT_CHUNKS.accelerator_block_chunks == 2
   assert batching.block_size(100, 10**6 * 64 * 64 * 4) == 2
   assert batching.block_size(100, gib // 2) == 4
   assert batching.block_size(100, gib // 64) == 100

@@ -34,6 +34,7 @@ import numpy as np
 from gmmjax._src import checks, engine, results
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
+from gmmjax._src.chunks import ChunkOptions
 from gmmjax._src.engine import tree_where
 from gmmjax._src.fit import em_step_jitter
 from gmmjax._src.params import GMMParams, all_finite
@@ -118,6 +119,7 @@ class SquaremStep(NamedTuple):
   convergence. Phase 2 evaluates the extrapolated point; a bad value there
   only rejects the extrapolation.
   """
+  chunking: ChunkOptions | None = None  # the E-step's chunk budgets
   reduce = None
   evaluates_first = False  # the first step is an iteration already
 
@@ -133,7 +135,8 @@ class SquaremStep(NamedTuple):
     del started
     new, ll, jitter = em_step_jitter(problem.X, c.point,
                                      sample_weight=problem.sample_weight,
-                                     reg_covar=problem.reg_covar)
+                                     reg_covar=problem.reg_covar,
+                                     chunking=self.chunking)
     ok = all_finite(new) & jnp.isfinite(ll)
     p0, p1, p2 = c.phase == 0, c.phase == 1, c.phase == 2
     accept = p2 & ok & (ll >= c.ll1)
@@ -170,28 +173,33 @@ class SquaremStep(NamedTuple):
     """
     params = tree_where(c.phase == 0, c.base, c.mid)
     final = stats_lib.e_step_stats(params, problem.X,
-                                   sample_weight=problem.sample_weight)
+                                   sample_weight=problem.sample_weight,
+                                   chunking=self.chunking)
     return params, final.log_likelihood / final.count
 
   def n_positive(self, problem: engine.Problem):
     return results.n_positive_samples(problem.X, problem.sample_weight)
 
 
-@functools.partial(jax.jit, static_argnames=("history_len", "callback"))
+@functools.partial(jax.jit, static_argnames=("history_len", "callback",
+                                             "chunking"))
 def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-                 max_iter, history_len: int, callback: Callable | None):
+                 max_iter, history_len: int, callback: Callable | None,
+                 chunking: ChunkOptions | None = None):
   problem = engine.Problem(X, sample_weight, tol, reg_covar)
-  step = SquaremStep()
+  step = SquaremStep(chunking)
   result, state = engine.run(step, params, problem,
                              prev_ll=prev_log_likelihood, max_iter=max_iter,
-                             history_len=history_len, callback=callback)
+                             history_len=history_len, callback=callback,
+                             chunking=chunking)
   return result, AccelInfo(state.n_accepted, state.n_rejected)
 
 
 def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
                     max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                     prev_log_likelihood=-jnp.inf,
-                    callback: Callable | None = None, throw: bool = False):
+                    callback: Callable | None = None, throw: bool = False,
+                    chunking: ChunkOptions | None = None):
   """Fits a Gaussian mixture by SQUAREM-accelerated EM (one ``while_loop``).
 
   Same arguments, stopping rule and result as :func:`gmmjax.fit`, with EM's
@@ -221,6 +229,8 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
     callback: optional host ``callback(n_iter, log_likelihood, change)``.
     throw: raise an error when the fit fails, does not converge or
       degenerates, as :func:`gmmjax.fit`'s ``throw``.
+    chunking: optional :class:`gmmjax.ChunkOptions`, as in
+      :func:`gmmjax.fit`.
 
   Returns:
     A :class:`gmmjax.FitResult` (:func:`fit_accelerated_with_info` adds the
@@ -238,14 +248,15 @@ def fit_accelerated(X, params: GMMParams, *, sample_weight=None,
   return fit_accelerated_with_info(
       X, params, sample_weight=sample_weight, max_iter=max_iter, tol=tol,
       reg_covar=reg_covar, prev_log_likelihood=prev_log_likelihood,
-      callback=callback, throw=throw)[0]
+      callback=callback, throw=throw, chunking=chunking)[0]
 
 
 def fit_accelerated_with_info(X, params: GMMParams, *, sample_weight=None,
                               max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                               prev_log_likelihood=-jnp.inf,
                               callback: Callable | None = None,
-                              throw: bool = False):
+                              throw: bool = False,
+                              chunking: ChunkOptions | None = None):
   """:func:`fit_accelerated`, also returning its :class:`AccelInfo`.
 
   Same arguments and result; returns ``(FitResult, AccelInfo)``, the
@@ -272,7 +283,7 @@ def fit_accelerated_with_info(X, params: GMMParams, *, sample_weight=None,
                               jnp.asarray(prev_log_likelihood, X.dtype),
                               np.int32(max_iter),
                               history_len=results.history_length(max_iter),
-                              callback=callback)
+                              callback=callback, chunking=chunking)
   if throw:
     result = results.error_if_bad(result, "gmmjax.fit_accelerated")
   return result, info

@@ -24,60 +24,27 @@ from jax import lax
 
 from gmmjax._src import chunks
 
-# Members per block are chosen so that one block's per-member work, about
-# ``member_bytes`` each (e.g. an E-step's largest intermediate), spans this
-# many bytes: large enough to amortise the per-block gathers and to vectorise
-# across members, small enough that the last, partly finished block wastes
-# little (workload 6: blocks of 20-40 members measured fastest; figures in
-# benchmarks/README.md, "Figures behind the kernels' defaults").
-BLOCK_BYTES = 1 << 18
-_MIN_BLOCK = 16
 
-# Batches of fewer than this many blocks keep the plain vmapped loop. When
-# all members stop after about as many iterations (restarts of one problem),
-# blocks only add their gathers: 64 restarts of 1,000 x 2, K=3 in blocks of
-# 10 measured 20 ms against 16 ms in one batch.
-_MIN_BLOCKS = 4
-
-
-# Members at least this large run one at a time (blocks of one): their own
-# work fills the E-step's cache-sized chunks (chunks.ChunkOptions.cpu_bytes), so
-# batching them gains nothing per iteration, and each stops at its own
-# count. 16 vmapped restarts of 20,000 x 8, K=8 (workload 5, 5 MB each):
-# about 2.8x faster than the plain vmapped loop, as fast as lax.map over
-# them.
-SEQUENTIAL_MEMBER_BYTES = 2 << 20
-
-
-# On accelerators, members run together up to this many E-step chunks
-# (chunks.chunk_bytes(), at most 1/32 of the device's memory each) at a
-# time. A member's chunk there is up to 1 GiB, and a plain vmapped loop
-# holds one per member: 32 restarts of 1,000,000 x 64, K=64 asked an H200
-# limited to 18 GB for 16.8 GiB at once and ran out of memory.
-# A fit's program holds about 2 chunks of temporaries on CPU (1.1 GiB for
-# 537 MiB chunks) and more on a GPU; blocks of 4 chunks asked for 11.4 GiB
-# there and still failed, so blocks hold 2. Members of smaller problems
-# (whose whole E-step is below a chunk) share a block up to the same bytes,
-# and tiny ones run all at once.
-ACCELERATOR_BLOCK_CHUNKS = 2
-
-
-def block_size(batch: int, member_bytes: int) -> int:
-  """Members per block for a batch of ``batch`` (``batch``: no compaction)."""
+def block_size(batch: int, member_bytes: int,
+               options: chunks.ChunkOptions | None = None) -> int:
+  """Members per block for a batch of ``batch`` (``batch``: no compaction),
+  from ``options``' block budgets (:class:`chunks.ChunkOptions`)."""
+  o = chunks.resolve(options)
   if not chunks.on_cpu():
     # Accelerators want the widest batch that fits: whole unless the
-    # members' chunks together pass ACCELERATOR_BLOCK_CHUNKS chunks.
-    chunk = chunks.chunk_bytes()
+    # members' chunks together pass accelerator_block_chunks chunks.
+    chunk = chunks.chunk_bytes(o)
     per_member = max(1, min(int(member_bytes), chunk))
-    block = max(1, ACCELERATOR_BLOCK_CHUNKS * chunk // per_member)
+    block = max(1, o.accelerator_block_chunks * chunk // per_member)
     return int(min(batch, block))
-  if member_bytes >= SEQUENTIAL_MEMBER_BYTES:
+  if member_bytes >= o.sequential_member_bytes:
     return 1
-  block = max(_MIN_BLOCK, BLOCK_BYTES // max(int(member_bytes), 1))
-  return int(batch if batch < _MIN_BLOCKS * block else block)
+  block = max(o.min_block, o.block_bytes // max(int(member_bytes), 1))
+  return int(batch if batch < o.min_blocks * block else block)
 
 
-def map_members(fn: Callable, xs, *, member_bytes: int):
+def map_members(fn: Callable, xs, *, member_bytes: int,
+                options: chunks.ChunkOptions | None = None):
   """``jax.vmap(fn)(xs)`` in :func:`block_size` blocks of members.
 
   For work outside the EM loop that holds about ``member_bytes`` per member
@@ -86,7 +53,7 @@ def map_members(fn: Callable, xs, *, member_bytes: int):
   blocks (one member at a time, unbatched, for blocks of one).
   """
   batch = jax.tree.leaves(xs)[0].shape[0]
-  block = block_size(batch, member_bytes)
+  block = block_size(batch, member_bytes, options)
   if block >= batch:
     return jax.vmap(fn)(xs)
   if block == 1:
@@ -95,7 +62,7 @@ def map_members(fn: Callable, xs, *, member_bytes: int):
 
 
 def while_loop(cond_fun: Callable, body_fun: Callable, init, operands, *,
-               member_bytes: int):
+               member_bytes: int, options: chunks.ChunkOptions | None = None):
   """``lax.while_loop(cond_fun, lambda c: body_fun(c, operands, None), init)``.
 
   Under ``jax.vmap``, members that have stopped cost nothing: each step
@@ -108,7 +75,7 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init, operands, *,
   ``active``: a bool that is false for the filler slots of a block, or
   ``None`` where the body also runs for stopped members (plain loop or
   plain ``vmap``), in which case ``cond_fun(carry)`` tells. ``member_bytes``
-  sizes the blocks (:func:`block_size`). Not for reverse-mode
+  and ``options`` size the blocks (:func:`block_size`). Not for reverse-mode
   differentiation (no ``while_loop`` is).
   """
 
@@ -126,7 +93,7 @@ def while_loop(cond_fun: Callable, body_fun: Callable, init, operands, *,
     ops_def = jax.tree.structure(ops)
     ops_mapped = ops_def.flatten_up_to(ops_batched)
     ops_axes = ops_def.unflatten([0 if b else None for b in ops_mapped])
-    block = block_size(axis_size, member_bytes)
+    block = block_size(axis_size, member_bytes, options)
     if block >= axis_size:
       out = jax.vmap(plain, in_axes=(0, ops_axes))(carry, ops)
     else:

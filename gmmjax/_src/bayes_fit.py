@@ -286,7 +286,7 @@ def bayes_restart_results(key, X, n_components: int, *, n_init: int,
 def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
                        covariance_type: str = "full",
                        weight_concentration_prior_type: str =
-                       "dirichlet_process", method: str = "kmeans",
+                       "dirichlet_process", method: str = "k-means++",
                        prior: bp.BayesPrior | None = None,
                        max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                        sample_weight=None, callback: Callable | None = None):
@@ -304,7 +304,10 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
     covariance_type: ``"full"``, ``"tied"``, ``"diag"`` or ``"spherical"``.
     weight_concentration_prior_type: ``"dirichlet_process"`` or
       ``"dirichlet_distribution"``.
-    method: scikit-learn's ``init_params`` names.
+    method: as in :func:`gmmjax.init_params` (scikit-learn's
+      ``init_params`` names; ``"k-means++"`` by default, as every function
+      that initialises; ``BayesianGaussianMixture`` keeps scikit-learn's
+      ``"kmeans"``).
     prior: a :class:`BayesPrior`; ``None`` for :func:`make_bayes_prior`'s
       defaults.
     max_iter, tol, reg_covar, sample_weight, callback: as in

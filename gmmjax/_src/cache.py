@@ -1,10 +1,10 @@
 """A persistent compilation cache, on by default for the estimator and CLI.
 
-A fresh process spends nearly all of a small fit's first call compiling:
-the README's estimator example takes 7-10 s, a 200 x 2, K=2 fit 2.5-3 s
-(2-core machine, 2026-12-02). JAX's persistent compilation cache makes
-later processes load the programs instead (1.5 s and 0.6 s), but JAX
-leaves it off until a directory is configured, so gmmjax configures one:
+A fresh process spends nearly all of a small fit's first call compiling.
+JAX's persistent compilation cache makes later processes load the
+programs instead (a fraction of the time: benchmarks/README.md, "Figures
+behind the kernels' defaults"), but JAX leaves it off until a directory
+is configured, so gmmjax configures one:
 :func:`enable_default_cache`, called by the estimator's entry points and by
 the command line.
 
@@ -36,13 +36,11 @@ ENV_DIR = "GMMJAX_CACHE_DIR"
 ENV_OFF = "GMMJAX_NO_CACHE"
 
 # JAX writes only programs that took at least this long to compile (its own
-# default, 1 s, would skip all but the largest of gmmjax's). A tutorial-sized
-# fit's programs took (README example and 200 x 2, K=2; 2-core machine
-# under load, 2026-12-02): init and EM 0.9-3.9 s, sample 0.9-1.0 s, predict,
-# predict_proba and score_samples 0.15-0.3 s (1-D, K=1: 0.03-0.08 s);
-# one-operation programs (gmmjax's data staging, a user's eager jnp calls)
-# 0.01-0.05 s, of which loading saves ~20 ms, for a file each. 0.05 keeps
-# the first kind and leaves out most of the second.
+# default, 1 s, would skip all but the largest of gmmjax's). A small fit's
+# programs (init and EM, sample, the evaluation programs) take longer, and
+# one-operation programs (data staging, a user's eager jnp calls) shorter:
+# loading those saves little against a file each. The figures are in
+# benchmarks/README.md, "Figures behind the kernels' defaults".
 MIN_COMPILE_TIME_SECS = 0.05
 
 # JAX warns, per program, when an entry cannot be read (cut short by a full

@@ -21,7 +21,12 @@ from gmmjax._src import covariance as cov_lib
 
 @dataclasses.dataclass(frozen=True)
 class ChunkOptions:
-  """Chunk sizes and memory budgets of the E-step's kernels.
+  """Chunk sizes and memory budgets: the E-step's chunks of samples, and the
+  blocks of members a vmapped batch of fits runs in.
+
+  Pass one as ``chunking=`` to the functions that take it (``fit``,
+  ``fit_restarts``, ...); results do not depend on it beyond the order of
+  float sums, only time and memory do. ``None`` means these defaults.
 
   Attributes:
     cpu_bytes: budget, in bytes, of the largest per-chunk intermediate on CPU
@@ -49,6 +54,36 @@ class ChunkOptions:
       dimension 2 or 3 gains nothing), and one branch compiles in about half
       the time of two (tutorial-sized fits, vmapped small problems).
     min_chunk: the fewest samples in a chunk, whatever the budget.
+    block_bytes: on CPU, the bytes of per-member work (about one E-step's
+      largest intermediate each) that one block of a vmapped batch of fits
+      spans (``batching.while_loop``, which runs only the blocks of members
+      still iterating): large enough to amortise the per-block gathers,
+      small enough that the last, partly finished block wastes little
+      (blocks of 20-40 members measured fastest on workload 6).
+    min_block: the fewest members in a CPU block.
+    min_blocks: batches of fewer than this many blocks keep the plain
+      vmapped loop: when all members stop after about as many iterations
+      (restarts of one problem), blocks only add their gathers.
+    sequential_member_bytes: on CPU, members at least this large run one at
+      a time: their own work fills the E-step's cache-sized chunks, so
+      batching them gains nothing per iteration, and each stops at its own
+      count.
+    accelerator_block_chunks: on accelerators, members run together up to
+      this many E-step chunks (:func:`chunk_bytes`) at a time; a plain
+      vmapped loop holds one chunk per member and ran out of memory for 32
+      restarts of a large problem on an H200.
+
+  The measured figures behind each default are in ``benchmarks/README.md``
+  ("Chunk budgets", "Figures behind the kernels' defaults").
+
+  Example:
+    >>> import jax, gmmjax as gx
+    >>> X = jax.random.normal(jax.random.key(0), (300, 2))
+    >>> p0 = gx.init_params(jax.random.key(1), X, 2)
+    >>> small = gx.ChunkOptions(cpu_bytes=1, accelerator_bytes=1)  # 128 rows
+    >>> a, b = gx.fit(X, p0), gx.fit(X, p0, chunking=small)
+    >>> bool(abs(a.log_likelihood - b.log_likelihood) < 1e-5)
+    True
   """
 
   cpu_bytes: int = 2 << 20
@@ -57,6 +92,11 @@ class ChunkOptions:
   whitened_factor: int = 4
   direct_max_entries: int = 1 << 16
   min_chunk: int = 128
+  block_bytes: int = 1 << 18
+  min_block: int = 16
+  min_blocks: int = 4
+  sequential_member_bytes: int = 2 << 20
+  accelerator_block_chunks: int = 2
 
 
 DEFAULT_CHUNKS = ChunkOptions()

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import batching, checks
+from gmmjax._src import batching, checks, chunks
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import priors as priors_lib
 from gmmjax._src import stats as stats_lib
@@ -207,6 +207,7 @@ class EMStep(NamedTuple):
   """
   reduce: Callable | None = None  # adds statistics over shards (lax.psum)
   slots: int | None = None  # missing-entry slots per row (stats.e_step_stats)
+  chunking: chunks.ChunkOptions | None = None  # the E-step's chunk budgets
   evaluates_first = True  # the first pass is not an iteration
 
   def init(self, params: GMMParams, problem: Problem) -> EMState:
@@ -230,7 +231,7 @@ class EMStep(NamedTuple):
     stats = stats_lib.e_step_stats(params, problem.X,
                                    sample_weight=problem.sample_weight,
                                    shift=shift, observed=problem.observed,
-                                   slots=self.slots)
+                                   slots=self.slots, chunking=self.chunking)
     return stats if self.reduce is None else self.reduce(stats)
 
   def conclude(self, state: EMState, started, new, jitter, stats,
@@ -281,7 +282,8 @@ class Carry(NamedTuple):
 
 def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
         history_len: int, callback: Callable | None = None,
-        unrolled_steps: int | None = None, compact: bool = True):
+        unrolled_steps: int | None = None, compact: bool = True,
+        chunking: chunks.ChunkOptions | None = None):
   """Iterates ``step`` from ``params`` until the stopping rule holds.
 
   Returns the :class:`FitResult` and the step's final state.
@@ -291,7 +293,8 @@ def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
   ``lax.while_loop`` (e.g. inside ``shard_map``, whose collectives every
   device must reach); with ``unrolled_steps``, a ``lax.scan`` of that many
   steps (those after the stop masked out) that reverse mode can
-  differentiate, its memory growing with the length.
+  differentiate, its memory growing with the length. ``chunking`` sizes the
+  vmapped loop's blocks (the step's E-step reads its own).
   """
   X = problem.X
 
@@ -320,7 +323,7 @@ def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
     k, d = params.means.shape
     out = batching.while_loop(
         cond, body, init, problem,
-        member_bytes=X.shape[0] * k * d * X.dtype.itemsize)
+        member_bytes=X.shape[0] * k * d * X.dtype.itemsize, options=chunking)
   else:
     out = lax.while_loop(cond, lambda c: body(c, problem), init)
   fitted, ll = step.result(out.state, problem)

@@ -98,10 +98,10 @@ def pad_samples(X, *, sample_weight=None, n_rows: int | None = None):
 # type's slots fit the budget, the four covariance types share it too:
 # type_switch.py).
 # Only where the extra slots cost little: at most SLOTS_MAX_ENTRIES entries
-# of the E-step's (rows x slots x features [x features]) work. At 2**20,
-# digits (640 x 8 slots x 64 features, diag, K=5) fitted in slots: 8 seeds
-# x 8 restarts took 14.0 s against 9.2 s in 5 components (2026-12-02), so
-# problems that large keep their exact count.
+# of the E-step's (rows x slots x features [x features]) work. At 4 times
+# that, the slots' extra work cost more than the compiles they save
+# (benchmarks/README.md, "Figures behind the kernels' defaults"), so
+# larger problems keep their exact count.
 SLOTS_MIN = 8
 SLOTS_MAX_ENTRIES = 1 << 18
 

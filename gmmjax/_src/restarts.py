@@ -12,6 +12,7 @@ import numpy as np
 from gmmjax._src import batching, checks, compiling, missing
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import init as init_lib
+from gmmjax._src.chunks import ChunkOptions
 from gmmjax._src.fit import (
     FitResult,
     check_max_iter,
@@ -57,9 +58,10 @@ def take(tree, index):
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "n_components", "n_init", "covariance_type", "method", "rank"))
+    "n_components", "n_init", "covariance_type", "method", "rank",
+    "chunking"))
 def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
-                covariance_type, method, rank=None):
+                covariance_type, method, rank=None, chunking=None):
   keys = jax.random.split(key, n_init)
 
   def one(k):
@@ -73,7 +75,8 @@ def _init_batch(key, X, sample_weight, reg_covar, n_components, n_init,
   # does not grow with n_init (32 restarts of 1,000,000 samples, K=64: 8 GB
   # at once).
   return batching.map_members(
-      one, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
+      one, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize,
+      options=chunking)
 
 
 @jax.jit
@@ -97,12 +100,13 @@ def _init_one(key, X, n_components, covariance_type, method, reg_covar,
 def init_restarts(key, X, n_components: int, *, n_init: int = 1,
                   covariance_type: str = "full", method: str = "k-means++",
                   reg_covar=1e-6, sample_weight=None,
-                  rank: int | None = None) -> GMMParams:
+                  rank: int | None = None,
+                  chunking: ChunkOptions | None = None) -> GMMParams:
   """``n_init`` initial params (a leading batch axis) from ``split(key)``.
 
   Restart ``i`` is ``init_params(jax.random.split(key, n_init)[i], ...)``.
   One restart runs the unbatched :func:`init_params` program (with the
-  split compiled in).
+  split compiled in). ``chunking`` sizes the blocks restarts run in.
   """
   X = checks.as_data(X)
   _check_n_init(n_init)
@@ -114,7 +118,8 @@ def init_restarts(key, X, n_components: int, *, n_init: int = 1,
                      n_components=n_components, n_init=n_init,
                      covariance_type=covariance_type, method=method,
                      rank=init_lib.check_rank(rank, covariance_type,
-                                              X.shape[1]))
+                                              X.shape[1]),
+                     chunking=chunking)
 
 
 def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
@@ -122,7 +127,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                  max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
                  sample_weight=None,
                  callback: Callable | None = None,
-                 rank: int | None = None
+                 rank: int | None = None,
+                 chunking: ChunkOptions | None = None
                  ) -> tuple[FitResult, FitResult]:
   """``n_init`` initialisations and EM fits, as one compiled program.
 
@@ -130,7 +136,7 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
   blocks: on CPU the fits skip finished restarts and run one at a time once
   a restart's data fill a chunk, and the inits of such restarts run one at
   a time; on accelerators a block holds at most
-  ``batching.ACCELERATOR_BLOCK_CHUNKS`` E-step chunks.
+  ``ChunkOptions.accelerator_block_chunks`` E-step chunks.
 
   Args:
     key: PRNG key; it is split into ``n_init`` keys, one per restart.
@@ -139,7 +145,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
     n_init: number of restarts (static).
     covariance_type, method, reg_covar, sample_weight, rank: as in
       :func:`init_params`.
-    max_iter, tol, callback: as in :func:`fit`.
+    max_iter, tol, callback, chunking: as in :func:`fit` (``chunking`` also
+      sizes the blocks the restarts' initialisations run in).
 
   Returns:
     ``(best, all_results)``: the best :class:`FitResult` (highest final
@@ -160,7 +167,7 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                             covariance_type=covariance_type, method=method,
                             max_iter=max_iter, tol=tol, reg_covar=reg_covar,
                             sample_weight=sample_weight, callback=callback,
-                            rank=rank)
+                            rank=rank, chunking=chunking)
   if n_init == 1:
     return results, _add_axis(results)
   return best_restart(results), results
@@ -169,7 +176,7 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
                   n_active, observed=None, structure=None, *, n_components,
                   n_init, covariance_type, method, history_len, callback,
-                  rank=None, slots=None):
+                  rank=None, slots=None, chunking=None):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
@@ -213,7 +220,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
     return fit_checked(X, params, sample_weight, tol, reg_covar, -jnp.inf,
                        None, max_iter, history_len, callback=callback,
                        mask=mask, observed=observed, slots=slots,
-                       structure=structure)
+                       structure=structure, chunking=chunking)
 
   if n_init == 1:
     return fit_one(init(key, True))
@@ -221,7 +228,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   # distances: restarts run in blocks (see _init_batch).
   params0 = batching.map_members(
       lambda k: init(k, False), jax.random.split(key, n_init),
-      member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
+      member_bytes=X.shape[0] * n_components * X.dtype.itemsize,
+      options=chunking)
   # The vmapped loop runs only the restarts still iterating (on CPU), one at
   # a time once a restart's data fill a chunk, and on accelerators in
   # blocks bounded by memory (batching.while_loop).
@@ -232,7 +240,7 @@ _init_and_fit_programs = compiling.jit_by_size(
     _init_and_fit, static_argnames=("n_components", "n_init",
                                     "covariance_type", "method",
                                     "history_len", "callback", "rank",
-                                    "slots"))
+                                    "slots", "chunking"))
 
 
 def restart_results(key, X, n_components: int, *, n_init: int,
@@ -241,7 +249,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                     overrides: dict | None = None,
                     n_active: int | None = None,
                     rank: int | None = None,
-                    observed=None, structure: int | None = None
+                    observed=None, structure: int | None = None,
+                    chunking: ChunkOptions | None = None
                     ) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
@@ -288,7 +297,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback,
-                 rank=rank, slots=missing.max_missing(observed))
+                 rank=rank, slots=missing.max_missing(observed),
+                 chunking=chunking)
 
 
 def _given_values(overrides, k, d, covariance_type, dtype):

@@ -287,7 +287,8 @@ def e_step_stats(params: GMMParams, X, *, sample_weight=None, shift=None,
     temperature: optional positive scalar; responsibilities become
       ``softmax(log(w_k N_k(x)) / temperature)`` (1 is plain EM).
     chunking: chunk sizes and memory budgets (a hashable
-      ``ChunkOptions``, static); ``None`` for the measured defaults.
+      :class:`gmmjax.ChunkOptions`, static); ``None`` for the measured
+      defaults.
     observed: optional ``(N, D)`` boolean mask, True where an entry of
       ``X`` was observed: the others are missing at random (their values
       are ignored). Responsibilities and ``log_likelihood`` then come from
