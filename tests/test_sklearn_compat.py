@@ -25,6 +25,7 @@ from sklearn.utils._param_validation import (
 )
 
 import gmmjax as gx
+from gmmjax._src import param_spec as spec
 from gmmjax._src import sklearn_compat as compat
 
 COLUMNS = ["a", "b", "c"]
@@ -156,8 +157,8 @@ def test_invalid_parameters_raise_scikit_learns_error(frame, params, message):
 
 
 def test_optional_parameters_in_scikit_learns_constraints():
-  constraints = compat.sklearn_constraints(
-      dict(rank=compat.integer(1, or_none=True), how=compat.options("a")))
+  constraints = spec.sklearn_constraints(
+      dict(rank=spec.integer(1, or_none=True), how=spec.options("a")))
   assert constraints["rank"][1:] == [None]
   assert len(constraints["how"]) == 1
   with pytest.raises(InvalidParameterError, match="an int in the range "
@@ -291,13 +292,13 @@ def test_routing_off_passes_fit_params_as_before(frame):
 
 
 class _Plain(compat.FallbackBase):
-  _parameter_spec = dict(k=compat.integer(1), tol=compat.real(0.0),
-                         kind=compat.options("x", "y"), flag=compat.BOOLEAN,
-                         verbose=compat.VERBOSE, seed=compat.RANDOM_STATE,
-                         rank=compat.integer(1, or_none=True),
-                         prior=compat.real(0.0, open_low=True, or_none=True),
-                         cov=compat.any_of(compat.ARRAY_OR_NONE,
-                                           compat.real(0.0, open_low=True)))
+  _parameter_spec = dict(k=spec.integer(1), tol=spec.real(0.0),
+                         kind=spec.options("x", "y"), flag=spec.BOOLEAN,
+                         verbose=spec.VERBOSE, seed=spec.RANDOM_STATE,
+                         rank=spec.integer(1, or_none=True),
+                         prior=spec.real(0.0, open_low=True, or_none=True),
+                         cov=spec.any_of(spec.ARRAY_OR_NONE,
+                                           spec.real(0.0, open_low=True)))
 
   def __init__(self, k=1, *, tol=1e-3, kind="x", flag=False, verbose=0,
                seed=None, rank=None, prior=None, cov=None):
@@ -337,7 +338,7 @@ def test_fallback_parameter_checks(params, message):
   # order of a set of options, which varies with the string hash seed).
   with pytest.raises(InvalidParameterError) as sk_info:
     validate_parameter_constraints(
-        compat.sklearn_constraints(_Plain._parameter_spec),
+        spec.sklearn_constraints(_Plain._parameter_spec),
         _Plain(**params).get_params(), "_Plain")
   ours, theirs = str(info.value), str(sk_info.value)
   if "kind" in params:

@@ -17,7 +17,7 @@ import numpy as np
 from gmmjax._src import bayes_fit
 from gmmjax._src import bayes_params as bp
 from gmmjax._src import covariance as cov_lib
-from gmmjax._src import sklearn_compat as compat
+from gmmjax._src import param_spec as spec
 from gmmjax._src.estimator import GaussianMixture
 from gmmjax._src.estimator_base import (
   MIXTURE_PARAMETERS,
@@ -40,7 +40,7 @@ class _Absent:
                          "(scikit-learn's has none either).")
 
 
-_POSITIVE_OR_NONE = compat.real(0.0, open_low=True, or_none=True)
+_POSITIVE_OR_NONE = spec.real(0.0, open_low=True, or_none=True)
 
 
 class BayesianGaussianMixture(GaussianMixture):
@@ -85,14 +85,14 @@ class BayesianGaussianMixture(GaussianMixture):
 
   # scikit-learn's BayesianGaussianMixture._parameter_constraints.
   _parameter_spec = dict(
-      MIXTURE_PARAMETERS, covariance_type=compat.options(*COVARIANCE_TYPES),
-      weight_concentration_prior_type=compat.options(*bp.PRIOR_TYPES),
+      MIXTURE_PARAMETERS, covariance_type=spec.options(*COVARIANCE_TYPES),
+      weight_concentration_prior_type=spec.options(*bp.PRIOR_TYPES),
       weight_concentration_prior=_POSITIVE_OR_NONE,
       mean_precision_prior=_POSITIVE_OR_NONE,
-      mean_prior=compat.ARRAY_OR_NONE,
+      mean_prior=spec.ARRAY_OR_NONE,
       degrees_of_freedom_prior=_POSITIVE_OR_NONE,
-      covariance_prior=compat.any_of(compat.ARRAY_OR_NONE,
-                                     compat.real(0.0, open_low=True)))
+      covariance_prior=spec.any_of(spec.ARRAY_OR_NONE,
+                                   spec.real(0.0, open_low=True)))
 
   def __init__(self, *, n_components=1, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",

@@ -7,6 +7,13 @@ results. scikit-learn is optional: once it is imported the estimator is a
 ``sklearn.utils.estimator_checks.check_estimator`` passes; without it, the
 same parameter protocol and checks work on their own.
 
+The class is assembled from ``MixtureBase`` (fitted state and data
+checks, estimator_base), ``MixtureInference`` (``predict``, ``score``,
+``sample``, ..., estimator_inference), ``MixtureRestarts`` (the restarts,
+warm starts and the kept restart, estimator_restarts) and
+``DensityEstimator``; this module holds the constructor, the parameter
+checks, ``fit`` and ``partial_fit``.
+
 Differences from ``sklearn.mixture.GaussianMixture`` (all deliberate):
 
 * ``n_init`` restarts run as one vmapped compiled program, not a Python loop;
@@ -26,46 +33,26 @@ import warnings
 import jax
 import numpy as np
 
-from gmmjax._src import (
-    checks,
-    missing,
-    padding,
-    restarts,
-    scale_online,
-    type_switch,
-)
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import init as init_lib
 from gmmjax._src import nan_policy as nan_lib
+from gmmjax._src import param_spec as spec
 from gmmjax._src import progress as progress_lib
+from gmmjax._src import restarts, scale_online
 from gmmjax._src import sklearn_compat as compat
 from gmmjax._src import validation as val
 from gmmjax._src.estimator_base import (
-    MIXTURE_PARAMETERS,
-    MixtureBase,
-    key_from_random_state,
+  MIXTURE_PARAMETERS,
+  MixtureBase,
+  key_from_random_state,
 )
+from gmmjax._src.estimator_inference import MixtureInference
+from gmmjax._src.estimator_restarts import MixtureRestarts
 from gmmjax._src.params import ALL_TYPES
 
 
-def _best_by_lower_bound(lower_bounds, failed) -> int:
-  """scikit-learn's choice of restart: the highest ``lower_bound_``.
-
-  As its loop keeps them: a later restart replaces the kept one when its
-  lower bound is strictly higher or the kept one's is ``-inf`` (so with
-  ``max_iter=0`` the last restart is kept). Failed restarts are kept only
-  when all failed. More restarts never lower ``lower_bound_``.
-  """
-  best, best_lb = None, -np.inf
-  for i, (lb, bad) in enumerate(zip(lower_bounds, failed)):
-    if bad:
-      continue
-    if best is None or lb > best_lb or best_lb == -np.inf:
-      best, best_lb = i, lb
-  return 0 if best is None else best
-
-
-class GaussianMixture(MixtureBase, compat.DensityEstimator):
+class GaussianMixture(MixtureBase, MixtureInference, MixtureRestarts,
+                      compat.DensityEstimator):
   """Gaussian mixture fitted by EM, with scikit-learn's interface.
 
   Parameters, defaults and fitted attributes are those of
@@ -131,11 +118,11 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
   """
 
   _parameter_spec = dict(
-      MIXTURE_PARAMETERS, covariance_type=compat.options(*ALL_TYPES),
-      weights_init=compat.ARRAY_OR_NONE, means_init=compat.ARRAY_OR_NONE,
-      precisions_init=compat.ARRAY_OR_NONE,
-      rank=compat.integer(1, or_none=True),
-      nan_policy=compat.options(*nan_lib.NAN_POLICIES))
+      MIXTURE_PARAMETERS, covariance_type=spec.options(*ALL_TYPES),
+      weights_init=spec.ARRAY_OR_NONE, means_init=spec.ARRAY_OR_NONE,
+      precisions_init=spec.ARRAY_OR_NONE,
+      rank=spec.integer(1, or_none=True),
+      nan_policy=spec.options(*nan_lib.NAN_POLICIES))
 
   def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3,
                reg_covar=1e-6, max_iter=100, n_init=1, init_params="kmeans",
@@ -184,85 +171,7 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
                        "'diag' or 'spherical', or impute the missing values "
                        "first.")
 
-  # -- fitting --------------------------------------------------------------
-
-  def _continue_fit(self, X, prev_log_likelihood, kwargs):
-    """``gx.fit`` from the fitted parameters on data ``_validate_X`` and
-    ``check_sample_weight`` already checked: ``gx.fit``'s own finiteness
-    check would be a second pass (and a program) over the same data."""
-    params, X, w = checks.prepare(self._params(), X, kwargs["sample_weight"])
-    observed = kwargs.get("observed")
-    X, w, observed = missing.sorted_rows(X, w, observed,
-                                         params.n_components)
-    max_iter = kwargs["max_iter"]
-    return fit_lib.fit_checked(
-        X, params, w, kwargs["tol"], kwargs["reg_covar"], prev_log_likelihood,
-        None, np.int32(max_iter), fit_lib.history_length(max_iter),
-        callback=kwargs["callback"], observed=observed,
-        slots=missing.max_missing(observed))
-
-  def _check_warm_start(self):
-    """A warm start continues the fitted model: its shape must not change.
-
-    scikit-learn silently keeps the fitted number of components when
-    ``n_components`` changed; gmmjax says so instead.
-    """
-    fitted_k = self.weights_.shape[0]
-    fitted_type = self._fitted_type()
-    fitted_rank = getattr(self, "loadings_", np.zeros((0, 0, 0))).shape[-1]
-    if (fitted_k != self.n_components or fitted_type != self.covariance_type
-        or (fitted_type == "lowrank" and fitted_rank != self.rank)):
-      raise ValueError(
-          f"warm_start=True continues the fitted model ({fitted_k} "
-          f"components, covariance_type={fitted_type!r}), but the "
-          f"estimator now has n_components={self.n_components}, "
-          f"covariance_type={self.covariance_type!r}. Set warm_start=False "
-          "to fit the new model from a fresh initialisation.")
-
-  def _fit_restarts(self, X, kwargs):
-    """Every restart's init and EM fit; small problems in component slots
-    (padding.component_slots), so that nearby n_components share the
-    program, and in the full type's program fitting any of the four types
-    (type_switch.shared_slots), so that the types share it too (the
-    caller drops the extra slots and converts the shapes on the host)."""
-    k, ctype = int(self.n_components), self.covariance_type
-    n, d = X.shape
-    overrides = self._initial_overrides(d)
-    slots, shared = self._slots(k, n, d, "observed" in kwargs)
-    structure = None
-    if shared:
-      structure = type_switch.CODES[ctype]
-      if overrides["precisions"] is not None:
-        overrides["precisions"] = type_switch.to_full(
-            overrides["precisions"], ctype, k, d)
-      ctype = "full"
-    if slots is not None:
-      overrides = self._slotted_overrides(overrides, slots, d, ctype)
-    return restarts.restart_results(
-        key_from_random_state(self.random_state), X,
-        k if slots is None else slots, n_init=int(self.n_init),
-        covariance_type=ctype, method=self.init_params, overrides=overrides,
-        n_active=None if slots is None else k, rank=self._rank(),
-        structure=structure, **kwargs)
-
-  def _slotted_overrides(self, overrides, slots, d, covariance_type):
-    """User-given initial values padded to ``slots`` components (weight 0,
-    mean 0, unit precision: padding.pad_components' slots)."""
-    fill = dict(weights=0.0, means=0.0,
-                precisions=padding.unit_covariance(covariance_type, d))
-    return {name: value if value is None or fill[name] is None
-            else padding.grow_components(value, slots, fill[name])
-            for name, value in overrides.items()}
-
-  def _initial_overrides(self, n_features):
-    k, ctype = self.n_components, self.covariance_type
-    return dict(
-        weights=None if self.weights_init is None else
-        val.check_weights_init(self.weights_init, k),
-        means=None if self.means_init is None else
-        val.check_means_init(self.means_init, k, n_features),
-        precisions=None if self.precisions_init is None else
-        val.check_precisions_init(self.precisions_init, ctype, k, n_features))
+  # -- fitting (its start and kept restart: MixtureRestarts) ----------------
 
   def _progress_callback(self, callback=None, progress=False):
     """The host callback the compiled loop calls each iteration, or None.
@@ -372,43 +281,7 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
       self._warn_few_distinct_points(X, w, n_samples)
     return self
 
-  def _kept_restart(self, results, warm: bool, start: float):
-    """The restart ``fit`` keeps (scikit-learn's), and its lower bound.
-
-    On the host: small NumPy work, nothing more to compile. Reports every
-    restart when ``verbose``; raises when the kept one failed.
-    """
-    results = jax.device_get(results)
-    params = padding.unpad_components(results.params, int(self.n_components))
-    if params.covariance_type != self.covariance_type:  # type_switch's
-      params = type_switch.params_from_full(params, self.covariance_type)
-    results = results._replace(params=params)
-    if warm or int(self.n_init) == 1:
-      results = jax.tree.map(lambda a: np.asarray(a)[None], results)
-    lower_bounds = fit_lib.lower_bound(results.history, results.n_iter, np)
-    best = _best_by_lower_bound(lower_bounds, np.asarray(results.failed))
-    result = restarts.take(results, best)
-    # Failed restarts rank last: the kept one failed only if all did. As in
-    # scikit-learn, that is an error (the functional fit returns the last
-    # finite params with `failed` set instead).
-    if bool(result.failed) or not all(
-        np.all(np.isfinite(np.asarray(leaf)))
-        for leaf in jax.tree.leaves(result.params)):
-      raise ValueError(
-          "Fitting the mixture model failed because some components have "
-          "ill-defined empirical covariance (for instance caused by singleton "
-          "or collapsed samples). Try to decrease the number of components, "
-          "increase reg_covar, or scale the input data.")
-    if self.verbose:
-      lapse = time.perf_counter() - start
-      for i in range(results.n_iter.shape[0]):
-        state = "converged" if results.converged[i] else "did not converge"
-        print(f"Initialization {i} {state} after {int(results.n_iter[i])} "
-              f"iterations.\t time lapse {lapse:.5f}s\t lower bound "
-              f"{float(lower_bounds[i]):.5f}", flush=True)
-    return result, float(lower_bounds[best])
-
-  # -- inference ------------------------------------------------------------
+  # -- warnings and online fitting ------------------------------------------
 
   def _warn_few_distinct_points(self, X, w, n_samples):
     """scikit-learn's k-means warning, where the data explain a degenerate
@@ -497,4 +370,3 @@ class GaussianMixture(MixtureBase, compat.DensityEstimator):
                                               self._online_n_positive,
                                               reg_covar=float(self.reg_covar)))
     return self
-

@@ -1,19 +1,21 @@
-"""The fitted mixture's side of gmmjax's estimators: state, data, inference.
+"""The fitted mixture's side of gmmjax's estimators: state and data.
 
 :class:`MixtureBase` holds what does not depend on how a mixture was
 fitted: ``_set_fitted`` (the one place fitted attributes are written),
 ``_params``/``params_`` (reading them back as a :class:`GMMParams`),
 :meth:`MixtureBase.from_params`, the checks of data given to a fitted
 model (``_validate_X``, which also sets or checks ``feature_names_in_``),
-the padding of data to the ladder of sizes (``_on_device``), and
-``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``,
-``aic`` and ``sample``.
+and the padding of data to the ladder of sizes (``_on_device``) and of
+components to slots (``_slots``). What a fitted mixture computes on data
+(``predict``, ``predict_proba``, ``score_samples``, ``score``, ``bic``,
+``aic``, ``impute``, ``sample``) is the mixin
+:class:`gmmjax._src.estimator_inference.MixtureInference`.
 
 A subclass provides ``n_components``, ``covariance_type``, ``rank``
 (None but for ``covariance_type="lowrank"``), ``random_state`` and
-``_check_parameters``, and inherits
-:class:`gmmjax._src.sklearn_compat.DensityEstimator` after this class (for
-``_validate_feature_names``).
+``_check_parameters``, and inherits ``MixtureInference`` and
+:class:`gmmjax._src.sklearn_compat.DensityEstimator` after this class (the
+latter for ``_validate_feature_names``).
 """
 
 from __future__ import annotations
@@ -21,20 +23,11 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from gmmjax._src import (
-  cache,
-  checks,
-  compiling,
-  conditional,
-  em,
-  missing,
-  padding,
-  type_switch,
-)
+from gmmjax._src import cache, checks, padding, type_switch
 from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import init as init_lib
 from gmmjax._src import nan_policy as nan_lib
-from gmmjax._src import sklearn_compat as compat
+from gmmjax._src import param_spec as spec
 from gmmjax._src import validation as val
 from gmmjax._src.params import GMMParams
 
@@ -42,17 +35,12 @@ from gmmjax._src.params import GMMParams
 # scikit-learn's constraints (its ``BaseMixture._parameter_constraints``);
 # an estimator's ``_parameter_spec`` adds ``covariance_type`` and its own.
 MIXTURE_PARAMETERS = dict(
-    n_components=compat.integer(1), tol=compat.real(0.0),
-    reg_covar=compat.real(0.0), max_iter=compat.integer(0),
-    n_init=compat.integer(1),
-    init_params=compat.options(*init_lib.INIT_METHODS),
-    random_state=compat.RANDOM_STATE, warm_start=compat.BOOLEAN,
-    verbose=compat.VERBOSE, verbose_interval=compat.integer(1))
-
-# predict, predict_proba and score_samples of a fitted model: compiled with
-# the options of the problem's size (compiling.pick), as the fit was.
-_evaluators = compiling.jit_by_size(lambda fn, params, X: fn(params, X),
-                                    static_argnames="fn")
+    n_components=spec.integer(1), tol=spec.real(0.0),
+    reg_covar=spec.real(0.0), max_iter=spec.integer(0),
+    n_init=spec.integer(1),
+    init_params=spec.options(*init_lib.INIT_METHODS),
+    random_state=spec.RANDOM_STATE, warm_start=spec.BOOLEAN,
+    verbose=spec.VERBOSE, verbose_interval=spec.integer(1))
 
 
 def key_from_random_state(random_state):
@@ -79,7 +67,7 @@ def key_from_random_state(random_state):
 
 
 class MixtureBase:
-  """A fitted Gaussian mixture's state, data checks and inference methods."""
+  """A fitted Gaussian mixture's state and data checks."""
 
   def __init__(self, n_components, covariance_type, tol, reg_covar, max_iter,
                n_init, init_params, random_state, warm_start, verbose,
@@ -331,37 +319,6 @@ class MixtureBase:
     # The names are the user's data's (a filled DataFrame is an array).
     return self._validate_X(filled, reset=reset, names_from=X), observed
 
-  def _evaluate(self, what: str, X, policy=None):
-    """``em.<what>(params, X)`` per sample, on padded data and in component
-    slots (padding.component_slots; small problems as full matrices in the
-    program the four types share, type_switch.shared_slots), both paddings
-    dropped from the result;
-    with missing entries ``em.evaluate_observed`` on the rows sorted by
-    their number of missing entries (their order restored)."""
-    self._check_is_fitted()
-    X, observed = self._validate_observed(X, reset=False, policy=policy)
-    order = missing.sort_rows(observed)  # rows by their missing entries
-    if order is not None:
-      X, observed = np.asarray(X)[order], observed[order]
-    Xp, _ = self._on_device(X)
-    k = self.weights_.shape[0]
-    slots, as_full = self._slots(k, Xp.shape[0], Xp.shape[1],
-                                 observed is not None, self._fitted_type())
-    params = self._evaluation_params(slots, as_full)
-    if observed is None:
-      # No slots (low-rank models, large problems): exactly k components.
-      program = compiling.pick(_evaluators, Xp.shape[0],
-                               k if slots is None else slots, Xp.shape[1])
-      out = program(getattr(em, what), params, Xp)
-    else:
-      mask = nan_lib.pad_observed(observed, Xp.shape[0])
-      out = em.evaluate_observed(params, Xp, jax.device_put(mask),
-                                 what=what, slots=missing.max_missing(mask))
-    out = np.asarray(out)[:X.shape[0]]
-    if order is not None:
-      out = out[np.argsort(order)]
-    return out[:, :k] if out.ndim == 2 else out
-
   def _slots(self, k: int, n_rows: int, n_features: int, missing: bool,
              covariance_type: str | None = None) -> tuple[int | None, bool]:
     """``(slots, shared)`` for fitting or evaluating ``k`` components of
@@ -374,81 +331,3 @@ class MixtureBase:
       return None, False
     return type_switch.slots_for(covariance_type or self.covariance_type,
                                  k, n_rows, n_features)
-
-  def _evaluation_params(self, n_slots: int | None = None,
-                         as_full: bool = False) -> GMMParams:
-    """The mixture ``predict``, ``predict_proba`` and ``score_samples``
-    evaluate (the fitted one; a Bayesian mixture's variational one), in
-    ``n_slots`` component slots and as full matrices if asked (see
-    :meth:`_params`; a subclass may ignore both)."""
-    return self._params(n_slots, as_full)
-
-  # -- inference ------------------------------------------------------------
-
-  def predict(self, X):
-    """Component labels ``(n_samples,)``."""
-    return self._evaluate("predict", X)
-
-  def predict_proba(self, X):
-    """Responsibilities ``(n_samples, n_components)``."""
-    return self._evaluate("predict_proba", X)
-
-  def score_samples(self, X):
-    """Per-sample log density ``(n_samples,)``."""
-    return self._evaluate("log_prob", X)
-
-  def score(self, X, y=None, sample_weight=None):
-    """Mean (weighted) per-sample log-likelihood of ``X``."""
-    del y
-    logp = self.score_samples(X)
-    w = val.check_sample_weight(sample_weight, logp.shape[0])
-    return float(np.average(logp, weights=w))
-
-  def bic(self, X, sample_weight=None):
-    """Bayesian information criterion on ``X`` (lower is better)."""
-    logp = self.score_samples(X)
-    w = val.check_sample_weight(sample_weight, logp.shape[0])
-    n = logp.shape[0] if w is None else float(np.sum(w))
-    total = float(np.sum(logp if w is None else w * logp))
-    return -2.0 * total + self._n_parameters() * np.log(n)
-
-  def aic(self, X, sample_weight=None):
-    """Akaike information criterion on ``X`` (lower is better)."""
-    logp = self.score_samples(X)
-    w = val.check_sample_weight(sample_weight, logp.shape[0])
-    total = float(np.sum(logp if w is None else w * logp))
-    return -2.0 * total + 2.0 * self._n_parameters()
-
-  def impute(self, X):
-    """``X`` with its NaN entries replaced by their conditional means
-    ``E[x_missing | x_observed]`` under the fitted mixture (observed
-    entries unchanged); see :func:`gmmjax.impute`. Rows with no observed
-    entry are refused."""
-    self._check_is_fitted()
-    X, observed = self._validate_observed(X, reset=False,
-                                          policy="marginalize")
-    if observed is None:
-      return np.array(X)
-    Xp, _ = self._on_device(X)
-    mask = nan_lib.pad_observed(observed, Xp.shape[0])
-    return np.asarray(conditional.impute(self._params(), Xp,
-                                         observed=mask))[:X.shape[0]]
-
-  def _n_parameters(self):
-    return em.n_parameters(self._params())
-
-  def sample(self, n_samples=1):
-    """Draws ``(X, y)``: samples grouped by component, and their labels."""
-    self._check_is_fitted()
-    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-      raise ValueError(f"Invalid value for 'n_samples': {n_samples} . The "
-                       "sampling requires at least one sample.")
-    cache.enable_default_cache()
-    key = key_from_random_state(self.random_state)
-    # Drawn in a ladder size (compiling.ladder_size), so that nearby counts
-    # share one program; the surplus is dropped on the host.
-    n = int(n_samples)
-    X, y = em.sample(key, self._params(), compiling.ladder_size(n, 256))
-    X, y = np.asarray(X)[:n], np.asarray(y)[:n]
-    order = np.argsort(y, kind="stable")
-    return X[order], y[order]

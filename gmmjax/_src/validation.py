@@ -238,7 +238,7 @@ def check_sample_weight(sample_weight, n_samples: int,
 
 
 # Counts the compiled program holds in int32 (the iteration counter, shapes)
-# are bounded by this (sklearn_compat.integer).
+# are bounded by this (param_spec.integer).
 INT32_MAX = int(np.iinfo(np.int32).max)
 
 
