@@ -6,6 +6,8 @@ works the same under ``jit`` and ``vmap`` and fails before XLA compiles.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -85,35 +87,80 @@ def as_data(X, name: str = "X"):
   return X
 
 
-@jax.jit
-def _all_finite(x):
-  return jnp.all(jnp.isfinite(x))
+@functools.partial(jax.jit, static_argnames=("allow_nan",))
+def _all_finite(x, allow_nan: bool = False):
+  return jnp.all(~jnp.isinf(x) if allow_nan else jnp.isfinite(x))
 
 
-def check_finite(x, name: str = "X") -> None:
+def _host_all_finite(x: np.ndarray, allow_nan: bool) -> bool:
+  """Whether a NumPy ``x`` is finite (``allow_nan``: has no infinity).
+
+  A sum is finite if every entry is (and costs no array of flags); only a
+  sum that is not, by overflow or a bad entry, looks at each entry.
+  """
+  if not np.issubdtype(x.dtype, np.inexact):
+    return True
+  if allow_nan:
+    return not bool(np.isinf(x).any())
+  with np.errstate(over="ignore", invalid="ignore"):
+    if np.isfinite(x.sum()):
+      return True
+  return bool(np.isfinite(x).all())
+
+
+def check_finite(x, name: str = "X", *, allow_nan: bool = False) -> None:
   """A ``ValueError`` if a concrete ``x`` holds NaN or infinity.
 
   Tracers (and concrete arrays captured by a user's ``jit``) pass: their
   values are not known when the program is built, and a fit under ``jit``
-  reports such data with a NaN ``log_likelihood`` and ``failed`` set. NumPy input is checked on the host, before any transfer.
+  reports such data with a NaN ``log_likelihood`` and ``failed`` set. NumPy
+  input is checked on the host, before any transfer. ``allow_nan``: NaN
+  entries are missing values; only infinity is refused.
   """
   if x is None or isinstance(x, jax.core.Tracer):
     return
   if isinstance(x, jax.Array):
     if not jnp.issubdtype(x.dtype, jnp.inexact):
       return
-    finite = _all_finite(x)
+    finite = _all_finite(x, allow_nan=bool(allow_nan))
     if isinstance(finite, jax.core.Tracer):  # a concrete array a jit captured
       return
     finite = bool(finite)
   else:
-    x = np.asarray(x)
-    finite = (not np.issubdtype(x.dtype, np.inexact)) or bool(
-        np.isfinite(x).all())
+    finite = _host_all_finite(np.asarray(x), bool(allow_nan))
   if not finite:
+    what = "infinity" if allow_nan else "NaN or infinity"
     raise ValueError(
-        f"{name} contains NaN or infinity: a Gaussian mixture cannot be "
+        f"{name} contains {what}: a Gaussian mixture cannot be "
         f"fitted to it. Drop or impute those entries first.")
+
+
+def check_static(value, name: str, sets: str) -> None:
+  """A ``ValueError`` naming ``name`` and the fix if ``value`` is traced.
+
+  ``sets`` says what shape it sets (e.g. ``"the parameters, (n_components,
+  n_features)"``): a shape must be known when the program is built.
+  """
+  if isinstance(value, jax.core.Tracer):
+    raise ValueError(
+        f"{name} is traced: it sets the shape of {sets}, so it must be a "
+        f"concrete int. Mark it static (jax.jit(..., "
+        f"static_argnames='{name}')) or close over it.")
+
+
+def refuse_tracers(function: str, why: str, instead: str, *args) -> None:
+  """A ``TypeError`` if an argument of a host-level function is a tracer.
+
+  Host-level functions (``fit_chunked``, ``select_n_components``) read
+  values on the host: under ``jit``, ``grad`` or ``vmap`` they would die
+  on a tracer. ``why`` says what they do on the host, ``instead`` what to
+  call under a transformation.
+  """
+  if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
+    raise TypeError(
+        f"{function} is a host-level function: it {why}, so it cannot be "
+        f"called under jax.jit, jax.grad or jax.vmap (an argument is a "
+        f"tracer). Under a transformation, call {instead} instead.")
 
 
 def check_params_data(params: GMMParams, X) -> None:
@@ -210,11 +257,32 @@ def factor_mismatch(params: GMMParams):
 
 def check_factors(params: GMMParams) -> None:
   """A ``ValueError`` if concrete ``params`` hold factors that do not match
-  their covariances (tracers pass: values unknown)."""
+  their covariances (tracers pass: values unknown).
+
+  ``params`` may carry leading batch axes (restarts made by
+  ``jax.vmap(gx.init_params)``): each mixture is checked. Arrays not held
+  whole by this process (multi-process global arrays) pass.
+  """
+  if not isinstance(params, GMMParams):
+    return
   leaves = (params.covariances, params.precisions_cholesky)
   if (params.covariance_type not in ("full", "tied", "diag", "spherical")
-      or any(isinstance(a, jax.core.Tracer) for a in leaves)):
+      or any(isinstance(a, jax.core.Tracer) for a in leaves)
+      or any(isinstance(a, jax.Array) and not a.is_fully_addressable
+             for a in leaves)):
     return
+  batch = np.ndim(params.means) - 2
+  if batch > 0:
+    cov, pc = (np.asarray(a) for a in leaves)
+    n = int(np.prod(np.shape(params.means)[:batch]))
+    for c, p in zip(cov.reshape((n,) + cov.shape[batch:]),
+                    pc.reshape((n,) + pc.shape[batch:]), strict=True):
+      _check_one_factor(params.replace(covariances=c, precisions_cholesky=p))
+    return
+  _check_one_factor(params)
+
+
+def _check_one_factor(params: GMMParams) -> None:
   err, allowed = factor_mismatch(params)
   if np.any(err > allowed):  # (NaN factors are the finiteness checks' job)
     raise ValueError(

@@ -36,7 +36,6 @@ def _wlp(params, X, observed):
   return stats_lib.weighted_log_prob(params, X, observed=observed)
 
 
-@jax.jit
 def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None,
            observed=None):
   """Expectation step: log-responsibilities and mean log-likelihood.
@@ -66,6 +65,17 @@ def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None,
     >>> jnp.exp(log_resp).sum(axis=1).round(5).tolist()
     [1.0, 1.0]
   """
+  # Concrete params are checked here, before the jit hides their values
+  # (a factor inconsistent with its covariance: see GMMParams).
+  checks.check_factors(params)
+  return _e_step(params, X, sample_weight=sample_weight,
+                 temperature=temperature, observed=observed)
+
+
+@jax.jit
+def _e_step(params: GMMParams, X, *, sample_weight=None, temperature=None,
+            observed=None):
+  """:func:`e_step`, one compiled program."""
   params, X, w, observed = _prepare(params, X, sample_weight, observed)
   wlp = _wlp(params, X, observed)
   log_norm = jax.nn.logsumexp(wlp, axis=1)
@@ -261,7 +271,6 @@ def predict(params: GMMParams, X, *, observed=None):
   return jnp.argmax(wlp, axis=1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=('n_samples',))
 def sample(key, params: GMMParams, n_samples: int):
   """Draws ``n_samples`` points from the mixture.
 
@@ -282,6 +291,14 @@ def sample(key, params: GMMParams, n_samples: int):
     >>> X.shape, y.shape
     ((5, 2), (5,))
   """
+  checks.check_static(n_samples, "n_samples", "the samples, (n_samples, "
+                      "n_features)")
+  return _sample(key, params, n_samples)
+
+
+@functools.partial(jax.jit, static_argnames=("n_samples",))
+def _sample(key, params: GMMParams, n_samples: int):
+  """:func:`sample`, one compiled program per ``n_samples``."""
   key_labels, key_noise = jax.random.split(key)
   dtype = params.means.dtype
   labels = jax.random.categorical(key_labels, jnp.log(params.weights),

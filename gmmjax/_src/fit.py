@@ -29,7 +29,6 @@ from gmmjax._src.results import (  # noqa: F401 - the estimator reads
 DIFFERENTIATION_MODES = ("implicit", "unrolled", "none")
 
 
-@jax.jit
 def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
             prior=None, observed=None):
   """One EM iteration (E then M) through the sufficient statistics.
@@ -51,6 +50,17 @@ def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
     ``params`` (computed by the E-step): the mean log-likelihood, plus
     ``log_prior(params) / sum(sample_weight)`` with a prior.
   """
+  # Concrete params are checked before the jit hides their values (factors
+  # inconsistent with their covariances: see GMMParams).
+  checks.check_factors(params)
+  return _em_step(X, params, sample_weight=sample_weight,
+                  reg_covar=reg_covar, prior=prior, observed=observed)
+
+
+@jax.jit
+def _em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
+             prior=None, observed=None):
+  """:func:`em_step`, one compiled program."""
   if observed is not None:
     observed = missing.as_observed(observed, X)
     X = missing.fill(X, observed)

@@ -184,6 +184,11 @@ def fit_gradient(X, params: GMMParams,
   Returns:
     A :class:`GradFitResult`.
 
+  Raises:
+    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or
+      infinity, or concrete ``params`` whose factors do not match their
+      covariances (:meth:`GMMParams.recompute_factors`).
+
   Example:
     >>> import jax, optax, gmmjax as gx
     >>> X = jax.random.normal(jax.random.key(0), (200, 2))
@@ -192,6 +197,15 @@ def fit_gradient(X, params: GMMParams,
     >>> bool(res.log_likelihood >= gx.log_likelihood(p0, X))
     True
   """
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
+  return _fit_gradient_checked(X, params, optimizer, sample_weight, max_iter,
+                               tol, penalty)
+
+
+def _fit_gradient_checked(X, params, optimizer, sample_weight, max_iter, tol,
+                          penalty) -> GradFitResult:
+  """:func:`fit_gradient` on data already checked for NaN and infinity."""
   params, X, w = checks.prepare(params, X, sample_weight)
   max_iter = check_max_iter(max_iter)
   if optimizer is None:
@@ -230,8 +244,9 @@ def em_then_gradient(X, params: GMMParams,
     >>> int(gd.n_iter) <= 20
     True
   """
+  # fit refuses NaN and infinity in concrete data: checked once.
   em = fit_lib.fit(X, params, sample_weight=sample_weight,
                    max_iter=em_max_iter, tol=em_tol, reg_covar=reg_covar)
-  gd = fit_gradient(X, em.params, optimizer, sample_weight=sample_weight,
-                    max_iter=max_iter, tol=tol, penalty=penalty)
+  gd = _fit_gradient_checked(X, em.params, optimizer, sample_weight, max_iter,
+                             tol, penalty)
   return em, gd

@@ -58,7 +58,14 @@ def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
 
   Returns:
     ``(centers, indices)``: ``(n_clusters, D)`` and ``(n_clusters,)`` int32.
+
+  Raises:
+    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or infinity,
+      or a traced ``n_clusters``.
   """
+  _check_clusters(n_clusters)
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
   X = checks.as_data(X)
   n = X.shape[0]
   w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
@@ -98,7 +105,14 @@ def kmeans(key, X, n_clusters: int, *, sample_weight=None, max_iter: int = 300,
 
   Returns:
     ``(centers, labels)``: ``(n_clusters, D)`` and ``(N,)`` int32.
+
+  Raises:
+    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or infinity,
+      or a traced ``n_clusters``.
   """
+  _check_clusters(n_clusters)
+  checks.check_finite(X)
+  checks.check_finite(sample_weight, "sample_weight")
   X = checks.as_data(X)
   w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
   # One compiled program: run eagerly, the seeding and the loop's set-up
@@ -106,6 +120,11 @@ def kmeans(key, X, n_clusters: int, *, sample_weight=None, max_iter: int = 300,
   return _kmeans_program(key, X, w, checks.as_scalar(max_iter, np.int32),
                          checks.as_scalar(tol, X.dtype),
                          n_clusters=n_clusters)
+
+
+def _check_clusters(n_clusters) -> None:
+  checks.check_static(n_clusters, "n_clusters",
+                      "the centres, (n_clusters, n_features)")
 
 
 def _kmeans_traced(key, X, n_clusters: int, sample_weight=None,
@@ -352,6 +371,11 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
   Returns:
     :class:`GMMParams` in ``X``'s floating dtype.
 
+  Raises:
+    ValueError: concrete ``X`` (its observed entries) or ``sample_weight``
+      holding NaN or infinity, or a traced ``n_components`` (mark it
+      static).
+
   Example:
     >>> import jax, gmmjax as gx
     >>> X = jax.random.normal(jax.random.key(0), (100, 3))
@@ -360,10 +384,15 @@ def init_params(key, X, n_components: int, *, covariance_type: str = "full",
     >>> batch.means.shape
     (4, 2, 3)
   """
-  if observed is not None:
+  checks.check_finite(sample_weight, "sample_weight")
+  if observed is None:
+    checks.check_finite(X)
+  else:
     X = checks.as_data(X)
+    X = missing.fill(X, missing.as_observed(observed, X))
+    checks.check_finite(X)  # the observed entries (the others are zeroed)
     X = missing.fill_means(
-        missing.fill(X, missing.as_observed(observed, X)), observed,
+        X, observed,
         checks.as_sample_weight(sample_weight, X.shape[0], X.dtype))
   return _checked_init(key, X, n_components, covariance_type, method,
                        reg_covar, sample_weight, first_of_split=False,
@@ -407,6 +436,8 @@ def check_init_args(X, n_components, covariance_type, method):
   if method not in INIT_METHODS:
     raise ValueError(f"Invalid value for 'method' (init_params): {method!r}. "
                      f"It should be in {list(INIT_METHODS)}.")
+  checks.check_static(n_components, "n_components",
+                      "the parameters, (n_components, n_features)")
   if not isinstance(n_components, int) or n_components < 1:
     raise ValueError(
         f"n_components should be a positive int, got {n_components!r}.")

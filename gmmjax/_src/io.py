@@ -38,7 +38,7 @@ import warnings
 
 import numpy as np
 
-from gmmjax._src import model_file
+from gmmjax._src import checks, model_file
 from gmmjax._src.params import GMMParams
 
 _INIT_ARRAYS = ("weights_init", "means_init", "precisions_init")
@@ -119,7 +119,9 @@ def save(path, model) -> None:
       ``(K,)``) or a fitted :class:`gmmjax.GaussianMixture`.
 
   Raises:
-    ValueError: for an unfitted estimator or batched params.
+    ValueError: for an unfitted estimator, batched params, or params whose
+      factors do not match their covariances (after ``jax.tree.map``
+      arithmetic: :meth:`GMMParams.recompute_factors`).
     TypeError: for anything else.
 
   Example:
@@ -142,6 +144,7 @@ def save(path, model) -> None:
           f"save expects one mixture (weights of shape (K,)), got weights of "
           f"shape {arrays['weights'].shape}: save each element of a batch "
           "separately.")
+    checks.check_factors(model)
     ctype = model.covariance_type
     meta["kind"] = "params"
   elif _is_bayesian(model):

@@ -85,6 +85,7 @@ def _add_axis(tree):
 
 
 def _check_n_init(n_init) -> None:
+  checks.check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
   if not isinstance(n_init, int) or isinstance(n_init, bool) or n_init < 1:
     raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
 

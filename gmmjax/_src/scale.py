@@ -250,6 +250,12 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     A :class:`FitResult`, replicated on the mesh (leading restart axis if
     ``params`` had one). Use :func:`local_copy` to read it on any process.
 
+  Raises:
+    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or infinity
+      (infinity only, with ``nan_as_missing``), or concrete ``params``
+      whose factors do not match their covariances
+      (:meth:`GMMParams.recompute_factors`).
+
   Example:
     >>> import jax, numpy as np, gmmjax as gx
     >>> X = np.random.default_rng(0).normal(size=(1000, 2)).astype("float32")
@@ -259,6 +265,9 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     True
   """
   max_iter = engine.check_max_iter(max_iter)
+  checks.check_finite(X, allow_nan=bool(nan_as_missing))
+  checks.check_finite(sample_weight, "sample_weight")
+  checks.check_factors(params)
   batched = params.means.ndim == 3
   ref = jax.tree.map(lambda a: a[0], params) if batched else params
   mesh, axes, X, w, dtype = sharded_operands(
@@ -330,7 +339,12 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
     init_restarts,
   )
 
+  checks.check_static(n_components, "n_components",
+                      "the parameters, (n_components, n_features)")
+  checks.check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
   _check_n_init(n_init)  # before the mesh is inspected
+  checks.check_finite(X)  # before the initialisations compile
+  checks.check_finite(sample_weight, "sample_weight")
   mesh, axes, _ = _data_axes(X, mesh, axis_name)
   # Initialisation is ordinary jit code: on an Explicit mesh it reads the
   # same shards through an Auto view of the mesh (checks.auto_view, which

@@ -137,9 +137,13 @@ class _Pad:
     if X.ndim != 2 or X.shape[1] != self.n_features:
       raise ValueError(f"Every chunk should have shape (n, "
                        f"{self.n_features}); got {X.shape}.")
+    # On the host, as each chunk is read: one sum per chunk when all is
+    # well (NaN entries are missing values with sort_missing).
+    checks.check_finite(X, "A chunk of X", allow_nan=self.sort_missing)
     n = X.shape[0]
     w = (np.ones(n, self.dtype) if w is None
          else np.asarray(w, self.dtype).reshape(n))
+    checks.check_finite(w, "A chunk of sample_weight")
     for start in range(0, max(n, 1), self.rows):
       part, wpart = X[start:start + self.rows], w[start:start + self.rows]
       m = part.shape[0]
@@ -326,10 +330,18 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
     device: device to compute on (default: this process's first device).
     nan_as_missing: NaN entries of the chunks are missing values (EM over
       the observed coordinates, as :func:`gmmjax.fit` with ``observed=``);
-      otherwise NaN makes the fit fail, as it would in :func:`gmmjax.fit`.
+      otherwise a chunk holding NaN is refused, as :func:`gmmjax.fit`
+      refuses such data.
 
   Returns:
     A :class:`FitResult` (parameters on ``device``).
+
+  Raises:
+    ValueError: a chunk (or its weights) holding NaN or infinity, checked
+      on the host as it is read; ``params`` whose factors do not match
+      their covariances (:meth:`GMMParams.recompute_factors`).
+    TypeError: under ``jax.jit``, ``jax.grad`` or ``jax.vmap``: call
+      :func:`gmmjax.fit` or :func:`gmmjax.fit_sharded` there.
 
   Example:
     >>> import jax, numpy as np, gmmjax as gx
@@ -343,6 +355,7 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
   _refuse_tracers(data, params, sample_weight, tol, reg_covar,
                   prev_log_likelihood)
   max_iter = engine.check_max_iter(max_iter)
+  checks.check_factors(params)
   params, stats_pass, dtype = chunked_stats_pass(
       data, params, sample_weight=sample_weight, chunk_size=chunk_size,
       reduce=reduce, prefetch=prefetch, device=device,
@@ -398,11 +411,9 @@ def _refuse_tracers(data, *args):
   # A chunk source (a generator function, an iterable) is not a pytree.
   chunks = (jax.tree.leaves(data) if isinstance(data, (list, tuple))
             else [data])
-  if any(isinstance(leaf, jax.core.Tracer)
-         for leaf in chunks + jax.tree.leaves(args)):
-    raise TypeError(
-        "fit_chunked runs its EM loop on the host, one pass over the chunks "
-        "per iteration, so it cannot be called under jax.jit, jax.grad or "
-        "jax.vmap (an argument is a tracer). Under a transformation, call "
-        "gmmjax.fit (data in memory) or gmmjax.fit_sharded (data sharded "
-        "over devices) instead.")
+  traced = [c for c in chunks if isinstance(c, jax.core.Tracer)]
+  checks.refuse_tracers(
+      "fit_chunked", "runs its EM loop on the host, one pass over the "
+      "chunks per iteration",
+      "gmmjax.fit (data in memory) or gmmjax.fit_sharded (data sharded "
+      "over devices)", traced, args)

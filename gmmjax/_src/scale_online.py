@@ -124,6 +124,12 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
   Returns:
     An :class:`OnlineState` with ``step == 0``.
 
+  Raises:
+    ValueError: a concrete batch (its observed entries) or
+      ``sample_weight`` holding NaN or infinity, or concrete ``params``
+      whose factors do not match their covariances. (A later batch with
+      them is skipped by :func:`online_update`, ``failed`` set.)
+
   Example:
     >>> import jax, gmmjax as gx
     >>> X0 = jax.random.normal(jax.random.key(0), (500, 2))
@@ -133,8 +139,13 @@ def online_init(X, params: GMMParams, *, sample_weight=None,
     >>> int(state.step), state.params.means.shape
     (1, (2, 2))
   """
+  if observed is None:
+    checks.check_finite(X)  # NumPy data: on the host, before the transfer
+  checks.check_finite(sample_weight, "sample_weight")
   params, X, w = checks.prepare(params, X, sample_weight)
   X, w, observed = _observed(params, X, w, observed)
+  if observed is not None:
+    checks.check_finite(X)  # the observed entries (the others are zeroed)
   return _online_init(X, params, w, jnp.asarray(reg_covar, X.dtype),
                       observed=observed)
 
@@ -217,6 +228,8 @@ def fit_online(key, batches: Iterable, *, params: GMMParams | None = None,
   :func:`online_init`; every later batch is one :func:`online_update`. A
   batch is an ``(n, D)`` array or a pair ``(X, sample_weight)``. Batches of
   one size compile once (a shorter last batch compiles once more).
+  A first batch holding NaN or infinity is refused (``ValueError``); a
+  later one is skipped (``failed`` set), as :func:`online_update` does.
 
   Args:
     key: PRNG key for :func:`gmmjax.init_params` on the first batch, or

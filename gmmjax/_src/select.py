@@ -131,6 +131,9 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
 
 def _check_k_range(k_range) -> list[int]:
   ks = [k for k in k_range]
+  for k in ks:
+    checks.check_static(k, "k_range", "the sweep's padded params, "
+                        "(max(k_range), n_features)")
   if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(
       k, bool) and k >= 1 for k in ks):
     raise ValueError(f"k_range should be a non-empty sequence of positive "
@@ -141,9 +144,18 @@ def _check_k_range(k_range) -> list[int]:
   return ks
 
 
-def _check_options(X, sample_weight, k_range, criterion, covariance_type,
-                   method, n_init) -> list[int]:
-  """The checked ``k_range``, or a ``ValueError`` naming the bad option."""
+def _check_options(key, X, sample_weight, tol, reg_covar, k_range, criterion,
+                   covariance_type, method, n_init) -> list[int]:
+  """The checked ``k_range``, or a ``ValueError`` naming the bad option
+  (a ``TypeError`` under a transformation)."""
+  # Static arguments first: a traced one has a fix of its own.
+  checks.check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
+  ks = _check_k_range(k_range)
+  checks.refuse_tracers(
+      "select_n_components", "reads every fit's results on the host to "
+      "build its table and pick best_k",
+      "gmmjax.fit_restarts for each k and compare gmmjax.bic (or "
+      "gmmjax.aic) of the results", key, X, sample_weight, tol, reg_covar)
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")
   if criterion not in CRITERIA:
@@ -159,7 +171,7 @@ def _check_options(X, sample_weight, k_range, criterion, covariance_type,
                      f"{list(init_lib.INIT_METHODS)}, got {method!r}.")
   if not isinstance(n_init, int) or n_init < 1:
     raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
-  return _check_k_range(k_range)
+  return ks
 
 
 def select_n_components(key, X, k_range: Sequence[int] | range, *,
@@ -200,6 +212,14 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
     A :class:`SelectionResult`: the table, ``best_k``, ``best_params`` and
     all padded params.
 
+  Raises:
+    TypeError: under ``jax.jit``, ``jax.grad`` or ``jax.vmap`` with traced
+      data, key or options: this is a host-level function (it reads the
+      fits on the host); call :func:`gmmjax.fit_restarts` for each ``k``
+      there instead.
+    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or
+      infinity, or a traced ``k_range`` or ``n_init`` (mark it static).
+
   Example:
     >>> import jax, numpy as np, gmmjax as gx
     >>> rng = np.random.default_rng(0)
@@ -209,9 +229,9 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
     >>> res.best_k, res.table["k"].tolist()
     (3, [1, 2, 3, 4, 5])
   """
-  ks = _check_options(X, sample_weight, k_range, criterion,
-                      covariance_type, method, n_init)
   max_iter = engine.check_max_iter(max_iter)
+  ks = _check_options(key, X, sample_weight, tol, reg_covar, k_range,
+                      criterion, covariance_type, method, n_init)
   given = X
   X = checks.as_data(X)
   n_samples, n_features = X.shape
