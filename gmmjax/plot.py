@@ -93,19 +93,7 @@ def _label_colors(labels, n_components: int) -> np.ndarray:
 
 def _covariance_matrices(params) -> np.ndarray:
   """Covariances as ``(K, D, D)`` matrices whatever the type."""
-  params = _as_params(params)
-  cov = np.asarray(params.covariances)
-  k, d = np.asarray(params.means).shape
-  ctype = params.covariance_type
-  if ctype == "full":
-    return cov
-  if ctype == "lowrank":
-    return np.asarray(params.dense_covariances)
-  if ctype == "tied":
-    return np.broadcast_to(cov, (k, d, d))
-  if ctype == "diag":
-    return np.stack([np.diag(c) for c in cov])
-  return cov[:, None, None] * np.eye(d)[None]
+  return _as_params(params).covariance_matrices()
 
 
 def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),

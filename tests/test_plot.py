@@ -58,6 +58,15 @@ def save_and_check_png(fig, path):
 
 
 @pytest.mark.parametrize("ctype", gx.COVARIANCE_TYPES)
+def test_covariance_matrices_expand_each_type(ctype):
+  """The public host accessor plot reads (GMMParams.covariance_matrices)."""
+  p = make(ctype)
+  dense = p.covariance_matrices()
+  assert isinstance(dense, np.ndarray) and dense.shape == (K, D, D)
+  np.testing.assert_array_equal(dense, full_covs(ctype, p.covariances))
+
+
+@pytest.mark.parametrize("ctype", gx.COVARIANCE_TYPES)
 def test_ellipses_geometry_any_two_features(ctype, tmp_path):
   p = make(ctype)
   X = np.random.default_rng(1).normal(size=(50, D))

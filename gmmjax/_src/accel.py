@@ -45,7 +45,7 @@ _STEP_GROWTH = 4.0  # SQUAREM's `mstep`: how fast the step bound grows
 def _to_free(params: GMMParams):
   """Unconstrained coordinates of a mixture (a pytree of arrays)."""
   pc = params.precisions_cholesky
-  if params.covariance_type in ("full", "tied"):
+  if cov_ops.get(params.covariance_type).is_matrix:
     diag = jnp.diagonal(pc, axis1=-2, axis2=-1)
     upper = jnp.triu(pc, k=1)
     chol = (jnp.log(diag), upper)
@@ -58,7 +58,7 @@ def _from_free(free, covariance_type: str) -> GMMParams:
   """The mixture of unconstrained coordinates (inverse of ``_to_free``)."""
   log_w, means, (log_diag, upper) = free
   weights = jax.nn.softmax(log_w)
-  if covariance_type in ("full", "tied"):
+  if cov_ops.get(covariance_type).is_matrix:
     diag = jnp.exp(log_diag)
     pc = jnp.triu(upper, k=1) + diag[..., :, None] * jnp.eye(
         diag.shape[-1], dtype=diag.dtype)

@@ -48,17 +48,9 @@ def _with_covariances(params: GMMParams, weights, means, cov) -> GMMParams:
 def _block(params: GMMParams, rows, cols):
   """The covariances' ``(rows, cols)`` block, as dense matrices ``(Kc, r, c)``
   (``Kc`` is 1 for tied)."""
-  cov = params.covariances
-  ctype = params.covariance_type
-  r, c = np.asarray(rows), np.asarray(cols)
-  if ctype == "tied":
-    return cov[None][:, r][:, :, c]
-  if ctype == "full":
-    return cov[:, r][:, :, c]
-  var = cov if ctype == "diag" else jnp.broadcast_to(
-      cov[:, None], params.means.shape)
-  dense = jax.vmap(jnp.diag)(var)
-  return dense[:, r][:, :, c]
+  ct = cov_lib.get(params.covariance_type)
+  dense = ct.dense_stack(params.covariances, params.n_features)
+  return dense[:, np.asarray(rows)][:, :, np.asarray(cols)]
 
 
 def marginal(params: GMMParams, features) -> GMMParams:
@@ -82,14 +74,7 @@ def marginal(params: GMMParams, features) -> GMMParams:
   idx = _check_features(features, params.n_features)
   missing.check_type(params.covariance_type)
   f = np.asarray(idx)
-  cov = params.covariances
-  ctype = params.covariance_type
-  if ctype == "full":
-    cov = cov[:, f][:, :, f]
-  elif ctype == "tied":
-    cov = cov[f][:, f]
-  elif ctype == "diag":
-    cov = cov[:, f]
+  cov = cov_lib.get(params.covariance_type).marginal(params.covariances, f)
   return _with_covariances(params, params.weights, params.means[:, f], cov)
 
 
@@ -132,7 +117,6 @@ def condition(params: GMMParams, features, values) -> GMMParams:
   if values.shape != (len(idx),):
     raise ValueError(f"values should have shape ({len(idx)},), got "
                      f"{values.shape}.")
-  ctype = params.covariance_type
   k = params.n_components
   s_ff = jnp.broadcast_to(_block(params, f, f), (k, len(f), len(f)))
   s_rf = jnp.broadcast_to(_block(params, rest, f), (k, len(rest), len(f)))
@@ -146,17 +130,22 @@ def condition(params: GMMParams, features, values) -> GMMParams:
       len(f) * math.log(2 * math.pi) + log_det + jnp.sum(y[..., 0] ** 2, -1))
   weights = jax.nn.softmax(log_w)
   means = params.means[:, rest] + mm.matmul(s_rf, alpha)[..., 0]
-  if ctype == "diag":
-    cov = params.covariances[:, rest]
-  elif ctype == "spherical":
-    cov = params.covariances
-  else:
-    b = lax.linalg.triangular_solve(chol, jnp.swapaxes(s_rf, -1, -2),
-                                    left_side=True, lower=True)
-    cov = _block(params, rest, rest) - mm.einsum("kfa,kfb->kab", b, b)
-    cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
-    cov = cov[0] if ctype == "tied" else cov
+  cov = _conditional_covariances(params, rest, chol, s_rf)
   return _with_covariances(params, weights.astype(dtype), means, cov)
+
+
+def _conditional_covariances(params: GMMParams, rest, chol, s_rf):
+  """``Sigma_kRR - Sigma_kRF Sigma_kFF^-1 Sigma_kFR`` in the type's shape,
+  from the Cholesky factors ``chol`` of ``Sigma_kFF``; diag and spherical
+  components keep their variances (independent coordinates)."""
+  ct = cov_lib.get(params.covariance_type)
+  if not ct.is_matrix:
+    return ct.marginal(params.covariances, rest)
+  b = lax.linalg.triangular_solve(chol, jnp.swapaxes(s_rf, -1, -2),
+                                  left_side=True, lower=True)
+  cov = _block(params, rest, rest) - mm.einsum("kfa,kfb->kab", b, b)
+  cov = 0.5 * (cov + jnp.swapaxes(cov, -1, -2))
+  return cov[0] if ct.shared else cov
 
 
 def _observed_of(X, observed):

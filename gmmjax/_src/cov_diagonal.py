@@ -6,10 +6,13 @@ to and no jitter is ever needed.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from gmmjax._src import matmul as mm
+from gmmjax._src import validation
 from gmmjax._src.cov_type import CovarianceType
 from gmmjax._src.reductions import sum_small
 
@@ -50,6 +53,21 @@ class ScaleType(CovarianceType):
     active = mask.reshape((-1,) + (1,) * (cov.ndim - 1))
     return jnp.where(active, cov, 1.0), jnp.where(active, pc, 1.0)
 
+  def per_feature(self, a, d: int):
+    """A variance or factor ``(K, D)`` per component and feature."""
+    raise NotImplementedError
+
+  def sum_features(self, a):
+    """Per-feature terms ``(..., D)`` reduced as this type's second
+    moments are (diag: kept, spherical: summed)."""
+    raise NotImplementedError
+
+  def dense_stack(self, cov, d):
+    return jax.vmap(jnp.diag)(self.per_feature(cov, d))
+
+  def check_stored(self, cov, pc):
+    return validation.stored_scales_problem(self.name, cov, pc)
+
 
 class Diag(ScaleType):
   """One variance per component and feature."""
@@ -64,6 +82,28 @@ class Diag(ScaleType):
 
   def placeholder_sxx(self, cov, k, d):
     return cov * 1.0
+
+  def dense(self, a, k, d):
+    a = np.asarray(a)
+    return a[..., None] * np.eye(d, dtype=a.dtype)
+
+  def from_dense(self, a):
+    return np.diagonal(np.asarray(a), axis1=-2, axis2=-1).copy()
+
+  def per_feature(self, a, d):
+    return a
+
+  def unit_slot(self, d):
+    return np.ones(d)
+
+  def sum_features(self, a):
+    return a
+
+  def marginal(self, cov, features):
+    return cov[:, features]
+
+  def collapsed(self, cov, threshold):
+    return jnp.min(cov, axis=-1) <= threshold
 
   def log_det(self, pc, d):
     return jnp.sum(jnp.log(pc), axis=-1)
@@ -147,6 +187,28 @@ class Spherical(ScaleType):
 
   def placeholder_sxx(self, cov, k, d):
     return cov * d
+
+  def dense(self, a, k, d):
+    a = np.asarray(a)
+    return a[..., None, None] * np.eye(d, dtype=a.dtype)
+
+  def from_dense(self, a):
+    return np.asarray(a)[..., 0, 0].copy()
+
+  def per_feature(self, a, d):
+    return jnp.broadcast_to(a[:, None], (a.shape[0], d))
+
+  def unit_slot(self, d):
+    return np.ones(())
+
+  def sum_features(self, a):
+    return jnp.sum(a, axis=-1)
+
+  def marginal(self, cov, features):
+    return cov
+
+  def collapsed(self, cov, threshold):
+    return cov <= threshold
 
   def log_det(self, pc, d):
     return d * jnp.log(pc)

@@ -26,9 +26,11 @@ triangular solves over many right-hand sides ran several times slower.)
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.linalg import solve_triangular
 
+from gmmjax._src import io_lowrank
 from gmmjax._src import matmul as mm
 from gmmjax._src.cov_diagonal import Diag
 from gmmjax._src.cov_type import CovarianceType
@@ -147,6 +149,29 @@ class LowRank(CovarianceType):
   def n_parameters(self, k, d, rank=None):
     q = 1 if rank is None else rank
     return k * (d * q - q * (q - 1) // 2 + d)
+
+  def dense(self, a, k, d):
+    return np.asarray(dense_covariances(a))
+
+  def dense_stack(self, cov, d):
+    return dense_covariances(cov)
+
+  def collapsed(self, cov, threshold):
+    # The smallest eigenvalue of W W^T + diag(psi) is at least min(psi),
+    # and with q < D at most max(psi): the noise says whether it collapsed.
+    return jnp.min(noise(cov), axis=-1) <= threshold
+
+  def stored_shapes(self, arrays, k, d):
+    shapes = io_lowrank.shapes(arrays, k, d)
+    if shapes is None:
+      raise ValueError(
+          f"covariances have shape {arrays['covariances'].shape}; a lowrank "
+          f"mixture with {k} components and {d} features needs (K, D, q + "
+          "1) with 1 <= q < D.")
+    return shapes
+
+  def check_stored(self, cov, pc):
+    return io_lowrank.check(cov, pc)
 
   def chunk_width(self, k, d, dtype):
     # The factor scores (n, K, q) three times over, q unknown here: bounded

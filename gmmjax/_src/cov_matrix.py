@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from gmmjax._src import cholesky as chol_ops
 from gmmjax._src import matmul as mm
-from gmmjax._src import packing
+from gmmjax._src import packing, validation
 from gmmjax._src.cov_type import CovarianceType
 from gmmjax._src.reductions import UNROLLED_MAX_ORDER, sum_small
 
@@ -98,6 +99,17 @@ class MatrixType(CovarianceType):
   def log_det(self, pc, d: int):
     return jnp.sum(jnp.log(jnp.diagonal(pc, axis1=-2, axis2=-1)), -1)
 
+  def collapsed(self, cov, threshold):
+    # The smallest eigenvalue is at most the threshold exactly when
+    # cov - threshold I is not positive definite, which a Cholesky
+    # factorisation tells for less than an eigendecomposition (and, for a
+    # few features, without LAPACK: cholesky.cholesky).
+    shifted = cov - threshold * chol_ops.eye_like(cov)
+    return ~chol_ops.chol_ok(chol_ops.cholesky(shifted))
+
+  def check_stored(self, cov, pc):
+    return validation.stored_matrices_problem(self.name, cov, pc)
+
   def to_unconstrained(self, cov, pc):
     # Lower factor with its diagonal's logarithm.
     chol = chol_ops.covariance_cholesky_given(cov, pc)
@@ -142,6 +154,21 @@ class Full(MatrixType):
 
   def placeholder_sxx(self, cov, k, d):
     return cov * 1.0
+
+  def dense(self, a, k, d):
+    return np.asarray(a)
+
+  def from_dense(self, a):
+    return np.asarray(a)
+
+  def dense_stack(self, cov, d):
+    return cov
+
+  def unit_slot(self, d):
+    return np.eye(d)
+
+  def marginal(self, cov, features):
+    return cov[:, features][:, :, features]
 
   def chunk_width(self, k, d, dtype):
     if use_expanded_full(dtype):
@@ -249,6 +276,7 @@ class Tied(MatrixType):
   """One ``(D, D)`` covariance shared by all components."""
 
   name = "tied"
+  shared = True
 
   def shape(self, k, d):
     return (d, d)
@@ -258,6 +286,22 @@ class Tied(MatrixType):
 
   def placeholder_sxx(self, cov, k, d):
     return cov * k
+
+  def dense(self, a, k, d):
+    a = np.asarray(a)
+    return np.broadcast_to(a, (k,) + a.shape).copy()
+
+  def from_dense(self, a):  # every component holds the shared one
+    return np.asarray(a)[..., 0, :, :]
+
+  def dense_stack(self, cov, d):
+    return cov[None]
+
+  def unit_slot(self, d):
+    return None
+
+  def marginal(self, cov, features):
+    return cov[features][:, features]
 
   def centred_mahalanobis(self, xc, mc, pc):
     y = mm.matmul(xc, pc)

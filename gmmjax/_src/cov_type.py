@@ -14,11 +14,14 @@ class CovarianceType:
 
   Instances are stateless, so one per type serves everywhere (the table
   ``covariance.TYPES``). ``is_matrix`` says whether covariances and factors
-  are ``(..., D, D)`` matrices (full, tied) or per-feature scales.
+  are ``(..., D, D)`` matrices (full, tied) or per-feature scales;
+  ``shared`` whether one covariance serves every component (tied: no
+  component axis).
   """
 
   name: str = ""
   is_matrix: bool = False
+  shared: bool = False
   # Whether the E-step's statistics need the current factors (low-rank:
   # the posterior factor scores), not only responsibilities and data.
   moments_need_factors: bool = False
@@ -40,6 +43,52 @@ class CovarianceType:
     ``whitened`` chunks get ``ChunkOptions.whitened_factor`` times the CPU
     budget (see ``chunks.py``)."""
     return max(3 * k, 2 * d + 1), False
+
+  # Dense matrices and feature subsets.
+  def dense(self, a, k: int, d: int):
+    """Host (NumPy): a covariance, precision or factor in this type's shape
+    as ``(K, D, D)`` matrices (low rank: covariances only, ``W W^T +
+    diag(psi)``)."""
+    raise NotImplementedError
+
+  def from_dense(self, a):
+    """Host (NumPy): :meth:`dense`'s inverse (a leading batch axis
+    allowed), this type's entries of matrices that have its structure."""
+    raise NotImplementedError
+
+  def dense_stack(self, cov, d: int):
+    """Traced: covariances as dense matrices with a component axis, ``(K,
+    D, D)``, or ``(1, D, D)`` for a shared one."""
+    raise NotImplementedError
+
+  def marginal(self, cov, features):
+    """Covariances of the marginal over ``features`` (a NumPy index
+    array), in this type's shape."""
+    raise NotImplementedError
+
+  def collapsed(self, cov, threshold):
+    """Whether each component's smallest variance (over all directions)
+    is at most ``threshold``: ``(K,)`` bools, ``()`` for a shared one."""
+    raise NotImplementedError
+
+  def unit_slot(self, d: int):
+    """Host (NumPy): one extra component slot's covariance (and precision,
+    and factor), the unit; ``None`` for a shared one, which gets no slot
+    (``padding.py``)."""
+    raise NotImplementedError
+
+  # Model files (``model_file.py``): NumPy checks of stored arrays.
+  def stored_shapes(self, arrays, k: int, d: int) -> dict:
+    """The shapes ``covariances`` and ``precisions_cholesky`` must have in
+    a model file of ``k`` components and ``d`` features; a ``ValueError``
+    saying why when ``arrays`` cannot be this type's."""
+    shape = self.shape(k, d)
+    return {"covariances": shape, "precisions_cholesky": shape}
+
+  def check_stored(self, cov, pc) -> str | None:
+    """Why stored ``(covariances, precisions_cholesky)`` (NumPy, of the
+    right shapes) are not this type's valid arrays, or ``None``."""
+    raise NotImplementedError
 
   # Factors (see ``cholesky.py`` for the matrix ones).
   def precision_cholesky(self, cov):

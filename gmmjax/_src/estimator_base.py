@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from gmmjax._src import cache, checks, padding, type_switch
+from gmmjax._src import covariance as cov_ops
 from gmmjax._src import estimator_lowrank as est_lowrank
 from gmmjax._src import init as init_lib
 from gmmjax._src import nan_policy as nan_lib
@@ -158,7 +159,7 @@ class MixtureBase:
       self.precisions_cholesky_ = np.asarray(params.precisions_cholesky)
       p = self.precisions_cholesky_  # P P^T, in NumPy (nothing to compile)
       self.precisions_ = (p @ np.swapaxes(p, -1, -2)
-                          if params.covariance_type in ("full", "tied")
+                          if cov_ops.get(params.covariance_type).is_matrix
                           else p * p)
     self.n_features_in_ = int(self.means_.shape[1])
     self.converged_ = bool(converged)

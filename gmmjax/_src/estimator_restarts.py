@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from gmmjax._src import checks, missing, padding, restarts, type_switch
+from gmmjax._src import covariance as cov_ops
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import validation as val
 from gmmjax._src.estimator_base import key_from_random_state
@@ -125,7 +126,8 @@ class MixtureRestarts:
         means=None if self.means_init is None else
         val.check_means_init(self.means_init, k, n_features),
         precisions=None if self.precisions_init is None else
-        val.check_precisions_init(self.precisions_init, ctype, k, n_features))
+        val.check_precisions_init(self.precisions_init, cov_ops.get(ctype), k,
+                                  n_features))
 
   def _kept_restart(self, results, warm: bool, start: float):
     """The restart ``fit`` keeps (scikit-learn's), and its lower bound.

@@ -170,9 +170,8 @@ def branch_index(ob, sizes):
 
 def _scale_terms(params: GMMParams, xb, ob):
   """Diag/spherical: ``(log N(x_O|k), xhat, missing indicators (n, D))``."""
-  pc = params.precisions_cholesky
-  if params.covariance_type == "spherical":
-    pc = jnp.broadcast_to(pc[:, None], params.means.shape)
+  pc = cov_lib.get(params.covariance_type).per_feature(
+      params.precisions_cholesky, params.means.shape[1])
   z = jnp.where(ob[:, None, :], xb[:, None, :] - params.means[None], 0.0)
   y = z * pc[None]
   of = ob.astype(xb.dtype)
@@ -206,18 +205,14 @@ def observed_terms(params: GMMParams, xb, ob, m: int, centre=None):
 def moments(params: GMMParams, rw, xb, ob, terms, shift):
   """``(sx, sxx)`` of completed samples around ``shift`` (``(D,)`` or
   ``(K, D)``), conditional covariances included."""
-  ctype = params.covariance_type
-  ct = cov_lib.get(ctype)
+  ct = cov_lib.get(params.covariance_type)
   if ct.is_matrix:
     return missing_slots.moments(params, rw, xb, ob, terms, shift)
   xhat, cond = terms
   z = xhat - shift  # (n, K, D)
   rz = rw[:, :, None] * z
-  sxx = ct.component_sxx(rz, z, 0)
-  if ctype == "diag":
-    sxx = sxx + mm.matmul(rw.T, cond) * params.covariances
-  else:
-    sxx = sxx + mm.matmul(rw.T, jnp.sum(cond, axis=1)) * params.covariances
+  sxx = (ct.component_sxx(rz, z, 0)
+         + mm.matmul(rw.T, ct.sum_features(cond)) * params.covariances)
   return jnp.sum(rz, axis=0), sxx
 
 

@@ -249,7 +249,7 @@ def centred_moments(params, rw, a, st: SlotTerms, centre):
   ``a^T [r e]`` ``(D, n) @ (n, K D)``, and their own second moments plus
   the conditional covariances, scattered into the missing blocks."""
   ct = cov_lib.get(params.covariance_type)
-  tied = params.covariance_type == "tied"
+  tied = ct.shared
   n, d = a.shape
   k = rw.shape[1]
   sx, sxx = ct.centred_moments(a, rw)
@@ -296,7 +296,7 @@ def moments(params, rw, xb, ob, st: SlotTerms, shift):
   z = completed(params, xb, ob, st) - s[:, None, :]  # (K, n, D)
   rz = rw.T[:, :, None] * z
   sxx = ct.component_sxx(rz, z, 1) + scatter_conditional(
-      rw, st, xb.shape[1], params.covariance_type == "tied")
+      rw, st, xb.shape[1], ct.shared)
   return jnp.sum(rz, axis=1), sxx
 
 

@@ -21,7 +21,6 @@ import zipfile
 import numpy as np
 
 from gmmjax._src import covariance as cov_ops
-from gmmjax._src import io_lowrank
 from gmmjax._src.params import GMMParams
 
 FORMAT_NAME = "gmmjax-model"
@@ -187,51 +186,6 @@ def is_count(n) -> bool:
   return isinstance(n, int) and not isinstance(n, bool) and n >= 1
 
 
-def _check_covariances(path, ctype, cov, prec_chol):
-  """Covariances positive definite, factors upper, positive and consistent.
-
-  Computed in float64 on the stored values. The consistency tolerance
-  grows with the conditioning of the covariance, so a legitimate float32
-  model with a collapsed (``reg_covar``-sized) component still loads, while
-  a factor that belongs to another covariance does not.
-  """
-  eps = float(np.finfo(cov.dtype).eps)
-  cov = cov.astype(np.float64)
-  prec_chol = prec_chol.astype(np.float64)
-  if ctype in ("diag", "spherical"):
-    if np.any(cov <= 0):
-      raise bad(path, f"its {ctype} covariances are not all positive.")
-    if np.any(prec_chol <= 0):
-      raise bad(path, "its precisions_cholesky are not all positive.")
-    err = np.max(np.abs(cov * prec_chol * prec_chol - 1.0))
-    if not err <= 1e3 * eps:
-      raise bad(path, "its precisions_cholesky do not match its "
-                 f"covariances (relative error {err:.3g}).")
-    return
-  mats = cov.reshape(-1, *cov.shape[-2:])
-  factors = prec_chol.reshape(mats.shape)
-  scale = np.max(np.abs(mats), axis=(-2, -1), keepdims=True)
-  if np.any(np.abs(mats - np.swapaxes(mats, -1, -2)) > 1e2 * eps * scale):
-    raise bad(path, f"its {ctype} covariances are not symmetric.")
-  try:
-    chol = np.linalg.cholesky(mats)
-  except np.linalg.LinAlgError as e:
-    raise bad(path, f"its {ctype} covariances are not positive "
-               "definite.") from e
-  diag = np.diagonal(factors, axis1=-2, axis2=-1)
-  if np.any(np.tril(factors, -1) != 0) or np.any(diag <= 0):
-    raise bad(path, "its precisions_cholesky are not upper triangular "
-               "with a positive diagonal.")
-  # P^T Sigma P = I exactly; rounding grows like eps * cond(Sigma).
-  ld = np.diagonal(chol, axis1=-2, axis2=-1)
-  cond = (np.max(ld, axis=-1) / np.min(ld, axis=-1)) ** 2
-  prod = np.swapaxes(factors, -1, -2) @ mats @ factors
-  err = np.max(np.abs(prod - np.eye(mats.shape[-1])), axis=(-2, -1))
-  if np.any(~(err <= np.maximum(1e-4, 1e3 * eps * cond))):
-    raise bad(path, "its precisions_cholesky do not match its covariances "
-               f"(max |P^T Sigma P - I| = {np.max(err):.3g}).")
-
-
 def check_params_arrays(path, meta, arrays):
   """Shapes, dtypes and values of the mixture arrays are consistent.
 
@@ -247,18 +201,12 @@ def check_params_arrays(path, meta, arrays):
   if not (is_count(k) and is_count(d)):
     raise bad(path, f"n_components={k!r:.50}, n_features={d!r:.50} are "
                "invalid.")
+  ct = cov_ops.get(ctype)
   expected = {"weights": (k,), "means": (k, d)}
-  if ctype == "lowrank":
-    lowrank = io_lowrank.shapes(arrays, k, d)
-    if lowrank is None:
-      raise bad(path, f"covariances have shape {arrays['covariances'].shape}"
-                f"; a lowrank mixture with {k} components and {d} features "
-                "needs (K, D, q + 1) with 1 <= q < D.")
-    expected.update(lowrank)
-  else:
-    expected.update({
-        "covariances": cov_ops.covariance_shape(ctype, k, d),
-        "precisions_cholesky": cov_ops.covariance_shape(ctype, k, d)})
+  try:
+    expected.update(ct.stored_shapes(arrays, k, d))
+  except ValueError as e:
+    raise bad(path, str(e)) from None
   if "precisions" in arrays:
     expected["precisions"] = expected["covariances"]
   dtype = meta.get("dtype")
@@ -278,19 +226,14 @@ def check_params_arrays(path, meta, arrays):
   w = arrays["weights"].astype(np.float64)
   if np.any(w < 0) or not math.isclose(float(np.sum(w)), 1.0, rel_tol=1e-4):
     raise bad(path, "its weights are not a probability vector.")
-  if ctype == "lowrank":
-    why = io_lowrank.check(arrays["covariances"],
-                           arrays["precisions_cholesky"])
-    if why is not None:
-      raise bad(path, why)
-  else:
-    _check_covariances(path, ctype, arrays["covariances"],
-                       arrays["precisions_cholesky"])
+  why = ct.check_stored(arrays["covariances"], arrays["precisions_cholesky"])
+  if why is not None:
+    raise bad(path, why)
   if "precisions" in arrays:
     prec = arrays["precisions"].astype(np.float64)
     factor = arrays["precisions_cholesky"].astype(np.float64)
     implied = (factor @ np.swapaxes(factor, -1, -2)
-               if ctype in ("full", "tied") else factor * factor)
+               if ct.is_matrix else factor * factor)
     eps = float(np.finfo(arrays["precisions"].dtype).eps)
     scale = np.max(np.abs(implied))
     if not np.max(np.abs(prec - implied)) <= 1e3 * eps * scale:

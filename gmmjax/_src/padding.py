@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import compiling
+from gmmjax._src import compiling, covariance
 
 # Data larger than this many entries keep their exact shape: their compile
 # is a small part of their fit, and padding would copy them.
@@ -117,8 +117,8 @@ def component_slots(n_components: int, n_rows: int, n_features: int,
   if covariance_type == "lowrank":  # fitted in exactly its components
     return None
   slots = max(SLOTS_MIN, 1 << (int(n_components) - 1).bit_length())
-  per_slot = n_features * (n_features if covariance_type in ("full", "tied")
-                           else 1)
+  matrix = covariance.get(covariance_type).is_matrix
+  per_slot = n_features * (n_features if matrix else 1)
   if n_rows * slots * per_slot > SLOTS_MAX_ENTRIES:
     return None
   return slots
@@ -127,9 +127,7 @@ def component_slots(n_components: int, n_rows: int, n_features: int,
 def unit_covariance(covariance_type: str, n_features: int):
   """One extra slot's covariance (and precision, and factor): the unit; None
   for tied, whose covariance is shared and gets no slot."""
-  d = n_features
-  return {"full": np.eye(d), "tied": None, "diag": np.ones(d),
-          "spherical": np.ones(())}[covariance_type]
+  return covariance.get(covariance_type).unit_slot(n_features)
 
 
 def grow_components(a, n_slots: int, fill):
@@ -162,16 +160,15 @@ def unpad_components(params, n_components: int):
   # The means' component axis: a posterior's weights are computed.
   if params.means.shape[-2] == n_components:
     return params
-  ctype = params.covariance_type
-  # Axes after the component axis: full (D, D), diag (D,), spherical ().
-  trailing = {"full": 2, "diag": 1, "spherical": 0, "tied": None}[ctype]
+  # Axes after the component axis: those of one slot's covariance.
+  unit = unit_covariance(params.covariance_type, params.means.shape[-1])
 
   def cut(a, after):
     return a[(Ellipsis, slice(0, n_components)) + (slice(None),) * after]
 
   cov, prec = params.covariances, params.precisions_cholesky
-  if trailing is not None:
-    cov, prec = cut(cov, trailing), cut(prec, trailing)
+  if unit is not None:
+    cov, prec = cut(cov, unit.ndim), cut(prec, unit.ndim)
   return params.replace(weights=cut(params.weights, 0),
                         means=cut(params.means, 1), covariances=cov,
                         precisions_cholesky=prec)

@@ -127,6 +127,24 @@ class GMMParams(ComponentArrays):
       return self.covariances
     return cov_lowrank.dense_covariances(self.covariances)
 
+  def covariance_matrices(self) -> np.ndarray:
+    """Every component's covariance as a NumPy ``(K, D, D)`` matrix,
+    whatever the type (tied repeated, diagonal and spherical expanded, low
+    rank formed densely): computed on the host, for plots and inspection
+    (not under ``jit``).
+
+    Example:
+      >>> import jax.numpy as jnp, gmmjax as gx
+      >>> p = gx.make_params(jnp.array([0.5, 0.5]), jnp.zeros((2, 2)),
+      ...                    jnp.array([1.0, 4.0]),
+      ...                    covariance_type="spherical")
+      >>> p.covariance_matrices()[1].tolist()
+      [[4.0, 0.0], [0.0, 4.0]]
+    """
+    k, d = np.shape(self.means)[-2:]
+    return cov_ops.get(self.covariance_type).dense(
+        np.asarray(self.covariances), k, d)
+
   def _need_lowrank(self, what: str) -> None:
     if self.covariance_type != cov_lowrank.NAME:
       raise AttributeError(f"{what} are those of covariance_type='lowrank' "

@@ -19,7 +19,6 @@ samples. Elsewhere each type keeps its own program.
 from __future__ import annotations
 
 import jax.numpy as jnp
-import numpy as np
 
 from gmmjax._src import covariance, padding
 from gmmjax._src.params import GMMParams
@@ -74,28 +73,13 @@ def estimate(nk, diff, sxx, reg_covar, structure):
 def to_full(a, covariance_type: str, n_components: int, n_features: int):
   """A covariance, precision or factor in the type's shape (scikit-learn's)
   as ``(K, D, D)`` matrices."""
-  a = np.asarray(a)
-  eye = np.eye(n_features, dtype=a.dtype)
-  if covariance_type == "full":
-    return a
-  if covariance_type == "tied":
-    return np.broadcast_to(a, (n_components,) + a.shape).copy()
-  if covariance_type == "diag":
-    return a[..., None] * eye
-  return a[..., None, None] * eye  # spherical
+  return covariance.get(covariance_type).dense(a, n_components, n_features)
 
 
 def from_full(a, covariance_type: str):
   """:func:`to_full`'s inverse (a leading batch axis allowed): the type's
   entries of matrices that have its structure."""
-  a = np.asarray(a)
-  if covariance_type == "full":
-    return a
-  if covariance_type == "tied":  # every component holds the shared one
-    return a[..., 0, :, :]
-  if covariance_type == "diag":
-    return np.diagonal(a, axis1=-2, axis2=-1).copy()
-  return a[..., 0, 0].copy()  # spherical
+  return covariance.get(covariance_type).from_dense(a)
 
 
 def params_from_full(params: GMMParams, covariance_type: str) -> GMMParams:

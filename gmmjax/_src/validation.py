@@ -12,6 +12,8 @@ import sys
 import jax
 import numpy as np
 
+from gmmjax._src.cov_type import CovarianceType
+
 
 class NotFittedError(ValueError, AttributeError):
   """Raised when a method needs a fitted estimator (as scikit-learn's)."""
@@ -273,26 +275,81 @@ def check_means_init(means, n_components: int, n_features: int) -> np.ndarray:
   return m
 
 
-def check_precisions_init(precisions, covariance_type: str, n_components: int,
-                          n_features: int) -> np.ndarray:
+def check_precisions_init(precisions, covariance_type: CovarianceType,
+                          n_components: int, n_features: int) -> np.ndarray:
+  name = covariance_type.name
   p = np.asarray(precisions, dtype=np.float64)
-  shape = {"full": (n_components, n_features, n_features),
-           "tied": (n_features, n_features),
-           "diag": (n_components, n_features),
-           "spherical": (n_components,)}[covariance_type]
+  shape = covariance_type.shape(n_components, n_features)
   if p.shape != shape:
-    raise ValueError(f"The parameter '{covariance_type} precision' should "
+    raise ValueError(f"The parameter '{name} precision' should "
                      f"have the shape of {shape}, but got {p.shape}")
   if not np.all(np.isfinite(p)):
-    raise ValueError(f"'{covariance_type} precision' contains NaN or "
-                     "infinity.")
-  if covariance_type in ("diag", "spherical"):
+    raise ValueError(f"'{name} precision' contains NaN or infinity.")
+  if not covariance_type.is_matrix:
     if np.any(p <= 0.0):
-      raise ValueError(f"'{covariance_type} precision' should be positive")
+      raise ValueError(f"'{name} precision' should be positive")
     return p
-  mats = p[None] if covariance_type == "tied" else p
+  mats = p[None] if covariance_type.shared else p
   for mat in mats:
     if not (np.allclose(mat, mat.T) and np.all(np.linalg.eigvalsh(mat) > 0.0)):
-      raise ValueError(f"'{covariance_type} precision' should be symmetric, "
+      raise ValueError(f"'{name} precision' should be symmetric, "
                        "positive-definite")
   return p
+
+
+# Stored arrays (model files): computed in float64 on the stored values.
+
+def _in_float64(cov, pc):
+  """``(eps of the stored dtype, cov, pc)``, the arrays in float64."""
+  return (float(np.finfo(cov.dtype).eps), cov.astype(np.float64),
+          pc.astype(np.float64))
+
+
+def stored_scales_problem(name: str, cov, pc) -> str | None:
+  """Why diag/spherical ``(covariances, precisions_cholesky)`` are not
+  positive and consistent, or ``None``."""
+  eps, cov, pc = _in_float64(cov, pc)
+  if np.any(cov <= 0):
+    return f"its {name} covariances are not all positive."
+  if np.any(pc <= 0):
+    return "its precisions_cholesky are not all positive."
+  err = np.max(np.abs(cov * pc * pc - 1.0))
+  if not err <= 1e3 * eps:
+    return ("its precisions_cholesky do not match its "
+            f"covariances (relative error {err:.3g}).")
+  return None
+
+
+def stored_matrices_problem(name: str, cov, pc) -> str | None:
+  """Why full/tied ``(covariances, precisions_cholesky)`` are not
+  symmetric positive definite with upper, positive, consistent factors, or
+  ``None``.
+
+  The consistency tolerance grows with the conditioning of the covariance,
+  so a legitimate float32 model with a collapsed (``reg_covar``-sized)
+  component still loads, while a factor that belongs to another covariance
+  does not.
+  """
+  eps, cov, pc = _in_float64(cov, pc)
+  mats = cov.reshape(-1, *cov.shape[-2:])
+  factors = pc.reshape(mats.shape)
+  scale = np.max(np.abs(mats), axis=(-2, -1), keepdims=True)
+  if np.any(np.abs(mats - np.swapaxes(mats, -1, -2)) > 1e2 * eps * scale):
+    return f"its {name} covariances are not symmetric."
+  try:
+    chol = np.linalg.cholesky(mats)
+  except np.linalg.LinAlgError:
+    return f"its {name} covariances are not positive definite."
+  diag = np.diagonal(factors, axis1=-2, axis2=-1)
+  if np.any(np.tril(factors, -1) != 0) or np.any(diag <= 0):
+    return ("its precisions_cholesky are not upper triangular "
+            "with a positive diagonal.")
+  # P^T Sigma P = I exactly; rounding grows like eps * cond(Sigma).
+  ld = np.diagonal(chol, axis1=-2, axis2=-1)
+  cond = (np.max(ld, axis=-1) / np.min(ld, axis=-1)) ** 2
+  prod = np.swapaxes(factors, -1, -2) @ mats @ factors
+  err = np.max(np.abs(prod - np.eye(mats.shape[-1])), axis=(-2, -1))
+  if np.any(~(err <= np.maximum(1e-4, 1e3 * eps * cond))):
+    return ("its precisions_cholesky do not match its covariances "
+            f"(max |P^T Sigma P - I| = {np.max(err):.3g}).")
+  return None
