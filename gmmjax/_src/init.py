@@ -8,181 +8,27 @@ M-step turns into parameters. Everything is JAX: it runs under ``jit`` (with
 
 from __future__ import annotations
 
-import functools
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from gmmjax._src import (
-    checks,
-    compiling,
-    init_lowrank,
-    missing,
-    moments,
-    type_switch,
+  checks,
+  compiling,
+  init_lowrank,
+  missing,
+  moments,
+  type_switch,
 )
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
+from gmmjax._src.kmeans import _kmeans_traced, kmeans_plusplus, lloyd
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
 # Methods that put each component on one sample.
 SEEDINGS = ("k-means++", "random_from_data")
-
-
-def _sq_distances(X, centers):
-  """Squared Euclidean distances ``(N, C)`` (clamped at zero)."""
-  d = (jnp.sum(X * X, axis=1)[:, None] - 2.0 * mm.matmul(X, centers.T)
-       + jnp.sum(centers * centers, axis=1)[None, :])
-  return jnp.maximum(d, 0.0)
-
-
-def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
-  """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
-
-  The first centre is drawn with probability proportional to ``w_i``; each
-  further one is the best of ``2 + log(k)`` candidates drawn with
-  probability proportional to ``w_i D(x_i)^2``. All the uniform numbers
-  are drawn at once and turned into indices by inverse CDF (one random
-  draw and no search loop to compile, which halves the compile time).
-
-  Args:
-    key: PRNG key.
-    X: ``(N, D)`` samples (best centred: distances are computed expanded).
-    n_clusters: static number of centres.
-    sample_weight: optional ``(N,)`` weights.
-
-  Returns:
-    ``(centers, indices)``: ``(n_clusters, D)`` and ``(n_clusters,)`` int32.
-
-  Raises:
-    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or infinity,
-      or a traced ``n_clusters``.
-  """
-  _check_clusters(n_clusters)
-  checks.check_finite(X)
-  checks.check_finite(sample_weight, "sample_weight")
-  X = checks.as_data(X)
-  n = X.shape[0]
-  w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
-  n_trials = 2 + int(math.log(n_clusters))
-  u = jax.random.uniform(key, (n_clusters, n_trials), X.dtype)
-
-  def draw(p, u_row):
-    """Indices with probability proportional to ``p``, from uniforms."""
-    cum = jnp.cumsum(p)
-    # side="right": a zero-weight row (a flat step of cum) is never drawn.
-    idx = jnp.searchsorted(cum, u_row * cum[-1], side="right",
-                           method="compare_all")
-    return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
-
-  first = draw(w, u[0, :1])[0]
-  closest = _sq_distances(X, X[first][None])[:, 0]
-  indices = jnp.zeros(n_clusters, jnp.int32).at[0].set(first)
-
-  def body(c, carry):
-    indices, closest = carry
-    cand = draw(w * closest, u[c])
-    dist = jnp.minimum(closest[None, :], _sq_distances(X, X[cand]).T)
-    best = jnp.argmin(mm.matmul(dist, w))
-    return indices.at[c].set(cand[best]), dist[best]
-
-  indices, _ = lax.fori_loop(1, n_clusters, body, (indices, closest))
-  return X[indices], indices
-
-
-def kmeans(key, X, n_clusters: int, *, sample_weight=None, max_iter: int = 300,
-           tol=1e-4):
-  """Lloyd's k-means from a k-means++ seeding, in one ``while_loop``.
-
-  Stops when the squared centre shift falls below ``tol * mean(var(X))``
-  (scikit-learn's rule) or after ``max_iter`` iterations. A cluster that
-  empties keeps its previous centre.
-
-  Returns:
-    ``(centers, labels)``: ``(n_clusters, D)`` and ``(N,)`` int32.
-
-  Raises:
-    ValueError: concrete ``X`` or ``sample_weight`` holding NaN or infinity,
-      or a traced ``n_clusters``.
-  """
-  _check_clusters(n_clusters)
-  checks.check_finite(X)
-  checks.check_finite(sample_weight, "sample_weight")
-  X = checks.as_data(X)
-  w = checks.as_sample_weight(sample_weight, X.shape[0], X.dtype)
-  # One compiled program: run eagerly, the seeding and the loop's set-up
-  # were about 55 small programs to compile on a first call.
-  return _kmeans_program(key, X, w, checks.as_scalar(max_iter, np.int32),
-                         checks.as_scalar(tol, X.dtype),
-                         n_clusters=n_clusters)
-
-
-def _check_clusters(n_clusters) -> None:
-  checks.check_static(n_clusters, "n_clusters",
-                      "the centres, (n_clusters, n_features)")
-
-
-def _kmeans_traced(key, X, n_clusters: int, sample_weight=None,
-                   max_iter=300, tol=1e-4):
-  """:func:`kmeans` on checked arguments, to trace into a program."""
-  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight=sample_weight)
-  return lloyd(X, centers, w, max_iter=max_iter, tol=tol)
-
-
-@functools.partial(jax.jit, static_argnames=("n_clusters",))
-def _kmeans_program(key, X, sample_weight, max_iter, tol, *,
-                    n_clusters: int):
-  return _kmeans_traced(key, X, n_clusters, sample_weight, max_iter, tol)
-
-
-def lloyd(X, centers, w, mask=None, *, max_iter: int = 300, tol=1e-4):
-  """Lloyd's iterations from ``centers`` (the loop of :func:`kmeans`).
-
-  ``w`` are ``(N,)`` sample weights. ``mask``, an optional ``(C,)``
-  boolean, keeps the inactive centres out of the assignment and of the
-  stopping rule (model selection fits every ``k`` in one padded shape).
-
-  Returns:
-    ``(centers, labels)``: ``(C, D)`` and ``(N,)`` int32.
-  """
-  n_clusters = centers.shape[0]
-  threshold = tol * jnp.mean(jnp.var(X, axis=0))
-
-  def assign(centers):
-    d = _sq_distances(X, centers)
-    if mask is not None:
-      d = jnp.where(mask[None, :], d, jnp.inf)
-    return jnp.argmin(d, axis=1)
-
-  def cond(carry):
-    i, _, shift = carry
-    return (i < max_iter) & (shift > threshold)
-
-  def body(carry):
-    i, centers, _ = carry
-    onehot = jax.nn.one_hot(assign(centers), n_clusters, dtype=X.dtype)
-    onehot = onehot * w[:, None]
-    counts = jnp.sum(onehot, axis=0)
-    sums = mm.matmul(onehot.T, X)
-    new = jnp.where(counts[:, None] > 0,
-                    sums / jnp.maximum(counts, 1e-30)[:, None], centers)
-    if mask is None:
-      shift = jnp.sum((new - centers) ** 2)
-    else:
-      shift = jnp.sum(jnp.where(mask, jnp.sum((new - centers) ** 2, axis=1),
-                                0.0))
-    return i + 1, new, shift
-
-  _, centers, _ = lax.while_loop(
-      cond, body, (jnp.zeros((), jnp.int32), centers,
-                   jnp.asarray(jnp.inf, X.dtype)))
-  return centers, assign(centers).astype(jnp.int32)
 
 
 def _row_uniforms(key, n: int, k: int, dtype):
