@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import gmmjax as gx
+from gmmjax import datasets
 from gmmjax._src import checks
 
 KEY = jax.random.key(0)
@@ -287,3 +288,76 @@ def test_host_check_is_exact_when_a_finite_sum_overflows():
     checks.check_finite(with_entry(np.zeros((5, 2)), np.inf), "Y",
                         allow_nan=True)
   checks.check_finite(with_entry(np.zeros((5, 2)), np.nan), allow_nan=True)
+
+
+# -- throw= and nan_gradients= beyond gx.fit -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def bayes_problem():
+  """Three blobs fitted with 6 components under the Dirichlet process: a
+  converged posterior with components emptied by the prior."""
+  X, _ = datasets.blobs(n_samples=150, n_centers=3, seed=0)
+  X = jnp.asarray(X, jnp.float32)
+  prior = gx.make_bayes_prior(X, 6, covariance_type="diag")
+  best, _ = gx.fit_bayes_restarts(KEY, X, 6, covariance_type="diag",
+                                  prior=prior, max_iter=300)
+  return X, prior, best
+
+
+def test_fit_bayes_throw_raises_when_not_converged(bayes_problem):
+  X, prior, best = bayes_problem
+  with pytest.raises(gx.FitError, match=r"fit_bayes.*did not converge"):
+    gx.fit_bayes(X, best.params, prior, tol=0.0, max_iter=2, throw=True)
+  with pytest.raises(gx.FitError, match="fit_bayes_restarts"):
+    gx.fit_bayes_restarts(KEY, X, 6, covariance_type="diag", prior=prior,
+                          tol=0.0, max_iter=2, throw=True)
+
+
+def test_fit_bayes_throw_accepts_components_the_prior_emptied(bayes_problem):
+  X, prior, best = bayes_problem
+  result = gx.fit_bayes(X, best.params, prior, tol=1e-2, throw=True)
+  # The exemption matters: the fit has empty components, and converged.
+  assert bool(result.converged) and int(result.n_degenerate) > 0
+
+
+def test_fit_bayes_nan_gradients(bayes_problem):
+  X, prior, best = bayes_problem
+
+  def grad(**kw):
+    return jax.grad(lambda X: gx.fit_bayes(
+        X, best.params, prior, **kw).log_likelihood)(X)
+
+  # Converged (with emptied components): the implicit gradient, unchanged.
+  plain = grad(tol=1e-2, max_iter=300)
+  masked = grad(tol=1e-2, max_iter=300, nan_gradients=True)
+  assert np.all(np.isfinite(plain)) and np.abs(plain).max() > 0
+  np.testing.assert_array_equal(masked, plain)
+  # Stopped before converging: no fixed point, so NaN, not a number.
+  assert np.all(np.isnan(grad(tol=0.0, max_iter=2, nan_gradients=True)))
+  assert np.all(np.isfinite(grad(tol=0.0, max_iter=2)))
+
+
+def test_fit_restarts_throw(data):
+  X, _ = data
+  with pytest.raises(gx.FitError, match=r"fit_restarts.*did not converge"):
+    gx.fit_restarts(KEY, X, 2, n_init=2, tol=0.0, max_iter=2, throw=True)
+  best, _ = gx.fit_restarts(KEY, X, 2, n_init=2, max_iter=200, throw=True)
+  assert bool(best.converged)
+
+
+@pytest.mark.parametrize("which", ["fit", "fit_bayes"])
+def test_lower_bound_carries_the_objectives_gradient(data, bayes_problem,
+                                                     which):
+  """``result.lower_bound`` (the history's last entry) is differentiated
+  as the objective at the fixed point, not silently zero."""
+  if which == "fit":
+    X, params = jnp.asarray(data[0]), data[1]
+    fit = lambda x: gx.fit(x, params, tol=1e-6)
+  else:
+    X, prior, best = bayes_problem
+    fit = lambda x: gx.fit_bayes(x, best.params, prior, tol=1e-2)
+  by_bound = jax.grad(lambda x: fit(x).lower_bound)(X)
+  by_objective = jax.grad(lambda x: fit(x).log_likelihood)(X)
+  assert np.abs(by_objective).max() > 0
+  np.testing.assert_array_equal(by_bound, by_objective)

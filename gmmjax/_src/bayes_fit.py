@@ -5,7 +5,6 @@ of ``n_init`` restarts as one vmapped program)."""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -23,7 +22,7 @@ from gmmjax._src import matmul as mm
 from gmmjax._src import variational as vb
 from gmmjax._src.fit import DIFFERENTIATION_MODES
 from gmmjax._src.restarts import best_restart
-from gmmjax._src.results import FitResult, history_length
+from gmmjax._src.results import FitResult, error_if_bad, history_length
 
 
 def _fit_impl(X, post, sample_weight, tol, reg_covar, prev, prior, max_iter,
@@ -45,12 +44,6 @@ def _fit(X, post, *args, **kwargs):
   return program(X, post, *args, **kwargs)
 
 
-class _Static(NamedTuple):
-  history_len: int
-  callback: Callable | None
-  solver: implicit_lib.ImplicitSolver
-
-
 class _Theta(NamedTuple):
   """The posterior's coordinates at the fixed point (factors derived)."""
   weight_concentration: jax.Array
@@ -67,55 +60,38 @@ def _post_from_theta(theta: _Theta, like: bp.BayesParams) -> bp.BayesParams:
                         like.weight_concentration_prior_type)
 
 
-def _theta(post: bp.BayesParams) -> _Theta:
-  return _Theta(post.weight_concentration, post.mean_precision, post.means,
-                post.degrees_of_freedom, post.covariances)
+class _VariationalFixedPoint(NamedTuple):
+  """Variational EM at its fixed point: ``implicit.fit_at_fixed_point``'s
+  rule for :func:`fit_bayes` (args ``(X, posterior, sample_weight, tol,
+  reg_covar, prev, prior, max_iter)``)."""
+  history_len: int
+  callback: Callable | None
+  empty_ok = True  # the prior empties the components the data do not need
 
+  def run(self, X, post, w, tol, reg_covar, prev, prior, max_iter):
+    return _fit(X, post, w, tol, reg_covar, prev, prior, max_iter,
+                history_len=self.history_len, callback=self.callback)
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _fit_implicit(static: _Static, X, post, sample_weight, tol, reg_covar,
-                  prev, prior, max_iter):
-  return _fit(X, post, sample_weight, tol, reg_covar, prev, prior, max_iter,
-              history_len=static.history_len, callback=static.callback)
+  def theta(self, post: bp.BayesParams) -> _Theta:
+    return _Theta(post.weight_concentration, post.mean_precision, post.means,
+                  post.degrees_of_freedom, post.covariances)
 
-
-@_fit_implicit.defjvp
-def _fit_implicit_jvp(static: _Static, primals, tangents):
-  X, _, sample_weight, _, reg_covar, _, prior, _ = primals
-  dX, _, dw, _, dreg, _, dprior, _ = tangents
-  out = _fit_implicit(static, *primals)
-  fixed = out.params
-  inputs, d_inputs = (X, sample_weight, reg_covar, prior), (dX, dw, dreg,
-                                                            dprior)
-
-  def step(theta, inp):
-    x, w, reg, pri = inp
+  def step(self, theta, inputs, fixed, args):
+    del args
+    x, w, reg, pri = inputs
     post = _post_from_theta(theta, fixed)
     _, stats = vb.variational_stats(post, x, w)
     new, _ = bp.posterior_and_jitter_from_stats(
         stats, lax.stop_gradient(post.means), pri,
         covariance_type=post.covariance_type,
         prior_type=post.weight_concentration_prior_type, reg_covar=reg)
-    return _theta(new)
+    return self.theta(new)
 
-  d_theta = implicit_lib.fixed_point_jvp(step, _theta(fixed), inputs,
-                                         d_inputs, solver=static.solver)
-
-  def outputs(th, inp):
-    x, w, _, _ = inp
-    post = _post_from_theta(th, fixed)
+  def outputs(self, theta, inputs, fixed, args):
+    del args
+    x, w, _, _ = inputs
+    post = _post_from_theta(theta, fixed)
     return post, vb.lower_bound_of(post, x, w)
-
-  _, (d_post, d_bound) = jax.jvp(outputs, (_theta(fixed), inputs),
-                                 (d_theta, d_inputs))
-  zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
-  d_out = FitResult(
-      params=d_post, log_likelihood=d_bound.astype(out.log_likelihood.dtype),
-      n_iter=zero(out.n_iter), converged=zero(out.converged),
-      history=jnp.zeros_like(out.history), failed=zero(out.failed),
-      jitter=jnp.zeros_like(out.jitter),
-      n_degenerate=zero(out.n_degenerate))
-  return out, d_out
 
 
 def _as_posterior(post: bp.BayesParams, X) -> bp.BayesParams:
@@ -144,7 +120,8 @@ def fit_bayes(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
               reg_covar=1e-6, prev_lower_bound=-jnp.inf,
               callback: Callable | None = None,
               differentiation: str = "implicit",
-              solver: implicit_lib.ImplicitSolver | None = None
+              solver: implicit_lib.ImplicitSolver | None = None,
+              throw: bool = False, nan_gradients: bool = False
               ) -> FitResult:
   """Fits a Bayesian Gaussian mixture by variational EM from a posterior.
 
@@ -169,6 +146,10 @@ def fit_bayes(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
     prev_lower_bound: the bound the first change is measured from.
     differentiation: ``"implicit"`` or ``"none"``.
     solver: :class:`ImplicitSolver` settings.
+    throw, nan_gradients: as in :func:`gmmjax.fit`: a fit that failed or
+      did not converge raises a :class:`FitError`, or its implicit
+      derivatives are NaN (empty components are the prior's doing, not a
+      failure).
 
   Returns:
     A :class:`FitResult` whose ``params`` is the :class:`BayesParams`
@@ -198,15 +179,20 @@ def fit_bayes(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
     raise ValueError(f"differentiation should be 'implicit' or 'none' for "
                      f"fit_bayes, got {differentiation!r} (modes of "
                      f"gx.fit: {list(DIFFERENTIATION_MODES)}).")
-  return fit_bayes_checked(X, post, w, tol, reg_covar, prev_lower_bound,
-                           prior, np.int32(max_iter),
-                           history_length(max_iter), callback=callback,
-                           differentiation=differentiation, solver=solver)
+  result = fit_bayes_checked(X, post, w, tol, reg_covar, prev_lower_bound,
+                             prior, np.int32(max_iter),
+                             history_length(max_iter), callback=callback,
+                             differentiation=differentiation, solver=solver,
+                             nan_gradients=nan_gradients)
+  if throw:
+    return error_if_bad(result, "gmmjax.fit_bayes", empty_ok=True)
+  return result
 
 
 def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
                       history_len: int, *, callback=None,
-                      differentiation="implicit", solver=None) -> FitResult:
+                      differentiation="implicit", solver=None,
+                      nan_gradients: bool = False) -> FitResult:
   """:func:`fit_bayes` on checked arguments (``max_iter`` may be traced)."""
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
@@ -214,10 +200,10 @@ def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
   args = (X, post, w, tol, reg_covar, prev, prior, max_iter)
   if differentiation == "implicit" and any(
       isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(args)):
-    static = _Static(history_len, callback,
-                     implicit_lib.ImplicitSolver() if solver is None
-                     else solver)
-    return _fit_implicit(static, *args)
+    return implicit_lib.fit_at_fixed_point(
+        _VariationalFixedPoint(history_len, callback),
+        implicit_lib.ImplicitSolver() if solver is None else solver,
+        bool(nan_gradients), *args)
   if differentiation == "none":
     args = lax.stop_gradient(args[:7]) + (max_iter,)
   return _fit(*args, history_len=history_len, callback=callback)
@@ -289,7 +275,8 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
                        "dirichlet_process", method: str = "k-means++",
                        prior: bp.BayesPrior | None = None,
                        max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
-                       sample_weight=None, callback: Callable | None = None):
+                       sample_weight=None, callback: Callable | None = None,
+                       throw: bool = False):
   """``n_init`` variational fits from different initialisations, vmapped.
 
   Key first, as every drawing function. Returns ``(best, results)``: the
@@ -310,8 +297,8 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
       ``"kmeans"``).
     prior: a :class:`BayesPrior`; ``None`` for :func:`make_bayes_prior`'s
       defaults.
-    max_iter, tol, reg_covar, sample_weight, callback: as in
-      :func:`fit_bayes`.
+    max_iter, tol, reg_covar, sample_weight, callback, throw: as in
+      :func:`fit_bayes` (``throw`` checks the best restart).
 
   Example:
     >>> import jax, gmmjax as gx
@@ -340,6 +327,9 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
       prior_type=weight_concentration_prior_type, method=method,
       max_iter=max_iter, tol=tol, reg_covar=reg_covar, sample_weight=w,
       prior=prior, callback=callback)
+  best = results if n_init == 1 else best_restart(results)
+  if throw:
+    error_if_bad(best, "gmmjax.fit_bayes_restarts", empty_ok=True)
   if n_init == 1:
-    return results, jax.tree.map(lambda a: jnp.expand_dims(a, 0), results)
-  return best_restart(results), results
+    return best, jax.tree.map(lambda a: jnp.expand_dims(a, 0), results)
+  return best, results

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -112,15 +111,6 @@ def _fit(X, params, *args, **kwargs):
   return _fit_program(X, params)(X, params, *args, **kwargs)
 
 
-class _Static(NamedTuple):
-  history_len: int
-  callback: Callable | None
-  solver: implicit_lib.ImplicitSolver
-  nan_gradients: bool = False
-  slots: int | None = None
-  chunking: ChunkOptions | None = None
-
-
 def _mean_log_likelihood(params: GMMParams, X, sample_weight, observed=None,
                          slots=None):
   logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(
@@ -130,75 +120,44 @@ def _mean_log_likelihood(params: GMMParams, X, sample_weight, observed=None,
   return jnp.sum(sample_weight * logp) / jnp.sum(sample_weight)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _fit_implicit(static: _Static, X, params, sample_weight, tol, reg_covar,
-                  prev_log_likelihood, prior, max_iter, observed):
-  return _fit(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-              prior, max_iter, history_len=static.history_len,
-              callback=static.callback, observed=observed, slots=static.slots,
-              chunking=static.chunking)
+class _EMFixedPoint(NamedTuple):
+  """EM at its fixed point: ``implicit.fit_at_fixed_point``'s rule for
+  :func:`fit` (args ``(X, params, sample_weight, tol, reg_covar, prev,
+  prior, max_iter, observed)``)."""
+  history_len: int
+  callback: Callable | None
+  slots: int | None = None
+  chunking: ChunkOptions | None = None
+  empty_ok = False  # an empty or collapsed component is degenerate
 
+  def run(self, X, params, w, tol, reg_covar, prev, prior, max_iter,
+          observed):
+    return _fit(X, params, w, tol, reg_covar, prev, prior, max_iter,
+                history_len=self.history_len, callback=self.callback,
+                observed=observed, slots=self.slots, chunking=self.chunking)
 
-@_fit_implicit.defjvp
-def _fit_implicit_jvp(static: _Static, primals, tangents):
-  X, params, sample_weight, tol, reg_covar, prev_ll, prior, _, observed = (
-      primals)
-  dX, _, dw, _, dreg, _, dprior, _, _ = tangents
-  out = _fit_implicit(static, *primals)
-  ctype = params.covariance_type
-  inputs = (X, sample_weight, reg_covar, prior)
-  d_inputs = (dX, dw, dreg, dprior)
+  def theta(self, params):
+    return implicit_lib.theta_from_params(params)
 
-  # Both the linearisation of the EM map and the outputs' tangents are taken
-  # at the fixed point, whose precision factors the fit already has: they
-  # are reused (with the factorisation's derivative), not recomputed from
-  # covariances that may carry a jitter (implicit_lib.params_from_theta).
-  prec_chol = out.params.precisions_cholesky
+  def _params(self, theta, fixed):
+    # The fixed point's precision factors are reused (with the
+    # factorisation's derivative), not recomputed from covariances that
+    # may carry a jitter (implicit_lib.params_from_theta).
+    return implicit_lib.params_from_theta(theta, fixed.covariance_type,
+                                          fixed.precisions_cholesky)
 
-  def step(theta, inp):
-    x, w, reg, pri = inp
+  def step(self, theta, inputs, fixed, args):
+    x, w, reg, pri = inputs
     new, _, _ = em_step_jitter(
-        x, implicit_lib.params_from_theta(theta, ctype, prec_chol),
-        sample_weight=w, reg_covar=reg, prior=pri, observed=observed,
-        slots=static.slots, chunking=static.chunking)
+        x, self._params(theta, fixed), sample_weight=w, reg_covar=reg,
+        prior=pri, observed=args[-1], slots=self.slots,
+        chunking=self.chunking)
     return implicit_lib.theta_from_params(new)
 
-  theta = implicit_lib.theta_from_params(out.params)
-  # The initial params, tol and prev_log_likelihood do not move the fixed
-  # point: their tangents are dropped, so gradients w.r.t. them are zero.
-  d_theta = implicit_lib.fixed_point_jvp(step, theta, inputs, d_inputs,
-                                         solver=static.solver)
-
-  def outputs(th, inp):
-    x, w, _, _ = inp
-    p = implicit_lib.params_from_theta(th, ctype, prec_chol)
-    return p, _mean_log_likelihood(p, x, w, observed, static.slots)
-
-  _, (d_params, d_ll) = jax.jvp(outputs, (theta, inputs), (d_theta, d_inputs))
-  if static.nan_gradients:
-    # The implicit derivative holds at a fixed point only: a fit that
-    # failed, stopped before converging or kept a degenerate component
-    # has none, and its tangents are NaN rather than a plausible number.
-    # A product, not a select: reverse mode transposes it into the
-    # cotangents too (a select's constant branch would transpose to 0).
-    bad = out.failed | ~out.converged | (out.n_degenerate > 0)
-    d_params, d_ll = jax.tree.map(
-        lambda t: t * jnp.where(bad, jnp.nan, 1.0).astype(t.dtype),
-        (d_params, d_ll))
-  d_out = FitResult(
-      params=d_params,
-      log_likelihood=d_ll.astype(out.log_likelihood.dtype),
-      n_iter=_float0_zeros(out.n_iter),
-      converged=_float0_zeros(out.converged),
-      history=jnp.zeros_like(out.history),
-      failed=_float0_zeros(out.failed),
-      jitter=jnp.zeros_like(out.jitter),
-      n_degenerate=_float0_zeros(out.n_degenerate))
-  return out, d_out
-
-
-def _float0_zeros(x):
-  return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+  def outputs(self, theta, inputs, fixed, args):
+    x, w, _, _ = inputs
+    p = self._params(theta, fixed)
+    return p, _mean_log_likelihood(p, x, w, args[-1], self.slots)
 
 
 def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,
@@ -387,12 +346,11 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
       isinstance(leaf, jax.core.Tracer)
       for leaf in jax.tree.leaves((X, params, w, tol, reg_covar, prior,
                                    prev_log_likelihood))):
-    static = _Static(history_len, callback,
-                     implicit_lib.ImplicitSolver() if solver is None
-                     else solver, bool(nan_gradients), slots, chunking)
-    return _fit_implicit(static, X, params, w, tol, reg_covar,
-                         jnp.asarray(prev_log_likelihood, X.dtype), prior,
-                         max_iter, observed)
+    return implicit_lib.fit_at_fixed_point(
+        _EMFixedPoint(history_len, callback, slots, chunking),
+        implicit_lib.ImplicitSolver() if solver is None else solver,
+        bool(nan_gradients), X, params, w, tol, reg_covar,
+        jnp.asarray(prev_log_likelihood, X.dtype), prior, max_iter, observed)
   if differentiation == "none":
     X, params, w, tol, reg_covar, prior = lax.stop_gradient(
         (X, params, w, tol, reg_covar, prior))

@@ -28,16 +28,19 @@ lie in the constrained directions, and so do the solutions.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.scipy.sparse import linalg as sparse_linalg
 
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src.params import GMMParams
+from gmmjax._src.results import FitResult
 
 # "auto" forms the matrix up to this many unknowns (K * (1 + D + D^2) for
 # full covariances: K=8 in 10 dimensions), a Krylov method beyond.
@@ -234,3 +237,78 @@ def fixed_point_jvp(step, theta, inputs, d_inputs, *,
   solve = krylov_solve(solver, dtype, _tree_size(theta))
   return lax.custom_linear_solve(matvec, rhs, solve=solve,
                                  transpose_solve=solve)
+
+
+# ---------------------------------------------------------------------------
+# A fit differentiated at its fixed point.
+
+# Where every fit's arguments hold the inputs the fixed point depends on:
+# ``(X, params, sample_weight, tol, reg_covar, prev, prior, max_iter, ...)``.
+# The initial params, ``tol`` and ``prev`` do not move the fixed point:
+# their tangents are dropped, so gradients with respect to them are zero.
+_INPUTS = (0, 2, 4, 6)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2))
+def fit_at_fixed_point(rule, solver: ImplicitSolver, nan_gradients: bool,
+                       *args) -> FitResult:
+  """``rule.run(*args)``, a fit's :class:`FitResult`, whose derivatives are
+  taken implicitly at the fixed point it returns.
+
+  ``rule`` (static, hashable) says what the fit iterates:
+
+  - ``run(*args)``: the compiled fit, ``args`` laid out as ``(X, params,
+    sample_weight, tol, reg_covar, prev, prior, max_iter, ...)``;
+  - ``theta(params)``: the coordinates of the fixed point;
+  - ``step(theta, inputs, fixed, args)``: one iteration from ``theta``,
+    with ``inputs = (X, sample_weight, reg_covar, prior)`` and ``fixed``
+    the returned params (their derived factors are reused);
+  - ``outputs(theta, inputs, fixed, args)``: the returned params and
+    objective at ``theta``.
+
+  With ``nan_gradients``, the tangents of a fit that failed, did not
+  converge or kept a degenerate component are NaN: the implicit derivative
+  holds at a fixed point only. A rule whose ``empty_ok`` is true (a
+  Bayesian fit, whose prior empties the components the data do not need)
+  counts only failure and non-convergence.
+  """
+  return rule.run(*args)
+
+
+@fit_at_fixed_point.defjvp
+def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
+  out = fit_at_fixed_point(rule, solver, nan_gradients, *primals)
+  fixed = out.params
+  inputs = tuple(primals[i] for i in _INPUTS)
+  d_inputs = tuple(tangents[i] for i in _INPUTS)
+  theta = rule.theta(fixed)
+  d_theta = fixed_point_jvp(
+      lambda th, inp: rule.step(th, inp, fixed, primals), theta, inputs,
+      d_inputs, solver=solver)
+  _, (d_params, d_obj) = jax.jvp(
+      lambda th, inp: rule.outputs(th, inp, fixed, primals),
+      (theta, inputs), (d_theta, d_inputs))
+  if nan_gradients:
+    # A product, not a select: reverse mode transposes it into the
+    # cotangents too (a select's constant branch would transpose to 0).
+    bad = out.failed | ~out.converged
+    if not rule.empty_ok:
+      bad = bad | (out.n_degenerate > 0)
+    d_params, d_obj = jax.tree.map(
+        lambda t: t * jnp.where(bad, jnp.nan, 1.0).astype(t.dtype),
+        (d_params, d_obj))
+  d_obj = d_obj.astype(out.log_likelihood.dtype)
+  # The history's last recorded entry (``lower_bound``) is the objective at
+  # the fixed point too: it carries the objective's tangent, so that
+  # differentiating ``result.lower_bound`` is not silently zero. Earlier
+  # entries, from iterates before the fixed point, have none.
+  last = jnp.maximum(out.n_iter - 1, 0)
+  d_history = jnp.where(
+      jnp.arange(out.history.shape[-1]) == last, d_obj,
+      jnp.zeros_like(out.history))
+  zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+  return out, FitResult(
+      params=d_params, log_likelihood=d_obj, n_iter=zero(out.n_iter),
+      converged=zero(out.converged), history=d_history,
+      failed=zero(out.failed), jitter=jnp.zeros_like(out.jitter),
+      n_degenerate=zero(out.n_degenerate))

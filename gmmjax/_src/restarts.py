@@ -20,6 +20,7 @@ from gmmjax._src.fit import (
     history_length,
 )
 from gmmjax._src.params import GMMParams
+from gmmjax._src.results import error_if_bad
 
 
 @jax.jit
@@ -129,7 +130,7 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                  sample_weight=None,
                  callback: Callable | None = None,
                  rank: int | None = None,
-                 chunking: ChunkOptions | None = None
+                 chunking: ChunkOptions | None = None, throw: bool = False
                  ) -> tuple[FitResult, FitResult]:
   """``n_init`` initialisations and EM fits, as one compiled program.
 
@@ -148,6 +149,8 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
       :func:`init_params`.
     max_iter, tol, callback, chunking: as in :func:`fit` (``chunking`` also
       sizes the blocks the restarts' initialisations run in).
+    throw: raise a :class:`FitError` when the best restart failed, did not
+      converge or has degenerate components (as :func:`fit`'s ``throw``).
 
   Returns:
     ``(best, all_results)``: the best :class:`FitResult` (highest final
@@ -169,9 +172,10 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                             max_iter=max_iter, tol=tol, reg_covar=reg_covar,
                             sample_weight=sample_weight, callback=callback,
                             rank=rank, chunking=chunking)
-  if n_init == 1:
-    return results, _add_axis(results)
-  return best_restart(results), results
+  best = results if n_init == 1 else best_restart(results)
+  if throw:
+    error_if_bad(best, "gmmjax.fit_restarts")
+  return best, (_add_axis(results) if n_init == 1 else results)
 
 
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from gmmjax._src import cholesky as chol_ops
+from gmmjax._src import covariance as cov_ops
 from gmmjax._src.params import GMMParams
 
 
@@ -86,23 +86,8 @@ def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
   """
   dtype = params.means.dtype
   cov = lax.stop_gradient(params.covariances)
-  ctype = params.covariance_type
   threshold = 2 * jnp.asarray(reg_covar, dtype)
-  if ctype in ("full", "tied"):
-    # The smallest eigenvalue is at most the threshold exactly when
-    # cov - threshold I is not positive definite, which a Cholesky
-    # factorisation tells for less than an eigendecomposition (and, for a
-    # few features, without LAPACK: cholesky.cholesky).
-    shifted = cov - threshold * chol_ops.eye_like(cov)
-    collapsed = ~chol_ops.chol_ok(chol_ops.cholesky(shifted))
-  elif ctype == "diag":
-    collapsed = jnp.min(cov, axis=-1) <= threshold
-  elif ctype == "lowrank":
-    # The smallest eigenvalue of W W^T + diag(psi) is at least min(psi),
-    # and with q < D at most max(psi): the noise says whether it collapsed.
-    collapsed = jnp.min(cov[..., -1], axis=-1) <= threshold
-  else:
-    collapsed = cov <= threshold
+  collapsed = cov_ops.get(params.covariance_type).collapsed(cov, threshold)
   collapsed = jnp.broadcast_to(collapsed, params.weights.shape)
   empty = params.weights * jnp.asarray(n_samples, dtype) < 1
   bad = empty | collapsed
@@ -179,16 +164,20 @@ def _raise_fit_error(name, *values):
     raise FitError(message)
 
 
-def error_if_bad(result: FitResult, name: str) -> FitResult:
+def error_if_bad(result: FitResult, name: str, *,
+                 empty_ok: bool = False) -> FitResult:
   """``result``, or a :class:`FitError` if it failed, did not converge or
-  has degenerate components (``throw=True``).
+  has degenerate components (``throw=True``; with ``empty_ok``, as for a
+  Bayesian fit whose prior empties the components the data do not need,
+  degenerate components are not an error).
 
   Outside a trace the check is made here; inside one (``jit``, ``vmap``,
   ``grad``) by a host callback of the program, whose error surfaces as a
   ``JaxRuntimeError`` carrying this message when the program runs.
   """
-  values = (result.failed, result.converged, result.n_degenerate,
-            result.n_iter)
+  n_degenerate = (np.zeros(np.shape(result.n_degenerate), np.int32)
+                  if empty_ok else result.n_degenerate)
+  values = (result.failed, result.converged, n_degenerate, result.n_iter)
   if not any(isinstance(v, jax.core.Tracer) for v in values):
     _raise_fit_error(name, *jax.device_get(values))
     return result
