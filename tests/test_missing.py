@@ -439,9 +439,9 @@ def test_many_slots_match_the_reference(x64):
     st = missing_slots.terms(p, xb, ob, missing_slots.slot_indices(ob, 6),
                              centre)
     a = jnp.where(ob, xb - centre, 0.0)
-    fast = missing_slots.centred_moments(p, rw, a, st, centre)
-    exact = missing_slots.moments(p, rw, xb, ob, st, centre)
-    return st.log_gauss, missing_slots.completed(p, xb, ob, st), fast, exact
+    fast = missing_slots.slot_centred_moments(p, rw, a, st, centre)
+    exact = missing_slots.slot_moments(p, rw, xb, ob, st, centre)
+    return st.log_gauss, missing_slots.slot_completed(p, xb, ob, st), fast, exact
 
   rw = jnp.asarray(rng.random((n, K)))
   log_gauss, completed, fast, exact = terms_and_moments(xb, ob, rw)

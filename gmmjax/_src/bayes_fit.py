@@ -25,8 +25,9 @@ from gmmjax._src.restarts import best_restart
 from gmmjax._src.results import FitResult, error_if_bad, history_length
 
 
-def _fit_impl(X, post, sample_weight, tol, reg_covar, prev, prior, max_iter,
-              history_len: int, callback: Callable | None):
+def _variational_fit_impl(X, post, sample_weight, tol, reg_covar, prev,
+                          prior, max_iter, history_len: int,
+                          callback: Callable | None):
   problem = engine.Problem(X, sample_weight, tol, reg_covar, prior)
   result, _ = engine.run(vb.VariationalStep(), post, problem, prev_ll=prev,
                          max_iter=max_iter, history_len=history_len,
@@ -34,13 +35,13 @@ def _fit_impl(X, post, sample_weight, tol, reg_covar, prev, prior, max_iter,
   return result
 
 
-_fit_programs = compiling.jit_by_size(
-    _fit_impl, static_argnames=("history_len", "callback"))
+_variational_fit_programs = compiling.jit_by_size(
+    _variational_fit_impl, static_argnames=("history_len", "callback"))
 
 
-def _fit(X, post, *args, **kwargs):
+def _variational_fit(X, post, *args, **kwargs):
   k, d = post.means.shape[-2:]
-  program = compiling.pick(_fit_programs, X.shape[-2], k, d)
+  program = compiling.pick(_variational_fit_programs, X.shape[-2], k, d)
   return program(X, post, *args, **kwargs)
 
 
@@ -69,7 +70,7 @@ class _VariationalFixedPoint(NamedTuple):
   empty_ok = True  # the prior empties the components the data do not need
 
   def run(self, X, post, w, tol, reg_covar, prev, prior, max_iter):
-    return _fit(X, post, w, tol, reg_covar, prev, prior, max_iter,
+    return _variational_fit(X, post, w, tol, reg_covar, prev, prior, max_iter,
                 history_len=self.history_len, callback=self.callback)
 
   def theta(self, post: bp.BayesParams) -> _Theta:
@@ -206,7 +207,7 @@ def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
         bool(nan_gradients), *args)
   if differentiation == "none":
     args = lax.stop_gradient(args[:7]) + (max_iter,)
-  return _fit(*args, history_len=history_len, callback=callback)
+  return _variational_fit(*args, history_len=history_len, callback=callback)
 
 
 def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
@@ -223,9 +224,10 @@ def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
       reg_covar=reg_covar)[0]
 
 
-def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, prior, *,
-                  n_components, n_init, covariance_type, prior_type, method,
-                  history_len, callback):
+def _variational_init_and_fit(key, X, sample_weight, tol, reg_covar,
+                              max_iter, prior, *, n_components, n_init,
+                              covariance_type, prior_type, method,
+                              history_len, callback):
   """Initialisations and fits of every restart: one program (restart ``i``
   draws with ``split(key, n_init)[i]``; one restart is unbatched)."""
   keys = jax.random.split(key, n_init)
@@ -235,7 +237,7 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, prior, *,
                            n_components, covariance_type, prior_type, method)
 
   def fit_one(post):
-    return _fit_impl(X, post, sample_weight, tol, reg_covar,
+    return _variational_fit_impl(X, post, sample_weight, tol, reg_covar,
                      jnp.asarray(-jnp.inf, X.dtype), prior, max_iter,
                      history_len, callback)
 
@@ -246,8 +248,8 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, prior, *,
   return jax.vmap(fit_one)(posts)
 
 
-_init_and_fit_programs = compiling.jit_by_size(
-    _init_and_fit, static_argnames=("n_components", "n_init",
+_variational_init_and_fit_programs = compiling.jit_by_size(
+    _variational_init_and_fit, static_argnames=("n_components", "n_init",
                                     "covariance_type", "prior_type",
                                     "method", "history_len", "callback"))
 
@@ -258,8 +260,8 @@ def bayes_restart_results(key, X, n_components: int, *, n_init: int,
                           prior: bp.BayesPrior, callback) -> FitResult:
   """Every restart's result (batched; unbatched for one restart), on
   checked arguments: initialisation and fit as one compiled program."""
-  program = compiling.pick(_init_and_fit_programs, X.shape[0], n_components,
-                           X.shape[1], batch=n_init)
+  program = compiling.pick(_variational_init_and_fit_programs, X.shape[0],
+                           n_components, X.shape[1], batch=n_init)
   return program(key, X, sample_weight, checks.as_scalar(tol, X.dtype),
                  checks.as_scalar(reg_covar, X.dtype), np.int32(max_iter),
                  prior,

@@ -254,7 +254,7 @@ def cholesky_jitter(covariances):
   return _jitter_ladder(cov, cholesky_ok(cov))[0]
 
 
-def precision_cholesky_jittered(covariances):
+def jittered_factors(covariances):
   """Precision factors of full/tied covariances with a reported jitter.
 
   Covariances whose factorisation fails (not positive definite up to

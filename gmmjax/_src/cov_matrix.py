@@ -79,7 +79,7 @@ class MatrixType(CovarianceType):
     return chol_ops.precision_from_chol(chol_ops.cholesky(cov))
 
   def precision_cholesky_jittered(self, cov):
-    return chol_ops.precision_cholesky_jittered(cov)
+    return chol_ops.jittered_factors(cov)
 
   def precision_cholesky_given(self, cov, pc):
     return chol_ops.precision_cholesky_of(cov, lax.stop_gradient(pc))

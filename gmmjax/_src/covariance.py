@@ -56,7 +56,7 @@ def covariance_shape(covariance_type: str, n_components: int,
   return ct.shape(n_components, n_features, rank)
 
 
-def n_parameters(covariance_type: str, n_components: int,
+def count_parameters(covariance_type: str, n_components: int,
                  n_features: int, rank: int | None = None) -> int:
   """Number of free parameters of a mixture (weights, means, covariances).
 

@@ -328,7 +328,7 @@ def evaluate_observed(params: GMMParams, X, observed, *, what: str,
 
 def n_parameters(params: GMMParams) -> int:
   """Number of free parameters of the mixture (for BIC/AIC)."""
-  return cov_ops.n_parameters(params.covariance_type, params.n_components,
+  return cov_ops.count_parameters(params.covariance_type, params.n_components,
                               params.n_features, params.rank)
 
 

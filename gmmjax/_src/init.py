@@ -122,8 +122,8 @@ def init_traced(key, X, sample_weight, reg_covar, n_components,
   if rank is not None:  # low-rank: clusters' principal axes
     if method in SEEDINGS:
       resp = init_lowrank.hard_assignment(xc, resp)
-    return init_lowrank.params_from_resp(jax.random.fold_in(key, 1), X, resp,
-                                         sample_weight, rank, reg_covar)
+    return init_lowrank.lowrank_params_from_resp(
+        jax.random.fold_in(key, 1), X, resp, sample_weight, rank, reg_covar)
   return params_from_resp(X, resp, sample_weight, covariance_type, reg_covar)
 
 

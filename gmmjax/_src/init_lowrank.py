@@ -62,7 +62,7 @@ def principal_axes(key, xc, rw, diff, rank: int):
   return mm.matmul(u, vec), jnp.maximum(lam, 0.0)
 
 
-def params_from_resp(key, X, resp, sample_weight, rank: int,
+def lowrank_params_from_resp(key, X, resp, sample_weight, rank: int,
                      reg_covar) -> GMMParams:
   """Low-rank parameters from responsibilities ``(N, K)`` (see the module)."""
   dtype = X.dtype

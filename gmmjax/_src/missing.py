@@ -207,7 +207,7 @@ def moments(params: GMMParams, rw, xb, ob, terms, shift):
   ``(K, D)``), conditional covariances included."""
   ct = cov_lib.get(params.covariance_type)
   if ct.is_matrix:
-    return missing_slots.moments(params, rw, xb, ob, terms, shift)
+    return missing_slots.slot_moments(params, rw, xb, ob, terms, shift)
   xhat, cond = terms
   z = xhat - shift  # (n, K, D)
   rz = rw[:, :, None] * z
@@ -220,7 +220,8 @@ def completed(params: GMMParams, xb, ob, terms):
   """The completed samples ``(n, K, D)``: observed entries, conditional
   means of the missing ones."""
   if cov_lib.get(params.covariance_type).is_matrix:
-    return jnp.swapaxes(missing_slots.completed(params, xb, ob, terms), 0, 1)
+    return jnp.swapaxes(missing_slots.slot_completed(params, xb, ob, terms),
+                        0, 1)
   return terms[0]
 
 

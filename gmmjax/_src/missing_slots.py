@@ -20,9 +20,9 @@ for most rows. The factorisation works elementwise over all rows and
 components at once (XLA's batched LAPACK calls on millions of tiny matrices
 cost microseconds each), one step per slot (:func:`_factorise`).
 
-The M-step's statistics come in two forms: :func:`centred_moments`, GEMMs
-around one centre (the fast form, moved to per-component shifts under the
-guard of ``moments.moved_moments``), and :func:`moments`, the
+The M-step's statistics come in two forms: :func:`slot_centred_moments`,
+GEMMs around one centre (the fast form, moved to per-component shifts under
+the guard of ``moments.moved_moments``), and :func:`slot_moments`, the
 per-component moments of the completed rows formed from differences (no
 cancellation), plus the conditional covariances scattered into their
 missing blocks.
@@ -241,9 +241,9 @@ def _log_gauss(pc, ob, maha, log_det_g):
           + log_det_p[None, :] - 0.5 * log_det_g)
 
 
-def centred_moments(params, rw, a, st: SlotTerms, centre):
+def slot_centred_moments(params, rw, a, st: SlotTerms, centre):
   """``(sx, sxx)`` of the completed rows around ``centre`` by GEMMs (the
-  fast form; :func:`moments` is the exact one): the complete-data moments
+  fast form; :func:`slot_moments` is the exact one): the complete-data moments
   of the filled rows ``a`` (missing entries at the centre), the cross
   terms with the missing entries' offsets ``e`` from the centre, one GEMM
   ``a^T [r e]`` ``(D, n) @ (n, K D)``, and their own second moments plus
@@ -281,19 +281,19 @@ def _filled_missing(delta, slots, d: int):
   return jnp.einsum("mnk,nmd->knd", delta, hot)
 
 
-def completed(params, xb, ob, st: SlotTerms):
+def slot_completed(params, xb, ob, st: SlotTerms):
   """Completed rows ``(K, n, D)``: observed entries, conditional means of
   the missing ones."""
   base = jnp.where(ob[None], xb[None], params.means[:, None, :])
   return base - _filled_missing(st.delta, st.slots, xb.shape[1])
 
 
-def moments(params, rw, xb, ob, st: SlotTerms, shift):
+def slot_moments(params, rw, xb, ob, st: SlotTerms, shift):
   """``(sx, sxx)`` of the completed rows around ``shift`` (``(D,)`` or
   ``(K, D)``), the conditional covariances included."""
   ct = cov_lib.get(params.covariance_type)
   s = shift if shift.ndim == 2 else shift[None, :]
-  z = completed(params, xb, ob, st) - s[:, None, :]  # (K, n, D)
+  z = slot_completed(params, xb, ob, st) - s[:, None, :]  # (K, n, D)
   rz = rw.T[:, :, None] * z
   sxx = ct.component_sxx(rz, z, 1) + scatter_conditional(
       rw, st, xb.shape[1], ct.shared)

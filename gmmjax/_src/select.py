@@ -258,7 +258,7 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
       jax.device_get(out))
   total_ll = np.asarray(total_ll, np.float64)
   count = np.asarray(count, np.float64)
-  n_par = np.array([cov_ops.n_parameters(covariance_type, k, n_features)
+  n_par = np.array([cov_ops.count_parameters(covariance_type, k, n_features)
                     for k in ks], np.float64)
   failed = np.asarray(failed)
   bic = np.where(failed, np.inf, -2.0 * total_ll + n_par * np.log(count))

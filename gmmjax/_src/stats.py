@@ -177,7 +177,7 @@ def _masked_piece(params, shift, temperature, m: int, chunking, xb, ob, wb):
   """The statistics of one piece whose rows miss at most ``m`` entries.
 
   Full/tied: the moments of the completed rows by GEMMs around the centre
-  (``missing_slots.centred_moments``), moved to per-component shifts;
+  (``missing_slots.slot_centred_moments``), moved to per-component shifts;
   where ``moments.moved_moments`` says the move lost digits, the exact
   per-component form (``missing.moments``), from the same E-step terms.
   Diag/spherical, and pieces small enough for the complete data's exact
@@ -199,7 +199,7 @@ def _masked_piece(params, shift, temperature, m: int, chunking, xb, ob, wb):
     sx, sxx = exact()
   else:
     a = jnp.where(ob, xb - centre[None, :], 0.0)
-    sx, sxx = missing_slots.centred_moments(params, rw, a, terms, centre)
+    sx, sxx = missing_slots.slot_centred_moments(params, rw, a, terms, centre)
     if per_component:
       sx, sxx, bad = moments.moved_moments(rw, shift, centre, sx, sxx,
                                            params.covariances,
