@@ -364,3 +364,29 @@ def test_lower_bound_carries_the_objectives_gradient(data, bayes_problem,
   by_objective = jax.grad(lambda x: fit(x).log_likelihood)(X)
   assert np.abs(by_objective).max() > 0
   np.testing.assert_array_equal(by_bound, by_objective)
+
+
+THROWING_FITS = {
+    "fit_sharded": lambda X, p, b, kw: gx.fit_sharded(X, p, **kw),
+    "fit_restarts_sharded": lambda X, p, b, kw: gx.fit_restarts_sharded(
+        KEY, X, 2, **kw)[0],  # the best restart
+    "fit_chunked": lambda X, p, b, kw: gx.fit_chunked(X, p, **kw),
+    "fit_gradient": lambda X, p, b, kw: gx.fit_gradient(X, p, **kw),
+    "fit_bayes_chunked": lambda X, p, b, kw: gx.fit_bayes_chunked(
+        np.asarray(b[0]), b[2].params, b[1], **kw),
+    "fit_bayes_sharded": lambda X, p, b, kw: gx.fit_bayes_sharded(
+        b[0], b[2].params, b[1], **kw),
+}
+
+
+@pytest.mark.parametrize("name", list(THROWING_FITS))
+def test_throw_on_every_fit(data, bayes_problem, name):
+  """``throw=True`` turns a fit stopped before converging (``tol=0``) into
+  a FitError naming the function, on every functional fit."""
+  X, params = data
+  run = THROWING_FITS[name]
+  with pytest.raises(gx.FitError, match=rf"gmmjax\.{name}\(throw=True\).*"
+                                        "did not converge"):
+    run(X, params, bayes_problem, dict(tol=0.0, max_iter=2, throw=True))
+  result = run(X, params, bayes_problem, dict(tol=0.0, max_iter=2))
+  assert not bool(result.converged)  # what throw=True refused

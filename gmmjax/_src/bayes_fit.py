@@ -186,7 +186,7 @@ def fit_bayes(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
                              differentiation=differentiation, solver=solver,
                              nan_gradients=nan_gradients)
   if throw:
-    return error_if_bad(result, "gmmjax.fit_bayes", empty_ok=True)
+    return error_if_bad(result, "gmmjax.fit_bayes", degenerate=False)
   return result
 
 
@@ -331,7 +331,7 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
       prior=prior, callback=callback)
   best = results if n_init == 1 else best_restart(results)
   if throw:
-    error_if_bad(best, "gmmjax.fit_bayes_restarts", empty_ok=True)
+    error_if_bad(best, "gmmjax.fit_bayes_restarts", degenerate=False)
   if n_init == 1:
     return best, jax.tree.map(lambda a: jnp.expand_dims(a, 0), results)
   return best, results

@@ -16,7 +16,7 @@ from gmmjax._src import bayes_params as bp
 from gmmjax._src import checks, engine, scale, scale_chunked, scale_online
 from gmmjax._src import variational as vb
 from gmmjax._src.bayes_fit import _as_posterior, _as_prior
-from gmmjax._src.results import FitResult
+from gmmjax._src.results import FitResult, error_if_bad
 
 
 def fit_bayes_chunked(data, posterior: bp.BayesParams, prior: bp.BayesPrior,
@@ -25,7 +25,7 @@ def fit_bayes_chunked(data, posterior: bp.BayesParams, prior: bp.BayesPrior,
                       prev_lower_bound=-jnp.inf,
                       callback: Callable | None = None,
                       reduce: Callable | None = None, prefetch: int = 2,
-                      device=None) -> FitResult:
+                      device=None, throw: bool = False) -> FitResult:
   """:func:`gmmjax.fit_bayes` over data streamed in chunks.
 
   The same variational iteration, its E-step statistics summed one chunk
@@ -40,7 +40,7 @@ def fit_bayes_chunked(data, posterior: bp.BayesParams, prior: bp.BayesPrior,
     prior: a :class:`BayesPrior`.
     sample_weight, chunk_size, reduce, prefetch, device: as in
       :func:`gmmjax.fit_chunked`.
-    max_iter, tol, reg_covar, prev_lower_bound, callback: as in
+    max_iter, tol, reg_covar, prev_lower_bound, callback, throw: as in
       :func:`gmmjax.fit_bayes`.
 
   Returns:
@@ -74,16 +74,20 @@ def fit_bayes_chunked(data, posterior: bp.BayesParams, prior: bp.BayesPrior,
   problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
                            jnp.asarray(reg_covar, dtype),
                            jax.device_put(_as_prior(prior, dtype), device))
-  return engine.host_fit(post, problem, stats_pass,
-                         prev_ll=jnp.asarray(prev_lower_bound, dtype),
-                         max_iter=max_iter, callback=callback,
-                         step=vb.VariationalStep())
+  result = engine.host_fit(post, problem, stats_pass,
+                           prev_ll=jnp.asarray(prev_lower_bound, dtype),
+                           max_iter=max_iter, callback=callback,
+                           step=vb.VariationalStep())
+  if throw:
+    return error_if_bad(result, "gmmjax.fit_bayes_chunked", degenerate=False)
+  return result
 
 
 def fit_bayes_sharded(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
                       sample_weight=None, mesh=None, axis_name=None,
                       max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
-                      prev_lower_bound=-np.inf) -> FitResult:
+                      prev_lower_bound=-np.inf, throw: bool = False
+                      ) -> FitResult:
   """:func:`gmmjax.fit_bayes` on samples sharded over devices.
 
   The loop of :func:`gmmjax.fit_sharded` with the variational step: each
@@ -101,7 +105,7 @@ def fit_bayes_sharded(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
       restart axis (vmapped inside every device's program).
     prior: a :class:`BayesPrior`.
     sample_weight, mesh, axis_name: as in :func:`gmmjax.fit_sharded`.
-    max_iter, tol, reg_covar, prev_lower_bound: as in
+    max_iter, tol, reg_covar, prev_lower_bound, throw: as in
       :func:`gmmjax.fit_bayes`.
 
   Returns:
@@ -136,7 +140,10 @@ def fit_bayes_sharded(X, posterior: bp.BayesParams, prior: bp.BayesPrior, *,
     post, prior = jax.tree.map(np.asarray, (post, prior))
   fn = scale._sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
                              vb.VariationalStep)
-  return fn(X, w, post, *scalars, prior)
+  result = fn(X, w, post, *scalars, prior)
+  if throw:
+    return error_if_bad(result, "gmmjax.fit_bayes_sharded", degenerate=False)
+  return result
 
 
 def _online_operands(X, posterior, prior, sample_weight, n_samples,

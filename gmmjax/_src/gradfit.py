@@ -29,6 +29,7 @@ from gmmjax._src import fit as fit_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.engine import check_max_iter, tree_where
 from gmmjax._src.params import GMMParams, all_finite
+from gmmjax._src.results import error_if_bad
 from gmmjax._src.unconstrained import (
     UnconstrainedParams,
     from_unconstrained,
@@ -159,7 +160,8 @@ def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
 def fit_gradient(X, params: GMMParams,
                  optimizer: optax.GradientTransformation | None = None, *,
                  sample_weight=None, max_iter: int = 500, tol=1e-7,
-                 penalty: Callable | None = None) -> GradFitResult:
+                 penalty: Callable | None = None,
+                 throw: bool = False) -> GradFitResult:
   """Fits a mixture by gradient descent on the negative log-likelihood.
 
   Minimises ``-mean_i log p(x_i) + penalty(params)`` over the unconstrained
@@ -180,6 +182,8 @@ def fit_gradient(X, params: GMMParams,
     tol: stop when ``|loss change| < tol``.
     penalty: optional static ``penalty(params) -> scalar`` added to the loss
       (e.g. a prior, a sparsity or separation term).
+    throw: raise a :class:`FitError` when the fit failed or did not
+      converge, as :func:`gmmjax.fit`'s ``throw``.
 
   Returns:
     A :class:`GradFitResult`.
@@ -199,8 +203,11 @@ def fit_gradient(X, params: GMMParams,
   """
   checks.check_finite(X)
   checks.check_finite(sample_weight, "sample_weight")
-  return _fit_gradient_checked(X, params, optimizer, sample_weight, max_iter,
-                               tol, penalty)
+  result = _fit_gradient_checked(X, params, optimizer, sample_weight,
+                                 max_iter, tol, penalty)
+  if throw:
+    return error_if_bad(result, "gmmjax.fit_gradient", degenerate=False)
+  return result
 
 
 def _fit_gradient_checked(X, params, optimizer, sample_weight, max_iter, tol,

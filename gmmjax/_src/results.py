@@ -164,19 +164,21 @@ def _raise_fit_error(name, *values):
     raise FitError(message)
 
 
-def error_if_bad(result: FitResult, name: str, *,
-                 empty_ok: bool = False) -> FitResult:
+def error_if_bad(result, name: str, *, degenerate: bool = True):
   """``result``, or a :class:`FitError` if it failed, did not converge or
-  has degenerate components (``throw=True``; with ``empty_ok``, as for a
-  Bayesian fit whose prior empties the components the data do not need,
-  degenerate components are not an error).
+  (with ``degenerate``) has degenerate components (``throw=True``).
+
+  ``result`` is a :class:`FitResult` or a result with the same ``failed``,
+  ``converged`` and ``n_iter`` (``GradFitResult``, with ``degenerate``
+  False). A Bayesian fit passes ``degenerate=False`` too: its prior empties
+  the components the data do not need.
 
   Outside a trace the check is made here; inside one (``jit``, ``vmap``,
   ``grad``) by a host callback of the program, whose error surfaces as a
   ``JaxRuntimeError`` carrying this message when the program runs.
   """
-  n_degenerate = (np.zeros(np.shape(result.n_degenerate), np.int32)
-                  if empty_ok else result.n_degenerate)
+  n_degenerate = (result.n_degenerate if degenerate
+                  else np.zeros(np.shape(result.n_iter), np.int32))
   values = (result.failed, result.converged, n_degenerate, result.n_iter)
   if not any(isinstance(v, jax.core.Tracer) for v in values):
     _raise_fit_error(name, *jax.device_get(values))

@@ -34,7 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from gmmjax._src import checks, engine, missing, results
 from gmmjax._src.params import GMMParams
-from gmmjax._src.results import FitResult
+from gmmjax._src.results import FitResult, error_if_bad
 
 # ---------------------------------------------------------------------------
 # Several processes.
@@ -216,7 +216,8 @@ def _pad_rows(X, w, fill: int, sharding):
 def fit_sharded(X, params: GMMParams, *, sample_weight=None,
                 mesh: Mesh | None = None, axis_name=None, max_iter: int = 100,
                 tol=1e-3, reg_covar=1e-6, prev_log_likelihood=-np.inf,
-                nan_as_missing: bool = False) -> FitResult:
+                nan_as_missing: bool = False, throw: bool = False
+                ) -> FitResult:
   """EM on samples sharded over devices: local statistics, ``psum``, M-step.
 
   The whole loop of :func:`gmmjax.fit` runs in one compiled program under
@@ -245,6 +246,8 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     max_iter, tol, reg_covar, prev_log_likelihood: as in :func:`gmmjax.fit`.
     nan_as_missing: NaN entries of ``X`` are missing values (EM over the
       observed coordinates, as :func:`gmmjax.fit` with ``observed=``).
+    throw: raise a :class:`FitError` when the fit (any restart) failed, did not converge
+      or has degenerate components, as :func:`gmmjax.fit`'s ``throw``.
 
   Returns:
     A :class:`FitResult`, replicated on the mesh (leading restart axis if
@@ -284,7 +287,8 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     missing.check_type(ref.covariance_type)
   fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
                        nan_as_missing=bool(nan_as_missing))
-  return fn(X, w, params, *scalars, None)
+  result = fn(X, w, params, *scalars, None)
+  return error_if_bad(result, "gmmjax.fit_sharded") if throw else result
 
 
 def sharded_operands(X, check: Callable, sample_weight, mesh, axis_name):
@@ -322,7 +326,8 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
                          covariance_type: str = "full", method: str = "k-means++",
                          sample_weight=None, mesh: Mesh | None = None,
                          axis_name=None, max_iter: int = 100, tol=1e-3,
-                         reg_covar=1e-6) -> tuple[FitResult, FitResult]:
+                         reg_covar=1e-6, throw: bool = False
+                         ) -> tuple[FitResult, FitResult]:
   """:func:`gmmjax.fit_restarts` on sharded data: restarts x shards.
 
   The ``n_init`` initialisations run vmapped on the global (sharded) array,
@@ -355,4 +360,7 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   results = fit_sharded(X, params0, sample_weight=sample_weight, mesh=mesh,
                         axis_name=axes, max_iter=max_iter, tol=tol,
                         reg_covar=reg_covar)
-  return best_restart(results), results
+  best = best_restart(results)
+  if throw:
+    error_if_bad(best, "gmmjax.fit_restarts_sharded")
+  return best, results

@@ -26,7 +26,7 @@ import numpy as np
 from gmmjax._src import checks, engine, missing
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.params import GMMParams
-from gmmjax._src.results import FitResult
+from gmmjax._src.results import FitResult, error_if_bad
 from gmmjax._src.stats import SuffStats
 
 DEFAULT_CHUNK_SIZE = 65536
@@ -288,7 +288,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
                 callback: Callable | None = None,
                 reduce: Callable[[SuffStats], SuffStats] | None = None,
                 prefetch: int = 2, device=None,
-                nan_as_missing: bool = False) -> FitResult:
+                nan_as_missing: bool = False, throw: bool = False
+                ) -> FitResult:
   """Exact EM over data streamed in chunks; the same result as :func:`fit`.
 
   Every EM iteration streams all chunks through one compiled kernel that adds
@@ -328,6 +329,8 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
       e.g. :func:`process_sum` to add every process's.
     prefetch: chunks read and transferred ahead (0: no background thread).
     device: device to compute on (default: this process's first device).
+    throw: raise a :class:`FitError` when the fit failed, did not converge
+      or has degenerate components, as :func:`gmmjax.fit`'s ``throw``.
     nan_as_missing: NaN entries of the chunks are missing values (EM over
       the observed coordinates, as :func:`gmmjax.fit` with ``observed=``);
       otherwise a chunk holding NaN is refused, as :func:`gmmjax.fit`
@@ -362,9 +365,10 @@ def fit_chunked(data, params: GMMParams, *, sample_weight=None,
       nan_as_missing=nan_as_missing)
   problem = engine.Problem(None, None, jnp.asarray(tol, dtype),
                            jnp.asarray(reg_covar, dtype))
-  return engine.host_fit(params, problem, stats_pass,
-                         prev_ll=jnp.asarray(prev_log_likelihood, dtype),
-                         max_iter=max_iter, callback=callback)
+  result = engine.host_fit(params, problem, stats_pass,
+                           prev_ll=jnp.asarray(prev_log_likelihood, dtype),
+                           max_iter=max_iter, callback=callback)
+  return error_if_bad(result, "gmmjax.fit_chunked") if throw else result
 
 
 def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
