@@ -8,6 +8,7 @@ from scipy.stats import multivariate_normal
 
 import gmmjax as gx
 from gmmjax._src import select
+from tests.conftest import SMALL_BLOCKS
 
 
 def four_component_data(seed=0, n_per=120):
@@ -137,19 +138,21 @@ def test_masked_loop_equals_unpadded_fit(ctype, x64, blobs3):
   assert np.all(np.asarray(params.weights)[k:] == 0.0)
 
 
-def test_table_reports_the_cholesky_jitter(guarded_kernels):
+def test_table_reports_the_cholesky_jitter():
   """float32 collinear features (x2 = x0 - 2 x1): full covariances singular
   but for reg_covar, far below float32's rounding of moments of O(1e3), so
   the null direction's variance comes out of either sign; over the
   iterations of k = 2 and 3 (not k = 1: one covariance, one draw) some
   M-step needs a diagonal jitter whatever the compiler's rounding, and the
-  table reports it. Independent features: none."""
+  table reports it. Independent features: none. (The GEMM forms:
+  direct_max_entries=0, as conftest's guarded_kernels.)"""
   rng = np.random.default_rng(5)
   base = rng.normal(0, 30, (800, 2))
   collinear = np.concatenate([base, base[:, :1] - 2 * base[:, 1:]], axis=1)
   for X, needs in ((collinear, True), (rng.normal(0, 3, (800, 3)), False)):
-    result = gx.select_n_components(jax.random.key(0), X.astype(np.float32),
-                                    [2, 3], max_iter=20, method="kmeans")
+    result = gx.select_n_components(
+        jax.random.key(0), X.astype(np.float32), [2, 3], max_iter=20,
+        method="kmeans", chunking=gx.ChunkOptions(direct_max_entries=0))
     jitter = result.table["jitter"]
     assert jitter.shape == (2,) and np.all(jitter >= 0)
     assert bool(np.all(jitter > 0)) == needs, jitter
@@ -180,18 +183,18 @@ def test_compacted_sweep_equals_plain_and_reports_running_fits(x64, request):
   plain loop round differently, by 1e-16 here.)"""
   X = four_component_data(seed=3, n_per=60)
 
-  def sweep():
+  def sweep(chunking=None):
     calls = []
     result = select.select_n_components(
         jax.random.key(2), X, [1, 2, 3, 5], covariance_type="diag",
-        method="random", tol=1e-6, max_iter=60,
+        method="random", tol=1e-6, max_iter=60, chunking=chunking,
         callback=lambda n, ll, change: calls.append((int(n), float(ll))))
     jax.effects_barrier()
     return result, calls
 
   plain, plain_calls = sweep()
-  compacted = request.getfixturevalue("small_blocks")
-  blocked, blocked_calls = sweep()
+  compacted = request.getfixturevalue("compactions")
+  blocked, blocked_calls = sweep(SMALL_BLOCKS)
   assert compacted == [(2, 4)]  # one flat batch of 4 (k, restart) pairs
   n_iter = plain.table["n_iter"].tolist()
   assert len(set(n_iter)) > 1, n_iter  # fits stop at different iterations

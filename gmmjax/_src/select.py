@@ -29,6 +29,7 @@ import numpy as np
 from gmmjax._src import batching, checks, engine, padding, results
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import init as init_lib
+from gmmjax._src.chunks import ChunkOptions
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 CRITERIA = ("bic", "aic")
@@ -72,24 +73,25 @@ def _unpad(params: GMMParams, k: int) -> GMMParams:
 
 
 def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
-                callback):
+                callback, chunking=None):
   """``fit``'s EM on padded params with a component mask: ``(params,
   total log-likelihood, total weight, n_iter, converged, failed, jitter)``.
   """
   problem = engine.Problem(X, sample_weight, jnp.asarray(tol, X.dtype),
                            jnp.asarray(reg_covar, X.dtype), mask=mask)
-  r, state = engine.run(engine.EMStep(), params, problem, prev_ll=-jnp.inf,
-                        max_iter=max_iter,
+  r, state = engine.run(engine.EMStep(chunking=chunking), params, problem,
+                        prev_ll=-jnp.inf, max_iter=max_iter,
                         history_len=results.history_length(max_iter),
-                        callback=callback)
+                        callback=callback, chunking=chunking)
   return (r.params, state.stats.log_likelihood, state.stats.count, r.n_iter,
           r.converged, r.failed, r.jitter)
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "n_slots", "n_init", "covariance_type", "method", "max_iter", "callback"))
+    "n_slots", "n_init", "covariance_type", "method", "max_iter", "callback",
+    "chunking"))
 def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
-           covariance_type, method, max_iter, callback):
+           covariance_type, method, max_iter, callback, chunking=None):
   # The same restart keys for every k (common random numbers): the k-means++
   # seeding for k is then a prefix of the one for k + 1, so the candidates
   # differ by their number of components, not by the luck of their seeding.
@@ -110,10 +112,10 @@ def _sweep(key, X, sample_weight, ks, tol, reg_covar, n_slots, n_init,
 
   p0 = batching.map_members(
       init_one, (pair_k, pair_key, masks),
-      member_bytes=X.shape[0] * n_slots * X.dtype.itemsize)
+      member_bytes=X.shape[0] * n_slots * X.dtype.itemsize, options=chunking)
   flat = jax.vmap(lambda p, mask: _masked_fit(
-      X, p, mask, sample_weight, tol, reg_covar, max_iter, callback))(
-          p0, masks)
+      X, p, mask, sample_weight, tol, reg_covar, max_iter, callback,
+      chunking))(p0, masks)
   params, total_ll, count, n_iter, converged, failed, jitter = jax.tree.map(
       lambda a: a.reshape((n_k, n_init) + a.shape[1:]), flat)
   # Best restart per k: highest final log-likelihood, failed fits last,
@@ -178,7 +180,8 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
                         criterion: str = "bic", covariance_type: str = "full",
                         n_init: int = 1, method: str = "k-means++",
                         max_iter: int = 100, tol=1e-3, reg_covar=1e-6,
-                        sample_weight=None, callback: Callable | None = None
+                        sample_weight=None, callback: Callable | None = None,
+                        chunking: ChunkOptions | None = None
                         ) -> SelectionResult:
   """Fits a mixture for every ``k`` in ``k_range`` and picks the best by BIC/AIC.
 
@@ -207,6 +210,8 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
     sample_weight: optional ``(N,)`` non-negative weights.
     callback: optional host function ``callback(n_iter, log_likelihood,
       change)`` called by every fit after every iteration (progress).
+    chunking: optional :class:`ChunkOptions`, as in :func:`gmmjax.fit`
+      (also the blocks the sweep's batch of fits runs in).
 
   Returns:
     A :class:`SelectionResult`: the table, ``best_k``, ``best_params`` and
@@ -253,7 +258,7 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
                checks.as_scalar(tol, dtype), checks.as_scalar(reg_covar, dtype),
                n_slots=max(ks), n_init=n_init,
                covariance_type=covariance_type, method=method,
-               max_iter=max_iter, callback=callback)
+               max_iter=max_iter, callback=callback, chunking=chunking)
   params, total_ll, count, n_iter, converged, failed, jitter = (
       jax.device_get(out))
   total_ll = np.asarray(total_ll, np.float64)
