@@ -259,25 +259,8 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
                n_slots=max(ks), n_init=n_init,
                covariance_type=covariance_type, method=method,
                max_iter=max_iter, callback=callback, chunking=chunking)
-  params, total_ll, count, n_iter, converged, failed, jitter = (
-      jax.device_get(out))
-  total_ll = np.asarray(total_ll, np.float64)
-  count = np.asarray(count, np.float64)
-  n_par = np.array([cov_ops.count_parameters(covariance_type, k, n_features)
-                    for k in ks], np.float64)
-  failed = np.asarray(failed)
-  bic = np.where(failed, np.inf, -2.0 * total_ll + n_par * np.log(count))
-  aic = np.where(failed, np.inf, -2.0 * total_ll + 2.0 * n_par)
-  table = {
-      "k": np.asarray(ks),
-      "bic": bic,
-      "aic": aic,
-      "log_likelihood": total_ll / count,
-      "n_parameters": n_par.astype(int),
-      "n_iter": np.asarray(n_iter),
-      "converged": np.asarray(converged),
-      "jitter": np.asarray(jitter, np.float64),
-  }
+  params, *fits = jax.device_get(out)
+  table = _table(ks, covariance_type, n_features, *fits)
   scores = table[criterion]
   if not np.any(np.isfinite(scores)):
     raise ValueError("Every fit of the sweep failed (non-finite parameters): "
@@ -290,6 +273,27 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
   return SelectionResult(table=table, best_k=ks[best],
                          best_params=best_params, criterion=criterion,
                          params=params)
+
+
+def _table(ks, covariance_type, n_features, total_ll, count, n_iter,
+           converged, failed, jitter) -> dict:
+  """The sweep's table from its best fits per ``k`` (host values)."""
+  total_ll = np.asarray(total_ll, np.float64)
+  count = np.asarray(count, np.float64)
+  n_par = np.array([cov_ops.count_parameters(covariance_type, k, n_features)
+                    for k in ks], np.float64)
+  failed = np.asarray(failed)
+  return {
+      "k": np.asarray(ks),
+      "bic": np.where(failed, np.inf,
+                      -2.0 * total_ll + n_par * np.log(count)),
+      "aic": np.where(failed, np.inf, -2.0 * total_ll + 2.0 * n_par),
+      "log_likelihood": total_ll / count,
+      "n_parameters": n_par.astype(int),
+      "n_iter": np.asarray(n_iter),
+      "converged": np.asarray(converged),
+      "jitter": np.asarray(jitter, np.float64),
+  }
 
 
 def format_table(result: SelectionResult) -> str:
