@@ -21,7 +21,7 @@ from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src import variational as vb
 from gmmjax._src.fit import DIFFERENTIATION_MODES
-from gmmjax._src.restarts import best_restart
+from gmmjax._src.restarts import _add_axis, best_restart
 from gmmjax._src.results import FitResult, error_if_bad, history_length
 
 
@@ -332,6 +332,4 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
   best = results if n_init == 1 else best_restart(results)
   if throw:
     error_if_bad(best, "gmmjax.fit_bayes_restarts", degenerate=False)
-  if n_init == 1:
-    return best, jax.tree.map(lambda a: jnp.expand_dims(a, 0), results)
-  return best, results
+  return best, (_add_axis(results) if n_init == 1 else results)

@@ -129,6 +129,7 @@ class _Pad:
                sort_missing: bool = False):
     self.rows, self.n_features, self.dtype = rows, n_features, np.dtype(dtype)
     self.sort_missing = sort_missing
+    self.checked = False  # set after the first pass: the data are checked
 
   def __call__(self, X, w):
     # Copying here reads a memmap inside the prefetch thread (not lazily
@@ -137,13 +138,15 @@ class _Pad:
     if X.ndim != 2 or X.shape[1] != self.n_features:
       raise ValueError(f"Every chunk should have shape (n, "
                        f"{self.n_features}); got {X.shape}.")
-    # On the host, as each chunk is read: one sum per chunk when all is
-    # well (NaN entries are missing values with sort_missing).
-    checks.check_finite(X, "A chunk of X", allow_nan=self.sort_missing)
     n = X.shape[0]
     w = (np.ones(n, self.dtype) if w is None
          else np.asarray(w, self.dtype).reshape(n))
-    checks.check_finite(w, "A chunk of sample_weight")
+    if not self.checked:
+      # On the host, as each chunk is first read (every pass reads the same
+      # data): one sum per chunk when all is well (NaN entries are missing
+      # values with sort_missing).
+      checks.check_finite(X, "A chunk of X", allow_nan=self.sort_missing)
+      checks.check_finite(w, "A chunk of sample_weight")
     for start in range(0, max(n, 1), self.rows):
       part, wpart = X[start:start + self.rows], w[start:start + self.rows]
       m = part.shape[0]
@@ -405,6 +408,7 @@ def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
     acc = _stream(pad, source, prefetch, device, in_flight,
                   lambda a, X, w: _accumulate(a, p, X, w, shift,
                                               bool(nan_as_missing)), zero)
+    pad.checked = True
     return acc if reduce is None else reduce(acc)
 
   return params, stats_pass, dtype
