@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import pytest
 
-from gmmjax._src import cache
+from gmmjax._src import cache, executables
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -37,7 +37,7 @@ jax.monitoring.register_event_listener(
 float(jax.jit(lambda x: x * 2.0 + 1.0)(1.0))
 
 import gmmjax as gx
-from gmmjax._src import cache
+from gmmjax._src import cache, executables
 
 rng = np.random.default_rng(0)
 X = rng.normal(size=(200, 2)) + np.repeat([[0.0, 0.0], [5.0, 5.0]], 100, 0)
@@ -50,6 +50,8 @@ print(json.dumps({
     "config_dir": jax.config.jax_compilation_cache_dir,
     "min_time": jax.config.jax_persistent_cache_min_compile_time_secs,
     "hits": len(hits),
+    "executables": executables.stats,
+    "labels": gm.predict(X).tolist(),
     "means": gm.means_.tolist()}))
 """
 
@@ -94,10 +96,18 @@ def test_a_fit_fills_the_default_cache_and_the_next_process_loads_it(
   assert any(n.startswith("jit_") and n.endswith("-cache") for n in names)
   assert not [n for n in names if "probe" in n]
   assert first["hits"] == 0
+  # The fit's and predict's programs, stored as executables too.
+  assert first["executables"]["written"] == 2, first["executables"]
+  folder = pathlib.Path(where, executables.SUBDIR)
+  assert folder.stat().st_mode & 0o777 == 0o700
+  assert len(entries(folder)) == 2
   second = run_fit(tmp_path)
   assert second["dir"] == where
-  assert second["hits"] >= 1  # at least the fit's one init-and-EM program
+  # Loaded without tracing or compiling; JAX's cache serves what is left.
+  assert second["executables"]["loaded"] == 2, second["executables"]
+  assert second["executables"]["compiled"] == 0
   assert second["means"] == first["means"]
+  assert second["labels"] == first["labels"]
 
 
 def test_opting_out_leaves_no_directory_and_no_setting(tmp_path):
@@ -131,7 +141,9 @@ def test_corrupted_entries_are_compiled_again_quietly(populated):
   # miss. Restored afterwards for the other cases.
   tmp_path, first = populated
   where = tmp_path / "xdg" / "gmmjax"
-  saved = {p: p.read_bytes() for p in where.iterdir()}
+  saved = {p: p.read_bytes()
+           for p in [*where.iterdir(), *(where / executables.SUBDIR).iterdir()]
+           if p.is_file()}
   rng = np.random.default_rng(1)
   try:
     for entry, data in saved.items():
@@ -142,4 +154,29 @@ def test_corrupted_entries_are_compiled_again_quietly(populated):
     for entry, data in saved.items():
       entry.write_bytes(data)
   assert report["dir"] == str(where) and report["hits"] == 0
+  # Damaged executables are never loaded: compiled again and replaced.
+  assert report["executables"]["loaded"] == 0, report["executables"]
+  assert report["executables"]["written"] == 2
+  assert report["means"] == first["means"]
+  assert report["labels"] == first["labels"]
+
+
+def test_an_executable_jax_loaded_from_its_cache_is_not_stored(populated):
+  # JAX's cache holds the programs (under the key of this cache's own
+  # compiles), the executables are gone: JAX loads them, and what it loaded
+  # must not be stored (it serialises without its code; the next process
+  # would fail running it).
+  tmp_path, first = populated
+  folder = tmp_path / "xdg" / "gmmjax" / executables.SUBDIR
+  saved = {p: p.read_bytes() for p in folder.iterdir()}
+  try:
+    for entry in saved:
+      entry.unlink()
+    report = run_fit(tmp_path)
+    assert report["executables"]["compiled"] == 2, report["executables"]
+    assert report["executables"]["written"] == 0, report
+    assert not list(folder.iterdir())
+  finally:
+    for entry, data in saved.items():
+      entry.write_bytes(data)
   assert report["means"] == first["means"]

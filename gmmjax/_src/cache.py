@@ -80,6 +80,12 @@ def enable_default_cache() -> str | None:
   return _state["dir"]
 
 
+def active_dir() -> str | None:
+  """The directory :func:`enable_default_cache` turned on in this process,
+  or None (not called yet, or it left the cache alone)."""
+  return _state["dir"]
+
+
 def default_dir() -> str:
   """``$GMMJAX_CACHE_DIR``, else the platform's user cache folder + gmmjax.
 

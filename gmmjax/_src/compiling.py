@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.extend import core as jax_core
 
-from gmmjax._src import chunks
+from gmmjax._src import cache, chunks, executables
 
 SMALL_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
 TINY_OPTIONS = {**SMALL_OPTIONS, "xla_backend_optimization_level": 0}
@@ -58,11 +58,19 @@ def pick(programs, n_samples: int, n_components: int, n_features: int, *,
   """
   default, small, tiny = programs
   if not (chunks.use_direct(n_samples, n_components, n_features)
-          and _outside_traces() and _small_options_work()):
+          and _outside_traces() and jax.default_backend() == "cpu"):
     return default
   if batch * n_samples * n_components * n_features <= TINY_MAX_ENTRIES:
-    return tiny
-  return small
+    program, options = tiny, TINY_OPTIONS
+  else:
+    program, options = small, SMALL_OPTIONS
+  directory = cache.active_dir()
+  if directory is not None and isinstance(programs, executables.Programs):
+    # A stored executable proves the options work; the probe runs only
+    # before a compile.
+    return executables.cached(program, programs, options, directory,
+                              default=default, usable=_small_options_work)
+  return program if _small_options_work() else default
 
 
 def _outside_traces() -> bool:
@@ -100,9 +108,13 @@ def _small_options_work() -> bool:
 
 def jit_by_size(fun=None, **jit_kwargs):
   """``(default, small, tiny)``: ``jax.jit(fun)`` with XLA's default
-  options, :data:`SMALL_OPTIONS` and :data:`TINY_OPTIONS`."""
+  options, :data:`SMALL_OPTIONS` and :data:`TINY_OPTIONS` (an
+  ``executables.Programs``: where gmmjax's cache is on, :func:`pick`'s
+  small and tiny programs load their executables without tracing)."""
   if fun is None:
     return functools.partial(jit_by_size, **jit_kwargs)
-  return (jax.jit(fun, **jit_kwargs),
-          jax.jit(fun, compiler_options=SMALL_OPTIONS, **jit_kwargs),
-          jax.jit(fun, compiler_options=TINY_OPTIONS, **jit_kwargs))
+  return executables.Programs(
+      (jax.jit(fun, **jit_kwargs),
+       jax.jit(fun, compiler_options=SMALL_OPTIONS, **jit_kwargs),
+       jax.jit(fun, compiler_options=TINY_OPTIONS, **jit_kwargs)),
+      fun, jit_kwargs.get("static_argnames"))

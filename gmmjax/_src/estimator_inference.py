@@ -26,7 +26,7 @@ from gmmjax._src.params import GMMParams
 
 # predict, predict_proba and score_samples of a fitted model: compiled with
 # the options of the problem's size (compiling.pick), as the fit was.
-_evaluators = compiling.jit_by_size(lambda fn, params, X: fn(params, X),
+_evaluators = compiling.jit_by_size(lambda params, X, fn: fn(params, X),
                                     static_argnames="fn")
 
 
@@ -55,7 +55,7 @@ class MixtureInference:
       # No slots (low-rank models, large problems): exactly k components.
       program = compiling.pick(_evaluators, Xp.shape[0],
                                k if slots is None else slots, Xp.shape[1])
-      out = program(getattr(em, what), params, Xp)
+      out = program(params, Xp, fn=getattr(em, what))
     else:
       mask = nan_lib.pad_observed(observed, Xp.shape[0])
       out = em.evaluate_observed(params, Xp, jax.device_put(mask),

@@ -1,0 +1,358 @@
+"""A cache of compiled executables that skips tracing and lowering.
+
+JAX's persistent compilation cache (:mod:`gmmjax._src.cache`) saves XLA's
+compile, but finds its entry by a hash of the lowered program: a process
+still traces and lowers every program before it can load it, about 0.4 s
+for a small fit's init-and-EM program on the project's 2-core machine
+(benchmarks/README.md). For the small programs of :func:`compiling.pick`,
+which dominate a script of small fits, this cache stores the executable
+under a key computed without tracing, and a later process loads it at the
+first call.
+
+The key must cover everything a trace reads, or a stale program would run
+silently. It hashes:
+
+- the program (its function's module and name, the compile options) and
+  every static argument's value (only plain values: numbers, strings,
+  ``None``, tuples and frozen dataclasses of them, and gmmjax's own
+  module-level functions; anything else, a user's callback for one, is not
+  cached);
+- the arguments' tree and, per leaf, shape, dtype, weak type and placement;
+- gmmjax's source (every ``.py`` file of the package), the versions of
+  Python, JAX, jaxlib, NumPy and ml_dtypes, every plain-valued JAX setting
+  in effect at the call (``jax_enable_x64`` and the others, thread-local
+  overrides included), the ``JAX_*``, ``XLA_*`` and ``LIBTPU_*``
+  environment, the backend and its devices, and the host CPU (its model and
+  instruction-set flags: an executable built for one CPU must not run on
+  another that shares the home directory).
+
+Entries live in ``executables/`` of gmmjax's cache directory, which only
+:func:`cache.enable_default_cache` turns on (the estimator and the command
+line; never where the user opted out or configured JAX's cache). Each file
+starts with a checksum of its contents, checked before anything in it is
+loaded: a truncated or damaged entry is compiled again and replaced, never
+run. Programs with host callbacks are not stored (a callback lives in one
+process). The folder is created private to the user: an executable is
+machine code, and loading one runs it, as JAX's own cache does; the entry
+format is JAX's (``jax.experimental.serialize_executable``, which pickles).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib
+import os
+import pathlib
+import pickle
+import platform
+import sys
+import tempfile
+import threading
+
+import jax
+import numpy as np
+from jax.experimental import serialize_executable
+
+_MAGIC = b"gmmjax-executable-1\n"
+SUBDIR = "executables"
+# An entry larger than this is not written (a small program's is 0.1-1 MB).
+MAX_ENTRY_BYTES = 64 << 20
+
+stats = {"loaded": 0, "written": 0, "compiled": 0, "uncacheable": 0,
+         "rejected": 0}
+_lock = threading.Lock()
+
+
+class _Loaded(dict):
+  """This process's executables by key; ``memory_maps.release`` empties it
+  (the instance, not the class, is marked)."""
+
+  def cache_clear(self):
+    self.clear()
+
+
+_loaded = _Loaded()
+_loaded.releases_programs = True
+
+
+class Programs(tuple):
+  """``(default, small, tiny)`` jitted programs of one function, with what
+  this cache needs to key them: the function's name and static arguments."""
+
+  def __new__(cls, programs, fun, static_argnames):
+    self = super().__new__(cls, programs)
+    # With the first line: two lambdas of one module differ.
+    code = getattr(fun, "__code__", None)
+    self.name = (None if code is None else
+                 f"{fun.__module__}.{fun.__qualname__}:{code.co_firstlineno}")
+    names = static_argnames or ()
+    self.static_argnames = frozenset(
+        (names,) if isinstance(names, str) else names)
+    return self
+
+
+def cached(program, programs: Programs, options: dict, directory: str, *,
+           default, usable):
+  """``program`` (one of ``programs``, compiled with ``options``) as a
+  function that looks its executable up in ``directory`` before tracing.
+
+  Before compiling, ``usable()`` says whether this backend takes
+  ``options``; where it does not, ``default`` runs instead.
+  """
+
+  def call(*args, **kwargs):
+    static = {k: v for k, v in kwargs.items() if k in programs.static_argnames}
+    dynamic = {k: v for k, v in kwargs.items()
+               if k not in programs.static_argnames}
+    try:
+      key = (None if programs.name is None else
+             _key(programs.name, options, static, (args, dynamic)))
+    except Exception:  # noqa: BLE001 - unkeyable: a plain jit call
+      key = None
+    if key is None:
+      stats["uncacheable"] += 1
+      return program(*args, **kwargs)
+    compiled = _loaded.get(key)
+    if compiled is not None:
+      return compiled(*args, **dynamic)
+    compiled = _read(directory, key)
+    if compiled is not None:
+      try:
+        # Run to the end here: XLA reports a broken executable when it runs.
+        out = jax.block_until_ready(compiled(*args, **dynamic))
+      except Exception:  # noqa: BLE001 - a stored program that cannot run
+        _remove(directory, key)
+        stats["rejected"] += 1
+        return program(*args, **kwargs)
+      _loaded[key] = compiled
+      return out
+    if not usable():
+      return default(*args, **kwargs)
+    compiled = _compile_and_write(program, args, kwargs, directory, key)
+    _loaded[key] = compiled
+    return compiled(*args, **dynamic)
+
+  return call
+
+
+# -- the key --------------------------------------------------------------
+
+
+def _key(name, options, static, dynamic) -> str | None:
+  """The entry's name, or None when something the trace reads cannot be
+  keyed reliably (then the program runs as a plain ``jax.jit``)."""
+  parts = [name, repr(sorted(options.items()))]
+  for k in sorted(static):
+    value = _plain(static[k])
+    if value is None:
+      return None
+    parts.append(f"{k}={value}")
+  leaves, treedef = jax.tree.flatten(dynamic)
+  tree = str(treedef)
+  if " at 0x" in tree:  # an object's identity in the tree's data
+    return None
+  parts.append(tree)
+  for leaf in leaves:
+    signature = _signature(leaf)
+    if signature is None:
+      return None
+    parts.append(signature)
+  parts.append(_settings())
+  parts.append(_environment())
+  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
+
+
+def _plain(value) -> str | None:
+  """A static argument's value as text, or None when it is not plain."""
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return f"{type(value).__name__}:{value!r}"
+  if isinstance(value, tuple):
+    items = [_plain(v) for v in value]
+    return None if None in items else f"({', '.join(items)})"
+  if dataclasses.is_dataclass(value) and not isinstance(value, type) and (
+      type(value).__dataclass_params__.frozen):
+    fields = [_plain(getattr(value, f.name))
+              for f in dataclasses.fields(value)]
+    if None in fields:
+      return None
+    return f"{type(value).__module__}.{type(value).__qualname__}{fields}"
+  if callable(value) and getattr(value, "__module__", "").startswith(
+      "gmmjax") and _module_level(value):
+    return f"fn:{value.__module__}.{value.__qualname__}"
+  return None
+
+
+def _module_level(fn) -> bool:
+  """``fn`` is what its module holds under its name (not a closure)."""
+  obj = sys.modules.get(fn.__module__)
+  for part in fn.__qualname__.split("."):
+    obj = getattr(obj, part, None)
+  return obj is fn
+
+
+def _signature(leaf) -> str | None:
+  if isinstance(leaf, jax.Array):
+    if isinstance(leaf, jax.core.Tracer):
+      return None
+    return (f"{leaf.shape}{leaf.dtype}w{int(getattr(leaf, 'weak_type', 0))}"
+            f"{leaf.sharding}")
+  if isinstance(leaf, (np.ndarray, np.generic)):
+    return f"{np.shape(leaf)}{leaf.dtype}np"
+  if isinstance(leaf, (bool, int, float, complex)):
+    return f"py:{type(leaf).__name__}"
+  return None
+
+
+def _settings() -> str:
+  """JAX's plain-valued settings as in effect here (thread-local ones
+  included); logging and caching settings do not change a program."""
+  items = []
+  for name in sorted(jax.config.values):
+    if "cache" in name or "log" in name:
+      continue
+    value = getattr(jax.config, name, None)
+    if value is None or isinstance(value, (bool, int, float, str)):
+      items.append(f"{name}={value!r}")
+  return ";".join(items)
+
+
+@functools.cache
+def _environment() -> str:
+  """What a process cannot change under a program: code, versions, the
+  machine and the environment JAX and XLA read."""
+  versions = [sys.version, jax.__version__, np.__version__]
+  for module in ("jaxlib.version", "ml_dtypes"):
+    try:
+      versions.append(importlib.import_module(module).__version__)
+    except Exception:  # noqa: BLE001 - absent: its absence is the key
+      versions.append(f"no {module}")
+  env = sorted((k, v) for k, v in os.environ.items()
+               if k.startswith(("JAX_", "XLA_", "LIBTPU_"))
+               and "CACHE" not in k)
+  devices = jax.devices()
+  backend = (jax.default_backend(), devices[0].client.platform_version,
+             [d.device_kind for d in devices], jax.process_count())
+  return repr((_source_hash(), versions, env, backend, _cpu()))
+
+
+def _source_hash() -> str:
+  """A hash of every Python file of the gmmjax package."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  digest = hashlib.sha256()
+  for path in sorted(root.rglob("*.py")):
+    digest.update(str(path.relative_to(root)).encode())
+    digest.update(path.read_bytes())
+  return digest.hexdigest()
+
+
+def _cpu() -> str:
+  """The host CPU: model and instruction-set flags where the system says."""
+  text = platform.machine() + platform.processor()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+      for line in f:
+        if line.startswith(("model name", "flags", "Features")):
+          text += line
+        elif not line.strip() and "flags" in text:
+          break  # the first processor is enough
+  except OSError:
+    pass
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+# -- files ----------------------------------------------------------------
+
+
+def _path(directory: str, key: str) -> str:
+  return os.path.join(directory, SUBDIR, key + ".exe")
+
+
+def _remove(directory: str, key: str) -> None:
+  try:
+    os.remove(_path(directory, key))
+  except OSError:
+    pass
+
+
+def _read(directory: str, key: str):
+  """The executable stored under ``key``, or None (absent, damaged, or not
+  loadable here: it is then compiled again and replaced)."""
+  try:
+    with open(_path(directory, key), "rb") as f:
+      data = f.read()
+  except OSError:
+    return None
+  head = len(_MAGIC) + 32
+  if (len(data) <= head or not data.startswith(_MAGIC)
+      or hashlib.sha256(data[head:]).digest() != data[len(_MAGIC):head]):
+    return None
+  try:
+    # JAX's format for executables (pickle): checksummed, in a private folder.
+    payload = pickle.loads(data[head:])  # noqa: S301
+    if payload[0] != key:
+      return None
+    compiled = serialize_executable.deserialize_and_load(*payload[1:])
+  except Exception:  # noqa: BLE001 - any failure: compile instead
+    return None
+  stats["loaded"] += 1
+  return compiled
+
+
+# A GPU setting at its default, which CPU compiles ignore: this cache's
+# compiles get a JAX cache key of their own. An executable JAX loaded from
+# its cache serialises without its code (XLA CPU, jaxlib 0.10: a later
+# process fails with "Function ... not found"), so it must be compiled here.
+_OWN_JAX_KEY = {"xla_gpu_autotune_level": 4}
+_hits = {"n": 0, "listening": False}
+
+
+def _jax_cache_hits() -> int:
+  """How many programs JAX has loaded from its persistent cache so far."""
+  if not _hits["listening"]:
+    with _lock:
+      if not _hits["listening"]:
+        jax.monitoring.register_event_listener(_count_hit)
+        _hits["listening"] = True
+  return _hits["n"]
+
+
+def _count_hit(event, **_):
+  if event == "/jax/compilation_cache/cache_hits":
+    _hits["n"] += 1
+
+
+def _compile_and_write(program, args, kwargs, directory: str, key: str):
+  """Compiles ``program`` for these arguments and stores its executable
+  (best effort: any failure to store leaves the compiled program usable)."""
+  lowered = program.lower(*args, **kwargs)
+  hits = _jax_cache_hits()
+  try:
+    compiled = lowered.compile(_OWN_JAX_KEY)
+  except Exception:  # noqa: BLE001 - an XLA without the setting
+    compiled = lowered.compile()
+    hits = -1
+  stats["compiled"] += 1
+  try:
+    if hits != _jax_cache_hits():
+      return compiled  # JAX loaded it from its cache: not storable
+    if "callback" in lowered.as_text():
+      return compiled  # a host callback belongs to this process
+    payload = pickle.dumps((key, *serialize_executable.serialize(compiled)))
+    if len(payload) > MAX_ENTRY_BYTES:
+      return compiled
+    folder = os.path.join(directory, SUBDIR)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+      with os.fdopen(fd, "wb") as f:
+        f.write(_MAGIC + hashlib.sha256(payload).digest() + payload)
+      os.replace(tmp, _path(directory, key))  # whole, or not at all
+    except BaseException:
+      os.remove(tmp)
+      raise
+    stats["written"] += 1
+  except Exception:  # noqa: BLE001 - the cache is never needed to fit
+    pass
+  return compiled

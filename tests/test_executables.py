@@ -1,0 +1,188 @@
+"""The cache of executables keyed without tracing (gmmjax/_src/executables.py).
+
+In process, on a one-line program: what the key must tell apart, what it
+must refuse to key, and that an entry is loaded only when whole. The
+estimator's use of it across fresh processes is in tests/test_cache.py.
+"""
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmmjax._src import chunks, compiling, executables
+
+
+def _affine(x, a, *, power, shift=None):
+  y = x * a ** power
+  if shift is None:
+    return y
+  return y + (shift() if callable(shift) else shift)
+
+
+PROGRAMS = compiling.jit_by_size(_affine, static_argnames=("power", "shift"))
+
+
+def key(*args, options=compiling.TINY_OPTIONS, **static):
+  return executables._key(PROGRAMS.name, options, static, (args, {}))
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+  """A fresh folder and empty counters; this process's executables forgotten
+  before and after."""
+  monkeypatch.setattr(executables, "stats", dict.fromkeys(executables.stats, 0))
+  executables._loaded.cache_clear()
+  yield str(tmp_path)
+  executables._loaded.cache_clear()
+
+
+def cached(directory):
+  return executables.cached(PROGRAMS[2], PROGRAMS, compiling.TINY_OPTIONS,
+                            directory, default=PROGRAMS[0],
+                            usable=lambda: True)
+
+
+def expected(x, a, power):
+  return np.asarray(x, np.float64) * float(a) ** power
+
+
+X = np.arange(6, dtype=np.float32).reshape(3, 2)
+
+
+def test_the_key_tells_apart_what_changes_the_program():
+  base = key(X, np.float32(2), power=2)
+  assert base == key(X.copy(), np.float32(3), power=2)  # values do not count
+  different = [
+      key(X, np.float32(2), power=3),                     # a static value
+      key(X, np.float32(2), power=2, shift=1.0),          # another static
+      key(X, np.float32(2), power=2.0),                   # its type
+      key(X[:2], np.float32(2), power=2),                 # a shape
+      key(X.astype(np.float16), np.float32(2), power=2),  # a dtype
+      key(X, 2.0, power=2),                               # a weak type
+      key(jnp.asarray(X), np.float32(2), power=2),        # a device array
+      key((X,), np.float32(2), power=2),                  # the tree
+      key(X, np.float32(2), power=2, options=compiling.SMALL_OPTIONS),
+  ]
+  with jax.numpy_rank_promotion("raise"):                 # a JAX setting
+    different.append(key(X, np.float32(2), power=2))
+  assert None not in different
+  assert len({base, *different}) == len(different) + 1
+
+
+def test_the_key_covers_the_source_and_the_environment(monkeypatch):
+  base = key(X, np.float32(2), power=2)
+  executables._environment.cache_clear()
+  try:
+    monkeypatch.setattr(executables, "_source_hash", lambda: "edited")
+    assert key(X, np.float32(2), power=2) != base
+    monkeypatch.undo()
+    executables._environment.cache_clear()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
+    assert key(X, np.float32(2), power=2) != base
+  finally:
+    monkeypatch.undo()
+    executables._environment.cache_clear()
+  assert key(X, np.float32(2), power=2) == base
+
+
+def test_what_cannot_be_keyed_is_not_cached(store):
+  @dataclasses.dataclass
+  class Mutable:
+    n: int = 1
+
+  assert key(X, np.float32(2), power=lambda: 2) is None   # a user function
+  assert key(X, np.float32(2), power=Mutable()) is None   # mutable options
+  assert key(X, "text", power=2) is None                  # not an array
+  # Frozen options and gmmjax's own functions are keyed by value and name.
+  assert key(X, np.float32(2), power=chunks.ChunkOptions()) is not None
+  assert key(X, np.float32(2), power=chunks.ChunkOptions()) != key(
+      X, np.float32(2), power=chunks.ChunkOptions(cpu_bytes=1 << 20))
+  assert key(X, np.float32(2), power=compiling.pick) is not None
+  # Run as a plain jitted program, nothing stored.
+  out = cached(store)(X, np.float32(2), power=2, shift=lambda: 1.0)
+  np.testing.assert_allclose(out, expected(X, 2, 2) + 1.0)
+  assert executables.stats["uncacheable"] == 1
+  assert not os.path.exists(os.path.join(store, executables.SUBDIR))
+
+
+def entry(store):
+  folder = os.path.join(store, executables.SUBDIR)
+  (name,) = os.listdir(folder)
+  return os.path.join(folder, name)
+
+
+def test_an_entry_is_written_once_and_loaded_by_a_later_process(store):
+  first = cached(store)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(first, expected(X, 2, 2))
+  assert executables.stats["compiled"] == executables.stats["written"] == 1
+  cached(store)(X, np.float32(5), power=2)  # this process: from memory
+  assert executables.stats["compiled"] == 1
+  assert executables.stats["loaded"] == 0
+  executables._loaded.cache_clear()  # as a new process
+  again = cached(store)(X, np.float32(2), power=2)
+  assert executables.stats["loaded"] == 1
+  assert executables.stats["compiled"] == 1
+  np.testing.assert_array_equal(again, first)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "other key"])
+def test_a_damaged_entry_is_compiled_again_not_loaded(store, damage):
+  cached(store)(X, np.float32(2), power=2)
+  path = entry(store)
+  with open(path, "rb") as f:
+    data = f.read()
+  if damage == "truncated":
+    data = data[:len(data) // 2]
+  elif damage == "flipped":
+    data = data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:]
+  else:  # whole and checksummed, but stored under another program's key
+    os.rename(path, path.replace(".exe", "x.exe"))
+    path = os.path.join(os.path.dirname(path),
+                        key(X, np.float32(2), power=3) + ".exe")
+  with open(path, "wb") as f:
+    f.write(data)
+  executables._loaded.cache_clear()
+  out = cached(store)(X, np.float32(2), power=3 if damage == "other key" else 2)
+  power = 3 if damage == "other key" else 2
+  np.testing.assert_allclose(out, expected(X, 2, power))
+  assert executables.stats["loaded"] == 0
+  assert executables.stats["compiled"] == 2
+
+
+def test_a_stored_program_that_fails_to_run_is_dropped(store, monkeypatch):
+  cached(store)(X, np.float32(2), power=2)
+  executables._loaded.cache_clear()
+
+  def broken(*_):
+    raise RuntimeError("NOT_FOUND: Function fusion.4 not found")
+
+  monkeypatch.setattr(executables, "_read", lambda *_: broken)
+  out = cached(store)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert executables.stats["rejected"] == 1
+  assert not os.listdir(os.path.join(store, executables.SUBDIR))
+
+
+def test_an_unwritable_folder_only_skips_storing(store):
+  blocker = os.path.join(store, "a-file")
+  with open(blocker, "w") as f:
+    f.write("not a directory")
+  out = cached(blocker)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert executables.stats["compiled"] == 1
+  assert executables.stats["written"] == 0
+
+
+def test_what_jax_loaded_from_its_cache_is_not_stored(store, monkeypatch):
+  # Such an executable serialises without its code (tests/test_cache.py has
+  # the case across processes).
+  seen = iter(range(100))
+  monkeypatch.setattr(executables, "_jax_cache_hits", lambda: next(seen))
+  out = cached(store)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert executables.stats["compiled"] == 1
+  assert executables.stats["written"] == 0
