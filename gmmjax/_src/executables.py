@@ -196,26 +196,34 @@ def _signature(leaf) -> str | None:
   if isinstance(leaf, jax.Array):
     if isinstance(leaf, jax.core.Tracer):
       return None
-    return (f"{leaf.shape}{leaf.dtype}w{int(getattr(leaf, 'weak_type', 0))}"
-            f"{leaf.sharding}")
+    return (f"{leaf.shape}{_text(leaf.dtype)}"
+            f"w{int(getattr(leaf, 'weak_type', 0))}{_text(leaf.sharding)}")
   if isinstance(leaf, (np.ndarray, np.generic)):
-    return f"{np.shape(leaf)}{leaf.dtype}np"
+    return f"{np.shape(leaf)}{_text(leaf.dtype)}np"
   if isinstance(leaf, (bool, int, float, complex)):
     return f"py:{type(leaf).__name__}"
   return None
 
 
+@functools.lru_cache(maxsize=256)
+def _text(value) -> str:
+  """``str`` of a dtype or a sharding (slow to format, hashable)."""
+  return str(value)
+
+
 def _settings() -> str:
-  """JAX's plain-valued settings as in effect here (thread-local ones
-  included); logging and caching settings do not change a program."""
-  items = []
-  for name in sorted(jax.config.values):
-    if "cache" in name or "log" in name:
-      continue
-    value = getattr(jax.config, name, None)
-    if value is None or isinstance(value, (bool, int, float, str)):
-      items.append(f"{name}={value!r}")
-  return ";".join(items)
+  """JAX's plain-valued settings as in effect here (``jax.config.values``
+  has thread-local overrides); logging and caching settings do not change
+  a program."""
+  items = tuple((k, v) for k, v in jax.config.values.items()
+                if (v is None or isinstance(v, (bool, int, float, str)))
+                and "cache" not in k and "log" not in k)
+  return _settings_text(items)
+
+
+@functools.lru_cache(maxsize=16)
+def _settings_text(items) -> str:
+  return ";".join(f"{k}={v!r}" for k, v in sorted(items))
 
 
 @functools.cache
