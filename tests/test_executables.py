@@ -186,3 +186,19 @@ def test_what_jax_loaded_from_its_cache_is_not_stored(store, monkeypatch):
   np.testing.assert_allclose(out, expected(X, 2, 2))
   assert executables.stats["compiled"] == 1
   assert executables.stats["written"] == 0
+
+
+def test_the_folder_is_trimmed_to_its_bound_oldest_first(store, monkeypatch):
+  for power in (1, 2, 3):
+    cached(store)(X, np.float32(2), power=power)
+  folder = os.path.join(store, executables.SUBDIR)
+  names = {power: key(X, np.float32(2), power=power) + ".exe"
+           for power in (1, 2, 3)}
+  for age, power in enumerate((2, 1, 3)):  # power=2 used longest ago
+    os.utime(os.path.join(folder, names[power]), (1e9 + age, 1e9 + age))
+  size = os.path.getsize(os.path.join(folder, names[1]))
+  # Room for about three entries: the fourth write drops the two oldest.
+  monkeypatch.setattr(executables, "MAX_FOLDER_BYTES", int(3.5 * size))
+  cached(store)(X, np.float32(2), power=4)
+  assert sorted(os.listdir(folder)) == sorted(
+      [names[3], key(X, np.float32(2), power=4) + ".exe"])

@@ -59,6 +59,11 @@ _MAGIC = b"gmmjax-executable-1\n"
 SUBDIR = "executables"
 # An entry larger than this is not written (a small program's is 0.1-1 MB).
 MAX_ENTRY_BYTES = 64 << 20
+# The folder is kept under this size: once a write takes it over, the
+# entries used longest ago (by modification time, which a load refreshes)
+# are removed until it holds 3/4 of it. New gmmjax or JAX versions key
+# their programs anew, so without a bound old entries would pile up.
+MAX_FOLDER_BYTES = 1 << 30
 
 stats = {"loaded": 0, "written": 0, "compiled": 0, "uncacheable": 0,
          "rejected": 0}
@@ -277,6 +282,28 @@ def _path(directory: str, key: str) -> str:
   return os.path.join(directory, SUBDIR, key + ".exe")
 
 
+def _trim(folder: str) -> None:
+  """Removes the least recently used entries while the folder holds more
+  than :data:`MAX_FOLDER_BYTES`."""
+  entries = []
+  with os.scandir(folder) as it:
+    for e in it:
+      if e.name.endswith(".exe") and e.is_file():
+        st = e.stat()
+        entries.append((st.st_mtime, st.st_size, e.path))
+  total = sum(size for _, size, _ in entries)
+  if total <= MAX_FOLDER_BYTES:
+    return
+  for _, size, path in sorted(entries):
+    if total <= MAX_FOLDER_BYTES * 3 // 4:
+      break
+    try:
+      os.remove(path)
+    except OSError:
+      pass
+    total -= size
+
+
 def _remove(directory: str, key: str) -> None:
   try:
     os.remove(_path(directory, key))
@@ -305,6 +332,10 @@ def _read(directory: str, key: str):
   except Exception:  # noqa: BLE001 - any failure: compile instead
     return None
   stats["loaded"] += 1
+  try:
+    os.utime(_path(directory, key))  # recently used: kept by _trim
+  except OSError:
+    pass
   return compiled
 
 
@@ -361,6 +392,7 @@ def _compile_and_write(program, args, kwargs, directory: str, key: str):
       os.remove(tmp)
       raise
     stats["written"] += 1
+    _trim(folder)
   except Exception:  # noqa: BLE001 - the cache is never needed to fit
     pass
   return compiled
