@@ -253,7 +253,12 @@ R.update(call_s=time.perf_counter() - T2, total_s=time.perf_counter() - T0)
 
 FIRST_CALLS = ("restarts", "select", "bayes")
 
-EPILOGUE = "print(json.dumps(R))\n"
+# gmmjax's children also report what its cache of executables did (loaded,
+# compiled, written), which tells a warm child's programs apart.
+EPILOGUE = ("_ex = sys.modules.get('gmmjax._src.executables')\n"
+            "if _ex is not None:\n"
+            "  R['executables'] = dict(_ex.stats)\n"
+            "print(json.dumps(R))\n")
 
 
 # --tiny-max-entries: an A/B of compiling.TINY_MAX_ENTRIES (0 turns the

@@ -69,6 +69,8 @@ def test_the_key_tells_apart_what_changes_the_program():
   ]
   with jax.numpy_rank_promotion("raise"):                 # a JAX setting
     different.append(key(X, np.float32(2), power=2))
+  with jax.default_device(jax.devices()[0]):              # set to a device
+    different.append(key(X, np.float32(2), power=2))
   assert None not in different
   assert len({base, *different}) == len(different) + 1
 

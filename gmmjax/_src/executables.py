@@ -164,7 +164,10 @@ def _key(name, options, static, dynamic) -> str | None:
     if signature is None:
       return None
     parts.append(signature)
-  parts.append(_settings())
+  settings = _settings()
+  if settings is None:
+    return None
+  parts.append(settings)
   parts.append(_environment())
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
@@ -216,14 +219,22 @@ def _text(value) -> str:
   return str(value)
 
 
-def _settings() -> str:
-  """JAX's plain-valued settings as in effect here (``jax.config.values``
-  has thread-local overrides); logging and caching settings do not change
-  a program."""
-  items = tuple((k, v) for k, v in jax.config.values.items()
-                if (v is None or isinstance(v, (bool, int, float, str)))
-                and "cache" not in k and "log" not in k)
-  return _settings_text(items)
+def _settings() -> str | None:
+  """JAX's settings as in effect here (``jax.config.values`` has
+  thread-local overrides), or None when one cannot be written down (an
+  object without a stable repr). Logging and caching settings do not
+  change a program; others hold objects (``jax_default_device``: a
+  device), written by their repr."""
+  items = []
+  for k, v in jax.config.values.items():
+    if "cache" in k or "log" in k:
+      continue
+    if not (v is None or isinstance(v, (bool, int, float, str))):
+      v = repr(v)
+      if " at 0x" in v:
+        return None
+    items.append((k, v))
+  return _settings_text(tuple(items))
 
 
 @functools.lru_cache(maxsize=16)
