@@ -204,3 +204,23 @@ def test_the_folder_is_trimmed_to_its_bound_oldest_first(store, monkeypatch):
   cached(store)(X, np.float32(2), power=4)
   assert sorted(os.listdir(folder)) == sorted(
       [names[3], key(X, np.float32(2), power=4) + ".exe"])
+
+
+def test_host_callbacks_are_found_wherever_they_are_nested():
+  def report(x):
+    jax.debug.callback(print, x)
+    return x
+
+  def nested(x):
+    return jax.lax.cond(x.sum() > 0, lambda y: jax.jit(report)(y) + 1,
+                        lambda y: y, x)
+
+  def in_loop(x):
+    return jax.lax.fori_loop(0, 2, lambda i, y: nested(y), x)
+
+  ones = jnp.ones(2)
+  for fn in (report, nested, in_loop):
+    assert executables._has_callback(jax.jit(fn).trace(ones).jaxpr)
+  assert not executables._has_callback(
+      jax.jit(lambda x: jax.lax.fori_loop(0, 2, lambda i, y: y * 2, x))
+      .trace(ones).jaxpr)

@@ -66,7 +66,7 @@ MAX_ENTRY_BYTES = 64 << 20
 MAX_FOLDER_BYTES = 1 << 30
 
 stats = {"loaded": 0, "written": 0, "compiled": 0, "uncacheable": 0,
-         "rejected": 0}
+         "rejected": 0, "from_jax_cache": 0}
 _lock = threading.Lock()
 
 
@@ -373,10 +373,27 @@ def _count_hit(event, **_):
     _hits["n"] += 1
 
 
+def _has_callback(jaxpr) -> bool:
+  """Whether ``jaxpr`` (a closed or open jaxpr), or one nested in it (loop
+  bodies, branches, nested jits), calls back into Python."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for eqn in jaxpr.eqns:
+    if "callback" in eqn.primitive.name:
+      return True
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None),
+                                             "eqns"):
+          if _has_callback(sub):
+            return True
+  return False
+
+
 def _compile_and_write(program, args, kwargs, directory: str, key: str):
   """Compiles ``program`` for these arguments and stores its executable
   (best effort: any failure to store leaves the compiled program usable)."""
-  lowered = program.lower(*args, **kwargs)
+  traced = program.trace(*args, **kwargs)
+  lowered = traced.lower()
   hits = _jax_cache_hits()
   try:
     compiled = lowered.compile(_OWN_JAX_KEY)
@@ -386,8 +403,9 @@ def _compile_and_write(program, args, kwargs, directory: str, key: str):
   stats["compiled"] += 1
   try:
     if hits != _jax_cache_hits():
+      stats["from_jax_cache"] += 1
       return compiled  # JAX loaded it from its cache: not storable
-    if "callback" in lowered.as_text():
+    if _has_callback(traced.jaxpr):
       return compiled  # a host callback belongs to this process
     payload = pickle.dumps((key, *serialize_executable.serialize(compiled)))
     if len(payload) > MAX_ENTRY_BYTES:
