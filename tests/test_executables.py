@@ -16,7 +16,7 @@ import pytest
 from gmmjax._src import chunks, compiling, executables
 
 
-def _affine(x, a, *, power, shift=None):
+def _affine(x, a, power, shift=None):
   y = x * a ** power
   if shift is None:
     return y
@@ -24,6 +24,10 @@ def _affine(x, a, *, power, shift=None):
 
 
 PROGRAMS = compiling.jit_by_size(_affine, static_argnames=("power", "shift"))
+# Only gmmjax's own functions are named (their source is what the key
+# hashes); this test's function is named by hand.
+assert PROGRAMS.name is None
+PROGRAMS.name = f"{__name__}._affine"
 
 
 def key(*args, options=compiling.TINY_OPTIONS, **static):
@@ -35,6 +39,8 @@ def store(tmp_path, monkeypatch):
   """A fresh folder and empty counters; this process's executables forgotten
   before and after."""
   monkeypatch.setattr(executables, "stats", dict.fromkeys(executables.stats, 0))
+  # gmmjax's module values as they are now (another test's patches undone).
+  monkeypatch.setattr(executables, "_snapshot", [])
   executables._loaded.cache_clear()
   yield str(tmp_path)
   executables._loaded.cache_clear()
@@ -62,7 +68,9 @@ def test_the_key_tells_apart_what_changes_the_program():
       key(X, np.float32(2), power=2.0),                   # its type
       key(X[:2], np.float32(2), power=2),                 # a shape
       key(X.astype(np.float16), np.float32(2), power=2),  # a dtype
-      key(X, 2.0, power=2),                               # a weak type
+      key(X, 2.0, power=2),                               # a Python float
+      key(X, jnp.asarray(2.0), power=2),                  # a weak type
+      key(X, jnp.float32(2), power=2),                    # a strong one
       key(jnp.asarray(X), np.float32(2), power=2),        # a device array
       key((X,), np.float32(2), power=2),                  # the tree
       key(X, np.float32(2), power=2, options=compiling.SMALL_OPTIONS),
@@ -91,6 +99,22 @@ def test_the_key_covers_the_source_and_the_environment(monkeypatch):
   assert key(X, np.float32(2), power=2) == base
 
 
+def test_a_program_named_by_more_than_its_source_is_not_cached():
+  def factory(k):
+    return lambda x: x * k
+
+  def local(x):
+    return x
+
+  assert executables._name(compiling.pick, {}) is not None
+  assert executables._name(factory(2), {}) is None       # a closure
+  assert executables._name(local, {}) is None            # a local function
+  assert executables._name(np.sum, {}) is None           # outside gmmjax
+  assert executables._name(compiling.pick, {"donate_argnums": 0}) is None
+  # A static argument passed by position is not keyed: not cached.
+  assert PROGRAMS.max_positional == 2
+
+
 def test_what_cannot_be_keyed_is_not_cached(store):
   @dataclasses.dataclass
   class Mutable:
@@ -107,7 +131,13 @@ def test_what_cannot_be_keyed_is_not_cached(store):
   # Run as a plain jitted program, nothing stored.
   out = cached(store)(X, np.float32(2), power=2, shift=lambda: 1.0)
   np.testing.assert_allclose(out, expected(X, 2, 2) + 1.0)
-  assert executables.stats["uncacheable"] == 1
+  out = cached(store)(X, np.float32(2), 2)  # the static one by position
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("i",))
+  with jax.set_mesh(mesh):  # a trace may place arrays by it
+    out = cached(store)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert executables.stats["uncacheable"] == 3
   assert not os.path.exists(os.path.join(store, executables.SUBDIR))
 
 
@@ -160,7 +190,8 @@ def test_a_stored_program_that_fails_to_run_is_dropped(store, monkeypatch):
   executables._loaded.cache_clear()
 
   def broken(*_):
-    raise RuntimeError("NOT_FOUND: Function fusion.4 not found")
+    # What XLA raised for an executable stored without its code.
+    raise jax.errors.JaxRuntimeError("NOT_FOUND: Function fusion.4 not found")
 
   monkeypatch.setattr(executables, "_read", lambda *_: broken)
   out = cached(store)(X, np.float32(2), power=2)
@@ -224,3 +255,40 @@ def test_host_callbacks_are_found_wherever_they_are_nested():
   assert not executables._has_callback(
       jax.jit(lambda x: jax.lax.fori_loop(0, 2, lambda i, y: y * 2, x))
       .trace(ones).jaxpr)
+
+
+def test_a_changed_module_value_makes_the_cache_step_aside(store, monkeypatch):
+  cached(store)(X, np.float32(2), power=2)
+  assert executables._untouched()
+  original = chunks.DEFAULT_CHUNKS
+  monkeypatch.setattr(chunks, "DEFAULT_CHUNKS",
+                      chunks.ChunkOptions(cpu_bytes=1 << 16))
+  out = cached(store)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert executables.stats["stepped_aside"] == 1
+  assert executables.stats["uncacheable"] == 1
+  cached(store)(X, np.float32(2), power=2)  # for the rest of the process
+  assert executables.stats["uncacheable"] == 2
+  assert executables.stats["compiled"] == 1
+  # Restored, and a new process's view of the source: cached again.
+  monkeypatch.setattr(chunks, "DEFAULT_CHUNKS", original)
+  monkeypatch.setattr(executables, "_snapshot", [])
+  cached(store)(X, np.float32(2), power=2)
+  assert executables.stats["uncacheable"] == 2
+
+
+def test_under_disable_jit_pick_hands_out_the_plain_program(store,
+                                                           monkeypatch):
+  # A compiled executable refuses to run under disable_jit (the estimator
+  # raised "Disable jit is not supported in the AOT path").
+  from gmmjax._src import cache
+
+  monkeypatch.setitem(cache._state, "dir", store)
+  monkeypatch.setitem(cache._state, "done", True)
+  assert compiling.pick(PROGRAMS, 3, 1, 2) not in PROGRAMS  # the cache's
+  with jax.disable_jit():
+    program = compiling.pick(PROGRAMS, 3, 1, 2)
+    assert program is PROGRAMS[2]
+    out = program(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert not os.path.exists(os.path.join(store, executables.SUBDIR))

@@ -65,7 +65,8 @@ def pick(programs, n_samples: int, n_components: int, n_features: int, *,
   else:
     program, options = small, SMALL_OPTIONS
   directory = cache.active_dir()
-  if directory is not None and isinstance(programs, executables.Programs):
+  if (directory is not None and isinstance(programs, executables.Programs)
+      and not jax.config.jax_disable_jit):
     # A stored executable proves the options work; the probe runs only
     # before a compile.
     return executables.cached(program, programs, options, directory,
@@ -117,4 +118,4 @@ def jit_by_size(fun=None, **jit_kwargs):
       (jax.jit(fun, **jit_kwargs),
        jax.jit(fun, compiler_options=SMALL_OPTIONS, **jit_kwargs),
        jax.jit(fun, compiler_options=TINY_OPTIONS, **jit_kwargs)),
-      fun, jit_kwargs.get("static_argnames"))
+      fun, jit_kwargs)

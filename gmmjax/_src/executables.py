@@ -12,19 +12,25 @@ first call.
 The key must cover everything a trace reads, or a stale program would run
 silently. It hashes:
 
-- the program (its function's module and name, the compile options) and
-  every static argument's value (only plain values: numbers, strings,
-  ``None``, tuples and frozen dataclasses of them, and gmmjax's own
-  module-level functions; anything else, a user's callback for one, is not
-  cached);
+- the program (a gmmjax module-level function's name and first line, not
+  a closure; the compile options) and every static argument's value (only
+  plain values: numbers, strings, ``None``, tuples and frozen dataclasses
+  of them, and gmmjax's own module-level functions; anything else, a
+  user's callback for one, is not cached);
 - the arguments' tree and, per leaf, shape, dtype, weak type and placement;
-- gmmjax's source (every ``.py`` file of the package), the versions of
-  Python, JAX, jaxlib, NumPy and ml_dtypes, every plain-valued JAX setting
+- gmmjax's source (every ``.py`` file of the package) and version, the
+  versions of Python, JAX, jaxlib, NumPy and ml_dtypes, every JAX setting
   in effect at the call (``jax_enable_x64`` and the others, thread-local
   overrides included), the ``JAX_*``, ``XLA_*`` and ``LIBTPU_*``
   environment, the backend and its devices, and the host CPU (its model and
   instruction-set flags: an executable built for one CPU must not run on
   another that shares the home directory).
+
+What the key cannot see is not cached: a call under a mesh context or
+``jax.disable_jit``, a static argument passed by position, and every call
+once one of gmmjax's module attributes differs from its value at the
+first cached call (tests and benchmarks rebind tuning constants and
+helpers, which the source hash cannot know).
 
 Entries live in ``executables/`` of gmmjax's cache directory, which only
 :func:`cache.enable_default_cache` turns on (the estimator and the command
@@ -32,7 +38,8 @@ line; never where the user opted out or configured JAX's cache). Each file
 starts with a checksum of its contents, checked before anything in it is
 loaded: a truncated or damaged entry is compiled again and replaced, never
 run. Programs with host callbacks are not stored (a callback lives in one
-process). The folder is created private to the user: an executable is
+process), nor are these programs written to JAX's cache as well: an
+executable JAX loads from its cache serialises without its code. The folder is created private to the user: an executable is
 machine code, and loading one runs it, as JAX's own cache does; the entry
 format is JAX's (``jax.experimental.serialize_executable``, which pickles).
 """
@@ -43,13 +50,16 @@ import dataclasses
 import functools
 import hashlib
 import importlib
+import inspect
 import os
 import pathlib
 import pickle
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 import jax
 import numpy as np
@@ -66,7 +76,7 @@ MAX_ENTRY_BYTES = 64 << 20
 MAX_FOLDER_BYTES = 1 << 30
 
 stats = {"loaded": 0, "written": 0, "compiled": 0, "uncacheable": 0,
-         "rejected": 0, "from_jax_cache": 0}
+         "rejected": 0, "from_jax_cache": 0, "stepped_aside": 0}
 _lock = threading.Lock()
 
 
@@ -86,16 +96,37 @@ class Programs(tuple):
   """``(default, small, tiny)`` jitted programs of one function, with what
   this cache needs to key them: the function's name and static arguments."""
 
-  def __new__(cls, programs, fun, static_argnames):
+  def __new__(cls, programs, fun, jit_kwargs):
     self = super().__new__(cls, programs)
-    # With the first line: two lambdas of one module differ.
-    code = getattr(fun, "__code__", None)
-    self.name = (None if code is None else
-                 f"{fun.__module__}.{fun.__qualname__}:{code.co_firstlineno}")
-    names = static_argnames or ()
+    names = jit_kwargs.get("static_argnames") or ()
     self.static_argnames = frozenset(
         (names,) if isinstance(names, str) else names)
+    self.name = _name(fun, jit_kwargs)
+    # A static argument passed by position would be keyed by its type only:
+    # calls with that many positional arguments are not cached.
+    try:
+      params = list(inspect.signature(fun).parameters)
+      self.max_positional = min(
+          [params.index(n) for n in self.static_argnames if n in params]
+          or [len(params)])
+    except (TypeError, ValueError):
+      self.name = None
     return self
+
+
+def _name(fun, jit_kwargs) -> str | None:
+  """A gmmjax module-level function's name and first line (two lambdas of
+  one module differ), or None where the name does not tell the program:
+  a closure (its captured values are not keyed), a function outside
+  gmmjax (its source is not hashed), or jit options besides
+  ``static_argnames``."""
+  code = getattr(fun, "__code__", None)
+  module = getattr(fun, "__module__", None) or ""
+  if (code is None or getattr(fun, "__closure__", None)
+      or "<locals>" in fun.__qualname__ or not module.startswith("gmmjax")
+      or set(jit_kwargs) - {"static_argnames", "compiler_options"}):
+    return None
+  return f"{module}.{fun.__qualname__}:{code.co_firstlineno}"
 
 
 def cached(program, programs: Programs, options: dict, directory: str, *,
@@ -112,8 +143,9 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
     dynamic = {k: v for k, v in kwargs.items()
                if k not in programs.static_argnames}
     try:
-      key = (None if programs.name is None else
-             _key(programs.name, options, static, (args, dynamic)))
+      key = (None if programs.name is None
+             or len(args) > programs.max_positional or not _untouched()
+             else _key(programs.name, options, static, (args, dynamic)))
     except Exception:  # noqa: BLE001 - unkeyable: a plain jit call
       key = None
     if key is None:
@@ -127,7 +159,7 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
       try:
         # Run to the end here: XLA reports a broken executable when it runs.
         out = jax.block_until_ready(compiled(*args, **dynamic))
-      except Exception:  # noqa: BLE001 - a stored program that cannot run
+      except jax.errors.JaxRuntimeError:  # a stored program that cannot run
         _remove(directory, key)
         stats["rejected"] += 1
         return program(*args, **kwargs)
@@ -143,6 +175,36 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
 
 
 # -- the key --------------------------------------------------------------
+
+_snapshot: list = []
+
+
+def _untouched() -> bool:
+  """Whether gmmjax's module attributes are still those of its source.
+
+  The key hashes the source, so a value a trace reads from a module
+  (``chunks.DEFAULT_CHUNKS``, ``cholesky.JITTER_STEPS``, a helper
+  function) must be what the source says. Tests and benchmarks rebind
+  some, then clear JAX's caches; once any attribute differs from its
+  value at the first cached call, the cache steps aside for the rest of
+  the process. About 0.1 ms per call (identity checks).
+  """
+  if not _snapshot:
+    _snapshot.append([
+        (vars(module), name, value)
+        for module_name, module in list(sys.modules.items())
+        if module_name.startswith("gmmjax._src.") and module_name != __name__
+        for name, value in vars(module).items()
+        if not name.startswith("__")])
+    _snapshot.append(True)
+  if _snapshot[1]:
+    for namespace, name, value in _snapshot[0]:
+      if namespace.get(name) is not value:
+        _snapshot[1] = False
+        stats["stepped_aside"] += 1
+        break
+  return _snapshot[1]
+
 
 
 def _key(name, options, static, dynamic) -> str | None:
@@ -165,11 +227,19 @@ def _key(name, options, static, dynamic) -> str | None:
       return None
     parts.append(signature)
   settings = _settings()
-  if settings is None:
+  if settings is None or not _no_mesh():
     return None
   parts.append(settings)
   parts.append(_environment())
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
+
+
+def _no_mesh() -> bool:
+  """No mesh context is set (``jax.set_mesh``,
+  ``jax.sharding.use_abstract_mesh``):
+  a trace under one may place arrays differently."""
+  return (jax.sharding.get_abstract_mesh().empty
+          and jax.sharding.get_mesh().empty)
 
 
 def _plain(value) -> str | None:
@@ -178,7 +248,8 @@ def _plain(value) -> str | None:
     return f"{type(value).__name__}:{value!r}"
   if isinstance(value, tuple):
     items = [_plain(v) for v in value]
-    return None if None in items else f"({', '.join(items)})"
+    return (None if None in items
+            else f"{type(value).__qualname__}({', '.join(items)})")
   if dataclasses.is_dataclass(value) and not isinstance(value, type) and (
       type(value).__dataclass_params__.frozen):
     fields = [_plain(getattr(value, f.name))
@@ -246,7 +317,8 @@ def _settings_text(items) -> str:
 def _environment() -> str:
   """What a process cannot change under a program: code, versions, the
   machine and the environment JAX and XLA read."""
-  versions = [sys.version, jax.__version__, np.__version__]
+  versions = [sys.version, jax.__version__, np.__version__,
+              getattr(sys.modules.get("gmmjax"), "__version__", None)]
   for module in ("jaxlib.version", "ml_dtypes"):
     try:
       versions.append(importlib.import_module(module).__version__)
@@ -262,10 +334,14 @@ def _environment() -> str:
 
 
 def _source_hash() -> str:
-  """A hash of every Python file of the gmmjax package."""
+  """A hash of every Python file of the gmmjax package (an install without
+  them, a zip or compiled files only, raises: nothing is cached)."""
   root = pathlib.Path(__file__).resolve().parents[1]
   digest = hashlib.sha256()
-  for path in sorted(root.rglob("*.py")):
+  paths = sorted(root.rglob("*.py"))
+  if not any(p.name == "executables.py" for p in paths):
+    raise FileNotFoundError("gmmjax's source files are not readable")
+  for path in paths:
     digest.update(str(path.relative_to(root)).encode())
     digest.update(path.read_bytes())
   return digest.hexdigest()
@@ -274,6 +350,14 @@ def _source_hash() -> str:
 def _cpu() -> str:
   """The host CPU: model and instruction-set flags where the system says."""
   text = platform.machine() + platform.processor()
+  if not sys.platform.startswith("linux"):
+    text += platform.platform()
+  if sys.platform == "darwin":  # the chip's name: M1 and M3 differ
+    try:
+      text += subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+      pass
   try:
     with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
       for line in f:
@@ -299,9 +383,14 @@ def _trim(folder: str) -> None:
   entries = []
   with os.scandir(folder) as it:
     for e in it:
-      if e.name.endswith(".exe") and e.is_file():
+      try:
         st = e.stat()
-        entries.append((st.st_mtime, st.st_size, e.path))
+        if e.name.startswith(".tmp-") and st.st_mtime < time.time() - 3600:
+          os.remove(e.path)  # left by a process killed while writing
+        elif e.name.endswith(".exe"):
+          entries.append((st.st_mtime, st.st_size, e.path))
+      except OSError:  # removed meanwhile by another process
+        continue
   total = sum(size for _, size, _ in entries)
   if total <= MAX_FOLDER_BYTES:
     return
@@ -395,11 +484,18 @@ def _compile_and_write(program, args, kwargs, directory: str, key: str):
   traced = program.trace(*args, **kwargs)
   lowered = traced.lower()
   hits = _jax_cache_hits()
-  try:
-    compiled = lowered.compile(_OWN_JAX_KEY)
-  except Exception:  # noqa: BLE001 - an XLA without the setting
-    compiled = lowered.compile()
-    hits = -1
+  with _lock:
+    # Not written to JAX's cache too (it would be stored twice, and after
+    # this cache dropped an entry JAX would serve it, unstorably).
+    least = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    try:
+      compiled = lowered.compile(_OWN_JAX_KEY)
+    except Exception:  # noqa: BLE001 - an XLA without the setting
+      compiled = lowered.compile()
+      hits = -1
+    finally:
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", least)
   stats["compiled"] += 1
   try:
     if hits != _jax_cache_hits():
