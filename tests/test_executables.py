@@ -1,4 +1,5 @@
-"""The cache of executables keyed without tracing (gmmjax/_src/executables.py).
+"""The cache of executables keyed without tracing (gmmjax/_src/executables.py,
+executable_key.py).
 
 In process, on a one-line program: what the key must tell apart, what it
 must refuse to key, and that an entry is loaded only when whole. The
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmmjax._src import chunks, compiling, executables
+from gmmjax._src import chunks, compiling, executable_key, executables
 
 
 def _affine(x, a, power, shift=None):
@@ -31,7 +32,7 @@ PROGRAMS.name = f"{__name__}._affine"
 
 
 def key(*args, options=compiling.TINY_OPTIONS, **static):
-  return executables._key(PROGRAMS.name, options, static, (args, {}))
+  return executable_key.key(PROGRAMS.name, options, static, (args, {}))
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def store(tmp_path, monkeypatch):
   before and after."""
   monkeypatch.setattr(executables, "stats", dict.fromkeys(executables.stats, 0))
   # gmmjax's module values as they are now (another test's patches undone).
-  monkeypatch.setattr(executables, "_snapshot", [])
+  monkeypatch.setattr(executable_key, "_snapshot", [])
   executables._loaded.cache_clear()
   yield str(tmp_path)
   executables._loaded.cache_clear()
@@ -85,17 +86,17 @@ def test_the_key_tells_apart_what_changes_the_program():
 
 def test_the_key_covers_the_source_and_the_environment(monkeypatch):
   base = key(X, np.float32(2), power=2)
-  executables._environment.cache_clear()
+  executable_key._environment.cache_clear()
   try:
-    monkeypatch.setattr(executables, "_source_hash", lambda: "edited")
+    monkeypatch.setattr(executable_key, "_source_hash", lambda: "edited")
     assert key(X, np.float32(2), power=2) != base
     monkeypatch.undo()
-    executables._environment.cache_clear()
+    executable_key._environment.cache_clear()
     monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_math=true")
     assert key(X, np.float32(2), power=2) != base
   finally:
     monkeypatch.undo()
-    executables._environment.cache_clear()
+    executable_key._environment.cache_clear()
   assert key(X, np.float32(2), power=2) == base
 
 
@@ -106,11 +107,11 @@ def test_a_program_named_by_more_than_its_source_is_not_cached():
   def local(x):
     return x
 
-  assert executables._name(compiling.pick, {}) is not None
-  assert executables._name(factory(2), {}) is None       # a closure
-  assert executables._name(local, {}) is None            # a local function
-  assert executables._name(np.sum, {}) is None           # outside gmmjax
-  assert executables._name(compiling.pick, {"donate_argnums": 0}) is None
+  assert executable_key.program_name(compiling.pick, {}) is not None
+  assert executable_key.program_name(factory(2), {}) is None       # a closure
+  assert executable_key.program_name(local, {}) is None            # a local function
+  assert executable_key.program_name(np.sum, {}) is None           # outside gmmjax
+  assert executable_key.program_name(compiling.pick, {"donate_argnums": 0}) is None
   # A static argument passed by position is not keyed: not cached.
   assert PROGRAMS.max_positional == 2
 
@@ -259,7 +260,7 @@ def test_host_callbacks_are_found_wherever_they_are_nested():
 
 def test_a_changed_module_value_makes_the_cache_step_aside(store, monkeypatch):
   cached(store)(X, np.float32(2), power=2)
-  assert executables._untouched()
+  assert executable_key.untouched()
   original = chunks.DEFAULT_CHUNKS
   monkeypatch.setattr(chunks, "DEFAULT_CHUNKS",
                       chunks.ChunkOptions(cpu_bytes=1 << 16))
@@ -272,7 +273,7 @@ def test_a_changed_module_value_makes_the_cache_step_aside(store, monkeypatch):
   assert executables.stats["compiled"] == 1
   # Restored, and a new process's view of the source: cached again.
   monkeypatch.setattr(chunks, "DEFAULT_CHUNKS", original)
-  monkeypatch.setattr(executables, "_snapshot", [])
+  monkeypatch.setattr(executable_key, "_snapshot", [])
   cached(store)(X, np.float32(2), power=2)
   assert executables.stats["uncacheable"] == 2
 

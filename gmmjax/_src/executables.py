@@ -9,28 +9,10 @@ which dominate a script of small fits, this cache stores the executable
 under a key computed without tracing, and a later process loads it at the
 first call.
 
-The key must cover everything a trace reads, or a stale program would run
-silently. It hashes:
-
-- the program (a gmmjax module-level function's name and first line, not
-  a closure; the compile options) and every static argument's value (only
-  plain values: numbers, strings, ``None``, tuples and frozen dataclasses
-  of them, and gmmjax's own module-level functions; anything else, a
-  user's callback for one, is not cached);
-- the arguments' tree and, per leaf, shape, dtype, weak type and placement;
-- gmmjax's source (every ``.py`` file of the package) and version, the
-  versions of Python, JAX, jaxlib, NumPy and ml_dtypes, every JAX setting
-  in effect at the call (``jax_enable_x64`` and the others, thread-local
-  overrides included), the ``JAX_*``, ``XLA_*`` and ``LIBTPU_*``
-  environment, the backend and its devices, and the host CPU (its model and
-  instruction-set flags: an executable built for one CPU must not run on
-  another that shares the home directory).
-
-What the key cannot see is not cached: a call under a mesh context or
-``jax.disable_jit``, a static argument passed by position, and every call
-once one of gmmjax's module attributes differs from its value at the
-first cached call (tests and benchmarks rebind tuning constants and
-helpers, which the source hash cannot know).
+The key (:mod:`gmmjax._src.executable_key`) covers everything a trace of
+the program reads; what it cannot see (a mesh context, a static argument
+passed by position, a changed module attribute) and calls under
+``jax.disable_jit`` run as plain ``jax.jit`` programs.
 
 Entries live in ``executables/`` of gmmjax's cache directory, which only
 :func:`cache.enable_default_cache` turns on (the estimator and the command
@@ -39,31 +21,26 @@ starts with a checksum of its contents, checked before anything in it is
 loaded: a truncated or damaged entry is compiled again and replaced, never
 run. Programs with host callbacks are not stored (a callback lives in one
 process), nor are these programs written to JAX's cache as well: an
-executable JAX loads from its cache serialises without its code. The folder is created private to the user: an executable is
-machine code, and loading one runs it, as JAX's own cache does; the entry
-format is JAX's (``jax.experimental.serialize_executable``, which pickles).
+executable JAX loads from its cache serialises without its code. The
+folder is created private to the user: an executable is machine code, and
+loading one runs it, as JAX's own cache does; the entry format is JAX's
+(``jax.experimental.serialize_executable``, which pickles).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
-import importlib
 import inspect
 import os
-import pathlib
 import pickle
-import platform
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 
 import jax
-import numpy as np
 from jax.experimental import serialize_executable
+
+from gmmjax._src import executable_key
 
 _MAGIC = b"gmmjax-executable-1\n"
 SUBDIR = "executables"
@@ -101,7 +78,7 @@ class Programs(tuple):
     names = jit_kwargs.get("static_argnames") or ()
     self.static_argnames = frozenset(
         (names,) if isinstance(names, str) else names)
-    self.name = _name(fun, jit_kwargs)
+    self.name = executable_key.program_name(fun, jit_kwargs)
     # A static argument passed by position would be keyed by its type only:
     # calls with that many positional arguments are not cached.
     try:
@@ -112,21 +89,6 @@ class Programs(tuple):
     except (TypeError, ValueError):
       self.name = None
     return self
-
-
-def _name(fun, jit_kwargs) -> str | None:
-  """A gmmjax module-level function's name and first line (two lambdas of
-  one module differ), or None where the name does not tell the program:
-  a closure (its captured values are not keyed), a function outside
-  gmmjax (its source is not hashed), or jit options besides
-  ``static_argnames``."""
-  code = getattr(fun, "__code__", None)
-  module = getattr(fun, "__module__", None) or ""
-  if (code is None or getattr(fun, "__closure__", None)
-      or "<locals>" in fun.__qualname__ or not module.startswith("gmmjax")
-      or set(jit_kwargs) - {"static_argnames", "compiler_options"}):
-    return None
-  return f"{module}.{fun.__qualname__}:{code.co_firstlineno}"
 
 
 def cached(program, programs: Programs, options: dict, directory: str, *,
@@ -143,9 +105,14 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
     dynamic = {k: v for k, v in kwargs.items()
                if k not in programs.static_argnames}
     try:
-      key = (None if programs.name is None
-             or len(args) > programs.max_positional or not _untouched()
-             else _key(programs.name, options, static, (args, dynamic)))
+      key = None
+      if programs.name is None or len(args) > programs.max_positional:
+        pass
+      elif not executable_key.untouched():
+        stats["stepped_aside"] += 1
+      else:
+        key = executable_key.key(programs.name, options, static,
+                                 (args, dynamic))
     except Exception:  # noqa: BLE001 - unkeyable: a plain jit call
       key = None
     if key is None:
@@ -172,202 +139,6 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
     return compiled(*args, **dynamic)
 
   return call
-
-
-# -- the key --------------------------------------------------------------
-
-_snapshot: list = []
-
-
-def _untouched() -> bool:
-  """Whether gmmjax's module attributes are still those of its source.
-
-  The key hashes the source, so a value a trace reads from a module
-  (``chunks.DEFAULT_CHUNKS``, ``cholesky.JITTER_STEPS``, a helper
-  function) must be what the source says. Tests and benchmarks rebind
-  some, then clear JAX's caches; once any attribute differs from its
-  value at the first cached call, the cache steps aside for the rest of
-  the process. About 0.1 ms per call (identity checks).
-  """
-  if not _snapshot:
-    _snapshot.append([
-        (vars(module), name, value)
-        for module_name, module in list(sys.modules.items())
-        if module_name.startswith("gmmjax._src.") and module_name != __name__
-        for name, value in vars(module).items()
-        if not name.startswith("__")])
-    _snapshot.append(True)
-  if _snapshot[1]:
-    for namespace, name, value in _snapshot[0]:
-      if namespace.get(name) is not value:
-        _snapshot[1] = False
-        stats["stepped_aside"] += 1
-        break
-  return _snapshot[1]
-
-
-
-def _key(name, options, static, dynamic) -> str | None:
-  """The entry's name, or None when something the trace reads cannot be
-  keyed reliably (then the program runs as a plain ``jax.jit``)."""
-  parts = [name, repr(sorted(options.items()))]
-  for k in sorted(static):
-    value = _plain(static[k])
-    if value is None:
-      return None
-    parts.append(f"{k}={value}")
-  leaves, treedef = jax.tree.flatten(dynamic)
-  tree = str(treedef)
-  if " at 0x" in tree:  # an object's identity in the tree's data
-    return None
-  parts.append(tree)
-  for leaf in leaves:
-    signature = _signature(leaf)
-    if signature is None:
-      return None
-    parts.append(signature)
-  settings = _settings()
-  if settings is None or not _no_mesh():
-    return None
-  parts.append(settings)
-  parts.append(_environment())
-  return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
-
-
-def _no_mesh() -> bool:
-  """No mesh context is set (``jax.set_mesh``,
-  ``jax.sharding.use_abstract_mesh``):
-  a trace under one may place arrays differently."""
-  return (jax.sharding.get_abstract_mesh().empty
-          and jax.sharding.get_mesh().empty)
-
-
-def _plain(value) -> str | None:
-  """A static argument's value as text, or None when it is not plain."""
-  if value is None or isinstance(value, (bool, int, float, str)):
-    return f"{type(value).__name__}:{value!r}"
-  if isinstance(value, tuple):
-    items = [_plain(v) for v in value]
-    return (None if None in items
-            else f"{type(value).__qualname__}({', '.join(items)})")
-  if dataclasses.is_dataclass(value) and not isinstance(value, type) and (
-      type(value).__dataclass_params__.frozen):
-    fields = [_plain(getattr(value, f.name))
-              for f in dataclasses.fields(value)]
-    if None in fields:
-      return None
-    return f"{type(value).__module__}.{type(value).__qualname__}{fields}"
-  if callable(value) and getattr(value, "__module__", "").startswith(
-      "gmmjax") and _module_level(value):
-    return f"fn:{value.__module__}.{value.__qualname__}"
-  return None
-
-
-def _module_level(fn) -> bool:
-  """``fn`` is what its module holds under its name (not a closure)."""
-  obj = sys.modules.get(fn.__module__)
-  for part in fn.__qualname__.split("."):
-    obj = getattr(obj, part, None)
-  return obj is fn
-
-
-def _signature(leaf) -> str | None:
-  if isinstance(leaf, jax.Array):
-    if isinstance(leaf, jax.core.Tracer):
-      return None
-    return (f"{leaf.shape}{_text(leaf.dtype)}"
-            f"w{int(getattr(leaf, 'weak_type', 0))}{_text(leaf.sharding)}")
-  if isinstance(leaf, (np.ndarray, np.generic)):
-    return f"{np.shape(leaf)}{_text(leaf.dtype)}np"
-  if isinstance(leaf, (bool, int, float, complex)):
-    return f"py:{type(leaf).__name__}"
-  return None
-
-
-@functools.lru_cache(maxsize=256)
-def _text(value) -> str:
-  """``str`` of a dtype or a sharding (slow to format, hashable)."""
-  return str(value)
-
-
-def _settings() -> str | None:
-  """JAX's settings as in effect here (``jax.config.values`` has
-  thread-local overrides), or None when one cannot be written down (an
-  object without a stable repr). Logging and caching settings do not
-  change a program; others hold objects (``jax_default_device``: a
-  device), written by their repr."""
-  items = []
-  for k, v in jax.config.values.items():
-    if "cache" in k or "log" in k:
-      continue
-    if not (v is None or isinstance(v, (bool, int, float, str))):
-      v = repr(v)
-      if " at 0x" in v:
-        return None
-    items.append((k, v))
-  return _settings_text(tuple(items))
-
-
-@functools.lru_cache(maxsize=16)
-def _settings_text(items) -> str:
-  return ";".join(f"{k}={v!r}" for k, v in sorted(items))
-
-
-@functools.cache
-def _environment() -> str:
-  """What a process cannot change under a program: code, versions, the
-  machine and the environment JAX and XLA read."""
-  versions = [sys.version, jax.__version__, np.__version__,
-              getattr(sys.modules.get("gmmjax"), "__version__", None)]
-  for module in ("jaxlib.version", "ml_dtypes"):
-    try:
-      versions.append(importlib.import_module(module).__version__)
-    except Exception:  # noqa: BLE001 - absent: its absence is the key
-      versions.append(f"no {module}")
-  env = sorted((k, v) for k, v in os.environ.items()
-               if k.startswith(("JAX_", "XLA_", "LIBTPU_"))
-               and "CACHE" not in k)
-  devices = jax.devices()
-  backend = (jax.default_backend(), devices[0].client.platform_version,
-             [d.device_kind for d in devices], jax.process_count())
-  return repr((_source_hash(), versions, env, backend, _cpu()))
-
-
-def _source_hash() -> str:
-  """A hash of every Python file of the gmmjax package (an install without
-  them, a zip or compiled files only, raises: nothing is cached)."""
-  root = pathlib.Path(__file__).resolve().parents[1]
-  digest = hashlib.sha256()
-  paths = sorted(root.rglob("*.py"))
-  if not any(p.name == "executables.py" for p in paths):
-    raise FileNotFoundError("gmmjax's source files are not readable")
-  for path in paths:
-    digest.update(str(path.relative_to(root)).encode())
-    digest.update(path.read_bytes())
-  return digest.hexdigest()
-
-
-def _cpu() -> str:
-  """The host CPU: model and instruction-set flags where the system says."""
-  text = platform.machine() + platform.processor()
-  if not sys.platform.startswith("linux"):
-    text += platform.platform()
-  if sys.platform == "darwin":  # the chip's name: M1 and M3 differ
-    try:
-      text += subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"],
-                             capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.SubprocessError):
-      pass
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-      for line in f:
-        if line.startswith(("model name", "flags", "Features")):
-          text += line
-        elif not line.strip() and "flags" in text:
-          break  # the first processor is enough
-  except OSError:
-    pass
-  return hashlib.sha256(text.encode()).hexdigest()
 
 
 # -- files ----------------------------------------------------------------
