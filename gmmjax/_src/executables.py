@@ -104,23 +104,28 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
     static = {k: v for k, v in kwargs.items() if k in programs.static_argnames}
     dynamic = {k: v for k, v in kwargs.items()
                if k not in programs.static_argnames}
+    fast = key = compiled = None
     try:
-      key = None
       if programs.name is None or len(args) > programs.max_positional:
         pass
       elif not executable_key.untouched():
         stats["stepped_aside"] += 1
       else:
-        key = executable_key.key(programs.name, options, static,
-                                 (args, dynamic))
+        # This process's programs by a cheaper summary of the call; the
+        # entry's name only when it is not loaded yet.
+        fast = executable_key.call_signature(programs.name, options, static,
+                                             (args, dynamic))
+        compiled = _loaded.get(fast)
+        if compiled is None and fast is not None:
+          key = executable_key.key(programs.name, options, static,
+                                   (args, dynamic))
     except Exception:  # noqa: BLE001 - unkeyable: a plain jit call
-      key = None
+      fast = key = compiled = None
+    if compiled is not None:
+      return compiled(*args, **dynamic)
     if key is None:
       stats["uncacheable"] += 1
       return program(*args, **kwargs)
-    compiled = _loaded.get(key)
-    if compiled is not None:
-      return compiled(*args, **dynamic)
     compiled = _read(directory, key)
     if compiled is not None:
       try:
@@ -130,12 +135,12 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
         _remove(directory, key)
         stats["rejected"] += 1
         return program(*args, **kwargs)
-      _loaded[key] = compiled
+      _loaded[fast] = compiled
       return out
     if not usable():
       return default(*args, **kwargs)
     compiled = _compile_and_write(program, args, kwargs, directory, key)
-    _loaded[key] = compiled
+    _loaded[fast] = compiled
     return compiled(*args, **dynamic)
 
   return call
