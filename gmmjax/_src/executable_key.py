@@ -74,14 +74,14 @@ def untouched() -> bool:
   """
   if not _snapshot:
     own = (__name__, "gmmjax._src.executables")
-    _snapshot.append([
+    watched = [
         (vars(module), name, value)
         for module_name, module in list(sys.modules.items())
         if module_name.startswith("gmmjax._src.") and module_name not in own
         for name, value in vars(module).items()
         if not (name.startswith("__") or isinstance(value, (type,
-                                                            types.ModuleType)))])
-    _snapshot.append(True)
+                                                            types.ModuleType)))]
+    _snapshot[:] = [watched, True]  # one step: threads see it whole
   if _snapshot[1]:
     for namespace, name, value in _snapshot[0]:
       if namespace.get(name) is not value:
