@@ -293,3 +293,19 @@ def test_under_disable_jit_pick_hands_out_the_plain_program(store,
     out = program(X, np.float32(2), power=2)
   np.testing.assert_allclose(out, expected(X, 2, 2))
   assert not os.path.exists(os.path.join(store, executables.SUBDIR))
+
+
+def test_this_processs_table_tells_settings_and_statics_apart(store):
+  # The in-process lookup (executable_key.call_signature) must not hand
+  # out a program compiled under another setting or static value.
+  cached(store)(X, np.float32(2), power=2)
+  with jax.numpy_rank_promotion("raise"):
+    cached(store)(X, np.float32(2), power=2)
+  cached(store)(X, np.float32(2), power=2.0)
+  cached(store)(X, np.float32(2), power=True)
+  assert executables.stats["compiled"] == 4
+  assert executables.stats["written"] == 4
+  out = cached(store)(X, np.float32(3), power=2)  # from the table
+  np.testing.assert_allclose(out, expected(X, 3, 2))
+  assert executables.stats["compiled"] == 4
+  assert executables.stats["loaded"] == 0
