@@ -91,10 +91,10 @@ def untouched() -> bool:
 
 
 def call_signature(name, options, static, dynamic):
-  """What tells this process's calls apart: hashable, equal for two calls
-  that :func:`key` maps to one entry (the environment does not change
-  within a process), and about a third of its cost; None where a leaf is
-  not an array or a number. Raises TypeError for unhashable statics."""
+  """What tells calls apart in this process: hashable, and the input of
+  :func:`key` (the environment does not change within a process); None
+  where a leaf is not an array or a number. Raises TypeError for
+  unhashable statics."""
   leaves, treedef = jax.tree.flatten(dynamic)
   signature = []
   for leaf in leaves:
@@ -117,30 +117,25 @@ def call_signature(name, options, static, dynamic):
   return out
 
 
-def key(name, options, static, dynamic) -> str | None:
-  """The entry's name, or None when something the trace reads cannot be
-  keyed reliably (then the program runs as a plain ``jax.jit``)."""
-  parts = [name, repr(sorted(options.items()))]
-  for k in sorted(static):
-    value = _plain(static[k])
-    if value is None:
-      return None
-    parts.append(f"{k}={value}")
-  leaves, treedef = jax.tree.flatten(dynamic)
+def key(signature) -> str | None:
+  """The stored entry's name for a :func:`call_signature`, or None when
+  something the trace reads cannot be written down reliably (then the
+  program runs as a plain ``jax.jit``)."""
+  name, options, static, treedef, leaves, settings, no_mesh = signature
   tree = str(treedef)
-  if " at 0x" in tree:  # an object's identity in the tree's data
+  if not no_mesh or " at 0x" in tree:  # an object's identity in the tree
     return None
-  parts.append(tree)
-  for leaf in leaves:
-    signature = _signature(leaf)
-    if signature is None:
+  parts = [name, repr(options), tree]
+  for k, _, value in static:
+    text = _plain(value)
+    if text is None:
       return None
-    parts.append(signature)
-  settings = _settings()
-  if settings is None or not _no_mesh():
+    parts.append(f"{k}={text}")
+  parts += [_leaf_text(leaf) for leaf in leaves]
+  settings = _settings_text(settings)
+  if settings is None:
     return None
-  parts.append(settings)
-  parts.append(_environment())
+  parts += [settings, _environment()]
   return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
 
@@ -181,17 +176,14 @@ def _module_level(fn) -> bool:
   return obj is fn
 
 
-def _signature(leaf) -> str | None:
-  if isinstance(leaf, jax.Array):
-    if isinstance(leaf, jax.core.Tracer):
-      return None
-    return (f"{leaf.shape}{_text(leaf.dtype)}"
-            f"w{int(getattr(leaf, 'weak_type', 0))}{_text(leaf.sharding)}")
-  if isinstance(leaf, (np.ndarray, np.generic)):
-    return f"{np.shape(leaf)}{_text(leaf.dtype)}np"
-  if isinstance(leaf, (bool, int, float, complex)):
-    return f"py:{type(leaf).__name__}"
-  return None
+def _leaf_text(leaf) -> str:
+  """One entry of a :func:`call_signature`'s leaves as text."""
+  if isinstance(leaf, type):
+    return f"py:{leaf.__name__}"
+  if len(leaf) == 2:
+    return f"{leaf[0]}{_text(leaf[1])}np"
+  shape, dtype, weak, sharding = leaf
+  return f"{shape}{_text(dtype)}w{int(weak)}{_text(sharding)}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -200,27 +192,22 @@ def _text(value) -> str:
   return str(value)
 
 
-def _settings() -> str | None:
-  """JAX's settings as in effect here (``jax.config.values`` has
-  thread-local overrides), or None when one cannot be written down (an
-  object without a stable repr). Logging and caching settings do not
-  change a program; others hold objects (``jax_default_device``: a
-  device), written by their repr."""
-  items = []
-  for k, v in jax.config.values.items():
+@functools.lru_cache(maxsize=16)
+def _settings_text(items) -> str | None:
+  """JAX's settings (``jax.config.values``, which has thread-local
+  overrides) as text, or None when one cannot be written down (an object
+  without a stable repr). Logging and caching settings do not change a
+  program; others hold objects (``jax_default_device``: a device),
+  written by their repr."""
+  kept = []
+  for k, v in sorted(items):
     if "cache" in k or "log" in k:
       continue
-    if not (v is None or isinstance(v, (bool, int, float, str))):
-      v = repr(v)
-      if " at 0x" in v:
-        return None
-    items.append((k, v))
-  return _settings_text(tuple(items))
-
-
-@functools.lru_cache(maxsize=16)
-def _settings_text(items) -> str:
-  return ";".join(f"{k}={v!r}" for k, v in sorted(items))
+    text = repr(v)
+    if " at 0x" in text:
+      return None
+    kept.append(f"{k}={text}")
+  return ";".join(kept)
 
 
 @functools.cache

@@ -117,8 +117,7 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
                                              (args, dynamic))
         compiled = _loaded.get(fast)
         if compiled is None and fast is not None:
-          key = executable_key.key(programs.name, options, static,
-                                   (args, dynamic))
+          key = executable_key.key(fast)
     except Exception:  # noqa: BLE001 - unkeyable: a plain jit call
       fast = key = compiled = None
     if compiled is not None:
