@@ -105,7 +105,7 @@ def test_a_fit_fills_the_default_cache_and_the_next_process_loads_it(
   assert len(entries(folder)) == 2
   second = run_fit(tmp_path)
   assert second["dir"] == where
-  # Loaded without tracing or compiling; JAX's cache serves what is left.
+  # Loaded without tracing or compiling.
   assert second["executables"]["loaded"] == 2, second["executables"]
   assert second["executables"]["compiled"] == 0
   assert second["means"] == first["means"]

@@ -119,8 +119,6 @@ def test_a_program_named_by_more_than_its_source_is_not_cached():
   assert executable_key.program_name(local, {}) is None            # a local function
   assert executable_key.program_name(np.sum, {}) is None           # outside gmmjax
   assert executable_key.program_name(compiling.pick, {"donate_argnums": 0}) is None
-  # A static argument passed by position is not keyed: not cached.
-  assert PROGRAMS.max_positional == 2
 
 
 def test_what_cannot_be_keyed_is_not_cached(store):
@@ -227,6 +225,7 @@ def test_what_jax_loaded_from_its_cache_is_not_stored(store, monkeypatch):
   np.testing.assert_allclose(out, expected(X, 2, 2))
   assert executables.stats["compiled"] == 1
   assert executables.stats["written"] == 0
+  assert executables.stats["from_jax_cache"] == 1
 
 
 def test_the_folder_is_trimmed_to_its_bound_oldest_first(store, monkeypatch):
