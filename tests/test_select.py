@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import multivariate_normal
 
 import gmmjax as gx
-from gmmjax._src import select
+from gmmjax._src import padding, select
 from tests.conftest import SMALL_BLOCKS
 
 
@@ -128,7 +128,7 @@ def test_masked_loop_equals_unpadded_fit(ctype, x64, blobs3):
   assert bool(converged) == bool(ref.converged)
   np.testing.assert_allclose(float(total_ll / count),
                              float(ref.log_likelihood), rtol=1e-10)
-  got = select._unpad(params, k)
+  got = padding.unpad_components(params, k)
   # Tied differs by the 10*eps floors of the 2 empty slots in sum(N_k).
   rtol = 1e-9 if ctype == "tied" else 1e-10
   for name in ("weights", "means", "covariances"):

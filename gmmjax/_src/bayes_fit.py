@@ -21,7 +21,7 @@ from gmmjax._src import init as init_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src import variational as vb
 from gmmjax._src.fit import DIFFERENTIATION_MODES
-from gmmjax._src.restarts import _add_axis, best_restart
+from gmmjax._src.restarts import best_and_all
 from gmmjax._src.results import FitResult, error_if_bad, history_length
 
 
@@ -329,7 +329,5 @@ def fit_bayes_restarts(key, X, n_components: int, *, n_init: int = 1,
       prior_type=weight_concentration_prior_type, method=method,
       max_iter=max_iter, tol=tol, reg_covar=reg_covar, sample_weight=w,
       prior=prior, callback=callback)
-  best = results if n_init == 1 else best_restart(results)
-  if throw:
-    error_if_bad(best, "gmmjax.fit_bayes_restarts", degenerate=False)
-  return best, (_add_axis(results) if n_init == 1 else results)
+  return best_and_all(results, n_init, "gmmjax.fit_bayes_restarts", throw,
+                      degenerate=False)

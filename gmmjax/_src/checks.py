@@ -255,6 +255,14 @@ def factor_mismatch(params: GMMParams):
   return np.abs(r - w).max(axis=1), allowed
 
 
+def check_n_init(n_init) -> None:
+  """A static positive int ``n_init`` (a number of restarts), or an error
+  saying what is wrong with it."""
+  check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
+  if not isinstance(n_init, int) or isinstance(n_init, bool) or n_init < 1:
+    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
+
+
 def check_factors(params: GMMParams) -> None:
   """A ``ValueError`` if concrete ``params`` hold factors that do not match
   their covariances (tracers pass: values unknown).

@@ -85,12 +85,6 @@ def _add_axis(tree):
   return jax.tree.map(lambda a: jnp.expand_dims(a, 0), tree)
 
 
-def _check_n_init(n_init) -> None:
-  checks.check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
-  if not isinstance(n_init, int) or isinstance(n_init, bool) or n_init < 1:
-    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
-
-
 def _init_one(key, X, n_components, covariance_type, method, reg_covar,
               sample_weight, rank=None) -> GMMParams:
   """Restart 0 of ``n_init=1``: the first key of ``split(key, 1)``."""
@@ -110,8 +104,8 @@ def init_restarts(key, X, n_components: int, *, n_init: int = 1,
   One restart runs the unbatched :func:`init_params` program (with the
   split compiled in). ``chunking`` sizes the blocks restarts run in.
   """
-  X = checks.as_data(X)
-  _check_n_init(n_init)
+  X = init_lib.check_init_args(X, n_components, covariance_type, method)
+  checks.check_n_init(n_init)
   if n_init == 1:
     return _add_axis(_init_one(key, X, n_components, covariance_type, method,
                                reg_covar, sample_weight, rank))
@@ -172,9 +166,17 @@ def fit_restarts(key, X, n_components: int, *, n_init: int = 1,
                             max_iter=max_iter, tol=tol, reg_covar=reg_covar,
                             sample_weight=sample_weight, callback=callback,
                             rank=rank, chunking=chunking)
+  return best_and_all(results, n_init, "gmmjax.fit_restarts", throw)
+
+
+def best_and_all(results, n_init: int, name: str, throw: bool, *,
+                 degenerate: bool = True):
+  """``(best, all_results)`` of restart results, unbatched for one restart
+  (the program's shape), with ``throw``'s check of the best (``name`` and
+  ``degenerate`` as :func:`results.error_if_bad` takes them)."""
   best = results if n_init == 1 else best_restart(results)
   if throw:
-    error_if_bad(best, "gmmjax.fit_restarts")
+    error_if_bad(best, name, degenerate=degenerate)
   return best, (_add_axis(results) if n_init == 1 else results)
 
 
@@ -273,7 +275,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   value, full params fitted as that type in the program the four share.
   """
   X = init_lib.check_init_args(X, n_components, covariance_type, method)
-  _check_n_init(n_init)
+  checks.check_n_init(n_init)
   max_iter = check_max_iter(max_iter)
   rank = init_lib.check_rank(rank, covariance_type, X.shape[1])
   if rank is not None and n_active is not None:

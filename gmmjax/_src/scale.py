@@ -271,6 +271,15 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
   checks.check_finite(X, allow_nan=bool(nan_as_missing))
   checks.check_finite(sample_weight, "sample_weight")
   checks.check_factors(params)
+  result = _fit_sharded(X, params, sample_weight, mesh, axis_name, max_iter,
+                        tol, reg_covar, prev_log_likelihood, nan_as_missing)
+  return error_if_bad(result, "gmmjax.fit_sharded") if throw else result
+
+
+def _fit_sharded(X, params, sample_weight, mesh, axis_name, max_iter, tol,
+                 reg_covar, prev_log_likelihood, nan_as_missing) -> FitResult:
+  """:func:`fit_sharded` on inputs already checked (finite data, canonical
+  params, a valid ``max_iter``)."""
   batched = params.means.ndim == 3
   ref = jax.tree.map(lambda a: a[0], params) if batched else params
   mesh, axes, X, w, dtype = sharded_operands(
@@ -287,8 +296,7 @@ def fit_sharded(X, params: GMMParams, *, sample_weight=None,
     missing.check_type(ref.covariance_type)
   fn = _sharded_fit_fn(mesh, axes, max_iter, w is not None, batched,
                        nan_as_missing=bool(nan_as_missing))
-  result = fn(X, w, params, *scalars, None)
-  return error_if_bad(result, "gmmjax.fit_sharded") if throw else result
+  return fn(X, w, params, *scalars, None)
 
 
 def sharded_operands(X, check: Callable, sample_weight, mesh, axis_name):
@@ -338,16 +346,10 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   Returns:
     ``(best, all_results)`` as :func:`gmmjax.fit_restarts`.
   """
-  from gmmjax._src.restarts import (
-    _check_n_init,
-    best_restart,
-    init_restarts,
-  )
+  from gmmjax._src.restarts import best_restart, init_restarts
 
-  checks.check_static(n_components, "n_components",
-                      "the parameters, (n_components, n_features)")
-  checks.check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
-  _check_n_init(n_init)  # before the mesh is inspected
+  checks.check_n_init(n_init)  # before the mesh is inspected
+  max_iter = engine.check_max_iter(max_iter)
   checks.check_finite(X)  # before the initialisations compile
   checks.check_finite(sample_weight, "sample_weight")
   mesh, axes, _ = _data_axes(X, mesh, axis_name)
@@ -357,9 +359,9 @@ def fit_restarts_sharded(key, X, n_components: int, *, n_init: int = 1,
   params0 = init_restarts(key, X, n_components, n_init=n_init,
                           covariance_type=covariance_type, method=method,
                           reg_covar=reg_covar, sample_weight=sample_weight)
-  results = fit_sharded(X, params0, sample_weight=sample_weight, mesh=mesh,
-                        axis_name=axes, max_iter=max_iter, tol=tol,
-                        reg_covar=reg_covar)
+  # Checked above, and params0 are gmmjax's own: no second pass over X.
+  results = _fit_sharded(X, params0, sample_weight, mesh, axes, max_iter, tol,
+                         reg_covar, -np.inf, False)
   best = best_restart(results)
   if throw:
     error_if_bad(best, "gmmjax.fit_restarts_sharded")

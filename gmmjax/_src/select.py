@@ -59,17 +59,8 @@ class SelectionResult(NamedTuple):
     ks = [int(v) for v in self.table["k"]]
     if k not in ks:
       raise ValueError(f"k={k} was not in the sweep {ks}.")
-    return _unpad(jax.tree.map(lambda a: a[ks.index(k)], self.params), k)
-
-
-def _unpad(params: GMMParams, k: int) -> GMMParams:
-  """The first ``k`` components (the tied covariance is shared: kept)."""
-  tied = params.covariance_type == "tied"
-  return params.replace(
-      weights=params.weights[:k], means=params.means[:k],
-      covariances=params.covariances if tied else params.covariances[:k],
-      precisions_cholesky=(params.precisions_cholesky if tied
-                           else params.precisions_cholesky[:k]))
+    return padding.unpad_components(
+        jax.tree.map(lambda a: a[ks.index(k)], self.params), k)
 
 
 def _masked_fit(X, params, mask, sample_weight, tol, reg_covar, max_iter,
@@ -151,7 +142,7 @@ def _check_options(key, X, sample_weight, tol, reg_covar, k_range, criterion,
   """The checked ``k_range``, or a ``ValueError`` naming the bad option
   (a ``TypeError`` under a transformation)."""
   # Static arguments first: a traced one has a fix of its own.
-  checks.check_static(n_init, "n_init", "the batch of restarts, (n_init,)")
+  checks.check_n_init(n_init)
   ks = _check_k_range(k_range)
   checks.refuse_tracers(
       "select_n_components", "reads every fit's results on the host to "
@@ -171,8 +162,6 @@ def _check_options(key, X, sample_weight, tol, reg_covar, k_range, criterion,
   if method not in init_lib.INIT_METHODS:
     raise ValueError(f"method should be one of "
                      f"{list(init_lib.INIT_METHODS)}, got {method!r}.")
-  if not isinstance(n_init, int) or n_init < 1:
-    raise ValueError(f"n_init should be a positive int, got {n_init!r}.")
   return ks
 
 
@@ -268,7 +257,8 @@ def select_n_components(key, X, k_range: Sequence[int] | range, *,
   best = int(np.argmin(scores))  # ties: the first, i.e. in k_range's order
   # Indexed on the host, then put (indexing device arrays compiles).
   best_params = jax.device_put(
-      _unpad(jax.tree.map(lambda a: a[best], params), ks[best]))
+      padding.unpad_components(jax.tree.map(lambda a: a[best], params),
+                               ks[best]))
   params = jax.device_put(params)
   return SelectionResult(table=table, best_k=ks[best],
                          best_params=best_params, criterion=criterion,
