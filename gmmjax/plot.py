@@ -91,11 +91,6 @@ def _label_colors(labels, n_components: int) -> np.ndarray:
   return component_colors(n)[labels]
 
 
-def _covariance_matrices(params) -> np.ndarray:
-  """Covariances as ``(K, D, D)`` matrices whatever the type."""
-  return _as_params(params).covariance_matrices()
-
-
 def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
                   n_std=(1, 2, 3), ax=None):
   """Component ellipses at ``n_std`` standard deviations over the data.
@@ -148,7 +143,7 @@ def plot_ellipses(params, X=None, labels=None, *, features=(0, 1),
     else:
       ax.scatter(X[:, i], X[:, j], c=_label_colors(labels, len(means)), s=6,
                  alpha=0.6)
-  covs = _covariance_matrices(params)
+  covs = params.covariance_matrices()
   weights = np.asarray(params.weights)
   for k in range(len(means)):
     sub = covs[k][np.ix_([i, j], [i, j])]
@@ -199,7 +194,7 @@ def plot_density_1d(params, X=None, *, feature=0, grid=None, ax=None):
   ax = _axes(ax)
   params = _as_params(params)
   means = np.asarray(params.means)[:, feature]
-  var = np.array([c[feature, feature] for c in _covariance_matrices(params)])
+  var = params.covariance_matrices()[:, feature, feature]
   weights = np.asarray(params.weights)
   if grid is None:
     lo = np.min(means - 4 * np.sqrt(var))

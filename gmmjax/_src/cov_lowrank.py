@@ -153,9 +153,6 @@ class LowRank(CovarianceType):
   def dense(self, a, k, d):
     return np.asarray(dense_covariances(a))
 
-  def dense_stack(self, cov, d):
-    return dense_covariances(cov)
-
   def collapsed(self, cov, threshold):
     # The smallest eigenvalue of W W^T + diag(psi) is at least min(psi),
     # and with q < D at most max(psi): the noise says whether it collapsed.

@@ -105,7 +105,7 @@ class MatrixType(CovarianceType):
     # factorisation tells for less than an eigendecomposition (and, for a
     # few features, without LAPACK: cholesky.cholesky).
     shifted = cov - threshold * chol_ops.eye_like(cov)
-    return ~chol_ops.chol_ok(chol_ops.cholesky(shifted))
+    return ~chol_ops.cholesky_ok(shifted)
 
   def check_stored(self, cov, pc):
     return validation.stored_matrices_problem(self.name, cov, pc)

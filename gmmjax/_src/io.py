@@ -163,6 +163,11 @@ def save(path, model) -> None:
   meta.update(covariance_type=ctype, dtype=means.dtype.name,
               n_components=int(means.shape[0]),
               n_features=int(means.shape[1]))
+  try:  # what load checks: a file it would refuse is never written
+    model_file.check_params_arrays(path, meta, arrays)
+  except ValueError as e:
+    raise ValueError(f"save would write a file that load refuses: {e}") \
+        from None
   meta["arrays"] = {k: {"shape": list(v.shape), "dtype": v.dtype.str}
                     for k, v in sorted(arrays.items())}
   meta["sha256"] = model_file.digest(meta, arrays)
