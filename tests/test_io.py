@@ -246,3 +246,20 @@ def test_save_refuses_what_it_cannot_store(tmp_path, fitted):
   with pytest.raises(TypeError, match="GMMParams or a fitted"):
     io.save(tmp_path / "x.npz", {"weights": 1})
   assert not list(tmp_path.glob(".gmmjax-*"))  # no temporary files left
+
+
+def test_save_never_writes_a_file_load_refuses(tmp_path):
+  # Factors 2% off their covariances: within what the in-memory check
+  # tolerates (checks.CONSISTENCY_TOL), beyond what a model file may hold.
+  p = gx.make_params(jnp.array([0.4, 0.6]), jnp.array([[0.0], [3.0]]),
+                     jnp.array([1.0, 2.0]), covariance_type="spherical")
+  off = p.replace(precisions_cholesky=p.precisions_cholesky * 1.01)
+  path = tmp_path / "off.npz"
+  with pytest.raises(ValueError, match="save would write a file that load "
+                                       "refuses.*precisions_cholesky do not "
+                                       "match its covariances"):
+    io.save(path, off)
+  assert not path.exists()
+  io.save(path, p)  # the exact factors: written, and loaded back
+  np.testing.assert_array_equal(np.asarray(io.load(path).covariances),
+                                np.asarray(p.covariances))
