@@ -416,9 +416,13 @@ def chunked_stats_pass(data, params: GMMParams, *, sample_weight=None,
 
 def _refuse_tracers(data, *args):
   """The host loop reads values: under ``jit``/``grad``/``vmap`` it cannot."""
-  # A chunk source (a generator function, an iterable) is a leaf.
+  # A chunk source (a generator function, an iterable) is not a pytree:
+  # flattening a generator warns (JAX 0.10) and will be an error.
+  chunks = (jax.tree.leaves(data) if isinstance(data, (list, tuple))
+            else [data])
+  traced = [c for c in chunks if isinstance(c, jax.core.Tracer)]
   checks.refuse_tracers(
       "fit_chunked", "runs its EM loop on the host, one pass over the "
       "chunks per iteration",
       "gmmjax.fit (data in memory) or gmmjax.fit_sharded (data sharded "
-      "over devices)", data, args)
+      "over devices)", traced, args)
