@@ -387,10 +387,18 @@ def test_reg_covar_zero_collapse_is_flagged(x64):
   # number about 1e15), so its Cholesky factor, and the density, differ
   # between implementations: a GPU's solver (3.3e-4 relative on an H200,
   # 2026-11-26), the factor gmmjax writes out for a few features
-  # (cholesky.UNROLLED_MAX_DIM: 3e-5 on CPU).
-  np.testing.assert_allclose(float(res.log_likelihood),
-                             np.mean(reference_log_prob(res.params, X)),
-                             rtol=1e-3)
+  # (cholesky.UNROLLED_MAX_DIM: 3e-5 on CPU). Whether NumPy can factorise
+  # that noise at all is itself rounding: the M-step's fusion decides its
+  # last digits, and a program change turned a matrix NumPy factorised into
+  # one it refuses. Then the matrix must be singular to rounding.
+  try:
+    reference = np.mean(reference_log_prob(res.params, X))
+  except np.linalg.LinAlgError:
+    eig = np.linalg.eigvalsh(np.asarray(res.params.covariances, np.float64))
+    assert np.any(eig[:, 0] <= 10 * np.finfo(np.float64).eps * eig[:, -1])
+  else:
+    np.testing.assert_allclose(float(res.log_likelihood), reference,
+                               rtol=1e-3)
 
 
 def test_fit_from_non_finite_params_is_flagged(x64):
