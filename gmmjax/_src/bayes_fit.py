@@ -80,19 +80,16 @@ class _VariationalFixedPoint(NamedTuple):
   def step(self, theta, inputs, fixed, args):
     del args
     x, w, reg, pri = inputs
-    post = _post_from_theta(theta, fixed)
+    post = self.params(theta, fixed)
     _, stats = vb.variational_stats(post, x, w)
     new, _ = bp.posterior_and_jitter_from_stats(
         stats, lax.stop_gradient(post.means), pri,
         covariance_type=post.covariance_type,
         prior_type=post.weight_concentration_prior_type, reg_covar=reg)
-    return self.theta(new)
+    return self.theta(new), vb.lower_bound_of(post, x, w)
 
-  def outputs(self, theta, inputs, fixed, args):
-    del args
-    x, w, _, _ = inputs
-    post = _post_from_theta(theta, fixed)
-    return post, vb.lower_bound_of(post, x, w)
+  def params(self, theta, fixed):
+    return _post_from_theta(theta, fixed)
 
 
 def _as_posterior(post: bp.BayesParams, X) -> bp.BayesParams:

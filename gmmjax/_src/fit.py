@@ -111,15 +111,6 @@ def _fit(X, params, *args, **kwargs):
   return _fit_program(X, params)(X, params, *args, **kwargs)
 
 
-def _mean_log_likelihood(params: GMMParams, X, sample_weight, observed=None,
-                         slots=None):
-  logp = jax.nn.logsumexp(stats_lib.weighted_log_prob(
-      params, X, observed=observed, slots=slots), axis=1)
-  if sample_weight is None:
-    return jnp.mean(logp)
-  return jnp.sum(sample_weight * logp) / jnp.sum(sample_weight)
-
-
 class _EMFixedPoint(NamedTuple):
   """EM at its fixed point: ``implicit.fit_at_fixed_point``'s rule for
   :func:`fit` (args ``(X, params, sample_weight, tol, reg_covar, prev,
@@ -139,7 +130,7 @@ class _EMFixedPoint(NamedTuple):
   def theta(self, params):
     return implicit_lib.theta_from_params(params)
 
-  def _params(self, theta, fixed):
+  def params(self, theta, fixed):
     # The fixed point's precision factors are reused (with the
     # factorisation's derivative), not recomputed from covariances that
     # may carry a jitter (implicit_lib.params_from_theta).
@@ -148,16 +139,15 @@ class _EMFixedPoint(NamedTuple):
 
   def step(self, theta, inputs, fixed, args):
     x, w, reg, pri = inputs
-    new, _, _ = em_step_jitter(
-        x, self._params(theta, fixed), sample_weight=w, reg_covar=reg,
-        prior=pri, observed=args[-1], slots=self.slots,
-        chunking=self.chunking)
-    return implicit_lib.theta_from_params(new)
-
-  def outputs(self, theta, inputs, fixed, args):
-    x, w, _, _ = inputs
-    p = self._params(theta, fixed)
-    return p, _mean_log_likelihood(p, x, w, args[-1], self.slots)
+    params = self.params(theta, fixed)
+    stats = stats_lib.e_step_stats(
+        params, x, sample_weight=w, shift=stats_lib.component_shift(params),
+        observed=args[-1], slots=self.slots, chunking=self.chunking)
+    new, _ = engine.m_step_from_stats(params, stats, reg, pri)
+    # The returned objective: the mean log-likelihood, no prior term
+    # (engine.EMStep.result).
+    return (implicit_lib.theta_from_params(new),
+            stats.log_likelihood / stats.count)
 
 
 def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,

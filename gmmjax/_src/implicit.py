@@ -215,28 +215,55 @@ def fixed_point_jvp(step, theta, inputs, d_inputs, *,
     >>> round(float(t), 6)
     2.0
   """
-  _, rhs = jax.jvp(lambda inp: step(theta, inp), (inputs,), (d_inputs,))
+  return fixed_point_and_aux_jvp(lambda th, inp: (step(th, inp), ()), theta,
+                                 inputs, d_inputs, solver=solver)[1]
+
+
+def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
+                            solver: ImplicitSolver | None = None):
+  """:func:`fixed_point_jvp` for ``step(theta, inputs) -> (theta, aux)``,
+  plus ``aux`` (e.g. the objective at ``theta``) and its total tangent.
+
+  The step is linearised once, in ``theta`` and the inputs together: the
+  right-hand side, the matrix of the solve and ``aux``'s tangent share one
+  trace of the step, and reverse mode one backward pass for the inputs.
+
+  Returns:
+    ``(aux, d_theta, d_aux)``.
+  """
+  leaves, tree = jax.tree.flatten(inputs)
+  d_leaves = jax.tree.leaves(d_inputs)
+  # Only floating inputs have tangents (integers carry float0).
+  moving = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
+  floats = [x for x, m in zip(leaves, moving) if m]
+  d_floats = [t for t, m in zip(d_leaves, moving) if m]
+
+  def flat_step(th, fl):
+    it = iter(fl)
+    return step(th, jax.tree.unflatten(
+        tree, [next(it) if m else x for x, m in zip(leaves, moving)]))
+
+  (_, aux), lin = jax.linearize(flat_step, theta, floats)
+  rhs = lin(jax.tree.map(jnp.zeros_like, theta), d_floats)[0]
   # Reverse mode transposes the solve, which needs every leaf of the
   # right-hand side to be linear in the input tangents; a leaf the tangents
   # do not reach (e.g. the weights, when only a covariance hyper-parameter is
   # differentiated) would be a known zero. Tie each leaf to the tangents.
-  floats = [x for x in jax.tree.leaves(d_inputs)
-            if jnp.dtype(getattr(x, "dtype", float)) != jax.dtypes.float0
-            and jnp.issubdtype(getattr(x, "dtype", float), jnp.inexact)]
-  if floats:
-    tie = 0.0 * sum(jnp.sum(x) for x in floats)
+  if d_floats:
+    tie = 0.0 * sum(jnp.sum(x) for x in d_floats)
     rhs = jax.tree.map(lambda r: r + tie.astype(r.dtype), rhs)
-  _, jac = jax.linearize(lambda th: step(th, inputs), theta)
+  no_inputs = [jnp.zeros_like(x) for x in floats]
 
   def matvec(t):
-    return jax.tree.map(jnp.subtract, t, jac(t))
+    return jax.tree.map(jnp.subtract, t, lin(t, no_inputs)[0])
 
   if solver is None:
     solver = ImplicitSolver()
   dtype = jax.tree.leaves(theta)[0].dtype
   solve = krylov_solve(solver, dtype, _tree_size(theta))
-  return lax.custom_linear_solve(matvec, rhs, solve=solve,
-                                 transpose_solve=solve)
+  d_theta = lax.custom_linear_solve(matvec, rhs, solve=solve,
+                                    transpose_solve=solve)
+  return aux, d_theta, lin(d_theta, d_floats)[1]
 
 
 # ---------------------------------------------------------------------------
@@ -260,11 +287,11 @@ def fit_at_fixed_point(rule, solver: ImplicitSolver, nan_gradients: bool,
   - ``run(*args)``: the compiled fit, ``args`` laid out as ``(X, params,
     sample_weight, tol, reg_covar, prev, prior, max_iter, ...)``;
   - ``theta(params)``: the coordinates of the fixed point;
-  - ``step(theta, inputs, fixed, args)``: one iteration from ``theta``,
-    with ``inputs = (X, sample_weight, reg_covar, prior)`` and ``fixed``
-    the returned params (their derived factors are reused);
-  - ``outputs(theta, inputs, fixed, args)``: the returned params and
-    objective at ``theta``.
+  - ``step(theta, inputs, fixed, args)``: one iteration from ``theta``
+    and the objective the fit returns, at ``theta`` (both from one
+    E-step), with ``inputs = (X, sample_weight, reg_covar, prior)`` and
+    ``fixed`` the returned params (their derived factors are reused);
+  - ``params(theta, fixed)``: the returned params at ``theta``.
 
   With ``nan_gradients``, the tangents of a fit that failed, did not
   converge or kept a degenerate component are NaN: the implicit derivative
@@ -282,12 +309,11 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   inputs = tuple(primals[i] for i in _INPUTS)
   d_inputs = tuple(tangents[i] for i in _INPUTS)
   theta = rule.theta(fixed)
-  d_theta = fixed_point_jvp(
+  _, d_theta, d_obj = fixed_point_and_aux_jvp(
       lambda th, inp: rule.step(th, inp, fixed, primals), theta, inputs,
       d_inputs, solver=solver)
-  _, (d_params, d_obj) = jax.jvp(
-      lambda th, inp: rule.outputs(th, inp, fixed, primals),
-      (theta, inputs), (d_theta, d_inputs))
+  d_params = jax.jvp(lambda th: rule.params(th, fixed), (theta,),
+                     (d_theta,))[1]
   if nan_gradients:
     # A product, not a select: reverse mode transposes it into the
     # cotangents too (a select's constant branch would transpose to 0).
