@@ -31,6 +31,14 @@ def test_ladder_sizes():
   # Few rungs: at most 8 per doubling above the first (16).
   assert len(set(sizes)) <= 8 * np.ceil(np.log2(4999 / 16)) + 1
   assert compiling.ladder_size(1000) == compiling.ladder_size(999) == 1024
+  # The fine ladder: at most 1/64 padding, 64 rungs per doubling, and the
+  # powers of two are rungs of both.
+  fine = [compiling.ladder_size(n, 16, 7) for n in range(1, 5000)]
+  assert all(n <= s <= max(16, n * 65 / 64)
+             for n, s in zip(range(1, 5000), fine))
+  assert len(set(fine)) <= 64 * np.ceil(np.log2(4999 / 16)) + 1
+  assert all(compiling.ladder_size(1 << e, 16, 7) == 1 << e
+             == compiling.ladder_size(1 << e) for e in range(4, 20))
 
 
 def test_estimator_rows_power_of_two_for_small_data():
@@ -42,6 +50,18 @@ def test_estimator_rows_power_of_two_for_small_data():
   assert padding.padded_rows(4096, 2) == 4096
   assert padding.padded_rows(4097, 2) == compiling.ladder_size(4097) == 4608
   assert padding.padded_rows(1, 3) == 16
+  # Larger data pad to the fine ladder, at most 1/64 of the rows: 100,000
+  # x 16 to 100,352 rows, not the coarse ladder's 106,496 (6.5% more work
+  # per iteration); from the first power of two past 2**18 entries on.
+  assert padding.padded_rows(100_000, 16) == 100_352
+  assert padding.padded_rows(16_384, 16) == 16_384  # coarse: a rung
+  assert padding.padded_rows(16_385, 16) == 16_640  # fine: 16,384 + 256
+  for n, d in ((100_000, 16), (300_001, 2), (20_000, 30)):
+    assert n <= padding.padded_rows(n, d) <= n * 65 / 64
+  # Never decreasing, across the switch to the fine ladder too.
+  sizes = [padding.padded_rows(n, 16) for n in range(15_000, 18_000)]
+  assert all(b >= a for a, b in zip(sizes, sizes[1:]))
+  assert all(s >= n for n, s in zip(range(15_000, 18_000), sizes))
   for d in (1, 2, 3, 5, 30):
     sizes = [padding.padded_rows(n, d) for n in range(1, 9000)]
     assert all(s >= n for n, s in zip(range(1, 9000), sizes))

@@ -34,15 +34,18 @@ TINY_OPTIONS = {**SMALL_OPTIONS, "xla_backend_optimization_level": 0}
 TINY_MAX_ENTRIES = 1 << 14
 
 
-def ladder_size(n: int, minimum: int = 16) -> int:
+def ladder_size(n: int, minimum: int = 16, bits: int = 4) -> int:
   """The smallest size of the ladder ``m * 2**e`` (``m`` in 8..15) >= ``n``.
 
   Sizes a program is compiled for: a count of samples (or draws) rounded up
   to it wastes at most 1/8 of the work, and all counts between two rungs
   share one program (every count from 1 to ``minimum`` shares the first).
+  ``bits`` sets the rungs' resolution: ``m`` has that many bits (4: 8..15;
+  7: 64..127, at most 1/64 of the work wasted, 64 rungs per doubling).
+  Every power of two is a rung whatever ``bits``.
   """
   n = max(int(n), int(minimum))
-  shift = max(n.bit_length() - 4, 0)
+  shift = max(n.bit_length() - bits, 0)
   return -(-n // (1 << shift)) << shift
 
 
