@@ -127,6 +127,27 @@ def test_krylov_solvers_in_reverse_mode_equal_the_dense_solve(x64):
                                atol=1e-9)
 
 
+def test_gradient_through_a_chunked_e_step_equals_the_whole_one(x64):
+  """The implicit rule's step, objective included, runs the fit's own
+  E-step: split into scanned chunks (``sum_chunks``) it must give the
+  gradients of the whole pass, with sample weights, in reverse mode."""
+  X = jnp.asarray(_datasets()[1])
+  w = jnp.asarray(np.random.default_rng(4).uniform(0.5, 1.5, N))
+  p0 = _init(X, "full")
+  small = gx.ChunkOptions(cpu_bytes=1, min_chunk=16, direct_max_entries=0)
+
+  def loss(X, w, chunking):
+    res = gx.fit(X, p0, sample_weight=w, reg_covar=REG, tol=0.0,
+                 max_iter=MAX_ITER, chunking=chunking)
+    return res.log_likelihood + jnp.sum(res.params.means ** 2)
+
+  grads = {c: jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(
+      X, w, c) for c in (None, small)}
+  assert np.abs(np.asarray(grads[None][0])).max() > 0
+  for a, b in zip(grads[small], grads[None], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
 def test_check_grads_forward_and_reverse(x64):
   X = jnp.asarray(_datasets()[1])
   w = jnp.asarray(np.random.default_rng(5).uniform(0.5, 1.5, N))
@@ -327,3 +348,16 @@ def test_dense_solve_against_numpy(x64):
   hilbert = 1.0 / (np.arange(6)[:, None] + np.arange(6)[None, :] + 1.0)
   x = rng.normal(size=6)
   np.testing.assert_allclose(solve(hilbert, hilbert @ x), x, rtol=1e-5)
+
+
+def test_fixed_point_jvp_refuses_tangents_of_another_structure():
+  """The tangents must have the inputs' tree structure, as ``jax.jvp``
+  requires; the same number of leaves in another tree is not enough."""
+  step = lambda x, inp: 0.5 * x + inp["a"] * inp["b"]  # noqa: E731
+  inputs = {"a": jnp.array(1.0), "b": jnp.array(2.0)}
+  t = gx.fixed_point_jvp(step, jnp.array(4.0), inputs,
+                         {"a": jnp.array(1.0), "b": jnp.array(0.0)})
+  np.testing.assert_allclose(float(t), 4.0)  # x = 2 a b: dx = 2 b da
+  with pytest.raises((ValueError, TypeError)):
+    gx.fixed_point_jvp(step, jnp.array(4.0), inputs,
+                       [jnp.array(1.0), jnp.array(0.0)])

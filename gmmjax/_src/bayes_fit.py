@@ -81,12 +81,15 @@ class _VariationalFixedPoint(NamedTuple):
     del args
     x, w, reg, pri = inputs
     post = self.params(theta, fixed)
-    _, stats = vb.variational_stats(post, x, w)
+    mix, stats = vb.variational_stats(post, x, w)
     new, _ = bp.posterior_and_jitter_from_stats(
         stats, lax.stop_gradient(post.means), pri,
         covariance_type=post.covariance_type,
         prior_type=post.weight_concentration_prior_type, reg_covar=reg)
-    return self.theta(new), vb.lower_bound_of(post, x, w)
+    # The lower bound of ``post`` from the same E-step: returned and
+    # recorded alike.
+    bound = vb.responsibility_entropy(mix, stats) + vb.bound_terms(post)
+    return self.theta(new), (bound, bound)
 
   def params(self, theta, fixed):
     return _post_from_theta(theta, fixed)

@@ -144,10 +144,11 @@ class _EMFixedPoint(NamedTuple):
         params, x, sample_weight=w, shift=stats_lib.component_shift(params),
         observed=args[-1], slots=self.slots, chunking=self.chunking)
     new, _ = engine.m_step_from_stats(params, stats, reg, pri)
-    # The returned objective: the mean log-likelihood, no prior term
-    # (engine.EMStep.result).
+    # Returned: the mean log-likelihood, no prior term (EMStep.result);
+    # recorded in the history: with it (engine.objective).
     return (implicit_lib.theta_from_params(new),
-            stats.log_likelihood / stats.count)
+            (stats.log_likelihood / stats.count,
+             engine.objective(params, stats, pri)))
 
 
 def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,

@@ -232,7 +232,7 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
     ``(aux, d_theta, d_aux)``.
   """
   leaves, tree = jax.tree.flatten(inputs)
-  d_leaves = jax.tree.leaves(d_inputs)
+  d_leaves = tree.flatten_up_to(d_inputs)  # raises on another structure
   # Only floating inputs have tangents (integers carry float0).
   moving = [jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves]
   floats = [x for x, m in zip(leaves, moving) if m]
@@ -287,10 +287,12 @@ def fit_at_fixed_point(rule, solver: ImplicitSolver, nan_gradients: bool,
   - ``run(*args)``: the compiled fit, ``args`` laid out as ``(X, params,
     sample_weight, tol, reg_covar, prev, prior, max_iter, ...)``;
   - ``theta(params)``: the coordinates of the fixed point;
-  - ``step(theta, inputs, fixed, args)``: one iteration from ``theta``
-    and the objective the fit returns, at ``theta`` (both from one
-    E-step), with ``inputs = (X, sample_weight, reg_covar, prior)`` and
-    ``fixed`` the returned params (their derived factors are reused);
+  - ``step(theta, inputs, fixed, args)``: ``(theta', (returned,
+    recorded))``: one iteration from ``theta``, and at ``theta`` the
+    objective the fit returns (``log_likelihood``) and the one its history
+    records (EM with a MAP prior records the prior's term too), with
+    ``inputs = (X, sample_weight, reg_covar, prior)`` and ``fixed`` the
+    returned params (their derived factors are reused);
   - ``params(theta, fixed)``: the returned params at ``theta``.
 
   With ``nan_gradients``, the tangents of a fit that failed, did not
@@ -309,7 +311,7 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   inputs = tuple(primals[i] for i in _INPUTS)
   d_inputs = tuple(tangents[i] for i in _INPUTS)
   theta = rule.theta(fixed)
-  _, d_theta, d_obj = fixed_point_and_aux_jvp(
+  _, d_theta, (d_obj, d_recorded) = fixed_point_and_aux_jvp(
       lambda th, inp: rule.step(th, inp, fixed, primals), theta, inputs,
       d_inputs, solver=solver)
   d_params = jax.jvp(lambda th: rule.params(th, fixed), (theta,),
@@ -320,18 +322,18 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
     bad = out.failed | ~out.converged
     if not rule.empty_ok:
       bad = bad | (out.n_degenerate > 0)
-    d_params, d_obj = jax.tree.map(
+    d_params, d_obj, d_recorded = jax.tree.map(
         lambda t: t * jnp.where(bad, jnp.nan, 1.0).astype(t.dtype),
-        (d_params, d_obj))
+        (d_params, d_obj, d_recorded))
   d_obj = d_obj.astype(out.log_likelihood.dtype)
-  # The history's last recorded entry (``lower_bound``) is the objective at
-  # the fixed point too: it carries the objective's tangent, so that
-  # differentiating ``result.lower_bound`` is not silently zero. Earlier
-  # entries, from iterates before the fixed point, have none.
+  # The history's last recorded entry (``lower_bound``) is the recorded
+  # objective at the fixed point: it carries that objective's tangent, so
+  # that differentiating ``result.lower_bound`` is not silently zero.
+  # Earlier entries, from iterates before the fixed point, have none.
   last = jnp.maximum(out.n_iter - 1, 0)
   d_history = jnp.where(
-      jnp.arange(out.history.shape[-1]) == last, d_obj,
-      jnp.zeros_like(out.history))
+      jnp.arange(out.history.shape[-1]) == last,
+      d_recorded.astype(out.history.dtype), jnp.zeros_like(out.history))
   zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
   return out, FitResult(
       params=d_params, log_likelihood=d_obj, n_iter=zero(out.n_iter),

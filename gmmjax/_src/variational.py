@@ -96,12 +96,6 @@ def variational_stats(post: bp.BayesParams, X, sample_weight=None):
                                      shift=stats_lib.component_shift(mix))
 
 
-def lower_bound_of(post: bp.BayesParams, X, sample_weight=None):
-  """The lower bound of ``post`` with its own responsibilities."""
-  mix, stats = variational_stats(post, X, sample_weight)
-  return responsibility_entropy(mix, stats) + bound_terms(post)
-
-
 # Iterations over which the bound's change is averaged where ``tol`` is
 # within its rounding (:func:`tested_by_resolution`).
 WINDOW = 8
