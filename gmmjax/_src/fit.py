@@ -73,12 +73,21 @@ def em_step_jitter(X, params: GMMParams, *, sample_weight=None,
                    reg_covar=1e-6, prior=None, observed=None, slots=None,
                    chunking=None):
   """:func:`em_step`, plus the largest Cholesky jitter the M-step added."""
+  new, stats, jitter = _em_step_and_stats(
+      X, params, sample_weight=sample_weight, reg_covar=reg_covar,
+      prior=prior, observed=observed, slots=slots, chunking=chunking)
+  return new, engine.objective(params, stats, prior), jitter
+
+
+def _em_step_and_stats(X, params: GMMParams, *, sample_weight, reg_covar,
+                       prior, observed, slots, chunking):
+  """One EM step: ``(new params, E-step statistics of params, jitter)``."""
   shift = stats_lib.component_shift(params)
   stats = stats_lib.e_step_stats(params, X, sample_weight=sample_weight,
                                  shift=shift, observed=observed, slots=slots,
                                  chunking=chunking)
   new, jitter = engine.m_step_from_stats(params, stats, reg_covar, prior)
-  return new, engine.objective(params, stats, prior), jitter
+  return new, stats, jitter
 
 
 def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
@@ -140,15 +149,14 @@ class _EMFixedPoint(NamedTuple):
   def step(self, theta, inputs, fixed, args):
     x, w, reg, pri = inputs
     params = self.params(theta, fixed)
-    stats = stats_lib.e_step_stats(
-        params, x, sample_weight=w, shift=stats_lib.component_shift(params),
+    new, stats, _ = _em_step_and_stats(
+        x, params, sample_weight=w, reg_covar=reg, prior=pri,
         observed=args[-1], slots=self.slots, chunking=self.chunking)
-    new, _ = engine.m_step_from_stats(params, stats, reg, pri)
     # Returned: the mean log-likelihood, no prior term (EMStep.result);
-    # recorded in the history: with it (engine.objective).
+    # recorded in the history: with it.
     return (implicit_lib.theta_from_params(new),
-            (stats.log_likelihood / stats.count,
-             engine.objective(params, stats, pri)))
+            (engine.objective(params, stats), engine.objective(params, stats,
+                                                                pri)))
 
 
 def fit(X, params: GMMParams, *, sample_weight=None, max_iter: int = 100,

@@ -216,20 +216,20 @@ def fixed_point_jvp(step, theta, inputs, d_inputs, *,
     2.0
   """
   return fixed_point_and_aux_jvp(lambda th, inp: (step(th, inp), ()), theta,
-                                 inputs, d_inputs, solver=solver)[1]
+                                 inputs, d_inputs, solver=solver)[0]
 
 
 def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
                             solver: ImplicitSolver | None = None):
   """:func:`fixed_point_jvp` for ``step(theta, inputs) -> (theta, aux)``,
-  plus ``aux`` (e.g. the objective at ``theta``) and its total tangent.
+  plus the total tangent of ``aux`` (e.g. the objective at ``theta``).
 
   The step is linearised once, in ``theta`` and the inputs together: the
   right-hand side, the matrix of the solve and ``aux``'s tangent share one
   trace of the step, and reverse mode one backward pass for the inputs.
 
   Returns:
-    ``(aux, d_theta, d_aux)``.
+    ``(d_theta, d_aux)``.
   """
   leaves, tree = jax.tree.flatten(inputs)
   d_leaves = tree.flatten_up_to(d_inputs)  # raises on another structure
@@ -243,7 +243,7 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
     return step(th, jax.tree.unflatten(
         tree, [next(it) if m else x for x, m in zip(leaves, moving)]))
 
-  (_, aux), lin = jax.linearize(flat_step, theta, floats)
+  _, lin = jax.linearize(flat_step, theta, floats)
   rhs = lin(jax.tree.map(jnp.zeros_like, theta), d_floats)[0]
   # Reverse mode transposes the solve, which needs every leaf of the
   # right-hand side to be linear in the input tangents; a leaf the tangents
@@ -263,7 +263,7 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
   solve = krylov_solve(solver, dtype, _tree_size(theta))
   d_theta = lax.custom_linear_solve(matvec, rhs, solve=solve,
                                     transpose_solve=solve)
-  return aux, d_theta, lin(d_theta, d_floats)[1]
+  return d_theta, lin(d_theta, d_floats)[1]
 
 
 # ---------------------------------------------------------------------------
@@ -311,7 +311,7 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   inputs = tuple(primals[i] for i in _INPUTS)
   d_inputs = tuple(tangents[i] for i in _INPUTS)
   theta = rule.theta(fixed)
-  _, d_theta, (d_obj, d_recorded) = fixed_point_and_aux_jvp(
+  d_theta, (d_obj, d_recorded) = fixed_point_and_aux_jvp(
       lambda th, inp: rule.step(th, inp, fixed, primals), theta, inputs,
       d_inputs, solver=solver)
   d_params = jax.jvp(lambda th: rule.params(th, fixed), (theta,),
