@@ -127,6 +127,22 @@ def test_krylov_solvers_in_reverse_mode_equal_the_dense_solve(x64):
                                atol=1e-9)
 
 
+def test_second_derivative_through_a_fit(x64):
+  """The implicit rule is differentiable again: d2/dreg2 of a loss through
+  a converged fit against central differences of its first derivative."""
+  X = jnp.asarray(_datasets()[1])
+  p0 = _init(X, "full")
+
+  def loss(reg):
+    res = gx.fit(X, p0, reg_covar=reg, tol=0.0, max_iter=MAX_ITER)
+    return res.log_likelihood + jnp.sum(res.params.means ** 2)
+
+  first = jax.jit(jax.grad(loss))
+  second = jax.jit(jax.grad(jax.grad(loss)))(0.01)
+  h = 1e-5
+  assert _rel(second, (first(0.01 + h) - first(0.01 - h)) / (2 * h)) < 1e-5
+
+
 def test_gradient_through_a_chunked_e_step_equals_the_whole_one(x64):
   """The implicit rule's step, objective included, runs the fit's own
   E-step: split into scanned chunks (``sum_chunks``) it must give the
