@@ -243,3 +243,98 @@ def test_n_components_of_one_slot_rung_share_programs(X, compiles):
     assert gm.means_.shape == (k, 2) and gm.predict_proba(X).shape == (210, k)
     gm.score(X)
   assert compiles == []
+
+
+_BAYES_CASES = [("full", "dirichlet_process"),
+                ("tied", "dirichlet_distribution"),
+                ("diag", "dirichlet_distribution"),
+                ("spherical", "dirichlet_process")]
+
+
+def _bayes_posteriors(X, w, ctype, prior_type, method, tol=1e-8,
+                      key=None):
+  """A 3-component variational fit, exact and in 8 slots (cut to 3)."""
+  key = jax.random.key(3) if key is None else key
+  from gmmjax._src import bayes_fit, bayes_params, padding
+  prior = bayes_params.make_bayes_prior(X, 3, covariance_type=ctype,
+                                        sample_weight=w)
+  kw = dict(n_init=1, covariance_type=ctype, prior_type=prior_type,
+            method=method, max_iter=300, tol=tol, reg_covar=1e-6,
+            sample_weight=w, prior=prior, callback=None)
+  exact = bayes_fit.bayes_restart_results(key, X, 3, **kw)
+  slotted = bayes_fit.bayes_restart_results(key, X, 8, n_active=3, **kw)
+  return exact, slotted._replace(
+      params=padding.unpad_components(slotted.params, 3))
+
+
+@pytest.mark.parametrize(("ctype", "prior_type"), _BAYES_CASES)
+def test_bayesian_fit_in_slots_equals_the_exact_fit(X, ctype, prior_type,
+                                                     x64, monkeypatch):
+  """A Bayesian mixture of 3 components fitted in 8 slots (the masked
+  Dirichlet sums, stick breaks and bound terms, a tied scale averaged over
+  the active slots) is the 3-component fit, with sample weights, for both
+  weight priors and the four types; so are the estimator's fitted
+  posterior, predict_proba and score_samples, which run in slots."""
+  from gmmjax._src import padding
+  w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, X.shape[0]))
+  exact, slotted = _bayes_posteriors(jnp.asarray(X), w, ctype, prior_type,
+                                     "random_from_data")
+  assert int(exact.n_iter) == int(slotted.n_iter) > 2
+  assert int(exact.n_degenerate) == int(slotted.n_degenerate)
+  np.testing.assert_allclose(float(slotted.log_likelihood),
+                             float(exact.log_likelihood), rtol=1e-12)
+  for got, want in zip(jax.tree.leaves(slotted.params),
+                       jax.tree.leaves(exact.params), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+  # The estimator (3 components in 8 slots, evaluated in GaussianMixture's
+  # programs of 8 slots) against itself with slots turned off. (Its k-means
+  # init seeds 8 centres and keeps 3, with k-means++'s candidates for 8:
+  # another draw than the exact fit's, as GaussianMixture's in slots.)
+  def fitted():
+    bgm = gx.BayesianGaussianMixture(
+        n_components=3, covariance_type=ctype,
+        init_params="random_from_data",
+        weight_concentration_prior_type=prior_type, tol=1e-8, max_iter=300,
+        random_state=0).fit(X)
+    return (bgm.weights_, bgm.means_, bgm.covariances_,
+            bgm.degrees_of_freedom_, bgm.lower_bound_, bgm.n_iter_,
+            bgm.score_samples(X), bgm.predict_proba(X))
+
+  slotted = fitted()
+  monkeypatch.setattr(padding, "SLOTS_MAX_ENTRIES", 0)  # exactly 3
+  assert padding.component_slots(3, 256, 2, ctype) is None
+  for got, want in zip(slotted, fitted(), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_bayesian_fit_in_slots_float32(X):
+  """The same in float32: the slotted fit is the exact one to rounding."""
+  w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, X.shape[0]),
+                  jnp.float32)
+  for ctype, prior_type in _BAYES_CASES[:2]:
+    exact, slotted = _bayes_posteriors(jnp.asarray(X, jnp.float32), w,
+                                       ctype, prior_type, "random_from_data",
+                                       tol=1e-2)
+    assert int(exact.n_iter) == int(slotted.n_iter)
+    for got, want in zip(jax.tree.leaves(slotted.params),
+                         jax.tree.leaves(exact.params), strict=True):
+      np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+
+
+def test_bayesian_n_components_of_one_slot_rung_share_programs(X, compiles):
+  """BayesianGaussianMixture with n_components 2..8 of one type: one fit
+  program, and predict_proba and score_samples in GaussianMixture's
+  evaluation programs of the same slots (the four types' shared ones)."""
+  gm = gx.GaussianMixture(2, covariance_type="tied", random_state=0).fit(X)
+  gm.score_samples(X), gm.predict_proba(X)
+  first = gx.BayesianGaussianMixture(n_components=2, covariance_type="tied",
+                                     random_state=0).fit(X)
+  first.score_samples(X), first.predict_proba(X)
+  del compiles[:]
+  for k in (3, 5, 8):
+    bgm = gx.BayesianGaussianMixture(n_components=k, covariance_type="tied",
+                                     random_state=0).fit(X)
+    assert bgm.means_.shape == (k, 2) and bgm.weights_.shape == (k,)
+    assert bgm.predict_proba(X).shape == (210, k)
+    bgm.score_samples(X)
+  assert compiles == []

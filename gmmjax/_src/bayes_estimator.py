@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from gmmjax._src import bayes_fit
+from gmmjax._src import bayes_fit, padding, type_switch
 from gmmjax._src import bayes_params as bp
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import param_spec as spec
@@ -152,12 +152,20 @@ class BayesianGaussianMixture(GaussianMixture):
     return prior
 
   def _fit_restarts(self, X, kwargs):
+    """Every restart's init and variational fit; small problems in
+    component slots (padding.component_slots), so that nearby
+    n_components share the program (the caller drops the extra slots)."""
     prior = self._prior(X, kwargs["sample_weight"])
+    k = int(self.n_components)
+    slots = padding.component_slots(k, X.shape[0], X.shape[1],
+                                    self.covariance_type)
     return bayes_fit.bayes_restart_results(
-        key_from_random_state(self.random_state), X, int(self.n_components),
-        n_init=int(self.n_init), covariance_type=self.covariance_type,
+        key_from_random_state(self.random_state), X,
+        k if slots is None else slots, n_init=int(self.n_init),
+        covariance_type=self.covariance_type,
         prior_type=self.weight_concentration_prior_type,
-        method=self.init_params, prior=prior, **kwargs)
+        method=self.init_params, prior=prior,
+        n_active=None if slots is None else k, **kwargs)
 
   def _continue_fit(self, X, prev_log_likelihood, kwargs):
     prior = self._prior(X, kwargs["sample_weight"])
@@ -206,8 +214,25 @@ class BayesianGaussianMixture(GaussianMixture):
                           self._fitted_prior_type)
 
   def _evaluation_params(self, n_slots=None, as_full=False) -> GMMParams:
-    del n_slots, as_full  # exactly the fitted components, in their type
-    return bp.variational_mixture(self.posterior_, normalise=False)
+    """The variational mixture, in ``n_slots`` component slots (the extra
+    ones of weight 0) and as full matrices if asked: the evaluation
+    programs of ``GaussianMixture`` of the same slots serve it."""
+    if n_slots is None:
+      return bp.variational_mixture(self.posterior_, normalise=False)
+    k = self.means_.shape[0]
+    post = padding.pad_posterior(jax.device_get(self.posterior_), n_slots)
+    mix = bp.variational_mixture(
+        jax.device_put(post), normalise=False,
+        mask=jax.device_put(np.arange(n_slots) < k))
+    if not as_full:
+      return mix
+    mix = jax.device_get(mix)
+    d = mix.means.shape[1]
+    return GMMParams(*jax.device_put((
+        mix.weights, mix.means,
+        type_switch.to_full(mix.covariances, mix.covariance_type, n_slots, d),
+        type_switch.to_full(mix.precisions_cholesky, mix.covariance_type,
+                            n_slots, d))), "full")
 
 
 def _expected_weights(wc) -> np.ndarray:

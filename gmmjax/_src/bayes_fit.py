@@ -27,8 +27,8 @@ from gmmjax._src.results import FitResult, error_if_bad, history_length
 
 def _variational_fit_impl(X, post, sample_weight, tol, reg_covar, prev,
                           prior, max_iter, history_len: int,
-                          callback: Callable | None):
-  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior)
+                          callback: Callable | None, mask=None):
+  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask)
   result, _ = engine.run(vb.VariationalStep(), post, problem, prev_ll=prev,
                          max_iter=max_iter, history_len=history_len,
                          callback=callback)
@@ -211,35 +211,47 @@ def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
 
 
 def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
-                    covariance_type, prior_type, method):
+                    covariance_type, prior_type, method, mask=None):
   """One restart's initial posterior: scikit-learn's initial
-  responsibilities (``init_params``), then the first M-step."""
+  responsibilities (``init_params``), then the first M-step. With
+  ``mask``, ``n_components`` is a number of slots of which the active ones
+  are initialised as that many components (``init.init_masked``' draws)."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
-  resp = init_lib.initial_responsibilities(key, xc, n_components, method,
-                                           sample_weight)
+  if mask is None:
+    resp = init_lib.initial_responsibilities(key, xc, n_components, method,
+                                             sample_weight)
+  else:
+    resp = init_lib.masked_responsibilities(key, xc, n_components, mask,
+                                            method, sample_weight)
   return bp.posterior_and_jitter_from_resp(
       X, resp, prior, sample_weight=sample_weight,
       covariance_type=covariance_type, prior_type=prior_type,
-      reg_covar=reg_covar)[0]
+      reg_covar=reg_covar, mask=mask)[0]
 
 
 def _variational_init_and_fit(key, X, sample_weight, tol, reg_covar,
-                              max_iter, prior, *, n_components, n_init,
-                              covariance_type, prior_type, method,
+                              max_iter, prior, n_active=None, *, n_components,
+                              n_init, covariance_type, prior_type, method,
                               history_len, callback):
   """Initialisations and fits of every restart: one program (restart ``i``
-  draws with ``split(key, n_init)[i]``; one restart is unbatched)."""
+  draws with ``split(key, n_init)[i]``; one restart is unbatched). With
+  ``n_active`` (traced), ``n_components`` slots of which the first
+  ``n_active`` are fitted: every component count up to ``n_components``
+  shares the program."""
   keys = jax.random.split(key, n_init)
+  mask = (None if n_active is None
+          else jnp.arange(n_components) < n_active)
 
   def init(k):
     return _init_posterior(k, X, sample_weight, reg_covar, prior,
-                           n_components, covariance_type, prior_type, method)
+                           n_components, covariance_type, prior_type, method,
+                           mask)
 
   def fit_one(post):
     return _variational_fit_impl(X, post, sample_weight, tol, reg_covar,
                      jnp.asarray(-jnp.inf, X.dtype), prior, max_iter,
-                     history_len, callback)
+                     history_len, callback, mask)
 
   if n_init == 1:
     return fit_one(init(keys[0]))
@@ -257,14 +269,18 @@ _variational_init_and_fit_programs = compiling.jit_by_size(
 def bayes_restart_results(key, X, n_components: int, *, n_init: int,
                           covariance_type: str, prior_type: str, method: str,
                           max_iter: int, tol, reg_covar, sample_weight,
-                          prior: bp.BayesPrior, callback) -> FitResult:
+                          prior: bp.BayesPrior, callback,
+                          n_active: int | None = None) -> FitResult:
   """Every restart's result (batched; unbatched for one restart), on
-  checked arguments: initialisation and fit as one compiled program."""
+  checked arguments: initialisation and fit as one compiled program. With
+  ``n_active``, ``n_components`` is a number of component slots of which
+  the first ``n_active`` are fitted (the others stay empty, with the
+  prior's posterior; ``padding.unpad_components`` drops them)."""
   program = compiling.pick(_variational_init_and_fit_programs, X.shape[0],
                            n_components, X.shape[1], batch=n_init)
   return program(key, X, sample_weight, checks.as_scalar(tol, X.dtype),
                  checks.as_scalar(reg_covar, X.dtype), np.int32(max_iter),
-                 prior,
+                 prior, None if n_active is None else np.int32(n_active),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, prior_type=prior_type,
                  method=method, history_len=history_length(max_iter),

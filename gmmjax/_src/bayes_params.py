@@ -87,6 +87,11 @@ class BayesParams(ComponentArrays):
     return cov_lib.precisions_from_cholesky(self.precisions_cholesky,
                                             self.covariance_type)
 
+  def slot_weights(self, mask):
+    """The posterior mean weights of the active component slots (``mask``),
+    0 in the others."""
+    return expected_weights(self, mask)
+
 
 class BayesPrior(NamedTuple):
   """The prior's hyper-parameters (scikit-learn's ``*_prior_`` values)."""
@@ -183,11 +188,13 @@ def special_many(fn, *arrays):
   return [p.reshape(jnp.shape(a)) for p, a in zip(pieces, arrays)]
 
 
-def expected_log_weights(post: BayesParams, extra=None):
+def expected_log_weights(post: BayesParams, extra=None, mask=None):
   """``E[log pi_k]`` ``(K,)`` (scikit-learn's ``_estimate_log_weights``).
 
   ``extra``: an optional array whose digamma is computed in the same call
-  (returned second)."""
+  (returned second). ``mask``: the active component slots (the others'
+  values are meaningless; a stick's breaks depend only on the ones before
+  it, and the Dirichlet's sum is over the active slots)."""
   wc = post.weight_concentration
   more = () if extra is None else (extra,)
   if post.weight_concentration_prior_type == "dirichlet_process":
@@ -197,8 +204,9 @@ def expected_log_weights(post: BayesParams, extra=None):
     log_1mv = dig_b - digamma_sum
     out = dig_a - digamma_sum + _exclusive(jnp.cumsum, log_1mv, 0.0)
   else:
-    dig, dig_sum, *rest = special_many(
-        digamma, wc, jnp.sum(wc, axis=-1, keepdims=True), *more)
+    total = jnp.sum(wc if mask is None else jnp.where(mask, wc, 0.0),
+                    axis=-1, keepdims=True)
+    dig, dig_sum, *rest = special_many(digamma, wc, total, *more)
     out = dig - dig_sum
   return out if extra is None else (out, rest[0])
 
@@ -209,15 +217,17 @@ def _exclusive(scan, x, first):
   return jnp.concatenate([head, scan(x[..., :-1], axis=-1)], axis=-1)
 
 
-def expected_weights(post: BayesParams):
+def expected_weights(post: BayesParams, mask=None):
   """The posterior mean weights (scikit-learn's ``weights_``); batched
-  posteriors (leading axes) too."""
+  posteriors (leading axes) too; 0 in the slots where ``mask`` is False."""
   wc = post.weight_concentration
   if post.weight_concentration_prior_type == "dirichlet_process":
     a, b = wc[..., 0, :], wc[..., 1, :]
     w = a / (a + b) * _exclusive(jnp.cumprod, b / (a + b), 1.0)
   else:
     w = wc
+  if mask is not None:
+    w = jnp.where(mask, w, 0.0)
   return w / jnp.sum(w, axis=-1, keepdims=True)
 
 
@@ -226,23 +236,26 @@ def _feature_offsets(dof, d: int):
   return 0.5 * (dof[..., None] - jnp.arange(d, dtype=dof.dtype))
 
 
-def variational_log_weights(post: BayesParams):
+def variational_log_weights(post: BayesParams, mask=None):
   """``E[log pi_k] + 1/2 E[log det Lambda_k] - D / (2 beta_k)`` minus the
   plug-in log-determinant's ``D/2 log nu_k`` (scikit-learn's
-  ``_estimate_log_prob`` terms besides the Gaussian): ``(K,)``."""
+  ``_estimate_log_prob`` terms besides the Gaussian): ``(K,)``; ``-inf``
+  in the slots where ``mask`` is False."""
   d = post.n_features
   dtype = post.means.dtype
   dof = post.degrees_of_freedom
-  log_weights, dig = expected_log_weights(post, _feature_offsets(dof, d))
+  log_weights, dig = expected_log_weights(post, _feature_offsets(dof, d),
+                                          mask)
   log_lambda = d * math.log(2.0) + jnp.sum(dig, axis=-1)
   extra = (0.5 * (log_lambda - d / post.mean_precision)
            - 0.5 * d * jnp.log(dof))
-  return (log_weights + extra).astype(dtype)
+  out = (log_weights + extra).astype(dtype)
+  return out if mask is None else jnp.where(mask, out, -jnp.inf)
 
 
 @functools.partial(jax.jit, static_argnames=("normalise",))
-def variational_mixture(post: BayesParams, *, normalise: bool = True
-                        ) -> GMMParams:
+def variational_mixture(post: BayesParams, *, normalise: bool = True,
+                        mask=None) -> GMMParams:
   """The mixture whose E-step is the variational E-step.
 
   Its precisions are the expected precisions ``nu_k W_k`` (the inverse of
@@ -252,8 +265,9 @@ def variational_mixture(post: BayesParams, *, normalise: bool = True
   ``_estimate_weighted_log_prob``. With ``normalise`` the weights are
   divided by the largest (responsibilities do not change; no underflow);
   without, ``log_prob`` of the mixture is scikit-learn's ``score_samples``.
+  ``mask``: the active component slots; the others get weight 0.
   """
-  lw = variational_log_weights(post)
+  lw = variational_log_weights(post, mask)
   if normalise:
     lw = lw - lax.stop_gradient(jnp.max(lw))
   return GMMParams(jnp.exp(lw), post.means, post.covariances,
@@ -264,8 +278,10 @@ def variational_mixture(post: BayesParams, *, normalise: bool = True
 # The variational M-step.
 
 
-def _weight_concentration(nk, prior0, prior_type: str):
+def _weight_concentration(nk, prior0, prior_type: str, mask=None):
   if prior_type == "dirichlet_process":
+    if mask is not None:  # the active sticks break after the last one
+      nk = jnp.where(mask, nk, 0.0)
     after = jnp.concatenate([jnp.cumsum(nk[::-1])[-2::-1],
                              jnp.zeros((1,), nk.dtype)])
     return jnp.stack([1.0 + nk, prior0 + after])
@@ -273,11 +289,16 @@ def _weight_concentration(nk, prior0, prior_type: str):
 
 
 def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
-                           covariance_type: str, prior_type: str):
+                           covariance_type: str, prior_type: str, mask=None):
   """Posterior hyper-parameters from floored masses ``nk`` ``(K,)``,
   component means ``xk`` ``(K, D)`` and covariances ``sk`` (``reg_covar``
   included): scikit-learn's ``_estimate_weights``, ``_estimate_means`` and
-  ``_estimate_wishart_*``. Returns ``(BayesParams, jitter)``."""
+  ``_estimate_wishart_*``. Returns ``(BayesParams, jitter)``.
+
+  ``mask``: the active component slots. The others (empty) get the prior's
+  own posterior, finite, and add nothing to the active ones' (a tied
+  scale averages over the active slots).
+  """
   ct = cov_lib.get(covariance_type)
   beta0 = prior.mean_precision_prior
   beta = beta0 + nk
@@ -285,9 +306,10 @@ def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
   dev = xk - prior.mean_prior[None, :]
   dof, cov = ct.wishart_posterior(nk, sk, dev, nk * beta0 / beta,
                                   prior.covariance_prior,
-                                  prior.degrees_of_freedom_prior)
+                                  prior.degrees_of_freedom_prior, mask)
   cov, prec_chol, jitter = ct.precision_cholesky_jittered(cov)
-  wc = _weight_concentration(nk, prior.weight_concentration_prior, prior_type)
+  wc = _weight_concentration(nk, prior.weight_concentration_prior, prior_type,
+                             mask)
   return BayesParams(wc, beta, means, dof, cov, prec_chol, covariance_type,
                      prior_type), jitter
 
@@ -325,18 +347,28 @@ def posterior_from_stats(stats: SuffStats, shift, prior: BayesPrior, *,
 def posterior_and_jitter_from_stats(stats: SuffStats, shift,
                                     prior: BayesPrior, *,
                                     covariance_type: str, prior_type: str,
-                                    reg_covar):
-  """:func:`posterior_from_stats` and the largest jitter it added."""
+                                    reg_covar, mask=None):
+  """:func:`posterior_from_stats` and the largest jitter it added
+  (``mask``: the active component slots, :func:`posterior_from_moments`)."""
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   diff = stats.sx / nk[:, None]
   shift = jnp.asarray(shift, dtype)
   xk = (shift if shift.ndim == 2 else shift[None, :]) + diff
-  sk = cov_lib.get(covariance_type).estimate(nk, diff, stats.sxx,
-                                             jnp.asarray(reg_covar, dtype))
+  sk = cov_lib.get(covariance_type).estimate(
+      _shared_masses(nk, covariance_type, mask), diff, stats.sxx,
+      jnp.asarray(reg_covar, dtype))
   return posterior_from_moments(nk, xk, sk, prior,
                                 covariance_type=covariance_type,
-                                prior_type=prior_type)
+                                prior_type=prior_type, mask=mask)
+
+
+def _shared_masses(nk, covariance_type: str, mask):
+  """The masses a type's covariance estimate divides by: a shared (tied)
+  one sums them, over the active slots only."""
+  if mask is None or not cov_lib.get(covariance_type).shared:
+    return nk
+  return jnp.where(mask, nk, 0.0)
 
 
 def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
@@ -377,13 +409,16 @@ def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
                                              "prior_type"))
 def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
                                    sample_weight, covariance_type: str,
-                                   prior_type: str, reg_covar):
-  """:func:`posterior_from_resp` on checked arguments, and its jitter."""
+                                   prior_type: str, reg_covar, mask=None):
+  """:func:`posterior_from_resp` on checked arguments, and its jitter
+  (``mask``: the active component slots, whose ``resp`` columns are the
+  only non-zero ones)."""
   dtype = X.dtype
   nk, center, diff, sxx, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
   sk = cov_lib.get(covariance_type).estimate(
-      nk, jnp.zeros_like(diff), sxx, jnp.asarray(reg_covar, dtype))
+      _shared_masses(nk, covariance_type, mask), jnp.zeros_like(diff), sxx,
+      jnp.asarray(reg_covar, dtype))
   return posterior_from_moments(nk, center[None, :] + diff, sk, prior,
                                 covariance_type=covariance_type,
-                                prior_type=prior_type)
+                                prior_type=prior_type, mask=mask)

@@ -162,7 +162,7 @@ class Diag(ScaleType):
                    - 0.5 * (jnp.diagonal(psi)[None, :] + kappa * dev * dev)
                    / cov)
 
-  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0, mask=None):
     dof = dof0 + nk
     cov = psi[None] + nk[:, None] * sk + shrink[:, None] * dev ** 2
     return dof, cov / dof[:, None]
@@ -269,7 +269,7 @@ class Spherical(ScaleType):
                    - 0.5 * (jnp.trace(psi) + kappa * jnp.sum(dev * dev, 1))
                    / cov)
 
-  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0, mask=None):
     dof = dof0 + nk
     cov = psi + nk * sk + shrink * jnp.mean(dev ** 2, axis=-1)
     return dof, cov / dof

@@ -253,7 +253,7 @@ class Full(MatrixType):
     maha = jnp.sum(mm.einsum("kd,kde->ke", dev, pc) ** 2, axis=-1)
     return jnp.sum(-0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha)
 
-  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0, mask=None):
     dof = dof0 + nk
     cov = (psi[None] + nk[:, None, None] * sk
            + shrink[:, None, None] * (dev[:, :, None] * dev[:, None, :]))
@@ -367,8 +367,11 @@ class Tied(MatrixType):
     maha = jnp.sum(mm.matmul(dev, pc) ** 2)
     return -0.5 * n0 * log_det - 0.5 * tr - 0.5 * kappa * maha
 
-  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0, mask=None):
     k = nk.shape[0]
+    if mask is not None:  # the active slots' average
+      nk, shrink = jnp.where(mask, nk, 0.0), jnp.where(mask, shrink, 0.0)
+      k = jnp.sum(mask).astype(nk.dtype)
     mean_nk = jnp.sum(nk) / k
     dof = dof0 + mean_nk
     cov = (psi + sk * mean_nk

@@ -203,12 +203,14 @@ class CovarianceType:
     raise NotImplementedError
 
   # Variational Bayes (``bayes_params.py``).
-  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0):
+  def wishart_posterior(self, nk, sk, dev, shrink, psi, dof0, mask=None):
     """``(dof, cov)``: the posterior Wishart's degrees of freedom and its
     scale as a covariance, ``W^-1 / dof`` (scikit-learn's
     ``_estimate_wishart_*``). ``sk`` the M-step's covariances (``reg_covar``
     included), ``dev`` ``xbar_k - m0``, ``shrink`` ``N_k beta0 / beta_k``,
-    ``psi`` the covariance prior in this type's shape."""
+    ``psi`` the covariance prior in this type's shape; ``mask`` the active
+    component slots (a shared scale averages over them; per-component
+    scales need no mask)."""
     raise NotImplementedError
 
   def from_full(self, cov):

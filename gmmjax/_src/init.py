@@ -144,8 +144,10 @@ def _masked_kmeans(key, X, n_slots, mask, sample_weight, max_iter=300,
   return jax.nn.one_hot(labels, n_slots, dtype=X.dtype)
 
 
-def _masked_resp(key, xc, n_slots, mask, method, sample_weight):
-  """Initial responsibilities ``(N, n_slots)`` with zero inactive columns."""
+def masked_responsibilities(key, xc, n_slots, mask, method, sample_weight):
+  """Initial responsibilities ``(N, n_slots)`` with zero inactive columns:
+  the active ones are :func:`initial_responsibilities` of that many
+  components."""
   if method == "kmeans":
     return _masked_kmeans(key, xc, n_slots, mask, sample_weight)
   # k-means++ and random_from_data: the first k of n_slots draws are a
@@ -167,7 +169,8 @@ def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
   as for an unmasked initialisation (``structure``: see there)."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   shift = mm.matmul(w, X) / jnp.sum(w)
-  resp = _masked_resp(key, X - shift, n_slots, mask, method, sample_weight)
+  resp = masked_responsibilities(key, X - shift, n_slots, mask, method,
+                                 sample_weight)
   params = params_from_resp(X, resp, sample_weight, covariance_type,
                             reg_covar, structure, mask)
   return stats_lib.mask_components(params, mm.matmul(w, resp), mask)

@@ -166,8 +166,33 @@ def pad_components(weights, means, covariances, precisions_cholesky,
   return weights, means, covariances, precisions_cholesky
 
 
+def pad_posterior(post, n_slots: int):
+  """A NumPy posterior (``BayesParams``) with ``n_slots`` components: the
+  extra ones finite (unit scale, ``D`` degrees of freedom, concentrations
+  1), for a program that masks them out (``bayes_params``' ``mask``)."""
+  k, d = post.means.shape
+  if n_slots == k:
+    return post
+  unit = unit_covariance(post.covariance_type, d)
+  wc = np.asarray(post.weight_concentration)
+  wc = (grow_components(wc.T, n_slots, 1.0).T if wc.ndim == 2
+        else grow_components(wc, n_slots, 1.0))
+  dof, cov, prec = (post.degrees_of_freedom, post.covariances,
+                    post.precisions_cholesky)
+  if unit is not None:
+    dof = grow_components(dof, n_slots, float(d))
+    cov = grow_components(cov, n_slots, unit)
+    prec = grow_components(prec, n_slots, unit)
+  return post.replace(
+      weight_concentration=wc,
+      mean_precision=grow_components(post.mean_precision, n_slots, 1.0),
+      means=grow_components(post.means, n_slots, 0.0),
+      degrees_of_freedom=dof, covariances=cov, precisions_cholesky=prec)
+
+
 def unpad_components(params, n_components: int):
-  """The first ``n_components`` of slotted params (tied: shared, kept).
+  """The first ``n_components`` of slotted params or a slotted posterior
+  (``BayesParams``; tied: shared, kept).
 
   Works on batched params too (a leading restart axis).
   """
@@ -183,6 +208,14 @@ def unpad_components(params, n_components: int):
   cov, prec = params.covariances, params.precisions_cholesky
   if unit is not None:
     cov, prec = cut(cov, unit.ndim), cut(prec, unit.ndim)
+  if hasattr(params, "weight_concentration"):  # a Bayesian posterior
+    dof = params.degrees_of_freedom  # tied: one, shared
+    return params.replace(
+        weight_concentration=cut(params.weight_concentration, 0),
+        mean_precision=cut(params.mean_precision, 0),
+        means=cut(params.means, 1),
+        degrees_of_freedom=dof if unit is None else cut(dof, 0),
+        covariances=cov, precisions_cholesky=prec)
   return params.replace(weights=cut(params.weights, 0),
                         means=cut(params.means, 1), covariances=cov,
                         precisions_cholesky=prec)

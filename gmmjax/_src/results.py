@@ -88,8 +88,11 @@ def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
   cov = lax.stop_gradient(params.covariances)
   threshold = 2 * jnp.asarray(reg_covar, dtype)
   collapsed = cov_ops.get(params.covariance_type).collapsed(cov, threshold)
-  collapsed = jnp.broadcast_to(collapsed, params.weights.shape)
-  empty = params.weights * jnp.asarray(n_samples, dtype) < 1
+  collapsed = jnp.broadcast_to(collapsed, params.means.shape[:-1])
+  weights = params.weights
+  if mask is not None and hasattr(params, "slot_weights"):
+    weights = params.slot_weights(mask)  # a posterior's, over active slots
+  empty = weights * jnp.asarray(n_samples, dtype) < 1
   bad = empty | collapsed
   if mask is not None:
     bad = bad & mask

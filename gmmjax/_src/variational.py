@@ -62,9 +62,10 @@ def responsibility_entropy(mixture: GMMParams, stats: stats_lib.SuffStats):
   return stats.log_likelihood - expected
 
 
-def bound_terms(post: bp.BayesParams):
+def bound_terms(post: bp.BayesParams, mask=None):
   """The lower bound's terms of the posterior alone (scikit-learn's
-  ``_compute_lower_bound`` without the entropy)."""
+  ``_compute_lower_bound`` without the entropy); ``mask``: the active
+  component slots, the only ones summed."""
   ct = cov_lib.get(post.covariance_type)
   k, d = post.means.shape
   dof = post.degrees_of_freedom
@@ -74,18 +75,23 @@ def bound_terms(post: bp.BayesParams):
   lg_offsets = gammaln(bp._feature_offsets(dof, d))
   wishart = -(dof * log_det + dof * d * 0.5 * math.log(2.0)
               + jnp.sum(lg_offsets, axis=-1))
-  log_wishart = jnp.sum(jnp.broadcast_to(wishart, (k,)))
+  active = (lambda a: a) if mask is None else (
+      lambda a: jnp.where(mask, a, 0.0))
+  log_wishart = jnp.sum(active(jnp.broadcast_to(wishart, (k,))))
   # The weights' log-normaliser as log-Beta functions, not differences of
   # lgamma: concentrations grow with the prior (1e5 and more), where lgamma
   # reaches 1e6 and float32 keeps only ~0.06 of it; the bound is a few 1e3,
   # so those differences made its float32 value noisy by ~0.1 between
   # iterations, above tol. betaln keeps ~1e-4 there.
   if post.weight_concentration_prior_type == "dirichlet_process":
-    log_norm_weight = -jnp.sum(betaln(wc[0], wc[1]))
+    log_norm_weight = -jnp.sum(active(betaln(wc[0], wc[1])))
   else:  # log B(a_1..a_K) = sum_k betaln(a_1 + ... + a_k, a_k+1)
-    log_norm_weight = -jnp.sum(betaln(jnp.cumsum(wc)[:-1], wc[1:]))
+    terms = betaln(jnp.cumsum(wc)[:-1], wc[1:])
+    if mask is not None:
+      terms = jnp.where(mask[1:], terms, 0.0)
+    log_norm_weight = -jnp.sum(terms)
   return (-log_wishart - log_norm_weight
-          - 0.5 * d * jnp.sum(jnp.log(post.mean_precision)))
+          - 0.5 * d * jnp.sum(active(jnp.log(post.mean_precision))))
 
 
 def variational_stats(post: bp.BayesParams, X, sample_weight=None):
@@ -137,8 +143,7 @@ class VariationalStep(NamedTuple):
   evaluates_first = True
 
   def init(self, post: bp.BayesParams, problem: engine.Problem) -> VBState:
-    del problem
-    mix = bp.variational_mixture(post)
+    mix = bp.variational_mixture(post, mask=problem.mask)
     return VBState(post, mix, engine.placeholder_stats(mix),
                    jnp.full((WINDOW,), -jnp.inf, post.means.dtype))
 
@@ -149,7 +154,7 @@ class VariationalStep(NamedTuple):
         state.stats, stats_lib.component_shift(state.mixture), problem.prior,
         covariance_type=post.covariance_type,
         prior_type=post.weight_concentration_prior_type,
-        reg_covar=problem.reg_covar)
+        reg_covar=problem.reg_covar, mask=problem.mask)
     return engine.tree_where(started, stepped, post), jitter
 
   def evaluate(self, mix: GMMParams, problem: engine.Problem):
@@ -169,14 +174,14 @@ class VariationalStep(NamedTuple):
                               jitter, stats, problem.tol)
 
   def conclude_with(self, state: VBState, started, new, mix, jitter, stats,
-                    tol):
+                    tol, mask=None):
     """The next state; the bound of the iteration from the previous
     E-step's responsibilities and the new posterior (``mix`` its
     variational mixture, computed once per iteration). The convergence
     rule applies where the bound's spacing allows
     (:func:`tested_by_resolution`)."""
     bound = responsibility_entropy(state.mixture, state.stats) + bound_terms(
-        new)
+        new, mask)
     ok = (all_finite(new) & all_finite(stats)
           & (jnp.isfinite(bound) | ~started))
     counted = started & ok
@@ -192,15 +197,15 @@ class VariationalStep(NamedTuple):
 
   def step(self, state: VBState, problem: engine.Problem, started):
     new, jitter = self.advance(state, problem, started)
-    mix = bp.variational_mixture(new)
+    mix = bp.variational_mixture(new, mask=problem.mask)
     return self.conclude_with(state, started, new, mix, jitter,
-                              self.evaluate(mix, problem), problem.tol)
+                              self.evaluate(mix, problem), problem.tol,
+                              problem.mask)
 
   def result(self, state: VBState, problem: engine.Problem):
     """The posterior and its lower bound with its own responsibilities."""
-    del problem
     return state.posterior, (responsibility_entropy(state.mixture,
                                                     state.stats)
-                             + bound_terms(state.posterior))
+                             + bound_terms(state.posterior, problem.mask))
 
   n_positive = engine.EMStep.n_positive
