@@ -13,7 +13,7 @@ import pytest
 
 import gmmjax as gx
 from gmmjax import ConvergenceWarning
-from gmmjax._src import compiling
+from gmmjax._src import compiling, covariance
 from tests.conftest import make_blobs
 
 METHODS = ["kmeans", "k-means++", "random", "random_from_data"]
@@ -253,18 +253,30 @@ _BAYES_CASES = [("full", "dirichlet_process"),
 
 def _bayes_posteriors(X, w, ctype, prior_type, method, tol=1e-8,
                       key=None):
-  """A 3-component variational fit, exact and in 8 slots (cut to 3)."""
+  """A 3-component variational fit: exact, in 8 slots, and in 8 slots of
+  the program the four types share (as full matrices, converted back);
+  the last two cut to 3 components, on the host."""
+  from gmmjax._src import bayes_fit, bayes_params, padding, type_switch
   key = jax.random.key(3) if key is None else key
-  from gmmjax._src import bayes_fit, bayes_params, padding
   prior = bayes_params.make_bayes_prior(X, 3, covariance_type=ctype,
                                         sample_weight=w)
-  kw = dict(n_init=1, covariance_type=ctype, prior_type=prior_type,
-            method=method, max_iter=300, tol=tol, reg_covar=1e-6,
-            sample_weight=w, prior=prior, callback=None)
-  exact = bayes_fit.bayes_restart_results(key, X, 3, **kw)
-  slotted = bayes_fit.bayes_restart_results(key, X, 8, n_active=3, **kw)
+  kw = dict(n_init=1, prior_type=prior_type, method=method, max_iter=300,
+            tol=tol, reg_covar=1e-6, sample_weight=w, callback=None)
+  exact = bayes_fit.bayes_restart_results(key, X, 3, covariance_type=ctype,
+                                          prior=prior, **kw)
+  slotted = bayes_fit.bayes_restart_results(key, X, 8, n_active=3,
+                                            covariance_type=ctype,
+                                            prior=prior, **kw)
+  full_prior = prior._replace(covariance_prior=jnp.asarray(
+      type_switch.prior_to_full(prior.covariance_prior, ctype, X.shape[1])))
+  shared = bayes_fit.bayes_restart_results(
+      key, X, 8, n_active=3, covariance_type="full", prior=full_prior,
+      structure=type_switch.CODES[ctype], **kw)
+  shared = jax.device_get(shared)
+  shared = shared._replace(params=type_switch.params_from_full(
+      padding.unpad_components(shared.params, 3), ctype))
   return exact, slotted._replace(
-      params=padding.unpad_components(slotted.params, 3))
+      params=padding.unpad_components(slotted.params, 3)), shared
 
 
 @pytest.mark.parametrize(("ctype", "prior_type"), _BAYES_CASES)
@@ -272,20 +284,25 @@ def test_bayesian_fit_in_slots_equals_the_exact_fit(X, ctype, prior_type,
                                                      x64, monkeypatch):
   """A Bayesian mixture of 3 components fitted in 8 slots (the masked
   Dirichlet sums, stick breaks and bound terms, a tied scale averaged over
-  the active slots) is the 3-component fit, with sample weights, for both
-  weight priors and the four types; so are the estimator's fitted
-  posterior, predict_proba and score_samples, which run in slots."""
+  the active slots), and in the program the four types share (full
+  matrices, each type's Wishart posterior picked by a traced code), is the
+  3-component fit, with sample weights, for both weight priors and the
+  four types; so are the estimator's fitted posterior, predict_proba and
+  score_samples, which run in the shared programs."""
   from gmmjax._src import padding
   w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, X.shape[0]))
-  exact, slotted = _bayes_posteriors(jnp.asarray(X), w, ctype, prior_type,
+  exact, *others = _bayes_posteriors(jnp.asarray(X), w, ctype, prior_type,
                                      "random_from_data")
-  assert int(exact.n_iter) == int(slotted.n_iter) > 2
-  assert int(exact.n_degenerate) == int(slotted.n_degenerate)
-  np.testing.assert_allclose(float(slotted.log_likelihood),
-                             float(exact.log_likelihood), rtol=1e-12)
-  for got, want in zip(jax.tree.leaves(slotted.params),
-                       jax.tree.leaves(exact.params), strict=True):
-    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+  for other in others:  # in slots; in the four types' shared program
+    assert int(exact.n_iter) == int(other.n_iter) > 2
+    assert int(exact.n_degenerate) == int(other.n_degenerate)
+    np.testing.assert_allclose(float(other.log_likelihood),
+                               float(exact.log_likelihood), rtol=1e-12)
+    assert other.params.covariance_type == ctype
+    for got, want in zip(jax.tree.leaves(other.params),
+                         jax.tree.leaves(exact.params), strict=True):
+      assert np.shape(got) == np.shape(want)
+      np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
   # The estimator (3 components in 8 slots, evaluated in GaussianMixture's
   # programs of 8 slots) against itself with slots turned off. (Its k-means
   # init seeds 8 centres and keeps 3, with k-means++'s candidates for 8:
@@ -312,29 +329,34 @@ def test_bayesian_fit_in_slots_float32(X):
   w = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, X.shape[0]),
                   jnp.float32)
   for ctype, prior_type in _BAYES_CASES[:2]:
-    exact, slotted = _bayes_posteriors(jnp.asarray(X, jnp.float32), w,
+    exact, *others = _bayes_posteriors(jnp.asarray(X, jnp.float32), w,
                                        ctype, prior_type, "random_from_data",
                                        tol=1e-2)
-    assert int(exact.n_iter) == int(slotted.n_iter)
-    for got, want in zip(jax.tree.leaves(slotted.params),
-                         jax.tree.leaves(exact.params), strict=True):
-      np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
+    for other in others:
+      assert int(exact.n_iter) == int(other.n_iter)
+      for got, want in zip(jax.tree.leaves(other.params),
+                           jax.tree.leaves(exact.params), strict=True):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
 
 
 def test_bayesian_n_components_of_one_slot_rung_share_programs(X, compiles):
-  """BayesianGaussianMixture with n_components 2..8 of one type: one fit
-  program, and predict_proba and score_samples in GaussianMixture's
-  evaluation programs of the same slots (the four types' shared ones)."""
+  """BayesianGaussianMixture with n_components 2..8 of the four types: one
+  fit program, and predict_proba and score_samples in GaussianMixture's
+  evaluation programs of the same slots (the four types' shared ones).
+  Only the default prior's data moments compile per type (a small
+  program)."""
   gm = gx.GaussianMixture(2, covariance_type="tied", random_state=0).fit(X)
   gm.score_samples(X), gm.predict_proba(X)
-  first = gx.BayesianGaussianMixture(n_components=2, covariance_type="tied",
-                                     random_state=0).fit(X)
-  first.score_samples(X), first.predict_proba(X)
+  for ctype in ("full", "tied", "diag", "spherical"):
+    first = gx.BayesianGaussianMixture(n_components=2, covariance_type=ctype,
+                                       random_state=0).fit(X)
+    first.score_samples(X), first.predict_proba(X)
   del compiles[:]
-  for k in (3, 5, 8):
-    bgm = gx.BayesianGaussianMixture(n_components=k, covariance_type="tied",
+  for k, ctype in [(3, "tied"), (5, "full"), (8, "spherical"), (4, "diag")]:
+    bgm = gx.BayesianGaussianMixture(n_components=k, covariance_type=ctype,
                                      random_state=0).fit(X)
     assert bgm.means_.shape == (k, 2) and bgm.weights_.shape == (k,)
+    assert bgm.covariances_.shape == covariance.covariance_shape(ctype, k, 2)
     assert bgm.predict_proba(X).shape == (210, k)
     bgm.score_samples(X)
   assert compiles == []

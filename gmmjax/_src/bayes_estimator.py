@@ -154,18 +154,29 @@ class BayesianGaussianMixture(GaussianMixture):
   def _fit_restarts(self, X, kwargs):
     """Every restart's init and variational fit; small problems in
     component slots (padding.component_slots), so that nearby
-    n_components share the program (the caller drops the extra slots)."""
+    n_components share the program, and where the full type's slots fit
+    the budget as full matrices (type_switch.shared_slots), so that the
+    four types share it too (the caller drops the extra slots and
+    converts the shapes on the host)."""
     prior = self._prior(X, kwargs["sample_weight"])
-    k = int(self.n_components)
-    slots = padding.component_slots(k, X.shape[0], X.shape[1],
-                                    self.covariance_type)
+    k, ctype = int(self.n_components), self.covariance_type
+    n, d = X.shape
+    slots, shared = self._slots(k, n, d, False)
+    structure = None
+    if shared:
+      structure = type_switch.CODES[ctype]
+      prior = prior._replace(covariance_prior=jax.device_put(
+          type_switch.prior_to_full(jax.device_get(prior.covariance_prior),
+                                    ctype, d)))
+      ctype = "full"
     return bayes_fit.bayes_restart_results(
         key_from_random_state(self.random_state), X,
         k if slots is None else slots, n_init=int(self.n_init),
-        covariance_type=self.covariance_type,
+        covariance_type=ctype,
         prior_type=self.weight_concentration_prior_type,
         method=self.init_params, prior=prior,
-        n_active=None if slots is None else k, **kwargs)
+        n_active=None if slots is None else k, structure=structure,
+        **kwargs)
 
   def _continue_fit(self, X, prev_log_likelihood, kwargs):
     prior = self._prior(X, kwargs["sample_weight"])
@@ -220,19 +231,12 @@ class BayesianGaussianMixture(GaussianMixture):
     if n_slots is None:
       return bp.variational_mixture(self.posterior_, normalise=False)
     k = self.means_.shape[0]
-    post = padding.pad_posterior(jax.device_get(self.posterior_), n_slots)
-    mix = bp.variational_mixture(
-        jax.device_put(post), normalise=False,
-        mask=jax.device_put(np.arange(n_slots) < k))
-    if not as_full:
-      return mix
-    mix = jax.device_get(mix)
-    d = mix.means.shape[1]
-    return GMMParams(*jax.device_put((
-        mix.weights, mix.means,
-        type_switch.to_full(mix.covariances, mix.covariance_type, n_slots, d),
-        type_switch.to_full(mix.precisions_cholesky, mix.covariance_type,
-                            n_slots, d))), "full")
+    post = jax.device_get(self.posterior_)
+    if as_full:  # the program the four types share
+      post = type_switch.posterior_to_full(post)
+    return bp.variational_mixture(
+        jax.device_put(padding.pad_posterior(post, n_slots)),
+        normalise=False, mask=jax.device_put(np.arange(n_slots) < k))
 
 
 def _expected_weights(wc) -> np.ndarray:

@@ -27,8 +27,10 @@ from gmmjax._src.results import FitResult, error_if_bad, history_length
 
 def _variational_fit_impl(X, post, sample_weight, tol, reg_covar, prev,
                           prior, max_iter, history_len: int,
-                          callback: Callable | None, mask=None):
-  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask)
+                          callback: Callable | None, mask=None,
+                          structure=None):
+  problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask,
+                           structure=structure)
   result, _ = engine.run(vb.VariationalStep(), post, problem, prev_ll=prev,
                          max_iter=max_iter, history_len=history_len,
                          callback=callback)
@@ -211,7 +213,8 @@ def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
 
 
 def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
-                    covariance_type, prior_type, method, mask=None):
+                    covariance_type, prior_type, method, mask=None,
+                    structure=None):
   """One restart's initial posterior: scikit-learn's initial
   responsibilities (``init_params``), then the first M-step. With
   ``mask``, ``n_components`` is a number of slots of which the active ones
@@ -227,18 +230,22 @@ def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
   return bp.posterior_and_jitter_from_resp(
       X, resp, prior, sample_weight=sample_weight,
       covariance_type=covariance_type, prior_type=prior_type,
-      reg_covar=reg_covar, mask=mask)[0]
+      reg_covar=reg_covar, mask=mask, structure=structure)[0]
 
 
 def _variational_init_and_fit(key, X, sample_weight, tol, reg_covar,
-                              max_iter, prior, n_active=None, *, n_components,
+                              max_iter, prior, n_active=None, structure=None,
+                              *, n_components,
                               n_init, covariance_type, prior_type, method,
                               history_len, callback):
   """Initialisations and fits of every restart: one program (restart ``i``
   draws with ``split(key, n_init)[i]``; one restart is unbatched). With
   ``n_active`` (traced), ``n_components`` slots of which the first
   ``n_active`` are fitted: every component count up to ``n_components``
-  shares the program."""
+  shares the program. With ``structure`` (traced, with ``n_active``, full
+  type and a ``(D, D)`` covariance prior): the posterior of a model of
+  that ``type_switch.CODES`` type, as full matrices (the program the four
+  types share)."""
   keys = jax.random.split(key, n_init)
   mask = (None if n_active is None
           else jnp.arange(n_components) < n_active)
@@ -246,12 +253,12 @@ def _variational_init_and_fit(key, X, sample_weight, tol, reg_covar,
   def init(k):
     return _init_posterior(k, X, sample_weight, reg_covar, prior,
                            n_components, covariance_type, prior_type, method,
-                           mask)
+                           mask, structure)
 
   def fit_one(post):
     return _variational_fit_impl(X, post, sample_weight, tol, reg_covar,
                      jnp.asarray(-jnp.inf, X.dtype), prior, max_iter,
-                     history_len, callback, mask)
+                     history_len, callback, mask, structure)
 
   if n_init == 1:
     return fit_one(init(keys[0]))
@@ -270,17 +277,26 @@ def bayes_restart_results(key, X, n_components: int, *, n_init: int,
                           covariance_type: str, prior_type: str, method: str,
                           max_iter: int, tol, reg_covar, sample_weight,
                           prior: bp.BayesPrior, callback,
-                          n_active: int | None = None) -> FitResult:
+                          n_active: int | None = None,
+                          structure: int | None = None) -> FitResult:
   """Every restart's result (batched; unbatched for one restart), on
   checked arguments: initialisation and fit as one compiled program. With
   ``n_active``, ``n_components`` is a number of component slots of which
   the first ``n_active`` are fitted (the others stay empty, with the
-  prior's posterior; ``padding.unpad_components`` drops them)."""
+  prior's posterior; ``padding.unpad_components`` drops them).
+  ``structure`` (with ``n_active``, ``covariance_type="full"`` and the
+  prior's covariance as a ``(D, D)`` matrix): a ``type_switch.CODES``
+  value, the posterior of a model of that type as full matrices
+  (``type_switch.posterior_from_full`` converts it)."""
+  if structure is not None and (n_active is None
+                                or covariance_type != "full"):
+    raise ValueError("structure needs n_active and covariance_type='full'.")
   program = compiling.pick(_variational_init_and_fit_programs, X.shape[0],
                            n_components, X.shape[1], batch=n_init)
   return program(key, X, sample_weight, checks.as_scalar(tol, X.dtype),
                  checks.as_scalar(reg_covar, X.dtype), np.int32(max_iter),
                  prior, None if n_active is None else np.int32(n_active),
+                 None if structure is None else np.int32(structure),
                  n_components=n_components, n_init=n_init,
                  covariance_type=covariance_type, prior_type=prior_type,
                  method=method, history_len=history_length(max_iter),

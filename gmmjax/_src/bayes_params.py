@@ -36,7 +36,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import digamma
 
-from gmmjax._src import checks, moments
+from gmmjax._src import checks, moments, type_switch
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import ComponentArrays, GMMParams
@@ -289,7 +289,8 @@ def _weight_concentration(nk, prior0, prior_type: str, mask=None):
 
 
 def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
-                           covariance_type: str, prior_type: str, mask=None):
+                           covariance_type: str, prior_type: str, mask=None,
+                           structure=None):
   """Posterior hyper-parameters from floored masses ``nk`` ``(K,)``,
   component means ``xk`` ``(K, D)`` and covariances ``sk`` (``reg_covar``
   included): scikit-learn's ``_estimate_weights``, ``_estimate_means`` and
@@ -297,21 +298,55 @@ def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
 
   ``mask``: the active component slots. The others (empty) get the prior's
   own posterior, finite, and add nothing to the active ones' (a tied
-  scale averages over the active slots).
+  scale averages over the active slots). ``structure`` (a traced
+  ``type_switch.CODES`` value, with full ``sk`` projected onto it and a
+  ``(D, D)`` covariance prior): the full type's posterior of a model of
+  that type (:func:`_structured_wishart`).
   """
   ct = cov_lib.get(covariance_type)
   beta0 = prior.mean_precision_prior
   beta = beta0 + nk
   means = (beta0 * prior.mean_prior[None, :] + nk[:, None] * xk) / beta[:, None]
   dev = xk - prior.mean_prior[None, :]
-  dof, cov = ct.wishart_posterior(nk, sk, dev, nk * beta0 / beta,
-                                  prior.covariance_prior,
-                                  prior.degrees_of_freedom_prior, mask)
+  if structure is None:
+    dof, cov = ct.wishart_posterior(nk, sk, dev, nk * beta0 / beta,
+                                    prior.covariance_prior,
+                                    prior.degrees_of_freedom_prior, mask)
+  else:
+    dof, cov = _structured_wishart(nk, sk, dev, nk * beta0 / beta,
+                                   prior.covariance_prior,
+                                   prior.degrees_of_freedom_prior, mask,
+                                   structure)
   cov, prec_chol, jitter = ct.precision_cholesky_jittered(cov)
   wc = _weight_concentration(nk, prior.weight_concentration_prior, prior_type,
                              mask)
   return BayesParams(wc, beta, means, dof, cov, prec_chol, covariance_type,
                      prior_type), jitter
+
+
+def _structured_wishart(nk, sk, dev, shrink, psi, dof0, mask, structure):
+  """Each type's Wishart posterior as full matrices, the type's picked by
+  the traced ``structure`` (``type_switch.CODES``): the program the four
+  types share. ``sk``: full covariances with the type's structure
+  (``type_switch.estimate``), ``psi``: the prior as a ``(D, D)`` matrix.
+
+  Diagonal and spherical scales are the full posterior's diagonal and its
+  mean (their ``psi`` is diagonal, their ``sk`` too); a tied one is the
+  tied formula (one scale, degrees of freedom ``dof0 + mean N_k``) in
+  every slot.
+  """
+  full = cov_lib.get("full")
+  dof, cov = full.wishart_posterior(nk, sk, dev, shrink, psi, dof0)
+  tied_dof, tied = cov_lib.get("tied").wishart_posterior(
+      nk, sk[0], dev, shrink, psi, dof0, mask)
+  eye = jnp.eye(cov.shape[-1], dtype=cov.dtype)
+  var = jnp.diagonal(cov, axis1=-2, axis2=-1)
+  cov = jnp.stack([cov, jnp.broadcast_to(tied, cov.shape),
+                   var[..., None] * eye,
+                   jnp.mean(var, axis=-1)[:, None, None] * eye])[structure]
+  dof = jnp.stack([dof, jnp.broadcast_to(tied_dof, dof.shape), dof,
+                   dof])[structure]
+  return dof, cov
 
 
 def posterior_from_stats(stats: SuffStats, shift, prior: BayesPrior, *,
@@ -347,28 +382,34 @@ def posterior_from_stats(stats: SuffStats, shift, prior: BayesPrior, *,
 def posterior_and_jitter_from_stats(stats: SuffStats, shift,
                                     prior: BayesPrior, *,
                                     covariance_type: str, prior_type: str,
-                                    reg_covar, mask=None):
+                                    reg_covar, mask=None, structure=None):
   """:func:`posterior_from_stats` and the largest jitter it added
-  (``mask``: the active component slots, :func:`posterior_from_moments`)."""
+  (``mask``: the active component slots, ``structure``: the type a full
+  posterior has, :func:`posterior_from_moments`)."""
   dtype = stats.sx.dtype
   nk = stats.nk + 10 * jnp.finfo(dtype).eps
   diff = stats.sx / nk[:, None]
   shift = jnp.asarray(shift, dtype)
   xk = (shift if shift.ndim == 2 else shift[None, :]) + diff
-  sk = cov_lib.get(covariance_type).estimate(
-      _shared_masses(nk, covariance_type, mask), diff, stats.sxx,
-      jnp.asarray(reg_covar, dtype))
+  sk = _estimate(nk, diff, stats.sxx, jnp.asarray(reg_covar, dtype),
+                 covariance_type, mask, structure)
   return posterior_from_moments(nk, xk, sk, prior,
                                 covariance_type=covariance_type,
-                                prior_type=prior_type, mask=mask)
+                                prior_type=prior_type, mask=mask,
+                                structure=structure)
 
 
-def _shared_masses(nk, covariance_type: str, mask):
-  """The masses a type's covariance estimate divides by: a shared (tied)
-  one sums them, over the active slots only."""
-  if mask is None or not cov_lib.get(covariance_type).shared:
-    return nk
-  return jnp.where(mask, nk, 0.0)
+def _estimate(nk, diff, sxx, reg_covar, covariance_type: str, mask,
+              structure):
+  """The M-step's covariances (``reg_covar`` included): the type's own, a
+  shared (tied) one summed over the active slots only; with
+  ``structure``, full ones projected onto that type's structure."""
+  if structure is not None:
+    return type_switch.estimate(nk, diff, sxx, reg_covar, structure)
+  ct = cov_lib.get(covariance_type)
+  if mask is not None and ct.shared:
+    nk = jnp.where(mask, nk, 0.0)
+  return ct.estimate(nk, diff, sxx, reg_covar)
 
 
 def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
@@ -409,16 +450,17 @@ def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
                                              "prior_type"))
 def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
                                    sample_weight, covariance_type: str,
-                                   prior_type: str, reg_covar, mask=None):
+                                   prior_type: str, reg_covar, mask=None,
+                                   structure=None):
   """:func:`posterior_from_resp` on checked arguments, and its jitter
   (``mask``: the active component slots, whose ``resp`` columns are the
-  only non-zero ones)."""
+  only non-zero ones; ``structure``: see :func:`posterior_from_moments`)."""
   dtype = X.dtype
   nk, center, diff, sxx, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
-  sk = cov_lib.get(covariance_type).estimate(
-      _shared_masses(nk, covariance_type, mask), jnp.zeros_like(diff), sxx,
-      jnp.asarray(reg_covar, dtype))
+  sk = _estimate(nk, jnp.zeros_like(diff), sxx, jnp.asarray(reg_covar, dtype),
+                 covariance_type, mask, structure)
   return posterior_from_moments(nk, center[None, :] + diff, sk, prior,
                                 covariance_type=covariance_type,
-                                prior_type=prior_type, mask=mask)
+                                prior_type=prior_type, mask=mask,
+                                structure=structure)

@@ -19,6 +19,7 @@ samples. Elsewhere each type keeps its own program.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 
 from gmmjax._src import covariance, padding
 from gmmjax._src.params import GMMParams
@@ -82,9 +83,40 @@ def from_full(a, covariance_type: str):
   return covariance.get(covariance_type).from_dense(a)
 
 
-def params_from_full(params: GMMParams, covariance_type: str) -> GMMParams:
-  """NumPy params of the shared program as the type's own params."""
+def params_from_full(params, covariance_type: str):
+  """NumPy params (or a Bayesian posterior) of the shared program as the
+  type's own (a leading batch axis allowed)."""
+  if hasattr(params, "weight_concentration"):  # a Bayesian posterior
+    dof = np.asarray(params.degrees_of_freedom)
+    return params.replace(
+        degrees_of_freedom=dof[..., 0] if covariance_type == "tied" else dof,
+        covariances=from_full(params.covariances, covariance_type),
+        precisions_cholesky=from_full(params.precisions_cholesky,
+                                      covariance_type),
+        covariance_type=covariance_type)
   return GMMParams(params.weights, params.means,
                    from_full(params.covariances, covariance_type),
                    from_full(params.precisions_cholesky, covariance_type),
                    covariance_type)
+
+
+def posterior_to_full(post):
+  """A NumPy Bayesian posterior as full matrices (a tied one's degrees of
+  freedom in every component): what the shared program evaluates."""
+  k, d = post.means.shape
+  ctype = post.covariance_type
+  dof = np.asarray(post.degrees_of_freedom)
+  return post.replace(
+      degrees_of_freedom=np.full(k, dof) if ctype == "tied" else dof,
+      covariances=to_full(post.covariances, ctype, k, d),
+      precisions_cholesky=to_full(post.precisions_cholesky, ctype, k, d),
+      covariance_type="full")
+
+
+def prior_to_full(covariance_prior, covariance_type: str, n_features: int):
+  """A Bayesian prior's covariance in the type's shape as a ``(D, D)``
+  matrix (NumPy)."""
+  a = np.asarray(covariance_prior)
+  if covariance_type in ("full", "tied"):
+    return a
+  return to_full(a[None], covariance_type, 1, n_features)[0]

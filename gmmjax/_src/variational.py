@@ -154,7 +154,8 @@ class VariationalStep(NamedTuple):
         state.stats, stats_lib.component_shift(state.mixture), problem.prior,
         covariance_type=post.covariance_type,
         prior_type=post.weight_concentration_prior_type,
-        reg_covar=problem.reg_covar, mask=problem.mask)
+        reg_covar=problem.reg_covar, mask=problem.mask,
+        structure=problem.structure)
     return engine.tree_where(started, stepped, post), jitter
 
   def evaluate(self, mix: GMMParams, problem: engine.Problem):
