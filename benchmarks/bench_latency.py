@@ -29,7 +29,8 @@ grid, cv=5); 6 ``grad`` (compiling ``jax.value_and_grad`` of a loss through
 call of ``fit_restarts(n_init=3)``, ``select_n_components`` over K = 1..4
 and ``BayesianGaussianMixture(4).fit`` on 300 x 2, each in a fresh process
 with an empty cache, against scikit-learn's n_init=3 fit, a loop of fits
-with ``bic`` and its Bayesian mixture).
+with ``bic`` and its Bayesian mixture); 8 ``bayes_sweep`` (figure 4's
+sweep with ``BayesianGaussianMixture``, scored by ``score``).
 
 Each child gets a fresh, empty cache folder of its own: ``GMMJAX_CACHE_DIR``,
 the estimator's default cache (``GMMJAX_NO_CACHE`` and JAX's own cache
@@ -59,7 +60,7 @@ REPO = os.path.dirname(HERE)
 DATASETS_PATH = os.path.join(REPO, "gmmjax", "datasets.py")
 
 FIGURES = ("import", "first_fit", "new_n", "sweep", "gridsearch", "grad",
-           "first_calls")
+           "first_calls", "bayes_sweep")
 CTYPES = ("full", "tied", "diag", "spherical")
 
 
@@ -173,6 +174,15 @@ R.update(data_s=T2 - T1, sweep_s=T3 - T2, total_s=T3 - T0,
          n_fits=len(bics), best_ctype=best[1], best_k=best[2],
          best_bic=float(best[0]))
 """
+
+# Figure 8: the sweep of figure 4 with BayesianGaussianMixture (scored by
+# its mean log-likelihood: it has no bic).
+BODY_BAYES_SWEEP = (BODY_SWEEP.replace("GaussianMixture(", "BGM(")
+                    .replace("gm.bic(X)", "-gm.score(X)"))
+IMPORT_BAYES = {
+    "gmmjax": "BGM = gmmjax.BayesianGaussianMixture\n",
+    "sklearn": "from sklearn.mixture import BayesianGaussianMixture as BGM\n",
+}
 
 IMPORT_GRIDSEARCH = "from sklearn.model_selection import GridSearchCV\n"
 
@@ -404,6 +414,16 @@ def fig_sweep(s, args):
     s.run("sweep", "sklearn", "fresh", child_code("sklearn", BODY_SWEEP), p)
 
 
+def fig_bayes_sweep(s, args):
+  p = sweep_params(args)
+  gx = child_code("gmmjax", BODY_BAYES_SWEEP, IMPORT_BAYES["gmmjax"])
+  sk = child_code("sklearn", BODY_BAYES_SWEEP, IMPORT_BAYES["sklearn"])
+  for _ in range(args.repeats):
+    _, caches = s.run("bayes_sweep", "gmmjax", "empty_cache", gx, p)
+    s.run("bayes_sweep", "gmmjax", "warm_cache", gx, p, caches=caches)
+    s.run("bayes_sweep", "sklearn", "fresh", sk, p)
+
+
 def fig_gridsearch(s, args):
   p = sweep_params(args)
   gx = child_code("gmmjax", BODY_GRIDSEARCH, IMPORT_GRIDSEARCH)
@@ -433,7 +453,7 @@ def fig_first_calls(s, args):
 
 RUNNERS = dict(import_=fig_import, first_fit=fig_first_fit, new_n=fig_new_n,
                sweep=fig_sweep, gridsearch=fig_gridsearch, grad=fig_grad,
-               first_calls=fig_first_calls)
+               first_calls=fig_first_calls, bayes_sweep=fig_bayes_sweep)
 
 # The table: (figure, row label, gmmjax mode, metric, scikit-learn mode or
 # None). scikit-learn's row is its fresh process (no cache to warm).
@@ -459,7 +479,9 @@ ROWS += [
      "warm_process"),
 ]
 for _fig, _label, _metric in (("sweep", "4 BIC sweep", "sweep_s"),
-                              ("gridsearch", "5 GridSearchCV", "search_s")):
+                              ("gridsearch", "5 GridSearchCV", "search_s"),
+                              ("bayes_sweep", "8 Bayesian sweep",
+                               "sweep_s")):
   for _mode, _tag in (("empty_cache", "empty cache"),
                       ("warm_cache", "warm cache")):
     ROWS += [
