@@ -339,6 +339,38 @@ def test_bayesian_fit_in_slots_float32(X):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
 
 
+def test_bayesian_slots_with_a_singular_prior_or_empty_components(
+    X, monkeypatch, x64):
+  """The estimator in slots against its exact fit (slots turned off):
+
+  - a duplicated feature: the default covariance prior (the data's
+    covariance) is singular, the fitted scales are not (reg_covar); the
+    empty slots' scale is the unit, not the prior, so the slotted fit needs
+    no jitter either;
+  - a Dirichlet process that empties components: the same degenerate
+    count (the active slots' posterior weights), weights and bound.
+  """
+  from gmmjax._src import padding
+  Xd = np.column_stack([X[:, 0], X[:, 0], X[:, 1]])
+  cases = [(Xd, dict(n_components=3)),
+           (X, dict(n_components=6, weight_concentration_prior=1e-3))]
+
+  def fitted():
+    return [gx.BayesianGaussianMixture(init_params="random_from_data",
+                                       random_state=0, **kw).fit(data)
+            for data, kw in cases]
+
+  slotted = fitted()
+  monkeypatch.setattr(padding, "SLOTS_MAX_ENTRIES", 0)
+  exact = fitted()
+  assert slotted[0].jitter_ == exact[0].jitter_ == 0.0
+  assert slotted[1].n_degenerate_ == exact[1].n_degenerate_ > 0
+  for a, b in zip(slotted, exact, strict=True):
+    assert a.n_iter_ == b.n_iter_
+    np.testing.assert_allclose(a.lower_bound_, b.lower_bound_, rtol=1e-10)
+    np.testing.assert_allclose(a.weights_, b.weights_, atol=1e-10)
+
+
 def test_bayesian_n_components_of_one_slot_rung_share_programs(X, compiles):
   """BayesianGaussianMixture with n_components 2..8 of the four types: one
   fit program, and predict_proba and score_samples in GaussianMixture's

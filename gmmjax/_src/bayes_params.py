@@ -40,7 +40,7 @@ from gmmjax._src import checks, moments, type_switch
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import matmul as mm
 from gmmjax._src.params import ComponentArrays, GMMParams
-from gmmjax._src.stats import SuffStats
+from gmmjax._src.stats import SuffStats, unit_where_inactive
 
 PRIOR_TYPES = ("dirichlet_process", "dirichlet_distribution")
 
@@ -297,8 +297,8 @@ def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
   ``_estimate_wishart_*``. Returns ``(BayesParams, jitter)``.
 
   ``mask``: the active component slots. The others (empty) get the prior's
-  own posterior, finite, and add nothing to the active ones' (a tied
-  scale averages over the active slots). ``structure`` (a traced
+  own posterior with a unit scale, finite, and add nothing to the active
+  ones' (a tied scale averages over the active slots). ``structure`` (a traced
   ``type_switch.CODES`` value, with full ``sk`` projected onto it and a
   ``(D, D)`` covariance prior): the full type's posterior of a model of
   that type (:func:`_structured_wishart`).
@@ -317,6 +317,13 @@ def posterior_from_moments(nk, xk, sk, prior: BayesPrior, *,
                                    prior.covariance_prior,
                                    prior.degrees_of_freedom_prior, mask,
                                    structure)
+  if mask is not None:
+    # The empty slots' scale is the prior's, singular where the data's
+    # covariance is (collinear or repeated features): they get the unit
+    # before the factorisation, which they then neither need nor report a
+    # jitter for (as EM's empty slots, stats.params_and_jitter_from_stats).
+    cov = unit_where_inactive(cov, "full" if structure is not None
+                              else covariance_type, mask)
   cov, prec_chol, jitter = ct.precision_cholesky_jittered(cov)
   wc = _weight_concentration(nk, prior.weight_concentration_prior, prior_type,
                              mask)

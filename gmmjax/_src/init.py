@@ -150,9 +150,11 @@ def masked_responsibilities(key, xc, n_slots, mask, method, sample_weight):
   components."""
   if method == "kmeans":
     return _masked_kmeans(key, xc, n_slots, mask, sample_weight)
-  # k-means++ and random_from_data: the first k of n_slots draws are a
-  # draw of k (each depends only on the ones before it); their other rows
-  # stay unassigned (all zero).
+  # random_from_data: the first k of n_slots draws are a draw of k (each
+  # depends only on the ones before it). k-means++: the same greedy
+  # seeding, with n_slots' candidates per centre (2 + log(n_slots)), so
+  # another draw than an exact k's, as the "kmeans" seeding above. Their
+  # other rows stay unassigned (all zero).
   resp = initial_responsibilities(key, xc, n_slots, method,
                                   sample_weight) * mask[None, :]
   if method != "random":

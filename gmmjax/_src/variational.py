@@ -47,7 +47,9 @@ def responsibility_entropy(mixture: GMMParams, stats: stats_lib.SuffStats):
   k, d = mixture.means.shape
   pc = mixture.precisions_cholesky
   log_det = jnp.broadcast_to(ct.log_det(pc, d), (k,))
-  log_w = jnp.log(mixture.weights)
+  # An empty component (or a masked slot, of weight 0) adds nothing; its
+  # log-weight is not taken (-inf times 0 would be NaN in derivatives).
+  log_w = jnp.log(jnp.where(stats.nk > 0, mixture.weights, 1.0))
   per_k = log_w + log_det - 0.5 * d * math.log(2 * math.pi)
   move = mixture.means - stats_lib.component_shift(mixture)  # 0 in value
 
@@ -170,9 +172,11 @@ class VariationalStep(NamedTuple):
     return bp.variational_mixture(post)
 
   def conclude(self, state: VBState, started, new, jitter, stats, problem):
-    """:meth:`conclude_with` (``engine.host_fit``'s signature)."""
-    return self.conclude_with(state, started, new, self.evaluated(new),
-                              jitter, stats, problem.tol)
+    """:meth:`conclude_with` (``engine.host_fit``'s signature; its
+    statistics are of :meth:`evaluated`, which has no component slots)."""
+    return self.conclude_with(
+        state, started, new, bp.variational_mixture(new, mask=problem.mask),
+        jitter, stats, problem.tol, problem.mask)
 
   def conclude_with(self, state: VBState, started, new, mix, jitter, stats,
                     tol, mask=None):
