@@ -134,7 +134,8 @@ def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
   d = X.shape[1]
   ct = cov_lib.get(covariance_type)
   w = checks.as_sample_weight(sample_weight, X.shape[0], dtype)
-  mean, data_cov = _data_moments(X, w, covariance_type=covariance_type)
+  mean, data_cov = _data_moments(X, w)
+  data_cov = _in_type(data_cov, covariance_type)
 
   def pick(value, default, shape):
     value = default if value is None else value
@@ -160,16 +161,29 @@ def make_bayes_prior(X, n_components: int, *, covariance_type: str = "full",
                             else (d, d)))
 
 
-@functools.partial(jax.jit, static_argnames=("covariance_type",))
-def _data_moments(X, w, *, covariance_type: str):
-  """The (weighted) data mean and ``ddof=1`` covariance in the type's
-  shape: one small program, not a dispatch per operation."""
+@jax.jit
+def _data_moments(X, w):
+  """The (weighted) data mean and ``ddof=1`` covariance ``(D, D)``: one
+  small program, not a dispatch per operation, shared by the four types."""
   ww = jnp.ones(X.shape[0], X.dtype) if w is None else w
   total = jnp.sum(ww)
   mean = mm.matmul(ww, X) / total
   xc = X - mean
-  cov = mm.matmul((xc * ww[:, None]).T, xc) / (total - 1.0)
-  return mean, cov_lib.get(covariance_type).from_full(cov)
+  return mean, mm.matmul((xc * ww[:, None]).T, xc) / (total - 1.0)
+
+
+def _in_type(cov, covariance_type: str):
+  """A ``(D, D)`` covariance in the type's shape (``from_full``): on the
+  host when it is concrete (an eager conversion is a program to compile
+  per type), traced otherwise."""
+  if isinstance(cov, jax.core.Tracer):
+    return cov_lib.get(covariance_type).from_full(cov)
+  cov = np.asarray(cov)
+  if covariance_type == "diag":
+    return np.diagonal(cov).copy()
+  if covariance_type == "spherical":
+    return np.mean(np.diagonal(cov))
+  return cov
 
 
 # ---------------------------------------------------------------------------
