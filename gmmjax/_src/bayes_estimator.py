@@ -215,13 +215,16 @@ class BayesianGaussianMixture(GaussianMixture):
   def posterior_(self) -> bp.BayesParams:
     """The fitted posterior as a :class:`gmmjax.BayesParams` of JAX arrays
     (what :func:`gmmjax.fit_bayes` takes)."""
+    return jax.device_put(self._host_posterior())
+
+  def _host_posterior(self) -> bp.BayesParams:
+    """The fitted posterior of NumPy arrays (the fitted attributes)."""
     self._check_is_fitted()
     wc = self.weight_concentration_
     wc = np.stack(wc) if isinstance(wc, tuple) else wc
-    leaves = (wc, self.mean_precision_, self.means_,
-              self.degrees_of_freedom_, self.covariances_,
-              self.precisions_cholesky_)
-    return bp.BayesParams(*jax.device_put(leaves), self._fitted_type(),
+    return bp.BayesParams(wc, self.mean_precision_, self.means_,
+                          self.degrees_of_freedom_, self.covariances_,
+                          self.precisions_cholesky_, self._fitted_type(),
                           self._fitted_prior_type)
 
   def _evaluation_params(self, n_slots=None, as_full=False) -> GMMParams:
@@ -231,7 +234,7 @@ class BayesianGaussianMixture(GaussianMixture):
     if n_slots is None:
       return bp.variational_mixture(self.posterior_, normalise=False)
     k = self.means_.shape[0]
-    post = jax.device_get(self.posterior_)
+    post = self._host_posterior()
     if as_full:  # the program the four types share
       post = type_switch.posterior_to_full(post)
     return bp.variational_mixture(

@@ -218,7 +218,8 @@ def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
   """One restart's initial posterior: scikit-learn's initial
   responsibilities (``init_params``), then the first M-step. With
   ``mask``, ``n_components`` is a number of slots of which the active ones
-  are initialised as that many components (``init.init_masked``' draws)."""
+  are initialised as that many components
+  (``init.masked_responsibilities``)."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
   xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
   if mask is None:
@@ -287,7 +288,7 @@ def bayes_restart_results(key, X, n_components: int, *, n_init: int,
   ``structure`` (with ``n_active``, ``covariance_type="full"`` and the
   prior's covariance as a ``(D, D)`` matrix): a ``type_switch.CODES``
   value, the posterior of a model of that type as full matrices
-  (``type_switch.posterior_from_full`` converts it)."""
+  (``type_switch.params_from_full`` converts it)."""
   if structure is not None and (n_active is None
                                 or covariance_type != "full"):
     raise ValueError("structure needs n_active and covariance_type='full'.")

@@ -87,7 +87,7 @@ class BayesParams(ComponentArrays):
     return cov_lib.precisions_from_cholesky(self.precisions_cholesky,
                                             self.covariance_type)
 
-  def slot_weights(self, mask):
+  def _slot_weights(self, mask):
     """The posterior mean weights of the active component slots (``mask``),
     0 in the others."""
     return expected_weights(self, mask)

@@ -25,6 +25,13 @@ class ComponentArrays:
     """Returns a copy with the given fields replaced."""
     return dataclasses.replace(self, **kwargs)
 
+  def _slot_weights(self, mask):
+    """The weights of the active component slots (``mask``), 0 in the
+    others: a slotted fit's own weights (``stats.mask_components`` keeps
+    them so); a posterior computes its own."""
+    del mask
+    return self.weights
+
   @property
   def n_components(self) -> int:
     return self.means.shape[-2]

@@ -89,9 +89,7 @@ def count_degenerate(params: GMMParams, n_samples, *, reg_covar,
   threshold = 2 * jnp.asarray(reg_covar, dtype)
   collapsed = cov_ops.get(params.covariance_type).collapsed(cov, threshold)
   collapsed = jnp.broadcast_to(collapsed, params.means.shape[:-1])
-  weights = params.weights
-  if mask is not None and hasattr(params, "slot_weights"):
-    weights = params.slot_weights(mask)  # a posterior's, over active slots
+  weights = params.weights if mask is None else params._slot_weights(mask)
   empty = weights * jnp.asarray(n_samples, dtype) < 1
   bad = empty | collapsed
   if mask is not None:
