@@ -40,12 +40,12 @@ step bench && timeout "${T_BENCH:-200}" $PY benchmarks/bench_em.py $Q \
   --out "$OUT" --tag gpu 2>&1 | tee "$OUT/bench.log"
 
 # Failures are written to $OUT/failures.log as they happen (the time limit
-# can stop pytest before its summary).
+# can stop pytest before its summary). TESTS=all runs the whole suite.
 TESTS=${TESTS:-"kernels em sklearn_agreement numerics hard_cases implicit fit"}
 step tests && PYTHONPATH=$PWD/benchmarks:$PYTHONPATH GMMJAX_TEST_CPU_FLAGS=0 OUT=$OUT \
   timeout "${T_TESTS:-130}" $PY -m pytest -q -n "${WORKERS:-8}" \
   -p no:cacheprovider -p _failures_plugin --maxfail=30 --durations=10 \
-  $(for t in $TESTS; do echo "tests/test_$t.py"; done) 2>&1 \
+  $(if [ "$TESTS" = all ]; then echo tests; else for t in $TESTS; do echo "tests/test_$t.py"; done; fi) 2>&1 \
   | grep -v "PytestBenchmarkWarning\|warner(" | tee "$OUT/tests.log"
 if step memory; then
   for flag in "" --unbounded; do
