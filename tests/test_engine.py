@@ -181,8 +181,11 @@ def test_nan_gradients_only_where_the_fixed_point_was_not_reached(data):
     return r.log_likelihood + jnp.sum(r.params.means ** 2)
 
   grad = jax.jit(jax.grad(loss), static_argnums=(1, 2))
-  # Converged: the option changes nothing.
-  np.testing.assert_array_equal(grad(X, 200, True), grad(X, 200, False))
+  # Converged: the option changes nothing (a product by exactly 1: bit for
+  # bit on CPU; a GPU's compiler fuses the two programs differently, which
+  # moved 68 of 240 entries by one float32 rounding there).
+  np.testing.assert_allclose(grad(X, 200, True), grad(X, 200, False),
+                             rtol=1e-6, atol=0)
   assert np.all(np.isfinite(grad(X, 200, True)))
   # Stopped after one iteration: a number by default (the result's
   # `converged` says it is not a fixed point), NaN on request.

@@ -16,6 +16,12 @@ import pytest
 
 from gmmjax._src import chunks, compiling, executable_key, executables
 
+# The store serves compiling.pick's small programs, which exist on CPU only
+# (their compile options are the CPU compiler's; a GPU's refuses them).
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu",
+    reason="the executables store is used on CPU only (compiling.pick)")
+
 
 def _affine(x, a, power, shift=None):
   y = x * a ** power

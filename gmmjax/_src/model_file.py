@@ -29,11 +29,11 @@ PARAM_ARRAYS = ("weights", "means", "covariances", "precisions_cholesky")
 METADATA = "metadata.json"
 
 def gmmjax_version() -> str:
-  from importlib import metadata
-  try:
-    return metadata.version("gmmjax")
-  except metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-    return "unknown"
+  """``gmmjax.__version__``: the package's metadata is absent where it
+  runs from a source checkout on ``PYTHONPATH`` (files then said
+  ``"unknown"``)."""
+  import gmmjax
+  return gmmjax.__version__
 
 
 def digest(meta: dict, arrays: dict) -> str:
