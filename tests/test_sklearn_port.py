@@ -9,7 +9,9 @@ only. scikit-learn's ``NotFittedError`` and ``ConvergenceWarning`` are
 expected, as its tests expect them (gmmjax's are subclasses of them once
 scikit-learn is imported). Tolerances are loosened for float32 only, each with its reason:
 log_probabilities, fit_best_params, bic_1d_1component, warm_start, init,
-precisions_init.
+precisions_init, and (from a GPU run, where float32 rounds otherwise) the
+precision checks of suffstat_sk_full and monotonic_likelihood's ascent, to
+a few units in the last place.
 
 The float32 copies are ours (scikit-learn's own run float64 only here too,
 as its global_dtype does by default) and each compiles every program again:
@@ -362,12 +364,25 @@ def test_check_precisions(global_dtype):
     assert_array_equal(rand_data.precisions[covar_type], g.precisions_init)
 
 
+def _assert_inverse(actual, desired, covariances):
+  """scikit-learn's 6 decimals; in float32 relative to the inverse's own
+  rounding: 6 decimals of precisions near 12 are 8 significant digits,
+  beyond float32's 7 (an H200 missed by 2 units in the last place where a
+  CPU happened to pass)."""
+  if np.asarray(covariances).dtype != np.float32:
+    assert_array_almost_equal(actual, desired)
+    return
+  cond = max(np.linalg.cond(np.asarray(c, np.float64)) for c in covariances)
+  assert_allclose(actual, desired,
+                  rtol=16 * cond * np.finfo(np.float32).eps)
+
+
 def _inverse_check(precisions_cholesky, covariances):
   """scikit-learn's check of the precision factors: ``P P^T = inv(C)``."""
   precs_pred = np.array([np.dot(prec, prec.T)
                          for prec in precisions_cholesky])
   precs_est = np.array([linalg.inv(cov) for cov in covariances])
-  assert_array_almost_equal(precs_est, precs_pred)
+  _assert_inverse(precs_est, precs_pred, covariances)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -394,8 +409,8 @@ def test_suffstat_sk_full(global_dtype):
 
   # check the precision computation
   _inverse_check(g.precisions_cholesky_, covars_pred)
-  assert_array_almost_equal(g.precisions_,
-                            [linalg.inv(cov) for cov in covars_pred])
+  _assert_inverse(g.precisions_, [linalg.inv(cov) for cov in covars_pred],
+                  covars_pred)
 
   # special case 2, assuming resp are all ones
   covars_pred = g.fit(X).covariances_
@@ -989,6 +1004,7 @@ def test_monotonic_likelihood(global_dtype):
   rng = np.random.RandomState(0)
   rand_data = RandomData(rng, scale=7, dtype=global_dtype)
   n_components = rand_data.n_components
+  slack = 4 * np.finfo(np.float32).eps if global_dtype == np.float32 else 0
 
   for covar_type in COVARIANCE_TYPE:
     X = rand_data.X[covar_type]
@@ -1004,7 +1020,13 @@ def test_monotonic_likelihood(global_dtype):
       for _ in range(600):
         prev_log_likelihood = current_log_likelihood
         current_log_likelihood = gmm.fit(X).score(X)
-        assert current_log_likelihood >= prev_log_likelihood
+        # Float32: EM's ascent holds up to the score's rounding; tol=1e-7
+        # is below one unit in the last place of a score near 3, where an
+        # H200 fell by exactly one.
+        floor = prev_log_likelihood
+        if math.isfinite(floor):
+          floor -= slack * abs(floor)
+        assert current_log_likelihood >= floor
 
         if gmm.converged_:
           break
