@@ -170,6 +170,49 @@ def test_estimator_fit_is_one_program(X, compiles):
   assert len(compiles) == 1, compiles
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_an_init_in_slots_draws_what_the_exact_init_draws(X, method, x64):
+  """The first k of 8 masked slots are init_params' k components, for
+  every method: k-means++ seeds each centre among k's candidates (not 8's),
+  from uniforms keyed by centre and candidate, so the draw does not depend
+  on whether a problem is small enough for slots."""
+  from gmmjax._src import init as init_lib
+  w = np.random.default_rng(2).uniform(0.5, 1.5, len(X))
+  for k in (2, 5):
+    key = jax.random.key(10 + k)
+    exact = gx.init_params(key, X, k, method=method, sample_weight=w)
+    slotted = init_lib.init_masked(key, jnp.asarray(X), jnp.asarray(w),
+                                   jnp.asarray(1e-6), 8, jnp.arange(8) < k,
+                                   "full", method)
+    assert np.all(np.asarray(slotted.weights)[k:] == 0)
+    for f in ("weights", "means", "covariances"):
+      np.testing.assert_allclose(np.asarray(getattr(slotted, f))[:k],
+                                 np.asarray(getattr(exact, f)),
+                                 rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("method", ["kmeans", "k-means++"])
+def test_estimator_in_slots_equals_it_without_slots(X, method, x64,
+                                                    monkeypatch):
+  """GaussianMixture with its default init (k-means, or k-means++): the
+  fit in 8 slots is the fit without slots, to rounding, restarts
+  included."""
+  from gmmjax._src import padding
+
+  def fitted():
+    gm = gx.GaussianMixture(3, covariance_type="full", init_params=method,
+                            n_init=2, tol=1e-8, random_state=0).fit(X)
+    return (gm.weights_, gm.means_, gm.covariances_, gm.lower_bound_,
+            gm.n_iter_, gm.predict_proba(X))
+
+  assert padding.component_slots(3, 224, 2, "full") == 8
+  slotted = fitted()
+  monkeypatch.setattr(padding, "SLOTS_MAX_ENTRIES", 0)
+  assert padding.component_slots(3, 224, 2, "full") is None
+  for got, want in zip(slotted, fitted(), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("reg_covar", [1e-6, 0.0])
 @pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
 def test_estimator_fit_in_slots_equals_the_exact_fit(X, ctype, reg_covar,
@@ -304,13 +347,11 @@ def test_bayesian_fit_in_slots_equals_the_exact_fit(X, ctype, prior_type,
       assert np.shape(got) == np.shape(want)
       np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
   # The estimator (3 components in 8 slots, evaluated in GaussianMixture's
-  # programs of 8 slots) against itself with slots turned off. (Its k-means
-  # init seeds 8 centres and keeps 3, with k-means++'s candidates for 8:
-  # another draw than the exact fit's, as GaussianMixture's in slots.)
+  # programs of 8 slots, its default k-means init in 8 masked slots)
+  # against itself with slots turned off.
   def fitted():
     bgm = gx.BayesianGaussianMixture(
         n_components=3, covariance_type=ctype,
-        init_params="random_from_data",
         weight_concentration_prior_type=prior_type, tol=1e-8, max_iter=300,
         random_state=0).fit(X)
     return (bgm.weights_, bgm.means_, bgm.covariances_,

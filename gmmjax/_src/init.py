@@ -23,7 +23,7 @@ from gmmjax._src import (
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
-from gmmjax._src.kmeans import _kmeans_traced, kmeans_plusplus, lloyd
+from gmmjax._src.kmeans import _kmeans_traced, lloyd, seeding
 from gmmjax._src.params import GMMParams, check_covariance_type
 
 INIT_METHODS = ("kmeans", "k-means++", "random", "random_from_data")
@@ -56,10 +56,12 @@ def _weighted_sample_without_replacement(key, w, k: int, dtype):
 
 
 def initial_responsibilities(key, X, n_components: int, method: str,
-                             sample_weight=None):
+                             sample_weight=None, n_active=None):
   """Initial responsibilities ``(N, K)`` of scikit-learn's init methods.
 
   Every method draws the same for data padded with rows of weight 0.
+  ``n_active`` (traced): k-means++ seeds the first ``n_active`` centres as
+  a seeding of that many (:func:`kmeans.seeding`).
   """
   n = X.shape[0]
   if method == "kmeans":
@@ -69,7 +71,7 @@ def initial_responsibilities(key, X, n_components: int, method: str,
     resp = _row_uniforms(key, n, n_components, X.dtype)
     return resp / jnp.sum(resp, axis=1, keepdims=True)
   if method == "k-means++":
-    _, indices = kmeans_plusplus(key, X, n_components, sample_weight=sample_weight)
+    _, indices = seeding(key, X, n_components, sample_weight, n_active)
   else:  # random_from_data
     w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
     indices = _weighted_sample_without_replacement(key, w, n_components,
@@ -132,14 +134,14 @@ def _masked_kmeans(key, X, n_slots, mask, sample_weight, max_iter=300,
   """Lloyd's k-means with only the first ``k`` of ``n_slots`` centres.
 
   The seeding is greedy k-means++ for ``n_slots`` centres, of which the first
-  ``k`` are kept: each centre depends only on the ones before it, so they are
-  a k-means++ seeding of ``k`` centres (with the ``2 + log(n_slots)``
-  candidates per step of the larger seeding). Then Lloyd's iterations run
-  with the inactive centres masked out, as :func:`gmmjax.kmeans` would with
-  ``n_clusters=k``, in a shape shared by every ``k``.
+  ``k`` are kept, each chosen among ``k``'s candidates
+  (:func:`kmeans.seeding`): the seeding of ``k`` centres. Then Lloyd's
+  iterations run with the inactive centres masked out, as
+  :func:`gmmjax.kmeans` would with ``n_clusters=k``, in a shape shared by
+  every ``k``.
   """
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = kmeans_plusplus(key, X, n_slots, sample_weight=w)
+  centers, _ = seeding(key, X, n_slots, w, jnp.sum(mask))
   _, labels = lloyd(X, centers, w, mask, max_iter=max_iter, tol=tol)
   return jax.nn.one_hot(labels, n_slots, dtype=X.dtype)
 
@@ -151,12 +153,11 @@ def masked_responsibilities(key, xc, n_slots, mask, method, sample_weight):
   if method == "kmeans":
     return _masked_kmeans(key, xc, n_slots, mask, sample_weight)
   # random_from_data: the first k of n_slots draws are a draw of k (each
-  # depends only on the ones before it). k-means++: the same greedy
-  # seeding, with n_slots' candidates per centre (2 + log(n_slots)), so
-  # another draw than an exact k's, as the "kmeans" seeding above. Their
-  # other rows stay unassigned (all zero).
-  resp = initial_responsibilities(key, xc, n_slots, method,
-                                  sample_weight) * mask[None, :]
+  # depends only on the ones before it); k-means++: the seeding of k, with
+  # k's candidates per centre (kmeans.seeding). Their other rows stay
+  # unassigned (all zero). Every method draws what an exact k's does.
+  resp = initial_responsibilities(key, xc, n_slots, method, sample_weight,
+                                  n_active=jnp.sum(mask)) * mask[None, :]
   if method != "random":
     return resp
   return resp / jnp.sum(resp, axis=1, keepdims=True)

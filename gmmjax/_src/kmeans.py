@@ -27,6 +27,22 @@ def _sq_distances(X, centers):
   return jnp.maximum(d, 0.0)
 
 
+def n_trials(n_clusters: int) -> int:
+  """Candidates per centre of the greedy seeding: ``2 + log(k)``."""
+  return 2 + int(math.log(n_clusters))
+
+
+def _seeding_uniforms(key, n_centres: int, n_candidates: int, dtype):
+  """``(n_centres, n_candidates)`` uniforms, entry ``(c, t)`` drawn from
+  ``fold_in(fold_in(key, c), t)``: a seeding of fewer centres, or with
+  fewer candidates, reads the same numbers for the ones it has."""
+  def one(c, t):
+    return jax.random.uniform(
+        jax.random.fold_in(jax.random.fold_in(key, c), t), (), dtype)
+  return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(
+      jnp.arange(n_centres), jnp.arange(n_candidates))
+
+
 def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
   """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant).
 
@@ -35,6 +51,9 @@ def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
   probability proportional to ``w_i D(x_i)^2``. All the uniform numbers
   are drawn at once and turned into indices by inverse CDF (one random
   draw and no search loop to compile, which halves the compile time).
+  Centre ``c``'s candidate ``t`` reads the uniform of ``fold_in(fold_in(key,
+  c), t)``, so the seeding of the first ``k`` of more centres, as
+  component slots fit it (masked, with ``k``'s candidates), is this one's.
 
   Args:
     key: PRNG key.
@@ -50,10 +69,29 @@ def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
       or a traced ``n_clusters``.
   """
   X = _checked(X, sample_weight, n_clusters)
+  return seeding(key, X, n_clusters, sample_weight)
+
+
+def seeding(key, X, n_clusters: int, sample_weight=None, n_active=None):
+  """:func:`kmeans_plusplus` on checked arguments, to trace into a program.
+
+  ``n_active`` (traced, ``1 <= n_active <= n_clusters``): only the first
+  ``n_active`` centres are wanted (component slots). Each centre depends
+  only on the ones before it, and each takes ``n_active``'s number of
+  candidates (the others drawn and never chosen), so those centres are
+  the seeding of ``n_active`` clusters, to rounding; the rest are filler.
+  """
   n = X.shape[0]
   w = jnp.ones(n, X.dtype) if sample_weight is None else sample_weight
-  n_trials = 2 + int(math.log(n_clusters))
-  u = jax.random.uniform(key, (n_clusters, n_trials), X.dtype)
+  trials = n_trials(n_clusters)
+  u = _seeding_uniforms(key, n_clusters, trials, X.dtype)
+  if n_active is None:
+    candidate_ok = None
+  else:
+    table = jnp.asarray([n_trials(k) for k in range(1, n_clusters + 1)],
+                        jnp.int32)
+    active_trials = table[jnp.clip(n_active, 1, n_clusters) - 1]
+    candidate_ok = jnp.arange(trials) < active_trials
 
   def draw(p, u_row):
     """Indices with probability proportional to ``p``, from uniforms."""
@@ -71,7 +109,10 @@ def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
     indices, closest = carry
     cand = draw(w * closest, u[c])
     dist = jnp.minimum(closest[None, :], _sq_distances(X, X[cand]).T)
-    best = jnp.argmin(mm.matmul(dist, w))
+    potential = mm.matmul(dist, w)
+    if candidate_ok is not None:
+      potential = jnp.where(candidate_ok, potential, jnp.inf)
+    best = jnp.argmin(potential)
     return indices.at[c].set(cand[best]), dist[best]
 
   indices, _ = lax.fori_loop(1, n_clusters, body, (indices, closest))
@@ -115,7 +156,7 @@ def _kmeans_traced(key, X, n_clusters: int, sample_weight=None,
                    max_iter=300, tol=1e-4):
   """:func:`kmeans` on checked arguments, to trace into a program."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  centers, _ = kmeans_plusplus(key, X, n_clusters, sample_weight=sample_weight)
+  centers, _ = seeding(key, X, n_clusters, sample_weight)
   return lloyd(X, centers, w, max_iter=max_iter, tol=tol)
 
 
