@@ -178,7 +178,9 @@ R.update(data_s=T2 - T1, sweep_s=T3 - T2, total_s=T3 - T0,
 # Figure 8: the sweep of figure 4 with BayesianGaussianMixture (scored by
 # its mean log-likelihood: it has no bic).
 BODY_BAYES_SWEEP = (BODY_SWEEP.replace("GaussianMixture(", "BGM(")
-                    .replace("gm.bic(X)", "-gm.score(X)"))
+                    .replace("gm.bic(X)", "-gm.score(X)")
+                    .replace("best_bic=", "best_neg_score="))
+assert "best_neg_score=" in BODY_BAYES_SWEEP
 IMPORT_BAYES = {
     "gmmjax": "BGM = gmmjax.BayesianGaussianMixture\n",
     "sklearn": "from sklearn.mixture import BayesianGaussianMixture as BGM\n",
@@ -613,7 +615,7 @@ def other_lines(runs):
       continue
     seen.add(key)
     keep = {k: r[k] for k in ("n_iter", "lower_bound", "best_ctype",
-                              "best_k", "best_bic", "n_fits", "best_params",
+                              "best_k", "best_bic", "best_neg_score", "n_fits", "best_params",
                               "best_score", "n_candidates", "n_nan_scores",
                               "value", "grad_finite", "cache_entries_after")
             if k in r}
