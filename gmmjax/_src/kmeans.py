@@ -32,15 +32,23 @@ def n_trials(n_clusters: int) -> int:
   return 2 + int(math.log(n_clusters))
 
 
+# Columns of the seeding's uniforms: 2 + log(k) candidates fit for every
+# k below e**14 (about 1.2 million centres); more take as many as they need.
+CANDIDATE_COLUMNS = 16
+
+
 def _seeding_uniforms(key, n_centres: int, n_candidates: int, dtype):
-  """``(n_centres, n_candidates)`` uniforms, entry ``(c, t)`` drawn from
-  ``fold_in(fold_in(key, c), t)``: a seeding of fewer centres, or with
-  fewer candidates, reads the same numbers for the ones it has."""
-  def one(c, t):
-    return jax.random.uniform(
-        jax.random.fold_in(jax.random.fold_in(key, c), t), (), dtype)
-  return jax.vmap(jax.vmap(one, (None, 0)), (0, None))(
-      jnp.arange(n_centres), jnp.arange(n_candidates))
+  """``(n_centres, n_candidates)`` uniforms, the leading block of one
+  ``(n_centres, CANDIDATE_COLUMNS)`` draw: entry ``(c, t)``'s bits come
+  from its index ``c * CANDIDATE_COLUMNS + t`` alone (JAX's partitionable
+  threefry, its default), so a seeding of fewer centres, or with fewer
+  candidates, reads the same numbers for the ones it has. One draw: a
+  uniform per entry keyed by ``fold_in`` made the slotted k-means init
+  program 119 kernels instead of 107, compiled in 1.22 s instead of
+  0.84-1.0 s."""
+  columns = max(CANDIDATE_COLUMNS, n_candidates)
+  return jax.random.uniform(key, (n_centres, columns),
+                            dtype)[:, :n_candidates]
 
 
 def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
@@ -51,8 +59,9 @@ def kmeans_plusplus(key, X, n_clusters: int, *, sample_weight=None):
   probability proportional to ``w_i D(x_i)^2``. All the uniform numbers
   are drawn at once and turned into indices by inverse CDF (one random
   draw and no search loop to compile, which halves the compile time).
-  Centre ``c``'s candidate ``t`` reads the uniform of ``fold_in(fold_in(key,
-  c), t)``, so the seeding of the first ``k`` of more centres, as
+  Centre ``c``'s candidate ``t`` reads entry ``(c, t)`` of one
+  ``(n_clusters, 16)`` draw, whose numbers do not depend on
+  ``n_clusters``: the seeding of the first ``k`` of more centres, as
   component slots fit it (masked, with ``k``'s candidates), is this one's.
 
   Args:
