@@ -380,6 +380,44 @@ def test_bayesian_fit_in_slots_float32(X):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-6)
 
 
+def test_bayesian_host_loop_in_slots_equals_the_exact_one(X, x64):
+  """The host loop (fit_bayes_chunked's) on a posterior in 8 slots, 3
+  active: the mixture whose statistics each pass sums has weight 0 in the
+  inactive slots (VariationalStep.evaluated reads the mask), so the fit is
+  the 3-component one."""
+  from gmmjax._src import (
+    bayes_params,
+    engine,
+    padding,
+    scale_chunked,
+    variational,
+  )
+  Xj = jnp.asarray(X)
+  prior = gx.make_bayes_prior(Xj, 3, covariance_type="full")
+  resp = jax.nn.softmax(jax.random.normal(jax.random.key(5), (len(X), 3),
+                                          Xj.dtype))
+  p0 = gx.posterior_from_resp(Xj, resp, prior, covariance_type="full")
+  exact = gx.fit_bayes_chunked(np.asarray(X), p0, prior, chunk_size=64,
+                               tol=1e-8, max_iter=300)
+  mask = jnp.arange(8) < 3
+  post = jax.tree.map(jnp.asarray, padding.pad_posterior(
+      jax.device_get(p0), 8))
+  _, stats_pass, _ = scale_chunked.chunked_stats_pass(
+      np.asarray(X), bayes_params.variational_mixture(post, mask=mask),
+      chunk_size=64)
+  problem = engine.Problem(None, None, jnp.asarray(1e-8),
+                           jnp.asarray(1e-6), prior, mask)
+  slotted = engine.host_fit(post, problem, stats_pass, prev_ll=-np.inf,
+                            max_iter=300, step=variational.VariationalStep())
+  assert int(slotted.n_iter) == int(exact.n_iter) > 2
+  np.testing.assert_allclose(float(slotted.log_likelihood),
+                             float(exact.log_likelihood), rtol=1e-12)
+  cut = padding.unpad_components(jax.device_get(slotted.params), 3)
+  for got, want in zip(jax.tree.leaves(cut), jax.tree.leaves(exact.params),
+                       strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
 def test_bayesian_slots_with_a_singular_prior_or_empty_components(
     X, monkeypatch, x64):
   """The estimator in slots against its exact fit (slots turned off):

@@ -249,9 +249,10 @@ class EMStep(NamedTuple):
                    stats=tree_where(ok, stats, state.stats),
                    objective=jnp.where(ok, value, state.objective)), report
 
-  def evaluated(self, params: GMMParams) -> GMMParams:
+  def evaluated(self, params: GMMParams, problem: Problem) -> GMMParams:
     """The mixture whose E-step statistics the step reads (``host_fit``'s
     ``stats_pass`` sums them): EM's own iterate."""
+    del problem
     return params
 
   def step(self, state: EMState, problem: Problem, started):
@@ -334,7 +335,7 @@ def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
 @functools.partial(jax.jit, static_argnames=("step",))
 def _host_advance(state, problem: Problem, started, step):
   new, jitter = step.advance(state, problem, started)
-  return new, jitter, step.evaluated(new)
+  return new, jitter, step.evaluated(new, problem)
 
 
 @functools.partial(jax.jit, static_argnames=("step",))

@@ -167,13 +167,14 @@ class VariationalStep(NamedTuple):
                                    shift=stats_lib.component_shift(mix))
     return stats if self.reduce is None else self.reduce(stats)
 
-  def evaluated(self, post: bp.BayesParams) -> GMMParams:
-    """The mixture whose E-step statistics the step reads."""
-    return bp.variational_mixture(post)
+  def evaluated(self, post: bp.BayesParams, problem) -> GMMParams:
+    """The mixture whose E-step statistics the step reads (its inactive
+    component slots with weight 0, as :meth:`evaluate` has them)."""
+    return bp.variational_mixture(post, mask=problem.mask)
 
   def conclude(self, state: VBState, started, new, jitter, stats, problem):
     """:meth:`conclude_with` (``engine.host_fit``'s signature; its
-    statistics are of :meth:`evaluated`, which has no component slots)."""
+    statistics are of :meth:`evaluated`)."""
     return self.conclude_with(
         state, started, new, bp.variational_mixture(new, mask=problem.mask),
         jitter, stats, problem.tol, problem.mask)
