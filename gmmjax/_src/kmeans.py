@@ -95,12 +95,11 @@ def seeding(key, X, n_clusters: int, sample_weight=None, n_active=None):
   trials = n_trials(n_clusters)
   u = _seeding_uniforms(key, n_clusters, trials, X.dtype)
   if n_active is None:
-    candidate_ok = None
+    active_trials = trials
   else:
     table = jnp.asarray([n_trials(k) for k in range(1, n_clusters + 1)],
                         jnp.int32)
     active_trials = table[jnp.clip(n_active, 1, n_clusters) - 1]
-    candidate_ok = jnp.arange(trials) < active_trials
 
   def draw(p, u_row):
     """Indices with probability proportional to ``p``, from uniforms."""
@@ -110,21 +109,21 @@ def seeding(key, X, n_clusters: int, sample_weight=None, n_active=None):
                            method="compare_all")
     return jnp.clip(idx, 0, n - 1).astype(jnp.int32)
 
-  first = draw(w, u[0, :1])[0]
-  closest = _sq_distances(X, X[first][None])[:, 0]
-  indices = jnp.zeros(n_clusters, jnp.int32).at[0].set(first)
-
   def body(c, carry):
+    # Centre 0 is the loop's first pass (one program for the draw): one
+    # candidate, drawn with probability ~ w.
     indices, closest = carry
-    cand = draw(w * closest, u[c])
+    first = c == 0
+    cand = draw(jnp.where(first, w, w * closest), u[c])
     dist = jnp.minimum(closest[None, :], _sq_distances(X, X[cand]).T)
     potential = mm.matmul(dist, w)
-    if candidate_ok is not None:
-      potential = jnp.where(candidate_ok, potential, jnp.inf)
-    best = jnp.argmin(potential)
+    ok = jnp.arange(trials) < jnp.where(first, 1, active_trials)
+    best = jnp.argmin(jnp.where(ok, potential, jnp.inf))
     return indices.at[c].set(cand[best]), dist[best]
 
-  indices, _ = lax.fori_loop(1, n_clusters, body, (indices, closest))
+  indices, _ = lax.fori_loop(
+      0, n_clusters, body, (jnp.zeros(n_clusters, jnp.int32),
+                            jnp.full((n,), jnp.inf, X.dtype)))
   return X[indices], indices
 
 
