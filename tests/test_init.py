@@ -132,3 +132,36 @@ def test_restart_inits_are_the_split_keys_inits(X, x64, monkeypatch, blocks):
   # The restarts differ (their k-means orders the clusters differently),
   # else the per-restart comparison above would prove little.
   assert np.ptp(np.asarray(batch.means), axis=0).max() > 1.0
+
+
+@pytest.mark.parametrize("cov_type", ["full", "tied", "diag", "spherical"])
+def test_an_initialisation_as_statistics_is_the_initial_params(X, cov_type,
+                                                                x64):
+  """The estimator's program hands its draw to the EM loop as statistics
+  (init.init_stats), whose first M-step, the loop's own, makes the initial
+  params: they are init_params' (max_iter=0), and the fit from them is
+  gx.fit's from init_params, with sample weights and two restarts."""
+  from gmmjax._src import restarts
+  w = np.random.default_rng(3).uniform(0.5, 2.0, len(X))
+  key = jax.random.key(7)
+  kw = dict(covariance_type=cov_type, method="k-means++", tol=1e-8,
+            reg_covar=1e-6, sample_weight=w, callback=None)
+  for n_init, keys in [(1, jax.random.split(key, 1)),
+                       (2, jax.random.split(key, 2))]:
+    for max_iter in (0, 50):
+      got = restarts.restart_results(key, X, 4, n_init=n_init,
+                                     max_iter=max_iter, **kw)
+      for i, k in enumerate(keys):
+        p0 = gx.init_params(k, X, 4, covariance_type=cov_type,
+                            method="k-means++", sample_weight=w)
+        want = gx.fit(X, p0, sample_weight=w, max_iter=max_iter, tol=1e-8)
+        mine = jax.tree.map(lambda a, i=i: a if n_init == 1 else a[i], got)
+        assert int(mine.n_iter) == int(want.n_iter) == (
+            0 if max_iter == 0 else int(want.n_iter))
+        assert not bool(mine.failed)
+        for f in ("weights", "means", "covariances", "precisions_cholesky"):
+          np.testing.assert_allclose(getattr(mine.params, f),
+                                     getattr(want.params, f),
+                                     rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(float(mine.log_likelihood),
+                                   float(want.log_likelihood), rtol=1e-12)

@@ -208,6 +208,10 @@ class EMStep(NamedTuple):
   reduce: Callable | None = None  # adds statistics over shards (lax.psum)
   slots: int | None = None  # missing-entry slots per row (stats.e_step_stats)
   chunking: chunks.ChunkOptions | None = None  # the E-step's chunk budgets
+  # The first pass keeps its M-step: the loop starts from statistics (an
+  # initialisation's responsibilities, init.init_stats), whose M-step is
+  # the initial params, so the program holds one M-step, not two.
+  steps_first: bool = False
   evaluates_first = True  # the first pass is not an iteration
 
   def init(self, params: GMMParams, problem: Problem) -> EMState:
@@ -223,6 +227,8 @@ class EMStep(NamedTuple):
     if problem.mask is not None:  # component slots beyond k stay empty
       stepped = stats_lib.mask_components(stepped, state.stats.nk,
                                           problem.mask)
+    if self.steps_first:
+      return stepped, jitter
     return tree_where(started, stepped, state.params), jitter
 
   def evaluate(self, params: GMMParams, problem: Problem):
@@ -245,7 +251,10 @@ class EMStep(NamedTuple):
     report = Report(counted=counted, objective=state.objective,
                     tested=counted, failed=~ok,
                     jitter=jnp.where(counted, jitter, 0))
-    return EMState(params=tree_where(ok, new, state.params),
+    kept = state.params
+    if self.steps_first:  # a first pass that fails returns the initial
+      kept = tree_where(started, kept, new)  # params, not the placeholder
+    return EMState(params=tree_where(ok, new, kept),
                    stats=tree_where(ok, stats, state.stats),
                    objective=jnp.where(ok, value, state.objective)), report
 
@@ -284,8 +293,12 @@ class Carry(NamedTuple):
 def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
         history_len: int, callback: Callable | None = None,
         unrolled_steps: int | None = None, compact: bool = True,
-        chunking: chunks.ChunkOptions | None = None):
+        chunking: chunks.ChunkOptions | None = None, state=None):
   """Iterates ``step`` from ``params`` until the stopping rule holds.
+
+  ``state``: the step's initial state, if not ``step.init(params,
+  problem)`` (an :class:`EMState` holding an initialisation's statistics,
+  with :class:`EMStep`'s ``steps_first``).
 
   Returns the :class:`FitResult` and the step's final state.
 
@@ -312,7 +325,7 @@ def run(step, params: GMMParams, problem: Problem, *, prev_ll, max_iter,
                         report.objective - c.books.prev, active=shown)
     return Carry(state, record(c.books, report, problem.tol))
 
-  init = Carry(step.init(params, problem),
+  init = Carry(step.init(params, problem) if state is None else state,
                init_books(X.dtype, prev_ll, max_iter, history_len,
                           started=not step.evaluates_first))
   if unrolled_steps is not None:

@@ -94,14 +94,19 @@ def _fit_impl(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
               prior, max_iter, history_len: int, callback: Callable | None,
               unrolled_steps: int | None = None, mask=None, observed=None,
               slots: int | None = None, structure=None,
-              chunking: ChunkOptions | None = None):
+              chunking: ChunkOptions | None = None, init_stats=None):
   problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask,
                            observed, structure)
-  result, _ = engine.run(engine.EMStep(slots=slots, chunking=chunking),
-                         params, problem, prev_ll=prev_log_likelihood,
+  state = None
+  if init_stats is not None:
+    state = engine.EMState(params, init_stats,
+                           jnp.zeros((), params.means.dtype))
+  step = engine.EMStep(slots=slots, chunking=chunking,
+                       steps_first=init_stats is not None)
+  result, _ = engine.run(step, params, problem, prev_ll=prev_log_likelihood,
                          max_iter=max_iter, history_len=history_len,
                          callback=callback, unrolled_steps=unrolled_steps,
-                         chunking=chunking)
+                         chunking=chunking, state=state)
   return result
 
 
@@ -317,9 +322,14 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 unrolled_steps: int | None = None, mask=None,
                 nan_gradients: bool = False, observed=None,
                 slots: int | None = None, structure=None,
-                chunking: ChunkOptions | None = None) -> FitResult:
+                chunking: ChunkOptions | None = None,
+                init_stats=None) -> FitResult:
   """:func:`fit` on checked arguments; ``max_iter`` may be traced here
   (``history_len`` static), e.g. inside a vmapped restart program.
+
+  ``init_stats``: an initialisation's statistics (:func:`init.init_stats`),
+  whose M-step, the loop's first, makes the initial params (``params``
+  then only carry their means, the statistics' shift); not differentiated.
 
   ``mask``: optional ``(K,)`` bools, the active component slots of
   ``params`` (the others have weight 0 and stay so). Not differentiated.
@@ -332,11 +342,12 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
   """
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
-  if mask is not None:
+  if mask is not None or init_stats is not None:
     return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len=history_len, callback=callback,
                 mask=mask, observed=observed, slots=slots,
-                structure=structure, chunking=chunking)
+                structure=structure, chunking=chunking,
+                init_stats=init_stats)
   if structure is not None:
     raise ValueError("structure goes with component slots (mask).")
   # An eager call (no tracer: nothing differentiates it) skips the

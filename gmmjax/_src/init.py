@@ -179,6 +179,55 @@ def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
   return stats_lib.mask_components(params, mm.matmul(w, resp), mask)
 
 
+def stats_from_resp(X, resp, sample_weight, covariance_type: str):
+  """``(means, stats)``: the new means of responsibilities ``(N, K)`` and
+  their statistics around them, two passes as :func:`params_from_resp`
+  sums them (each component's scatter from the differences ``x_i -
+  mu_k``), in the EM loop's convention (``stats.SuffStats``, shift
+  ``means``): the loop's M-step of them is :func:`params_from_resp`'s
+  params to rounding."""
+  dtype = X.dtype
+  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
+  rw = resp * w[:, None]
+  nk = jnp.sum(rw, axis=0)
+  center = mm.matmul(w, X) / jnp.sum(w)
+  xc = X - center[None, :]
+  diff = mm.matmul(rw.T, xc) / (nk + 10 * jnp.finfo(dtype).eps)[:, None]
+  sx, sxx = moments.chunked_component_moments(xc, rw, diff, covariance_type)
+  stats = stats_lib.SuffStats(count=jnp.sum(w), nk=nk, sx=sx, sxx=sxx,
+                              log_likelihood=jnp.full((), jnp.nan, dtype))
+  return center[None, :] + diff, stats
+
+
+def init_stats(key, X, sample_weight, n_components: int, covariance_type,
+               method, first_of_split=False, mask=None):
+  """An initialisation as statistics: ``(params, stats)``, ``stats`` the
+  initial responsibilities' (:func:`stats_from_resp`) and ``params`` their
+  means with unit covariances, for a loop that starts with their M-step
+  (``fit_checked(init_stats=...)``): :func:`init_traced` (``mask=None``)
+  or :func:`init_masked` (``n_components`` slots) without an M-step of
+  its own. Full, tied, diagonal and spherical types."""
+  if first_of_split:
+    key = jax.random.split(key, 1)[0]
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
+  if mask is None:
+    resp = initial_responsibilities(key, xc, n_components, method,
+                                    sample_weight)
+  else:
+    resp = masked_responsibilities(key, xc, n_components, mask, method,
+                                   sample_weight)
+  means, stats = stats_from_resp(X, resp, sample_weight, covariance_type)
+  d = X.shape[1]
+  shape = cov_ops.get(covariance_type).shape(n_components, d)
+  # The unit covariance in the type's shape (full and tied: matrices).
+  unit = (jnp.eye(d, dtype=X.dtype) if covariance_type in ("full", "tied")
+          else 1.0)
+  cov = jnp.broadcast_to(jnp.asarray(unit, X.dtype), shape)
+  weights = jnp.full((n_components,), 1.0 / n_components, X.dtype)
+  return GMMParams(weights, means, cov, cov, covariance_type), stats
+
+
 # (default, small) compiled programs; init_params picks one by size.
 _init_programs = compiling.jit_by_size(
     init_traced, static_argnames=("n_components", "covariance_type", "method",
