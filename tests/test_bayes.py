@@ -402,3 +402,46 @@ def test_save_refuses_a_bayesian_mixture(tmp_path):
   bgm = gx.BayesianGaussianMixture()
   with pytest.raises(TypeError, match="BayesianGaussianMixture"):
     gx.save(tmp_path / "m.gmmjax", bgm)
+
+
+@pytest.mark.parametrize(("ctype", "prior_type"),
+                         [("full", "dirichlet_process"),
+                          ("tied", "dirichlet_distribution"),
+                          ("diag", "dirichlet_process"),
+                          ("spherical", "dirichlet_distribution")])
+def test_an_initialisation_as_statistics_is_the_initial_posterior(
+    ctype, prior_type, x64):
+  """The estimator's program hands its draw to the variational loop as
+  statistics, whose first M-step, the loop's own, makes the initial
+  posterior: it is posterior_from_resp's (max_iter=0), and the fit from
+  it is fit_bayes', for one and two restarts, with sample weights."""
+  from gmmjax._src import bayes_fit
+  from gmmjax._src import init as init_lib
+  X = jnp.asarray(datasets.blobs(n_samples=150, n_centers=3, seed=2)[0])
+  w = jnp.asarray(np.random.default_rng(3).uniform(0.5, 2.0, len(X)))
+  prior = gx.make_bayes_prior(X, 3, covariance_type=ctype, sample_weight=w)
+  key = jax.random.key(7)
+  for n_init in (1, 2):
+    for max_iter in (0, 50):
+      got = bayes_fit.bayes_restart_results(
+          key, X, 3, n_init=n_init, covariance_type=ctype,
+          prior_type=prior_type, method="k-means++", max_iter=max_iter,
+          tol=1e-8, reg_covar=1e-6, sample_weight=w, prior=prior,
+          callback=None)
+      for i, k in enumerate(jax.random.split(key, n_init)):
+        xc = X - (w @ X / jnp.sum(w))[None, :]
+        resp = init_lib.initial_responsibilities(k, xc, 3, "k-means++", w)
+        p0 = gx.posterior_from_resp(X, resp, prior, covariance_type=ctype,
+                                    prior_type=prior_type, sample_weight=w)
+        want = gx.fit_bayes(X, p0, prior, sample_weight=w,
+                            max_iter=max_iter, tol=1e-8)
+        mine = jax.tree.map(lambda a, i=i, n=n_init: a if n == 1 else a[i],
+                            got)
+        assert int(mine.n_iter) == int(want.n_iter)
+        assert not bool(mine.failed)
+        for a, b in zip(jax.tree.leaves(mine.params),
+                        jax.tree.leaves(want.params), strict=True):
+          assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+        if max_iter:
+          assert_allclose(float(mine.log_likelihood),
+                          float(want.log_likelihood), rtol=1e-12)

@@ -155,7 +155,8 @@ def test_an_initialisation_as_statistics_is_the_initial_params(X, cov_type,
         p0 = gx.init_params(k, X, 4, covariance_type=cov_type,
                             method="k-means++", sample_weight=w)
         want = gx.fit(X, p0, sample_weight=w, max_iter=max_iter, tol=1e-8)
-        mine = jax.tree.map(lambda a, i=i: a if n_init == 1 else a[i], got)
+        mine = jax.tree.map(lambda a, i=i, n=n_init: a if n == 1 else a[i],
+                            got)
         assert int(mine.n_iter) == int(want.n_iter) == (
             0 if max_iter == 0 else int(want.n_iter))
         assert not bool(mine.failed)

@@ -18,7 +18,6 @@ from gmmjax._src import bayes_params as bp
 from gmmjax._src import covariance as cov_lib
 from gmmjax._src import implicit as implicit_lib
 from gmmjax._src import init as init_lib
-from gmmjax._src import matmul as mm
 from gmmjax._src import variational as vb
 from gmmjax._src.fit import DIFFERENTIATION_MODES
 from gmmjax._src.restarts import best_and_all
@@ -28,12 +27,22 @@ from gmmjax._src.results import FitResult, error_if_bad, history_length
 def _variational_fit_impl(X, post, sample_weight, tol, reg_covar, prev,
                           prior, max_iter, history_len: int,
                           callback: Callable | None, mask=None,
-                          structure=None):
+                          structure=None, init_stats=None):
+  """The variational loop; ``init_stats``: ``(mixture, stats)`` of an
+  initialisation (:func:`init.init_stats`), whose M-step, the loop's first
+  pass, makes the initial posterior (``post`` is then a placeholder of
+  its shapes)."""
   problem = engine.Problem(X, sample_weight, tol, reg_covar, prior, mask,
                            structure=structure)
-  result, _ = engine.run(vb.VariationalStep(), post, problem, prev_ll=prev,
+  state = None
+  if init_stats is not None:
+    mixture, stats = init_stats
+    state = vb.VBState(post, mixture, stats,
+                       jnp.full((vb.WINDOW,), -jnp.inf, X.dtype))
+  step = vb.VariationalStep(steps_first=init_stats is not None)
+  result, _ = engine.run(step, post, problem, prev_ll=prev,
                          max_iter=max_iter, history_len=history_len,
-                         callback=callback)
+                         callback=callback, state=state)
   return result
 
 
@@ -212,28 +221,6 @@ def fit_bayes_checked(X, post, w, tol, reg_covar, prev, prior, max_iter,
   return _variational_fit(*args, history_len=history_len, callback=callback)
 
 
-def _init_posterior(key, X, sample_weight, reg_covar, prior, n_components,
-                    covariance_type, prior_type, method, mask=None,
-                    structure=None):
-  """One restart's initial posterior: scikit-learn's initial
-  responsibilities (``init_params``), then the first M-step. With
-  ``mask``, ``n_components`` is a number of slots of which the active ones
-  are initialised as that many components
-  (``init.masked_responsibilities``)."""
-  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
-  if mask is None:
-    resp = init_lib.initial_responsibilities(key, xc, n_components, method,
-                                             sample_weight)
-  else:
-    resp = init_lib.masked_responsibilities(key, xc, n_components, mask,
-                                            method, sample_weight)
-  return bp.posterior_and_jitter_from_resp(
-      X, resp, prior, sample_weight=sample_weight,
-      covariance_type=covariance_type, prior_type=prior_type,
-      reg_covar=reg_covar, mask=mask, structure=structure)[0]
-
-
 def _variational_init_and_fit(key, X, sample_weight, tol, reg_covar,
                               max_iter, prior, n_active=None, structure=None,
                               *, n_components,
@@ -251,21 +238,32 @@ def _variational_init_and_fit(key, X, sample_weight, tol, reg_covar,
   mask = (None if n_active is None
           else jnp.arange(n_components) < n_active)
 
+  # The draw reaches the loop as statistics, whose first pass makes the
+  # initial posterior with the loop's own M-step (one M-step compiled, not
+  # two; see restarts._init_and_fit). The posterior carried in until then
+  # is a placeholder of the right shapes.
   def init(k):
-    return _init_posterior(k, X, sample_weight, reg_covar, prior,
-                           n_components, covariance_type, prior_type, method,
-                           mask, structure)
+    mixture, stats = init_lib.init_stats(k, X, sample_weight, n_components,
+                                         covariance_type, method, mask=mask)
+    shapes = jax.eval_shape(
+        lambda: bp.posterior_and_jitter_from_stats(
+            stats, mixture.means, prior, covariance_type=covariance_type,
+            prior_type=prior_type, reg_covar=reg_covar, mask=mask,
+            structure=structure)[0])
+    post = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), shapes)
+    return post, mixture, stats
 
-  def fit_one(post):
+  def fit_one(post, mixture, stats):
     return _variational_fit_impl(X, post, sample_weight, tol, reg_covar,
                      jnp.asarray(-jnp.inf, X.dtype), prior, max_iter,
-                     history_len, callback, mask, structure)
+                     history_len, callback, mask, structure,
+                     (mixture, stats))
 
   if n_init == 1:
-    return fit_one(init(keys[0]))
+    return fit_one(*init(keys[0]))
   posts = batching.map_members(
       init, keys, member_bytes=X.shape[0] * n_components * X.dtype.itemsize)
-  return jax.vmap(fit_one)(posts)
+  return jax.vmap(fit_one)(*posts)
 
 
 _variational_init_and_fit_programs = compiling.jit_by_size(

@@ -142,6 +142,9 @@ class VariationalStep(NamedTuple):
   computed once per iteration.
   """
   reduce: Callable | None = None  # adds statistics over shards (lax.psum)
+  # The first pass keeps its M-step (engine.EMStep's steps_first): the loop
+  # starts from an initialisation's statistics (init.init_stats).
+  steps_first: bool = False
   evaluates_first = True
 
   def init(self, post: bp.BayesParams, problem: engine.Problem) -> VBState:
@@ -158,6 +161,8 @@ class VariationalStep(NamedTuple):
         prior_type=post.weight_concentration_prior_type,
         reg_covar=problem.reg_covar, mask=problem.mask,
         structure=problem.structure)
+    if self.steps_first:
+      return stepped, jitter
     return engine.tree_where(started, stepped, post), jitter
 
   def evaluate(self, mix: GMMParams, problem: engine.Problem):
@@ -196,8 +201,12 @@ class VariationalStep(NamedTuple):
                            failed=~ok, jitter=jnp.where(counted, jitter, 0))
     keep = lambda a, b: engine.tree_where(ok, a, b)
     recent = jnp.roll(state.recent, -1).at[-1].set(bound)
-    return VBState(posterior=keep(new, state.posterior),
-                   mixture=keep(mix, state.mixture),
+    post, mixture = state.posterior, state.mixture
+    if self.steps_first:  # a first pass that fails returns the initial
+      post = engine.tree_where(started, post, new)  # posterior, not the
+      mixture = engine.tree_where(started, mixture, mix)  # placeholder
+    return VBState(posterior=keep(new, post),
+                   mixture=keep(mix, mixture),
                    stats=keep(stats, state.stats),
                    recent=jnp.where(counted, recent, state.recent)), report
 
