@@ -373,8 +373,9 @@ def _assert_inverse(actual, desired, covariances):
     assert_array_almost_equal(actual, desired)
     return
   cond = max(np.linalg.cond(np.asarray(c, np.float64)) for c in covariances)
-  assert_allclose(actual, desired,
-                  rtol=16 * cond * np.finfo(np.float32).eps)
+  rtol = 16 * cond * np.finfo(np.float32).eps
+  assert_allclose(actual, desired, rtol=rtol,
+                  atol=rtol * np.max(np.abs(desired)))
 
 
 def _inverse_check(precisions_cholesky, covariances):

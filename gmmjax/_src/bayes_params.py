@@ -471,17 +471,15 @@ def posterior_from_resp(X, resp, prior: BayesPrior, *, sample_weight=None,
                                              "prior_type"))
 def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
                                    sample_weight, covariance_type: str,
-                                   prior_type: str, reg_covar, mask=None,
-                                   structure=None):
-  """:func:`posterior_from_resp` on checked arguments, and its jitter
-  (``mask``: the active component slots, whose ``resp`` columns are the
-  only non-zero ones; ``structure``: see :func:`posterior_from_moments`)."""
+                                   prior_type: str, reg_covar):
+  """:func:`posterior_from_resp` on checked arguments, and its jitter.
+  (The estimator's fits start from the responsibilities' statistics
+  instead: ``init.init_stats``, whose M-step is the variational loop's.)"""
   dtype = X.dtype
   nk, center, diff, sxx, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
   sk = _estimate(nk, jnp.zeros_like(diff), sxx, jnp.asarray(reg_covar, dtype),
-                 covariance_type, mask, structure)
+                 covariance_type, None, None)
   return posterior_from_moments(nk, center[None, :] + diff, sk, prior,
                                 covariance_type=covariance_type,
-                                prior_type=prior_type, mask=mask,
-                                structure=structure)
+                                prior_type=prior_type)

@@ -202,8 +202,10 @@ class EMStep(NamedTuple):
   Each pass is M-step then E-step: the E-step that gives iteration i's
   objective also gives the statistics of iteration i + 1's M-step, and after
   the loop the returned params' log-likelihood is already known. The first
-  pass skips the M-step (its result is discarded) and only evaluates the
-  initial params: one E-step in the compiled program.
+  pass discards its M-step (of placeholder statistics) and only evaluates
+  the initial params: one E-step in the compiled program; with
+  ``steps_first`` it starts from an initialisation's statistics and keeps
+  that M-step, which makes the initial params.
   """
   reduce: Callable | None = None  # adds statistics over shards (lax.psum)
   slots: int | None = None  # missing-entry slots per row (stats.e_step_stats)

@@ -102,12 +102,17 @@ class MixtureRestarts:
       ctype = "full"
     if slots is not None:
       overrides = self._slotted_overrides(overrides, slots, d, ctype)
+    # Nothing given: no overrides at all, and the initialisation reaches
+    # the EM loop as statistics (restarts._init_and_fit: one M-step in the
+    # program, not two).
+    if all(value is None for value in overrides.values()):
+      overrides = None
     return restarts.restart_results(
         key_from_random_state(self.random_state), X,
         k if slots is None else slots, n_init=int(self.n_init),
         covariance_type=ctype, method=self.init_params, overrides=overrides,
         n_active=None if slots is None else k, rank=self._rank(),
-        structure=structure, **kwargs)
+        structure=structure, init_as_stats=True, **kwargs)
 
   def _slotted_overrides(self, overrides, slots, d, covariance_type):
     """User-given initial values padded to ``slots`` components (weight 0,

@@ -342,6 +342,9 @@ def fit_checked(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
   """
   tol = jnp.asarray(tol, X.dtype)
   reg_covar = jnp.asarray(reg_covar, X.dtype)
+  if init_stats is not None and prior is not None:
+    raise ValueError("init_stats: an initialisation's M-step is the plain "
+                     "one, not a prior's.")
   if mask is not None or init_stats is not None:
     return _fit(X, params, w, tol, reg_covar, prev_log_likelihood, prior,
                 max_iter, history_len=history_len, callback=callback,

@@ -33,7 +33,7 @@ def n_trials(n_clusters: int) -> int:
 
 
 # Columns of the seeding's uniforms: 2 + log(k) candidates fit for every
-# k below e**14 (about 1.2 million centres); more take as many as they need.
+# k below e**15 (about 3.3 million centres); more take as many as they need.
 CANDIDATE_COLUMNS = 16
 
 

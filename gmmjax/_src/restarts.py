@@ -183,7 +183,7 @@ def best_and_all(results, n_init: int, name: str, throw: bool, *,
 def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
                   n_active, observed=None, structure=None, *, n_components,
                   n_init, covariance_type, method, history_len, callback,
-                  rank=None, slots=None, chunking=None):
+                  rank=None, slots=None, chunking=None, init_as_stats=False):
   """Initialisations and EM fits of every restart: one program.
 
   ``overrides`` (user-given weights, means or precisions, or None) replace
@@ -193,7 +193,9 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
   held at weight 0: every component count up to ``n_components`` shares
   the program. With ``structure`` (a traced ``type_switch.CODES`` value,
   with ``n_active``), full params are fitted as that covariance type: the
-  four types share the program.
+  four types share the program. With ``init_as_stats`` (the estimator's,
+  which nothing differentiates) and no overrides, low rank or missing
+  entries, the draw reaches the loop as statistics (below).
   """
   mask = (None if n_active is None
           else jnp.arange(n_components) < n_active)
@@ -223,11 +225,13 @@ def _init_and_fit(key, X, sample_weight, tol, reg_covar, max_iter, overrides,
         lambda: _only_given(overrides, covariance_type),
         lambda: _with_given(drawn(k, first_of_split), overrides))
 
-  # Without *_init overrides, the draw is handed to the loop as statistics:
-  # its first pass makes the initial params with the loop's own M-step
-  # (init.init_stats), so the program compiles one M-step, not two (about
-  # 40 of a first fit's 235 kernels).
-  as_stats = not overrides and rank is None and observed is None
+  # The draw handed to the loop as statistics: its first pass makes the
+  # initial params with the loop's own M-step (init.init_stats), so the
+  # program compiles one M-step, not two (36 of a first fit's 193 kernels).
+  # That loop is not differentiated (fit_checked): gx.fit_restarts, whose
+  # fits jax.grad can differentiate implicitly, keeps the separate M-step.
+  as_stats = (init_as_stats and not overrides and rank is None
+              and observed is None)
 
   def start(k, first_of_split):
     if as_stats:
@@ -261,7 +265,7 @@ _init_and_fit_programs = compiling.jit_by_size(
     _init_and_fit, static_argnames=("n_components", "n_init",
                                     "covariance_type", "method",
                                     "history_len", "callback", "rank",
-                                    "slots", "chunking"))
+                                    "slots", "chunking", "init_as_stats"))
 
 
 def restart_results(key, X, n_components: int, *, n_init: int,
@@ -271,8 +275,8 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                     n_active: int | None = None,
                     rank: int | None = None,
                     observed=None, structure: int | None = None,
-                    chunking: ChunkOptions | None = None
-                    ) -> FitResult:
+                    chunking: ChunkOptions | None = None,
+                    init_as_stats: bool = False) -> FitResult:
   """:func:`fit_restarts`' results: batched, or unbatched for one restart.
 
   Initialisation and EM run as one compiled program (a first fit compiles
@@ -287,6 +291,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
   entries filled with their feature's observed mean). ``structure`` (with
   ``n_active`` and ``covariance_type="full"``): a ``type_switch.CODES``
   value, full params fitted as that type in the program the four share.
+  ``init_as_stats``: see :func:`_init_and_fit` (not differentiable).
   """
   X = init_lib.check_init_args(X, n_components, covariance_type, method)
   checks.check_n_init(n_init)
@@ -319,7 +324,7 @@ def restart_results(key, X, n_components: int, *, n_init: int,
                  covariance_type=covariance_type, method=method,
                  history_len=history_length(max_iter), callback=callback,
                  rank=rank, slots=missing.max_missing(observed),
-                 chunking=chunking)
+                 chunking=chunking, init_as_stats=bool(init_as_stats))
 
 
 def _given_values(overrides, k, d, covariance_type, dtype):
@@ -327,7 +332,8 @@ def _given_values(overrides, k, d, covariance_type, dtype):
 
   A part not given gets a placeholder of its shape and ``given=False``,
   so the program is the same whichever parts a user gives (one compile
-  for ``means_init`` alone, all three, or none).
+  for ``means_init`` alone or all three; the estimator passes no
+  overrides when none is given, a program without the placeholders).
   """
   if overrides is None:
     return {}

@@ -137,7 +137,8 @@ class VariationalStep(NamedTuple):
   """Variational EM on the driver (see the module docstring).
 
   ``problem.prior`` is a :class:`~gmmjax.BayesPrior`. As with EM, the
-  first pass only evaluates the initial posterior (its E-step). The state
+  first pass only evaluates the initial posterior (its E-step), or, with
+  ``steps_first``, makes it from an initialisation's statistics. The state
   keeps the posterior's variational mixture: its digamma terms are
   computed once per iteration.
   """
