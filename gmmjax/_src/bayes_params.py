@@ -476,7 +476,7 @@ def posterior_and_jitter_from_resp(X, resp, prior: BayesPrior, *,
   (The estimator's fits start from the responsibilities' statistics
   instead: ``init.init_stats``, whose M-step is the variational loop's.)"""
   dtype = X.dtype
-  nk, center, diff, sxx, _, _ = moments.resp_moments(
+  nk, center, diff, sxx, _, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
   sk = _estimate(nk, jnp.zeros_like(diff), sxx, jnp.asarray(reg_covar, dtype),
                  covariance_type, None, None)

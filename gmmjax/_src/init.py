@@ -93,7 +93,7 @@ def params_from_resp(X, resp, sample_weight, covariance_type: str,
   (``type_switch``). ``mask``: the active component slots, the others
   factorised as the unit (``stats.params_and_jitter_from_stats``).
   """
-  nk, center, diff, sxx, _, _ = moments.resp_moments(
+  nk, center, diff, sxx, _, _, _ = moments.resp_moments(
       X, resp, sample_weight, covariance_type)
   if structure is None:
     covariances = cov_ops.estimate_covariances(
@@ -179,30 +179,24 @@ def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
   return stats_lib.mask_components(params, mm.matmul(w, resp), mask)
 
 
-def stats_from_resp(X, resp, sample_weight, covariance_type: str):
+def resp_stats(X, resp, sample_weight, covariance_type: str):
   """``(means, stats)``: the new means of responsibilities ``(N, K)`` and
-  their statistics around them, two passes as :func:`params_from_resp`
-  sums them (each component's scatter from the differences ``x_i -
-  mu_k``), in the EM loop's convention (``stats.SuffStats``, shift
-  ``means``): the loop's M-step of them is :func:`params_from_resp`'s
-  params to rounding."""
-  dtype = X.dtype
-  w = jnp.ones(X.shape[0], dtype) if sample_weight is None else sample_weight
-  rw = resp * w[:, None]
-  nk = jnp.sum(rw, axis=0)
-  center = mm.matmul(w, X) / jnp.sum(w)
-  xc = X - center[None, :]
-  diff = mm.matmul(rw.T, xc) / (nk + 10 * jnp.finfo(dtype).eps)[:, None]
-  sx, sxx = moments.chunked_component_moments(xc, rw, diff, covariance_type)
-  stats = stats_lib.SuffStats(count=jnp.sum(w), nk=nk, sx=sx, sxx=sxx,
-                              log_likelihood=jnp.full((), jnp.nan, dtype))
-  return center[None, :] + diff, stats
+  their statistics around them, the two passes of :func:`params_from_resp`
+  (``moments.resp_moments``), in the EM loop's convention
+  (``stats.SuffStats``, shift ``means``, masses not floored): the loop's
+  M-step of them is :func:`params_from_resp`'s params to rounding."""
+  m = moments.resp_moments(X, resp, sample_weight, covariance_type)
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  stats = stats_lib.SuffStats(
+      count=jnp.sum(w), nk=jnp.sum(m.rw, axis=0), sx=m.sx, sxx=m.sxx,
+      log_likelihood=jnp.full((), jnp.nan, X.dtype))
+  return m.center[None, :] + m.diff, stats
 
 
 def init_stats(key, X, sample_weight, n_components: int, covariance_type,
                method, first_of_split=False, mask=None):
   """An initialisation as statistics: ``(params, stats)``, ``stats`` the
-  initial responsibilities' (:func:`stats_from_resp`) and ``params`` their
+  initial responsibilities' (:func:`resp_stats`) and ``params`` their
   means with unit covariances, for a loop that starts with their M-step
   (``fit_checked(init_stats=...)``): :func:`init_traced` (``mask=None``)
   or :func:`init_masked` (``n_components`` slots) without an M-step of
@@ -217,7 +211,7 @@ def init_stats(key, X, sample_weight, n_components: int, covariance_type,
   else:
     resp = masked_responsibilities(key, xc, n_components, mask, method,
                                    sample_weight)
-  means, stats = stats_from_resp(X, resp, sample_weight, covariance_type)
+  means, stats = resp_stats(X, resp, sample_weight, covariance_type)
   d = X.shape[1]
   shape = cov_ops.get(covariance_type).shape(n_components, d)
   # The unit covariance in the type's shape (full and tied: matrices).

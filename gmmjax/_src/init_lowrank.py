@@ -66,8 +66,8 @@ def lowrank_params_from_resp(key, X, resp, sample_weight, rank: int,
                      reg_covar) -> GMMParams:
   """Low-rank parameters from responsibilities ``(N, K)`` (see the module)."""
   dtype = X.dtype
-  nk, center, diff, sxx, xc, rw = moments.resp_moments(X, resp, sample_weight,
-                                                       Diag())
+  nk, center, diff, sxx, xc, rw, _ = moments.resp_moments(
+      X, resp, sample_weight, Diag())
   var = sxx / nk[:, None]  # (K, D)
   u, lam = principal_axes(key, xc, rw, diff, rank)
   lam = lam / nk[:, None]

@@ -126,6 +126,7 @@ class RespMoments(NamedTuple):
   sxx: object  # the type's scatter around each new mean
   xc: object  # (N, D) data minus ``center``
   rw: object  # (N, K) responsibilities times sample weights
+  sx: object  # (K, D) first moments around each new mean (0 to rounding)
 
 
 def resp_moments(X, resp, sample_weight, covariance_type) -> RespMoments:
@@ -144,5 +145,5 @@ def resp_moments(X, resp, sample_weight, covariance_type) -> RespMoments:
   center = mm.matmul(w, X) / jnp.sum(w)
   xc = X - center[None, :]
   diff = mm.matmul(rw.T, xc) / nk[:, None]
-  _, sxx = chunked_component_moments(xc, rw, diff, covariance_type)
-  return RespMoments(nk, center, diff, sxx, xc, rw)
+  sx, sxx = chunked_component_moments(xc, rw, diff, covariance_type)
+  return RespMoments(nk, center, diff, sxx, xc, rw, sx)
