@@ -150,7 +150,8 @@ def test_an_initialisation_as_statistics_is_the_initial_params(X, cov_type,
                        (2, jax.random.split(key, 2))]:
     for max_iter in (0, 50):
       got = restarts.restart_results(key, X, 4, n_init=n_init,
-                                     max_iter=max_iter, **kw)
+                                     max_iter=max_iter, init_as_stats=True,
+                                     **kw)
       for i, k in enumerate(keys):
         p0 = gx.init_params(k, X, 4, covariance_type=cov_type,
                             method="k-means++", sample_weight=w)

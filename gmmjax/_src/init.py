@@ -118,9 +118,8 @@ def init_traced(key, X, sample_weight, reg_covar, n_components,
   """:func:`init_params` on checked arguments, to trace into a program."""
   if first_of_split:
     key = jax.random.split(key, 1)[0]
-  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]  # k-means distances are expanded
-  resp = initial_responsibilities(key, xc, n_components, method, sample_weight)
+  xc, resp = drawn_responsibilities(key, X, sample_weight, n_components,
+                                    method)
   if rank is not None:  # low-rank: clusters' principal axes
     if method in SEEDINGS:
       resp = init_lowrank.hard_assignment(xc, resp)
@@ -163,6 +162,21 @@ def masked_responsibilities(key, xc, n_slots, mask, method, sample_weight):
   return resp / jnp.sum(resp, axis=1, keepdims=True)
 
 
+def drawn_responsibilities(key, X, sample_weight, n_components: int,
+                           method: str, mask=None):
+  """``(xc, resp)``: ``X`` centred at its weighted mean (k-means distances
+  are expanded) and the method's initial responsibilities of it, in
+  ``n_components`` slots of which ``mask`` marks the active ones
+  (:func:`masked_responsibilities`) when given."""
+  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
+  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
+  if mask is None:
+    return xc, initial_responsibilities(key, xc, n_components, method,
+                                        sample_weight)
+  return xc, masked_responsibilities(key, xc, n_components, mask, method,
+                                     sample_weight)
+
+
 def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
                 covariance_type, method, structure=None) -> GMMParams:
   """Initial params in ``n_slots`` component slots, those where ``mask`` is
@@ -171,9 +185,8 @@ def init_masked(key, X, sample_weight, reg_covar, n_slots, mask,
   every count of active ones. The M-step is :func:`params_from_resp`'s,
   as for an unmasked initialisation (``structure``: see there)."""
   w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  shift = mm.matmul(w, X) / jnp.sum(w)
-  resp = masked_responsibilities(key, X - shift, n_slots, mask, method,
-                                 sample_weight)
+  _, resp = drawn_responsibilities(key, X, sample_weight, n_slots, method,
+                                   mask)
   params = params_from_resp(X, resp, sample_weight, covariance_type,
                             reg_covar, structure, mask)
   return stats_lib.mask_components(params, mm.matmul(w, resp), mask)
@@ -203,14 +216,8 @@ def init_stats(key, X, sample_weight, n_components: int, covariance_type,
   its own. Full, tied, diagonal and spherical types."""
   if first_of_split:
     key = jax.random.split(key, 1)[0]
-  w = jnp.ones(X.shape[0], X.dtype) if sample_weight is None else sample_weight
-  xc = X - (mm.matmul(w, X) / jnp.sum(w))[None, :]
-  if mask is None:
-    resp = initial_responsibilities(key, xc, n_components, method,
-                                    sample_weight)
-  else:
-    resp = masked_responsibilities(key, xc, n_components, mask, method,
-                                   sample_weight)
+  _, resp = drawn_responsibilities(key, X, sample_weight, n_components,
+                                   method, mask)
   means, stats = resp_stats(X, resp, sample_weight, covariance_type)
   d = X.shape[1]
   shape = cov_ops.get(covariance_type).shape(n_components, d)
