@@ -42,6 +42,7 @@ the empty-cache child just before it.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import datetime
 import json
@@ -630,7 +631,8 @@ def markdown(meta, rows, counts, runs):
            f"CPU: {meta['cpu_model']}, {meta['cpus']} CPUs; Python "
            f"{meta['python']}; jax {meta['jax']}, jaxlib {meta['jaxlib']}, "
            f"scikit-learn {meta['sklearn']}, numpy {meta['numpy']}, ml_dtypes "
-           f"{meta['ml_dtypes']}; gmmjax at {meta['commit']}. "
+           f"{meta['ml_dtypes']}; gmmjax at {meta['commit']}"
+           f"{' (bytecode compiled)' if meta.get('gmmjax_bytecode') else ''}. "
            f"Load (1 min) at start {meta['load_start']}, at end "
            f"{meta['load_end']}. {meta['repeats']} fresh processes per "
            f"figure{' (--quick)' if meta['quick'] else ''}.", ""]
@@ -732,6 +734,12 @@ def main(argv=None):
               tiny_max_entries=args.tiny_max_entries,
               env={k: v for k, v in os.environ.items()
                    if k.startswith(("JAX_", "XLA_", "GMMJAX_"))})
+  # gmmjax's bytecode, as `pip install` writes it (scikit-learn's is in
+  # site-packages): with PYTHONDONTWRITEBYTECODE set, as on the project's
+  # machines, a source checkout's children would otherwise compile every
+  # gmmjax module at import (80-90 ms there, counted to gmmjax alone).
+  meta["gmmjax_bytecode"] = bool(compileall.compile_dir(
+      os.path.join(REPO, "gmmjax"), quiet=1))
   print(f"latency benchmark: {sel}, {args.repeats} repeats, load "
         f"{meta['load_start']}", flush=True)
   root = tempfile.mkdtemp(prefix="gmmjax-latency-")
