@@ -171,6 +171,14 @@ def test_an_entry_is_written_once_and_loaded_by_a_later_process(store):
   assert executables.stats["loaded"] == 1
   assert executables.stats["compiled"] == 1
   np.testing.assert_array_equal(again, first)
+  # Stored without op names or source locations (they only weigh on a load).
+  (entry,) = os.listdir(os.path.join(store, executables.SUBDIR))
+  text = executables._read(store, entry.removesuffix(".exe")).as_text()
+  assert "multiply" in text and "op_name" not in text
+  assert "test_executables.py" not in text
+  # (what a program compiled outside the store has)
+  assert 'op_name="jit(_affine)' in PROGRAMS[2].lower(
+      X[:2], np.float32(2), power=2).compile().as_text()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "other key"])

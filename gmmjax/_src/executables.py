@@ -261,8 +261,10 @@ def _strip_locations(lowered) -> None:
   parses when it loads the entry: a fifth of the first fit's program was
   op names ("jit(_init_and_fit)/while/body/..."). Without them its entry
   went from 543 to 421 kB and its load from 50 to 42 ms (2-core machine).
-  They serve debugging and profiles, not the fit. Best effort: where the
-  lowered module cannot be changed in place, it compiles as it is.
+  They serve debugging and profiles, not the fit. The module is changed in
+  place (JAX keeps it for this process's later lowerings of the same
+  program, which then lack the names too). Best effort: where it cannot
+  be changed, it compiles as it is.
   """
   try:
     from jax.extend.mlir import passmanager  # noqa: PLC0415 - compiles only
