@@ -14,6 +14,7 @@ import pytest
 from jax import lax
 
 import gmmjax as gx
+from gmmjax._src import matmul as mm
 from gmmjax._src import select, stats
 from gmmjax._src.scale_online import online_init, online_update
 from gmmjax._src.unconstrained import to_unconstrained
@@ -45,8 +46,12 @@ HIGHEST = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
 
 
 def _data():
+  """Large enough that the (n, K, D) products are matrix products (smaller
+  ones are broadcast sums, exact float32 everywhere: matmul.SMALL_PRODUCT)."""
   rng = np.random.default_rng(0)
-  return jnp.asarray(rng.normal(size=(300, 3)), jnp.float32)
+  X = jnp.asarray(rng.normal(size=(3000, 3)), jnp.float32)
+  assert X.shape[0] * 3 * 3 > mm.SMALL_PRODUCT
+  return X
 
 
 @pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
@@ -73,7 +78,7 @@ def test_fit_init_and_gradient_products_are_full_float32(ctype):
       "e_step_stats": lambda X: stats.e_step_stats(p, X),
       "log_prob": lambda X: gx.log_prob(p, X),
       "grad": jax.grad(lambda X: gx.log_likelihood(p, X)),
-      "sample": lambda X: gx.sample(key, p, 10)[0],
+      "sample": lambda X: gx.sample(key, p, X.shape[0])[0],
   }
   if ctype != "full":  # the paths past the E-step/M-step kernels: once
     programs = {k: v for k, v in programs.items()
@@ -93,3 +98,60 @@ def test_a_chosen_default_precision_is_respected():
     precisions = _dot_precisions(
         jax.make_jaxpr(lambda X: stats.e_step_stats(p, X))(X))
   assert precisions and all(pr != HIGHEST for pr in precisions)
+
+
+def test_small_products_are_the_products():
+  """Below matmul.SMALL_PRODUCT multiply-adds a product is a broadcast sum:
+  its values are numpy's (float64), for matmul's shapes (vectors,
+  broadcast batches) and einsum's (two and three operands, transposed
+  outputs), at the bound and one past it (a matrix product again)."""
+  rng = np.random.default_rng(1)
+  with jax.enable_x64(True):
+    for sa, sb in [((3,), (3,)), ((3,), (3, 4)), ((5, 3), (3,)),
+                   ((5, 3), (3, 4)), ((2, 5, 3), (2, 3, 4)),
+                   ((5, 3), (2, 3, 4)), ((2, 1, 5, 3), (4, 3, 2)),
+                   ((64, 16), (16, 16)), ((64, 16), (16, 17))]:
+      a, b = rng.normal(size=sa), rng.normal(size=sb)
+      got = mm.matmul(jnp.asarray(a), jnp.asarray(b))
+      assert got.shape == np.matmul(a, b).shape
+      np.testing.assert_allclose(got, np.matmul(a, b), rtol=1e-12,
+                                 atol=1e-12)
+    for sub, shapes in [("nkd,nke->kde", [(7, 3, 2), (7, 3, 4)]),
+                        ("k,kd,ke->de", [(3,), (3, 2), (3, 4)]),
+                        ("nd,kd->nk", [(9, 2), (3, 2)]),
+                        ("kij,kj->ki", [(3, 2, 2), (3, 2)]),
+                        ("kde->ked", [(3, 2, 4)]),
+                        ("nkd,nke->kde", [(512, 8, 2), (512, 8, 2)]),
+                        ("nkd,nke->kde", [(513, 8, 2), (513, 8, 2)])]:
+      ops = [rng.normal(size=s) for s in shapes]
+      got = mm.einsum(sub, *map(jnp.asarray, ops))
+      np.testing.assert_allclose(got, np.einsum(sub, *ops), rtol=1e-12,
+                                 atol=1e-12)
+    # The bound: 512 * 8 * 2 * 2 terms are within it, 513 * ... are not.
+    small = jax.make_jaxpr(lambda a: mm.einsum("nkd,nke->kde", a, a))(
+        jnp.ones((512, 8, 2)))
+    large = jax.make_jaxpr(lambda a: mm.einsum("nkd,nke->kde", a, a))(
+        jnp.ones((513, 8, 2)))
+  assert 512 * 8 * 2 * 2 <= mm.SMALL_PRODUCT < 513 * 8 * 2 * 2
+  assert not _dot_precisions(small)
+  assert _dot_precisions(large) == [HIGHEST]
+
+
+@pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
+def test_a_small_problem_has_no_matrix_product(ctype):
+  """A tutorial-sized fit's programs hold no dot_general: on CPU each
+  would be a library call whose first use in a process costs ~25 ms."""
+  rng = np.random.default_rng(0)
+  X = jnp.asarray(rng.normal(size=(300, 3)), jnp.float32)
+  key = jax.random.key(0)
+  p = gx.init_params(key, X, 3, covariance_type=ctype)
+  for program in (
+      lambda X: gx.init_params(key, X, 3, covariance_type=ctype),
+      lambda X: gx.fit(X, p, max_iter=3),
+      lambda X: select._sweep(
+          key, X, None, jnp.asarray([1, 2]), jnp.asarray(1e-3, X.dtype),
+          jnp.asarray(1e-6, X.dtype), n_slots=2, n_init=1,
+          covariance_type=ctype, method="kmeans++", max_iter=3,
+          callback=None),
+      lambda X: gx.log_prob(p, X)):
+    assert not _dot_precisions(jax.make_jaxpr(program)(X))

@@ -10,9 +10,20 @@ So every product here asks for ``Precision.HIGHEST`` (true float32; no
 effect on CPU or in float64), unless the user chose a precision with
 ``jax.default_matmul_precision`` (context manager or config), which is then
 respected as an opt-in to faster, less exact products.
+
+Products of at most :data:`SMALL_PRODUCT` multiply-adds (the tutorial-sized
+problems of ``compiling.TINY_MAX_ENTRIES``) are written as a broadcast
+product and a sum instead. On CPU, XLA hands a matrix product that is not
+fused to a library whose first call in a process generates its kernels
+(about 25 ms for float32, on every fresh process's first fit); a product
+this small gains nothing from it. The sum is exact float32 (or float64)
+arithmetic on every backend (whatever ``jax.default_matmul_precision``
+says), in another order than a library's.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +37,61 @@ def precision():
   return None
 
 
+# The most multiply-adds a product is written as a broadcast sum for.
+SMALL_PRODUCT = 1 << 14
+
+
 def matmul(a, b):
-  """``a @ b`` at :func:`precision`."""
+  """``a @ b`` at :func:`precision` (a broadcast sum when small)."""
+  a, b = jnp.asarray(a), jnp.asarray(b)
+  if a.ndim and b.ndim:
+    a2 = a if a.ndim > 1 else a[None, :]
+    b2 = b if b.ndim > 1 else b[:, None]
+    batch = jnp.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    if (math.prod(batch) * math.prod(a2.shape[-2:]) * b2.shape[-1]
+        <= SMALL_PRODUCT):
+      out = jnp.sum(a2[..., :, :, None] * b2[..., None, :, :], axis=-2)
+      out = out[..., 0, :] if a.ndim == 1 else out
+      return out[..., 0] if b.ndim == 1 else out
   return jnp.matmul(a, b, precision=precision())
 
 
 def einsum(subscripts: str, *operands):
-  """``jnp.einsum`` at :func:`precision`."""
+  """``jnp.einsum`` at :func:`precision` (a broadcast sum when small)."""
+  operands = [jnp.asarray(x) for x in operands]
+  small = _small_einsum(subscripts, operands)
+  if small is not None:
+    return small
   return jnp.einsum(subscripts, *operands, precision=precision())
+
+
+def _small_einsum(subscripts: str, operands):
+  """``einsum`` as one broadcast product summed over the contracted
+  letters, when it has at most :data:`SMALL_PRODUCT` terms; else None
+  (also for the forms this does not write: ``...``, implicit outputs,
+  a letter repeated within an operand)."""
+  if "..." in subscripts or "->" not in subscripts:
+    return None
+  inputs, output = subscripts.replace(" ", "").split("->")
+  inputs = inputs.split(",")
+  if len(inputs) != len(operands) or any(
+      len(set(s)) != len(s) or len(s) != x.ndim
+      for s, x in zip(inputs, operands)):
+    return None
+  sizes = {}
+  for s, x in zip(inputs, operands):
+    for letter, size in zip(s, x.shape):
+      sizes[letter] = max(sizes.get(letter, 1), size)
+  if math.prod(sizes.values()) > SMALL_PRODUCT:
+    return None
+  letters = output + "".join(sorted(set(sizes) - set(output)))
+  product = None
+  for s, x in zip(inputs, operands):
+    order = sorted(range(len(s)), key=lambda i: letters.index(s[i]))
+    x = jnp.transpose(x, order)
+    present = [s[i] for i in order]
+    x = x.reshape([x.shape[present.index(c)] if c in present else 1
+                   for c in letters])
+    product = x if product is None else product * x
+  summed = tuple(range(len(output), len(letters)))
+  return jnp.sum(product, axis=summed) if summed else product
