@@ -465,7 +465,7 @@ def test_suffstat_sk_tied(global_dtype):
   precs_chol_pred = tied.precisions_cholesky_
   precs_pred = np.dot(precs_chol_pred, precs_chol_pred.T)
   precs_est = linalg.inv(covars_pred_tied)
-  assert_array_almost_equal(precs_est, precs_pred)
+  _assert_inverse(precs_est, precs_pred, [covars_pred_tied])
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
