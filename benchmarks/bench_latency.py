@@ -275,7 +275,7 @@ EPILOGUE = ("_ex = sys.modules.get('gmmjax._src.executables')\n"
 
 
 # --tiny-max-entries: an A/B of compiling.TINY_MAX_ENTRIES (0 turns the
-# tiny programs, LLVM optimisation level 0, off); None keeps the library's.
+# tiny programs, LLVM optimisation level 1, off); None keeps the library's.
 TINY_OVERRIDE = [None]
 
 

@@ -87,7 +87,10 @@ def test_the_key_tells_apart_what_changes_the_program():
       key(X, jnp.float32(2), power=2),                    # a strong one
       key(jnp.asarray(X), np.float32(2), power=2),        # a device array
       key((X,), np.float32(2), power=2),                  # the tree
-      key(X, np.float32(2), power=2, options=compiling.SMALL_OPTIONS),
+      key(X, np.float32(2), power=2,                    # an option
+          options=dict(compiling.TINY_OPTIONS,
+                       xla_backend_optimization_level=3)),
+      key(X, np.float32(2), power=2, options={}),         # none
   ]
   with jax.numpy_rank_promotion("raise"):                 # a JAX setting
     different.append(key(X, np.float32(2), power=2))

@@ -1,6 +1,9 @@
 """The EM loop: invariants, vmap/jit, compile-once, failure reporting."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -120,6 +123,22 @@ def test_vmapped_problems_compacted_equal_separate_fits(
     np.testing.assert_allclose(np.asarray(batched.history[i]),
                                np.asarray(single.history), rtol=1e-9)
   assert len(set(n_iters)) > 3, n_iters
+
+
+def test_tiny_programs_take_an_optimisation_level_set_in_xla_flags():
+  """Level 1 for tiny programs, unless XLA_FLAGS sets one (the user's
+  choice; this suite's level 0): read when gmmjax is imported."""
+  code = ("from gmmjax._src import compiling; "
+          "print(compiling.TINY_OPTIONS.get('xla_backend_optimization_level'))")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  levels = []
+  for flags in ("", "--xla_backend_optimization_level=0",
+                "--xla_cpu_use_fusion_emitters=false"):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, timeout=120,
+                         env={**env, "XLA_FLAGS": flags})
+    levels.append(out.stdout.split()[-1])
+  assert levels == ["1", "None", "1"]
 
 
 def test_small_eager_fits_use_the_fast_compiling_programs(X, x64):
