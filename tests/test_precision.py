@@ -132,15 +132,43 @@ def test_small_products_are_the_products():
         jnp.ones((512, 8, 2)))
     large = jax.make_jaxpr(lambda a: mm.einsum("nkd,nke->kde", a, a))(
         jnp.ones((513, 8, 2)))
+    small_mm = jax.make_jaxpr(mm.matmul)(jnp.ones((64, 16)),
+                                         jnp.ones((16, 16)))
+    large_mm = jax.make_jaxpr(mm.matmul)(jnp.ones((64, 16)),
+                                         jnp.ones((16, 17)))
   assert 512 * 8 * 2 * 2 <= mm.SMALL_PRODUCT < 513 * 8 * 2 * 2
-  assert not _dot_precisions(small)
-  assert _dot_precisions(large) == [HIGHEST]
+  assert 64 * 16 * 16 <= mm.SMALL_PRODUCT < 64 * 16 * 17
+  assert not _dot_precisions(small) and not _dot_precisions(small_mm)
+  assert _dot_precisions(large) == _dot_precisions(large_mm) == [HIGHEST]
+
+
+def test_small_products_keep_what_jnp_refuses_or_types():
+  """The small forms do not widen what jnp accepts (a contracted axis of
+  size 1 against another size, an output letter no input has) nor change
+  result dtypes (integer and boolean products are jnp's), and need no
+  implicit rank promotion."""
+  with pytest.raises(TypeError):
+    mm.matmul(jnp.ones((3, 1)), jnp.ones((5, 6)))
+  with pytest.raises(ValueError):
+    mm.einsum("ij->ijk", jnp.ones((3, 4)))
+  for dtype in (jnp.int32, jnp.bool_, jnp.float32):
+    a, b = jnp.ones((3, 4), dtype), jnp.ones((4, 2), dtype)
+    assert mm.matmul(a, b).dtype == jnp.matmul(a, b).dtype
+    assert (mm.einsum("ij,jk->ik", a, b).dtype
+            == jnp.einsum("ij,jk->ik", a, b).dtype)
+  with jax.numpy_rank_promotion("raise"):
+    np.testing.assert_allclose(
+        mm.matmul(jnp.ones((2, 3, 4)), jnp.arange(4.0)), np.full((2, 3), 6.0))
+    assert mm.matmul(jnp.ones((3, 4)), jnp.ones((2, 4, 5))).shape == (2, 3, 5)
 
 
 @pytest.mark.parametrize("ctype", ["full", "tied", "diag", "spherical"])
 def test_a_small_problem_has_no_matrix_product(ctype):
-  """A tutorial-sized fit's programs hold no dot_general: on CPU each
-  would be a library call whose first use in a process costs ~25 ms."""
+  """A small fit's programs hold no dot_general: on CPU an unfused one is a
+  library call whose first use in a process costs ~25 ms. (Larger ones
+  keep products past the bound: a first fit of 1,000 x 2 in 8 slots has
+  two second-moment products of 32,768 terms, which XLA's CPU backend
+  fuses into YNNPACK calls, without that cost.)"""
   rng = np.random.default_rng(0)
   X = jnp.asarray(rng.normal(size=(300, 3)), jnp.float32)
   key = jax.random.key(0)

@@ -262,9 +262,13 @@ def _strip_locations(lowered) -> None:
   op names ("jit(_init_and_fit)/while/body/..."). Without them its entry
   went from 543 to 421 kB and its load from 50 to 42 ms (2-core machine).
   They serve debugging and profiles, not the fit. The module is changed in
-  place (JAX keeps it for this process's later lowerings of the same
-  program, which then lack the names too). Best effort: where it cannot
-  be changed, it compiles as it is.
+  place: JAX keeps it for this process's later lowerings of the same
+  function and shapes, which then lack the names too (the sibling
+  programs of ``compiling.jit_by_size`` included). Called under ``_lock``,
+  so no other compile for this store reads it meanwhile; a plain ``jit``
+  compile of the same program in another thread at that moment is not
+  excluded. Best effort: where it cannot be changed, it compiles as it
+  is.
   """
   try:
     from jax.extend.mlir import passmanager  # noqa: PLC0415 - compiles only
@@ -283,10 +287,10 @@ def _compile_and_write(program, args, kwargs, directory: str, key: str):
   traced = program.trace(*args, **kwargs)
   lowered = traced.lower()
   callback = _has_callback(traced.jaxpr)
-  if not callback:
-    _strip_locations(lowered)
   hits = _jax_cache_hits()
   with _lock:
+    if not callback:
+      _strip_locations(lowered)
     # Not written to JAX's cache too (it would be stored twice, and after
     # this cache dropped an entry JAX would serve it, unstorably).
     least = jax.config.jax_persistent_cache_min_compile_time_secs

@@ -44,16 +44,34 @@ SMALL_PRODUCT = 1 << 14
 def matmul(a, b):
   """``a @ b`` at :func:`precision` (a broadcast sum when small)."""
   a, b = jnp.asarray(a), jnp.asarray(b)
-  if a.ndim and b.ndim:
-    a2 = a if a.ndim > 1 else a[None, :]
-    b2 = b if b.ndim > 1 else b[:, None]
+  small = _small_matmul(a, b)
+  return (jnp.matmul(a, b, precision=precision()) if small is None
+          else small)
+
+
+def _small_matmul(a, b):
+  """``a @ b`` as a broadcast product summed over the contracted axis,
+  when it has at most :data:`SMALL_PRODUCT` terms; else None (also for
+  what ``jnp.matmul`` would refuse, and for integer or boolean operands,
+  whose sums would promote)."""
+  if (not a.ndim or not b.ndim
+      or not jnp.issubdtype(jnp.result_type(a, b), jnp.inexact)):
+    return None
+  a2 = a if a.ndim > 1 else a[None, :]
+  b2 = b if b.ndim > 1 else b[:, None]
+  try:
     batch = jnp.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-    if (math.prod(batch) * math.prod(a2.shape[-2:]) * b2.shape[-1]
-        <= SMALL_PRODUCT):
-      out = jnp.sum(a2[..., :, :, None] * b2[..., None, :, :], axis=-2)
-      out = out[..., 0, :] if a.ndim == 1 else out
-      return out[..., 0] if b.ndim == 1 else out
-  return jnp.matmul(a, b, precision=precision())
+  except ValueError:
+    return None
+  if (a2.shape[-1] != b2.shape[-2] or math.prod(batch)
+      * math.prod(a2.shape[-2:]) * b2.shape[-1] > SMALL_PRODUCT):
+    return None
+  # Equal ranks, without relying on implicit rank promotion.
+  a2 = a2.reshape((1,) * (len(batch) + 2 - a2.ndim) + a2.shape)
+  b2 = b2.reshape((1,) * (len(batch) + 2 - b2.ndim) + b2.shape)
+  out = jnp.sum(a2[..., :, :, None] * b2[..., None, :, :], axis=-2)
+  out = out[..., 0, :] if a.ndim == 1 else out
+  return out[..., 0] if b.ndim == 1 else out
 
 
 def einsum(subscripts: str, *operands):
@@ -69,20 +87,25 @@ def _small_einsum(subscripts: str, operands):
   """``einsum`` as one broadcast product summed over the contracted
   letters, when it has at most :data:`SMALL_PRODUCT` terms; else None
   (also for the forms this does not write: ``...``, implicit outputs,
-  a letter repeated within an operand)."""
-  if "..." in subscripts or "->" not in subscripts:
+  a letter repeated within an operand or missing from the inputs, sizes
+  that disagree, integer or boolean operands)."""
+  if ("..." in subscripts or "->" not in subscripts or not operands
+      or not jnp.issubdtype(jnp.result_type(*operands), jnp.inexact)):
     return None
   inputs, output = subscripts.replace(" ", "").split("->")
   inputs = inputs.split(",")
-  if len(inputs) != len(operands) or any(
-      len(set(s)) != len(s) or len(s) != x.ndim
-      for s, x in zip(inputs, operands)):
+  if (len(inputs) != len(operands) or len(set(output)) != len(output)
+      or any(len(set(s)) != len(s) or len(s) != x.ndim
+             for s, x in zip(inputs, operands))):
     return None
   sizes = {}
   for s, x in zip(inputs, operands):
     for letter, size in zip(s, x.shape):
+      if sizes.get(letter, size) not in (size, 1) and size != 1:
+        return None
       sizes[letter] = max(sizes.get(letter, 1), size)
-  if math.prod(sizes.values()) > SMALL_PRODUCT:
+  if (not set(output) <= set(sizes)
+      or math.prod(sizes.values()) > SMALL_PRODUCT):
     return None
   letters = output + "".join(sorted(set(sizes) - set(output)))
   product = None
