@@ -223,6 +223,36 @@ def test_a_stored_program_that_fails_to_run_is_dropped(store, monkeypatch):
   assert not os.listdir(os.path.join(store, executables.SUBDIR))
 
 
+def test_options_a_backend_refuses_run_the_default_program(store):
+  """A compile that fails with the small options asks ``usable()`` (only
+  then): where the backend refuses them the default program runs, nothing
+  is stored; where it takes them the error is the program's, raised."""
+  asked = []
+  refused = jax.jit(_affine, static_argnames=("power", "shift"),
+                    compiler_options={"xla_no_such_option": True})
+  programs = executables.Programs((PROGRAMS[0], refused, refused), _affine,
+                                  {"static_argnames": ("power", "shift")})
+  programs.name = PROGRAMS.name + ":refused"
+
+  def call(usable):
+    return executables.cached(
+        refused, programs, {"xla_no_such_option": True}, store,
+        default=PROGRAMS[0], usable=lambda: asked.append(1) or usable)
+
+  out = call(False)(X, np.float32(2), power=2)
+  np.testing.assert_allclose(out, expected(X, 2, 2))
+  assert asked == [1] and executables.stats["written"] == 0
+  with pytest.raises(Exception, match="xla_no_such_option"):
+    call(True)(X, np.float32(2), power=2)
+  works = executables.cached(
+      PROGRAMS[2], PROGRAMS, compiling.TINY_OPTIONS, store,
+      default=PROGRAMS[0], usable=lambda: asked.append(1) or True)
+  np.testing.assert_allclose(works(X, np.float32(2), power=2),
+                             expected(X, 2, 2))
+  # Not asked for a compile that worked.
+  assert asked == [1, 1] and executables.stats["written"] == 1
+
+
 def test_an_unwritable_folder_only_skips_storing(store):
   blocker = os.path.join(store, "a-file")
   with open(blocker, "w") as f:

@@ -78,7 +78,7 @@ def pick(programs, n_samples: int, n_components: int, n_features: int, *,
   if (directory is not None and isinstance(programs, executables.Programs)
       and not jax.config.jax_disable_jit):
     # A stored executable proves the options work; the probe runs only
-    # before a compile.
+    # after a compile with them failed.
     return executables.cached(program, programs, options, directory,
                               default=default, usable=_small_options_work)
   return program if _small_options_work() else default

@@ -96,8 +96,10 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
   """``program`` (one of ``programs``, compiled with ``options``) as a
   function that looks its executable up in ``directory`` before tracing.
 
-  Before compiling, ``usable()`` says whether this backend takes
-  ``options``; where it does not, ``default`` runs instead.
+  Where compiling with ``options`` fails, ``usable()`` says whether this
+  backend takes them: where it does not, ``default`` runs instead (asked
+  only then: the probe is a compile of its own, about 37 ms of a first
+  call).
   """
 
   def call(*args, **kwargs):
@@ -136,9 +138,12 @@ def cached(program, programs: Programs, options: dict, directory: str, *,
         return program(*args, **kwargs)
       _loaded[fast] = compiled
       return out
-    if not usable():
+    try:
+      compiled = _compile_and_write(program, args, kwargs, directory, key)
+    except Exception:
+      if usable():  # the options work here: the failure is the program's
+        raise
       return default(*args, **kwargs)
-    compiled = _compile_and_write(program, args, kwargs, directory, key)
     _loaded[fast] = compiled
     return compiled(*args, **dynamic)
 
