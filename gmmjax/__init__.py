@@ -30,6 +30,7 @@ from gmmjax._src.bayes_scale import (
 from gmmjax._src.cache import enable_default_cache
 from gmmjax._src.cholesky import cholesky_jitter
 from gmmjax._src.chunks import ChunkOptions
+from gmmjax._src.compiling import compiler_options
 from gmmjax._src.conditional import (
   condition,
   impute,
@@ -166,6 +167,7 @@ __all__ = [
     "bic",
     "cholesky_jitter",
     "chunk_source",
+    "compiler_options",
     "component_shift",
     "condition",
     "count_degenerate",

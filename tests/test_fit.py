@@ -179,6 +179,46 @@ def test_small_eager_fits_use_the_fast_compiling_programs(X, x64):
                                  rtol=1e-9, atol=1e-12)
 
 
+def test_compiler_options_are_the_options_of_the_fits_own_programs(
+    X, monkeypatch):
+  """gx.compiler_options gives a user's jit what compiling.pick gives
+  gmmjax's eager fits, by the same size rule; never silently set."""
+  default, small, tiny = fit_lib._fit_programs
+  by_program = {id(tiny): compiling.TINY_OPTIONS,
+                id(small): compiling.SMALL_OPTIONS, id(default): {}}
+  mid = np.tile(X, (20, 1))  # 3,600 x 2 x 3: one chunk, not tiny
+  big = np.tile(X, (200, 1))  # more than one chunk
+  cases = [(X, 1), (X, 2), (X, 100), (mid, 1), (big, 1), (X[:1], 1)]
+  for data, batch in cases:
+    options = gx.compiler_options(data, 3, batch=batch)
+    picked = compiling.pick(fit_lib._fit_programs, data.shape[0], 3, 2,
+                            batch=batch)
+    assert options == by_program[id(picked)], (data.shape, batch)
+  if jax.default_backend() == "cpu":
+    assert gx.compiler_options(X, 3) == compiling.TINY_OPTIONS
+    assert gx.compiler_options(mid, 3) == compiling.SMALL_OPTIONS
+    assert gx.compiler_options(big, 3) == {}
+  # A shape alone is enough (jax.ShapeDtypeStruct), and a new dict each
+  # time: changing it changes nothing of gmmjax's.
+  spec = jax.ShapeDtypeStruct(X.shape, np.float32)
+  assert gx.compiler_options(spec, 3) == gx.compiler_options(X, 3)
+  gx.compiler_options(X, 3).clear()
+  assert gx.compiler_options(X, 3) == by_program[id(fit_lib._fit_program(
+      X, gx.init_params(jax.random.key(0), X, 3)))]
+  # An XLA that refuses the options: XLA's defaults.
+  monkeypatch.setattr(compiling, "_small_options_work", lambda: False)
+  assert gx.compiler_options(X, 3) == {}
+
+
+@pytest.mark.parametrize("args", [((5,), 2, 1), ((5, 2, 1), 2, 1),
+                                  ((5, 2), 0, 1), ((5, 2), True, 1),
+                                  ((5, 2), 2.0, 1), ((5, 2), 2, 0),
+                                  ((5, 2), 2, None)])
+def test_compiler_options_refuse_bad_input(args):
+  shape, k, batch = args
+  with pytest.raises(ValueError, match="shape|positive int"):
+    gx.compiler_options(np.zeros(shape), k, batch=batch)
+
 def test_jit_and_compile_once_per_shape(X):
   p0 = gx.init_params(jax.random.key(0), X, 3)
   program = fit_lib._fit_program(X, p0)

@@ -98,6 +98,27 @@ def test_implicit_gradient_matches_finite_differences(x64, covariance_type):
       assert _rel(a, d) <= 1e-4, (covariance_type, s, name, a, d)
 
 
+def test_gradient_under_the_compiler_options_gmmjax_offers(x64):
+  """A user's jit with gx.compiler_options: the same gradient (finite
+  differences, and the default-compiled program), only compiled faster."""
+  X, w = jnp.asarray(_datasets()[1]), jnp.ones(N)
+  p0 = _init(X, "full")
+  coef = jax.tree.map(jnp.asarray, _coefficients("full"))
+  options = gx.compiler_options(X, K)
+  if jax.default_backend() == "cpu":
+    assert "xla_cpu_use_fusion_emitters" in options
+  grad = jax.jit(jax.grad(_objective, argnums=(0, 1, 2)),
+                 compiler_options=options)
+  got = grad(X, w, REG, p0, coef)
+  for a, b in zip(got, _grad(X, w, REG, p0, coef), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9,
+                               atol=1e-12)
+  v = np.random.default_rng(5).normal(size=X.shape)
+  h = 1e-5
+  d = (_f(X + h * v, w, REG, p0, coef) - _f(X - h * v, w, REG, p0, coef)
+       ) / (2 * h)
+  assert _rel(np.vdot(got[0], v), d) <= 1e-4
+
 def test_unrolled_gradient_of_long_fit_equals_implicit(x64):
   X = jnp.asarray(_datasets()[1])
   w = jnp.asarray(np.random.default_rng(3).uniform(0.5, 1.5, N))

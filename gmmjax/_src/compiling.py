@@ -68,13 +68,10 @@ def pick(programs, n_samples: int, n_components: int, n_features: int, *,
   user's ``jit``, ``vmap`` or ``grad`` the default one is inlined.
   """
   default, small, tiny = programs
-  if not (chunks.use_direct(n_samples, n_components, n_features)
-          and _outside_traces() and jax.default_backend() == "cpu"):
+  options = _options_for_size(n_samples, n_components, n_features, batch)
+  if options is None or not _outside_traces():
     return default
-  if batch * n_samples * n_components * n_features <= TINY_MAX_ENTRIES:
-    program, options = tiny, TINY_OPTIONS
-  else:
-    program, options = small, SMALL_OPTIONS
+  program = tiny if options is TINY_OPTIONS else small
   directory = cache.active_dir()
   if (directory is not None and isinstance(programs, executables.Programs)
       and not jax.config.jax_disable_jit):
@@ -83,6 +80,76 @@ def pick(programs, n_samples: int, n_components: int, n_features: int, *,
     return executables.cached(program, programs, options, directory,
                               default=default, usable=_small_options_work)
   return program if _small_options_work() else default
+
+
+def _options_for_size(n_samples: int, n_components: int, n_features: int,
+                      batch: int = 1):
+  """:data:`TINY_OPTIONS`, :data:`SMALL_OPTIONS` or ``None`` (XLA's
+  defaults) for a problem of this size on the default backend."""
+  if not (jax.default_backend() == "cpu"
+          and chunks.use_direct(n_samples, n_components, n_features)):
+    return None
+  if batch * n_samples * n_components * n_features <= TINY_MAX_ENTRIES:
+    return TINY_OPTIONS
+  return SMALL_OPTIONS
+
+
+def compiler_options(X, n_components: int, *, batch: int = 1) -> dict:
+  """Compile options for your own ``jax.jit`` around gmmjax calls.
+
+  JAX takes compile options on top-level programs only, so inside a user's
+  ``jit`` (a loss through :func:`fit` under ``jax.value_and_grad``, say)
+  gmmjax's code is compiled with XLA's defaults, not with the faster
+  compiling options its own small programs use. Passing this function's
+  result to that ``jit`` gives the user's program the options gmmjax
+  would pick for a problem of this size:
+
+  >>> import jax, jax.numpy as jnp, gmmjax as gx
+  >>> X = jnp.linspace(-1.0, 1.0, 40).reshape(20, 2)
+  >>> p0 = gx.init_params(jax.random.key(0), X, 2)
+  >>> loss = lambda X: gx.fit(X, p0, tol=1e-6).log_likelihood
+  >>> f = jax.jit(jax.value_and_grad(loss),
+  ...             compiler_options=gx.compiler_options(X, 2))
+  >>> value, grad = f(X)
+  >>> grad.shape
+  (20, 2)
+
+  On CPU, for problems of one exact-form chunk (``n * K * D`` up to about
+  a hundred thousand entries), XLA's older loop code generator, and for
+  the smallest (up to :data:`TINY_MAX_ENTRIES` entries over ``batch``
+  problems) LLVM's optimisation level 1 as well (unless ``XLA_FLAGS``
+  sets a level): compiling a gradient through a fit of 1,000 x 2 points,
+  K=3, took about half the time with them (0.7-0.9 s against 1.6-1.8 s on
+  a 2-core CPU) and its calls ran as fast (benchmarks/README.md). An empty
+  dict (XLA's defaults) for larger problems, on other backends, and where
+  this XLA refuses the options. It is an explicit choice, not made for
+  you: the options apply to everything in your ``jit``, so if the rest of
+  your program is large, measure it with and without.
+
+  Args:
+    X: the ``(n_samples, n_features)`` data (an array, or anything with
+      its ``shape``, e.g. a ``jax.ShapeDtypeStruct``).
+    n_components: the number of components ``K``.
+    batch: how many problems of this size one program fits (restarts or
+      problems under ``vmap``).
+
+  Returns:
+    A new dict of XLA option names to values, for ``jax.jit``'s
+    ``compiler_options`` (or ``Lowered.compile``'s).
+  """
+  shape = tuple(np.shape(X))
+  if len(shape) != 2:
+    raise ValueError("compiler_options takes the (n_samples, n_features) "
+                     f"data or its shape; got shape {shape}.")
+  for name, value in (("n_components", n_components), ("batch", batch)):
+    if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+        or value < 1):
+      raise ValueError(f"{name} should be a positive int, got {value!r}.")
+  options = _options_for_size(max(shape[0], 1), int(n_components),
+                              max(shape[1], 1), int(batch))
+  if options is None or not _small_options_work():
+    return {}
+  return dict(options)
 
 
 def _outside_traces() -> bool:
