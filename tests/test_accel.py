@@ -135,3 +135,26 @@ def test_float32_and_vmap(x64, compactions, dtype):
     h = np.asarray(one.history)[:int(one.n_iter)]
     assert np.all(np.isfinite(h)) and not bool(one.failed)
     assert np.all(np.diff(h) >= -1e-5 * np.abs(h[:-1]))
+
+
+def test_small_eager_fits_run_the_fast_compiling_program(x64):
+  """An eager fit of a small problem runs the program compiled with the
+  small-problem options (compiling.pick); under a user's jit the default
+  one is inlined. Both reach the same fixed point."""
+  from gmmjax._src import accel, compiling  # noqa: PLC0415
+  X = jnp.asarray(_overlapping()[::7])
+  p0 = gx.init_params(jax.random.key(1), X, 3, method="kmeans")
+  default, _, tiny = accel._fit_squarem_programs
+  picked = compiling.pick(accel._fit_squarem_programs, X.shape[0], 3, 2)
+  assert picked is (tiny if jax.default_backend() == "cpu"
+                    and compiling._small_options_work() else default)
+  eager, _ = gx.fit_accelerated_with_info(X, p0, max_iter=2000, tol=1e-12)
+  jitted, _ = jax.jit(lambda X: gx.fit_accelerated_with_info(
+      X, p0, max_iter=2000, tol=1e-12))(X)
+  assert bool(eager.converged) and bool(jitted.converged)
+  for a, b in zip(jax.tree.leaves(eager.params), jax.tree.leaves(
+      jitted.params), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6,
+                               atol=1e-8)
+  np.testing.assert_allclose(float(eager.log_likelihood),
+                             float(jitted.log_likelihood), rtol=1e-12)

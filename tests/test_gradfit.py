@@ -198,3 +198,26 @@ def test_em_then_gradient_starts_from_the_em_fit(x64, data):
   # The first loss the gradient phase records is the EM fit's.
   np.testing.assert_allclose(gd.history[0], -em.log_likelihood, rtol=1e-12)
   assert int(gd.n_iter) == 5
+
+
+def test_small_eager_fits_run_the_fast_compiling_program(x64, data):
+  """An eager fit of a small problem runs the program compiled with the
+  small-problem options (compiling.pick); under a user's jit the default
+  one is inlined. Both reach the same optimum."""
+  from gmmjax._src import compiling, gradfit  # noqa: PLC0415
+  X = jnp.asarray(data)
+  p0 = gx.init_params(jax.random.key(0), X, K, method="kmeans")
+  default, _, tiny = gradfit._fit_gradient_programs
+  picked = compiling.pick(gradfit._fit_gradient_programs, X.shape[0], K, 2)
+  assert picked is (tiny if jax.default_backend() == "cpu"
+                    and compiling._small_options_work() else default)
+  opt = _optimizers()["lbfgs"]
+  eager = fit_gradient(X, p0, opt, max_iter=300, tol=1e-12)
+  jitted = jax.jit(lambda X: fit_gradient(X, p0, opt, max_iter=300,
+                                          tol=1e-12))(X)
+  assert bool(eager.converged) and bool(jitted.converged)
+  np.testing.assert_allclose(float(eager.log_likelihood),
+                             float(jitted.log_likelihood), rtol=1e-9)
+  np.testing.assert_allclose(np.asarray(eager.params.means),
+                             np.asarray(jitted.params.means), rtol=1e-5,
+                             atol=1e-6)

@@ -23,7 +23,6 @@ batch of fits runs one kernel per iteration.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -31,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmmjax._src import checks, engine, results
+from gmmjax._src import checks, compiling, engine, results
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.chunks import ChunkOptions
@@ -181,11 +180,10 @@ class SquaremStep(NamedTuple):
     return results.n_positive_samples(problem.X, problem.sample_weight)
 
 
-@functools.partial(jax.jit, static_argnames=("history_len", "callback",
-                                             "chunking"))
-def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
-                 max_iter, history_len: int, callback: Callable | None,
-                 chunking: ChunkOptions | None = None):
+def _fit_squarem_impl(X, params, sample_weight, tol, reg_covar,
+                      prev_log_likelihood, max_iter, history_len: int,
+                      callback: Callable | None,
+                      chunking: ChunkOptions | None = None):
   problem = engine.Problem(X, sample_weight, tol, reg_covar)
   step = SquaremStep(chunking)
   result, state = engine.run(step, params, problem,
@@ -193,6 +191,18 @@ def _fit_squarem(X, params, sample_weight, tol, reg_covar, prev_log_likelihood,
                              history_len=history_len, callback=callback,
                              chunking=chunking)
   return result, AccelInfo(state.n_accepted, state.n_rejected)
+
+
+_fit_squarem_programs = compiling.jit_by_size(
+    _fit_squarem_impl, static_argnames=("history_len", "callback",
+                                         "chunking"))
+
+
+def _fit_squarem(X, params, *args, **kwargs):
+  """The compiled fit for these shapes (:func:`compiling.pick`)."""
+  k, d = params.means.shape[-2:]
+  program = compiling.pick(_fit_squarem_programs, X.shape[-2], k, d)
+  return program(X, params, *args, **kwargs)
 
 
 def fit_accelerated(X, params: GMMParams, *, sample_weight=None,

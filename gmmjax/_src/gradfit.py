@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gmmjax._src import checks
+from gmmjax._src import checks, compiling
 from gmmjax._src import fit as fit_lib
 from gmmjax._src import stats as stats_lib
 from gmmjax._src.engine import check_max_iter, tree_where
@@ -109,10 +109,8 @@ def _has_stored_value(state) -> bool:
     return False
 
 
-@functools.partial(jax.jit, static_argnames=("optimizer", "max_iter",
-                                             "penalty"))
-def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
-                  penalty):
+def _fit_gradient_impl(X, params, sample_weight, tol, optimizer, max_iter,
+                       penalty):
   import optax  # noqa: PLC0415 (see the imports)
   opt = optax.with_extra_args_support(optimizer)
   u0 = to_unconstrained(params)
@@ -155,6 +153,18 @@ def _fit_gradient(X, params, sample_weight, tol, optimizer, max_iter,
   return GradFitResult(params=params, log_likelihood=-nll, loss=out.loss,
                        n_iter=out.n_iter, converged=out.converged,
                        history=out.history, failed=out.failed)
+
+
+_fit_gradient_programs = compiling.jit_by_size(
+    _fit_gradient_impl, static_argnames=("optimizer", "max_iter", "penalty"))
+
+
+def _fit_gradient(X, params, *args, **kwargs):
+  """The compiled fit for these shapes (:func:`compiling.pick`: small
+  problems' programs compile about twice as fast)."""
+  k, d = params.means.shape[-2:]
+  program = compiling.pick(_fit_gradient_programs, X.shape[-2], k, d)
+  return program(X, params, *args, **kwargs)
 
 
 def fit_gradient(X, params: GMMParams,
