@@ -257,3 +257,47 @@ def test_shape_errors_are_value_errors():
                    covariance_type="diag")
   with pytest.raises(ValueError, match="sample_weight"):
     gx.fit(np.zeros((5, 3)), p, sample_weight=np.ones(4))
+
+
+def test_small_eager_calls_run_the_fast_compiling_programs(x64):
+  """The functional API's small programs: an eager call of a small problem
+  runs the one compiled with the small-problem options (compiling.pick),
+  a call under a user's jit inlines the default one; same values."""
+  from gmmjax._src import compiling, em  # noqa: PLC0415
+  from gmmjax._src import fit as fit_lib  # noqa: PLC0415
+  X = jnp.asarray(make_blobs(5, 40, [[0, 0], [4, 1], [1, 5]]))
+  p = gx.init_params(jax.random.key(0), X, 3, method="kmeans")
+  log_resp = gx.e_step(p, X)[0]
+  calls = [
+      (em._e_step, gx.e_step, (p, X), {}),
+      (em.m_step, gx.m_step, (X, log_resp), dict(covariance_type="full")),
+      (em.Q, gx.Q, (p, X, log_resp), {}),
+      (em.log_prob, gx.log_prob, (p, X), {}),
+      (em.log_likelihood, gx.log_likelihood, (p, X), {}),
+      (em.predict_proba, gx.predict_proba, (p, X), {}),
+      (em.predict, gx.predict, (p, X), {}),
+      (em.bic, gx.bic, (p, X), {}),
+      (em.aic, gx.aic, (p, X), {}),
+      (fit_lib._em_step, gx.em_step, (X, p), {}),
+  ]
+  fast = jax.default_backend() == "cpu" and compiling._small_options_work()
+  for sized, public, args, kwargs in calls:
+    default, _, tiny = sized.programs
+    before = default._cache_size()
+    eager = public(*args, **kwargs)
+    assert (tiny if fast else default)._cache_size() >= 1, sized
+    if fast:
+      assert default._cache_size() == before, sized  # not compiled
+    inlined = jax.jit(lambda *a, public=public, kw=kwargs: public(*a, **kw))(
+        *args)
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(inlined),
+                    strict=True):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10,
+                                 atol=1e-12, err_msg=str(sized))
+  # Samples: the same draws from either program.
+  default, _, tiny = em._sample.programs
+  a = gx.sample(jax.random.key(3), p, 50)
+  b = jax.jit(lambda k: gx.sample(k, p, 50))(jax.random.key(3))
+  for x, y in zip(a, b, strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10)
+  assert (tiny if fast else default)._cache_size() >= 1

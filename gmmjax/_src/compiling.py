@@ -185,6 +185,43 @@ def _small_options_work() -> bool:
   return True
 
 
+def jit_sized(size, **jit_kwargs):
+  """A decorator: ``fun`` jitted with XLA's default options,
+  :data:`SMALL_OPTIONS` and :data:`TINY_OPTIONS`, each call running the one
+  :func:`pick` chooses for ``size(*args, **kwargs) -> (n, K, D)`` (the
+  default one where ``size`` fails: the default program reports bad input
+  as before). For gmmjax's small eager functions (``e_step``,
+  ``log_likelihood``, ...): their first calls compile in about half the
+  time. They stay outside the executables store, whose key would cost
+  more per call than these programs run. ``.programs`` holds the three.
+  """
+
+  def wrap(fun):
+    programs = (jax.jit(fun, **jit_kwargs),
+                jax.jit(fun, compiler_options=SMALL_OPTIONS, **jit_kwargs),
+                jax.jit(fun, compiler_options=TINY_OPTIONS, **jit_kwargs))
+
+    @functools.wraps(fun)
+    def call(*args, **kwargs):
+      try:
+        n, k, d = size(*args, **kwargs)
+        program = pick(programs, int(n), int(k), int(d))
+      except Exception:  # noqa: BLE001 - the default program reports it
+        program = programs[0]
+      return program(*args, **kwargs)
+
+    call.programs = programs
+    return call
+
+  return wrap
+
+
+def size_of(params, X, *args, **kwargs):
+  """``(n, K, D)`` of a ``(params, X, ...)`` call, for :func:`jit_sized`."""
+  del args, kwargs
+  return np.shape(X)[-2], params.means.shape[-2], params.means.shape[-1]
+
+
 def jit_by_size(fun=None, **jit_kwargs):
   """``(default, small, tiny)``: ``jax.jit(fun)`` with XLA's default
   options, :data:`SMALL_OPTIONS` and :data:`TINY_OPTIONS` (an

@@ -13,8 +13,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from gmmjax._src import checks, chunks, missing, sampling
+from gmmjax._src import checks, chunks, compiling, missing, sampling
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src import matmul as mm
 from gmmjax._src import stats as stats_lib
@@ -72,7 +73,7 @@ def e_step(params: GMMParams, X, *, sample_weight=None, temperature=None,
                  temperature=temperature, observed=observed)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def _e_step(params: GMMParams, X, *, sample_weight=None, temperature=None,
             observed=None):
   """:func:`e_step`, one compiled program."""
@@ -92,7 +93,12 @@ def _weighted_mean(values, w):
   return jnp.sum(w * values) / jnp.sum(w)
 
 
-@functools.partial(jax.jit, static_argnames=('covariance_type',))
+def _m_step_size(X, log_resp, *args, **kwargs):
+  del args, kwargs
+  return np.shape(X)[-2], np.shape(log_resp)[-1], np.shape(X)[-1]
+
+
+@compiling.jit_sized(_m_step_size, static_argnames=('covariance_type',))
 def m_step(X, log_resp, *, covariance_type: str = "full", reg_covar=1e-6,
            sample_weight=None, observed=None,
            params: GMMParams | None = None) -> GMMParams:
@@ -184,7 +190,7 @@ def _m_step_observed(X, resp, w, observed, params, covariance_type,
                                      reg_covar=reg_covar)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def Q(params: GMMParams, X, log_resp, *, sample_weight=None):
   """EM auxiliary function: expected complete-data log-likelihood per sample.
 
@@ -228,7 +234,7 @@ def Q(params: GMMParams, X, log_resp, *, sample_weight=None):
   return _weighted_mean(per_sample, w)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def log_prob(params: GMMParams, X, *, observed=None):
   """Per-sample log density ``log p(x_i)``, shape ``(N,)``.
 
@@ -246,7 +252,7 @@ def log_prob(params: GMMParams, X, *, observed=None):
   return jax.nn.logsumexp(_wlp(params, X, observed), axis=1)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def log_likelihood(params: GMMParams, X, *, sample_weight=None,
                    observed=None):
   """Mean (weighted) per-sample log-likelihood, a scalar (of the observed
@@ -256,14 +262,14 @@ def log_likelihood(params: GMMParams, X, *, sample_weight=None,
   return _weighted_mean(logp, w)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def predict_proba(params: GMMParams, X, *, observed=None):
   """Responsibilities ``p(k | x_i)``, shape ``(N, K)``; rows sum to 1
   (given the observed entries, with an ``observed`` mask)."""
   return jnp.exp(e_step(params, X, observed=observed)[0])
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def predict(params: GMMParams, X, *, observed=None):
   """Most probable component of each sample, shape ``(N,)`` (int32)."""
   params, X, _, observed = _prepare(params, X, None, observed)
@@ -296,7 +302,12 @@ def sample(key, params: GMMParams, n_samples: int):
   return _sample(key, params, n_samples)
 
 
-@functools.partial(jax.jit, static_argnames=("n_samples",))
+def _sample_size(key, params, n_samples):
+  del key
+  return n_samples, params.means.shape[-2], params.means.shape[-1]
+
+
+@compiling.jit_sized(_sample_size, static_argnames=("n_samples",))
 def _sample(key, params: GMMParams, n_samples: int):
   """:func:`sample`, one compiled program per ``n_samples``."""
   key_labels, key_noise = jax.random.split(key)
@@ -340,7 +351,7 @@ def _total_log_likelihood(params, X, sample_weight, observed):
   return jnp.sum(w * logp), jnp.sum(w)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def bic(params: GMMParams, X, *, sample_weight=None, observed=None):
   """Bayesian information criterion ``-2 log L + p log n`` (lower is better).
 
@@ -352,7 +363,7 @@ def bic(params: GMMParams, X, *, sample_weight=None, observed=None):
   return -2.0 * total + n_parameters(params) * jnp.log(n)
 
 
-@jax.jit
+@compiling.jit_sized(compiling.size_of)
 def aic(params: GMMParams, X, *, sample_weight=None, observed=None):
   """Akaike information criterion ``-2 log L + 2 p`` (lower is better;
   ``log L`` of the observed entries with ``observed``)."""

@@ -56,7 +56,11 @@ def em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
                   reg_covar=reg_covar, prior=prior, observed=observed)
 
 
-@jax.jit
+def _em_step_size(X, params, *args, **kwargs):
+  return compiling.size_of(params, X)
+
+
+@compiling.jit_sized(_em_step_size)
 def _em_step(X, params: GMMParams, *, sample_weight=None, reg_covar=1e-6,
              prior=None, observed=None):
   """:func:`em_step`, one compiled program."""
