@@ -202,6 +202,8 @@ def test_compiler_options_are_the_options_of_the_fits_own_programs(
   # time: changing it changes nothing of gmmjax's.
   spec = jax.ShapeDtypeStruct(X.shape, np.float32)
   assert gx.compiler_options(spec, 3) == gx.compiler_options(X, 3)
+  assert gx.compiler_options(X.shape, 3) == gx.compiler_options(X, 3)
+  assert gx.compiler_options(big.shape, 3) == gx.compiler_options(big, 3)
   gx.compiler_options(X, 3).clear()
   assert gx.compiler_options(X, 3) == by_program[id(fit_lib._fit_program(
       X, gx.init_params(jax.random.key(0), X, 3)))]

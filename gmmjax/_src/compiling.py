@@ -127,8 +127,9 @@ def compiler_options(X, n_components: int, *, batch: int = 1) -> dict:
   your program is large, measure it with and without.
 
   Args:
-    X: the ``(n_samples, n_features)`` data (an array, or anything with
-      its ``shape``, e.g. a ``jax.ShapeDtypeStruct``).
+    X: the ``(n_samples, n_features)`` data (an array, anything with its
+      ``shape``, e.g. a ``jax.ShapeDtypeStruct``), or that shape as a
+      tuple of ints.
     n_components: the number of components ``K``.
     batch: how many problems of this size one program fits (restarts or
       problems under ``vmap``).
@@ -137,7 +138,11 @@ def compiler_options(X, n_components: int, *, batch: int = 1) -> dict:
     A new dict of XLA option names to values, for ``jax.jit``'s
     ``compiler_options`` (or ``Lowered.compile``'s).
   """
-  shape = tuple(np.shape(X))
+  if isinstance(X, tuple) and all(
+      isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in X):
+    shape = X  # a shape, not data
+  else:
+    shape = tuple(np.shape(X))
   if len(shape) != 2:
     raise ValueError("compiler_options takes the (n_samples, n_features) "
                      f"data or its shape; got shape {shape}.")
