@@ -137,18 +137,27 @@ def test_float32_and_vmap(x64, compactions, dtype):
     assert np.all(np.diff(h) >= -1e-5 * np.abs(h[:-1]))
 
 
-def test_small_eager_fits_run_the_fast_compiling_program(x64):
+def test_small_eager_fits_run_the_fast_compiling_program(x64, monkeypatch):
   """An eager fit of a small problem runs the program compiled with the
   small-problem options (compiling.pick); under a user's jit the default
   one is inlined. Both reach the same fixed point."""
-  from gmmjax._src import accel, compiling  # noqa: PLC0415
+  from gmmjax._src import accel, cache, compiling  # noqa: PLC0415
   X = jnp.asarray(_overlapping()[::7])
   p0 = gx.init_params(jax.random.key(1), X, 3, method="kmeans")
   default, _, tiny = accel._fit_squarem_programs
+  for program in (default, tiny):
+    program.clear_cache()
+  # gmmjax's cache off (a test before may have turned it on in this
+  # process): the executables store compiles outside the jit's own cache.
+  monkeypatch.setitem(cache._state, "dir", None)
   picked = compiling.pick(accel._fit_squarem_programs, X.shape[0], 3, 2)
   assert picked is (tiny if jax.default_backend() == "cpu"
                     and compiling._small_options_work() else default)
   eager, _ = gx.fit_accelerated_with_info(X, p0, max_iter=2000, tol=1e-12)
+  # The eager fit ran the picked program, not the other.
+  fast = picked is tiny and picked is not default
+  assert (tiny._cache_size(), default._cache_size()) == (
+      (1, 0) if fast else (0, 1))
   jitted, _ = jax.jit(lambda X: gx.fit_accelerated_with_info(
       X, p0, max_iter=2000, tol=1e-12))(X)
   assert bool(eager.converged) and bool(jitted.converged)

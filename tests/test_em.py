@@ -263,7 +263,7 @@ def test_small_eager_calls_run_the_fast_compiling_programs(x64):
   """The functional API's small programs: an eager call of a small problem
   runs the one compiled with the small-problem options (compiling.pick),
   a call under a user's jit inlines the default one; same values."""
-  from gmmjax._src import compiling, em  # noqa: PLC0415
+  from gmmjax._src import compiling, em, memory_maps  # noqa: PLC0415
   from gmmjax._src import fit as fit_lib  # noqa: PLC0415
   X = jnp.asarray(make_blobs(5, 40, [[0, 0], [4, 1], [1, 5]]))
   p = gx.init_params(jax.random.key(0), X, 3, method="kmeans")
@@ -283,11 +283,10 @@ def test_small_eager_calls_run_the_fast_compiling_programs(x64):
   fast = jax.default_backend() == "cpu" and compiling._small_options_work()
   for sized, public, args, kwargs in calls:
     default, _, tiny = sized.programs
-    before = default._cache_size()
+    sized.clear_cache()
     eager = public(*args, **kwargs)
-    assert (tiny if fast else default)._cache_size() >= 1, sized
-    if fast:
-      assert default._cache_size() == before, sized  # not compiled
+    assert (tiny._cache_size(), default._cache_size()) == (
+        (1, 0) if fast else (0, 1)), sized
     inlined = jax.jit(lambda *a, public=public, kw=kwargs: public(*a, **kw))(
         *args)
     for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(inlined),
@@ -296,8 +295,17 @@ def test_small_eager_calls_run_the_fast_compiling_programs(x64):
                                  atol=1e-12, err_msg=str(sized))
   # Samples: the same draws from either program.
   default, _, tiny = em._sample.programs
+  em._sample.clear_cache()
   a = gx.sample(jax.random.key(3), p, 50)
+  assert (tiny._cache_size(), default._cache_size()) == (
+      (1, 0) if fast else (0, 1))
+  # What a jax.jit object offers, kept: lower (the default program's), and
+  # memory_maps.release frees the three programs.
+  np.testing.assert_allclose(np.asarray(gx.log_prob.lower(p, X).compile()(
+      p, X)), np.asarray(gx.log_prob(p, X)), rtol=1e-10)
+  assert gx.log_prob.eval_shape(p, X).shape == (X.shape[0],)
+  memory_maps.release()
+  assert tiny._cache_size() == default._cache_size() == 0
   b = jax.jit(lambda k: gx.sample(k, p, 50))(jax.random.key(3))
   for x, y in zip(a, b, strict=True):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-10)
-  assert (tiny if fast else default)._cache_size() >= 1

@@ -203,6 +203,7 @@ def test_compiler_options_are_the_options_of_the_fits_own_programs(
   spec = jax.ShapeDtypeStruct(X.shape, np.float32)
   assert gx.compiler_options(spec, 3) == gx.compiler_options(X, 3)
   assert gx.compiler_options(X.shape, 3) == gx.compiler_options(X, 3)
+  assert gx.compiler_options(list(X.shape), 3) == gx.compiler_options(X, 3)
   assert gx.compiler_options(big.shape, 3) == gx.compiler_options(big, 3)
   gx.compiler_options(X, 3).clear()
   assert gx.compiler_options(X, 3) == by_program[id(fit_lib._fit_program(
@@ -213,13 +214,18 @@ def test_compiler_options_are_the_options_of_the_fits_own_programs(
 
 
 @pytest.mark.parametrize("args", [((5,), 2, 1), ((5, 2, 1), 2, 1),
+                                  ((0, 2), 2, 1), ((5, 0), 2, 1),
                                   ((5, 2), 0, 1), ((5, 2), True, 1),
                                   ((5, 2), 2.0, 1), ((5, 2), 2, 0),
                                   ((5, 2), 2, None)])
-def test_compiler_options_refuse_bad_input(args):
+@pytest.mark.parametrize("as_shape", [False, True])
+def test_compiler_options_refuse_bad_input(args, as_shape):
   shape, k, batch = args
   with pytest.raises(ValueError, match="shape|positive int"):
-    gx.compiler_options(np.zeros(shape), k, batch=batch)
+    gx.compiler_options(shape if as_shape else np.zeros(shape), k,
+                        batch=batch)
+  with pytest.raises(ValueError, match="shape"):
+    gx.compiler_options((-5, 2), 2)
 
 def test_jit_and_compile_once_per_shape(X):
   p0 = gx.init_params(jax.random.key(0), X, 3)

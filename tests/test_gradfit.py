@@ -200,19 +200,29 @@ def test_em_then_gradient_starts_from_the_em_fit(x64, data):
   assert int(gd.n_iter) == 5
 
 
-def test_small_eager_fits_run_the_fast_compiling_program(x64, data):
+def test_small_eager_fits_run_the_fast_compiling_program(x64, data,
+                                                        monkeypatch):
   """An eager fit of a small problem runs the program compiled with the
   small-problem options (compiling.pick); under a user's jit the default
   one is inlined. Both reach the same optimum."""
-  from gmmjax._src import compiling, gradfit  # noqa: PLC0415
+  from gmmjax._src import cache, compiling, gradfit  # noqa: PLC0415
   X = jnp.asarray(data)
   p0 = gx.init_params(jax.random.key(0), X, K, method="kmeans")
   default, _, tiny = gradfit._fit_gradient_programs
+  for program in (default, tiny):
+    program.clear_cache()
+  # gmmjax's cache off (a test before may have turned it on in this
+  # process): the executables store compiles outside the jit's own cache.
+  monkeypatch.setitem(cache._state, "dir", None)
   picked = compiling.pick(gradfit._fit_gradient_programs, X.shape[0], K, 2)
   assert picked is (tiny if jax.default_backend() == "cpu"
                     and compiling._small_options_work() else default)
   opt = _optimizers()["lbfgs"]
   eager = fit_gradient(X, p0, opt, max_iter=300, tol=1e-12)
+  # The eager fit ran the picked program, not the other.
+  fast = picked is tiny and picked is not default
+  assert (tiny._cache_size(), default._cache_size()) == (
+      (1, 0) if fast else (0, 1))
   jitted = jax.jit(lambda X: fit_gradient(X, p0, opt, max_iter=300,
                                           tol=1e-12))(X)
   assert bool(eager.converged) and bool(jitted.converged)

@@ -119,8 +119,9 @@ def compiler_options(X, n_components: int, *, batch: int = 1) -> dict:
   the smallest (up to :data:`TINY_MAX_ENTRIES` entries over ``batch``
   problems) LLVM's optimisation level 1 as well (unless ``XLA_FLAGS``
   sets a level): compiling a gradient through a fit of 1,000 x 2 points,
-  K=3, took about half the time with them (0.7-0.9 s against 1.6-1.8 s on
-  a 2-core CPU) and its calls ran as fast (benchmarks/README.md). An empty
+  K=3, took less than half the time with them (0.65-0.70 s against
+  1.5-1.8 s on a 2-core CPU) and its calls ran as fast
+  (benchmarks/README.md). An empty
   dict (XLA's defaults) for larger problems, on other backends, and where
   this XLA refuses the options. It is an explicit choice, not made for
   you: the options apply to everything in your ``jit``, so if the rest of
@@ -138,20 +139,21 @@ def compiler_options(X, n_components: int, *, batch: int = 1) -> dict:
     A new dict of XLA option names to values, for ``jax.jit``'s
     ``compiler_options`` (or ``Lowered.compile``'s).
   """
-  if isinstance(X, tuple) and all(
+  if isinstance(X, (tuple, list)) and all(
       isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in X):
-    shape = X  # a shape, not data
+    shape = tuple(int(v) for v in X)  # a shape, not data
   else:
     shape = tuple(np.shape(X))
-  if len(shape) != 2:
+  if len(shape) != 2 or min(shape) < 1:
     raise ValueError("compiler_options takes the (n_samples, n_features) "
-                     f"data or its shape; got shape {shape}.")
+                     "data or its shape, at least one sample and one "
+                     f"feature; got shape {shape}.")
   for name, value in (("n_components", n_components), ("batch", batch)):
     if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
         or value < 1):
       raise ValueError(f"{name} should be a positive int, got {value!r}.")
-  options = _options_for_size(max(shape[0], 1), int(n_components),
-                              max(shape[1], 1), int(batch))
+  options = _options_for_size(shape[0], int(n_components), shape[1],
+                              int(batch))
   if options is None or not _small_options_work():
     return {}
   return dict(options)
@@ -198,7 +200,9 @@ def jit_sized(size, **jit_kwargs):
   as before). For gmmjax's small eager functions (``e_step``,
   ``log_likelihood``, ...): their first calls compile in about half the
   time. They stay outside the executables store, whose key would cost
-  more per call than these programs run. ``.programs`` holds the three.
+  more per call than these programs run. ``.programs`` holds the three;
+  ``lower``, ``trace`` and ``eval_shape`` are the default program's,
+  ``clear_cache`` empties all three.
   """
 
   def wrap(fun):
@@ -215,7 +219,13 @@ def jit_sized(size, **jit_kwargs):
         program = programs[0]
       return program(*args, **kwargs)
 
+    # What a jax.jit object offers (memory_maps.release, users' .lower):
+    # the default program's, and the cache of all three.
     call.programs = programs
+    call.lower = programs[0].lower
+    call.trace = programs[0].trace
+    call.eval_shape = programs[0].eval_shape
+    call.clear_cache = lambda: [p.clear_cache() for p in programs] and None
     return call
 
   return wrap
