@@ -119,6 +119,33 @@ def test_gradient_under_the_compiler_options_gmmjax_offers(x64):
        ) / (2 * h)
   assert _rel(np.vdot(got[0], v), d) <= 1e-4
 
+@pytest.mark.parametrize("d", [2, 5])
+@pytest.mark.parametrize("forward", [False, True])
+def test_dense_jacobian_by_forward_or_backward_passes(x64, d, forward,
+                                                     monkeypatch):
+  """The dense solve's Jacobian, formed by forward passes (unrolled small
+  matrices) or one batched backward pass (LAPACK ones), both ways for both
+  kinds of step: finite differences of the fitted objective agree."""
+  monkeypatch.setattr(implicit, "FORWARD_JACOBIAN_MAX_DIM", 10 if forward
+                      else 0)
+  rng = np.random.default_rng(6)
+  X = jnp.asarray(np.concatenate([rng.normal(rng.normal(0, 1.2, d), 1.0,
+                                             (30, d)) for _ in range(2)]))
+  p0 = gx.init_params(jax.random.key(0), X, 2, method="kmeans",
+                      reg_covar=REG)
+  c = jnp.asarray(rng.normal(size=(2, d)))
+
+  def objective(X):
+    res = gx.fit(X, p0, tol=0.0, max_iter=3000, reg_covar=REG)
+    return res.log_likelihood + jnp.sum(c * res.params.means)
+
+  grad = jax.jit(jax.grad(objective))(X)
+  value = jax.jit(objective)
+  v = rng.normal(size=X.shape)
+  h = 1e-5
+  fd = (value(X + h * v) - value(X - h * v)) / (2 * h)
+  assert _rel(np.vdot(grad, v), fd) <= 1e-4, (d, forward)
+
 def test_unrolled_gradient_of_long_fit_equals_implicit(x64):
   X = jnp.asarray(_datasets()[1])
   w = jnp.asarray(np.random.default_rng(3).uniform(0.5, 1.5, N))

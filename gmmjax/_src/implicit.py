@@ -38,9 +38,15 @@ import numpy as np
 from jax import lax
 from jax.scipy.sparse import linalg as sparse_linalg
 
+from gmmjax._src import cholesky as cholesky_lib
 from gmmjax._src import covariance as cov_ops
 from gmmjax._src.params import GMMParams
 from gmmjax._src.results import FitResult
+
+# A fit's dense solve forms the EM step's Jacobian by forward passes up to
+# this many features (the step's matrices unrolled), by a batched backward
+# pass beyond (cholesky.UNROLLED_MAX_DIM).
+FORWARD_JACOBIAN_MAX_DIM = cholesky_lib.UNROLLED_MAX_DIM
 
 # "auto" forms the matrix up to this many unknowns (K * (1 + D + D^2) for
 # full covariances: K=8 in 10 dimensions), a Krylov method beyond.
@@ -110,6 +116,12 @@ def params_from_theta(theta: Theta, covariance_type: str,
 
 def _tree_size(tree) -> int:
   return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def _method(solver: ImplicitSolver, size: int) -> str:
+  if solver.method == "auto":
+    return "dense" if size <= DENSE_MAX_UNKNOWNS else "bicgstab"
+  return solver.method
 
 
 def krylov_solve(solver: ImplicitSolver, dtype, size: int):
@@ -220,13 +232,18 @@ def fixed_point_jvp(step, theta, inputs, d_inputs, *,
 
 
 def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
-                            solver: ImplicitSolver | None = None):
+                            solver: ImplicitSolver | None = None,
+                            forward_jacobian: bool = False):
   """:func:`fixed_point_jvp` for ``step(theta, inputs) -> (theta, aux)``,
   plus the total tangent of ``aux`` (e.g. the objective at ``theta``).
 
   The step is linearised once, in ``theta`` and the inputs together: the
   right-hand side, the matrix of the solve and ``aux``'s tangent share one
   trace of the step, and reverse mode one backward pass for the inputs.
+  The dense solve forms the step's Jacobian in ``theta`` from the primal
+  values, by one batched backward pass, or with ``forward_jacobian`` by
+  forward passes (fewer kernels to compile; faster where the step's
+  matrices are small and unrolled, slower where they are LAPACK calls).
 
   Returns:
     ``(d_theta, d_aux)``.
@@ -244,7 +261,9 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
         tree, [next(it) if m else x for x, m in zip(leaves, moving)]))
 
   _, lin = jax.linearize(flat_step, theta, floats)
-  rhs = lin(jax.tree.map(jnp.zeros_like, theta), d_floats)[0]
+  # The inputs' part of both tangents from one call: reverse mode
+  # transposes it into one backward pass through the step.
+  rhs, aux_inputs = lin(jax.tree.map(jnp.zeros_like, theta), d_floats)
   # Reverse mode transposes the solve, which needs every leaf of the
   # right-hand side to be linear in the input tangents; a leaf the tangents
   # do not reach (e.g. the weights, when only a covariance hyper-parameter is
@@ -260,10 +279,49 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
   if solver is None:
     solver = ImplicitSolver()
   dtype = jax.tree.leaves(theta)[0].dtype
-  solve = krylov_solve(solver, dtype, _tree_size(theta))
-  d_theta = lax.custom_linear_solve(matvec, rhs, solve=solve,
-                                    transpose_solve=solve)
-  return d_theta, lin(d_theta, d_floats)[1]
+  size = _tree_size(theta)
+  if _method(solver, size) != "dense" or any(
+      np.ndim(x) for x in jax.tree.leaves(aux_inputs)):
+    solve = krylov_solve(solver, dtype, size)
+    d_theta = lax.custom_linear_solve(matvec, rhs, solve=solve,
+                                      transpose_solve=solve)
+    return d_theta, lin(d_theta, d_floats)[1]
+  flat, unravel = jax.flatten_util.ravel_pytree(theta)
+  ravel = lambda t: jax.flatten_util.ravel_pytree(t)[0]
+  eye = jnp.eye(size, dtype=flat.dtype)
+  # The Jacobian J of the step in theta, formed once with the primal
+  # values (reverse mode transposes only the product with it), together
+  # with the gradients of the aux leaves (scalars) in theta: reverse mode
+  # then has no backward pass of the step in theta left to transpose.
+  if forward_jacobian:  # n forward passes, one per column
+    jac, aux_rows = jax.vmap(
+        lambda e: (lambda t, aux: (ravel(t), aux))(
+            *lin(unravel(e), no_inputs)), out_axes=(1, 0))(eye)
+  else:  # one batched backward pass: the rows of J, then the aux leaves'
+    aux_leaves, aux_tree = jax.tree.flatten(aux_inputs)
+    transposed = jax.linear_transpose(lambda t: lin(t, no_inputs), theta)
+
+    def row(out_ct, aux_ct):
+      aux_ct = jax.tree.unflatten(aux_tree, [
+          c.astype(leaf.dtype) for c, leaf in zip(aux_ct, aux_leaves)])
+      return ravel(transposed((unravel(out_ct), aux_ct))[0])
+
+    m = len(aux_leaves)
+    out_cts = jnp.concatenate([eye, jnp.zeros((m, size), flat.dtype)])
+    aux_cts = jnp.eye(size + m, dtype=flat.dtype)[:, size:].T
+    rows = jax.vmap(row, in_axes=(0, 1))(out_cts, aux_cts)
+    jac = rows[:size]  # row i: e_i^T J
+    aux_rows = jax.tree.unflatten(aux_tree, list(rows[size:]))
+  a = eye - jac
+  d_theta = lax.custom_linear_solve(
+      lambda t: unravel(a @ ravel(t)), rhs,
+      solve=lambda _, b: unravel(lu_solve(a, ravel(b))),
+      transpose_solve=lambda _, b: unravel(lu_solve(a.T, ravel(b))))
+  flat_d = ravel(d_theta)
+  aux_theta = jax.tree.map(
+      lambda r, leaf: jnp.dot(flat_d, r).astype(leaf.dtype), aux_rows,
+      aux_inputs)
+  return d_theta, jax.tree.map(jnp.add, aux_inputs, aux_theta)
 
 
 # ---------------------------------------------------------------------------
@@ -311,9 +369,14 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   inputs = tuple(primals[i] for i in _INPUTS)
   d_inputs = tuple(tangents[i] for i in _INPUTS)
   theta = rule.theta(fixed)
+  # Forward passes where the step's matrices are unrolled (a gradient's
+  # program compiled in 0.84 of the time, and ran faster); a batched
+  # backward pass where they are LAPACK calls (benchmarks/README.md).
+  means = getattr(fixed, "means", None)
+  forward = means is not None and means.shape[-1] <= FORWARD_JACOBIAN_MAX_DIM
   d_theta, (d_obj, d_recorded) = fixed_point_and_aux_jvp(
       lambda th, inp: rule.step(th, inp, fixed, primals), theta, inputs,
-      d_inputs, solver=solver)
+      d_inputs, solver=solver, forward_jacobian=forward)
   d_params = jax.jvp(lambda th: rule.params(th, fixed), (theta,),
                      (d_theta,))[1]
   if nan_gradients:
