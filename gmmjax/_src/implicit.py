@@ -40,6 +40,7 @@ from jax.scipy.sparse import linalg as sparse_linalg
 
 from gmmjax._src import cholesky as cholesky_lib
 from gmmjax._src import covariance as cov_ops
+from gmmjax._src import matmul as mm
 from gmmjax._src.params import GMMParams
 from gmmjax._src.results import FitResult
 
@@ -168,16 +169,16 @@ def _dense_solve(matvec, b):
 
 
 def lu_solve(a, b):
-  """``a^-1 b`` for a square ``a`` and a vector ``b``, by Gaussian
-  elimination with partial pivoting (LAPACK's getrf and getrs, unblocked)
-  in a loop of array operations.
+  """``a^-1 b`` for a square ``a`` and a vector ``b``, by Gauss-Jordan
+  elimination with partial pivoting in one loop of array operations.
 
   ``jnp.linalg.solve`` would call LAPACK, whose first use in a process
   imports SciPy's (0.34 s on CPU, compilation cache or not): a quarter of
   what compiling a gradient through a fit costs with the cache warm. For
   the few hundred unknowns of the dense implicit solve the loop costs
-  nothing that shows. Not differentiated (``lax.custom_linear_solve``
-  differentiates the solve by solving again).
+  nothing that shows; one loop (no back substitution) is fewer kernels to
+  compile than elimination and substitution. Not differentiated
+  (``lax.custom_linear_solve`` differentiates the solve by solving again).
   """
   n = a.shape[0]
   rows = jnp.arange(n)
@@ -187,17 +188,13 @@ def lu_solve(a, b):
     pivot = jnp.argmax(jnp.where(rows >= k, jnp.abs(a[:, k]), -1))
     swap = jnp.where(rows == k, pivot, jnp.where(rows == pivot, k, rows))
     a, b = a[swap], b[swap]
-    factors = jnp.where(rows > k, a[:, k] / a[k, k], 0)
+    # Row k divided by its pivot, then removed from every other row.
+    scale = jnp.where(rows == k, 1 / a[k, k], 1)
+    a, b = a * scale[:, None], b * scale
+    factors = jnp.where(rows == k, 0, a[:, k])
     return a - factors[:, None] * a[k], b - factors * b[k]
 
-  upper, c = lax.fori_loop(0, n, eliminate, (a, b))
-
-  def substitute(i, x):
-    k = n - 1 - i  # x[k:] known, x[:k] still 0
-    # A sum of products, not a dot: no reduced-precision matmul on GPUs.
-    return x.at[k].set((c[k] - jnp.sum(upper[k] * x)) / upper[k, k])
-
-  return lax.fori_loop(0, n, substitute, jnp.zeros_like(c))
+  return lax.fori_loop(0, n, eliminate, (a, b))[1]
 
 
 def fixed_point_jvp(step, theta, inputs, d_inputs, *,
@@ -314,12 +311,12 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
     aux_rows = jax.tree.unflatten(aux_tree, list(rows[size:]))
   a = eye - jac
   d_theta = lax.custom_linear_solve(
-      lambda t: unravel(a @ ravel(t)), rhs,
+      lambda t: unravel(mm.matmul(a, ravel(t))), rhs,
       solve=lambda _, b: unravel(lu_solve(a, ravel(b))),
       transpose_solve=lambda _, b: unravel(lu_solve(a.T, ravel(b))))
   flat_d = ravel(d_theta)
   aux_theta = jax.tree.map(
-      lambda r, leaf: jnp.dot(flat_d, r).astype(leaf.dtype), aux_rows,
+      lambda r, leaf: jnp.sum(flat_d * r).astype(leaf.dtype), aux_rows,
       aux_inputs)
   return d_theta, jax.tree.map(jnp.add, aux_inputs, aux_theta)
 
