@@ -398,21 +398,79 @@ def test_dense_solve_against_numpy(x64):
   to rounding, on systems that need row exchanges (a zero and a tiny
   leading pivot) and on an ill-conditioned one."""
   del x64
-  from gmmjax._src.implicit import lu_solve
+  from gmmjax._src.implicit import gauss_jordan_solve
   rng = np.random.default_rng(0)
-  solve = jax.jit(lu_solve)
+  solve = jax.jit(gauss_jordan_solve)
   for n in (1, 2, 7, 40):
     a = rng.normal(size=(n, n))
     b = rng.normal(size=n)
-    if n > 1:
+    if n > 2:
+      # A zero leading pivot and a tiny diagonal entry: without row
+      # exchanges this fails (checked by removing the pivot search).
       a[0, 0] = 0.0
+      a[1:, 1] = 0.0
       a[1, 1] = 1e-14
+      a[2, 1] = 1.0
     np.testing.assert_allclose(solve(a, b), np.linalg.solve(a, b),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(solve(a.T, b), np.linalg.solve(a.T, b),
                                rtol=1e-9, atol=1e-12)
   hilbert = 1.0 / (np.arange(6)[:, None] + np.arange(6)[None, :] + 1.0)
   x = rng.normal(size=6)
   np.testing.assert_allclose(solve(hilbert, hilbert @ x), x, rtol=1e-5)
 
+
+@pytest.mark.parametrize("forward", [False, True])
+@pytest.mark.parametrize("method", ["dense", "gmres"])
+def test_fixed_point_and_aux_tangents_of_an_affine_step(x64, forward,
+                                                         method):
+  """A contraction ``theta -> M theta + B a`` (a pytree theta) with two
+  objectives that are not stationary at the fixed point (one float32):
+  tangents of the fixed point and the objectives, forward and reverse, as
+  the closed form gives them, whichever way the Jacobian is formed."""
+  rng = np.random.default_rng(7)
+  M = jnp.asarray(0.3 * rng.normal(size=(3, 3)))
+  B = jnp.asarray(rng.normal(size=(3, 2)))
+  c, e = jnp.asarray(rng.normal(size=3)), jnp.asarray(rng.normal(size=2))
+  solver = implicit.ImplicitSolver(method=method, tol=1e-12)
+  flat = lambda th: jnp.concatenate([th["u"], th["v"][None]])
+  tree = lambda z: {"u": z[:2], "v": z[2]}
+
+  def step(th, a):
+    return tree(M @ flat(th) + B @ a)
+
+  def aux(th, a):
+    value = c @ flat(th) + e @ a + 0.5 * a @ a
+    return value, (2.0 * value).astype(jnp.float32)
+
+  @jax.custom_jvp
+  def fitted(a):
+    th = tree(jnp.linalg.solve(jnp.eye(3) - M, B @ a))
+    return th, aux(th, a)
+
+  @fitted.defjvp
+  def _(primals, tangents):
+    out = fitted(primals[0])
+    d_th, d_aux = implicit.fixed_point_and_aux_jvp(
+        lambda th, a: (step(th, a), aux(th, a)), out[0], primals[0],
+        tangents[0], solver=solver, forward_jacobian=forward)
+    return out, (d_th, d_aux)
+
+  a = jnp.asarray(rng.normal(size=2))
+  v = jnp.asarray(rng.normal(size=2))
+  resolvent = jnp.linalg.inv(jnp.eye(3) - M)  # the reference's closed form
+  (th, (obj, obj32)), (d_th, (d_obj, d_obj32)) = jax.jvp(fitted, (a,), (v,))
+  np.testing.assert_allclose(flat(d_th), resolvent @ B @ v, rtol=1e-9)
+  grad_obj = B.T @ resolvent.T @ c + e + a
+  np.testing.assert_allclose(d_obj, grad_obj @ v, rtol=1e-9)
+  assert d_obj32.dtype == jnp.float32
+  np.testing.assert_allclose(d_obj32, 2 * grad_obj @ v, rtol=1e-5)
+  loss = lambda a: fitted(a)[1][0] + jnp.sum(fitted(a)[0]["u"] ** 2)
+  u = (resolvent @ B @ a)[:2]
+  expected = grad_obj + 2 * (resolvent @ B)[:2].T @ u
+  np.testing.assert_allclose(jax.grad(loss)(a), expected, rtol=1e-9)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss))(a), expected,
+                             rtol=1e-9)
 
 def test_fixed_point_jvp_refuses_tangents_of_another_structure():
   """The tangents must have the inputs' tree structure, as ``jax.jvp``

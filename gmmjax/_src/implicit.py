@@ -1,4 +1,4 @@
-"""Implicit differentiation at a fixed point, solved matrix-free by Krylov.
+"""Implicit differentiation at a fixed point: a dense or a Krylov solve.
 
 A converged EM fit satisfies ``theta* = T(theta*, inputs)`` where ``T`` is
 one EM step and ``inputs`` are the data, sample weights, ``reg_covar`` and
@@ -7,8 +7,10 @@ equation::
 
   (I - dT/dtheta) t = dT/dinputs . dinputs
 
-It is solved with ``lax.custom_linear_solve`` and a Krylov method (BiCGSTAB
-by default, or GMRES) for both the solve and its transpose, so the rule is a
+It is solved with ``lax.custom_linear_solve``: up to ``DENSE_MAX_UNKNOWNS``
+unknowns with the matrix ``I - dT/dtheta`` formed once and Gauss-Jordan
+elimination, beyond by a matrix-free Krylov method (BiCGSTAB by default, or
+GMRES), for both the solve and its transpose, so the rule is a
 ``custom_jvp`` that forward mode uses directly and reverse mode transposes:
 ``jax.jvp``, ``jax.grad`` and ``jax.vjp`` all work, under ``jit`` and
 ``vmap``. Iterating ``t <- J t + b`` instead would need ``~1 / (1 - rho)``
@@ -60,7 +62,8 @@ class ImplicitSolver(NamedTuple):
   Attributes:
     method: ``"auto"`` (default: ``"dense"`` up to
       ``DENSE_MAX_UNKNOWNS`` = 1024 unknowns, ``"bicgstab"`` beyond),
-      ``"dense"`` (the matrix ``I - J`` formed and LU-solved: exact to
+      ``"dense"`` (the matrix ``I - J`` formed and solved by Gauss-Jordan
+      elimination with partial pivoting: exact to
       rounding, a smaller program to compile), ``"bicgstab"`` or
       ``"gmres"`` (matrix-free Krylov methods). At a strict local
       maximum the EM Jacobian ``J = I - I_complete^-1 I_observed`` has real
@@ -155,7 +158,8 @@ def krylov_solve(solver: ImplicitSolver, dtype, size: int):
 
 def _dense_solve(matvec, b):
   """Solves ``matvec(x) = b`` by forming the matrix: one batched product
-  with the identity, then an LU solve. For a few hundred unknowns this is
+  with the identity, then Gauss-Jordan elimination. For a few hundred
+  unknowns this is
   exact to rounding and compiles to a smaller program than a Krylov loop
   (whose reverse mode transposes the loop body too)."""
   flat_b, unravel = jax.flatten_util.ravel_pytree(b)
@@ -165,10 +169,10 @@ def _dense_solve(matvec, b):
 
   eye = jnp.eye(flat_b.shape[0], dtype=flat_b.dtype)
   a = jax.vmap(flat_matvec, out_axes=1)(eye)
-  return unravel(lu_solve(a, flat_b))
+  return unravel(gauss_jordan_solve(a, flat_b))
 
 
-def lu_solve(a, b):
+def gauss_jordan_solve(a, b):
   """``a^-1 b`` for a square ``a`` and a vector ``b``, by Gauss-Jordan
   elimination with partial pivoting in one loop of array operations.
 
@@ -189,8 +193,9 @@ def lu_solve(a, b):
     swap = jnp.where(rows == k, pivot, jnp.where(rows == pivot, k, rows))
     a, b = a[swap], b[swap]
     # Row k divided by its pivot, then removed from every other row.
-    scale = jnp.where(rows == k, 1 / a[k, k], 1)
-    a, b = a * scale[:, None], b * scale
+    is_k, pivot_value = rows == k, a[k, k]
+    a = jnp.where(is_k[:, None], a / pivot_value, a)
+    b = jnp.where(is_k, b / pivot_value, b)
     factors = jnp.where(rows == k, 0, a[:, k])
     return a - factors[:, None] * a[k], b - factors * b[k]
 
@@ -201,10 +206,12 @@ def fixed_point_jvp(step, theta, inputs, d_inputs, *,
                     solver: ImplicitSolver | None = None):
   """Tangent ``t`` of the fixed point ``theta = step(theta, inputs)``.
 
-  Solves ``(I - d step / d theta) t = d step / d inputs . d_inputs``
-  matrix-free. Linear in ``d_inputs`` and transposable (the transposed
-  system is solved by the same Krylov method), so it can sit inside a
-  ``custom_jvp`` rule that reverse mode differentiates.
+  Solves ``(I - d step / d theta) t = d step / d inputs . d_inputs``: with
+  the default solver up to ``DENSE_MAX_UNKNOWNS`` unknowns by forming the
+  matrix once (from the primal values), beyond matrix-free by a Krylov
+  method. Linear in ``d_inputs`` and transposable (the transposed system
+  is solved the same way), so it can sit inside a ``custom_jvp`` rule that
+  reverse mode differentiates.
 
   Args:
     step: ``step(theta, inputs) -> theta``, e.g. one EM iteration.
@@ -312,8 +319,9 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
   a = eye - jac
   d_theta = lax.custom_linear_solve(
       lambda t: unravel(mm.matmul(a, ravel(t))), rhs,
-      solve=lambda _, b: unravel(lu_solve(a, ravel(b))),
-      transpose_solve=lambda _, b: unravel(lu_solve(a.T, ravel(b))))
+      solve=lambda _, b: unravel(gauss_jordan_solve(a, ravel(b))),
+      transpose_solve=lambda _, b: unravel(gauss_jordan_solve(a.T,
+                                                              ravel(b))))
   flat_d = ravel(d_theta)
   aux_theta = jax.tree.map(
       lambda r, leaf: jnp.sum(flat_d * r).astype(leaf.dtype), aux_rows,
