@@ -119,6 +119,7 @@ def test_gradient_under_the_compiler_options_gmmjax_offers(x64):
        ) / (2 * h)
   assert _rel(np.vdot(got[0], v), d) <= 1e-4
 
+
 @pytest.mark.parametrize("d", [2, 5])
 @pytest.mark.parametrize("forward", [False, True])
 def test_dense_jacobian_by_forward_or_backward_passes(x64, d, forward,

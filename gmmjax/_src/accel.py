@@ -200,9 +200,8 @@ _fit_squarem_programs = compiling.jit_by_size(
 
 def _fit_squarem(X, params, *args, **kwargs):
   """The compiled fit for these shapes (:func:`compiling.pick`)."""
-  k, d = params.means.shape[-2:]
-  program = compiling.pick(_fit_squarem_programs, X.shape[-2], k, d)
-  return program(X, params, *args, **kwargs)
+  return compiling.pick_for(_fit_squarem_programs, X, params)(
+      X, params, *args, **kwargs)
 
 
 def fit_accelerated(X, params: GMMParams, *, sample_weight=None,

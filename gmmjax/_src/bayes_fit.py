@@ -51,9 +51,8 @@ _variational_fit_programs = compiling.jit_by_size(
 
 
 def _variational_fit(X, post, *args, **kwargs):
-  k, d = post.means.shape[-2:]
-  program = compiling.pick(_variational_fit_programs, X.shape[-2], k, d)
-  return program(X, post, *args, **kwargs)
+  return compiling.pick_for(_variational_fit_programs, X, post)(
+      X, post, *args, **kwargs)
 
 
 class _Theta(NamedTuple):

@@ -225,7 +225,11 @@ def jit_sized(size, **jit_kwargs):
     call.lower = programs[0].lower
     call.trace = programs[0].trace
     call.eval_shape = programs[0].eval_shape
-    call.clear_cache = lambda: [p.clear_cache() for p in programs] and None
+    def clear_cache():
+      for program in programs:
+        program.clear_cache()
+
+    call.clear_cache = clear_cache
     return call
 
   return wrap
@@ -235,6 +239,11 @@ def size_of(params, X, *args, **kwargs):
   """``(n, K, D)`` of a ``(params, X, ...)`` call, for :func:`jit_sized`."""
   del args, kwargs
   return np.shape(X)[-2], params.means.shape[-2], params.means.shape[-1]
+
+
+def pick_for(programs, X, params):
+  """:func:`pick` for a fit of ``params`` (or a posterior) to ``X``."""
+  return pick(programs, *size_of(params, X))
 
 
 def jit_by_size(fun=None, **jit_kwargs):

@@ -121,8 +121,7 @@ _fit_programs = compiling.jit_by_size(
 
 def _fit_program(X, params):
   """The compiled EM loop for these shapes (:func:`compiling.pick`)."""
-  k, d = params.means.shape[-2:]
-  return compiling.pick(_fit_programs, X.shape[-2], k, d)
+  return compiling.pick_for(_fit_programs, X, params)
 
 
 def _fit(X, params, *args, **kwargs):

@@ -162,9 +162,8 @@ _fit_gradient_programs = compiling.jit_by_size(
 def _fit_gradient(X, params, *args, **kwargs):
   """The compiled fit for these shapes (:func:`compiling.pick`: small
   problems' programs compile about twice as fast)."""
-  k, d = params.means.shape[-2:]
-  program = compiling.pick(_fit_gradient_programs, X.shape[-2], k, d)
-  return program(X, params, *args, **kwargs)
+  return compiling.pick_for(_fit_gradient_programs, X, params)(
+      X, params, *args, **kwargs)
 
 
 def fit_gradient(X, params: GMMParams,

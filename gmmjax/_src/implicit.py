@@ -129,15 +129,13 @@ def _method(solver: ImplicitSolver, size: int) -> str:
 
 
 def krylov_solve(solver: ImplicitSolver, dtype, size: int):
-  """A ``solve(matvec, b)`` function for ``lax.custom_linear_solve``."""
+  """A ``solve(matvec, b)`` function for ``lax.custom_linear_solve``, for
+  the Krylov methods (the dense one is :func:`fixed_point_and_aux_jvp`'s
+  own)."""
   tol = solver.tol
   if tol is None:
     tol = 1e-10 if jnp.dtype(dtype) == jnp.float64 else 1e-5
-  method = solver.method
-  if method == "auto":
-    method = "dense" if size <= DENSE_MAX_UNKNOWNS else "bicgstab"
-  if method == "dense":
-    return _dense_solve
+  method = _method(solver, size)
   if method == "gmres":
     restart = max(1, min(solver.restart, size))
     maxiter = 20 if solver.maxiter is None else solver.maxiter
@@ -152,24 +150,8 @@ def krylov_solve(solver: ImplicitSolver, dtype, size: int):
       return sparse_linalg.bicgstab(matvec, b, tol=tol, maxiter=maxiter)[0]
   else:
     raise ValueError(f"Unknown implicit solver method {solver.method!r}; "
-                     "use 'gmres' or 'bicgstab'.")
+                     "use 'auto', 'dense', 'gmres' or 'bicgstab'.")
   return solve
-
-
-def _dense_solve(matvec, b):
-  """Solves ``matvec(x) = b`` by forming the matrix: one batched product
-  with the identity, then Gauss-Jordan elimination. For a few hundred
-  unknowns this is
-  exact to rounding and compiles to a smaller program than a Krylov loop
-  (whose reverse mode transposes the loop body too)."""
-  flat_b, unravel = jax.flatten_util.ravel_pytree(b)
-
-  def flat_matvec(v):
-    return jax.flatten_util.ravel_pytree(matvec(unravel(v)))[0]
-
-  eye = jnp.eye(flat_b.shape[0], dtype=flat_b.dtype)
-  a = jax.vmap(flat_matvec, out_axes=1)(eye)
-  return unravel(gauss_jordan_solve(a, flat_b))
 
 
 def gauss_jordan_solve(a, b):
@@ -282,50 +264,40 @@ def fixed_point_and_aux_jvp(step, theta, inputs, d_inputs, *,
 
   if solver is None:
     solver = ImplicitSolver()
-  dtype = jax.tree.leaves(theta)[0].dtype
   size = _tree_size(theta)
-  if _method(solver, size) != "dense" or any(
-      np.ndim(x) for x in jax.tree.leaves(aux_inputs)):
-    solve = krylov_solve(solver, dtype, size)
+  if _method(solver, size) != "dense":
+    solve = krylov_solve(solver, jax.tree.leaves(theta)[0].dtype, size)
     d_theta = lax.custom_linear_solve(matvec, rhs, solve=solve,
                                       transpose_solve=solve)
     return d_theta, lin(d_theta, d_floats)[1]
-  flat, unravel = jax.flatten_util.ravel_pytree(theta)
   ravel = lambda t: jax.flatten_util.ravel_pytree(t)[0]
+  flat, unravel = jax.flatten_util.ravel_pytree(theta)
+  flat_aux, unravel_aux = jax.flatten_util.ravel_pytree(aux_inputs)
   eye = jnp.eye(size, dtype=flat.dtype)
-  # The Jacobian J of the step in theta, formed once with the primal
-  # values (reverse mode transposes only the product with it), together
-  # with the gradients of the aux leaves (scalars) in theta: reverse mode
-  # then has no backward pass of the step in theta left to transpose.
+  # The Jacobians of the step and of aux in theta, J (n, n) and G (m, n),
+  # formed once with the primal values (reverse mode transposes only
+  # products with them): reverse mode has no backward pass of the step in
+  # theta left to transpose.
   if forward_jacobian:  # n forward passes, one per column
-    jac, aux_rows = jax.vmap(
-        lambda e: (lambda t, aux: (ravel(t), aux))(
-            *lin(unravel(e), no_inputs)), out_axes=(1, 0))(eye)
-  else:  # one batched backward pass: the rows of J, then the aux leaves'
-    aux_leaves, aux_tree = jax.tree.flatten(aux_inputs)
+    jac, aux_jac = jax.vmap(
+        lambda e: tuple(map(ravel, lin(unravel(e), no_inputs))),
+        out_axes=1)(eye)
+  else:  # one batched backward pass, one row per output entry
     transposed = jax.linear_transpose(lambda t: lin(t, no_inputs), theta)
-
-    def row(out_ct, aux_ct):
-      aux_ct = jax.tree.unflatten(aux_tree, [
-          c.astype(leaf.dtype) for c, leaf in zip(aux_ct, aux_leaves)])
-      return ravel(transposed((unravel(out_ct), aux_ct))[0])
-
-    m = len(aux_leaves)
-    out_cts = jnp.concatenate([eye, jnp.zeros((m, size), flat.dtype)])
-    aux_cts = jnp.eye(size + m, dtype=flat.dtype)[:, size:].T
-    rows = jax.vmap(row, in_axes=(0, 1))(out_cts, aux_cts)
-    jac = rows[:size]  # row i: e_i^T J
-    aux_rows = jax.tree.unflatten(aux_tree, list(rows[size:]))
+    rows = jax.vmap(lambda ct: ravel(transposed((
+        unravel(ct[:size]),
+        unravel_aux(ct[size:].astype(flat_aux.dtype))))[0]))(
+            jnp.eye(size + flat_aux.size, dtype=flat.dtype))
+    jac, aux_jac = rows[:size], rows[size:]
   a = eye - jac
   d_theta = lax.custom_linear_solve(
       lambda t: unravel(mm.matmul(a, ravel(t))), rhs,
       solve=lambda _, b: unravel(gauss_jordan_solve(a, ravel(b))),
       transpose_solve=lambda _, b: unravel(gauss_jordan_solve(a.T,
                                                               ravel(b))))
-  flat_d = ravel(d_theta)
-  aux_theta = jax.tree.map(
-      lambda r, leaf: jnp.sum(flat_d * r).astype(leaf.dtype), aux_rows,
-      aux_inputs)
+  # G d_theta as a sum of products (full float32 on GPUs too).
+  aux_theta = unravel_aux(jnp.sum(aux_jac * ravel(d_theta), axis=1).astype(
+      flat_aux.dtype))
   return d_theta, jax.tree.map(jnp.add, aux_inputs, aux_theta)
 
 
