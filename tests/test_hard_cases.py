@@ -410,7 +410,11 @@ def test_fit_from_non_finite_params_is_flagged(x64):
   p0 = gx.make_params(jnp.asarray(w), jnp.asarray(mu), jnp.asarray(cov),
                       covariance_type="diag")
   assert not np.all(np.isfinite(np.asarray(p0.precisions_cholesky)))
-  res = gx.fit(jnp.asarray(X), p0, max_iter=MAX_ITER, tol=TOL, reg_covar=0.0)
+  with warnings.catch_warnings():
+    # Flagged in the result, not by a NumPy warning from the input checks.
+    warnings.simplefilter("error", RuntimeWarning)
+    res = gx.fit(jnp.asarray(X), p0, max_iter=MAX_ITER, tol=TOL,
+                 reg_covar=0.0)
   assert bool(res.failed)
   assert not bool(res.converged)
   assert int(res.n_iter) == 0

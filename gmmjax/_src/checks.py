@@ -232,6 +232,13 @@ def factor_mismatch(params: GMMParams):
   (``max |p^2 sigma - 1|`` for diag and spherical), computed in float64 on
   the host in ``O(K D^2)``; it is 0 up to rounding for parameters gmmjax
   made."""
+  # Non-finite entries give NaN errors silently: they are the finiteness
+  # checks' to report (a fit from them is flagged), not NumPy's to warn of.
+  with np.errstate(invalid="ignore", over="ignore"):
+    return _factor_mismatch(params)
+
+
+def _factor_mismatch(params: GMMParams):
   eps = float(np.finfo(np.dtype(params.precisions_cholesky.dtype)).eps)
   cov = np.asarray(params.covariances, np.float64)
   pc = np.asarray(params.precisions_cholesky, np.float64)
@@ -249,7 +256,7 @@ def factor_mismatch(params: GMMParams):
   # of the features (Cholesky commutes with a diagonal scaling).
   diag = np.abs(np.diagonal(pc, axis1=-2, axis2=-1)) * np.sqrt(np.abs(
       np.diagonal(cov, axis1=-2, axis2=-1)))
-  with np.errstate(divide="ignore", invalid="ignore"):
+  with np.errstate(divide="ignore"):
     cond = (diag.max(axis=1) / diag.min(axis=1)) ** 2
   allowed = CONSISTENCY_TOL + CONDITION_SLACK * eps * cond
   return np.abs(r - w).max(axis=1), allowed
