@@ -342,9 +342,29 @@ def fit_at_fixed_point(rule, solver: ImplicitSolver, nan_gradients: bool,
 @fit_at_fixed_point.defjvp
 def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   out = fit_at_fixed_point(rule, solver, nan_gradients, *primals)
+  d_params, d_obj, d_history = _fixed_point_tangents(
+      rule, solver, nan_gradients, primals, out,
+      tuple(tangents[i] for i in _INPUTS))
+  zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+  return out, FitResult(
+      params=d_params, log_likelihood=d_obj, n_iter=zero(out.n_iter),
+      converged=zero(out.converged), history=d_history,
+      failed=zero(out.failed), jitter=jnp.zeros_like(out.jitter),
+      n_degenerate=zero(out.n_degenerate))
+
+
+# One program for the tangents: differentiated eagerly (``jax.grad(loss)(X)``
+# outside any ``jit``), the rule's few hundred operations would otherwise be
+# dispatched, and each compiled, one by one, forward and transposed. Inside
+# a user's ``jit`` it is inlined.
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _fixed_point_tangents(rule, solver, nan_gradients, primals,
+                          out: FitResult, d_inputs):
+  """``(d_params, d_log_likelihood, d_history)`` of ``out``, the fit of
+  ``primals``, for the tangents ``d_inputs`` of ``primals[i]``, ``i`` in
+  :data:`_INPUTS`."""
   fixed = out.params
   inputs = tuple(primals[i] for i in _INPUTS)
-  d_inputs = tuple(tangents[i] for i in _INPUTS)
   theta = rule.theta(fixed)
   # Forward passes where the step's matrices are unrolled (a gradient's
   # program compiled in 0.84 of the time, and ran faster); a batched
@@ -374,9 +394,4 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   d_history = jnp.where(
       jnp.arange(out.history.shape[-1]) == last,
       d_recorded.astype(out.history.dtype), jnp.zeros_like(out.history))
-  zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
-  return out, FitResult(
-      params=d_params, log_likelihood=d_obj, n_iter=zero(out.n_iter),
-      converged=zero(out.converged), history=d_history,
-      failed=zero(out.failed), jitter=jnp.zeros_like(out.jitter),
-      n_degenerate=zero(out.n_degenerate))
+  return d_params, d_obj, d_history
