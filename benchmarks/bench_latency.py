@@ -26,7 +26,8 @@ counts not seen before, and how many programs JAX compiled for them); 4
 empty and warm cache); 5 ``gridsearch`` (``GridSearchCV`` over the same
 grid, cv=5); 6 ``grad`` (compiling ``jax.value_and_grad`` of a loss through
 ``gmmjax.fit``, as users write it and with ``gmmjax.compiler_options``
-passed to their ``jit``; no scikit-learn equivalent); 7 ``first_calls`` (the first
+passed to their ``jit``, and ``value_and_grad`` called without any ``jit``,
+its first call and later ones; no scikit-learn equivalent); 7 ``first_calls`` (the first
 call of ``fit_restarts(n_init=3)``, ``select_n_components`` over K = 1..4
 and ``BayesianGaussianMixture(4).fit`` on 300 x 2, each in a fresh process
 with an empty cache, against scikit-learn's n_init=3 fit, a loop of fits
@@ -216,27 +217,37 @@ X = jnp.asarray(datasets.blobs(n_samples=1000, n_centers=3, seed=0)[0],
 p0 = jax.block_until_ready(gmmjax.init_params(jax.random.key(0), X, 3))
 T2 = time.perf_counter()
 loss = lambda X: gmmjax.fit(X, p0, tol=1e-6).log_likelihood
-# As users write it, or with the options gmmjax offers for a user's jit.
-options = gmmjax.compiler_options(X, 3) if A.get("options") else None
-f = jax.jit(jax.value_and_grad(loss), compiler_options=options)
-lowered = f.lower(X)
-T3 = time.perf_counter()
-compiled = lowered.compile()
-T4 = time.perf_counter()
-value, grad = jax.block_until_ready(compiled(X))
-T5 = time.perf_counter()
-calls = []
-for _ in range(A.get("calls", 20)):
-  T6 = time.perf_counter()
-  jax.block_until_ready(compiled(X))
-  calls.append(time.perf_counter() - T6)
-calls.sort()
-R.update(init_params_s=T2 - T1, lower_s=T3 - T2, compile_s=T4 - T3,
-         lower_compile_s=T4 - T2, first_call_s=T5 - T4,
-         lower_compile_first_call_s=T5 - T2, call_median_s=calls[len(calls) // 2],
-         options=options,
-         total_s=T5 - T0, value=float(value),
-         grad_finite=bool(jnp.isfinite(grad).all()))
+def median_call(f):
+  calls = []
+  for _ in range(A.get("calls", 20)):
+    T6 = time.perf_counter()
+    jax.block_until_ready(f(X))
+    calls.append(time.perf_counter() - T6)
+  return sorted(calls)[len(calls) // 2]
+if A.get("eager"):
+  # No jit at all, as docs/differentiation.md first shows it: the first
+  # call compiles what it runs.
+  f = jax.value_and_grad(loss)
+  value, grad = jax.block_until_ready(f(X))
+  T3 = time.perf_counter()
+  R.update(init_params_s=T2 - T1, eager_first_call_s=T3 - T2,
+           call_median_s=median_call(f), total_s=T3 - T0)
+else:
+  # As users write it, or with the options gmmjax offers for a user's jit.
+  options = gmmjax.compiler_options(X, 3) if A.get("options") else None
+  f = jax.jit(jax.value_and_grad(loss), compiler_options=options)
+  lowered = f.lower(X)
+  T3 = time.perf_counter()
+  compiled = lowered.compile()
+  T4 = time.perf_counter()
+  value, grad = jax.block_until_ready(compiled(X))
+  T5 = time.perf_counter()
+  R.update(init_params_s=T2 - T1, lower_s=T3 - T2, compile_s=T4 - T3,
+           lower_compile_s=T4 - T2, first_call_s=T5 - T4,
+           lower_compile_first_call_s=T5 - T2,
+           call_median_s=median_call(compiled), options=options,
+           total_s=T5 - T0)
+R.update(value=float(value), grad_finite=bool(jnp.isfinite(grad).all()))
 """
 
 # Figure 7: the first call of one function (A["what"]) in a fresh process,
@@ -451,6 +462,7 @@ def fig_grad(s, args):
     _, caches = s.run("grad", "gmmjax", "empty_cache", code)
     s.run("grad", "gmmjax", "warm_cache", code, caches=caches)
     s.run("grad", "gmmjax", "options", code, dict(options=True))
+    s.run("grad", "gmmjax", "eager", code, dict(eager=True))
 
 
 def fig_first_calls(s, args):
@@ -518,6 +530,13 @@ for _mode, _tag in (("empty_cache", "empty cache"),
        "call_median_s", None),
       ("grad", f"6 process wall, {_tag}", _mode, "wall_s", None),
   ]
+ROWS += [
+    ("grad", "6 eager value_and_grad (no jit), first call", "eager",
+     "eager_first_call_s", None),
+    ("grad", "6 eager value_and_grad (no jit), call (median of 20)",
+     "eager", "call_median_s", None),
+    ("grad", "6 process wall, eager", "eager", "wall_s", None),
+]
 for _what, _label in (("restarts", "fit_restarts, n_init=3"),
                       ("select", "select_n_components, K=1..4"),
                       ("bayes", "BayesianGaussianMixture(4).fit")):
