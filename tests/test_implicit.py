@@ -151,6 +151,34 @@ def test_eager_derivatives_run_the_implicit_rule_as_one_program(
   assert len(compiles) <= 20, compiles
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected),
                              rtol=1e-10, atol=1e-12)
+  compiles.clear()
+  run(derivative)  # later calls run what the first compiled
+  assert compiles == []
+
+
+def test_tangents_program_ignores_the_callback_and_takes_a_traced_tol(
+    x64, compiles):
+  """The tangents' program is not keyed on the progress callback (a new
+  one per call must not recompile it), and the solver's tolerance may be
+  traced (it was before the program existed)."""
+  X = jnp.asarray(_datasets()[0][:66])
+  p0 = _init(X, "full")
+
+  def loss(X, tol, callback=None):
+    solver = gx.ImplicitSolver(method="bicgstab", tol=tol)
+    return gx.fit(X, p0, tol=1e-9, max_iter=500, reg_covar=REG,
+                  solver=solver, callback=callback).log_likelihood
+
+  traced = jax.jit(jax.grad(loss))(X, 1e-12)
+  fixed = jax.jit(jax.grad(lambda X: loss(X, 1e-12)))(X)
+  np.testing.assert_allclose(np.asarray(traced), np.asarray(fixed),
+                             rtol=1e-9, atol=1e-12)
+  seen = []
+  jax.grad(loss)(X, 1e-12, lambda *a: seen.append(a))
+  compiles.clear()
+  jax.grad(loss)(X, 1e-12, lambda *a: seen.append(a))  # another callback
+  assert seen
+  assert not any("tangents" in str(name) for name in compiles), compiles
 
 
 @pytest.mark.parametrize("d", [2, 5])

@@ -57,7 +57,10 @@ DENSE_MAX_UNKNOWNS = 1024
 
 
 class ImplicitSolver(NamedTuple):
-  """Settings of the linear solve in implicit differentiation (static).
+  """Settings of the linear solve in implicit differentiation.
+
+  Static (a program is compiled for them), except ``tol``, which may be a
+  traced value.
 
   Attributes:
     method: ``"auto"`` (default: ``"dense"`` up to
@@ -342,8 +345,16 @@ def fit_at_fixed_point(rule, solver: ImplicitSolver, nan_gradients: bool,
 @fit_at_fixed_point.defjvp
 def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   out = fit_at_fixed_point(rule, solver, nan_gradients, *primals)
+  # The tangents' program is keyed on what shapes it: not on the progress
+  # callback (the forward fit's alone), nor on a solver tolerance that may
+  # be traced.
+  if "callback" in getattr(rule, "_fields", ()):
+    rule = rule._replace(callback=None)
+  tol = None if solver is None else solver.tol
+  if solver is not None:
+    solver = solver._replace(tol=None)
   d_params, d_obj, d_history = _fixed_point_tangents(
-      rule, solver, nan_gradients, primals, out,
+      rule, solver, nan_gradients, tol, primals, out,
       tuple(tangents[i] for i in _INPUTS))
   zero = lambda x: np.zeros(np.shape(x), dtype=jax.dtypes.float0)
   return out, FitResult(
@@ -358,11 +369,13 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
 # dispatched, and each compiled, one by one, forward and transposed. Inside
 # a user's ``jit`` it is inlined.
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _fixed_point_tangents(rule, solver, nan_gradients, primals,
+def _fixed_point_tangents(rule, solver, nan_gradients, tol, primals,
                           out: FitResult, d_inputs):
   """``(d_params, d_log_likelihood, d_history)`` of ``out``, the fit of
   ``primals``, for the tangents ``d_inputs`` of ``primals[i]``, ``i`` in
-  :data:`_INPUTS`."""
+  :data:`_INPUTS` (``tol``: the solver's, passed apart)."""
+  if solver is not None:
+    solver = solver._replace(tol=tol)
   fixed = out.params
   inputs = tuple(primals[i] for i in _INPUTS)
   theta = rule.theta(fixed)
