@@ -8,6 +8,7 @@ linear solve, and Fisher's identity between the likelihood and ``Q``.
 import functools
 
 import jax
+import jax.extend.core
 import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
@@ -154,6 +155,26 @@ def test_eager_derivatives_run_the_implicit_rule_as_one_program(
   compiles.clear()
   run(derivative)  # later calls run what the first compiled
   assert compiles == []
+
+
+def test_tangents_are_inlined_in_a_users_jit():
+  """Staged into a user's program, the tangents are traced inline (a nested
+  jit would only add its partial evaluation); this also tells when JAX
+  renames the tracer type implicit._staged looks for."""
+  X = jnp.asarray(_datasets()[0])
+  p0 = _init(X, "full")
+  loss = lambda X: gx.fit(X, p0, tol=1e-6).log_likelihood
+  names = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      names.append(str(eqn.params.get("name", eqn.primitive.name)))
+      for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(jax.grad(loss))(X).jaxpr)
+  assert "_fit_impl" in names  # the walk sees nested programs
+  assert "_tangents" not in names
 
 
 def test_tangents_program_ignores_the_callback_and_takes_a_traced_tol(
