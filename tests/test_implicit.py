@@ -194,6 +194,13 @@ def test_tangents_program_ignores_the_callback_and_takes_a_traced_tol(
   fixed = jax.jit(jax.grad(lambda X: loss(X, 1e-12)))(X)
   np.testing.assert_allclose(np.asarray(traced), np.asarray(fixed),
                              rtol=1e-9, atol=1e-12)
+  # Eager and vmapped over tol (the tangents' own program): each row
+  # solves to its own tolerance.
+  rows = jax.vmap(jax.grad(loss), in_axes=(None, 0))(
+      X, jnp.asarray([1e-12, 1e-3]))
+  np.testing.assert_allclose(np.asarray(rows[0]), np.asarray(fixed),
+                             rtol=1e-9, atol=1e-12)
+  assert np.max(np.abs(np.asarray(rows[1] - rows[0]))) > 1e-9
   seen = []
   jax.grad(loss)(X, 1e-12, lambda *a: seen.append(a))
   compiles.clear()

@@ -370,7 +370,9 @@ def _staged(tree) -> bool:
   (``jit``): the tangents are inlined there, and a nested ``jit`` would only
   add its partial evaluation (about 25 ms of tracing on 1,000 x 2, K=3).
   By the tracer's type name: where JAX renames it, the nested ``jit`` (the
-  same values) runs everywhere."""
+  same values) runs everywhere. A staged jaxpr that JAX then evaluates
+  eagerly (an eager ``jax.grad`` of ``jax.checkpoint(loss)``) runs the
+  inlined tangents operation by operation, as before this program."""
   return any(type(x).__name__ == "DynamicJaxprTracer"
              for x in jax.tree.leaves(tree))
 
