@@ -198,10 +198,7 @@ _fit_squarem_programs = compiling.jit_by_size(
                                          "chunking"))
 
 
-def _fit_squarem(X, params, *args, **kwargs):
-  """The compiled fit for these shapes (:func:`compiling.pick`)."""
-  return compiling.pick_for(_fit_squarem_programs, X, params)(
-      X, params, *args, **kwargs)
+_fit_squarem = compiling.call_for_size(_fit_squarem_programs)
 
 
 def fit_accelerated(X, params: GMMParams, *, sample_weight=None,

@@ -50,9 +50,7 @@ _variational_fit_programs = compiling.jit_by_size(
     _variational_fit_impl, static_argnames=("history_len", "callback"))
 
 
-def _variational_fit(X, post, *args, **kwargs):
-  return compiling.pick_for(_variational_fit_programs, X, post)(
-      X, post, *args, **kwargs)
+_variational_fit = compiling.call_for_size(_variational_fit_programs)
 
 
 class _Theta(NamedTuple):

@@ -246,6 +246,16 @@ def pick_for(programs, X, params):
   return pick(programs, *size_of(params, X))
 
 
+def call_for_size(programs):
+  """``f(X, params, *args, **kwargs)``: the program of ``programs`` that
+  :func:`pick_for` chooses for ``X`` and ``params``, called."""
+
+  def call(X, params, *args, **kwargs):
+    return pick_for(programs, X, params)(X, params, *args, **kwargs)
+
+  return call
+
+
 def jit_by_size(fun=None, **jit_kwargs):
   """``(default, small, tiny)``: ``jax.jit(fun)`` with XLA's default
   options, :data:`SMALL_OPTIONS` and :data:`TINY_OPTIONS` (an

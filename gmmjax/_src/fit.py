@@ -124,8 +124,7 @@ def _fit_program(X, params):
   return compiling.pick_for(_fit_programs, X, params)
 
 
-def _fit(X, params, *args, **kwargs):
-  return _fit_program(X, params)(X, params, *args, **kwargs)
+_fit = compiling.call_for_size(_fit_programs)
 
 
 class _EMFixedPoint(NamedTuple):

@@ -159,11 +159,8 @@ _fit_gradient_programs = compiling.jit_by_size(
     _fit_gradient_impl, static_argnames=("optimizer", "max_iter", "penalty"))
 
 
-def _fit_gradient(X, params, *args, **kwargs):
-  """The compiled fit for these shapes (:func:`compiling.pick`: small
-  problems' programs compile about twice as fast)."""
-  return compiling.pick_for(_fit_gradient_programs, X, params)(
-      X, params, *args, **kwargs)
+# Small problems' programs compile about twice as fast (compiling.pick).
+_fit_gradient = compiling.call_for_size(_fit_gradient_programs)
 
 
 def fit_gradient(X, params: GMMParams,

@@ -350,9 +350,7 @@ def _fit_at_fixed_point_jvp(rule, solver, nan_gradients, primals, tangents):
   # be traced.
   if "callback" in getattr(rule, "_fields", ()):
     rule = rule._replace(callback=None)
-  tol = None if solver is None else solver.tol
-  if solver is not None:
-    solver = solver._replace(tol=None)
+  tol, solver = solver.tol, solver._replace(tol=None)
   tangents_of = (_tangents if _staged(primals) else _fixed_point_tangents)
   d_params, d_obj, d_history = tangents_of(
       rule, solver, nan_gradients, tol, primals, out,
@@ -382,8 +380,7 @@ def _tangents(rule, solver, nan_gradients, tol, primals, out: FitResult,
   """``(d_params, d_log_likelihood, d_history)`` of ``out``, the fit of
   ``primals``, for the tangents ``d_inputs`` of ``primals[i]``, ``i`` in
   :data:`_INPUTS` (``tol``: the solver's, passed apart)."""
-  if solver is not None:
-    solver = solver._replace(tol=tol)
+  solver = solver._replace(tol=tol)
   fixed = out.params
   inputs = tuple(primals[i] for i in _INPUTS)
   theta = rule.theta(fixed)
